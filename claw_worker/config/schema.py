@@ -1,0 +1,209 @@
+"""The config model tree: one strict pydantic model per section.
+
+Strict means: unknown fields are errors, and values are not coerced across types (a string
+is not silently read as a number). Every field has a default, so ``{}`` is a valid config.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from claw_worker.config.channels import ChannelsConfig
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class HeartbeatConfig(Section):
+    enabled: bool = True
+    every_sec: int = Field(1800, ge=10)
+    ack_max_chars: int = Field(64, ge=0)
+    prompt_template: str = (
+        "Read HEARTBEAT.md if it exists (workspace context). Follow it strictly. Do not infer "
+        "or repeat old tasks from prior chats. If nothing needs attention, reply HEARTBEAT_OK."
+    )
+
+
+class TextsConfig(Section):
+    no_response_fallback: str = "I've completed processing but have no response to give."
+    think_only_fallback: str = "Thinking process completed."
+    memory_recall_keywords: list[str] = [
+        "remember", "记得", "上次", "之前", "偏好", "preference", "todo", "待办", "决定", "decision",
+    ]  # fmt: skip
+    lang_usage: str = "Usage: /lang <code>"
+    lang_invalid: str = "Invalid language code."
+    lang_updated_template: str = "Language preference updated to %s"
+    subagents_none: str = "No subagents."
+    sessions_none: str = "No sessions."
+    unsupported_action: str = "unsupported action"
+    system_rewrite_template: str = (
+        "Rewrite the following internal system update in concise user-facing language:\n\n%s"
+    )
+    runtime_compaction_note: str = (
+        "[runtime-compaction] removed %d old messages, kept %d recent messages"
+    )
+    startup_compaction_note: str = (
+        "[startup-compaction] removed %d old messages, kept %d recent messages"
+    )
+    provider_not_configured: str = (
+        "No LLM provider is configured yet. Run `clawctl login`, or set one with "
+        "`clawctl config set providers.proxy.api_base http://HOST:PORT/v1`."
+    )
+    message_failed: str = "Sorry, I could not process your message: %s"
+    tool_iterations_exhausted: str = (
+        "I stopped after %d tool steps without reaching a final answer."
+    )
+
+
+class ContextCompactionConfig(Section):
+    enabled: bool = True
+    mode: Literal["summary", "responses_compact", "hybrid"] = "summary"
+    trigger_messages: int = Field(60, ge=4)
+    keep_recent_messages: int = Field(20, ge=1)
+    max_summary_chars: int = Field(6000, ge=100)
+    max_transcript_chars: int = Field(20000, ge=1000)
+
+
+class RuntimeControlConfig(Section):
+    intent_max_input_chars: int = Field(1200, ge=1)
+    autonomy_tick_interval_sec: int = Field(20, ge=1)
+    autonomy_min_run_interval_sec: int = Field(20, ge=1)
+    autonomy_idle_threshold_sec: int = Field(20, ge=1)
+    autonomy_max_rounds_without_user: int = Field(120, ge=1)
+    autonomy_max_pending_duration_sec: int = Field(180, ge=1)
+    autonomy_max_consecutive_stalls: int = Field(3, ge=1)
+    autolearn_max_rounds_without_user: int = Field(200, ge=1)
+    run_state_ttl_seconds: int = Field(1800, ge=1)
+    run_state_max: int = Field(500, ge=1)
+    tool_parallel_safe_names: list[str] = [
+        "read_file", "list_files", "find_files", "grep_files",
+        "memory_search", "web_search", "repo_map", "system_info",
+    ]  # fmt: skip
+    tool_max_parallel_calls: int = Field(2, ge=1)
+
+
+class AgentDefaults(Section):
+    workspace: str = ""  # empty: $CLAW_HOME/workspace
+    model: str = ""  # empty: the first of providers.proxy.models
+    model_fallbacks: list[str] = []
+    max_tokens: int = Field(4096, ge=1)
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tool_iterations: int = Field(20, ge=1, le=500)
+    heartbeat: HeartbeatConfig = HeartbeatConfig()
+    texts: TextsConfig = TextsConfig()
+    context_compaction: ContextCompactionConfig = ContextCompactionConfig()
+    runtime_control: RuntimeControlConfig = RuntimeControlConfig()
+
+
+class AgentsConfig(Section):
+    defaults: AgentDefaults = AgentDefaults()
+
+
+class ProxyConfig(Section):
+    api_base: str = ""
+    api_key: str = ""  # empty: $CLAW_API_KEY, else $OPENAI_API_KEY
+    auth: Literal["bearer", "api-key", "none"] = "bearer"
+    timeout_sec: float = Field(120.0, gt=0)
+    models: list[str] = []
+    protocol: Literal["chat_completions", "responses", "anthropic"] = "chat_completions"
+    supports_responses_compact: bool = False
+
+    @model_validator(mode="after")
+    def _check_base(self) -> ProxyConfig:
+        if self.api_base and not self.api_base.startswith(("http://", "https://")):
+            raise ValueError("api_base must start with http:// or https://")
+        return self
+
+
+class ProvidersConfig(Section):
+    proxy: ProxyConfig = ProxyConfig()
+    proxies: dict[str, ProxyConfig] = {}
+    proxy_fallbacks: list[str] = []
+
+    @model_validator(mode="after")
+    def _check_fallbacks(self) -> ProvidersConfig:
+        unknown = [name for name in self.proxy_fallbacks if name not in self.proxies]
+        if unknown:
+            raise ValueError(
+                f"proxy_fallbacks names {', '.join(unknown)}, which is not in providers.proxies"
+            )
+        return self
+
+
+class GatewayConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(18790, ge=1, le=65535)
+    token: str = ""
+    max_body_bytes: int = Field(512 * 1024, ge=1024)
+
+
+class RedisConfig(Section):
+    url: str = ""  # empty: the embedded redis-server under $CLAW_HOME/run
+
+    @model_validator(mode="after")
+    def _check_url(self) -> RedisConfig:
+        if self.url and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("url must start with redis://, rediss:// or unix://")
+        return self
+
+
+class WorkerConfig(Section):
+    pool: Literal["threads", "prefork", "solo"] = "threads"
+    concurrency: int = Field(200, ge=1, le=5000)
+    lease_sec: int = Field(30, ge=2)
+    sweep_interval_sec: int = Field(15, ge=1)
+    max_attempts: int = Field(3, ge=1, le=50)
+    message_ttl_sec: int = Field(7 * 24 * 3600, ge=60)
+
+
+class SentinelConfig(Section):
+    enabled: bool = True
+    interval_sec: int = Field(60, ge=5)
+    auto_heal: bool = True
+    notify_channel: str = ""
+    notify_chat_id: str = ""
+
+
+class LoggingConfig(Section):
+    enabled: bool = True
+    dir: str = ""  # empty: $CLAW_HOME/logs
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    max_size_mb: int = Field(20, ge=1)
+    retention_days: int = Field(7, ge=1)
+
+
+class ExecToolConfig(Section):
+    enabled: bool = True
+    timeout_sec: int = Field(60, ge=1, le=3600)
+    max_output_chars: int = Field(16000, ge=100)
+    deny_patterns: list[str] = [
+        r"\brm\s+-[a-z]*r[a-z]*f?\s+/(\s|$)", r"\bmkfs\b", r"\bdd\s+if=", r":\(\)\s*\{",
+        r"\bshutdown\b", r"\breboot\b", r"\bpoweroff\b",
+    ]  # fmt: skip
+
+
+class ToolsConfig(Section):
+    restrict_to_workspace: bool = True
+    max_output_chars: int = Field(16000, ge=100)
+    exec: ExecToolConfig = ExecToolConfig()
+
+
+class CronConfig(Section):
+    enabled: bool = True
+    max_jobs: int = Field(200, ge=1)
+
+
+class Config(Section):
+    agents: AgentsConfig = AgentsConfig()
+    providers: ProvidersConfig = ProvidersConfig()
+    channels: ChannelsConfig = ChannelsConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    redis: RedisConfig = RedisConfig()
+    worker: WorkerConfig = WorkerConfig()
+    sentinel: SentinelConfig = SentinelConfig()
+    logging: LoggingConfig = LoggingConfig()
+    tools: ToolsConfig = ToolsConfig()
+    cron: CronConfig = CronConfig()

@@ -1,0 +1,171 @@
+"""Reading, validating and atomically writing the JSON config file, and dotted paths into it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from claw_worker.config.schema import Config
+
+SECRET_WORDS = ("key", "token", "secret", "password")
+MASK = "****"
+
+
+class ConfigError(Exception):
+    """A config file or value that cannot be used; the message says where and why."""
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"] if p not in ("function-after",))
+        path = ".".join(p for p in (prefix, path) if p) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (remove it or check the spelling)"
+        lines.append(f"{path}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config_text(text: str, source: str = "config") -> Config:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        hint = " (extra content after the JSON object)" if exc.msg == "Extra data" else ""
+        raise ConfigError(
+            f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}{hint}"
+        ) from None
+    return validate_config_data(data, source)
+
+
+def validate_config_data(data: Any, source: str = "config") -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a JSON object")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid config\n{format_validation_error(exc)}") from None
+
+
+def load_config(path: Path) -> Config:
+    """The config in ``path``; a missing file means all defaults."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Config()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_config_text(text, str(path))
+
+
+def load_config_data(path: Path) -> dict[str, Any]:
+    """The raw JSON object in ``path`` (validated), so edits keep only what the user wrote."""
+    if not path.exists():
+        return {}
+    cfg_text = path.read_text(encoding="utf-8")
+    parse_config_text(cfg_text, str(path))
+    return json.loads(cfg_text)
+
+
+def atomic_write_text(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write via a temp file in the same directory and rename, so no reader sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_config_data(path: Path, data: dict[str, Any]) -> Config:
+    """Validate ``data`` and write it atomically, keeping the previous file as ``.bak``."""
+    config = validate_config_data(data, str(path))
+    if path.exists():
+        shutil.copy2(path, path.with_name(path.name + ".bak"))
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return config
+
+
+def _normalise_part(part: str) -> str:
+    return "enabled" if part == "enable" else part
+
+
+def split_path(dotted: str) -> list[str]:
+    parts = [_normalise_part(p) for p in dotted.strip().split(".")]
+    if not dotted.strip() or any(not p for p in parts):
+        raise ConfigError(f"'{dotted}' is not a dotted config path (e.g. gateway.port)")
+    return parts
+
+
+def get_path(config: Config, dotted: str) -> Any:
+    """The value at ``dotted`` in the full (defaulted) config."""
+    node: Any = config.model_dump(mode="json")
+    walked: list[str] = []
+    for part in split_path(dotted):
+        if not isinstance(node, dict) or part not in node:
+            where = ".".join(walked) or "the top level"
+            options = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
+            raise ConfigError(f"{dotted}: no field '{part}' under {where} (fields: {options})")
+        node = node[part]
+        walked.append(part)
+    return node
+
+
+def parse_value(raw: str) -> Any:
+    """A CLI value: JSON when it parses as JSON, else the plain string."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """A copy of ``data`` with ``dotted`` set to ``value`` (intermediate objects created)."""
+    result = json.loads(json.dumps(data))
+    node = result
+    parts = split_path(dotted)
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+    return result
+
+
+def is_secret_name(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in SECRET_WORDS) and not lowered.endswith("_max_chars")
+
+
+def mask_secret(value: str) -> str:
+    if not value:
+        return value
+    return value[:3] + MASK if len(value) > 8 else MASK
+
+
+def mask_secrets(node: Any, name: str = "") -> Any:
+    """A copy of a config value with every secret-looking string masked."""
+    if isinstance(node, dict):
+        return {k: mask_secrets(v, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [mask_secrets(v, name) for v in node]
+    if isinstance(node, str) and is_secret_name(name):
+        return mask_secret(node)
+    return node
+
+
+def resolve_api_key(configured: str) -> str:
+    return configured or os.environ.get("CLAW_API_KEY") or os.environ.get("OPENAI_API_KEY") or ""

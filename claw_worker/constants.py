@@ -1,0 +1,67 @@
+"""Every Redis key, queue name and task name clawfleet uses, in one place.
+
+Keys that belong to one session carry the session key as a hash tag (``{...}``) so every
+key of a session lands in one Redis Cluster slot and one Lua script may touch them all.
+"""
+
+from __future__ import annotations
+
+PREFIX = "claw"
+
+# Task names travel on the wire and show in Flower: keep them stable.
+TASK_DRAIN = "claw.session.drain"
+TASK_SWEEP = "claw.session.sweep"
+TASK_PING = "claw.health.ping"
+
+# Queues: workers choose with -Q.
+QUEUE_SESSIONS = "sessions"
+QUEUE_TOOLS = "tools"
+QUEUE_CRON = "cron"
+QUEUE_HEALTH = "health"
+ALL_QUEUES = (QUEUE_SESSIONS, QUEUE_TOOLS, QUEUE_CRON, QUEUE_HEALTH)
+
+# Global (cross-session) keys.
+DIRTY_SESSIONS = f"{PREFIX}:sessions:dirty"  # ZSET session_key -> last enqueue/dispatch time
+OUTBOUND_STREAM = f"{PREFIX}:outbound"  # STREAM of replies for the ingress
+CONTROL_CHANNEL = f"{PREFIX}:control"  # PUB/SUB for cancel and reload broadcasts
+
+
+def _tag(session_key: str) -> str:
+    return "{" + session_key + "}"
+
+
+def mailbox_key(session_key: str) -> str:
+    """LIST of serialized InboundMessage waiting for the session (RPUSH tail, LMOVE head)."""
+    return f"{PREFIX}:mbox:{_tag(session_key)}"
+
+
+def inflight_key(session_key: str) -> str:
+    """LIST holding at most the one message the lease holder is processing."""
+    return f"{PREFIX}:inflight:{_tag(session_key)}"
+
+
+def lease_key(session_key: str) -> str:
+    """STRING token of the worker that owns the session right now (SET NX PX)."""
+    return f"{PREFIX}:lease:{_tag(session_key)}"
+
+
+def history_key(session_key: str) -> str:
+    """LIST of JSON chat messages (the conversation history of the session)."""
+    return f"{PREFIX}:history:{_tag(session_key)}"
+
+
+def cancel_key(session_key: str) -> str:
+    return f"{PREFIX}:cancel:{_tag(session_key)}"
+
+
+def message_key(message_id: str) -> str:
+    """HASH with status, session_key, reply, timestamps of one message."""
+    return f"{PREFIX}:msg:{message_id}"
+
+
+def reply_sent_key(message_id: str) -> str:
+    """Outbound dedupe mark: a reply for this message_id was already published."""
+    return f"{PREFIX}:sent:{message_id}"
+
+
+WORKER_HEARTBEAT_PREFIX = f"{PREFIX}:worker:"

@@ -1,0 +1,62 @@
+"""The message contract shared by the ingress and the workers (pydantic, JSON on the wire)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+class MessageStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (MessageStatus.DONE, MessageStatus.FAILED, MessageStatus.CANCELLED)
+
+
+class InboundMessage(BaseModel):
+    """One message from a user (or from cron/heartbeat) for the agent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message_id: str = Field(default_factory=new_message_id, min_length=1, max_length=128)
+    channel: str = Field(min_length=1, max_length=64)
+    chat_id: str = Field(min_length=1, max_length=256)
+    sender_id: str = Field("", max_length=256)
+    session_key: str = Field("", max_length=512)
+    text: str
+    media: list[str] = []
+    reply_to: str | None = None
+    received_at: float = Field(default_factory=time.time)
+    metadata: dict[str, Any] = {}
+
+    def model_post_init(self, _context: Any) -> None:
+        if not self.session_key:
+            object.__setattr__(self, "session_key", f"{self.channel}:{self.chat_id}")
+
+
+class OutboundMessage(BaseModel):
+    """A reply for a channel adapter to deliver; ``message_id`` is the one it answers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message_id: str
+    channel: str
+    chat_id: str
+    session_key: str
+    text: str
+    status: MessageStatus = MessageStatus.DONE
+    reply_to: str | None = None
+    metadata: dict[str, Any] = {}

@@ -1,0 +1,8 @@
+"""Fixtures live in tests/fixtures/, one module per kind of real process."""
+
+pytest_plugins = [
+    "tests.fixtures.redis_server",
+    "tests.fixtures.claw_home",
+    "tests.fixtures.llm",
+    "tests.fixtures.fleet",
+]
