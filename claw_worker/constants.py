@@ -22,7 +22,7 @@ ALL_QUEUES = (QUEUE_SESSIONS, QUEUE_TOOLS, QUEUE_CRON, QUEUE_HEALTH)
 
 # Global (cross-session) keys.
 DIRTY_SESSIONS = f"{PREFIX}:sessions:dirty"  # ZSET session_key -> last enqueue/dispatch time
-OUTBOUND_STREAM = f"{PREFIX}:outbound"  # STREAM of replies for the ingress
+OUTBOUND_STREAM = f"{PREFIX}:{{outbound}}:stream"  # STREAM of replies for the ingress
 CONTROL_CHANNEL = f"{PREFIX}:control"  # PUB/SUB for cancel and reload broadcasts
 
 
@@ -54,14 +54,22 @@ def cancel_key(session_key: str) -> str:
     return f"{PREFIX}:cancel:{_tag(session_key)}"
 
 
-def message_key(message_id: str) -> str:
-    """HASH with status, session_key, reply, timestamps of one message."""
-    return f"{PREFIX}:msg:{message_id}"
+def message_key(session_key: str, message_id: str) -> str:
+    """HASH with status, reply, attempts and timestamps of one message (in its session slot)."""
+    return f"{PREFIX}:msg:{_tag(session_key)}:{message_id}"
+
+
+def message_index_key(message_id: str) -> str:
+    """STRING session_key of a message, so the API can find a message by its id alone."""
+    return f"{PREFIX}:msgidx:{message_id}"
 
 
 def reply_sent_key(message_id: str) -> str:
-    """Outbound dedupe mark: a reply for this message_id was already published."""
-    return f"{PREFIX}:sent:{message_id}"
+    """Outbound dedupe mark: a reply for this message_id was already published.
+
+    Tagged with the outbound stream's slot so one script can check it and XADD together.
+    """
+    return f"{PREFIX}:sent:{{outbound}}:{message_id}"
 
 
 WORKER_HEARTBEAT_PREFIX = f"{PREFIX}:worker:"

@@ -1,5 +1,7 @@
 """Config: the strict model tree, the file store and the paths under $CLAW_HOME."""
 
+import os
+
 from claw_worker.config.paths import claw_home, config_path, logs_dir, workspace_dir
 from claw_worker.config.schema import Config
 from claw_worker.config.store import ConfigError, load_config
@@ -16,6 +18,31 @@ __all__ = [
 ]
 
 
+# Settings a container or a systemd unit may give through the environment (secrets and
+# addresses that differ per deployment); they override the file for the running process.
+ENV_OVERRIDES = {
+    "CLAW_REDIS_URL": ("redis", "url"),
+    "CLAW_GATEWAY_HOST": ("gateway", "host"),
+    "CLAW_GATEWAY_TOKEN": ("gateway", "token"),
+}
+
+
+def apply_env_overrides(config: Config) -> Config:
+    data = config.model_dump()
+    changed = False
+    for var, (section, name) in ENV_OVERRIDES.items():
+        value = os.environ.get(var)
+        if value:
+            data[section][name] = value
+            changed = True
+    if not changed:
+        return config
+    from claw_worker.config.store import validate_config_data
+
+    return validate_config_data(data, "environment (" + ", ".join(ENV_OVERRIDES) + ")")
+
+
 def current_config() -> Config:
-    """The config of this process, from --config / $CLAW_CONFIG / $CLAW_HOME/config.json."""
-    return load_config(config_path())
+    """The config of this process: --config / $CLAW_CONFIG / $CLAW_HOME/config.json, with
+    the environment overrides above applied."""
+    return apply_env_overrides(load_config(config_path()))

@@ -1,0 +1,49 @@
+"""``claw-ingress``: the gateway process (uvicorn serving claw_ingress.app)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="config file")
+@click.option("--host", default=None, help="listen address (default: gateway.host)")
+@click.option("--port", default=None, type=click.IntRange(1, 65535), help="default: gateway.port")
+def main(config_file: str | None, host: str | None, port: int | None) -> None:
+    """Serve the clawfleet HTTP gateway."""
+    import os
+
+    import uvicorn
+
+    from claw_worker.config import ConfigError, current_config
+    from claw_worker.embedded_redis import EmbeddedRedisError
+
+    if config_file:
+        os.environ["CLAW_CONFIG"] = config_file
+    try:
+        config = current_config()
+        from claw_worker.logs import setup_logging
+
+        setup_logging(config, "ingress")
+        from claw_worker.redis_conn import redis_url
+
+        url = redis_url(config, start_embedded=True)
+    except (ConfigError, EmbeddedRedisError) as exc:
+        click.echo(f"claw-ingress: {exc}", err=True)
+        sys.exit(2)
+    from claw_ingress.app import create_app
+
+    uvicorn.run(
+        create_app(config, url=url),
+        host=host or config.gateway.host,
+        port=port or config.gateway.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+
+
+if __name__ == "__main__":
+    main()

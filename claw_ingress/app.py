@@ -1,0 +1,164 @@
+"""The ingress ASGI app: the gateway's HTTP API in front of the session mailboxes.
+
+It imports only the message contract, the mailbox's enqueue side, constants and the Celery
+app (to send tasks by name) — never the agent runtime, providers or tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from claw_ingress.auth import BearerAuth
+from claw_ingress.bodies import BodyError, MessageBody, parse_body, read_json
+from claw_ingress.dispatcher import Dispatcher
+from claw_ingress.outbound import OutboundReader
+from claw_worker.config import Config
+from claw_worker.contract import InboundMessage, MessageStatus
+from claw_worker.mailbox import AsyncMailbox
+from claw_worker.redis_conn import redis_url
+
+log = structlog.get_logger(__name__)
+
+RETRY_AFTER_SEC = "2"
+STATUS_POLL_SEC = 1.0  # fallback poll of the record while waiting for a reply
+
+
+def unavailable(exc: Exception) -> JSONResponse:
+    log.warning("redis unavailable", error=str(exc))
+    return JSONResponse(
+        {"error": "message store unavailable, retry later"},
+        status_code=503,
+        headers={"Retry-After": RETRY_AFTER_SEC},
+    )
+
+
+async def health(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+async def post_message(request: Request) -> JSONResponse:
+    state = request.app.state
+    try:
+        body = parse_body(
+            MessageBody, await read_json(request, state.config.gateway.max_body_bytes)
+        )
+    except BodyError as exc:
+        return JSONResponse(exc.payload, status_code=exc.status)
+    message = InboundMessage(
+        channel="api",
+        chat_id=body.session,
+        session_key=body.session,
+        sender_id=body.sender_id,
+        text=body.text,
+    )
+    waiter = state.outbound.expect(message.message_id) if body.wait else None
+    try:
+        await state.mailbox.enqueue(message)
+    except RedisError as exc:
+        if waiter:
+            state.outbound.forget(message.message_id, waiter)
+        return unavailable(exc)
+    state.dispatcher.wake(message.session_key)
+    accepted = {"message_id": message.message_id, "session_key": message.session_key}
+    if waiter is None:
+        return JSONResponse({**accepted, "status": MessageStatus.QUEUED.value}, status_code=202)
+    return await _wait_for_reply(request, message.message_id, waiter, body.timeout, accepted)
+
+
+async def _wait_for_reply(
+    request: Request,
+    message_id: str,
+    waiter: asyncio.Future[Any],
+    timeout: float,
+    accepted: dict[str, str],
+) -> JSONResponse:
+    state = request.app.state
+    deadline = time.monotonic() + timeout
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                reply = await asyncio.wait_for(
+                    asyncio.shield(waiter), min(remaining, STATUS_POLL_SEC)
+                )
+                return JSONResponse({**accepted, "status": reply.status.value, "reply": reply.text})
+            # The stream reader may have missed it (reconnect): the record is the truth.
+            with contextlib.suppress(RedisError):
+                record = await state.mailbox.get_message(message_id)
+                if record and MessageStatus(record["status"]).finished:
+                    return JSONResponse(
+                        {**accepted, "status": record["status"], "reply": record["reply"] or ""}
+                    )
+    finally:
+        state.outbound.forget(message_id, waiter)
+    return JSONResponse(
+        {
+            **accepted,
+            "status": "timeout",
+            "error": f"no reply within {timeout:g}s; message {message_id} is still being "
+            f"processed: GET /api/messages/{message_id}",
+        },
+        status_code=504,
+    )
+
+
+async def get_message(request: Request) -> JSONResponse:
+    message_id = request.path_params["message_id"]
+    try:
+        record = await request.app.state.mailbox.get_message(message_id)
+    except RedisError as exc:
+        return unavailable(exc)
+    if record is None:
+        return JSONResponse({"error": f"unknown message_id {message_id}"}, status_code=404)
+    return JSONResponse(record)
+
+
+def create_app(config: Config, *, url: str | None = None) -> Starlette:
+    from claw_worker.celery import create_app as create_celery_app
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        client = aioredis.Redis.from_url(
+            url or redis_url(config),
+            decode_responses=True,
+            health_check_interval=30,
+            socket_connect_timeout=2,
+            socket_timeout=10,
+            retry_on_timeout=False,
+        )
+        app.state.config = config
+        app.state.mailbox = AsyncMailbox(client, ttl_sec=config.worker.message_ttl_sec)
+        app.state.dispatcher = Dispatcher(create_celery_app(config))
+        app.state.outbound = OutboundReader(client)
+        app.state.dispatcher.start()
+        app.state.outbound.start()
+        try:
+            yield
+        finally:
+            await app.state.outbound.stop()
+            app.state.dispatcher.stop()
+            await client.aclose()
+
+    middleware = []
+    if config.gateway.token:
+        middleware.append(
+            Middleware(BearerAuth, token=config.gateway.token, protected_prefixes=("/api/",))
+        )
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/api/message", post_message, methods=["POST"]),
+        Route("/api/messages/{message_id}", get_message, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

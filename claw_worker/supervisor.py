@@ -1,0 +1,203 @@
+"""``clawctl gateway run``: a foreground supervisor of the local fleet, as systemd would be.
+
+Starts the embedded Redis (when ``redis.url`` is empty), the ingress, one worker and beat
+(and Flower on request), each in its own process group with output in the logs directory;
+restarts a child that dies, with exponential backoff; on SIGINT/SIGTERM stops them all —
+ingress first so nothing new arrives, Redis last — and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from claw_worker import constants as k
+from claw_worker.config import Config
+from claw_worker.config.paths import logs_dir, run_dir
+from claw_worker.embedded_redis import EmbeddedRedis, ensure_embedded, is_alive
+from claw_worker.redis_conn import redis_url
+
+STOP_TIMEOUT_SEC = 15.0
+MAX_BACKOFF_SEC = 30.0
+STABLE_AFTER_SEC = 30.0  # a child that ran this long has its backoff reset
+
+
+class SupervisorError(RuntimeError):
+    pass
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    log_path: Path
+    where: str  # what it listens on, for the start-up banner
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    next_start: float = 0.0
+
+    def start(self, env: dict[str, str]) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.args,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # our own signals decide when children stop
+            )
+        self.started_at = time.monotonic()
+
+    def signal(self, signum: int) -> None:
+        if self.process and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signum)
+
+    def wait(self, timeout: float) -> bool:
+        if self.process is None:
+            return True
+        try:
+            self.process.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+
+@dataclass
+class Supervisor:
+    config: Config
+    with_flower: bool = False
+    flower_port: int = 5555
+    echo: Callable[[str], None] = print
+    children: list[Child] = field(default_factory=list)
+    redis: EmbeddedRedis | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def plan(self) -> list[Child]:
+        py = sys.executable
+        cfg, logs = self.config, logs_dir(self.config)
+        host = socket.gethostname()
+        queues = ",".join(k.ALL_QUEUES)
+        children = [
+            Child("ingress", [py, "-m", "claw_ingress"], logs / "ingress.out",
+                  f"http://{cfg.gateway.host}:{cfg.gateway.port}"),
+            Child("worker", [py, "-m", "celery", "-A", "claw_worker", "worker",
+                             "--pool", cfg.worker.pool, "--concurrency", str(cfg.worker.concurrency),
+                             "-Q", queues, "-n", f"worker@{host}", "--loglevel", "INFO",
+                             "--without-mingle", "--without-gossip"],
+                  logs / "worker.out", f"queues {queues}, {cfg.worker.pool} x{cfg.worker.concurrency}"),
+            Child("beat", [py, "-m", "celery", "-A", "claw_worker", "beat", "--loglevel", "INFO",
+                           "-s", str(run_dir() / "beat-schedule")],
+                  logs / "beat.out", "schedules"),
+        ]  # fmt: skip
+        if self.with_flower:
+            children.append(
+                Child("flower", [py, "-m", "celery", "-A", "claw_worker", "flower",
+                                 f"--port={self.flower_port}", "--address=127.0.0.1"],
+                      logs / "flower.out", f"http://127.0.0.1:{self.flower_port}")
+            )  # fmt: skip
+        return children
+
+    def start(self) -> None:
+        logs_dir(self.config).mkdir(parents=True, exist_ok=True)
+        if self.config.redis.url:
+            if not is_alive(self.config.redis.url):
+                raise SupervisorError(
+                    f"Redis at redis.url is not reachable: {_safe_url(self.config.redis.url)}"
+                )
+            self.echo(f"redis     {_safe_url(self.config.redis.url)} (configured)")
+        else:
+            self.redis = ensure_embedded(daemonize=False)
+            owner = "started" if self.redis.process else "already running"
+            self.echo(
+                f"redis     {self.redis.url} (embedded, {owner}, AOF in {run_dir().parent / 'data'})"
+            )
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.children = self.plan()
+        for child in self.children:
+            child.start(env)
+            self.echo(
+                f"{child.name:<9} pid {child.process.pid:<7} {child.where}  log: {child.log_path}"
+            )
+        self._env = env
+
+    def run_forever(self, poll_interval: float = 0.5) -> None:
+        """Watch the children until asked to stop; restart any that dies."""
+        while not self._stop.wait(poll_interval):
+            now = time.monotonic()
+            for child in self.children:
+                proc = child.process
+                if proc is None or proc.poll() is None:
+                    continue
+                if child.next_start == 0.0:
+                    ran = now - child.started_at
+                    if ran > STABLE_AFTER_SEC:
+                        child.restarts = 0
+                    delay = min(MAX_BACKOFF_SEC, 0.5 * 2**child.restarts)
+                    child.next_start = now + delay
+                    self.echo(
+                        f"{child.name} exited with {proc.returncode}; restarting in {delay:.1f}s"
+                    )
+                elif now >= child.next_start:
+                    child.restarts += 1
+                    child.next_start = 0.0
+                    child.start(self._env)
+                    self.echo(f"{child.name:<9} pid {child.process.pid:<7} restarted")
+
+    def request_stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Stop children in order (ingress first, Redis last); kill what does not stop."""
+        ingress, rest = self.children[:1], self.children[1:]
+        for group in (ingress, rest):
+            for child in group:
+                child.signal(signal.SIGTERM)
+            for child in group:
+                if not child.wait(STOP_TIMEOUT_SEC):
+                    child.signal(signal.SIGKILL)
+                    child.wait(5)
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def _safe_url(url: str) -> str:
+    """A Redis URL without its password, for printing."""
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://****@{rest.split('@', 1)[1]}"
+    return url
+
+
+def run(
+    config: Config,
+    *,
+    with_flower: bool = False,
+    flower_port: int = 5555,
+    echo: Callable[[str], None] = print,
+) -> int:
+    sup = Supervisor(config, with_flower=with_flower, flower_port=flower_port, echo=echo)
+    signal.signal(signal.SIGTERM, sup.request_stop)
+    signal.signal(signal.SIGINT, sup.request_stop)
+    try:
+        sup.start()
+        echo("fleet running; Ctrl-C stops it")
+        sup.run_forever()
+    finally:
+        echo("stopping the fleet ...")
+        sup.stop()
+        echo("stopped")
+    return 0
+
+
+__all__ = ["Supervisor", "SupervisorError", "redis_url", "run"]

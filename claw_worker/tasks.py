@@ -1,0 +1,42 @@
+"""Celery tasks: thin, stably named wrappers around plain functions."""
+
+from __future__ import annotations
+
+import redis
+
+from claw_worker import constants as k
+from claw_worker.celery import app
+from claw_worker.runtime import get_runtime
+from claw_worker.session_runner import drain_session
+from claw_worker.sweeper import sweep_dirty_sessions
+
+# Redis may restart under us; a drain that cannot reach it is retried (and the sweeper
+# re-sends drains for anything left behind).
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
+@app.task(
+    name=k.TASK_DRAIN,
+    ignore_result=True,
+    autoretry_for=_REDIS_DOWN,
+    retry_backoff=1,
+    retry_backoff_max=30,
+    max_retries=20,
+)
+def drain(session_key: str) -> int:
+    if not isinstance(session_key, str) or not session_key:
+        raise ValueError("drain needs a non-empty session_key")
+    return drain_session(get_runtime().drain_context(), session_key)
+
+
+@app.task(name=k.TASK_SWEEP, ignore_result=True, autoretry_for=_REDIS_DOWN, max_retries=3)
+def sweep() -> int:
+    rt = get_runtime()
+    return sweep_dirty_sessions(
+        rt.mailbox, rt.send_drain, grace_sec=rt.config.worker.sweep_interval_sec
+    )
+
+
+@app.task(name=k.TASK_PING)
+def ping() -> str:
+    return "pong"

@@ -1,0 +1,29 @@
+# Sourced by scripts/fleet and scripts/test: make .venv with Python >= 3.11 and install
+# clawfleet into it (with the extras named in $CLAW_EXTRAS). Idempotent and quiet.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  for candidate in python3.13 python3.12 python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1; then PY="$candidate"; break; fi
+  done
+fi
+if [ -z "$PY" ] || ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "clawfleet needs Python 3.11 or newer (set PYTHON=/path/to/python3.11)" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  if ! "$PY" -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    echo "'$PY -m venv' failed: on Debian/Ubuntu run: apt-get install python3-venv" >&2
+    exit 1
+  fi
+fi
+STAMP=".venv/.clawfleet-installed${CLAW_EXTRAS:+-$CLAW_EXTRAS}"
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+  echo "installing clawfleet into .venv ..." >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${CLAW_EXTRAS:+[$CLAW_EXTRAS]}"
+  touch "$STAMP"
+fi

@@ -1,0 +1,104 @@
+"""The ingress HTTP API over real HTTP, with a real worker behind it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+
+from tests.fixtures.procs import wait_for
+
+TOKEN = "gw-token-abcdefghijkl"
+
+
+def test_health_needs_no_token_but_api_does(fleet_factory) -> None:
+    fleet = fleet_factory(gateway__token=TOKEN)
+    fleet.start_ingress()
+    with fleet.client() as http:
+        assert http.get("/health").json() == {"status": "ok"}
+        resp = http.post("/api/message", json={"text": "hi"})
+        assert resp.status_code == 401
+        resp = http.post(
+            "/api/message", json={"text": "hi"}, headers={"Authorization": "Bearer nope"}
+        )
+        assert resp.status_code == 401
+        assert http.get("/api/messages/abc").status_code == 401
+    with fleet.client(TOKEN) as http:
+        assert http.post("/api/message", json={"text": "hi"}).status_code == 202
+
+
+def test_bad_bodies_get_413_and_422_naming_the_field(fleet_factory) -> None:
+    fleet = fleet_factory()
+    fleet.start_ingress()
+    with fleet.client() as http:
+        big = {"text": "x" * (513 * 1024)}
+        assert http.post("/api/message", json=big).status_code == 413
+        resp = http.post(
+            "/api/message", content=b"{not json", headers={"content-type": "application/json"}
+        )
+        assert resp.status_code == 422 and "JSON" in resp.json()["error"]
+        resp = http.post("/api/message", json={"text": 5})
+        assert resp.status_code == 422 and resp.json()["detail"][0]["field"] == "text"
+        resp = http.post("/api/message", json={"text": "hi", "timeout": -1})
+        assert resp.status_code == 422 and "timeout" in resp.json()["error"]
+        resp = http.post("/api/message", json={"text": "hi", "colour": "red"})
+        assert resp.status_code == 422 and "colour" in resp.json()["error"]
+        resp = http.post("/api/message", json={"text": ""})
+        assert resp.status_code == 422
+        assert http.get("/api/messages/does-not-exist").status_code == 404
+
+
+def test_queued_message_is_processed_and_can_be_looked_up(fleet_factory, llm_server) -> None:
+    fleet = fleet_factory()
+    fleet.start_ingress()
+    with fleet.client() as http:
+        resp = http.post("/api/message", json={"text": "hello there", "session": "api:lookup"})
+        assert resp.status_code == 202
+        body = resp.json()
+        assert body["status"] == "queued" and body["session_key"] == "api:lookup"
+        # No worker yet: it stays queued (stored before the 202).
+        assert http.get(f"/api/messages/{body['message_id']}").json()["status"] == "queued"
+        fleet.start_worker()
+        done = wait_for(
+            lambda: (r := http.get(f"/api/messages/{body['message_id']}").json())["status"] == "done" and r,
+            timeout=30, what="message done",
+        )  # fmt: skip
+        assert done["reply"] == "echo: hello there"
+
+
+def test_wait_returns_the_reply_or_504_naming_the_message(fleet_factory, llm_server) -> None:
+    fleet = fleet_factory()
+    fleet.start_ingress()
+    fleet.start_worker()
+    with fleet.client() as http:
+        resp = http.post("/api/message", json={"text": "hi", "wait": True})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["reply"] == "echo: hi" and resp.json()["status"] == "done"
+        llm_server.reply("late answer", delay=3)
+        resp = http.post("/api/message", json={"text": "slow", "wait": True, "timeout": 0.5})
+        assert resp.status_code == 504
+        message_id = resp.json()["message_id"]
+        assert message_id in resp.json()["error"]
+        done = wait_for(
+            lambda: (r := http.get(f"/api/messages/{message_id}").json())["status"] == "done" and r,
+            timeout=30, what="slow message done",
+        )  # fmt: skip
+        assert done["reply"] == "late answer"
+
+
+def test_ingress_never_imports_the_agent_runtime() -> None:
+    code = (
+        "import sys, claw_ingress.app, claw_ingress.__main__\n"
+        "bad = [m for m in sys.modules if m.startswith(('claw_worker.agent', 'claw_worker.tools',"
+        " 'claw_worker.providers', 'claw_worker.tasks', 'claw_worker.runtime'))]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_unknown_route_is_404(fleet_factory) -> None:
+    fleet = fleet_factory()
+    fleet.start_ingress()
+    assert httpx.get(f"{fleet.base_url}/nope").status_code == 404
