@@ -1,9 +1,20 @@
 """clawfleet worker package: the Celery app (``celery -A claw_worker``) and the agent runtime.
 
-Only the Celery app is imported here; the runtime (agent, providers, tools) loads lazily
-in worker processes, so the ingress can import the app and the message contract cheaply.
+``app`` is resolved lazily: importing a submodule (the contract, the config, the CLI) never
+reads the config file or builds the Celery app, so a broken config cannot break
+``clawctl config check``, and the ingress stays light.
 """
 
-from claw_worker.celery import app
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        from claw_worker.celery import app
+
+        return app
+    raise AttributeError(f"module 'claw_worker' has no attribute {name!r}")

@@ -81,5 +81,24 @@ def _start_embedded_redis(**_: Any) -> None:
         redis_url(config, start_embedded=True)
 
 
+def _setup_logging(**_: Any) -> None:
+    """Celery's processes log through clawfleet's structlog setup (JSON file + console).
+
+    Each process gets its own file: the role (worker/beat/flower) and the node name.
+    """
+    import sys
+
+    from claw_worker.logs import setup_logging
+
+    argv = sys.argv
+    role = next((r for r in ("beat", "flower", "worker") if r in argv), "celery")
+    node = ""
+    for flag in ("-n", "--hostname"):
+        if flag in argv[:-1]:
+            node = "-" + argv[argv.index(flag) + 1].split("@")[0]
+    setup_logging(current_config(), f"{role}{node}")
+
+
+signals.setup_logging.connect(_setup_logging, weak=False)
 signals.worker_init.connect(_start_embedded_redis, weak=False)
 signals.beat_init.connect(_start_embedded_redis, weak=False)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import redis
+
 from claw_worker.config.schema import Config
 from claw_worker.embedded_redis import embedded_url, ensure_embedded
-
-import redis
 
 
 def redis_url(config: Config, *, start_embedded: bool = False) -> str:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from claw_worker.config.schema import Config
+from claw_worker.fsutil import atomic_write_bytes
 
 SECRET_WORDS = ("key", "token", "secret", "password")
 MASK = "****"
@@ -74,19 +74,7 @@ def load_config_data(path: Path) -> dict[str, Any]:
 
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write via a temp file in the same directory and rename, so no reader sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, text.encode("utf-8"), mode)
 
 
 def save_config_data(path: Path, data: dict[str, Any]) -> Config:

@@ -1,0 +1,162 @@
+"""One agent turn: history → context → model/tool loop → save → reply.
+
+An ``Agent`` is shared by every worker thread of a process, so it keeps no per-turn state:
+everything about a turn lives in ``handle``'s locals and in the ``_Turn`` it builds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from claw_worker.agent.context import build_messages, build_system_prompt, user_message
+from claw_worker.agent.history import History
+from claw_worker.config.paths import workspace_dir
+from claw_worker.config.schema import Config
+from claw_worker.contract import InboundMessage
+from claw_worker.providers.base import ChatProvider, LLMResponse, ToolCall
+from claw_worker.providers.registry import build_provider, resolve_model
+from claw_worker.tools.base import ToolContext
+from claw_worker.tools.registry import ToolRegistry, default_tools
+
+Message = dict[str, Any]
+CANCELLED_TOOL_RESULT = "Error: not run, the user asked to stop."
+
+
+@dataclass(frozen=True)
+class AgentReply:
+    text: str
+    tool_steps: int = 0  # tool calls run
+    llm_calls: int = 0
+    cancelled: bool = False  # should_stop ended the turn early; text is then ""
+    exhausted: bool = False  # max_tool_iterations reached without a final answer
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class _Turn:
+    """The running state of one turn: what is sent next, and what gets saved."""
+
+    messages: list[Message]
+    new: list[Message]  # appended to history at the end
+    tool_steps: int = 0
+    llm_calls: int = 0
+    usage: dict[str, int] = field(default_factory=dict)
+
+    def add(self, message: Message) -> None:
+        self.messages.append(message)
+        self.new.append(message)
+
+    def count(self, response: LLMResponse) -> None:
+        self.llm_calls += 1
+        for key, value in response.usage.items():
+            self.usage[key] = self.usage.get(key, 0) + value
+
+
+class Agent:
+    def __init__(
+        self,
+        config: Config,
+        redis: redis.Redis,
+        *,
+        provider: ChatProvider | None = None,
+        tools: ToolRegistry | None = None,
+    ) -> None:
+        self.config = config
+        self.redis = redis
+        # One provider (keep-alive connections) for every thread of the process.
+        self.provider = provider if provider is not None else build_provider(config)
+        self.tools = tools if tools is not None else default_tools(config)
+        self.model = resolve_model(config)
+        self.workspace = workspace_dir(config)
+
+    def handle(
+        self, message: InboundMessage, *, should_stop: Callable[[], bool] | None = None
+    ) -> AgentReply:
+        defaults = self.config.agents.defaults
+        provider = self.provider
+        if provider is None:
+            return AgentReply(text=defaults.texts.provider_not_configured)
+        stop = should_stop or _never
+        self.workspace.mkdir(parents=True, exist_ok=True)
+
+        history = History(self.redis, message.session_key)
+        system_prompt = build_system_prompt(self.workspace, message)
+        user = user_message(message)
+        turn = _Turn(build_messages(system_prompt, history.load(), user), new=[user])
+        ctx = ToolContext(self.workspace, message.session_key, self.config, should_stop=stop)
+
+        reply = self._loop(provider, turn, ctx, stop)
+        # Saved only once the turn is over: a ProviderError propagates before this, and the
+        # retried message then starts from the same history instead of a duplicate user turn.
+        history.append(turn.new)
+        return reply
+
+    def _loop(
+        self, provider: ChatProvider, turn: _Turn, ctx: ToolContext, stop: Callable[[], bool]
+    ) -> AgentReply:
+        defaults = self.config.agents.defaults
+        schemas = self.tools.schemas()
+        for _ in range(defaults.max_tool_iterations):
+            if stop():
+                return self._reply(turn, "", cancelled=True)
+            response = provider.chat(
+                turn.messages,
+                schemas,
+                model=self.model,
+                max_tokens=defaults.max_tokens,
+                temperature=defaults.temperature,
+            )
+            turn.count(response)
+            if not response.tool_calls:
+                text = response.content.strip() or defaults.texts.no_response_fallback
+                turn.add({"role": "assistant", "content": text})
+                return self._reply(turn, text)
+            turn.add(
+                {
+                    "role": "assistant",
+                    "content": response.content or None,
+                    "tool_calls": [call.to_message() for call in response.tool_calls],
+                }
+            )
+            if not self._run_tools(turn, response.tool_calls, ctx, stop):
+                return self._reply(turn, "", cancelled=True)
+        text = defaults.texts.tool_iterations_exhausted % defaults.max_tool_iterations
+        turn.add({"role": "assistant", "content": text})
+        return self._reply(turn, text, exhausted=True)
+
+    def _run_tools(
+        self, turn: _Turn, calls: list[ToolCall], ctx: ToolContext, stop: Callable[[], bool]
+    ) -> bool:
+        """Run the calls in order; False if stopped. Every call still gets a result message,
+        because the API rejects an assistant tool call without its answer in the history."""
+        stopped = False
+        for call in calls:
+            stopped = stopped or stop()
+            if stopped:
+                result = CANCELLED_TOOL_RESULT
+            else:
+                result = self.tools.run(call.name, call.raw_arguments, ctx)
+                turn.tool_steps += 1
+            turn.add({"role": "tool", "tool_call_id": call.id, "content": result})
+        return not stopped
+
+    @staticmethod
+    def _reply(
+        turn: _Turn, text: str, *, cancelled: bool = False, exhausted: bool = False
+    ) -> AgentReply:
+        return AgentReply(
+            text=text,
+            tool_steps=turn.tool_steps,
+            llm_calls=turn.llm_calls,
+            cancelled=cancelled,
+            exhausted=exhausted,
+            usage=dict(turn.usage),
+        )

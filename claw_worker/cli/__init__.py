@@ -1,0 +1,73 @@
+"""``clawctl``: the admin CLI. This module is the one place where command groups are wired.
+
+Each command group lives in its own module; register it with one line in ``COMMANDS``.
+Command modules import heavy parts (the agent, the Celery app) inside their functions, so
+``clawctl config check`` works, and starts fast, whatever state the rest is in.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from claw_worker.cli._common import EXPECTED_ERRORS, CliError, describe_error
+from claw_worker.config.paths import ENV_CONFIG
+
+
+class ClawGroup(click.Group):
+    """The top group: the CLI boundary where expected errors become messages, not tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EXPECTED_ERRORS as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise  # --debug: show the traceback
+            raise CliError(describe_error(exc)) from None
+
+
+@click.group(cls=ClawGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Config file to use (default: $CLAW_HOME/config.json).",
+)
+@click.option("--debug", is_flag=True, help="Verbose logs on stderr and full tracebacks.")
+@click.version_option(package_name="clawfleet")
+@click.pass_context
+def main(ctx: click.Context, config_file: Path | None, debug: bool) -> None:
+    """clawfleet: an AI agent run as a Celery worker fleet on Redis."""
+    from claw_worker.logs import setup_console
+
+    if config_file is not None:
+        # Through the environment, so every process this command starts (workers, beat,
+        # ingress) and every current_config() call reads the same file. Absolute, because
+        # those processes may run in another directory.
+        os.environ[ENV_CONFIG] = str(config_file.expanduser().absolute())
+    ctx.obj = {"debug": debug}
+    setup_console(debug=debug)
+
+
+# "module:attribute" of each command group under claw_worker.cli, in --help order.
+COMMANDS = [
+    "onboard:onboard",
+    "config_cmd:config",
+    "status:status",
+    "agent_cmd:agent",
+    "gateway:gateway",
+]
+
+
+def _register() -> None:
+    for spec in COMMANDS:
+        module_name, attribute = spec.split(":")
+        module = importlib.import_module(f"claw_worker.cli.{module_name}")
+        main.add_command(getattr(module, attribute))
+
+
+_register()

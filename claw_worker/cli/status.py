@@ -1,0 +1,155 @@
+"""``clawctl status``: what this machine's clawfleet looks like, read-only.
+
+It never starts anything (not even the embedded Redis) and answers within a few seconds
+when Redis or the workers are down: every probe has a short timeout and reports what it
+could not learn as unknown instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+import redis
+
+from claw_worker import constants as k
+from claw_worker.cli._common import current_path, mask_url
+from claw_worker.config import Config, ConfigError, load_config, logs_dir, workspace_dir
+from claw_worker.config.store import mask_secret, resolve_api_key
+from claw_worker.redis_conn import client, redis_url
+
+PROBE_TIMEOUT_SEC = 1.0
+# kombu's Redis transport keeps a queue as a list named after it, plus one list per
+# non-default priority level, named queue + "\x06\x16" + level.
+KOMBU_PRIORITY_SEP = "\x06\x16"
+KOMBU_PRIORITY_LEVELS = (3, 6, 9)
+
+
+def _provider(config: Config) -> dict[str, Any]:
+    proxy = config.providers.proxy
+    key = resolve_api_key(proxy.api_key)
+    return {
+        "api_base": proxy.api_base or None,
+        "api_key": mask_secret(key) if key else None,
+        "models": list(proxy.models),
+        "fallbacks": list(config.providers.proxy_fallbacks),
+    }
+
+
+def _redis_facts(url: str) -> dict[str, Any]:
+    facts: dict[str, Any] = {"reachable": False, "error": None, "queues": None, "waiting": None}
+    conn = client(
+        url,
+        socket_timeout=PROBE_TIMEOUT_SEC,
+        socket_connect_timeout=PROBE_TIMEOUT_SEC,
+        health_check_interval=0,
+    )
+    try:
+        conn.ping()
+        facts["reachable"] = True
+        queues = {}
+        for name in k.ALL_QUEUES:
+            keys = [name, *(f"{name}{KOMBU_PRIORITY_SEP}{p}" for p in KOMBU_PRIORITY_LEVELS)]
+            pipe = conn.pipeline(transaction=False)
+            for key in keys:
+                pipe.llen(key)
+            queues[name] = sum(pipe.execute())
+        facts["queues"] = queues
+        facts["waiting"] = conn.zcard(k.DIRTY_SESSIONS)
+    except (redis.RedisError, OSError) as exc:
+        facts["error"] = str(exc) or type(exc).__name__
+    finally:
+        conn.close()
+    return facts
+
+
+def _workers() -> list[str] | None:
+    """Names of the workers that answer a ping, or None when that cannot be known."""
+    try:
+        from claw_worker.celery import app
+
+        replies = app.control.inspect(timeout=PROBE_TIMEOUT_SEC).ping() or {}
+    except (Exception, SystemExit):  # no app yet, bad config, broker error: just unknown
+        return None
+    return sorted(replies)
+
+
+def collect() -> dict[str, Any]:
+    path = current_path()
+    report: dict[str, Any] = {
+        "config": {"path": str(path), "exists": path.exists(), "valid": False, "error": None}
+    }
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        report["config"]["error"] = str(exc)
+        return report
+    report["config"]["valid"] = True
+    workspace = workspace_dir(config)
+    url = redis_url(config)
+    facts = _redis_facts(url)
+    report.update(
+        {
+            "workspace": {"path": str(workspace), "exists": workspace.is_dir()},
+            "model": config.agents.defaults.model
+            or next(iter(config.providers.proxy.models), None),
+            "provider": _provider(config),
+            "logs": {"dir": str(logs_dir(config)), "enabled": config.logging.enabled},
+            "redis": {
+                "url": mask_url(url),
+                "embedded": not config.redis.url,
+                "reachable": facts["reachable"],
+                "error": facts["error"],
+            },
+            # Only ask the workers through a broker that answers: Celery would retry the
+            # connection for a long time otherwise.
+            "workers": _workers() if facts["reachable"] else None,
+            "queues": facts["queues"],
+            "sessions_waiting": facts["waiting"],
+        }
+    )
+    return report
+
+
+def _render(report: dict[str, Any]) -> list[str]:
+    cfg = report["config"]
+    state = "missing: defaults" if not cfg["exists"] else ("ok" if cfg["valid"] else "INVALID")
+    lines = [f"config     {cfg['path']} ({state})"]
+    if not cfg["valid"]:
+        return [*lines, *("  " + line for line in cfg["error"].splitlines())]
+    ws, prov, logs, rds = report["workspace"], report["provider"], report["logs"], report["redis"]
+    lines.append(
+        f"workspace  {ws['path']}" + ("" if ws["exists"] else " (missing: clawctl onboard)")
+    )
+    lines.append(f"model      {report['model'] or '(not set)'}")
+    base = prov["api_base"] or "(not set: clawctl login)"
+    lines.append(f"provider   {base}  key {prov['api_key'] or '(none)'}")
+    lines.append(f"logs       {logs['dir']}" + ("" if logs["enabled"] else " (file logging off)"))
+    kind = "embedded" if rds["embedded"] else "external"
+    reach = "reachable" if rds["reachable"] else f"unreachable ({rds['error']})"
+    lines.append(f"redis      {rds['url']} ({kind}) {reach}")
+    workers = report["workers"]
+    if workers is None:
+        lines.append("workers    unknown")
+    else:
+        lines.append(f"workers    {len(workers)}" + (f": {', '.join(workers)}" if workers else ""))
+    queues = report["queues"]
+    shown = " ".join(f"{n}={d}" for n, d in queues.items()) if queues is not None else "unknown"
+    lines.append(f"queues     {shown}")
+    waiting = report["sessions_waiting"]
+    lines.append(f"sessions   {'unknown' if waiting is None else waiting} waiting")
+    return lines
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(as_json: bool) -> None:
+    """Show config, workspace, model, logs, Redis, workers and queues."""
+    report = collect()
+    if as_json:
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        click.echo("\n".join(_render(report)))
+    if not report["config"]["valid"]:
+        raise SystemExit(1)  # nothing else can be known from a config that does not load

@@ -1,0 +1,117 @@
+"""What every LLM provider returns and raises, independent of the wire protocol."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+Message = dict[str, Any]  # one chat message in OpenAI's shape (role, content, tool_calls, ...)
+ToolSchema = dict[str, Any]  # {"type": "function", "function": {name, description, parameters}}
+
+# Statuses worth retrying: the request may succeed later unchanged.
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+
+
+class ProviderError(Exception):
+    """A failed LLM call, typed so callers decide on retries without parsing text.
+
+    ``status`` is the HTTP status (None for network failures), ``retryable`` says whether
+    the same request may succeed later, ``retry_after`` is the server's hint in seconds.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return (
+            f"ProviderError({str(self)!r}, status={self.status}, retryable={self.retryable}, "
+            f"retry_after={self.retry_after})"
+        )
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One tool call the model asked for.
+
+    ``raw_arguments`` is the JSON text as sent (kept for the history, which must replay it
+    verbatim); ``arguments`` is its parse, empty with ``arguments_error`` set when the
+    model sent something that is not a JSON object. The tool layer reports that error back
+    to the model instead of crashing.
+    """
+
+    id: str
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    raw_arguments: str = "{}"
+    arguments_error: str | None = None
+
+    @classmethod
+    def parse(cls, id: str, name: str, raw: str | dict[str, Any] | None) -> ToolCall:
+        if isinstance(raw, dict):
+            return cls(id, name, raw, json.dumps(raw, ensure_ascii=False))
+        raw = raw or ""
+        if not raw.strip():  # some models send "" for a tool without parameters
+            return cls(id, name, {}, raw or "{}")
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            return cls(id, name, {}, raw, f"arguments are not valid JSON ({exc})")
+        if not isinstance(value, dict):
+            return cls(id, name, {}, raw, f"arguments must be a JSON object, got {raw[:80]!r}")
+        return cls(id, name, value, raw)
+
+    def to_message(self) -> dict[str, Any]:
+        """This call as it appears in an assistant message's ``tool_calls``."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.raw_arguments},
+        }
+
+
+@dataclass(frozen=True)
+class LLMResponse:
+    content: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str = "stop"
+    usage: dict[str, int] = field(default_factory=dict)
+    model: str = ""
+
+
+class ChatProvider(Protocol):
+    """One chat call. A failover chain of providers will implement the same protocol."""
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSchema] | None,
+        model: str,
+        max_tokens: int,
+        temperature: float,
+    ) -> LLMResponse: ...
+
+    def close(self) -> None: ...
+
+
+_TAGS = re.compile(r"<(script|style)\b.*?</\1>|<[^>]+>", re.IGNORECASE | re.DOTALL)
+
+
+def body_preview(text: str, limit: int = 200) -> str:
+    """A short readable preview of an error body; HTML pages are reduced to their text."""
+    if "<" in text and ">" in text:
+        text = _TAGS.sub(" ", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,203 @@
+"""The config schema and store: strict parsing with errors named by path, dotted get/set,
+masking, atomic writes and the API key fallback."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from claw_worker.config import Config, ConfigError, current_config, load_config
+from claw_worker.config.paths import config_path, logs_dir, workspace_dir
+from claw_worker.config.store import (
+    atomic_write_text,
+    get_path,
+    is_secret_name,
+    load_config_data,
+    mask_secrets,
+    parse_config_text,
+    parse_value,
+    resolve_api_key,
+    save_config_data,
+    set_path,
+    split_path,
+)
+from tests.fixtures.claw_home import ClawHome
+
+
+def config_error(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config_text(text, "cfg.json")
+    return str(info.value)
+
+
+def test_empty_object_is_all_defaults() -> None:
+    config = parse_config_text("{}")
+    assert config == Config()
+    assert config.gateway.port == 18790
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"gateway": {"bogus": 1}}', "gateway.bogus: unknown field"),
+        ('{"gateway": {"port": "abc"}}', "gateway.port: Input should be a valid integer"),
+        ('{"gateway": {"port": 70000}}', "gateway.port: Input should be less than or equal"),
+        ('{"agents": {"defaults": {"max_tokens": 1.5}}}', "agents.defaults.max_tokens"),
+        ('{"channels": {"telegram": {"enabled": "yes"}}}', "channels.telegram.enabled"),
+        ('{"channels": {"slack": {}}}', "channels.slack: unknown field"),
+        ('{"providers": {"proxies": {"x": {"api_base": "ftp://h"}}}}', "providers.proxies.x"),
+        ('{"providers": {"proxy_fallbacks": ["nope"]}}', "nope"),
+        ('{"redis": {"url": "http://h"}}', "redis: url must start with redis://"),
+    ],
+)
+def test_schema_errors_name_the_dotted_path(text: str, expected: str) -> None:
+    message = config_error(text)
+    assert message.startswith("cfg.json: invalid config")
+    assert expected in message
+
+
+def test_trailing_json_is_an_error_with_its_position() -> None:
+    message = config_error('{"gateway": {}}\n{"extra": 1}')
+    assert "line 2 column 1" in message
+    assert "extra content after the JSON object" in message
+
+
+def test_top_level_must_be_an_object() -> None:
+    assert "top level must be a JSON object" in config_error("[1, 2]")
+
+
+def test_strict_types_are_not_coerced() -> None:
+    assert "gateway.token" in config_error('{"gateway": {"token": 12345}}')
+    assert "worker.concurrency" in config_error('{"worker": {"concurrency": true}}')
+
+
+def test_models_are_frozen() -> None:
+    config = Config()
+    with pytest.raises(ValueError, match="frozen"):
+        config.gateway.port = 1  # type: ignore[misc]
+
+
+def test_dotted_get_and_set() -> None:
+    data = set_path({}, "channels.telegram.enable", True)
+    assert data == {"channels": {"telegram": {"enabled": True}}}
+    data = set_path(data, "gateway.port", 8080)
+    config = parse_config_text(json.dumps(data))
+    assert get_path(config, "gateway.port") == 8080
+    assert get_path(config, "channels.telegram.enable") is True
+    assert get_path(config, "gateway")["host"] == "127.0.0.1"
+
+
+def test_set_path_copies_and_refuses_to_descend_into_a_value() -> None:
+    original = {"gateway": {"port": 1}}
+    set_path(original, "gateway.port", 2)
+    assert original == {"gateway": {"port": 1}}
+    with pytest.raises(ConfigError, match="'port' is a value, not a section"):
+        set_path(original, "gateway.port.x", 3)
+
+
+def test_unknown_get_path_lists_the_valid_fields() -> None:
+    with pytest.raises(ConfigError) as info:
+        get_path(Config(), "gateway.prot")
+    assert "no field 'prot' under gateway" in str(info.value)
+    assert "port" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["", ".", "gateway.", "a..b"])
+def test_bad_dotted_paths(bad: str) -> None:
+    with pytest.raises(ConfigError, match="not a dotted config path"):
+        split_path(bad)
+
+
+def test_parse_value_json_else_string() -> None:
+    assert parse_value("8080") == 8080
+    assert parse_value("true") is True
+    assert parse_value('["a", "b"]') == ["a", "b"]
+    assert parse_value('"abc"') == "abc"
+    assert parse_value("http://h:1/v1") == "http://h:1/v1"
+
+
+def test_mask_secrets_masks_secret_strings_only() -> None:
+    config = Config.model_validate(
+        {
+            "providers": {"proxy": {"api_key": "sk-live-1234567890"}},
+            "channels": {"telegram": {"token": "123456:ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef"}},
+            "gateway": {"token": "short"},
+        }
+    )
+    masked = mask_secrets(config.model_dump(mode="json"))
+    text = json.dumps(masked)
+    assert "1234567890" not in text
+    assert "ABCDEFGHIJ" not in text
+    assert "short" not in text
+    assert masked["providers"]["proxy"]["api_key"] == "sk-****"
+    assert masked["agents"]["defaults"]["max_tokens"] == 4096  # numbers are never secrets
+    assert masked["agents"]["defaults"]["heartbeat"]["ack_max_chars"] == 64
+    assert mask_secrets("sk-live-1234567890", "api_key") == "sk-****"
+    assert is_secret_name("app_secret") and not is_secret_name("ack_max_chars")
+
+
+def test_save_is_atomic_with_backup_and_private(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    save_config_data(path, {"gateway": {"port": 1000}})
+    first = path.read_bytes()
+    save_config_data(path, {"gateway": {"port": 2000}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "config.json.bak"]
+    assert (tmp_path / "config.json.bak").read_bytes() == first
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_config(path).gateway.port == 2000
+    assert load_config_data(path) == {"gateway": {"port": 2000}}
+
+
+def test_save_refuses_invalid_data_and_leaves_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    save_config_data(path, {"gateway": {"port": 1000}})
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match=r"gateway\.port"):
+        save_config_data(path, {"gateway": {"port": "x"}})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_failed_atomic_write_leaves_no_temp_file(tmp_path: Path) -> None:
+    path = tmp_path / "f.txt"
+    path.write_text("old")
+    with pytest.raises(UnicodeEncodeError):
+        atomic_write_text(path, "bad \ud800 surrogate")  # fails half-way through the write
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_missing_file_means_defaults(tmp_path: Path) -> None:
+    assert load_config(tmp_path / "absent.json") == Config()
+
+
+def test_api_key_env_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CLAW_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert resolve_api_key("") == ""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
+    assert resolve_api_key("") == "sk-openai"
+    monkeypatch.setenv("CLAW_API_KEY", "sk-claw")
+    assert resolve_api_key("") == "sk-claw"
+    assert resolve_api_key("sk-configured") == "sk-configured"
+
+
+def test_paths_follow_claw_home_and_claw_config(
+    claw_home: ClawHome, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert config_path() == claw_home.config_file
+    assert workspace_dir(Config()) == claw_home.workspace
+    assert logs_dir(Config()) == claw_home.path / "logs"
+    claw_home.write_config({"gateway": {"port": 1111}})
+    assert current_config().gateway.port == 1111
+
+    other = tmp_path / "other.json"
+    other.write_text('{"gateway": {"port": 2222}}')
+    monkeypatch.setenv("CLAW_CONFIG", str(other))
+    assert config_path() == other
+    assert current_config().gateway.port == 2222
+    custom = Config.model_validate({"agents": {"defaults": {"workspace": str(tmp_path / "ws")}}})
+    assert workspace_dir(custom) == tmp_path / "ws"
