@@ -23,8 +23,10 @@ from starlette.routing import Route
 
 from claw_ingress.auth import BearerAuth
 from claw_ingress.bodies import BodyError, MessageBody, parse_body, read_json
+from claw_ingress.commands import out_of_band_command
 from claw_ingress.dispatcher import Dispatcher
 from claw_ingress.outbound import OutboundReader
+from claw_worker.cancel import request_stop
 from claw_worker.config import Config
 from claw_worker.contract import InboundMessage, MessageStatus
 from claw_worker.mailbox import AsyncMailbox
@@ -57,6 +59,13 @@ async def post_message(request: Request) -> JSONResponse:
         )
     except BodyError as exc:
         return JSONResponse(exc.payload, status_code=exc.status)
+    command = out_of_band_command(body.text)
+    if command is not None:
+        try:
+            reply = await command(state.redis, state.config, body.session)
+        except RedisError as exc:
+            return unavailable(exc)
+        return JSONResponse({"session_key": body.session, "status": "done", "reply": reply})
     message = InboundMessage(
         channel="api",
         chat_id=body.session,
@@ -125,6 +134,17 @@ async def get_message(request: Request) -> JSONResponse:
     return JSONResponse(record)
 
 
+async def stop_session(request: Request) -> JSONResponse:
+    session_key = request.path_params["session"]
+    if not session_key or len(session_key) > 256:
+        return JSONResponse({"error": "session must be 1 to 256 characters"}, status_code=422)
+    try:
+        await request_stop(request.app.state.redis, session_key)
+    except RedisError as exc:
+        return unavailable(exc)
+    return JSONResponse({"session_key": session_key, "status": "stop_requested"})
+
+
 def create_app(config: Config, *, url: str | None = None) -> Starlette:
     from claw_worker.celery import create_app as create_celery_app
 
@@ -139,6 +159,7 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
             retry_on_timeout=False,
         )
         app.state.config = config
+        app.state.redis = client
         app.state.mailbox = AsyncMailbox(client, ttl_sec=config.worker.message_ttl_sec)
         app.state.dispatcher = Dispatcher(create_celery_app(config))
         app.state.outbound = OutboundReader(client)
@@ -160,5 +181,6 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/api/message", post_message, methods=["POST"]),
         Route("/api/messages/{message_id}", get_message, methods=["GET"]),
+        Route("/api/sessions/{session:path}/stop", stop_session, methods=["POST"]),
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -9,16 +9,21 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import redis
 
 from claw_worker import constants as k
+from claw_worker.cancel import CancelListener
 from claw_worker.config import Config, current_config
 from claw_worker.contract import InboundMessage
 from claw_worker.leases import LeaseKeeper
 from claw_worker.mailbox import Mailbox
 from claw_worker.redis_conn import client, redis_url
 from claw_worker.session_runner import DrainContext
+
+if TYPE_CHECKING:  # the agent runtime is imported lazily, on first use
+    from claw_worker.agent import AgentReply
 
 
 class Runtime:
@@ -27,6 +32,7 @@ class Runtime:
         self.redis: redis.Redis = client(redis_url(config), max_connections=None)
         self.mailbox = Mailbox(self.redis, lease_ms=config.worker.lease_sec * 1000)
         self.leases = LeaseKeeper(self.mailbox)
+        self.cancels = CancelListener(self.redis)
 
     @cached_property
     def agent(self):
@@ -34,8 +40,8 @@ class Runtime:
 
         return Agent(self.config, self.redis)
 
-    def handle(self, message: InboundMessage, should_stop: Callable[[], bool]) -> str:
-        return self.agent.handle(message, should_stop=should_stop).text
+    def handle(self, message: InboundMessage, should_stop: Callable[[], bool]) -> AgentReply:
+        return self.agent.handle(message, should_stop=should_stop)
 
     def send_drain(self, session_key: str, countdown: float = 0.0) -> None:
         from claw_worker.celery import app
@@ -53,6 +59,7 @@ class Runtime:
             mailbox=self.mailbox,
             leases=self.leases,
             handler=self.handle,
+            cancels=self.cancels,
             send_drain=self.send_drain,
         )
 

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import structlog
 
+from claw_worker.cancel import CancelListener
 from claw_worker.config import Config
 from claw_worker.contract import InboundMessage, MessageStatus, OutboundMessage
 from claw_worker.leases import HeldLease, LeaseKeeper
@@ -26,8 +27,15 @@ MAX_BATCH = 20  # messages per drain before yielding the worker slot to other se
 MAX_BACKOFF_SEC = 60.0
 
 
+class HandlerReply(Protocol):
+    text: str
+    cancelled: bool  # the run ended early because should_stop() turned true
+
+
 class MessageHandler(Protocol):
-    def __call__(self, message: InboundMessage, should_stop: Callable[[], bool]) -> str: ...
+    def __call__(
+        self, message: InboundMessage, should_stop: Callable[[], bool]
+    ) -> HandlerReply: ...
 
 
 @dataclass
@@ -36,6 +44,7 @@ class DrainContext:
     mailbox: Mailbox
     leases: LeaseKeeper
     handler: MessageHandler
+    cancels: CancelListener
     send_drain: Callable[[str, float], None]  # (session_key, countdown_sec)
 
 
@@ -99,8 +108,14 @@ def _process(
         return 0.0
 
     started = time.monotonic()
+    run = ctx.cancels.begin(message.session_key)
+    stop_requested = ctx.cancels.should_stop(run)
+
+    def should_stop() -> bool:
+        return lease.lost.is_set() or stop_requested()
+
     try:
-        reply = ctx.handler(message, lease.lost.is_set)
+        reply = ctx.handler(message, should_stop)
     except LeaseLost:
         raise
     except Exception as exc:  # any failure of a run is retried, then reported to the user
@@ -113,12 +128,24 @@ def _process(
         bound.warning("run failed, will retry", error=error, retry_in=delay)
         ctx.mailbox.defer(message, not_before=time.time() + delay, error=error)
         return delay
+    finally:
+        ctx.cancels.end(run)
     if lease.lost.is_set():
         raise LeaseLost(message.session_key)
-    _finish(ctx, lease, message, MessageStatus.DONE, reply)
+    if reply.cancelled:
+        _finish(
+            ctx,
+            lease,
+            message,
+            MessageStatus.CANCELLED,
+            ctx.config.agents.defaults.texts.run_stopped,
+        )
+        bound.info("message cancelled by /stop")
+        return 0.0
+    _finish(ctx, lease, message, MessageStatus.DONE, reply.text)
     bound.info(
         "message done",
-        assistant_content_length=len(reply),
+        assistant_content_length=len(reply.text),
         message_content_length=len(message.text),
         elapsed_ms=round((time.monotonic() - started) * 1000),
     )

@@ -7,8 +7,10 @@ everything about a turn lives in ``handle``'s locals and in the ``_Turn`` it bui
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -23,6 +25,7 @@ from claw_worker.tools.base import ToolContext
 from claw_worker.tools.registry import ToolRegistry, default_tools
 
 Message = dict[str, Any]
+T = TypeVar("T")
 CANCELLED_TOOL_RESULT = "Error: not run, the user asked to stop."
 
 
@@ -38,6 +41,26 @@ class AgentReply:
 
 def _never() -> bool:
     return False
+
+
+# LLM calls run here so the run's own thread can give up on one the moment /stop arrives;
+# the abandoned request finishes (or times out) in the background and is discarded.
+_llm_calls = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="llm-call")
+STOP_POLL_SEC = 0.05
+
+
+def abandonable(call: Callable[[], T], stop: Callable[[], bool]) -> T | None:
+    """``call()``'s result, or None as soon as ``stop()`` turns true (exceptions propagate)."""
+    if stop is _never:
+        return call()
+    future = _llm_calls.submit(call)
+    while True:
+        try:
+            return future.result(timeout=STOP_POLL_SEC)
+        except FuturesTimeout:
+            if stop():
+                future.cancel()
+                return None
 
 
 @dataclass
@@ -107,13 +130,18 @@ class Agent:
         for _ in range(defaults.max_tool_iterations):
             if stop():
                 return self._reply(turn, "", cancelled=True)
-            response = provider.chat(
-                turn.messages,
-                schemas,
-                model=self.model,
-                max_tokens=defaults.max_tokens,
-                temperature=defaults.temperature,
+            response = abandonable(
+                lambda: provider.chat(
+                    turn.messages,
+                    schemas,
+                    model=self.model,
+                    max_tokens=defaults.max_tokens,
+                    temperature=defaults.temperature,
+                ),
+                stop,
             )
+            if response is None:
+                return self._reply(turn, "", cancelled=True)
             turn.count(response)
             if not response.tool_calls:
                 text = response.content.strip() or defaults.texts.no_response_fallback

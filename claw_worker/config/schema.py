@@ -53,6 +53,8 @@ class TextsConfig(Section):
         "`clawctl config set providers.proxy.api_base http://HOST:PORT/v1`."
     )
     message_failed: str = "Sorry, I could not process your message: %s"
+    run_stopped: str = "Stopped."
+    stop_requested: str = "Stopping the current reply."
     tool_iterations_exhausted: str = (
         "I stopped after %d tool steps without reaching a final answer."
     )
