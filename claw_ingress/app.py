@@ -153,6 +153,9 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
         client = aioredis.Redis.from_url(
             url or redis_url(config),
             decode_responses=True,
+            # redis-py caps a pool at 100 and then fails at once ("Too many connections"):
+            # size it for a burst of concurrent requests (connections open lazily).
+            max_connections=2048,
             health_check_interval=30,
             socket_connect_timeout=2,
             socket_timeout=10,

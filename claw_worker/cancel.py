@@ -3,7 +3,7 @@
 The ingress sets a cancel mark (the time of the request) and broadcasts it on the control
 channel. Each worker process has one listener thread; a run of that session that started
 before the request sees ``should_stop()`` turn true within milliseconds. The mark is the
-fallback if the broadcast was missed (a reconnect): runs re-check it at most twice a second.
+fallback if the broadcast was missed (a reconnect): runs re-check it every two seconds.
 Runs that start after the request are not affected, so the queue simply goes on.
 """
 
@@ -24,7 +24,7 @@ from claw_worker import constants as k
 log = structlog.get_logger(__name__)
 
 MARK_TTL_SEC = 600
-MARK_RECHECK_SEC = 0.5
+MARK_RECHECK_SEC = 2.0
 
 
 def _stop_payload(session_key: str, at: float) -> str:

@@ -48,6 +48,7 @@ def celery_settings(config: Config) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
+        "worker_consumer": "claw_worker.consumer:Consumer",
         "task_default_queue": k.QUEUE_SESSIONS,
         "task_routes": {
             k.TASK_DRAIN: {"queue": k.QUEUE_SESSIONS},

@@ -59,7 +59,17 @@ class AsyncMailbox:
 
         One pipeline: the id index and the dirty mark are global keys, the record and the
         list are in the session's slot and are written together by one script.
+
+        After a Redis restart the pool may hand out a connection the old server closed;
+        the pipeline is then sent once more on a fresh one. That is safe: every command in
+        it is idempotent for the same message (ENQUEUE dedupes by message_id).
         """
+        try:
+            return await self._enqueue_once(message)
+        except (redis.ConnectionError, redis.TimeoutError):
+            return await self._enqueue_once(message)
+
+    async def _enqueue_once(self, message: InboundMessage) -> bool:
         sk, mid = message.session_key, message.message_id
         now = time.time()
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -80,6 +90,12 @@ class AsyncMailbox:
         return bool(results[-1])
 
     async def get_message(self, message_id: str) -> dict[str, Any] | None:
+        try:
+            return await self._get_message_once(message_id)
+        except (redis.ConnectionError, redis.TimeoutError):
+            return await self._get_message_once(message_id)  # a stale pooled connection
+
+    async def _get_message_once(self, message_id: str) -> dict[str, Any] | None:
         session_key = await self.redis.get(k.message_index_key(message_id))
         if session_key is None:
             return None

@@ -29,7 +29,9 @@ if TYPE_CHECKING:  # the agent runtime is imported lazily, on first use
 class Runtime:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.redis: redis.Redis = client(redis_url(config), max_connections=None)
+        self.redis: redis.Redis = client(
+            redis_url(config), max_connections=4 * config.worker.concurrency + 64
+        )
         self.mailbox = Mailbox(self.redis, lease_ms=config.worker.lease_sec * 1000)
         self.leases = LeaseKeeper(self.mailbox)
         self.cancels = CancelListener(self.redis)

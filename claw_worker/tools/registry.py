@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 class ToolRegistry:
     def __init__(self, tools: Iterable[Tool[Any]] = ()) -> None:
         self._tools: dict[str, Tool[Any]] = {}
+        self._schemas: list[dict[str, Any]] | None = None
         for tool in tools:
             self.register(tool)
 
@@ -32,6 +33,7 @@ class ToolRegistry:
         if tool.name in self._tools:
             raise ValueError(f"tool {tool.name!r} is registered twice")
         self._tools[tool.name] = tool
+        self._schemas = None
 
     def get(self, name: str) -> Tool[Any] | None:
         return self._tools.get(name)
@@ -47,7 +49,11 @@ class ToolRegistry:
         return len(self._tools)
 
     def schemas(self) -> list[dict[str, Any]]:
-        return [tool.schema() for tool in self._tools.values()]
+        # Built once: pydantic's JSON schema generation is costly and the tools never change
+        # after registration (it was a quarter of a worker's CPU per LLM call).
+        if self._schemas is None:
+            self._schemas = [tool.schema() for tool in self._tools.values()]
+        return self._schemas
 
     def run(self, name: str, raw_args: str | Mapping[str, Any] | None, ctx: ToolContext) -> str:
         """Run a tool with the model's arguments (JSON text or a mapping); never raises."""

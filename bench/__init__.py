@@ -1,0 +1,1 @@
+"""Benchmarks of a real clawfleet fleet (run ``python -m bench.fleet``)."""
