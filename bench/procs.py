@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
-T = TypeVar("T")
+from tests.fixtures.procs import free_port, stop_process, wait_for
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(check: Callable[[], T], *, timeout: float = 30.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except Exception as exc:  # not up yet
-            last = exc
-        else:
-            if result:
-                return result
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out after {timeout}s waiting for {what}: {last!r}")
+__all__ = ["Procs", "Sampler", "cpu_sec", "free_port", "rss_kb", "wait_for"]
 
 
 def rss_kb(pid: int) -> int:
@@ -94,21 +70,8 @@ class Procs:
 
     def stop_all(self, timeout: float = 15.0) -> None:
         for name in reversed(list(self.started)):
-            self._stop(self.started[name], timeout)
+            stop_process(self.started[name], timeout=timeout)
         self.started.clear()
-
-    @staticmethod
-    def _stop(proc: subprocess.Popen, timeout: float) -> None:
-        if proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 class Sampler:
