@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from claw_ingress.auth import BearerAuth
 from claw_ingress.bodies import BodyError, MessageBody, parse_body, read_json
-from claw_ingress.commands import out_of_band_command
+from claw_ingress.commands import CommandContext, run_command
 from claw_ingress.dispatcher import Dispatcher
 from claw_ingress.outbound import OutboundReader
 from claw_worker.cancel import request_stop
@@ -59,12 +59,13 @@ async def post_message(request: Request) -> JSONResponse:
         )
     except BodyError as exc:
         return JSONResponse(exc.payload, status_code=exc.status)
-    command = out_of_band_command(body.text)
-    if command is not None:
-        try:
-            reply = await command(state.redis, state.config, body.session)
-        except RedisError as exc:
-            return unavailable(exc)
+    try:
+        reply = await run_command(
+            CommandContext(state.redis, state.config, body.session), body.text
+        )
+    except RedisError as exc:
+        return unavailable(exc)
+    if reply is not None:
         return JSONResponse({"session_key": body.session, "status": "done", "reply": reply})
     message = InboundMessage(
         channel="api",

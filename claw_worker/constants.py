@@ -73,3 +73,20 @@ def reply_sent_key(message_id: str) -> str:
 
 
 WORKER_HEARTBEAT_PREFIX = f"{PREFIX}:worker:"
+
+# Runs: one record per processed message (status, timings, tokens), kept for
+# run_state_ttl_seconds and at most run_state_max of them.
+RUNS_INDEX = f"{PREFIX}:runs"  # ZSET run_id -> start time
+RUN_SEQ = f"{PREFIX}:runs:seq"  # INCR counter, the <n> of run ids
+
+
+def run_key(run_id: str) -> str:
+    return f"{PREFIX}:run:{run_id}"
+
+
+def latest_run_key(session_key: str) -> str:
+    return f"{PREFIX}:runs:latest:{_tag(session_key)}"
+
+
+def lang_key(session_key: str) -> str:
+    return f"{PREFIX}:lang:{_tag(session_key)}"

@@ -20,6 +20,7 @@ from claw_worker.contract import InboundMessage
 from claw_worker.leases import LeaseKeeper
 from claw_worker.mailbox import Mailbox
 from claw_worker.redis_conn import client, redis_url
+from claw_worker.runs import RunRecorder
 from claw_worker.session_runner import DrainContext
 
 if TYPE_CHECKING:  # the agent runtime is imported lazily, on first use
@@ -35,6 +36,10 @@ class Runtime:
         self.mailbox = Mailbox(self.redis, lease_ms=config.worker.lease_sec * 1000)
         self.leases = LeaseKeeper(self.mailbox)
         self.cancels = CancelListener(self.redis)
+        control = config.agents.defaults.runtime_control
+        self.runs = RunRecorder(
+            self.redis, ttl_sec=control.run_state_ttl_seconds, max_runs=control.run_state_max
+        )
 
     @cached_property
     def agent(self):
@@ -62,6 +67,7 @@ class Runtime:
             leases=self.leases,
             handler=self.handle,
             cancels=self.cancels,
+            runs=self.runs,
             send_drain=self.send_drain,
         )
 

@@ -20,6 +20,7 @@ from claw_worker.config import Config
 from claw_worker.contract import InboundMessage, MessageStatus, OutboundMessage
 from claw_worker.leases import HeldLease, LeaseKeeper
 from claw_worker.mailbox import LeaseLost, Mailbox
+from claw_worker.runs import RunRecorder
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +46,7 @@ class DrainContext:
     leases: LeaseKeeper
     handler: MessageHandler
     cancels: CancelListener
+    runs: RunRecorder
     send_drain: Callable[[str, float], None]  # (session_key, countdown_sec)
 
 
@@ -108,6 +110,8 @@ def _process(
         return 0.0
 
     started = time.monotonic()
+    run_id = ctx.runs.start(message.session_key, message.message_id, attempt)
+    bound = bound.bind(run_id=run_id)
     run = ctx.cancels.begin(message.session_key)
     stop_requested = ctx.cancels.should_stop(run)
 
@@ -117,9 +121,11 @@ def _process(
     try:
         reply = ctx.handler(message, should_stop)
     except LeaseLost:
+        ctx.runs.finish(run_id, "interrupted", error="session lease lost")
         raise
     except Exception as exc:  # any failure of a run is retried, then reported to the user
         error = f"{type(exc).__name__}: {exc}"[:500]
+        ctx.runs.finish(run_id, "failed" if attempt >= max_attempts else "retrying", error=error)
         if attempt >= max_attempts:
             bound.error("message failed", error=error)
             _finish(ctx, lease, message, MessageStatus.FAILED, error)
@@ -131,7 +137,9 @@ def _process(
     finally:
         ctx.cancels.end(run)
     if lease.lost.is_set():
+        ctx.runs.finish(run_id, "interrupted", error="session lease lost")
         raise LeaseLost(message.session_key)
+    ctx.runs.finish(run_id, "cancelled" if reply.cancelled else "done", **_run_counts(reply))
     if reply.cancelled:
         _finish(
             ctx,
@@ -150,6 +158,15 @@ def _process(
         elapsed_ms=round((time.monotonic() - started) * 1000),
     )
     return 0.0
+
+
+def _run_counts(reply: HandlerReply) -> dict[str, int]:
+    usage = getattr(reply, "usage", {}) or {}
+    return {
+        "llm_calls": getattr(reply, "llm_calls", 0),
+        "tool_steps": getattr(reply, "tool_steps", 0),
+        "total_tokens": int(usage.get("total_tokens", 0)),
+    }
 
 
 def _finish(

@@ -1,0 +1,83 @@
+"""Run state: every processed message is a run ``run-<unix-ns>-<n>`` with its state in Redis.
+
+Workers write it (:class:`RunRecorder`); the ingress reads it for ``/status run`` and
+``/status wait`` (:func:`read_run`, :func:`resolve_run_id`) with an asyncio client, so this
+module imports only redis and the constants.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from claw_worker import constants as k
+
+FINISHED = ("done", "failed", "cancelled")
+
+
+class RunRecorder:
+    def __init__(self, client: redis.Redis, *, ttl_sec: int, max_runs: int) -> None:
+        self.redis = client
+        self.ttl_sec = ttl_sec
+        self.max_runs = max_runs
+
+    def start(self, session_key: str, message_id: str, attempt: int) -> str:
+        now = time.time()
+        run_id = f"run-{time.time_ns()}-{self.redis.incr(k.RUN_SEQ)}"
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(
+                k.run_key(run_id),
+                mapping={
+                    "run_id": run_id,
+                    "session_key": session_key,
+                    "message_id": message_id,
+                    "status": "running",
+                    "attempt": attempt,
+                    "started_at": now,
+                },
+            )
+            pipe.expire(k.run_key(run_id), self.ttl_sec)
+            pipe.set(k.latest_run_key(session_key), run_id, ex=self.ttl_sec)
+            pipe.zadd(k.RUNS_INDEX, {run_id: now})
+            # Keep at most max_runs in the index; their records expire on their own.
+            pipe.zremrangebyrank(k.RUNS_INDEX, 0, -self.max_runs - 1)
+            pipe.execute()
+        return run_id
+
+    def finish(self, run_id: str, status: str, **fields: Any) -> None:
+        mapping = {"status": status, "finished_at": time.time()}
+        mapping.update({name: value for name, value in fields.items() if value is not None})
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(k.run_key(run_id), mapping=mapping)
+            pipe.expire(k.run_key(run_id), self.ttl_sec)
+            pipe.execute()
+
+
+async def resolve_run_id(client: aioredis.Redis, session_key: str, ref: str) -> str | None:
+    """``latest`` (this session's last run) or an explicit run id."""
+    if ref in ("", "latest"):
+        return await client.get(k.latest_run_key(session_key))
+    return ref
+
+
+async def read_run(client: aioredis.Redis, run_id: str) -> dict[str, str] | None:
+    record = await client.hgetall(k.run_key(run_id))
+    return record or None
+
+
+def describe_run(run: dict[str, str]) -> str:
+    started = float(run.get("started_at") or 0)
+    finished = float(run.get("finished_at") or 0)
+    took = f"{finished - started:.1f}s" if finished else f"running for {time.time() - started:.0f}s"
+    parts = [
+        f"{run.get('run_id')}: {run.get('status')} ({took})",
+        f"session {run.get('session_key')}, message {run.get('message_id')}",
+        f"attempt {run.get('attempt', '1')}, llm calls {run.get('llm_calls', '0')}, "
+        f"tool steps {run.get('tool_steps', '0')}, tokens {run.get('total_tokens', '0')}",
+    ]
+    if run.get("error"):
+        parts.append(f"error: {run['error']}")
+    return "\n".join(parts)

@@ -1,0 +1,75 @@
+"""Slash commands and run state over the real HTTP API with a real worker behind it."""
+
+from __future__ import annotations
+
+import re
+
+from tests.fixtures.procs import wait_for
+
+
+def say(http, text: str, session: str = "api:cmd", **extra) -> dict:
+    resp = http.post("/api/message", json={"text": text, "session": session, **extra})
+    assert resp.status_code in (200, 202), resp.text
+    return resp.json()
+
+
+def test_help_unknown_and_not_a_command(fleet_factory, llm_server) -> None:
+    fleet = fleet_factory()
+    fleet.start_ingress()
+    fleet.start_worker()
+    with fleet.client() as http:
+        help_reply = say(http, "/help")["reply"]
+        for name in ("/help", "/stop", "/status", "/config", "/lang"):
+            assert name in help_reply
+        unknown = say(http, "/frobnicate now")["reply"]
+        assert unknown.startswith("Unknown command /frobnicate") and "/status" in unknown
+        # A path is not a command: it goes to the agent.
+        assert say(http, "/etc/hosts what is it", wait=True)["reply"] == "echo: /etc/hosts what is it"
+
+
+def test_runs_status_and_wait_by_command_and_by_request(fleet_factory, llm_server) -> None:
+    fleet = fleet_factory()
+    fleet.start_ingress()
+    fleet.start_worker()
+    with fleet.client() as http:
+        assert "no runs yet" in say(http, "/status")["reply"]
+        say(http, "first", wait=True)
+        run = say(http, "/status run latest")["reply"]
+        run_id = re.match(r"(run-\d+-\d+): done", run).group(1)
+        assert "llm calls 1" in run
+        assert say(http, f"/status run {run_id}")["reply"] == run
+        assert say(http, "show the latest run")["reply"].startswith(f"{run_id}: done")
+
+        llm_server.reply("slow answer", when="slow-msg", delay=2)
+        say(http, "slow-msg")
+        wait_for(lambda: llm_server.requests_for("slow-msg"), timeout=30, what="slow run started")
+        status = say(http, "/status")["reply"]
+        assert "running" in status
+        waited = say(http, "/status wait latest 30")["reply"]
+        assert re.match(r"run-\d+-\d+: done", waited) and not waited.startswith(run_id)
+        slow_id = waited.split(":")[0]
+        assert say(http, f"tell me when {slow_id} finishes")["reply"].startswith(f"{slow_id}: done")
+        assert "No run run-1-1" in say(http, "/status run run-1-1")["reply"]
+        assert "number of seconds" in say(http, "/status wait latest soon")["reply"]
+        assert say(http, "/status bogus")["reply"].startswith("Usage: /status")
+
+
+def test_config_and_lang_commands(fleet_factory, claw_home) -> None:
+    fleet = fleet_factory()
+    fleet.start_ingress()
+    with fleet.client() as http:
+        assert say(http, "/config get gateway.port")["reply"] == str(fleet.port)
+        key = say(http, "/config get providers.proxy.api_key")["reply"]
+        assert "sk-test-secret" not in key and "****" in key
+        before = claw_home.config_file.read_bytes()
+        refused = say(http, "/config set gateway.port 70000")["reply"]
+        assert refused.startswith("Not changed") and "gateway.port" in refused
+        assert "Not changed" in say(http, "/config set gateway.nope 1")["reply"]
+        assert claw_home.config_file.read_bytes() == before
+        assert "updated" in say(http, "/config set agents.defaults.temperature 0.5")["reply"]
+        assert say(http, "/config get agents.defaults.temperature")["reply"] == "0.5"
+        assert say(http, "/config")["reply"].startswith("Usage: /config")
+
+        assert say(http, "/lang zh-CN")["reply"] == "Language preference updated to zh-CN"
+        assert say(http, "/lang ???")["reply"] == "Invalid language code."
+        assert say(http, "/lang")["reply"] == "Usage: /lang <code>"
