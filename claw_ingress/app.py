@@ -23,10 +23,10 @@ from starlette.routing import Route
 
 from claw_ingress.auth import BearerAuth
 from claw_ingress.bodies import BodyError, MessageBody, parse_body, read_json
-from claw_ingress.commands import CommandContext, run_command
 from claw_ingress.dispatcher import Dispatcher
 from claw_ingress.outbound import OutboundReader
 from claw_worker.cancel import request_stop
+from claw_worker.commands import CommandContext, run_command
 from claw_worker.config import Config
 from claw_worker.contract import InboundMessage, MessageStatus
 from claw_worker.mailbox import AsyncMailbox

@@ -1,4 +1,4 @@
-"""Slash commands, answered by the ingress out of band: they never wait behind the session's
+"""Slash commands, answered out of band (by the ingress, and by `clawctl agent` locally): they never wait behind the session's
 queue (``/stop`` ends the reply the queue is waiting on; ``/status`` must answer while a run
 is busy). One registry: a new command is one ``@command`` function here.
 

@@ -24,7 +24,9 @@ def test_help_unknown_and_not_a_command(fleet_factory, llm_server) -> None:
         unknown = say(http, "/frobnicate now")["reply"]
         assert unknown.startswith("Unknown command /frobnicate") and "/status" in unknown
         # A path is not a command: it goes to the agent.
-        assert say(http, "/etc/hosts what is it", wait=True)["reply"] == "echo: /etc/hosts what is it"
+        assert (
+            say(http, "/etc/hosts what is it", wait=True)["reply"] == "echo: /etc/hosts what is it"
+        )
 
 
 def test_runs_status_and_wait_by_command_and_by_request(fleet_factory, llm_server) -> None:
@@ -73,3 +75,25 @@ def test_config_and_lang_commands(fleet_factory, claw_home) -> None:
         assert say(http, "/lang zh-CN")["reply"] == "Language preference updated to zh-CN"
         assert say(http, "/lang ???")["reply"] == "Invalid language code."
         assert say(http, "/lang")["reply"] == "Usage: /lang <code>"
+
+
+def test_local_agent_answers_slash_commands_with_the_same_registry(
+    claw_home, redis_server, llm_server
+) -> None:
+    import subprocess
+    import sys
+
+    claw_home.write_config(
+        {
+            "redis": {"url": redis_server.url},
+            "providers": {"proxy": {"api_base": llm_server.base_url}},
+        }
+    )
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "claw_worker.cli", "agent", *args],
+        env=claw_home.env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    out = run("-m", "/help")
+    assert out.returncode == 0 and "/status" in out.stdout
+    assert not llm_server.requests, "a slash command never reaches the LLM"
+    assert run("-m", "/lang en").stdout.strip() == "Language preference updated to en"

@@ -8,6 +8,7 @@ duration of the command (and stopped after, if this command started it).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -97,6 +98,25 @@ def repl(turn: Callable[[str], str]) -> None:
             click.echo(f"\n{reply}\n")
 
 
+def local_command(config: Config, url: str, session: str, text: str) -> str | None:
+    """Slash commands and run requests, answered by the same registry as in the fleet."""
+    from claw_worker.commands import CommandContext, match_intent, parse_command, run_command
+
+    if parse_command(text) is None and match_intent(text, config) is None:
+        return None  # the common case: a plain message, no event loop needed
+
+    async def answer() -> str | None:
+        import redis.asyncio as aioredis
+
+        async_client = aioredis.Redis.from_url(url, decode_responses=True)
+        try:
+            return await run_command(CommandContext(async_client, config, session), text)
+        finally:
+            await async_client.aclose()
+
+    return asyncio.run(answer())
+
+
 @click.command()
 @click.option("-m", "--message", help="Send one message, print the reply and exit.")
 @click.option(
@@ -130,6 +150,9 @@ def agent(ctx: click.Context, message: str | None, session: str) -> None:
             runtime = Agent(config, redis_client)
 
             def turn(text: str) -> str:
+                command_reply = local_command(config, url, session, text)
+                if command_reply is not None:
+                    return command_reply
                 inbound = InboundMessage(
                     channel="cli",
                     chat_id="local",
