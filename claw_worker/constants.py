@@ -90,3 +90,12 @@ def latest_run_key(session_key: str) -> str:
 
 def lang_key(session_key: str) -> str:
     return f"{PREFIX}:lang:{_tag(session_key)}"
+
+
+# Circuit breakers of LLM proxies, shared by every worker host (providers/breaker.py).
+BREAKER_PREFIX = f"{PREFIX}:breaker:"
+
+
+def breaker_key(proxy_name: str) -> str:
+    """HASH failures (consecutive count) and open_until (epoch seconds) of one proxy."""
+    return f"{BREAKER_PREFIX}{proxy_name}"

@@ -1,19 +1,19 @@
-"""A scripted OpenAI-compatible chat-completions server on loopback, for tests and benchmarks.
+"""A scripted LLM server on loopback, for tests and benchmarks.
 
-It speaks the real wire format (``POST /v1/chat/completions``, JSON or SSE with
-``"stream": true``; ``GET /v1/models``), so the project's provider code runs unchanged
-against it. What it answers is scripted:
+It speaks the real wire formats (tests/llm_wire.py): chat completions (``POST
+/v1/chat/completions``, JSON or SSE), the Responses API (``POST /v1/responses``), Anthropic
+Messages (``POST /v1/messages``) and ``GET /v1/models``, so the project's provider code
+runs unchanged against it. What it answers is scripted, whatever the protocol:
 
 - ``Script`` entries queued with ``push`` (optionally keyed by a marker: consumed only by
   requests whose last user message contains the marker, so concurrent sessions get
-  deterministic replies in order);
-- persistent ``rules`` (marker -> reply, never consumed);
+  deterministic replies in order; and/or by ``when_model``: only requests for that model);
+- persistent ``rules`` (marker [and model] -> reply, never consumed);
 - otherwise the default: ``"echo: <last user message text>"`` after ``default_delay``.
 
-Order of choice per request: keyed queue (first marker that matches), global queue, rules,
-default. Every request body is recorded. Standalone: ``python -m tests.llm_server --port N
-[--delay 0.5]``; scripting a standalone server goes through ``/_control/*`` (see
-``_ControlAPI``).
+Order of choice per request: keyed queue, global queue, rules, default. Every request body
+is recorded. Standalone: ``python -m tests.llm_server --port N [--delay 0.5]``, scripted
+through ``/_control/*`` (see ``_ControlAPI``).
 """
 
 from __future__ import annotations
@@ -24,72 +24,39 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from collections import deque
-from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.llm_wire import (
+    CHAT,
+    ROUTES,
+    Script,
+    answer_body,
+    chunks,
+    error,
+    last_user_text,
+    script_to_dict,
+    text,
+    tool_call,
+    tool_calls,
+    valid_request,
+)
 
-@dataclass(frozen=True)
-class Script:
-    """One scripted answer. ``status`` other than 200 makes it an HTTP error with ``body``."""
+# Re-exported: tests script the server through this module.
+__all__ = [
+    "LLMServer",
+    "Script",
+    "error",
+    "last_user_text",
+    "main",
+    "script_to_dict",
+    "text",
+    "tool_call",
+    "tool_calls",
+]
 
-    text: str | None = None
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # {id?, name, arguments}
-    status: int = 200
-    body: str = ""  # the error body, sent verbatim (JSON or HTML)
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    disconnect: bool = False  # close the connection without answering
-    finish_reason: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Script:
-        return cls(**data)
-
-
-def text(content: str, *, delay: float = 0.0) -> Script:
-    return Script(text=content, delay=delay)
-
-
-def tool_call(name: str, arguments: dict[str, Any] | str, *, delay: float = 0.0) -> Script:
-    """A reply asking for one tool; ``arguments`` as a str is sent verbatim (even if invalid)."""
-    return tool_calls([(name, arguments)], delay=delay)
-
-
-def tool_calls(calls: list[tuple[str, dict[str, Any] | str]], *, delay: float = 0.0) -> Script:
-    return Script(tool_calls=[{"name": n, "arguments": a} for n, a in calls], delay=delay)
-
-
-def error(
-    status: int,
-    body: str | dict[str, Any] | None = None,
-    *,
-    content_type: str | None = None,
-    headers: dict[str, str] | None = None,
-    delay: float = 0.0,
-) -> Script:
-    """An HTTP error; a dict or None body becomes OpenAI's JSON error shape."""
-    if body is None:
-        body = {"error": {"message": f"scripted error {status}", "type": "server_error"}}
-    if isinstance(body, dict):
-        raw, ctype = json.dumps(body), content_type or "application/json"
-    else:
-        raw = body
-        ctype = content_type or ("text/html" if body.lstrip().startswith("<") else "text/plain")
-    return Script(status=status, body=raw, content_type=ctype, headers=headers or {}, delay=delay)
-
-
-def last_user_text(body: dict[str, Any]) -> str:
-    for message in reversed(body.get("messages") or []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):  # content parts
-                return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-            return str(content or "")
-    return ""
+Key = tuple[str | None, str | None]  # (marker in the last user message, model)
 
 
 class LLMServer:
@@ -105,13 +72,15 @@ class LLMServer:
     ) -> None:
         self.default_delay = default_delay
         self.models = ["test-model", "test-model-mini"]
+        self.models_error: Script | None = None  # set: GET /v1/models answers this error
         self._lock = threading.Lock()
         self._queue: deque[Script] = deque()
-        self._keyed: dict[str, deque[Script]] = {}
-        self._rules: list[tuple[str, Script]] = []
+        self._keyed: dict[Key, deque[Script]] = {}
+        self._rules: list[tuple[str, str | None, Script]] = []
         # Bounded in the standalone mode, where a benchmark sends requests for hours.
         self._requests: deque[dict[str, Any]] = deque(maxlen=max_recorded)
         self._headers: deque[dict[str, str]] = deque(maxlen=max_recorded)
+        self._paths: deque[str] = deque(maxlen=max_recorded)
         self.in_flight = 0  # chat requests being answered right now
         self.peak_concurrency = 0  # the most ever answered at once
         self._httpd = _Server((host, port), _Handler)
@@ -142,14 +111,27 @@ class LLMServer:
         self._httpd.server_close()
 
     # -- scripting -------------------------------------------------------------------------
-    def push(self, *scripts: Script, when: str | None = None) -> None:
-        """Queue answers; with ``when`` only requests whose last user message contains it."""
+    def push(
+        self, *scripts: Script, when: str | None = None, when_model: str | None = None
+    ) -> None:
+        """Queue answers; with ``when`` only requests whose last user message contains it,
+        with ``when_model`` only requests for that model."""
         with self._lock:
-            queue = self._queue if when is None else self._keyed.setdefault(when, deque())
+            if when is None and when_model is None:
+                queue = self._queue
+            else:
+                queue = self._keyed.setdefault((when, when_model), deque())
             queue.extend(scripts)
 
-    def reply(self, content: str, *, when: str | None = None, delay: float = 0.0) -> None:
-        self.push(text(content, delay=delay), when=when)
+    def reply(
+        self,
+        content: str,
+        *,
+        when: str | None = None,
+        when_model: str | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        self.push(text(content, delay=delay), when=when, when_model=when_model)
 
     def reply_tool_call(
         self,
@@ -157,9 +139,10 @@ class LLMServer:
         arguments: dict[str, Any] | str,
         *,
         when: str | None = None,
+        when_model: str | None = None,
         delay: float = 0.0,
     ) -> None:
-        self.push(tool_call(name, arguments, delay=delay), when=when)
+        self.push(tool_call(name, arguments, delay=delay), when=when, when_model=when_model)
 
     def reply_error(
         self,
@@ -168,14 +151,18 @@ class LLMServer:
         *,
         headers: dict[str, str] | None = None,
         when: str | None = None,
+        when_model: str | None = None,
         delay: float = 0.0,
     ) -> None:
-        self.push(error(status, body, headers=headers, delay=delay), when=when)
+        script = error(status, body, headers=headers, delay=delay)
+        self.push(script, when=when, when_model=when_model)
 
-    def add_rule(self, marker: str, script: Script | str) -> None:
-        """Every request whose last user message contains ``marker`` gets ``script``."""
+    def add_rule(self, marker: str, script: Script | str, *, when_model: str | None = None) -> None:
+        """Every request whose last user message contains ``marker`` (and, with
+        ``when_model``, asks for that model) gets ``script``."""
         with self._lock:
-            self._rules.append((marker, text(script) if isinstance(script, str) else script))
+            entry = text(script) if isinstance(script, str) else script
+            self._rules.append((marker, when_model, entry))
 
     def reset(self) -> None:
         with self._lock:
@@ -184,6 +171,7 @@ class LLMServer:
             self._rules.clear()
             self._requests.clear()
             self._headers.clear()
+            self._paths.clear()
             self.peak_concurrency = self.in_flight
 
     def pending(self) -> int:
@@ -193,9 +181,15 @@ class LLMServer:
     # -- inspection ------------------------------------------------------------------------
     @property
     def requests(self) -> list[dict[str, Any]]:
-        """Copies of every chat-completions request body received, in arrival order."""
+        """Copies of every chat request body received (any protocol), in arrival order."""
         with self._lock:
             return json.loads(json.dumps(list(self._requests)))
+
+    @property
+    def request_paths(self) -> list[str]:
+        """The path of each recorded request (which protocol it spoke)."""
+        with self._lock:
+            return list(self._paths)
 
     @property
     def request_headers(self) -> list[dict[str, str]]:
@@ -215,26 +209,34 @@ class LLMServer:
         return [r for r in self.requests if marker in last_user_text(r)]
 
     # -- used by the handler ---------------------------------------------------------------
-    def _record_and_choose(self, body: dict[str, Any], headers: dict[str, str]) -> Script:
+    def _record_and_choose(
+        self, body: dict[str, Any], headers: dict[str, str], path: str = "/v1/chat/completions"
+    ) -> Script:
         user_text = last_user_text(body)
+        model = body.get("model")
         with self._lock:
             self._requests.append(body)
             self._headers.append(headers)
+            self._paths.append(path)
             self.in_flight += 1
             self.peak_concurrency = max(self.peak_concurrency, self.in_flight)
-            for marker, queue in self._keyed.items():
-                if queue and marker in user_text:
+            for (marker, for_model), queue in self._keyed.items():
+                if queue and _matches(marker, for_model, user_text, model):
                     return queue.popleft()
             if self._queue:
                 return self._queue.popleft()
-            for marker, script in self._rules:
-                if marker in user_text:
+            for marker, for_model, script in self._rules:
+                if _matches(marker, for_model, user_text, model):
                     return script
         return Script(text=f"echo: {user_text}", delay=self.default_delay)
 
     def _done(self) -> None:
         with self._lock:
             self.in_flight -= 1
+
+
+def _matches(marker: str | None, for_model: str | None, user_text: str, model: Any) -> bool:
+    return (marker is None or marker in user_text) and (for_model is None or for_model == model)
 
 
 class _Server(ThreadingHTTPServer):
@@ -261,7 +263,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
-        if path == "/v1/models":
+        failure = self.server.llm.models_error
+        if path == "/v1/models" and failure is not None:
+            self._send(failure.status, failure.body.encode(), failure.content_type, failure.headers)
+        elif path == "/v1/models":
             models = [
                 {"id": m, "object": "model", "created": 0, "owned_by": "test"}
                 for m in self.server.llm.models
@@ -286,21 +291,23 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/_control/"):
             _ControlAPI.handle(self, path.removeprefix("/_control/"), body)
             return
-        if path != "/v1/chat/completions":
+        protocol = ROUTES.get(path)
+        if protocol is None:
             self._json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
             return
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            msg = "request body must be a JSON object with a 'messages' list"
-            self._json(400, {"error": {"message": msg, "type": "invalid_request_error"}})
+        problem = valid_request(protocol, body)
+        if problem is not None:
+            self._json(400, {"error": {"message": problem, "type": "invalid_request_error"}})
             return
         llm = self.server.llm
-        script = llm._record_and_choose(body, {k.lower(): v for k, v in self.headers.items()})
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        script = llm._record_and_choose(body, headers, path)
         try:
-            self._answer(body, script)
+            self._answer(protocol, body, script)
         finally:
             llm._done()
 
-    def _answer(self, body: dict[str, Any], script: Script) -> None:
+    def _answer(self, protocol: str, body: dict[str, Any], script: Script) -> None:
         if script.delay > 0:
             time.sleep(script.delay)
         if script.disconnect:
@@ -308,10 +315,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if script.status != 200:
             self._send(script.status, script.body.encode(), script.content_type, script.headers)
-        elif body.get("stream"):
+        elif body.get("stream") and protocol == CHAT:
             self._stream(body, script)
         else:
-            self._json(200, _completion(body, script))
+            self._json(200, answer_body(protocol, body, script))
 
     def _json(self, status: int, data: Any) -> None:
         self._send(status, json.dumps(data).encode(), "application/json", {})
@@ -332,7 +339,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")  # SSE without a length ends with the socket
         self.end_headers()
         self.close_connection = True
-        for chunk in _chunks(body, script):
+        for chunk in chunks(body, script):
             self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
             self.wfile.flush()
         self.wfile.write(b"data: [DONE]\n\n")
@@ -342,7 +349,8 @@ class _Handler(BaseHTTPRequestHandler):
 class _ControlAPI:
     """Scripting a server in another process: ``POST /_control/<op>`` with a JSON body.
 
-    ``push`` {"scripts": [Script fields...], "when": marker?}; ``rule`` {"marker", "script"};
+    ``push`` {"scripts": [Script fields...], "when": marker?, "when_model": model?};
+    ``rule`` {"marker", "script", "when_model"?};
     ``delay`` {"seconds"}; ``reset`` {}. ``GET /_control/requests`` lists the bodies,
     ``GET /_control/stats`` counts them (and the peak concurrency).
     """
@@ -353,9 +361,11 @@ class _ControlAPI:
         body = body if isinstance(body, dict) else {}
         try:
             if op == "push":
-                llm.push(*(Script.from_dict(s) for s in body["scripts"]), when=body.get("when"))
+                scripts = (Script.from_dict(s) for s in body["scripts"])
+                llm.push(*scripts, when=body.get("when"), when_model=body.get("when_model"))
             elif op == "rule":
-                llm.add_rule(body["marker"], Script.from_dict(body["script"]))
+                script = Script.from_dict(body["script"])
+                llm.add_rule(body["marker"], script, when_model=body.get("when_model"))
             elif op == "delay":
                 llm.default_delay = float(body["seconds"])
             elif op == "reset":
@@ -367,84 +377,6 @@ class _ControlAPI:
             handler._json(400, {"error": {"message": f"bad control request: {exc!r}"}})
             return
         handler._json(200, {"ok": True})
-
-
-def _wire_tool_calls(script: Script) -> list[dict[str, Any]]:
-    calls = []
-    for call in script.tool_calls:
-        args = call["arguments"]
-        calls.append(
-            {
-                "id": call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
-                "type": "function",
-                "function": {
-                    "name": call["name"],
-                    "arguments": args if isinstance(args, str) else json.dumps(args),
-                },
-            }
-        )
-    return calls
-
-
-def _usage(body: dict[str, Any], completion: str) -> dict[str, int]:
-    prompt = sum(len(json.dumps(m)) for m in body.get("messages", [])) // 4
-    done = max(1, len(completion) // 4)
-    return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
-
-
-def _head(body: dict[str, Any], kind: str) -> dict[str, Any]:
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-        "object": kind,
-        "created": int(time.time()),
-        "model": body.get("model") or "test-model",
-        "system_fingerprint": "fp_test",
-    }
-
-
-def _finish(script: Script) -> str:
-    return script.finish_reason or ("tool_calls" if script.tool_calls else "stop")
-
-
-def _completion(body: dict[str, Any], script: Script) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": script.text, "refusal": None}
-    calls = _wire_tool_calls(script)
-    if calls:
-        message["tool_calls"] = calls
-    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(script)}
-    usage = _usage(body, (script.text or "") + json.dumps(calls))
-    return {**_head(body, "chat.completion"), "choices": [choice], "usage": usage}
-
-
-def _chunks(body: dict[str, Any], script: Script) -> list[dict[str, Any]]:
-    head = _head(body, "chat.completion.chunk")
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {**head, "choices": [choice]}
-
-    out = [chunk({"role": "assistant", "content": ""})]
-    content = script.text or ""
-    for start in range(0, len(content), 8):  # several deltas, as real servers send
-        out.append(chunk({"content": content[start : start + 8]}))
-    for index, call in enumerate(_wire_tool_calls(script)):
-        fn, args = call["function"], call["function"]["arguments"]
-        first = {"index": index, "id": call["id"], "type": "function"}
-        out.append(
-            chunk({"tool_calls": [{**first, "function": {"name": fn["name"], "arguments": ""}}]})
-        )
-        for start in range(0, len(args), 16):
-            piece = {"index": index, "function": {"arguments": args[start : start + 16]}}
-            out.append(chunk({"tool_calls": [piece]}))
-    out.append(chunk({}, _finish(script)))
-    if (body.get("stream_options") or {}).get("include_usage"):
-        out.append({**head, "choices": [], "usage": _usage(body, content)})
-    return out
-
-
-def script_to_dict(script: Script) -> dict[str, Any]:
-    """The JSON form ``/_control/push`` accepts."""
-    return asdict(script)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from claw_worker.config.schema import Config
 from claw_worker.providers import (
+    FailoverProvider,
     LLMResponse,
     OpenAICompatProvider,
     ProviderError,
@@ -225,7 +226,9 @@ def test_registry(claw_home: object, monkeypatch: pytest.MonkeyPatch) -> None:
     )
     monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
     provider = build_provider(config)
-    assert isinstance(provider, OpenAICompatProvider)
+    assert isinstance(provider, FailoverProvider)
+    assert [(r.name, r.models) for r in provider.routes] == [("proxy", ("a", "b"))]
+    assert isinstance(provider.routes[0].provider, OpenAICompatProvider)
     provider.close()
     assert resolve_model(config) == "a"
     override = config.model_copy(

@@ -1,5 +1,5 @@
-"""The messages sent to the model: system prompt (bootstrap files + runtime line), history,
-then the new user message.
+"""The messages sent to the model: system prompt (bootstrap files + runtime line + recalled
+memory + the compaction summary), history, then the new user message.
 
 The bootstrap files are read on every turn: they live on the shared workspace volume and the
 user edits them while the fleet runs.
@@ -7,12 +7,18 @@ user edits them while the fleet runs.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from claw_worker.config.schema import AgentDefaults
 from claw_worker.contract import InboundMessage
+from claw_worker.memory.index import index_for
+
+log = logging.getLogger(__name__)
 
 BOOTSTRAP_FILES = ("AGENTS.md", "SOUL.md", "USER.md")
 MAX_BOOTSTRAP_CHARS = 20_000  # per file: a runaway file must not eat the context window
@@ -42,7 +48,7 @@ def read_bootstrap(workspace: Path) -> list[tuple[str, str]]:
 
 
 def build_system_prompt(
-    workspace: Path, message: InboundMessage, *, now: float | None = None
+    workspace: Path, message: InboundMessage, *, now: float | None = None, memory: str = ""
 ) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z (%A)", time.localtime(now))
     parts = [
@@ -52,7 +58,41 @@ def build_system_prompt(
     ]
     for name, text in read_bootstrap(workspace):
         parts.append(f"## {name}\n\n{text}")
+    if memory:
+        parts.append(memory)
     return "\n\n".join(parts)
+
+
+def wants_recall(text: str, keywords: Sequence[str]) -> bool:
+    lowered = text.casefold()
+    return any(k and k.casefold() in lowered for k in keywords)
+
+
+def memory_recall(workspace: Path, text: str, defaults: AgentDefaults) -> str:
+    """A "Relevant memory" block when the message asks to recall something, else "".
+
+    Only on recall keywords: a search per turn would put loosely related notes into every
+    prompt. A broken or locked index must not fail the turn, so errors only cost the block.
+    """
+    config = defaults.memory
+    if not config.enabled or not wants_recall(text, defaults.texts.memory_recall_keywords):
+        return ""
+    try:
+        hits = index_for(workspace).search(text, config.recall_limit)
+    except (sqlite3.Error, OSError):
+        log.warning("memory recall failed in %s", workspace, exc_info=True)
+        return ""
+    if not hits:
+        return ""
+    lines = ["## Relevant memory", ""]
+    size = 0
+    for hit in hits:
+        line = f"- [{hit.path}{' § ' + hit.heading if hit.heading else ''}] {hit.snippet}"
+        size += len(line)
+        if size > config.recall_max_chars and len(lines) > 2:
+            break
+        lines.append(line[: config.recall_max_chars])
+    return "\n".join(lines)
 
 
 def user_message(message: InboundMessage) -> Message:
@@ -60,4 +100,12 @@ def user_message(message: InboundMessage) -> Message:
 
 
 def build_messages(system_prompt: str, history: Sequence[Message], user: Message) -> list[Message]:
-    return [{"role": "system", "content": system_prompt}, *history, user]
+    """System, history, user. A compaction summary (a system message at the head of the
+    history) joins the system prompt: some protocols accept only one leading system text."""
+    head = 0
+    parts = [system_prompt]
+    while head < len(history) and history[head].get("role") == "system":
+        parts.append(str(history[head].get("content") or ""))
+        head += 1
+    system = {"role": "system", "content": "\n\n".join(p for p in parts if p)}
+    return [system, *history[head:], user]

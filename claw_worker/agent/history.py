@@ -1,7 +1,8 @@
 """Session history: a Redis list of JSON chat messages, shared by every worker host.
 
 Appends happen once per turn, in one MULTI (RPUSH + LTRIM), so a turn's messages land
-together or not at all, and the list never grows past its cap.
+together or not at all, and the list never grows past its cap. Compaction swaps the whole
+list (``replace``) for a leading summary (role ``system``) plus the recent messages.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import redis
 
 from claw_worker import constants
 
-MAX_ENTRIES = 200  # kept in Redis per session; compaction (later) summarises older turns
+MAX_ENTRIES = 200  # kept in Redis per session; compaction summarises older turns
 LOAD_LIMIT = 100  # read into the context per turn
 
 Message = dict[str, Any]
@@ -31,14 +32,37 @@ class History:
 
         A cut may fall inside a tool exchange; a leading ``tool`` result (or an assistant
         tool call whose results follow) without its start would be rejected by the API, so
-        everything before the first user message in the window is dropped.
+        everything before the first user message in the window is dropped. A compaction
+        summary at the head of the list always comes first.
         """
-        raw: list[str] = self._redis.lrange(self._key, -limit, -1)  # type: ignore[assignment]
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.lindex(self._key, 0)
+        pipe.lrange(self._key, -limit, -1)
+        first, raw = pipe.execute()
         messages = [m for m in (_decode(item) for item in raw) if m is not None]
+        head = _decode(first) if first is not None else None
+        if head is not None and head.get("role") == "system" and raw and raw[0] == first:
+            # The window holds the whole list from the compaction summary on, and compaction
+            # cut the tail at a tool-exchange boundary: nothing needs dropping.
+            rest = messages[1:]
+            while rest and rest[0].get("role") == "tool":
+                rest = rest[1:]
+            return [head, *rest]
         for index, message in enumerate(messages):
             if message.get("role") == "user":
+                # A compaction summary heads the list; it is kept even when the window
+                # starts later, since it is all that is left of the older turns. (The
+                # window never holds it past ``index``: it is the list's first entry.)
+                if head is not None and head.get("role") == "system":
+                    return [head, *messages[index:]]
                 return messages[index:]
         return []
+
+    def load_all(self) -> tuple[list[Message], int]:
+        """Every stored message (corrupt entries skipped) and the raw list length, for
+        ``replace(expect_len=...)``."""
+        raw: list[str] = self._redis.lrange(self._key, 0, -1)  # type: ignore[assignment]
+        return [m for m in (_decode(item) for item in raw) if m is not None], len(raw)
 
     def append(self, messages: Sequence[Message]) -> None:
         if not messages:
@@ -47,6 +71,23 @@ class History:
         pipe.rpush(self._key, *(json.dumps(m, ensure_ascii=False) for m in messages))
         pipe.ltrim(self._key, -self._max, -1)
         pipe.execute()
+
+    def replace(self, messages: Sequence[Message], *, expect_len: int | None = None) -> bool:
+        """Swap the whole history in one MULTI (DEL + RPUSH); False, changing nothing, if
+        the list no longer has ``expect_len`` entries (someone appended meanwhile)."""
+        with self._redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self._key)
+                if expect_len is not None and int(pipe.llen(self._key)) != expect_len:
+                    return False
+                pipe.multi()
+                pipe.delete(self._key)
+                if messages:
+                    pipe.rpush(self._key, *(json.dumps(m, ensure_ascii=False) for m in messages))
+                pipe.execute()
+            except redis.WatchError:
+                return False
+        return True
 
     def clear(self) -> None:
         self._redis.delete(self._key)

@@ -7,14 +7,20 @@ everything about a turn lives in ``handle``'s locals and in the ``_Turn`` it bui
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
 
-from claw_worker.agent.context import build_messages, build_system_prompt, user_message
+from claw_worker.agent.compaction import compact_history
+from claw_worker.agent.context import (
+    build_messages,
+    build_system_prompt,
+    memory_recall,
+    user_message,
+)
 from claw_worker.agent.history import History
 from claw_worker.config.paths import workspace_dir
 from claw_worker.config.schema import Config
@@ -46,6 +52,9 @@ def _never() -> bool:
 # LLM calls run here so the run's own thread can give up on one the moment /stop arrives;
 # the abandoned request finishes (or times out) in the background and is discarded.
 _llm_calls = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="llm-call")
+# Parallel-safe tool calls of every turn in the process share this pool; each turn keeps at
+# most runtime_control.tool_max_parallel_calls of its own in flight.
+_tool_calls = ThreadPoolExecutor(max_workers=256, thread_name_prefix="tool-call")
 STOP_POLL_SEC = 0.05
 
 
@@ -95,7 +104,7 @@ class Agent:
         self.config = config
         self.redis = redis
         # One provider (keep-alive connections) for every thread of the process.
-        self.provider = provider if provider is not None else build_provider(config)
+        self.provider = provider if provider is not None else build_provider(config, redis)
         self.tools = tools if tools is not None else default_tools(config)
         self.model = resolve_model(config)
         self.workspace = workspace_dir(config)
@@ -111,10 +120,15 @@ class Agent:
         self.workspace.mkdir(parents=True, exist_ok=True)
 
         history = History(self.redis, message.session_key)
-        system_prompt = build_system_prompt(self.workspace, message)
+        # Before loading: an over-long history is summarised first (a failure keeps it as is).
+        compact_history(self.config, provider, self.model, history, self.workspace)
+        recall = memory_recall(self.workspace, message.text, defaults)
+        system_prompt = build_system_prompt(self.workspace, message, memory=recall)
         user = user_message(message)
         turn = _Turn(build_messages(system_prompt, history.load(), user), new=[user])
-        ctx = ToolContext(self.workspace, message.session_key, self.config, should_stop=stop)
+        ctx = ToolContext(
+            self.workspace, message.session_key, self.config, should_stop=stop, redis=self.redis
+        )
 
         reply = self._loop(provider, turn, ctx, stop)
         # Saved only once the turn is over: a ProviderError propagates before this, and the
@@ -163,16 +177,40 @@ class Agent:
     def _run_tools(
         self, turn: _Turn, calls: list[ToolCall], ctx: ToolContext, stop: Callable[[], bool]
     ) -> bool:
-        """Run the calls in order; False if stopped. Every call still gets a result message,
-        because the API rejects an assistant tool call without its answer in the history."""
+        """Run the calls; False if stopped. Calls to tools named in
+        ``runtime_control.tool_parallel_safe_names`` run side by side (at most
+        ``tool_max_parallel_calls`` at once); any other call waits for those and runs alone.
+        Results are added in the calls' order, and every call gets one, because the API
+        rejects an assistant tool call without its answer in the history."""
+        control = self.config.agents.defaults.runtime_control
+        safe = set(control.tool_parallel_safe_names)
+        width = control.tool_max_parallel_calls
+        results: list[str] = [CANCELLED_TOOL_RESULT] * len(calls)
+        running: dict[int, Future[str]] = {}  # call index -> its result, in flight
+
+        def settle(keep: int) -> None:
+            """Wait until at most ``keep`` calls are in flight, collecting the finished."""
+            while len(running) > keep:
+                done, _ = wait(running.values(), return_when=FIRST_COMPLETED)
+                for index in [i for i, future in running.items() if future in done]:
+                    results[index] = running.pop(index).result()
+
         stopped = False
-        for call in calls:
+        for index, call in enumerate(calls):
+            parallel = width > 1 and call.name in safe
+            settle(width - 1 if parallel else 0)
             stopped = stopped or stop()
             if stopped:
-                result = CANCELLED_TOOL_RESULT
+                break  # the rest keep CANCELLED_TOOL_RESULT; calls in flight still finish
+            turn.tool_steps += 1
+            if parallel:
+                running[index] = _tool_calls.submit(
+                    self.tools.run, call.name, call.raw_arguments, ctx
+                )
             else:
-                result = self.tools.run(call.name, call.raw_arguments, ctx)
-                turn.tool_steps += 1
+                results[index] = self.tools.run(call.name, call.raw_arguments, ctx)
+        settle(0)
+        for call, result in zip(calls, results, strict=True):
             turn.add({"role": "tool", "tool_call_id": call.id, "content": result})
         return not stopped
 

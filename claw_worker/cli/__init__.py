@@ -56,6 +56,7 @@ def main(ctx: click.Context, config_file: Path | None, debug: bool) -> None:
 # "module:attribute" of each command group under claw_worker.cli, in --help order.
 COMMANDS = [
     "onboard:onboard",
+    "login:login",
     "config_cmd:config",
     "status:status",
     "agent_cmd:agent",

@@ -8,6 +8,7 @@ could not learn as unknown instead of failing.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import click
@@ -64,6 +65,28 @@ def _redis_facts(url: str) -> dict[str, Any]:
     return facts
 
 
+def _breakers(config: Config, url: str) -> dict[str, Any] | None:
+    """Each proxy's circuit breaker (providers/breaker.py), or None when Redis is down."""
+    from claw_worker.providers.breaker import read_state
+
+    conn = client(url, socket_timeout=PROBE_TIMEOUT_SEC, socket_connect_timeout=PROBE_TIMEOUT_SEC)
+    try:
+        conn.ping()
+        breakers = {}
+        for name in ["proxy", *config.providers.proxy_fallbacks]:
+            state = read_state(conn, name)
+            breakers[name] = {
+                "state": "open" if state.is_open() else "closed",
+                "failures": state.failures,
+                "open_until": state.open_until if state.is_open() else None,
+            }
+        return breakers
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        conn.close()
+
+
 def _workers() -> list[str] | None:
     """Names of the workers that answer a ping, or None when that cannot be known."""
     try:
@@ -107,6 +130,7 @@ def collect() -> dict[str, Any]:
             "workers": _workers() if facts["reachable"] else None,
             "queues": facts["queues"],
             "sessions_waiting": facts["waiting"],
+            "breakers": _breakers(config, url) if facts["reachable"] else None,
         }
     )
     return report
@@ -139,7 +163,22 @@ def _render(report: dict[str, Any]) -> list[str]:
     lines.append(f"queues     {shown}")
     waiting = report["sessions_waiting"]
     lines.append(f"sessions   {'unknown' if waiting is None else waiting} waiting")
+    lines.extend(_render_breakers(report.get("breakers")))
     return lines
+
+
+def _render_breakers(breakers: dict[str, Any] | None) -> list[str]:
+    if breakers is None:
+        return ["breakers   unknown"]
+    shown = []
+    for name, b in breakers.items():
+        if b["state"] == "open":
+            until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b["open_until"]))
+            shown.append(f"{name}=open until {until}")
+        else:
+            failures = f" ({b['failures']} recent failures)" if b["failures"] else ""
+            shown.append(f"{name}=closed{failures}")
+    return [f"breakers   {', '.join(shown)}"]
 
 
 @click.command()

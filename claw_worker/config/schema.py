@@ -82,9 +82,15 @@ class RuntimeControlConfig(Section):
     run_state_max: int = Field(500, ge=1)
     tool_parallel_safe_names: list[str] = [
         "read_file", "list_files", "find_files", "grep_files",
-        "memory_search", "web_search", "repo_map", "system_info",
+        "memory_search", "web_search", "web_fetch", "repo_map", "system_info",
     ]  # fmt: skip
     tool_max_parallel_calls: int = Field(2, ge=1)
+
+
+class MemoryConfig(Section):
+    enabled: bool = True  # recall into the context on memory_recall_keywords
+    recall_limit: int = Field(3, ge=1, le=20)  # passages added to the context
+    recall_max_chars: int = Field(2000, ge=100)  # cap on the whole "Relevant memory" block
 
 
 class AgentDefaults(Section):
@@ -97,6 +103,7 @@ class AgentDefaults(Section):
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     texts: TextsConfig = TextsConfig()
     context_compaction: ContextCompactionConfig = ContextCompactionConfig()
+    memory: MemoryConfig = MemoryConfig()
     runtime_control: RuntimeControlConfig = RuntimeControlConfig()
 
 
@@ -187,10 +194,28 @@ class ExecToolConfig(Section):
     ]  # fmt: skip
 
 
+class WebSearchConfig(Section):
+    # "" picks Brave when brave_api_key is set, else SearXNG when searxng_url is set.
+    provider: Literal["", "brave", "searxng"] = ""
+    brave_api_key: str = ""
+    brave_api_base: str = "https://api.search.brave.com"
+    searxng_url: str = ""  # e.g. http://127.0.0.1:8888 (the instance must allow format=json)
+    max_results: int = Field(5, ge=1, le=20)
+    timeout_sec: float = Field(15.0, gt=0)
+
+
+class WebFetchConfig(Section):
+    max_chars: int = Field(50000, ge=100)
+    max_bytes: int = Field(2 * 1024 * 1024, ge=1024)  # downloaded before conversion
+    timeout_sec: float = Field(20.0, gt=0)
+
+
 class ToolsConfig(Section):
     restrict_to_workspace: bool = True
     max_output_chars: int = Field(16000, ge=100)
     exec: ExecToolConfig = ExecToolConfig()
+    web_search: WebSearchConfig = WebSearchConfig()
+    web_fetch: WebFetchConfig = WebFetchConfig()
 
 
 class CronConfig(Section):

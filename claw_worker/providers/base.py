@@ -6,13 +6,23 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 Message = dict[str, Any]  # one chat message in OpenAI's shape (role, content, tool_calls, ...)
 ToolSchema = dict[str, Any]  # {"type": "function", "function": {name, description, parameters}}
 
 # Statuses worth retrying: the request may succeed later unchanged.
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+
+# What a failure means for failover (see failover.py): retry elsewhere, skip the proxy, or stop.
+ErrorKind = Literal["rate_limit", "routing", "transient", "auth", "context_too_long", "other"]
+
+_CONTEXT_WORDS = re.compile(
+    r"context.{0,20}(length|window|limit)|maximum context|too many tokens|prompt is too long"
+    r"|input is too long|reduce the length",
+    re.IGNORECASE,
+)
+_MODEL_WORDS = re.compile(r"\bmodel\b", re.IGNORECASE)
 
 
 class ProviderError(Exception):
@@ -29,17 +39,40 @@ class ProviderError(Exception):
         status: int | None = None,
         retryable: bool = False,
         retry_after: float | None = None,
+        kind: ErrorKind | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+        # Derived from the status when not given, so every raiser gets a kind for free.
+        self.kind: ErrorKind = kind or classify(status, message)
 
     def __repr__(self) -> str:
         return (
-            f"ProviderError({str(self)!r}, status={self.status}, retryable={self.retryable}, "
-            f"retry_after={self.retry_after})"
+            f"ProviderError({str(self)!r}, status={self.status}, kind={self.kind}, "
+            f"retryable={self.retryable}, retry_after={self.retry_after})"
         )
+
+
+class ContextTooLong(ProviderError):
+    """The prompt does not fit the model: the caller should compact and retry, not fail over
+    (another model of the same family would very likely reject it as well)."""
+
+
+def classify(status: int | None, detail: str) -> ErrorKind:
+    """The failover meaning of a status and its error text."""
+    if status is None or status in (408, 500, 502, 503, 504, 520, 522, 524, 529):
+        return "transient"  # no answer, a timeout or a struggling upstream
+    if status == 429:
+        return "rate_limit"
+    if status in (401, 403):
+        return "auth"
+    if status in (400, 413, 422) and _CONTEXT_WORDS.search(detail):
+        return "context_too_long"
+    if status == 404 or (status == 400 and _MODEL_WORDS.search(detail)):
+        return "routing"  # unknown model (or a proxy without that route): try the next one
+    return "other"
 
 
 @dataclass(frozen=True)
@@ -115,3 +148,31 @@ def body_preview(text: str, limit: int = 200) -> str:
         text = _TAGS.sub(" ", text)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_FUNCTION_CALL = re.compile(r"<function_call>\s*(.*?)\s*</function_call>", re.DOTALL)
+
+
+def extract_text_tool_calls(content: str) -> tuple[str, list[ToolCall]]:
+    """Tool calls some models write as ``<function_call>{"name", "arguments"}</function_call>``
+    text instead of structured calls; returns the remaining text and the calls. A block that
+    is not JSON with a name stays in the text, so nothing the model said is lost."""
+    if "<function_call>" not in content:
+        return content, []
+    calls: list[ToolCall] = []
+
+    def take(match: re.Match[str]) -> str:
+        try:
+            data = json.loads(match.group(1))
+        except ValueError:
+            return match.group(0)
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            return match.group(0)
+        args = data.get("arguments", data.get("parameters"))
+        calls.append(
+            ToolCall.parse(f"call_text_{len(calls)}", data["name"], args if args else None)
+        )
+        return ""
+
+    rest = _FUNCTION_CALL.sub(take, content)
+    return (rest.strip() if calls else content), calls

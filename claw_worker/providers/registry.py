@@ -1,36 +1,65 @@
-"""Build the provider a Config asks for.
-
-Today that is one OpenAI-compatible proxy (``providers.proxy``). Failover over
-``providers.proxy_fallbacks`` and other protocols come later: they will be built here, as
-another ``ChatProvider`` (a chain wrapping several), so callers do not change.
+"""Build the provider a Config asks for: a ``FailoverProvider`` over the current proxy
+(``providers.proxy``) and the proxies named in ``providers.proxy_fallbacks``, each speaking
+its own ``protocol``. Callers only see a ``ChatProvider``.
 """
 
 from __future__ import annotations
 
+from redis import Redis
+
 from claw_worker.config.schema import Config, ProxyConfig
 from claw_worker.config.store import resolve_api_key
+from claw_worker.providers.anthropic import AnthropicProvider
 from claw_worker.providers.base import ChatProvider
+from claw_worker.providers.failover import FailoverProvider, Route, dedupe
 from claw_worker.providers.openai_compat import OpenAICompatProvider
+from claw_worker.providers.responses import ResponsesProvider
+
+PRIMARY_PROXY = "proxy"  # the breaker name of providers.proxy
 
 
 def build_proxy(proxy: ProxyConfig) -> ChatProvider | None:
-    """The provider for one proxy entry; None when it has no ``api_base``."""
+    """The client for one proxy entry, in its protocol; None when it has no ``api_base``."""
     if not proxy.api_base:
         return None
-    if proxy.protocol != "chat_completions":
-        # Only chat completions is spoken so far; failing loudly beats silently mis-talking.
-        raise ValueError(f"provider protocol {proxy.protocol!r} is not supported yet")
-    return OpenAICompatProvider(
-        proxy.api_base,
-        resolve_api_key(proxy.api_key),
-        auth=proxy.auth,
-        timeout_sec=proxy.timeout_sec,
-    )
+    key = resolve_api_key(proxy.api_key)
+    if proxy.protocol == "anthropic":
+        return AnthropicProvider(proxy.api_base, key, timeout_sec=proxy.timeout_sec)
+    cls = ResponsesProvider if proxy.protocol == "responses" else OpenAICompatProvider
+    return cls(proxy.api_base, key, auth=proxy.auth, timeout_sec=proxy.timeout_sec)
 
 
-def build_provider(config: Config) -> ChatProvider | None:
+def primary_models(config: Config) -> tuple[str, ...]:
+    """The current proxy's models in order: the default model, its fallbacks, the rest."""
+    defaults = config.agents.defaults
+    return dedupe([defaults.model, *defaults.model_fallbacks, *config.providers.proxy.models])
+
+
+def proxy_names(config: Config) -> list[str]:
+    """The breaker names of every proxy in the chain, in order (for ``clawctl status``)."""
+    return [PRIMARY_PROXY, *config.providers.proxy_fallbacks]
+
+
+def build_provider(
+    config: Config,
+    redis: Redis | None = None,
+    *,
+    breaker_threshold: int = 3,
+    cooldown_sec: float = 60.0,
+) -> ChatProvider | None:
     """The provider for ``config``, or None when no LLM is configured (empty api_base)."""
-    return build_proxy(config.providers.proxy)
+    primary = build_proxy(config.providers.proxy)
+    if primary is None:
+        return None
+    routes = [Route(PRIMARY_PROXY, primary, primary_models(config))]
+    for name in config.providers.proxy_fallbacks:
+        proxy = config.providers.proxies[name]
+        provider = build_proxy(proxy)
+        if provider is not None:  # a fallback without api_base cannot be tried
+            routes.append(Route(name, provider, dedupe(proxy.models)))
+    return FailoverProvider(
+        routes, redis_client=redis, breaker_threshold=breaker_threshold, cooldown_sec=cooldown_sec
+    )
 
 
 def resolve_model(config: Config) -> str:

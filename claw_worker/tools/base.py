@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import redis
 from pydantic import BaseModel, ConfigDict
 
 from claw_worker.config.schema import Config
@@ -43,6 +44,9 @@ class ToolContext:
     session_key: str
     config: Config
     should_stop: Callable[[], bool] = field(default=_never)
+    # The fleet's Redis, for tools that talk to the rest of the fleet (``message``); None
+    # when a tool runs outside a worker (tests, one-off CLI runs).
+    redis: redis.Redis | None = None
 
 
 P = TypeVar("P", bound=ToolParams)

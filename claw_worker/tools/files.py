@@ -104,3 +104,46 @@ class ListFilesTool(Tool[ListFilesParams]):
         if len(found) > MAX_LIST_ENTRIES:
             entries.append(f"... [more than {MAX_LIST_ENTRIES} entries, listing cut]")
         return "\n".join(entries) if entries else "(empty directory)"
+
+
+class EditFileParams(ToolParams):
+    path: str = Field(min_length=1, description="File path, relative to the workspace.")
+    old_string: str = Field(min_length=1, description="Exact text to replace (whitespace too).")
+    new_string: str = Field(max_length=MAX_WRITE_CHARS, description="The replacement text.")
+    replace_all: bool = Field(
+        False, description="Replace every occurrence; otherwise old_string must occur once."
+    )
+
+
+class EditFileTool(Tool[EditFileParams]):
+    name = "edit_file"
+    description = (
+        "Replace an exact text in a workspace file. old_string must match exactly once "
+        "(include surrounding lines to make it unique) unless replace_all is true."
+    )
+    Params = EditFileParams
+
+    def execute(self, params: EditFileParams, ctx: ToolContext) -> str:
+        path = resolve_path(params.path, ctx)
+        if not path.is_file():
+            raise ToolError(f"file not found: {params.path}")
+        if path.stat().st_size > MAX_READ_BYTES:
+            raise ToolError(f"{params.path} is larger than {MAX_READ_BYTES} bytes; not edited")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ToolError(f"{params.path} is not UTF-8 text; not edited") from exc
+        count = text.count(params.old_string)
+        if count == 0:
+            raise ToolError(
+                f"old_string not found in {params.path}; read the file and copy the text exactly"
+            )
+        if count > 1 and not params.replace_all:
+            raise ToolError(
+                f"old_string occurs {count} times in {params.path}; add surrounding lines to "
+                "make it unique, or set replace_all"
+            )
+        data = text.replace(params.old_string, params.new_string).encode("utf-8")
+        atomic_write_bytes(path, data)
+        times = "1 occurrence" if count == 1 else f"{count} occurrences"
+        return f"Replaced {times} in {_shown(path, ctx)}"

@@ -16,8 +16,13 @@ from pydantic import ValidationError
 
 from claw_worker.config.schema import Config
 from claw_worker.tools.base import Tool, ToolContext, ToolError
-from claw_worker.tools.files import ListFilesTool, ReadFileTool, WriteFileTool
+from claw_worker.tools.code import RepoMapTool
+from claw_worker.tools.files import EditFileTool, ListFilesTool, ReadFileTool, WriteFileTool
+from claw_worker.tools.message import MessageTool
+from claw_worker.tools.search import FindFilesTool, GrepFilesTool
 from claw_worker.tools.shell import ExecTool
+from claw_worker.tools.system import SystemInfoTool
+from claw_worker.tools.web import WebFetchTool, WebSearchTool
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +116,24 @@ def _cap(text: str, limit: int) -> str:
 
 def default_tools(config: Config) -> ToolRegistry:
     """Every built-in tool the config enables. Adding a tool: its module plus one line here."""
-    tools: list[Tool[Any]] = [ReadFileTool(), WriteFileTool(), ListFilesTool()]
+    tools: list[Tool[Any]] = [
+        ReadFileTool(),
+        WriteFileTool(),
+        EditFileTool(),
+        ListFilesTool(),
+        FindFilesTool(),
+        GrepFilesTool(),
+        RepoMapTool(),
+        # Registered even when unconfigured: the model then learns why it cannot search.
+        WebSearchTool(),
+        WebFetchTool(),
+        SystemInfoTool(),
+        MessageTool(),
+    ]
     if config.tools.exec.enabled:
         tools.append(ExecTool())
+    # Imported here: claw_worker.memory.tools imports tools.base, which loads this package.
+    from claw_worker.memory.tools import MemorySearchTool, MemoryWriteTool
+
+    tools += [MemorySearchTool(), MemoryWriteTool()]
     return ToolRegistry(tools)

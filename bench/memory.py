@@ -1,0 +1,129 @@
+"""Memory index benchmark: ``python -m bench.memory [--notes 10000] [--queries 300]``.
+
+Generates dated notes (the layout ``memory_write`` produces), builds the FTS5 index from
+scratch, then times searches, the per-search freshness check, an incremental refresh after
+one file changes, and appends. Prints a small Markdown table; the target is a median search
+under 20 ms at 10,000 notes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench.report import host_lines
+from claw_worker.memory import store
+from claw_worker.memory.index import MemoryIndex
+
+TARGET_MS = 20.0
+_VOCAB = (
+    "deploy staging redis backup invoice meeting travel garden laptop battery monitor "
+    "certificate nginx kubernetes budget dentist birthday recipe coffee tea keyboard "
+    "python release migration database schema index latency alert pager oncall vacation "
+    "flight hotel train concert dinner lunch gym running bicycle repair insurance tax "
+    "contract client proposal design review roadmap sprint bug ticket customer support"
+)
+WORDS = _VOCAB.split()
+
+
+def note_text(rng: random.Random, n: int) -> str:
+    words = rng.choices(WORDS, k=rng.randint(12, 40))
+    return f"Note {n} ref-{rng.randrange(10**6)}: " + " ".join(words) + "."
+
+
+def generate(workspace: Path, notes: int, days: int, seed: int = 7) -> None:
+    """Day files written directly (one write each): the benchmark is about the index."""
+    rng = random.Random(seed)
+    per_day: dict[int, list[str]] = {}
+    for n in range(notes):
+        per_day.setdefault(n % days, []).append(note_text(rng, n))
+    start = time.time() - days * 86400
+    for day, texts in per_day.items():
+        when = start + day * 86400
+        path = store.layer_path(workspace, "note", now=when)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        parts = [f"# Notes {path.stem}"]
+        for i, text in enumerate(texts):
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when + i * 60))
+            parts.append(f"## {stamp}\n\n{text}")
+        path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    store.ensure_index(workspace)
+
+
+def timed_ms(fn: object, *args: object) -> float:
+    start = time.perf_counter()
+    fn(*args)  # type: ignore[operator]
+    return (time.perf_counter() - start) * 1000
+
+
+def run(workspace: Path, notes: int, days: int, queries: int) -> list[tuple[str, str]]:
+    t0 = time.perf_counter()
+    generate(workspace, notes, days)
+    gen_s = time.perf_counter() - t0
+
+    index = MemoryIndex(workspace)
+    build_s = timed_ms(index.refresh) / 1000
+    rng = random.Random(11)
+    qs = [" ".join(rng.sample(WORDS, rng.randint(1, 4))) for _ in range(queries)]
+    index.search(qs[0], 5)  # warm the connection and page cache
+    with_check = [timed_ms(index.search, q, 5) for q in qs]
+    no_check = [timed_ms(lambda q: index.search(q, 5, refresh=False), q) for q in qs]
+    fresh = [timed_ms(index.refresh) for _ in range(50)]
+
+    store.append(workspace, "note", "The quarterly zeppelin inspection is due on Friday.")
+    incremental = timed_ms(index.refresh)
+    found = index.search("zeppelin inspection", 1)
+    appends = [
+        timed_ms(store.append, workspace, "project", f"decision {i}: ship it") for i in range(50)
+    ]
+    db = index.db_path
+    size_mb = (
+        sum(Path(f"{db}{s}").stat().st_size for s in ("", "-wal") if Path(f"{db}{s}").exists())
+        / 2**20
+    )
+    median = statistics.median(with_check)
+    return [
+        ("notes / day files", f"{notes} / {days}"),
+        ("generate files", f"{gen_s:.2f} s"),
+        ("index build (full)", f"{build_s:.2f} s"),
+        ("index size", f"{size_mb:.1f} MB"),
+        ("search p50 / p95 (incl. freshness check)", _pcts(with_check)),
+        ("search p50 / p95 (index only)", _pcts(no_check)),
+        ("freshness check, nothing changed p50", f"{statistics.median(fresh):.2f} ms"),
+        ("incremental refresh after one append", f"{incremental:.1f} ms"),
+        ("memory_write append p50", f"{statistics.median(appends):.2f} ms"),
+        ("new note found first", "yes" if found and "zeppelin" in found[0].snippet else "NO"),
+        (f"target: search p50 < {TARGET_MS:.0f} ms", "PASS" if median < TARGET_MS else "FAIL"),
+    ]
+
+
+def _pcts(values: list[float]) -> str:
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+    return f"{statistics.median(values):.2f} / {p95:.2f} ms"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--notes", type=int, default=10_000)
+    parser.add_argument("--days", type=int, default=365, help="dated note files")
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--dir", help="workspace to use (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="claw-mem-") as tmp:
+        rows = run(Path(args.dir or tmp), args.notes, args.days, args.queries)
+    for line in host_lines():
+        print(line)
+    print()
+    print("| measure | value |")
+    print("|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+
+
+if __name__ == "__main__":
+    main()

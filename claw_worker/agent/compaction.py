@@ -1,0 +1,193 @@
+"""Context compaction: when a session's history grows past its limits, older messages are
+replaced by a summary so every turn's context stays bounded.
+
+Runs at the start of a turn (the session lease makes this worker the history's only
+writer). Order matters for never losing anything: summarise, then write the durable facts
+to memory, then swap the Redis list in one MULTI. Any failure before the swap leaves the
+history as it was, and the next turn tries again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from claw_worker.agent.history import History
+from claw_worker.config.schema import Config
+from claw_worker.memory import store
+from claw_worker.providers.base import ChatProvider
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+PER_MESSAGE_CHARS = 2000  # of one message in the summariser's transcript
+TRANSCRIPT_CAP = 60_000  # the summariser's input; beyond it the oldest part is cut
+SUMMARY_PROMPT = """You compact a conversation between a user and an AI agent so it can \
+continue with less context. Write:
+
+SUMMARY:
+what was asked, done and decided, open tasks and anything needed to carry on; at most \
+%d characters; plain text.
+
+FACTS:
+durable facts worth keeping long-term (user preferences, decisions, names, paths, \
+procedures), one per line starting with "- "; write "- none" if there are none."""
+_FACTS = re.compile(r"^[ \t*#]*FACTS[ \t*]*:", re.IGNORECASE | re.MULTILINE)
+_SUMMARY = re.compile(r"^[ \t*#]*SUMMARY[ \t*]*:[ \t*]*", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Compaction:
+    removed: int  # messages replaced by the summary
+    kept: int  # recent messages kept verbatim
+    facts: int  # facts appended to today's memory note
+    mode: str  # "summary" or "responses_compact"
+
+
+def message_chars(message: Message) -> int:
+    size = len(str(message.get("content") or ""))
+    if message.get("tool_calls"):
+        size += len(json.dumps(message["tool_calls"], ensure_ascii=False))
+    return size
+
+
+def needs_compaction(messages: Sequence[Message], config: Config) -> bool:
+    cfg = config.agents.defaults.context_compaction
+    if not cfg.enabled or len(messages) <= 2:
+        return False
+    return (
+        len(messages) > cfg.trigger_messages
+        or sum(message_chars(m) for m in messages) > cfg.max_transcript_chars
+    )
+
+
+def split_point(messages: Sequence[Message], keep: int) -> int:
+    """Where the verbatim tail starts: at least ``keep`` messages, and never between an
+    assistant tool call and its results. A user message is preferred (a clean turn start);
+    failing that, any message that is not a tool result."""
+    start = 1 if messages and messages[0].get("role") == "system" else 0  # old summary
+    cut = max(start, len(messages) - keep)
+    for index in range(cut, start, -1):
+        if messages[index].get("role") == "user":
+            return index
+    while cut > start and messages[cut].get("role") == "tool":
+        cut -= 1
+    return cut
+
+
+def transcript(messages: Sequence[Message]) -> str:
+    lines = []
+    for m in messages:
+        role = str(m.get("role", "?")).upper()
+        content = str(m.get("content") or "")
+        if role == "SYSTEM":
+            role = "EARLIER SUMMARY"
+        for call in m.get("tool_calls") or []:
+            fn = call.get("function") or {}
+            content += f"\n[calls {fn.get('name')}({fn.get('arguments', '')})]"
+        if len(content) > PER_MESSAGE_CHARS:
+            content = content[:PER_MESSAGE_CHARS] + " …[cut]"
+        lines.append(f"{role}: {content.strip()}")
+    text = "\n\n".join(lines)
+    return text if len(text) <= TRANSCRIPT_CAP else "…[earlier part cut]\n" + text[-TRANSCRIPT_CAP:]
+
+
+def parse_summary(text: str, max_chars: int) -> tuple[str, list[str]]:
+    """(summary, facts) from the summariser's answer."""
+    parts = _FACTS.split(text, maxsplit=1)
+    summary = _SUMMARY.sub("", parts[0].strip(), count=1).strip()
+    if len(summary) > max_chars:
+        summary = summary[: max_chars - 1].rstrip() + "…"
+    facts: list[str] = []
+    for line in (parts[1] if len(parts) > 1 else "").splitlines():
+        fact = line.strip().lstrip("-*•").strip()
+        if fact and fact.strip("().").lower() not in {"none", "n/a", "no facts"}:
+            facts.append(fact)
+    return summary, facts
+
+
+def _responses_compact(config: Config, provider: ChatProvider) -> bool:
+    """Whether this turn may use the provider's native compaction; logs why not."""
+    mode = config.agents.defaults.context_compaction.mode
+    if mode == "summary":
+        return False
+    proxy = config.providers.proxy
+    if proxy.protocol != "responses" or not proxy.supports_responses_compact:
+        why = "the proxy is not protocol=responses with supports_responses_compact=true"
+    elif not callable(getattr(provider, "compact", None)):
+        why = "the provider has no compact()"
+    else:
+        return True
+    log.log(
+        logging.INFO if mode == "responses_compact" else logging.DEBUG,
+        "context compaction mode %s: %s; using summary",
+        mode,
+        why,
+    )
+    return False
+
+
+def _compact_text(result: Any) -> str:
+    """The provider's ``compact()`` result as text (a string, or message-like items)."""
+    if isinstance(result, str):
+        return result
+    if isinstance(result, Sequence):
+        texts = [str(item.get("content") or "") for item in result if isinstance(item, dict)]
+        return "\n\n".join(t for t in texts if t)
+    return ""
+
+
+def compact_history(
+    config: Config,
+    provider: ChatProvider,
+    model: str,
+    history: History,
+    workspace: Path,
+) -> Compaction | None:
+    """Compact ``history`` if it is over its limits; None when not needed or it failed."""
+    defaults = config.agents.defaults
+    cfg = defaults.context_compaction
+    messages, raw_len = history.load_all()
+    if not needs_compaction(messages, config):
+        return None
+    cut = split_point(messages, cfg.keep_recent_messages)
+    old, recent = messages[:cut], messages[cut:]
+    if not old or (len(old) == 1 and old[0].get("role") == "system"):
+        return None  # nothing beyond the previous summary to fold in
+    mode = "responses_compact" if _responses_compact(config, provider) else "summary"
+    try:
+        if mode == "responses_compact":
+            summary = _compact_text(provider.compact(old)).strip()  # type: ignore[attr-defined]
+            summary, facts = summary[: cfg.max_summary_chars], []
+        else:
+            request = [
+                {"role": "system", "content": SUMMARY_PROMPT % cfg.max_summary_chars},
+                {"role": "user", "content": transcript(old)},
+            ]
+            answer = provider.chat(
+                request, None, model=model, max_tokens=defaults.max_tokens, temperature=0.2
+            )
+            summary, facts = parse_summary(answer.content or "", cfg.max_summary_chars)
+        if not summary:
+            raise ValueError("the summariser returned an empty summary")
+        if facts:
+            # Written before the old messages go: the facts must outlive the summary.
+            body = "Facts from a compacted conversation:\n" + "\n".join(f"- {f}" for f in facts)
+            store.append(workspace, "note", body)
+    except Exception as exc:  # a provider outage or bad answer must not fail the turn
+        log.warning("context compaction failed (%s); history kept, retried next turn", exc)
+        return None
+    removed = len(old) - (1 if old[0].get("role") == "system" else 0)
+    note = defaults.texts.runtime_compaction_note % (removed, len(recent))
+    head = {"role": "system", "content": f"{note}\n\n{summary}"}
+    if not history.replace([head, *recent], expect_len=raw_len):
+        log.info("history changed during compaction; retried next turn")
+        return None
+    log.info("compacted history: removed %d, kept %d, %d facts (%s)", removed, len(recent),
+             len(facts), mode)  # fmt: skip
+    return Compaction(removed, len(recent), len(facts), mode)

@@ -1,0 +1,152 @@
+"""``clawctl login``: point clawfleet at an LLM endpoint, checked before it is saved.
+
+The check lists the endpoint's models (``GET {api_base}/models``); endpoints without that
+route (404) get a one-token chat request instead. The config (``providers.proxy``) is
+written only when the check passes, or with ``--no-check``. The key is never printed:
+errors from the endpoint are shown with it masked.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import click
+import httpx
+
+from claw_worker.cli._common import CliError, current_path
+from claw_worker.config.schema import ProxyConfig
+from claw_worker.config.store import (
+    MASK,
+    ConfigError,
+    load_config_data,
+    resolve_api_key,
+    save_config_data,
+    set_path,
+)
+
+PROTOCOLS = ("chat_completions", "responses", "anthropic")
+CHECK_TIMEOUT_SEC = 20.0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    message: str
+    listed: tuple[str, ...] = ()  # model ids the endpoint listed, when it did
+
+
+def split_models(values: tuple[str, ...]) -> list[str]:
+    """``--model a --model b,c`` -> [a, b, c], without blanks or repeats."""
+    names = (n.strip() for value in values for n in value.split(","))
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def _headers(proxy: ProxyConfig, key: str) -> dict[str, str]:
+    if proxy.protocol == "anthropic":
+        return {"x-api-key": key, "anthropic-version": "2023-06-01"} if key else {}
+    from claw_worker.providers.openai_compat import auth_headers
+
+    return auth_headers(key, proxy.auth)
+
+
+def check_endpoint(proxy: ProxyConfig, key: str) -> CheckResult:
+    """Whether ``proxy`` answers with these credentials (see the module docstring)."""
+    from claw_worker.providers.base import ProviderError, body_preview
+    from claw_worker.providers.http import error_detail
+    from claw_worker.providers.registry import build_proxy
+
+    url = proxy.api_base.rstrip("/") + "/models"
+    try:
+        with httpx.Client(timeout=CHECK_TIMEOUT_SEC, headers=_headers(proxy, key)) as client:
+            response = client.get(url)
+    except httpx.HTTPError as exc:
+        return CheckResult(False, f"cannot reach {url}: {exc!r}")
+    if response.status_code == 200:
+        try:
+            data = response.json()
+            listed = tuple(str(m["id"]) for m in data["data"] if isinstance(m, dict))
+        except (ValueError, KeyError, TypeError):
+            preview = body_preview(response.text)
+            return CheckResult(False, f"{url} answered 200 but not a model list: {preview}")
+        return CheckResult(True, f"{url} listed {len(listed)} models", listed)
+    if response.status_code != 404:
+        detail = error_detail(response)
+        return CheckResult(False, f"{url} returned HTTP {response.status_code}: {detail}")
+    # No model list here (some gateways): one token of chat proves the key and model.
+    provider = build_proxy(proxy.model_copy(update={"api_key": key}))
+    assert provider is not None  # api_base is set
+    try:
+        provider.chat([{"role": "user", "content": "ping"}], None, proxy.models[0], 1, 0.0)
+    except ProviderError as exc:
+        return CheckResult(False, f"a test chat request failed: {exc}")
+    finally:
+        provider.close()
+    return CheckResult(True, f"a test chat request to {proxy.models[0]} succeeded")
+
+
+def _ask(value: str | None, label: str, option: str, *, hide: bool = False) -> str:
+    if value is not None:
+        return value.strip()
+    if not sys.stdin.isatty():
+        raise CliError(f"{option} is required (stdin is not a terminal, so login cannot ask)")
+    return str(click.prompt(label, hide_input=hide)).strip()
+
+
+@click.command()
+@click.option("--api-base", help="Endpoint base URL, e.g. https://llm.example.com/v1.")
+@click.option("--api-key", help="API key (prompted for, hidden, when missing).")
+@click.option("--model", "models", multiple=True, help="Model name; repeat or comma-separate.")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), help="Wire protocol of the endpoint.")
+@click.option("--no-check", is_flag=True, help="Save without checking the endpoint.")
+def login(
+    api_base: str | None,
+    api_key: str | None,
+    models: tuple[str, ...],
+    protocol: str | None,
+    no_check: bool,
+) -> None:
+    """Configure the LLM endpoint (providers.proxy), checking it first."""
+    path = current_path()
+    data = load_config_data(path)
+    current = (data.get("providers") or {}).get("proxy") or {}
+    base = _ask(api_base, "API base URL", "--api-base")
+    if not base.startswith(("http://", "https://")):
+        raise CliError(f"--api-base must start with http:// or https:// (got {base!r})")
+    # An empty key is allowed when $CLAW_API_KEY / $OPENAI_API_KEY supplies one.
+    env_key = resolve_api_key("")
+    key = api_key if api_key is not None else ("" if env_key else None)
+    key = _ask(key, "API key", "--api-key", hide=True)
+    names = split_models(models)
+    if not names:
+        names = split_models((_ask(None, "Model(s), comma-separated", "--model"),))
+    if not names:
+        raise CliError("at least one --model is needed")
+    chosen = protocol or current.get("protocol") or "chat_completions"
+    try:
+        proxy = ProxyConfig.model_validate(
+            {**current, "api_base": base, "api_key": key, "models": names, "protocol": chosen}
+        )
+    except ValueError as exc:
+        raise CliError(f"invalid provider settings: {exc}") from None
+
+    if not no_check:
+        result = check_endpoint(proxy, key or env_key)
+        secret = key or env_key
+        message = result.message.replace(secret, MASK) if secret else result.message
+        if not result.ok:
+            raise CliError(f"endpoint check failed, nothing saved: {message}")
+        click.echo(f"check ok: {message}")
+        missing = [n for n in names if result.listed and n not in result.listed]
+        if missing:
+            click.echo(f"warning: not listed by the endpoint: {', '.join(missing)}", err=True)
+    candidate = data
+    for field, value in (("api_base", base), ("api_key", key), ("models", names)):
+        candidate = set_path(candidate, f"providers.proxy.{field}", value)
+    candidate = set_path(candidate, "providers.proxy.protocol", chosen)
+    try:
+        save_config_data(path, candidate)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    shown = MASK if key else "(from the environment)"
+    click.echo(f"saved {path}: {base} ({chosen}), models {', '.join(names)}, key {shown}")

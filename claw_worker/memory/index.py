@@ -1,0 +1,246 @@
+"""A SQLite FTS5 index over the memory files, ranked with bm25.
+
+The index is derived data: it lives at ``memory/.index.sqlite3`` in the (shared) workspace
+and is brought up to date before every search by comparing each file's size, mtime and
+inode to what was recorded, so a note written on any host is found from every host. A
+corrupt database is deleted and rebuilt rather than repaired. Several processes may refresh
+at once: WAL plus a busy timeout lets readers go on while one writer applies the changes,
+and the diff is recomputed inside the write transaction so two refreshers agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from claw_worker.memory.store import INDEX_FILE, LAYERS, NOTES_DIR, memory_dir
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DB_NAME = ".index.sqlite3"
+CHUNK_MIN = 500  # paragraphs are merged up to here, so one chunk is a useful snippet...
+CHUNK_MAX = 1000  # ...and split before here, so one huge file is not one giant chunk
+MAX_QUERY_TERMS = 24
+BUSY_TIMEOUT_MS = 10_000
+_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_TERM = re.compile(r"\w+", re.UNICODE)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, sig TEXT NOT NULL);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING fts5(
+    path UNINDEXED, heading, body, tokenize = 'unicode61 remove_diacritics 2'
+);
+"""
+
+
+@dataclass(frozen=True)
+class Hit:
+    path: str  # relative to the workspace, e.g. memory/notes/2026-01-02.md
+    heading: str
+    snippet: str
+    score: float  # higher is better (negated bm25)
+
+
+def chunk_markdown(text: str) -> list[tuple[str, str]]:
+    """(heading, body) chunks: one per heading section, paragraphs merged to ~500-1000 chars."""
+    sections: list[tuple[str, list[str]]] = [("", [])]
+    for line in text.splitlines():
+        match = _HEADING.match(line)
+        if match:
+            sections.append((match.group(2), []))
+        else:
+            sections[-1][1].append(line)
+    chunks: list[tuple[str, str]] = []
+    for heading, lines in sections:
+        paragraphs = [p.strip() for p in re.split(r"\n\s*\n", "\n".join(lines)) if p.strip()]
+        buf = ""
+        for para in paragraphs:
+            for piece in _split_long(para):
+                if buf and len(buf) + len(piece) + 2 > CHUNK_MAX:
+                    chunks.append((heading, buf))
+                    buf = ""
+                buf = f"{buf}\n\n{piece}" if buf else piece
+                if len(buf) >= CHUNK_MIN:
+                    chunks.append((heading, buf))
+                    buf = ""
+        if buf:
+            chunks.append((heading, buf))
+    return chunks
+
+
+def _split_long(text: str) -> list[str]:
+    pieces = []
+    while len(text) > CHUNK_MAX:
+        cut = text.rfind(" ", CHUNK_MIN, CHUNK_MAX)
+        cut = cut if cut > 0 else CHUNK_MAX
+        pieces.append(text[:cut].strip())
+        text = text[cut:].strip()
+    return [*pieces, text] if text else pieces
+
+
+def fts_query(text: str) -> str:
+    """User text as a safe FTS5 query: every word quoted (so ``AND``, ``(``, ``"`` and ``*``
+    are plain text, never syntax), OR-ed so bm25 ranks by how much of the query matches."""
+    terms: list[str] = []
+    for term in _TERM.findall(text.lower()):
+        if term not in terms:
+            terms.append(term)
+    return " OR ".join(f'"{t}"' for t in terms[:MAX_QUERY_TERMS])
+
+
+def _signature(st: os.stat_result) -> str:
+    # The inode catches an atomic replace that kept the size within one mtime tick.
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+def scan(workspace: Path) -> dict[str, str]:
+    """{path relative to the workspace: signature} of every indexed file.
+
+    Runs before every search, so it uses one ``scandir`` of the notes folder rather than
+    ``Path`` globbing (a year of notes: ~0.5 ms instead of ~5 ms).
+    """
+    root = memory_dir(workspace)
+    found: dict[str, str] = {}
+    for name in (INDEX_FILE, *LAYERS.values()):
+        with contextlib.suppress(OSError):  # a layer not written yet
+            found[f"memory/{name}"] = _signature(os.stat(root / name))
+    try:
+        with os.scandir(root / NOTES_DIR) as entries:
+            for entry in entries:
+                if entry.name.endswith(".md") and not entry.name.startswith("."):
+                    try:
+                        if entry.is_file():
+                            found[f"memory/{NOTES_DIR}/{entry.name}"] = _signature(entry.stat())
+                    except OSError:
+                        pass  # removed while scanning
+    except OSError:
+        pass  # no notes yet
+    return found
+
+
+class MemoryIndex:
+    """The index for one workspace; thread-safe (one connection per thread)."""
+
+    def __init__(self, workspace: Path) -> None:
+        self.workspace = workspace
+        self.db_path = memory_dir(workspace) / DB_NAME
+        self._local = threading.local()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.executescript(SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        self._local.conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        """Forget a corrupt database: it is rebuilt from the files on the next use."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
+
+    def _with_rebuild(self, action: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return fn(self._connect())
+        except sqlite3.OperationalError:
+            raise  # locked or busy: not corruption, the caller reports it
+        except sqlite3.DatabaseError as exc:
+            log.warning("memory index %s is corrupt during %s (%s); rebuilding", self.db_path,
+                        action, exc)  # fmt: skip
+            self._drop()
+            return fn(self._connect())
+
+    def refresh(self) -> int:
+        """Re-index the files that changed since last time; returns how many were updated."""
+        return self._with_rebuild("refresh", self._refresh)
+
+    def _refresh(self, conn: sqlite3.Connection) -> int:
+        current = scan(self.workspace)
+        recorded = dict(conn.execute("SELECT path, sig FROM files").fetchall())
+        if recorded == current:
+            return 0  # the common case: a read-only check, no write lock taken
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Recomputed under the write lock: another process may have just done the work.
+            recorded = dict(conn.execute("SELECT path, sig FROM files").fetchall())
+            changed = 0
+            for rel in recorded.keys() - current.keys():
+                conn.execute("DELETE FROM chunks WHERE path = ?", (rel,))
+                conn.execute("DELETE FROM files WHERE path = ?", (rel,))
+                changed += 1
+            for rel, sig in current.items():
+                if recorded.get(rel) == sig:
+                    continue
+                try:
+                    text = (self.workspace / rel).read_text(encoding="utf-8", errors="replace")
+                except OSError:
+                    continue  # deleted between the scan and now; the next refresh drops it
+                conn.execute("DELETE FROM chunks WHERE path = ?", (rel,))
+                conn.executemany(
+                    "INSERT INTO chunks (path, heading, body) VALUES (?, ?, ?)",
+                    [(rel, heading, body) for heading, body in chunk_markdown(text)],
+                )
+                conn.execute("INSERT OR REPLACE INTO files (path, sig) VALUES (?, ?)", (rel, sig))
+                changed += 1
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return changed
+
+    def search(self, query: str, limit: int = 5, *, refresh: bool = True) -> list[Hit]:
+        match = fts_query(query)
+        if not match or limit < 1:
+            return []
+        if refresh:
+            self.refresh()
+
+        def run(conn: sqlite3.Connection) -> list[Hit]:
+            rows = conn.execute(
+                "SELECT path, heading, snippet(chunks, -1, '', '', '…', 24),"
+                " bm25(chunks, 0.0, 2.0, 1.0) AS rank"
+                " FROM chunks WHERE chunks MATCH ? ORDER BY rank LIMIT ?",
+                (match, limit),
+            ).fetchall()
+            return [Hit(p, h, s, -float(r)) for p, h, s, r in rows]
+
+        return self._with_rebuild("search", run)
+
+
+_indexes: dict[Path, MemoryIndex] = {}
+_indexes_lock = threading.Lock()
+
+
+def index_for(workspace: Path) -> MemoryIndex:
+    """One shared ``MemoryIndex`` per workspace in this process (connections are reused)."""
+    key = workspace.resolve()
+    with _indexes_lock:
+        found = _indexes.get(key)
+        if found is None:
+            found = _indexes[key] = MemoryIndex(key)
+        return found
+
+
+def search(workspace: Path, query: str, limit: int = 5) -> list[Hit]:
+    return index_for(workspace).search(query, limit)

@@ -1,0 +1,107 @@
+"""Per-proxy circuit breakers: after ``threshold`` consecutive failures a proxy is skipped
+for ``cooldown_sec``, then one call is let through (half-open) and its outcome closes or
+reopens it.
+
+State lives in Redis (``claw:breaker:<proxy>``) when a client is given, so every worker
+host agrees about a dead proxy and ``clawctl status`` can show it; without one it is kept
+in memory (tests, ``clawctl agent`` without Redis).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from claw_worker.constants import breaker_key
+
+# Records one failure atomically: count it, and open the breaker when it reaches the
+# threshold. KEYS[1] the hash; ARGV threshold, open_until, ttl seconds.
+_FAIL = """
+local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+if n >= tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'open_until', ARGV[2]) end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return n
+"""
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    failures: int = 0
+    open_until: float = 0.0
+
+    def is_open(self, now: float | None = None) -> bool:
+        return self.open_until > (time.time() if now is None else now)
+
+
+class Breakers:
+    def __init__(
+        self,
+        redis_client: redis.Redis | None = None,
+        *,
+        threshold: int = 3,
+        cooldown_sec: float = 60.0,
+    ) -> None:
+        self.redis = redis_client
+        self.threshold = threshold
+        self.cooldown_sec = cooldown_sec
+        self._local: dict[str, BreakerState] = {}
+        self._lock = threading.Lock()
+        self._fail_script: Any = redis_client.register_script(_FAIL) if redis_client else None
+
+    def state(self, proxy: str) -> BreakerState:
+        if self.redis is None:
+            with self._lock:
+                return self._local.get(proxy, BreakerState())
+        return read_state(self.redis, proxy)
+
+    def allow(self, proxy: str) -> bool:
+        """False while the breaker is open; true when closed or the cool-down is over."""
+        return not self.state(proxy).is_open()
+
+    def record_success(self, proxy: str) -> None:
+        if self.redis is None:
+            with self._lock:
+                self._local.pop(proxy, None)
+            return
+        # The breaker is advice: a Redis hiccup must not fail an LLM answer.
+        with contextlib.suppress(redis.RedisError):
+            self.redis.delete(breaker_key(proxy))
+
+    def record_failure(self, proxy: str) -> bool:
+        """Count a failure; True when this opened (or reopened) the breaker."""
+        open_until = time.time() + self.cooldown_sec
+        if self.redis is None:
+            with self._lock:
+                old = self._local.get(proxy, BreakerState())
+                failures = old.failures + 1
+                opened = failures >= self.threshold
+                self._local[proxy] = BreakerState(
+                    failures, open_until if opened else old.open_until
+                )
+                return opened
+        # Kept a while after the cool-down so status can show recent trouble, then dropped.
+        ttl = int(self.cooldown_sec) + 3600
+        try:
+            failures = int(
+                self._fail_script(keys=[breaker_key(proxy)], args=[self.threshold, open_until, ttl])
+            )
+        except redis.RedisError:
+            return False
+        return failures >= self.threshold
+
+
+def read_state(client: redis.Redis, proxy: str) -> BreakerState:
+    try:
+        raw = client.hgetall(breaker_key(proxy))
+    except redis.RedisError:
+        return BreakerState()  # unknown: let the call try rather than refuse it
+    get = lambda name: raw.get(name.encode(), raw.get(name))  # noqa: E731 (bytes or str)
+    try:
+        return BreakerState(int(get("failures") or 0), float(get("open_until") or 0))
+    except (TypeError, ValueError):
+        return BreakerState()

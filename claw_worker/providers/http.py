@@ -1,0 +1,149 @@
+"""The HTTP plumbing every wire protocol shares: per-thread keep-alive clients, posting
+JSON, and turning failures (network errors, JSON or HTML error bodies) into typed
+``ProviderError``s.
+
+The pool is split per thread (one small ``httpx.Client`` per worker thread, all sharing one
+SSL context) rather than one client shared by all threads: httpcore's pool rescans every
+connection under one lock on each request, which measured here at 200 threads and 0.5 s
+answers costs ~8.5 ms CPU a call (p50 1.3 s) against ~1.3 ms (p50 0.55 s) for per-thread
+clients.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from claw_worker.providers.base import (
+    RETRYABLE_STATUSES,
+    ContextTooLong,
+    ProviderError,
+    body_preview,
+    classify,
+)
+
+# Per thread: a thread makes one call at a time, so a couple of connections is plenty.
+_LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=2, keepalive_expiry=60)
+
+
+class HttpPool:
+    """Thread-local ``httpx.Client``s with fixed headers and timeouts."""
+
+    def __init__(self, headers: dict[str, str], timeout_sec: float) -> None:
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        self._headers.update(headers)
+        # Connecting should fail fast; reading waits as long as the model may think.
+        self._timeout = httpx.Timeout(timeout_sec, connect=min(10.0, timeout_sec))
+        # Loading CA certificates costs ~20 ms of CPU: done once, shared by every client.
+        self._ssl = httpx.create_ssl_context()  # honours SSL_CERT_FILE / SSL_CERT_DIR
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
+        self._lock = threading.Lock()
+
+    def client(self) -> httpx.Client:
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = httpx.Client(
+                headers=self._headers, timeout=self._timeout, limits=_LIMITS, verify=self._ssl
+            )
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
+
+    def post_json(self, url: str, payload: dict[str, Any]) -> Any:
+        """POST ``payload``; the decoded JSON of a 200, else a typed ProviderError."""
+        try:
+            response = self.client().post(url, json=payload)
+        except httpx.TimeoutException as exc:
+            raise ProviderError(
+                f"LLM request to {url} timed out ({exc!r})", retryable=True, kind="transient"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise ProviderError(
+                f"LLM request to {url} failed: {exc!r}", retryable=True, kind="transient"
+            ) from exc
+        if response.status_code != 200:
+            raise http_error(url, response)
+        try:
+            return response.json()
+        except ValueError as exc:
+            # A 200 that is not JSON is usually a wrong api_base (a web page): no retry.
+            raise ProviderError(
+                f"LLM API {url} returned HTTP 200 with a non-JSON body: "
+                f"{body_preview(response.text)}",
+                status=200,
+                kind="other",
+            ) from exc
+
+
+def http_error(url: str, response: httpx.Response) -> ProviderError:
+    status = response.status_code
+    detail = error_detail(response)
+    kind = classify(status, detail)
+    cls = ContextTooLong if kind == "context_too_long" else ProviderError
+    return cls(
+        f"LLM API {url} returned HTTP {status}: {detail}",
+        status=status,
+        retryable=status in RETRYABLE_STATUSES or status >= 500,
+        retry_after=retry_after(response.headers),
+        kind=kind,
+    )
+
+
+def error_detail(response: httpx.Response) -> str:
+    """The JSON error message (OpenAI's or Anthropic's shape) when present, else a preview
+    of the body: an HTML page from a gateway is reduced to its text."""
+    ctype = response.headers.get("content-type", "")
+    try:
+        data = response.json()
+    except ValueError:
+        kind = ctype.split(";")[0] or "unknown content type"
+        return f"non-JSON body ({kind}): {body_preview(response.text) or '<empty>'}"
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])[:500]
+    if isinstance(error, str):
+        return error[:500]
+    return body_preview(response.text)
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    if ms := headers.get("retry-after-ms"):
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:  # the HTTP-date form
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def malformed(url: str, what: str, data: Any, exc: Exception) -> ProviderError:
+    """A 200 whose JSON is not the expected shape (wrong api_base or protocol): no retry."""
+    preview = body_preview(json.dumps(data)[:1000] if not isinstance(data, str) else data)
+    return ProviderError(
+        f"LLM API {url} returned HTTP 200 without {what} ({exc!r}): {preview}",
+        status=200,
+        kind="other",
+    )

@@ -1,0 +1,274 @@
+"""Wire formats of the scripted LLM server (tests/llm_server.py): the ``Script`` entries and
+the answer bodies built from them in each protocol the server speaks.
+
+- chat completions (``POST /v1/chat/completions``, JSON or SSE chunks);
+- the OpenAI Responses API (``POST /v1/responses``: ``output`` items);
+- the Anthropic Messages API (``POST /v1/messages``: ``content`` blocks).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+CHAT, RESPONSES, ANTHROPIC = "chat_completions", "responses", "anthropic"
+ROUTES = {"/v1/chat/completions": CHAT, "/v1/responses": RESPONSES, "/v1/messages": ANTHROPIC}
+
+
+@dataclass(frozen=True)
+class Script:
+    """One scripted answer. ``status`` other than 200 makes it an HTTP error with ``body``."""
+
+    text: str | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # {id?, name, arguments}
+    status: int = 200
+    body: str = ""  # the error body, sent verbatim (JSON or HTML)
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    disconnect: bool = False  # close the connection without answering
+    finish_reason: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Script:
+        return cls(**data)
+
+
+def text(content: str, *, delay: float = 0.0) -> Script:
+    return Script(text=content, delay=delay)
+
+
+def tool_call(name: str, arguments: dict[str, Any] | str, *, delay: float = 0.0) -> Script:
+    """A reply asking for one tool; ``arguments`` as a str is sent verbatim (even if invalid)."""
+    return tool_calls([(name, arguments)], delay=delay)
+
+
+def tool_calls(calls: list[tuple[str, dict[str, Any] | str]], *, delay: float = 0.0) -> Script:
+    return Script(tool_calls=[{"name": n, "arguments": a} for n, a in calls], delay=delay)
+
+
+def error(
+    status: int,
+    body: str | dict[str, Any] | None = None,
+    *,
+    content_type: str | None = None,
+    headers: dict[str, str] | None = None,
+    delay: float = 0.0,
+) -> Script:
+    """An HTTP error; a dict or None body becomes OpenAI's JSON error shape."""
+    if body is None:
+        body = {"error": {"message": f"scripted error {status}", "type": "server_error"}}
+    if isinstance(body, dict):
+        raw, ctype = json.dumps(body), content_type or "application/json"
+    else:
+        raw = body
+        ctype = content_type or ("text/html" if body.lstrip().startswith("<") else "text/plain")
+    return Script(status=status, body=raw, content_type=ctype, headers=headers or {}, delay=delay)
+
+
+def _parts_text(content: Any) -> str:
+    if isinstance(content, list):  # content parts / blocks
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return str(content or "")
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    """The last user message's text, in any protocol (``messages`` or Responses ``input``)."""
+    items = body.get("messages")
+    if items is None:
+        items = body.get("input")
+        if isinstance(items, str):
+            return items
+    for message in reversed(items or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            text = _parts_text(message.get("content"))
+            if text.strip() or "content" not in message:
+                return text
+            # An Anthropic user turn holding only tool results: look further back.
+    return ""
+
+
+def valid_request(protocol: str, body: Any) -> str | None:
+    """Why ``body`` is not a request of ``protocol``, or None when it is."""
+    if not isinstance(body, dict):
+        return "request body must be a JSON object"
+    if protocol == RESPONSES:
+        ok = isinstance(body.get("input"), (list, str))
+        return None if ok else "request body must have an 'input' list or string"
+    if not isinstance(body.get("messages"), list):
+        return "request body must be a JSON object with a 'messages' list"
+    if protocol == ANTHROPIC and not isinstance(body.get("max_tokens"), int):
+        return "max_tokens: field required"
+    return None
+
+
+def wire_tool_calls(script: Script) -> list[dict[str, Any]]:
+    calls = []
+    for call in script.tool_calls:
+        args = call["arguments"]
+        calls.append(
+            {
+                "id": call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+                "type": "function",
+                "function": {
+                    "name": call["name"],
+                    "arguments": args if isinstance(args, str) else json.dumps(args),
+                },
+            }
+        )
+    return calls
+
+
+def _usage(body: dict[str, Any], completion: str) -> dict[str, int]:
+    prompt = len(json.dumps(body.get("messages") or [])) // 4
+    done = max(1, len(completion) // 4)
+    return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
+
+
+def _head(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": kind,
+        "created": int(time.time()),
+        "model": body.get("model") or "test-model",
+        "system_fingerprint": "fp_test",
+    }
+
+
+def _finish(script: Script) -> str:
+    return script.finish_reason or ("tool_calls" if script.tool_calls else "stop")
+
+
+def completion(body: dict[str, Any], script: Script) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": script.text, "refusal": None}
+    calls = wire_tool_calls(script)
+    if calls:
+        message["tool_calls"] = calls
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(script)}
+    usage = _usage(body, (script.text or "") + json.dumps(calls))
+    return {**_head(body, "chat.completion"), "choices": [choice], "usage": usage}
+
+
+def chunks(body: dict[str, Any], script: Script) -> list[dict[str, Any]]:
+    head = _head(body, "chat.completion.chunk")
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {**head, "choices": [choice]}
+
+    out = [chunk({"role": "assistant", "content": ""})]
+    content = script.text or ""
+    for start in range(0, len(content), 8):  # several deltas, as real servers send
+        out.append(chunk({"content": content[start : start + 8]}))
+    for index, call in enumerate(wire_tool_calls(script)):
+        fn, args = call["function"], call["function"]["arguments"]
+        first = {"index": index, "id": call["id"], "type": "function"}
+        out.append(
+            chunk({"tool_calls": [{**first, "function": {"name": fn["name"], "arguments": ""}}]})
+        )
+        for start in range(0, len(args), 16):
+            piece = {"index": index, "function": {"arguments": args[start : start + 16]}}
+            out.append(chunk({"tool_calls": [piece]}))
+    out.append(chunk({}, _finish(script)))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        out.append({**head, "choices": [], "usage": _usage(body, content)})
+    return out
+
+
+def script_to_dict(script: Script) -> dict[str, Any]:
+    """The JSON form ``/_control/push`` accepts."""
+    return asdict(script)
+
+
+def _arguments(call: dict[str, Any]) -> str:
+    args = call["arguments"]
+    return args if isinstance(args, str) else json.dumps(args)
+
+
+def responses_body(body: dict[str, Any], script: Script) -> dict[str, Any]:
+    """A Responses API answer: a message item and/or ``function_call`` items."""
+    output: list[dict[str, Any]] = []
+    if script.text is not None:
+        part = {"type": "output_text", "text": script.text, "annotations": []}
+        output.append(
+            {
+                "type": "message",
+                "id": f"msg_{uuid.uuid4().hex[:24]}",
+                "status": "completed",
+                "role": "assistant",
+                "content": [part],
+            }
+        )
+    for call in script.tool_calls:
+        output.append(
+            {
+                "type": "function_call",
+                "id": f"fc_{uuid.uuid4().hex[:24]}",
+                "call_id": call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+                "name": call["name"],
+                "arguments": _arguments(call),
+                "status": "completed",
+            }
+        )
+    counts = _usage({"messages": body.get("input")}, (script.text or "") + json.dumps(output))
+    return {
+        "id": f"resp_{uuid.uuid4().hex[:24]}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "model": body.get("model") or "test-model",
+        "output": output,
+        "usage": {
+            "input_tokens": counts["prompt_tokens"],
+            "output_tokens": counts["completion_tokens"],
+            "total_tokens": counts["total_tokens"],
+        },
+    }
+
+
+def anthropic_body(body: dict[str, Any], script: Script) -> dict[str, Any]:
+    """An Anthropic Messages answer: ``text`` and/or ``tool_use`` content blocks."""
+    blocks: list[dict[str, Any]] = []
+    if script.text is not None:
+        blocks.append({"type": "text", "text": script.text})
+    for call in script.tool_calls:
+        args = call["arguments"]
+        if isinstance(args, str):  # tool_use.input is an object on this wire
+            try:
+                args = json.loads(args)
+            except ValueError:
+                args = {"_raw": args}
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id") or f"toolu_{uuid.uuid4().hex[:24]}",
+                "name": call["name"],
+                "input": args,
+            }
+        )
+    counts = _usage(body, (script.text or "") + json.dumps(blocks))
+    stop = script.finish_reason or ("tool_use" if script.tool_calls else "end_turn")
+    return {
+        "id": f"msg_{uuid.uuid4().hex[:24]}",
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model") or "test-model",
+        "content": blocks,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": counts["prompt_tokens"],
+            "output_tokens": counts["completion_tokens"],
+        },
+    }
+
+
+def answer_body(protocol: str, body: dict[str, Any], script: Script) -> dict[str, Any]:
+    if protocol == RESPONSES:
+        return responses_body(body, script)
+    if protocol == ANTHROPIC:
+        return anthropic_body(body, script)
+    return completion(body, script)

@@ -1,0 +1,212 @@
+"""Context compaction against a real redis-server and the scripted loopback LLM."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+
+from claw_worker.agent import Agent
+from claw_worker.agent.compaction import parse_summary, split_point
+from claw_worker.agent.history import History
+from claw_worker.config.schema import Config
+from claw_worker.contract import InboundMessage
+from claw_worker.memory import store
+from claw_worker.memory.index import MemoryIndex
+from tests import llm_server as llm
+from tests.fixtures.claw_home import ClawHome
+from tests.fixtures.redis_server import RedisServer
+from tests.llm_server import LLMServer
+
+SESSION = "test:42"
+SUMMARY = (
+    "SUMMARY: The user planned a trip and asked for weather checks.\n\n"
+    "FACTS:\n- The user's cat is named Miso\n- Deploys always go through staging first\n"
+)
+
+Message = dict[str, Any]
+
+
+def make_config(llm_server: LLMServer, redis_server: RedisServer, **compaction: Any) -> Config:
+    return Config.model_validate(
+        {
+            "providers": {"proxy": {"api_base": llm_server.base_url, "models": ["test-model"]}},
+            "redis": {"url": redis_server.url},
+            "agents": {"defaults": {"context_compaction": compaction}},
+        }
+    )
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> redis.Redis:
+    return redis_server.client()
+
+
+def msg(text: str) -> InboundMessage:
+    return InboundMessage(channel="test", chat_id="42", sender_id="u1", text=text)
+
+
+def tool_turn(i: int, content: str = "") -> list[Message]:
+    call = {"id": f"call_{i}", "type": "function", "function": {"name": "list_files", "arguments": "{}"}}  # fmt: skip
+    return [
+        {"role": "user", "content": f"question {i} {content}"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": f"call_{i}", "content": f"result {i}"},
+        {"role": "assistant", "content": f"answer {i}"},
+    ]
+
+
+def seed(client: redis.Redis, turns: int, content: str = "") -> History:
+    history = History(client, SESSION)
+    for i in range(turns):
+        history.append(tool_turn(i, content))
+    return history
+
+
+def assert_tool_pairs_intact(messages: list[Message]) -> None:
+    """Every tool result follows the assistant message that asked for it."""
+    open_ids: set[str] = set()
+    for m in messages:
+        if m["role"] == "assistant":
+            open_ids = {c["id"] for c in m.get("tool_calls") or []}
+        elif m["role"] == "tool":
+            assert m["tool_call_id"] in open_ids, f"orphan tool result {m}"
+        else:
+            open_ids = set()
+
+
+def test_summary_mode_compacts_history(
+    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer
+) -> None:
+    config = make_config(llm_server, redis_server, trigger_messages=10, keep_recent_messages=4)
+    history = seed(client, 6)  # 24 messages
+    llm_server.reply(SUMMARY)
+
+    reply = Agent(config, client).handle(msg("next question"))
+
+    assert reply.text == "echo: next question"
+    summariser, turn = llm_server.requests
+    assert "tools" not in summariser
+    assert "FACTS:" in summariser["messages"][0]["content"]
+    assert "question 0" in summariser["messages"][1]["content"]
+    assert "question 5" not in summariser["messages"][1]["content"]  # kept verbatim instead
+    note = config.agents.defaults.texts.runtime_compaction_note % (20, 4)
+    system = turn["messages"][0]
+    assert note in system["content"] and "planned a trip" in system["content"]
+    assert [m["role"] for m in turn["messages"]] == [
+        "system", "user", "assistant", "tool", "assistant", "user",
+    ]  # fmt: skip
+    assert turn["messages"][1]["content"].startswith("question 5")
+
+    stored, _ = history.load_all()
+    assert len(stored) == 1 + 4 + 2  # summary + kept + this turn
+    assert stored[0]["role"] == "system" and stored[0]["content"].startswith(note)
+    assert_tool_pairs_intact(stored)
+    # The facts outlive the summary: they are in today's dated note, and searchable.
+    text = store.layer_path(claw_home.workspace, "note").read_text()
+    assert "The user's cat is named Miso" in text and "staging first" in text
+    assert (
+        MemoryIndex(claw_home.workspace).search("cat name", 1)[0].path.startswith("memory/notes/")
+    )
+
+
+def test_a_tool_call_is_never_separated_from_its_result(
+    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer
+) -> None:
+    # One long turn: no user message to cut at, so the cut must land on the tool call.
+    history = History(client, SESSION)
+    history.append([{"role": "user", "content": "do many things"}])
+    for i in range(7):
+        history.append(tool_turn(i)[1:3])
+    history.append([{"role": "assistant", "content": "all done"}])  # 16 messages
+    config = make_config(llm_server, redis_server, trigger_messages=10, keep_recent_messages=4)
+    llm_server.reply(SUMMARY)
+
+    Agent(config, client).handle(msg("thanks"))
+
+    stored, _ = history.load_all()
+    assert stored[0]["role"] == "system" and stored[1]["role"] == "assistant"
+    assert stored[1]["tool_calls"][0]["id"] == "call_5"  # cut moved back from the tool result
+    assert_tool_pairs_intact(stored)
+    sent = llm_server.requests[-1]["messages"]
+    assert [m["role"] for m in sent[:3]] == ["system", "assistant", "tool"]
+    assert_tool_pairs_intact(sent)
+
+
+def test_failed_compaction_keeps_history_and_retries(
+    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer
+) -> None:
+    config = make_config(llm_server, redis_server, trigger_messages=10, keep_recent_messages=4)
+    history = seed(client, 4)  # 16 messages
+    original, _ = history.load_all()
+    agent = Agent(config, client)
+
+    llm_server.push(llm.error(500))
+    assert agent.handle(msg("first")).text == "echo: first"  # the turn itself still works
+    stored, _ = history.load_all()
+    assert stored[:16] == original and len(stored) == 18
+
+    llm_server.reply("   ")  # an empty summary is a failure too
+    agent.handle(msg("second"))
+    stored, _ = history.load_all()
+    assert stored[:16] == original and len(stored) == 20
+    assert not store.layer_path(claw_home.workspace, "note").exists()
+
+    llm_server.reply(SUMMARY)
+    agent.handle(msg("third"))
+    stored, _ = history.load_all()
+    assert stored[0]["role"] == "system" and len(stored) == 1 + 4 + 2
+    contents = [m["content"] for m in stored[1:]]
+    assert contents == ["first", "echo: first", "second", "echo: second", "third", "echo: third"]
+
+
+def test_trigger_on_transcript_chars(
+    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer
+) -> None:
+    config = make_config(
+        llm_server, redis_server, trigger_messages=60, keep_recent_messages=4,
+        max_transcript_chars=1000,
+    )  # fmt: skip
+    history = seed(client, 3, content="x" * 400)  # 12 messages, ~1200 chars
+    llm_server.reply(SUMMARY)
+    Agent(config, client).handle(msg("go"))
+    stored, _ = history.load_all()
+    assert stored[0]["role"] == "system" and "planned a trip" in stored[0]["content"]
+    assert len(stored) == 1 + 4 + 2
+
+    # Under both limits nothing is summarised.
+    llm_server.reset()
+    Agent(config, client).handle(msg("again"))
+    assert len(llm_server.requests) == 1
+
+
+def test_responses_compact_falls_back_to_summary(
+    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer
+) -> None:
+    config = make_config(
+        llm_server, redis_server, mode="hybrid", trigger_messages=10, keep_recent_messages=4
+    )
+    history = seed(client, 4)
+    llm_server.reply(SUMMARY)
+    Agent(config, client).handle(msg("go"))
+    assert history.load_all()[0][0]["role"] == "system"
+
+
+def test_split_point_and_parse() -> None:
+    turn = tool_turn(1)
+    messages = [turn[0], *turn[1:3], *turn[1:3], turn[3]]  # user, a, t, a, t, a
+    assert split_point(messages, 2) == 3  # would start at a tool result: moved to its call
+    assert split_point(messages, 1) == 5
+    assert split_point([*messages, *tool_turn(2)], 3) == 6  # a user message is preferred
+    assert parse_summary("**SUMMARY:** s\n**FACTS:**\n- none\n", 100) == ("s", [])
+    assert parse_summary("just text", 4) == ("jus…", [])
+
+
+def test_replace_refuses_when_history_changed(client: redis.Redis) -> None:
+    history = History(client, "test:replace")
+    history.append(tool_turn(1))
+    assert not history.replace([{"role": "user", "content": "x"}], expect_len=3)
+    assert len(history) == 4
+    assert history.replace([{"role": "user", "content": "x"}], expect_len=4)
+    assert history.load() == [{"role": "user", "content": "x"}]

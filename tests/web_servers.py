@@ -1,0 +1,137 @@
+"""A loopback web server for the web tools: Brave- and SearXNG-shaped search APIs, HTML pages,
+error statuses, and slow endpoints that record when each request ran.
+
+Routes:
+  /brave/res/v1/web/search?q=...   Brave Search API JSON (needs ``X-Subscription-Token``)
+  /searx/search?q=...&format=json  SearXNG JSON
+  /slow/<id>[/search]              sleeps ``slow_sec``, records (id, start, end); JSON when
+                                   the path ends in /search (so SearXNG can point at it)
+  any path in ``pages``            (status, content type, body)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+BRAVE_KEY = "brave-test-key"
+
+
+@dataclass
+class Interval:
+    name: str
+    start: float
+    end: float
+
+
+@dataclass
+class WebServer:
+    pages: dict[str, tuple[int, str, bytes]] = field(default_factory=dict)
+    slow_sec: float = 0.5
+    intervals: list[Interval] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    max_in_flight: int = 0
+    _in_flight: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _httpd: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def start(self) -> WebServer:
+        server = self
+
+        class Handler(_Handler):
+            web = server
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+    def interval(self, name: str) -> Interval:
+        return next(i for i in self.intervals if i.name == name)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    web: WebServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        with self.web._lock:
+            self.web.requests.append(
+                {"path": parts.path, "query": query, "headers": dict(self.headers)}
+            )
+        if parts.path == "/brave/res/v1/web/search":
+            if self.headers.get("X-Subscription-Token") != BRAVE_KEY:
+                self._send(401, "application/json", b'{"error": "bad token"}')
+                return
+            results = [
+                {
+                    "title": f"<strong>{query['q']}</strong> result {n}",
+                    "url": f"https://example.com/{n}",
+                    "description": f"about {query['q']} #{n}",
+                }
+                for n in range(1, int(query.get("count", "5")) + 1)
+            ]
+            self._json({"type": "search", "web": {"results": results}})
+        elif parts.path == "/searx/search" and query.get("format") == "json":
+            self._json(
+                {
+                    "query": query["q"],
+                    "results": [
+                        {"title": "SearX one", "url": "https://one.example", "content": "first"},
+                        {"title": "SearX two", "url": "https://two.example", "content": "second"},
+                    ],
+                }
+            )
+        elif parts.path.startswith("/slow/"):
+            self._slow(parts.path)
+        elif parts.path in self.web.pages:
+            status, ctype, body = self.web.pages[parts.path]
+            self._send(status, ctype, body)
+        else:
+            self._send(404, "text/plain", b"not found")
+
+    def _slow(self, path: str) -> None:
+        name = path.split("/")[2]
+        with self.web._lock:
+            self.web._in_flight += 1
+            self.web.max_in_flight = max(self.web.max_in_flight, self.web._in_flight)
+        start = time.monotonic()
+        time.sleep(self.web.slow_sec)  # the point of this endpoint: a request that takes time
+        end = time.monotonic()
+        with self.web._lock:
+            self.web._in_flight -= 1
+            self.web.intervals.append(Interval(name, start, end))
+        if path.endswith("/search"):
+            self._json({"results": [{"title": name, "url": f"https://{name}.example"}]})
+        else:
+            self._send(200, "text/plain", f"slow {name}".encode())
+
+    def _json(self, data: Any) -> None:
+        self._send(200, "application/json", json.dumps(data).encode())
+
+    def _send(self, status: int, ctype: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
