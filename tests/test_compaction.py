@@ -210,3 +210,52 @@ def test_replace_refuses_when_history_changed(client: redis.Redis) -> None:
     assert len(history) == 4
     assert history.replace([{"role": "user", "content": "x"}], expect_len=4)
     assert history.load() == [{"role": "user", "content": "x"}]
+
+
+def test_context_too_long_compacts_then_retries_once(
+    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer
+) -> None:
+    # Thresholds far above the history: only the provider's refusal triggers compaction.
+    config = make_config(llm_server, redis_server, trigger_messages=500, keep_recent_messages=4)
+    history = seed(client, 6)
+    too_long = {"error": {"message": "This model's maximum context length is 8192 tokens",
+                          "code": "context_length_exceeded"}}  # fmt: skip
+    llm_server.reply_error(400, too_long)
+    llm_server.reply(SUMMARY)
+
+    reply = Agent(config, client).handle(msg("after the refusal"))
+
+    assert reply.text == "echo: after the refusal"
+    refused, summariser, retried = llm_server.requests
+    assert len(refused["messages"]) == 1 + 24 + 1
+    assert "FACTS:" in summariser["messages"][0]["content"]
+    assert len(retried["messages"]) == 1 + 4 + 1
+    stored, _ = history.load_all()
+    assert stored[0]["role"] == "system" and len(stored) == 1 + 4 + 2
+
+
+def test_context_too_long_twice_propagates_and_keeps_history(
+    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer
+) -> None:
+    from claw_worker.providers.base import ContextTooLong
+
+    config = make_config(llm_server, redis_server, trigger_messages=500, keep_recent_messages=4)
+    seed(client, 6)
+    too_long = {"error": {"message": "maximum context length exceeded"}}
+    llm_server.reply_error(400, too_long)
+    llm_server.reply_error(400, too_long)  # the summariser is refused too: compaction fails
+    with pytest.raises(ContextTooLong):
+        Agent(config, client).handle(msg("hello"))
+    stored, _ = History(client, SESSION).load_all()
+    assert len(stored) == 24, "a failed compaction never loses history"
+
+
+def test_lang_preference_reaches_the_system_prompt(
+    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer
+) -> None:
+    from claw_worker.constants import lang_key
+
+    config = make_config(llm_server, redis_server)
+    client.set(lang_key(SESSION), "zh-CN")
+    Agent(config, client).handle(msg("hi"))
+    assert "language with code zh-CN" in llm_server.requests[-1]["messages"][0]["content"]

@@ -148,12 +148,15 @@ def compact_history(
     model: str,
     history: History,
     workspace: Path,
+    *,
+    force: bool = False,
 ) -> Compaction | None:
-    """Compact ``history`` if it is over its limits; None when not needed or it failed."""
+    """Compact ``history`` if it is over its limits (or ``force``: the provider said the
+    context is too long); None when not needed or it failed."""
     defaults = config.agents.defaults
     cfg = defaults.context_compaction
     messages, raw_len = history.load_all()
-    if not needs_compaction(messages, config):
+    if not force and not needs_compaction(messages, config):
         return None
     cut = split_point(messages, cfg.keep_recent_messages)
     old, recent = messages[:cut], messages[cut:]

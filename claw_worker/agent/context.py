@@ -48,7 +48,12 @@ def read_bootstrap(workspace: Path) -> list[tuple[str, str]]:
 
 
 def build_system_prompt(
-    workspace: Path, message: InboundMessage, *, now: float | None = None, memory: str = ""
+    workspace: Path,
+    message: InboundMessage,
+    *,
+    now: float | None = None,
+    memory: str = "",
+    language: str = "",
 ) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z (%A)", time.localtime(now))
     parts = [
@@ -58,6 +63,8 @@ def build_system_prompt(
     ]
     for name, text in read_bootstrap(workspace):
         parts.append(f"## {name}\n\n{text}")
+    if language:
+        parts.append(f"Reply in the language with code {language} (set by the user with /lang).")
     if memory:
         parts.append(memory)
     return "\n\n".join(parts)

@@ -24,8 +24,9 @@ from claw_worker.agent.context import (
 from claw_worker.agent.history import History
 from claw_worker.config.paths import workspace_dir
 from claw_worker.config.schema import Config
+from claw_worker.constants import lang_key
 from claw_worker.contract import InboundMessage
-from claw_worker.providers.base import ChatProvider, LLMResponse, ToolCall
+from claw_worker.providers.base import ChatProvider, ContextTooLong, LLMResponse, ToolCall
 from claw_worker.providers.registry import build_provider, resolve_model
 from claw_worker.tools.base import ToolContext
 from claw_worker.tools.registry import ToolRegistry, default_tools
@@ -123,14 +124,30 @@ class Agent:
         # Before loading: an over-long history is summarised first (a failure keeps it as is).
         compact_history(self.config, provider, self.model, history, self.workspace)
         recall = memory_recall(self.workspace, message.text, defaults)
-        system_prompt = build_system_prompt(self.workspace, message, memory=recall)
+        language = self.redis.get(lang_key(message.session_key))
+        system_prompt = build_system_prompt(
+            self.workspace, message, memory=recall, language=language or ""
+        )
         user = user_message(message)
         turn = _Turn(build_messages(system_prompt, history.load(), user), new=[user])
         ctx = ToolContext(
             self.workspace, message.session_key, self.config, should_stop=stop, redis=self.redis
         )
 
-        reply = self._loop(provider, turn, ctx, stop)
+        try:
+            reply = self._loop(provider, turn, ctx, stop)
+        except ContextTooLong:
+            # The provider's window is smaller than our thresholds assumed: compact whatever
+            # the thresholds say, then retry the turn once (a second refusal propagates).
+            if (
+                compact_history(
+                    self.config, provider, self.model, history, self.workspace, force=True
+                )
+                is None
+            ):
+                raise
+            turn = _Turn(build_messages(system_prompt, history.load(), user), new=[user])
+            reply = self._loop(provider, turn, ctx, stop)
         # Saved only once the turn is over: a ProviderError propagates before this, and the
         # retried message then starts from the same history instead of a duplicate user turn.
         history.append(turn.new)
