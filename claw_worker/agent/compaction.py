@@ -155,6 +155,8 @@ def compact_history(
     context is too long); None when not needed or it failed."""
     defaults = config.agents.defaults
     cfg = defaults.context_compaction
+    if not cfg.enabled and not force:
+        return None  # and skip reading the whole history (half a turn's framework time)
     messages, raw_len = history.load_all()
     if not force and not needs_compaction(messages, config):
         return None
