@@ -91,7 +91,8 @@ def test_summary_mode_compacts_history(
     assert "FACTS:" in summariser["messages"][0]["content"]
     assert "question 0" in summariser["messages"][1]["content"]
     assert "question 5" not in summariser["messages"][1]["content"]  # kept verbatim instead
-    note = config.agents.defaults.texts.runtime_compaction_note % (20, 4)
+    # A fresh Agent (a just-started worker): its first compaction of a session is a startup one.
+    note = config.agents.defaults.texts.startup_compaction_note % (20, 4)
     system = turn["messages"][0]
     assert note in system["content"] and "planned a trip" in system["content"]
     assert [m["role"] for m in turn["messages"]] == [
@@ -259,3 +260,20 @@ def test_lang_preference_reaches_the_system_prompt(
     client.set(lang_key(SESSION), "zh-CN")
     Agent(config, client).handle(msg("hi"))
     assert "language with code zh-CN" in llm_server.requests[-1]["messages"][0]["content"]
+
+
+def test_later_compactions_use_the_runtime_note(
+    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer
+) -> None:
+    config = make_config(llm_server, redis_server, trigger_messages=10, keep_recent_messages=4)
+    agent = Agent(config, client)
+    agent.handle(msg("first turn"))  # short history: no compaction, but the session is seen
+    history = History(client, SESSION)
+    for i in range(6):
+        history.append(tool_turn(i))
+    llm_server.reply(SUMMARY)
+    agent.handle(msg("after growth"))
+    stored, _ = history.load_all()
+    texts = config.agents.defaults.texts
+    assert stored[0]["content"].startswith(texts.runtime_compaction_note.split("%")[0])
+    assert not stored[0]["content"].startswith(texts.startup_compaction_note.split("%")[0])

@@ -150,6 +150,7 @@ def compact_history(
     workspace: Path,
     *,
     force: bool = False,
+    startup: bool = False,
 ) -> Compaction | None:
     """Compact ``history`` if it is over its limits (or ``force``: the provider said the
     context is too long); None when not needed or it failed."""
@@ -188,7 +189,14 @@ def compact_history(
         log.warning("context compaction failed (%s); history kept, retried next turn", exc)
         return None
     removed = len(old) - (1 if old[0].get("role") == "system" else 0)
-    note = defaults.texts.runtime_compaction_note % (removed, len(recent))
+    # The first compaction of a session in a freshly started worker says so (ClawGo's
+    # startup compaction); later ones are runtime compactions.
+    template = (
+        defaults.texts.startup_compaction_note
+        if startup
+        else defaults.texts.runtime_compaction_note
+    )
+    note = template % (removed, len(recent))
     head = {"role": "system", "content": f"{note}\n\n{summary}"}
     if not history.replace([head, *recent], expect_len=raw_len):
         log.info("history changed during compaction; retried next turn")

@@ -6,6 +6,7 @@ everything about a turn lives in ``handle``'s locals and in the ``_Turn`` it bui
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -109,6 +110,17 @@ class Agent:
         self.tools = tools if tools is not None else default_tools(config)
         self.model = resolve_model(config)
         self.workspace = workspace_dir(config)
+        # Sessions this process has run a turn for: the first compaction of a session after
+        # a (re)start is reported with the startup note.
+        self._seen_sessions: set[str] = set()
+        self._seen_lock = threading.Lock()
+
+    def _first_turn_since_start(self, session_key: str) -> bool:
+        with self._seen_lock:
+            if session_key in self._seen_sessions:
+                return False
+            self._seen_sessions.add(session_key)
+            return True
 
     def handle(
         self, message: InboundMessage, *, should_stop: Callable[[], bool] | None = None
@@ -122,7 +134,10 @@ class Agent:
 
         history = History(self.redis, message.session_key)
         # Before loading: an over-long history is summarised first (a failure keeps it as is).
-        compact_history(self.config, provider, self.model, history, self.workspace)
+        compact_history(
+            self.config, provider, self.model, history, self.workspace,
+            startup=self._first_turn_since_start(message.session_key),
+        )  # fmt: skip
         recall = memory_recall(self.workspace, message.text, defaults)
         language = self.redis.get(lang_key(message.session_key))
         system_prompt = build_system_prompt(
