@@ -339,7 +339,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")  # SSE without a length ends with the socket
         self.end_headers()
         self.close_connection = True
-        for chunk in chunks(body, script):
+        for sent, chunk in enumerate(chunks(body, script)):
+            if script.drop_after is not None and sent >= script.drop_after:
+                return  # a connection lost mid-answer: no [DONE]
+            if script.chunk_delay > 0:
+                time.sleep(script.chunk_delay)
             self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
             self.wfile.flush()
         self.wfile.write(b"data: [DONE]\n\n")

@@ -31,6 +31,10 @@ class Script:
     delay: float = 0.0
     disconnect: bool = False  # close the connection without answering
     finish_reason: str | None = None
+    # Streaming (SSE) only: close the connection after this many chunks, without [DONE];
+    # and a pause before each chunk (a slow streamed answer).
+    drop_after: int | None = None
+    chunk_delay: float = 0.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Script:

@@ -17,6 +17,7 @@ from claw_worker.providers.base import (
     extract_text_tool_calls,
 )
 from claw_worker.providers.http import HttpPool, malformed
+from claw_worker.providers.streaming import stream_chat
 
 Auth = Literal["bearer", "api-key", "none"]
 
@@ -31,9 +32,15 @@ def auth_headers(api_key: str, auth: Auth) -> dict[str, str]:
 
 class OpenAICompatProvider:
     def __init__(
-        self, api_base: str, api_key: str = "", auth: Auth = "bearer", timeout_sec: float = 120.0
+        self,
+        api_base: str,
+        api_key: str = "",
+        auth: Auth = "bearer",
+        timeout_sec: float = 120.0,
+        stream: bool = False,
     ) -> None:
         self.api_base = api_base.rstrip("/")
+        self.stream = stream  # ask for SSE chunks (see streaming.py) instead of one JSON body
         self._pool = HttpPool(auth_headers(api_key, auth), timeout_sec)
 
     def close(self) -> None:
@@ -57,6 +64,10 @@ class OpenAICompatProvider:
             payload["tools"] = list(tools)
             payload["tool_choice"] = "auto"
         url = f"{self.api_base}/chat/completions"
+        if self.stream:
+            payload["stream"] = True
+            payload["stream_options"] = {"include_usage": True}
+            return stream_chat(self._pool, url, payload, _parse)
         return _parse(url, self._pool.post_json(url, payload))
 
 

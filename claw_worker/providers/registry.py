@@ -25,8 +25,13 @@ def build_proxy(proxy: ProxyConfig) -> ChatProvider | None:
     key = resolve_api_key(proxy.api_key)
     if proxy.protocol == "anthropic":
         return AnthropicProvider(proxy.api_base, key, timeout_sec=proxy.timeout_sec)
-    cls = ResponsesProvider if proxy.protocol == "responses" else OpenAICompatProvider
-    return cls(proxy.api_base, key, auth=proxy.auth, timeout_sec=proxy.timeout_sec)
+    if proxy.protocol == "responses":
+        return ResponsesProvider(
+            proxy.api_base, key, auth=proxy.auth, timeout_sec=proxy.timeout_sec
+        )
+    return OpenAICompatProvider(
+        proxy.api_base, key, auth=proxy.auth, timeout_sec=proxy.timeout_sec, stream=proxy.stream
+    )
 
 
 def primary_models(config: Config) -> tuple[str, ...]:
