@@ -66,26 +66,29 @@ class HttpPool:
         """POST ``payload``; the decoded JSON of a 200, else a typed ProviderError."""
         try:
             response = self.client().post(url, json=payload)
-        except httpx.TimeoutException as exc:
-            raise ProviderError(
-                f"LLM request to {url} timed out ({exc!r})", retryable=True, kind="transient"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise ProviderError(
-                f"LLM request to {url} failed: {exc!r}", retryable=True, kind="transient"
-            ) from exc
+        except httpx.TransportError as exc:  # includes timeouts
+            raise transport_error(url, exc, "request to") from exc
         if response.status_code != 200:
             raise http_error(url, response)
         try:
             return response.json()
         except ValueError as exc:
-            # A 200 that is not JSON is usually a wrong api_base (a web page): no retry.
-            raise ProviderError(
-                f"LLM API {url} returned HTTP 200 with a non-JSON body: "
-                f"{body_preview(response.text)}",
-                status=200,
-                kind="other",
-            ) from exc
+            raise non_json_200(url, response) from exc
+
+
+def transport_error(url: str, exc: httpx.TransportError, what: str) -> ProviderError:
+    """A timeout or a broken connection: transient, worth another model or proxy."""
+    how = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
+    return ProviderError(f"LLM {what} {url} {how}: {exc!r}", retryable=True, kind="transient")
+
+
+def non_json_200(url: str, response: httpx.Response) -> ProviderError:
+    # A 200 that is not JSON is usually a wrong api_base (a web page): no retry.
+    return ProviderError(
+        f"LLM API {url} returned HTTP 200 with a non-JSON body: {body_preview(response.text)}",
+        status=200,
+        kind="other",
+    )
 
 
 def http_error(url: str, response: httpx.Response) -> ProviderError:

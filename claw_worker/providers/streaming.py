@@ -24,7 +24,7 @@ from claw_worker.providers.base import (
     body_preview,
     extract_text_tool_calls,
 )
-from claw_worker.providers.http import HttpPool, http_error
+from claw_worker.providers.http import HttpPool, http_error, non_json_200, transport_error
 
 JsonParser = Callable[[str, Any], LLMResponse]  # a non-streamed body -> LLMResponse
 
@@ -143,25 +143,14 @@ def stream_chat(
                 try:
                     data = response.json()
                 except ValueError as exc:
-                    raise ProviderError(
-                        f"LLM API {url} returned HTTP 200 with a non-JSON body: "
-                        f"{body_preview(response.text)}",
-                        status=200,
-                        kind="other",
-                    ) from exc
+                    raise non_json_200(url, response) from exc
                 return parse_json(url, data)
             for line in response.iter_lines():
                 acc.feed(line)
                 if acc.done:
                     break
-    except httpx.TimeoutException as exc:
-        raise ProviderError(
-            f"LLM stream from {url} timed out ({exc!r})", retryable=True, kind="transient"
-        ) from exc
-    except httpx.TransportError as exc:
-        raise ProviderError(
-            f"LLM stream from {url} broke: {exc!r}", retryable=True, kind="transient"
-        ) from exc
+    except httpx.TransportError as exc:  # includes timeouts
+        raise transport_error(url, exc, "stream from") from exc
     if not acc.done:
         raise ProviderError(
             f"LLM stream from {url} ended before [DONE] (connection lost mid-answer)",
