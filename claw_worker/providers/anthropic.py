@@ -16,7 +16,7 @@ from claw_worker.providers.base import (
     Message,
     ToolCall,
     ToolSchema,
-    extract_text_tool_calls,
+    build_response,
 )
 from claw_worker.providers.http import HttpPool, malformed
 from claw_worker.providers.responses import text_of
@@ -142,19 +142,11 @@ def _parse(url: str, data: Any) -> LLMResponse:
         elif block.get("type") == "tool_use":
             call_id = str(block.get("id") or f"toolu_{len(calls)}")
             calls.append(ToolCall.parse(call_id, str(block.get("name") or ""), block.get("input")))
-    content = "".join(texts)
-    if not calls:
-        content, calls = extract_text_tool_calls(content)
     stop = str(data.get("stop_reason") or "")
-    finish = "tool_calls" if calls else _FINISH.get(stop, stop or "stop")
-    usage = {k: v for k, v in (data.get("usage") or {}).items() if isinstance(v, int)}
-    usage.setdefault("prompt_tokens", usage.get("input_tokens", 0))
-    usage.setdefault("completion_tokens", usage.get("output_tokens", 0))
-    usage.setdefault("total_tokens", usage["prompt_tokens"] + usage["completion_tokens"])
-    return LLMResponse(
-        content=content,
-        tool_calls=calls,
-        finish_reason=finish,
-        usage=usage,
-        model=str(data.get("model") or ""),
+    return build_response(
+        "".join(texts),
+        calls,
+        text_finish=_FINISH.get(stop, stop or "stop"),
+        usage=data.get("usage"),
+        model=data.get("model"),
     )

@@ -176,3 +176,24 @@ def extract_text_tool_calls(content: str) -> tuple[str, list[ToolCall]]:
 
     rest = _FUNCTION_CALL.sub(take, content)
     return (rest.strip() if calls else content), calls
+
+
+def build_response(
+    content: str, calls: list[ToolCall], *, text_finish: str, usage: Any, model: Any
+) -> LLMResponse:
+    """The common tail of every protocol's parser: tool calls written as ``<function_call>``
+    text when the API gave none, the finish reason, and usage under chat-completions names
+    (so run records add up across protocols)."""
+    if not calls:
+        content, calls = extract_text_tool_calls(content)
+    counts = {k: v for k, v in (usage or {}).items() if isinstance(v, int)}
+    counts.setdefault("prompt_tokens", counts.get("input_tokens", 0))
+    counts.setdefault("completion_tokens", counts.get("output_tokens", 0))
+    counts.setdefault("total_tokens", counts["prompt_tokens"] + counts["completion_tokens"])
+    return LLMResponse(
+        content=content,
+        tool_calls=calls,
+        finish_reason="tool_calls" if calls else text_finish,
+        usage=counts,
+        model=str(model or ""),
+    )

@@ -14,7 +14,7 @@ from claw_worker.providers.base import (
     Message,
     ToolCall,
     ToolSchema,
-    extract_text_tool_calls,
+    build_response,
 )
 from claw_worker.providers.http import HttpPool, malformed
 from claw_worker.providers.streaming import stream_chat
@@ -87,18 +87,12 @@ def _parse(url: str, data: Any) -> LLMResponse:
                 function.get("arguments"),
             )
         )
-    content = _content_text(message.get("content"))
-    finish = str(choice.get("finish_reason") or "")
-    if not calls:
-        content, calls = extract_text_tool_calls(content)
-        finish = "tool_calls" if calls else finish
-    usage = data.get("usage") or {}
-    return LLMResponse(
-        content=content,
-        tool_calls=calls,
-        finish_reason=finish,
-        usage={k: v for k, v in usage.items() if isinstance(v, int)},
-        model=str(data.get("model") or ""),
+    return build_response(
+        _content_text(message.get("content")),
+        calls,
+        text_finish=str(choice.get("finish_reason") or ""),
+        usage=data.get("usage"),
+        model=data.get("model"),
     )
 
 

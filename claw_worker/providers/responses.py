@@ -16,7 +16,7 @@ from claw_worker.providers.base import (
     Message,
     ToolCall,
     ToolSchema,
-    extract_text_tool_calls,
+    build_response,
 )
 from claw_worker.providers.http import HttpPool, malformed
 from claw_worker.providers.openai_compat import Auth, auth_headers
@@ -127,20 +127,11 @@ def _parse(url: str, data: Any) -> LLMResponse:
             calls.append(
                 ToolCall.parse(call_id, str(item.get("name") or ""), item.get("arguments"))
             )
-    content = "".join(texts)
-    if not calls:
-        content, calls = extract_text_tool_calls(content)
     incomplete = (data.get("incomplete_details") or {}).get("reason")
-    finish = "tool_calls" if calls else ("length" if incomplete == "max_output_tokens" else "stop")
-    usage = data.get("usage") or {}
-    counts = {k: v for k, v in usage.items() if isinstance(v, int)}
-    # Same names as chat completions, so the run records add up across protocols.
-    counts.setdefault("prompt_tokens", counts.get("input_tokens", 0))
-    counts.setdefault("completion_tokens", counts.get("output_tokens", 0))
-    return LLMResponse(
-        content=content,
-        tool_calls=calls,
-        finish_reason=finish,
-        usage=counts,
-        model=str(data.get("model") or ""),
+    return build_response(
+        "".join(texts),
+        calls,
+        text_finish="length" if incomplete == "max_output_tokens" else "stop",
+        usage=data.get("usage"),
+        model=data.get("model"),
     )

@@ -22,7 +22,7 @@ from claw_worker.providers.base import (
     ProviderError,
     ToolCall,
     body_preview,
-    extract_text_tool_calls,
+    build_response,
 )
 from claw_worker.providers.http import HttpPool, http_error, non_json_200, transport_error
 
@@ -112,15 +112,10 @@ class StreamAccumulator:
             ToolCall.parse(parts.id or f"call_{index}", parts.name, parts.arguments)
             for index, parts in sorted(self.calls.items())
         ]
-        content = "".join(self.content)
-        finish = self.finish_reason
-        if not calls:
-            content, calls = extract_text_tool_calls(content)
-            finish = "tool_calls" if calls else finish
-        return LLMResponse(
-            content=content,
-            tool_calls=calls,
-            finish_reason=finish,
+        return build_response(
+            "".join(self.content),
+            calls,
+            text_finish=self.finish_reason,
             usage=self.usage,
             model=self.model,
         )
