@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.claw_home",
     "tests.fixtures.llm",
     "tests.fixtures.fleet",
+    "tests.fixtures.tools",
 ]

@@ -15,6 +15,7 @@ from claw_worker.config.schema import Config
 from claw_worker.providers import ContextTooLong, FailoverProvider, ProviderError
 from claw_worker.providers.registry import build_provider
 from tests import llm_server as llm
+from tests.fixtures.procs import wait_for
 from tests.fixtures.redis_server import RedisServer
 from tests.llm_server import LLMServer
 
@@ -153,13 +154,6 @@ def test_everything_failing_summarizes_each_attempt(
     assert info.value.retryable and info.value.status == 502
 
 
-def poll(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("shared", [True, False], ids=["redis", "memory"])
 def test_breaker_opens_skips_and_closes_after_cooldown(
     llm_server: LLMServer, llm_server_b: LLMServer, redis_server: RedisServer, shared: bool
@@ -182,7 +176,7 @@ def test_breaker_opens_skips_and_closes_after_cooldown(
     assert len(llm_server_b.requests) == 4
 
     llm_server.reset()  # proxy a recovers
-    poll(lambda: ask(provider) == "echo: hello" and len(llm_server.requests) > 0)
+    wait_for(lambda: ask(provider) == "echo: hello" and len(llm_server.requests) > 0, timeout=10)
     assert models(llm_server) == ["m1"]  # half-open call succeeded: closed again
     assert provider.breakers.state("proxy").failures == 0
     if client is not None:
@@ -201,7 +195,7 @@ def test_breaker_reopens_when_the_half_open_call_fails(
     ask(provider)
     ask(provider)
     assert provider.breakers.state("proxy").is_open()
-    poll(lambda: not provider.breakers.state("proxy").is_open())
+    wait_for(lambda: not provider.breakers.state("proxy").is_open(), timeout=10)
     ask(provider)  # the trial call fails: open again at once
     assert provider.breakers.state("proxy").is_open()
     assert len(llm_server.requests) == 6

@@ -12,6 +12,7 @@ from claw_worker.config.schema import ProxyConfig
 from claw_worker.providers import ChatProvider, ContextTooLong, ProviderError
 from claw_worker.providers.registry import build_proxy
 from tests import llm_server as llm
+from tests.fixtures.llm import SAMPLE_TOOLS as TOOLS
 from tests.llm_server import LLMServer
 
 PROTOCOLS = ["chat_completions", "responses", "anthropic"]
@@ -22,16 +23,6 @@ PATHS = {
 }
 SYSTEM = {"role": "system", "content": "You are terse."}
 USER = {"role": "user", "content": "read a.txt please"}
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "read_file",
-            "description": "Read a file.",
-            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}},
-        },
-    }
-]
 
 
 @pytest.fixture(params=PROTOCOLS)

@@ -22,20 +22,10 @@ from claw_worker.providers import (
     resolve_model,
 )
 from tests import llm_server as llm
+from tests.fixtures.llm import SAMPLE_MESSAGES as MESSAGES
+from tests.fixtures.llm import SAMPLE_TOOLS as TOOLS
 from tests.fixtures.procs import free_port, stop_process, wait_for
 from tests.llm_server import LLMServer
-
-MESSAGES = [{"role": "user", "content": "hello there"}]
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "read_file",
-            "description": "Read a file.",
-            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}},
-        },
-    }
-]
 
 
 @pytest.fixture

@@ -17,20 +17,10 @@ from claw_worker.providers.base import ContextTooLong
 from claw_worker.providers.registry import build_proxy
 from tests import llm_server as llm
 from tests.fixtures.claw_home import ClawHome
+from tests.fixtures.llm import SAMPLE_MESSAGES as MESSAGES
+from tests.fixtures.llm import SAMPLE_TOOLS as TOOLS
 from tests.fixtures.redis_server import RedisServer
 from tests.llm_server import LLMServer, Script
-
-MESSAGES = [{"role": "user", "content": "hello there"}]
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "read_file",
-            "description": "Read a file.",
-            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}},
-        },
-    }
-]
 
 
 @pytest.fixture

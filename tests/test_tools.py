@@ -17,23 +17,6 @@ def make_config(**exec_cfg: object) -> Config:
     return Config.model_validate({"tools": {"exec": exec_cfg}} if exec_cfg else {})
 
 
-@pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    return ws
-
-
-@pytest.fixture
-def ctx(workspace: Path) -> ToolContext:
-    return ToolContext(workspace=workspace, session_key="test:1", config=make_config())
-
-
-@pytest.fixture
-def tools() -> ToolRegistry:
-    return default_tools(make_config())
-
-
 def test_schemas_are_openai_function_tools(tools: ToolRegistry) -> None:
     by_name = {s["function"]["name"]: s for s in tools.schemas()}
     # Other tool families (memory) register here too; this is the set this suite owns.

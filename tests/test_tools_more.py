@@ -16,24 +16,6 @@ from claw_worker.tools import ToolContext, ToolRegistry, default_tools
 from claw_worker.tools import search as search_tools
 from tests.fixtures.redis_server import RedisServer
 
-
-@pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    return ws
-
-
-@pytest.fixture
-def ctx(workspace: Path) -> ToolContext:
-    return ToolContext(workspace=workspace, session_key="test:1", config=Config())
-
-
-@pytest.fixture
-def tools() -> ToolRegistry:
-    return default_tools(Config())
-
-
 # -- edit_file ---------------------------------------------------------------------------
 
 
