@@ -139,8 +139,13 @@ class Mailbox:
             raise LeaseLost(session_key)
         return Taken(InboundMessage.model_validate_json(result[1]), recovered=bool(int(result[0])))
 
-    def record(self, message: InboundMessage) -> dict[str, str]:
-        return self.redis.hgetall(k.message_key(message.session_key, message.message_id))
+    def record(self, message: InboundMessage) -> tuple[dict[str, str], bool]:
+        """The message's record, and whether its reply was already published (one trip)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(k.message_key(message.session_key, message.message_id))
+            pipe.exists(k.reply_sent_key(message.message_id))
+            record, sent = pipe.execute()
+        return record, bool(sent)
 
     def mark_running(self, message: InboundMessage) -> int:
         """Count this attempt; returns the attempt number (1 for the first run)."""
@@ -169,9 +174,6 @@ class Mailbox:
         """Keep the reply in the record before publishing it, for a holder that dies between."""
         key = k.message_key(message.session_key, message.message_id)
         self.redis.hset(key, mapping={"reply": text, "final_status": status.value})
-
-    def reply_sent(self, message_id: str) -> bool:
-        return bool(self.redis.exists(k.reply_sent_key(message_id)))
 
     def publish(self, reply: OutboundMessage, *, ttl_sec: int = DEFAULT_MESSAGE_TTL_SEC) -> bool:
         """Put the reply on the outbound stream once per message_id (dedupe on re-runs)."""

@@ -84,8 +84,8 @@ def _process(
     ctx: DrainContext, lease: HeldLease, message: InboundMessage, recovered: bool
 ) -> float:
     """Run one message; returns seconds until a retry is due (0 when it was finished)."""
-    record = ctx.mailbox.record(message)
-    if ctx.mailbox.reply_sent(message.message_id):
+    record, reply_sent = ctx.mailbox.record(message)
+    if reply_sent:
         # A previous holder published the reply but died before completing: finish it.
         status = MessageStatus(record.get("final_status") or MessageStatus.DONE.value)
         ctx.mailbox.complete(message, lease.token, status, record.get("reply", ""))
