@@ -44,7 +44,12 @@ def web() -> Iterator[WebServer]:
         server.stop()
 
 
+# The loopback web server is a private address: allowed here, refused by default.
+LOOPBACK_ALLOWED = {"allowed_hosts": ["127.0.0.1"]}
+
+
 def run(tool: str, args: dict[str, Any], tmp_path: Path, **tools_cfg: Any) -> str:
+    tools_cfg["web_fetch"] = {**LOOPBACK_ALLOWED, **tools_cfg.get("web_fetch", {})}
     config = Config.model_validate({"tools": tools_cfg})
     return default_tools(config).run(tool, args, ToolContext(tmp_path, "t:1", config))
 
@@ -139,6 +144,36 @@ def test_web_fetch_errors(web: WebServer, tmp_path: Path) -> None:
     assert run("web_fetch", {"url": ""}, tmp_path).startswith("Error: invalid arguments")
 
 
+def test_web_fetch_refuses_private_addresses_by_default(web: WebServer, tmp_path: Path) -> None:
+    port = web.url.rsplit(":", 1)[1]
+    default = {"allowed_hosts": []}
+    for url in (
+        web.url + "/page.html",
+        f"http://localhost:{port}/page.html",  # a name resolving to loopback
+        f"http://[::ffff:127.0.0.1]:{port}/",  # loopback in IPv6 clothing
+        "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+        "http://10.1.2.3/",
+        "http://[::1]/",
+    ):
+        result = run("web_fetch", {"url": url}, tmp_path, web_fetch=default)
+        assert result.startswith("Error: refusing to fetch from "), (url, result)
+        assert "tools.web_fetch.allowed_hosts" in result
+    assert not any(r["path"] == "/page.html" for r in web.requests), "nothing was fetched"
+
+    # An allowed host redirecting to one that is not is refused at the redirect.
+    inward = f"http://localhost:{port}/redirect?to={web.url}/page.html"
+    only_name = {"allowed_hosts": ["localhost"]}
+    result = run("web_fetch", {"url": inward}, tmp_path, web_fetch=only_name)
+    assert result.startswith("Error: refusing to fetch from 127.0.0.1"), result
+    both = {"allowed_hosts": ["localhost", "127.0.0.0/8"]}
+    allowed = run("web_fetch", {"url": inward}, tmp_path, web_fetch=both)
+    assert allowed.startswith(f"URL: {web.url}/page.html"), allowed
+    off = {"allowed_hosts": [], "block_private_addresses": False}
+    assert "Main Heading" in run(
+        "web_fetch", {"url": web.url + "/page.html"}, tmp_path, web_fetch=off
+    )
+
+
 def test_web_fetch_timeout(web: WebServer, tmp_path: Path) -> None:
     web.slow_sec = 3
     result = run(
@@ -159,7 +194,10 @@ def agent_config(
             "redis": {"url": redis_server.url},
             "agents": {"defaults": {"runtime_control": control}},
             # Any request to /slow/<id>/search is SearXNG-shaped, so web_search can be slow too.
-            "tools": {"web_search": {"searxng_url": web.url + "/slow/search-c"}},
+            "tools": {
+                "web_search": {"searxng_url": web.url + "/slow/search-c"},
+                "web_fetch": LOOPBACK_ALLOWED,
+            },
         }
     )
 

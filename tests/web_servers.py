@@ -4,6 +4,7 @@ error statuses, and slow endpoints that record when each request ran.
 Routes:
   /brave/res/v1/web/search?q=...   Brave Search API JSON (needs ``X-Subscription-Token``)
   /searx/search?q=...&format=json  SearXNG JSON
+  /redirect?to=<url>               302 to <url>
   /slow/<id>[/search]              sleeps ``slow_sec``, records (id, start, end); JSON when
                                    the path ends in /search (so SearXNG can point at it)
   any path in ``pages``            (status, content type, body)
@@ -102,6 +103,11 @@ class _Handler(BaseHTTPRequestHandler):
                     ],
                 }
             )
+        elif parts.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", query["to"])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif parts.path.startswith("/slow/"):
             self._slow(parts.path)
         elif parts.path in self.web.pages:

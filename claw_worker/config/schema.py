@@ -209,6 +209,10 @@ class WebFetchConfig(Section):
     max_chars: int = Field(50000, ge=100)
     max_bytes: int = Field(2 * 1024 * 1024, ge=1024)  # downloaded before conversion
     timeout_sec: float = Field(20.0, gt=0)
+    # Loopback, private and link-local addresses are refused (see tools/url_guard.py),
+    # except these hosts: names, addresses or networks ("wiki.lan", "10.0.0.0/8").
+    block_private_addresses: bool = True
+    allowed_hosts: list[str] = []
 
 
 class ToolsConfig(Section):

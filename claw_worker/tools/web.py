@@ -14,9 +14,10 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import Field
 
-from claw_worker.config.schema import WebSearchConfig
+from claw_worker.config.schema import WebFetchConfig, WebSearchConfig
 from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
 from claw_worker.tools.html_text import html_to_text
+from claw_worker.tools.url_guard import UrlGuard
 
 USER_AGENT = "clawfleet/0.1 (+https://github.com/clawfleet)"
 _TAG = re.compile(r"<[^>]+>")
@@ -143,7 +144,7 @@ class WebFetchTool(Tool[WebFetchParams]):
             raise ToolError(
                 f"refusing {params.url!r}: only http:// and https:// URLs can be fetched"
             )
-        body, ctype, final_url = _download(params.url, cfg.max_bytes, cfg.timeout_sec)
+        body, ctype, final_url = _download(params.url, cfg)
         encoding = _charset(ctype) or "utf-8"
         raw = body.decode(encoding, errors="replace")
         if "html" in ctype or (not ctype and raw.lstrip()[:15].lower().startswith("<!doctype")):
@@ -158,8 +159,16 @@ class WebFetchTool(Tool[WebFetchParams]):
         return f"URL: {final_url}\n\n{text}"
 
 
-def _download(url: str, max_bytes: int, timeout: float) -> tuple[bytes, str, str]:
+def _download(url: str, cfg: WebFetchConfig) -> tuple[bytes, str, str]:
     """Body (at most ``max_bytes``), content type and final URL after redirects."""
+    max_bytes, timeout = cfg.max_bytes, cfg.timeout_sec
+    guard = UrlGuard(cfg.allowed_hosts, block_private=cfg.block_private_addresses)
+
+    def check(request: httpx.Request) -> None:  # every hop, redirects included
+        guard.check(
+            request.url.host, request.url.port or (443 if request.url.scheme == "https" else 80)
+        )
+
     try:
         with (
             httpx.Client(
@@ -167,6 +176,7 @@ def _download(url: str, max_bytes: int, timeout: float) -> tuple[bytes, str, str
                 follow_redirects=True,
                 max_redirects=5,
                 headers={"User-Agent": USER_AGENT},
+                event_hooks={"request": [check]},
             ) as client,
             client.stream("GET", url) as response,
         ):
