@@ -1,9 +1,10 @@
 """A scripted LLM server on loopback, for tests and benchmarks.
 
 It speaks the real wire formats (tests/llm_wire.py): chat completions (``POST
-/v1/chat/completions``, JSON or SSE), the Responses API (``POST /v1/responses``), Anthropic
-Messages (``POST /v1/messages``) and ``GET /v1/models``, so the project's provider code
-runs unchanged against it. What it answers is scripted, whatever the protocol:
+/v1/chat/completions``), the Responses API (``POST /v1/responses``), Anthropic Messages
+(``POST /v1/messages``), each as JSON or, to ``"stream": true``, as server-sent events
+(tests/llm_sse.py), and ``GET /v1/models``, so the project's provider code runs unchanged
+against it. What it answers is scripted, whatever the protocol:
 
 - ``Script`` entries queued with ``push`` (optionally keyed by a marker: consumed only by
   requests whose last user message contains the marker, so concurrent sessions get
@@ -28,12 +29,11 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests import llm_sse
 from tests.llm_wire import (
-    CHAT,
     ROUTES,
     Script,
     answer_body,
-    chunks,
     error,
     last_user_text,
     script_to_dict,
@@ -315,8 +315,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if script.status != 200:
             self._send(script.status, script.body.encode(), script.content_type, script.headers)
-        elif body.get("stream") and protocol == CHAT:
-            self._stream(body, script)
+        elif body.get("stream") and not script.ignore_stream:
+            self._stream(protocol, body, script)
         else:
             self._json(200, answer_body(protocol, body, script))
 
@@ -332,22 +332,24 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def _stream(self, body: dict[str, Any], script: Script) -> None:
+    def _stream(self, protocol: str, body: dict[str, Any], script: Script) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")  # SSE without a length ends with the socket
         self.end_headers()
         self.close_connection = True
-        for sent, chunk in enumerate(chunks(body, script)):
+        frames = llm_sse.frames(protocol, body, script)  # the terminal event last
+        if script.stream_error is not None:  # fails half-way through, instead of the rest
+            half = max(1, (len(frames) - 1) // 2)
+            frames = [*frames[:half], llm_sse.error_frame(protocol, script.stream_error)]
+        for sent, frame in enumerate(frames):
             if script.drop_after is not None and sent >= script.drop_after:
-                return  # a connection lost mid-answer: no [DONE]
+                return  # a connection lost mid-answer: no terminal event
             if script.chunk_delay > 0:
                 time.sleep(script.chunk_delay)
-            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.write(frame.encode())
             self.wfile.flush()
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.wfile.flush()
 
 
 class _ControlAPI:

@@ -1,13 +1,16 @@
 """Wire formats of the scripted LLM server (tests/llm_server.py): the ``Script`` entries and
 the answer bodies built from them in each protocol the server speaks.
 
-- chat completions (``POST /v1/chat/completions``, JSON or SSE chunks);
+- chat completions (``POST /v1/chat/completions``);
 - the OpenAI Responses API (``POST /v1/responses``: ``output`` items);
 - the Anthropic Messages API (``POST /v1/messages``: ``content`` blocks).
+
+Streamed (SSE) answers are built from these bodies in tests/llm_sse.py.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -15,7 +18,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 CHAT, RESPONSES, ANTHROPIC = "chat_completions", "responses", "anthropic"
-ROUTES = {"/v1/chat/completions": CHAT, "/v1/responses": RESPONSES, "/v1/messages": ANTHROPIC}
+COMPACT = "responses_compact"
+ROUTES = {
+    "/v1/chat/completions": CHAT,
+    "/v1/responses": RESPONSES,
+    "/v1/responses/compact": COMPACT,
+    "/v1/messages": ANTHROPIC,
+}
 
 
 @dataclass(frozen=True)
@@ -31,10 +40,14 @@ class Script:
     delay: float = 0.0
     disconnect: bool = False  # close the connection without answering
     finish_reason: str | None = None
-    # Streaming (SSE) only: close the connection after this many chunks, without [DONE];
-    # and a pause before each chunk (a slow streamed answer).
+    # Streaming (SSE, tests/llm_sse.py) only: close the connection after this many events,
+    # without the terminal one ([DONE], response.completed, message_stop); a pause before
+    # each event (a slow streamed answer); an error event with this message half-way
+    # through instead of the rest; answer plain JSON (a server that ignores "stream").
     drop_after: int | None = None
     chunk_delay: float = 0.0
+    stream_error: str | None = None
+    ignore_stream: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Script:
@@ -99,9 +112,20 @@ def valid_request(protocol: str, body: Any) -> str | None:
     """Why ``body`` is not a request of ``protocol``, or None when it is."""
     if not isinstance(body, dict):
         return "request body must be a JSON object"
-    if protocol == RESPONSES:
-        ok = isinstance(body.get("input"), (list, str))
-        return None if ok else "request body must have an 'input' list or string"
+    if protocol in (RESPONSES, COMPACT):
+        items = body.get("input")
+        if not isinstance(items, (list, str)):
+            return "request body must have an 'input' list or string"
+        if protocol == COMPACT and not isinstance(body.get("model"), str):
+            return "model: field required"
+        for index, item in enumerate(items if isinstance(items, list) else []):
+            if not isinstance(item, dict):
+                return f"input[{index}] must be an object"
+            if item.get("type") == "compaction" and not isinstance(
+                item.get("encrypted_content"), str
+            ):
+                return f"input[{index}].encrypted_content: field required"
+        return None
     if not isinstance(body.get("messages"), list):
         return "request body must be a JSON object with a 'messages' list"
     if protocol == ANTHROPIC and not isinstance(body.get("max_tokens"), int):
@@ -126,13 +150,13 @@ def wire_tool_calls(script: Script) -> list[dict[str, Any]]:
     return calls
 
 
-def _usage(body: dict[str, Any], completion: str) -> dict[str, int]:
+def usage_of(body: dict[str, Any], completion: str) -> dict[str, int]:
     prompt = len(json.dumps(body.get("messages") or [])) // 4
     done = max(1, len(completion) // 4)
     return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
 
 
-def _head(body: dict[str, Any], kind: str) -> dict[str, Any]:
+def head(body: dict[str, Any], kind: str) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": kind,
@@ -142,7 +166,7 @@ def _head(body: dict[str, Any], kind: str) -> dict[str, Any]:
     }
 
 
-def _finish(script: Script) -> str:
+def finish_of(script: Script) -> str:
     return script.finish_reason or ("tool_calls" if script.tool_calls else "stop")
 
 
@@ -151,35 +175,9 @@ def completion(body: dict[str, Any], script: Script) -> dict[str, Any]:
     calls = wire_tool_calls(script)
     if calls:
         message["tool_calls"] = calls
-    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(script)}
-    usage = _usage(body, (script.text or "") + json.dumps(calls))
-    return {**_head(body, "chat.completion"), "choices": [choice], "usage": usage}
-
-
-def chunks(body: dict[str, Any], script: Script) -> list[dict[str, Any]]:
-    head = _head(body, "chat.completion.chunk")
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {**head, "choices": [choice]}
-
-    out = [chunk({"role": "assistant", "content": ""})]
-    content = script.text or ""
-    for start in range(0, len(content), 8):  # several deltas, as real servers send
-        out.append(chunk({"content": content[start : start + 8]}))
-    for index, call in enumerate(wire_tool_calls(script)):
-        fn, args = call["function"], call["function"]["arguments"]
-        first = {"index": index, "id": call["id"], "type": "function"}
-        out.append(
-            chunk({"tool_calls": [{**first, "function": {"name": fn["name"], "arguments": ""}}]})
-        )
-        for start in range(0, len(args), 16):
-            piece = {"index": index, "function": {"arguments": args[start : start + 16]}}
-            out.append(chunk({"tool_calls": [piece]}))
-    out.append(chunk({}, _finish(script)))
-    if (body.get("stream_options") or {}).get("include_usage"):
-        out.append({**head, "choices": [], "usage": _usage(body, content)})
-    return out
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_of(script)}
+    usage = usage_of(body, (script.text or "") + json.dumps(calls))
+    return {**head(body, "chat.completion"), "choices": [choice], "usage": usage}
 
 
 def script_to_dict(script: Script) -> dict[str, Any]:
@@ -217,7 +215,7 @@ def responses_body(body: dict[str, Any], script: Script) -> dict[str, Any]:
                 "status": "completed",
             }
         )
-    counts = _usage({"messages": body.get("input")}, (script.text or "") + json.dumps(output))
+    counts = usage_of({"messages": body.get("input")}, (script.text or "") + json.dumps(output))
     return {
         "id": f"resp_{uuid.uuid4().hex[:24]}",
         "object": "response",
@@ -253,7 +251,7 @@ def anthropic_body(body: dict[str, Any], script: Script) -> dict[str, Any]:
                 "input": args,
             }
         )
-    counts = _usage(body, (script.text or "") + json.dumps(blocks))
+    counts = usage_of(body, (script.text or "") + json.dumps(blocks))
     stop = script.finish_reason or ("tool_use" if script.tool_calls else "end_turn")
     return {
         "id": f"msg_{uuid.uuid4().hex[:24]}",
@@ -270,7 +268,52 @@ def anthropic_body(body: dict[str, Any], script: Script) -> dict[str, Any]:
     }
 
 
+def compaction_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A ``/responses/compact`` answer: the input's user messages, then one compaction item.
+    Its opaque content is readable here (base64 JSON of what it folded in: the user texts,
+    how many items and earlier compaction items) so tests can follow it."""
+    items = (
+        body["input"]
+        if isinstance(body["input"], list)
+        else [{"role": "user", "content": body["input"]}]
+    )
+    users = [i for i in items if i.get("role") == "user" and i.get("type", "message") == "message"]
+    folded = {
+        "users": [_parts_text(i.get("content")) for i in users],
+        "items": len(items),
+        "compactions": sum(i.get("type") == "compaction" for i in items),
+    }
+    output: list[dict[str, Any]] = [
+        {
+            "type": "message",
+            "id": f"msg_{uuid.uuid4().hex[:24]}",
+            "status": "completed",
+            "role": "user",
+            "content": [{"type": "input_text", "text": _parts_text(i.get("content"))}],
+        }
+        for i in users
+    ]
+    encrypted = base64.b64encode(json.dumps(folded).encode()).decode()
+    output.append(
+        {"type": "compaction", "id": f"cmp_{uuid.uuid4().hex[:24]}", "encrypted_content": encrypted}
+    )
+    counts = usage_of({"messages": items}, encrypted)
+    return {
+        "id": f"resp_{uuid.uuid4().hex[:24]}",
+        "object": "response.compaction",
+        "created_at": int(time.time()),
+        "output": output,
+        "usage": {
+            "input_tokens": counts["prompt_tokens"],
+            "output_tokens": counts["completion_tokens"],
+            "total_tokens": counts["total_tokens"],
+        },
+    }
+
+
 def answer_body(protocol: str, body: dict[str, Any], script: Script) -> dict[str, Any]:
+    if protocol == COMPACT:
+        return compaction_body(body)
     if protocol == RESPONSES:
         return responses_body(body, script)
     if protocol == ANTHROPIC:

@@ -1,6 +1,18 @@
 """Context compaction: when a session's history grows past its limits, older messages are
 replaced by a summary so every turn's context stays bounded.
 
+Modes (``agents.defaults.context_compaction.mode``):
+
+- ``summary``: the LLM writes a readable summary and the durable facts (one call);
+- ``responses_compact``: the Responses API's ``/responses/compact`` turns the older messages
+  into an opaque compaction item the model reads back with full fidelity; one short LLM call
+  still pulls out the durable facts for memory;
+- ``hybrid``: both, so the current proxy gets the compaction item and any fallback proxy
+  (which cannot read it) still has the readable summary.
+
+The native modes need ``providers.proxy`` to say ``protocol=responses`` and
+``supports_responses_compact=true``; otherwise they run as ``summary`` (logged).
+
 Runs at the start of a turn (the session lease makes this worker the history's only
 writer). Order matters for never losing anything: summarise, then write the durable facts
 to memory, then swap the Redis list in one MULTI. Any failure before the swap leaves the
@@ -20,7 +32,7 @@ from typing import Any
 from claw_worker.agent.history import History
 from claw_worker.config.schema import Config
 from claw_worker.memory import store
-from claw_worker.providers.base import ChatProvider
+from claw_worker.providers.base import COMPACTION, ChatProvider
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +49,13 @@ what was asked, done and decided, open tasks and anything needed to carry on; at
 FACTS:
 durable facts worth keeping long-term (user preferences, decisions, names, paths, \
 procedures), one per line starting with "- "; write "- none" if there are none."""
+FACTS_PROMPT = """You read a conversation between a user and an AI agent before its older \
+part is compacted. List the durable facts worth keeping long-term (user preferences, \
+decisions, names, paths, procedures) under
+
+FACTS:
+
+one per line starting with "- "; write "- none" if there are none."""
 _FACTS = re.compile(r"^[ \t*#]*FACTS[ \t*]*:", re.IGNORECASE | re.MULTILINE)
 _SUMMARY = re.compile(r"^[ \t*#]*SUMMARY[ \t*]*:[ \t*]*", re.IGNORECASE)
 
@@ -46,7 +65,7 @@ class Compaction:
     removed: int  # messages replaced by the summary
     kept: int  # recent messages kept verbatim
     facts: int  # facts appended to today's memory note
-    mode: str  # "summary" or "responses_compact"
+    mode: str  # "summary", "responses_compact" or "hybrid"
 
 
 def message_chars(message: Message) -> int:
@@ -103,43 +122,62 @@ def parse_summary(text: str, max_chars: int) -> tuple[str, list[str]]:
     summary = _SUMMARY.sub("", parts[0].strip(), count=1).strip()
     if len(summary) > max_chars:
         summary = summary[: max_chars - 1].rstrip() + "…"
+    return summary, parse_facts(parts[1] if len(parts) > 1 else "")
+
+
+def parse_facts(text: str) -> list[str]:
+    """One fact per line of ``text`` (after a FACTS: heading, when there is one)."""
+    parts = _FACTS.split(text, maxsplit=1)
     facts: list[str] = []
-    for line in (parts[1] if len(parts) > 1 else "").splitlines():
+    for line in parts[-1].splitlines():
         fact = line.strip().lstrip("-*•").strip()
         if fact and fact.strip("().").lower() not in {"none", "n/a", "no facts"}:
             facts.append(fact)
-    return summary, facts
+    return facts
 
 
-def _responses_compact(config: Config, provider: ChatProvider) -> bool:
-    """Whether this turn may use the provider's native compaction; logs why not."""
+def effective_mode(config: Config, provider: ChatProvider) -> str:
+    """The mode this compaction runs in: a native mode needs a current proxy that offers it;
+    otherwise ``summary``, and the reason is logged."""
     mode = config.agents.defaults.context_compaction.mode
     if mode == "summary":
-        return False
+        return mode
     proxy = config.providers.proxy
     if proxy.protocol != "responses" or not proxy.supports_responses_compact:
         why = "the proxy is not protocol=responses with supports_responses_compact=true"
-    elif not callable(getattr(provider, "compact", None)):
-        why = "the provider has no compact()"
+    elif not getattr(provider, "can_compact", False):
+        why = "the provider offers no native compaction"
     else:
-        return True
+        return mode
     log.log(
         logging.INFO if mode == "responses_compact" else logging.DEBUG,
         "context compaction mode %s: %s; using summary",
         mode,
         why,
     )
-    return False
+    return "summary"
 
 
-def _compact_text(result: Any) -> str:
-    """The provider's ``compact()`` result as text (a string, or message-like items)."""
-    if isinstance(result, str):
-        return result
-    if isinstance(result, Sequence):
-        texts = [str(item.get("content") or "") for item in result if isinstance(item, dict)]
-        return "\n\n".join(t for t in texts if t)
-    return ""
+def _summarise(
+    config: Config, provider: ChatProvider, model: str, old: Sequence[Message], mode: str
+) -> tuple[str, list[str], dict[str, Any] | None]:
+    """(summary, facts, native compaction) for ``old``; raises when any part fails."""
+    defaults = config.agents.defaults
+    cfg = defaults.context_compaction
+    native = None
+    if mode != "summary":
+        native = provider.compact(old, model)  # type: ignore[attr-defined]
+    prompt = FACTS_PROMPT if mode == "responses_compact" else SUMMARY_PROMPT % cfg.max_summary_chars
+    request = [{"role": "system", "content": prompt}, {"role": "user", "content": transcript(old)}]
+    answer = provider.chat(
+        request, None, model=model, max_tokens=defaults.max_tokens, temperature=0.2
+    )
+    if mode == "responses_compact":  # the facts call: the compaction item is the summary
+        return "", parse_facts(answer.content or ""), native
+    summary, facts = parse_summary(answer.content or "", cfg.max_summary_chars)
+    if not summary:
+        raise ValueError("the summariser returned an empty summary")
+    return summary, facts, native
 
 
 def compact_history(
@@ -165,22 +203,9 @@ def compact_history(
     old, recent = messages[:cut], messages[cut:]
     if not old or (len(old) == 1 and old[0].get("role") == "system"):
         return None  # nothing beyond the previous summary to fold in
-    mode = "responses_compact" if _responses_compact(config, provider) else "summary"
+    mode = effective_mode(config, provider)
     try:
-        if mode == "responses_compact":
-            summary = _compact_text(provider.compact(old)).strip()  # type: ignore[attr-defined]
-            summary, facts = summary[: cfg.max_summary_chars], []
-        else:
-            request = [
-                {"role": "system", "content": SUMMARY_PROMPT % cfg.max_summary_chars},
-                {"role": "user", "content": transcript(old)},
-            ]
-            answer = provider.chat(
-                request, None, model=model, max_tokens=defaults.max_tokens, temperature=0.2
-            )
-            summary, facts = parse_summary(answer.content or "", cfg.max_summary_chars)
-        if not summary:
-            raise ValueError("the summariser returned an empty summary")
+        summary, facts, native = _summarise(config, provider, model, old, mode)
         if facts:
             # Written before the old messages go: the facts must outlive the summary.
             body = "Facts from a compacted conversation:\n" + "\n".join(f"- {f}" for f in facts)
@@ -197,7 +222,9 @@ def compact_history(
         else defaults.texts.runtime_compaction_note
     )
     note = template % (removed, len(recent))
-    head = {"role": "system", "content": f"{note}\n\n{summary}"}
+    head: Message = {"role": "system", "content": f"{note}\n\n{summary}".strip()}
+    if native is not None:
+        head[COMPACTION] = native
     if not history.replace([head, *recent], expect_len=raw_len):
         log.info("history changed during compaction; retried next turn")
         return None

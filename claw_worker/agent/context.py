@@ -17,6 +17,7 @@ from typing import Any
 from claw_worker.config.schema import AgentDefaults
 from claw_worker.contract import InboundMessage
 from claw_worker.memory.index import index_for
+from claw_worker.providers.base import COMPACTION
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +109,15 @@ def user_message(message: InboundMessage) -> Message:
 
 def build_messages(system_prompt: str, history: Sequence[Message], user: Message) -> list[Message]:
     """System, history, user. A compaction summary (a system message at the head of the
-    history) joins the system prompt: some protocols accept only one leading system text."""
+    history) joins the system prompt: some protocols accept only one leading system text.
+    Its native compaction items (see ``providers.base.COMPACTION``) come along."""
     head = 0
     parts = [system_prompt]
+    system: Message = {"role": "system"}
     while head < len(history) and history[head].get("role") == "system":
         parts.append(str(history[head].get("content") or ""))
+        if COMPACTION in history[head]:
+            system[COMPACTION] = history[head][COMPACTION]
         head += 1
-    system = {"role": "system", "content": "\n\n".join(p for p in parts if p)}
+    system["content"] = "\n\n".join(p for p in parts if p)
     return [system, *history[head:], user]

@@ -119,7 +119,7 @@ class ProxyConfig(Section):
     models: list[str] = []
     protocol: Literal["chat_completions", "responses", "anthropic"] = "chat_completions"
     supports_responses_compact: bool = False
-    stream: bool = False  # chat_completions only: ask for SSE chunks ("stream": true)
+    stream: bool = False  # ask for a streamed answer ("stream": true, SSE), any protocol
 
     @model_validator(mode="after")
     def _check_base(self) -> ProxyConfig:

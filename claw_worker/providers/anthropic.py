@@ -1,4 +1,4 @@
-"""Anthropic Messages API (``POST {api_base}/messages``), non-streaming.
+"""Anthropic Messages API (``POST {api_base}/messages``), plain JSON or streamed events.
 
 Differences from chat completions handled here: the system prompt is a separate field,
 tool calls are ``tool_use`` content blocks, tool results are ``tool_result`` blocks in a
@@ -20,6 +20,7 @@ from claw_worker.providers.base import (
 )
 from claw_worker.providers.http import HttpPool, malformed
 from claw_worker.providers.responses import text_of
+from claw_worker.providers.streaming import CallParts, StreamAccumulator, stream_answer
 
 ANTHROPIC_VERSION = "2023-06-01"
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
@@ -92,8 +93,11 @@ def to_tools(tools: Sequence[ToolSchema]) -> list[dict[str, Any]]:
 
 
 class AnthropicProvider:
-    def __init__(self, api_base: str, api_key: str = "", timeout_sec: float = 120.0) -> None:
+    def __init__(
+        self, api_base: str, api_key: str = "", timeout_sec: float = 120.0, stream: bool = False
+    ) -> None:
         self.api_base = api_base.rstrip("/")
+        self.stream = stream  # ask for streamed events (AnthropicAccumulator) instead of JSON
         headers = {"anthropic-version": ANTHROPIC_VERSION}
         if api_key:
             headers["x-api-key"] = api_key
@@ -122,6 +126,9 @@ class AnthropicProvider:
         if tools:
             payload["tools"] = to_tools(tools)
         url = f"{self.api_base}/messages"
+        if self.stream:
+            payload["stream"] = True
+            return stream_answer(self._pool, url, payload, AnthropicAccumulator(url), _parse)
         return _parse(url, self._pool.post_json(url, payload))
 
 
@@ -142,11 +149,61 @@ def _parse(url: str, data: Any) -> LLMResponse:
         elif block.get("type") == "tool_use":
             call_id = str(block.get("id") or f"toolu_{len(calls)}")
             calls.append(ToolCall.parse(call_id, str(block.get("name") or ""), block.get("input")))
-    stop = str(data.get("stop_reason") or "")
     return build_response(
         "".join(texts),
         calls,
-        text_finish=_FINISH.get(stop, stop or "stop"),
+        text_finish=_finish_of(data.get("stop_reason")),
         usage=data.get("usage"),
         model=data.get("model"),
     )
+
+
+def _finish_of(stop_reason: Any) -> str:
+    stop = str(stop_reason or "")
+    return _FINISH.get(stop, stop or "stop")
+
+
+class AnthropicAccumulator(StreamAccumulator):
+    """Anthropic stream events. ``message_start`` holds the model and input usage; each
+    content block opens with ``content_block_start`` (a ``tool_use`` block brings its id and
+    name) and grows by ``content_block_delta`` (``text_delta`` text or ``input_json_delta``
+    pieces of the tool input), keyed by ``index``; ``message_delta`` brings the stop reason
+    and output usage; ``message_stop`` ends the answer; ``error`` (e.g. ``overloaded_error``)
+    reports a failure mid-answer; ``ping`` is ignored."""
+
+    terminal = "message_stop"
+
+    def on_event(self, name: str, data: dict[str, Any]) -> None:
+        index = data.get("index") if isinstance(data.get("index"), int) else 0
+        if name == "error":
+            self.fail(data.get("error") or data)
+        elif name == "message_start":
+            message = data.get("message") or {}
+            self.model = str(message.get("model") or self.model)
+            self.take_usage(message.get("usage"))
+        elif name == "content_block_start":
+            self._block(index, data.get("content_block") or {})
+        elif name == "content_block_delta":
+            self._delta(index, data.get("delta") or {})
+        elif name == "message_delta":
+            self.finish_reason = _finish_of((data.get("delta") or {}).get("stop_reason"))
+            self.take_usage(data.get("usage"))
+        elif name == "message_stop":
+            self.done = True
+
+    def _block(self, index: int, block: dict[str, Any]) -> None:
+        if block.get("type") == "text":
+            self.content.append(str(block.get("text") or ""))
+        elif block.get("type") == "tool_use":
+            parts = self.calls.setdefault(index, CallParts())
+            parts.id = str(block.get("id") or f"toolu_{index}")
+            parts.name = str(block.get("name") or "")
+            if block.get("input"):  # usually {} with the input streamed as deltas
+                parts.arguments = json.dumps(block["input"], ensure_ascii=False)
+
+    def _delta(self, index: int, delta: dict[str, Any]) -> None:
+        if delta.get("type") == "text_delta":
+            self.content.append(str(delta.get("text") or ""))
+        elif delta.get("type") == "input_json_delta":
+            parts = self.calls.setdefault(index, CallParts())
+            parts.arguments += str(delta.get("partial_json") or "")

@@ -15,9 +15,10 @@ from claw_worker.providers.base import (
     ToolCall,
     ToolSchema,
     build_response,
+    without_compaction,
 )
 from claw_worker.providers.http import HttpPool, malformed
-from claw_worker.providers.streaming import stream_chat
+from claw_worker.providers.streaming import ChatAccumulator, stream_answer
 
 Auth = Literal["bearer", "api-key", "none"]
 
@@ -30,7 +31,10 @@ def auth_headers(api_key: str, auth: Auth) -> dict[str, str]:
     return {}
 
 
-class OpenAICompatProvider:
+class OpenAIStyleClient:
+    """What OpenAI's wires share (chat completions here, Responses in responses.py): the
+    base URL, the key as a bearer or ``api-key`` header, keep-alive connections."""
+
     def __init__(
         self,
         api_base: str,
@@ -40,12 +44,14 @@ class OpenAICompatProvider:
         stream: bool = False,
     ) -> None:
         self.api_base = api_base.rstrip("/")
-        self.stream = stream  # ask for SSE chunks (see streaming.py) instead of one JSON body
+        self.stream = stream  # ask for SSE events (see streaming.py) instead of one JSON body
         self._pool = HttpPool(auth_headers(api_key, auth), timeout_sec)
 
     def close(self) -> None:
         self._pool.close()
 
+
+class OpenAICompatProvider(OpenAIStyleClient):
     def chat(
         self,
         messages: Sequence[Message],
@@ -56,7 +62,7 @@ class OpenAICompatProvider:
     ) -> LLMResponse:
         payload: dict[str, Any] = {
             "model": model,
-            "messages": list(messages),
+            "messages": without_compaction(messages),  # plain chat messages only
             "max_tokens": max_tokens,
             "temperature": temperature,
         }
@@ -67,7 +73,7 @@ class OpenAICompatProvider:
         if self.stream:
             payload["stream"] = True
             payload["stream_options"] = {"include_usage": True}
-            return stream_chat(self._pool, url, payload, _parse)
+            return stream_answer(self._pool, url, payload, ChatAccumulator(url), _parse)
         return _parse(url, self._pool.post_json(url, payload))
 
 

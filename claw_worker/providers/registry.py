@@ -24,10 +24,12 @@ def build_proxy(proxy: ProxyConfig) -> ChatProvider | None:
         return None
     key = resolve_api_key(proxy.api_key)
     if proxy.protocol == "anthropic":
-        return AnthropicProvider(proxy.api_base, key, timeout_sec=proxy.timeout_sec)
+        return AnthropicProvider(
+            proxy.api_base, key, timeout_sec=proxy.timeout_sec, stream=proxy.stream
+        )
     if proxy.protocol == "responses":
         return ResponsesProvider(
-            proxy.api_base, key, auth=proxy.auth, timeout_sec=proxy.timeout_sec
+            proxy.api_base, key, auth=proxy.auth, timeout_sec=proxy.timeout_sec, stream=proxy.stream
         )
     return OpenAICompatProvider(
         proxy.api_base, key, auth=proxy.auth, timeout_sec=proxy.timeout_sec, stream=proxy.stream
@@ -53,15 +55,17 @@ def build_provider(
     cooldown_sec: float = 60.0,
 ) -> ChatProvider | None:
     """The provider for ``config``, or None when no LLM is configured (empty api_base)."""
-    primary = build_proxy(config.providers.proxy)
+    current = config.providers.proxy
+    primary = build_proxy(current)
     if primary is None:
         return None
-    routes = [Route(PRIMARY_PROXY, primary, primary_models(config))]
+    compacts = current.protocol == "responses" and current.supports_responses_compact
+    routes = [Route(PRIMARY_PROXY, primary, primary_models(config), current.api_base, compacts)]
     for name in config.providers.proxy_fallbacks:
         proxy = config.providers.proxies[name]
         provider = build_proxy(proxy)
         if provider is not None:  # a fallback without api_base cannot be tried
-            routes.append(Route(name, provider, dedupe(proxy.models)))
+            routes.append(Route(name, provider, dedupe(proxy.models), proxy.api_base))
     return FailoverProvider(
         routes, redis_client=redis, breaker_threshold=breaker_threshold, cooldown_sec=cooldown_sec
     )

@@ -1,4 +1,5 @@
-"""OpenAI Responses API (``POST {api_base}/responses``), non-streaming.
+"""OpenAI Responses API (``POST {api_base}/responses``), plain JSON or streamed events, and
+its compaction endpoint (``POST {api_base}/responses/compact``).
 
 The agent keeps its history in chat-completions shape; this module translates it into
 Responses input items (messages, ``function_call`` and ``function_call_output`` items) and
@@ -12,14 +13,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from claw_worker.providers.base import (
+    COMPACTION,
     LLMResponse,
     Message,
     ToolCall,
     ToolSchema,
     build_response,
 )
-from claw_worker.providers.http import HttpPool, malformed
-from claw_worker.providers.openai_compat import Auth, auth_headers
+from claw_worker.providers.http import malformed
+from claw_worker.providers.openai_compat import OpenAIStyleClient
+from claw_worker.providers.streaming import CallParts, StreamAccumulator, stream_answer
 
 
 def text_of(content: Any) -> str:
@@ -38,6 +41,10 @@ def to_input(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
         text = text_of(message.get("content"))
         if role == "system":
             system.append(text)
+            # A native compaction's items stand in for the older conversation (base.py).
+            native = message.get(COMPACTION)
+            if isinstance(native, dict):
+                items.extend(i for i in native.get("items") or [] if isinstance(i, dict))
         elif role == "tool":
             items.append(
                 {
@@ -73,16 +80,7 @@ def to_tools(tools: Sequence[ToolSchema]) -> list[dict[str, Any]]:
     return flat
 
 
-class ResponsesProvider:
-    def __init__(
-        self, api_base: str, api_key: str = "", auth: Auth = "bearer", timeout_sec: float = 120.0
-    ) -> None:
-        self.api_base = api_base.rstrip("/")
-        self._pool = HttpPool(auth_headers(api_key, auth), timeout_sec)
-
-    def close(self) -> None:
-        self._pool.close()
-
+class ResponsesProvider(OpenAIStyleClient):
     def chat(
         self,
         messages: Sequence[Message],
@@ -105,7 +103,31 @@ class ResponsesProvider:
             payload["tools"] = to_tools(tools)
             payload["tool_choice"] = "auto"
         url = f"{self.api_base}/responses"
+        if self.stream:
+            payload["stream"] = True
+            return stream_answer(self._pool, url, payload, ResponsesAccumulator(url), _parse)
         return _parse(url, self._pool.post_json(url, payload))
+
+    def compact(self, messages: Sequence[Message], model: str) -> list[dict[str, Any]]:
+        """``POST {api_base}/responses/compact``: the output items (the conversation's user
+        messages and one opaque ``compaction`` item) that stand in for ``messages`` from
+        now on. They are replayed verbatim as input (see ``to_input``)."""
+        instructions, items = to_input(messages)
+        payload: dict[str, Any] = {"model": model, "input": items}
+        if instructions:
+            payload["instructions"] = instructions
+        url = f"{self.api_base}/responses/compact"
+        data = self._pool.post_json(url, payload)
+        try:
+            output = [item for item in data["output"] if isinstance(item, dict)]
+            if not any(
+                item.get("type") == "compaction" and isinstance(item.get("encrypted_content"), str)
+                for item in output
+            ):
+                raise ValueError("no compaction item in the output")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise malformed(url, "a compaction", data, exc) from exc
+        return output
 
 
 def _parse(url: str, data: Any) -> LLMResponse:
@@ -127,11 +149,68 @@ def _parse(url: str, data: Any) -> LLMResponse:
             calls.append(
                 ToolCall.parse(call_id, str(item.get("name") or ""), item.get("arguments"))
             )
-    incomplete = (data.get("incomplete_details") or {}).get("reason")
     return build_response(
         "".join(texts),
         calls,
-        text_finish="length" if incomplete == "max_output_tokens" else "stop",
+        text_finish=_finish_of(data),
         usage=data.get("usage"),
         model=data.get("model"),
     )
+
+
+def _finish_of(data: dict[str, Any]) -> str:
+    incomplete = (data.get("incomplete_details") or {}).get("reason")
+    return "length" if incomplete == "max_output_tokens" else "stop"
+
+
+class ResponsesAccumulator(StreamAccumulator):
+    """Responses API events. Text (``response.output_text.delta``) and function-call
+    arguments (``response.function_call_arguments.delta``) arrive in pieces keyed by
+    ``output_index``; ``response.output_item.added`` names a call first. The answer ends
+    with ``response.completed`` (or ``.incomplete``), which carries the usage; ``error`` and
+    ``response.failed`` report a failure mid-answer. There is no ``[DONE]``."""
+
+    terminal = "response.completed"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._texted: set[int] = set()  # output indexes whose text came as deltas
+        self._final: dict[str, Any] = {}  # the terminal event's response object
+
+    def on_event(self, name: str, data: dict[str, Any]) -> None:
+        index = data.get("output_index") if isinstance(data.get("output_index"), int) else 0
+        response = data.get("response") if isinstance(data.get("response"), dict) else {}
+        self.model = str(response.get("model") or self.model)
+        if name == "error":
+            self.fail(data)
+        elif name == "response.failed":
+            self.fail(response.get("error") or "response.failed")
+        elif name == "response.output_text.delta":
+            self.content.append(str(data.get("delta") or ""))
+            self._texted.add(index)
+        elif name == "response.function_call_arguments.delta":
+            self.calls.setdefault(index, CallParts()).arguments += str(data.get("delta") or "")
+        elif name in ("response.output_item.added", "response.output_item.done"):
+            item = data.get("item")
+            if isinstance(item, dict):
+                self._item(index, item, done=name.endswith(".done"))
+        elif name in ("response.completed", "response.incomplete"):
+            self.done = True
+            self._final = response
+            self.take_usage(response.get("usage"))
+            self.finish_reason = _finish_of(response)
+
+    def _item(self, index: int, item: dict[str, Any], *, done: bool) -> None:
+        if item.get("type") == "function_call":
+            parts = self.calls.setdefault(index, CallParts())
+            parts.id = parts.id or str(item.get("call_id") or item.get("id") or "")
+            parts.name = parts.name or str(item.get("name") or "")
+            if done and not parts.arguments:  # a server that sent no argument deltas
+                parts.arguments = str(item.get("arguments") or "")
+        elif done and item.get("type") == "message" and index not in self._texted:
+            self.content.append(text_of(item.get("content")))
+
+    def result(self) -> LLMResponse:
+        if not self.content and not self.calls and self._final.get("output"):
+            return _parse(self.url, self._final)  # only the final object held the output
+        return super().result()

@@ -1,11 +1,20 @@
-"""Streamed chat completions: ``"stream": true`` answered with server-sent events.
+"""Streamed answers: ``"stream": true`` answered with server-sent events (SSE).
 
-Each ``data:`` line is a ``chat.completion.chunk``; content arrives in pieces, tool calls
-arrive as deltas keyed by ``index`` (``id`` and ``function.name`` first, then
-``function.arguments`` in pieces), the last chunk before ``data: [DONE]`` may carry the
-usage (``stream_options.include_usage``). The pieces are put back together into the same
-``LLMResponse`` a non-streamed call returns. A stream that stops before ``[DONE]`` is a
-transient, retryable failure: the answer is incomplete, asking again may succeed.
+The generic part reads the SSE lines of one POST and hands each ``data:`` payload (with the
+name of its ``event:``) to a protocol's ``StreamAccumulator``, which puts the pieces back
+together into the same ``LLMResponse`` a non-streamed call returns. HTTP errors are classified
+as for a plain POST, a server that ignores ``stream`` and answers JSON is parsed as
+non-streamed, and a stream that stops before its terminal event (or reports an error
+mid-answer) is a transient, retryable failure: the answer is incomplete, asking again may
+succeed.
+
+Chat completions' accumulator lives here; the Responses and Anthropic ones live with their
+protocols (responses.py, anthropic.py).
+
+Chat completions: each ``data:`` line is a ``chat.completion.chunk``; content arrives in
+pieces, tool calls arrive as deltas keyed by ``index`` (``id`` and ``function.name`` first,
+then ``function.arguments`` in pieces), the last chunk before ``data: [DONE]`` may carry the
+usage (``stream_options.include_usage``).
 """
 
 from __future__ import annotations
@@ -13,16 +22,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 
 from claw_worker.providers.base import (
+    ContextTooLong,
     LLMResponse,
     ProviderError,
     ToolCall,
     body_preview,
     build_response,
+    classify,
 )
 from claw_worker.providers.http import HttpPool, http_error, non_json_200, transport_error
 
@@ -30,82 +41,63 @@ JsonParser = Callable[[str, Any], LLMResponse]  # a non-streamed body -> LLMResp
 
 
 @dataclass
-class _CallParts:
+class CallParts:
     id: str = ""
     name: str = ""
     arguments: str = ""
 
 
 class StreamAccumulator:
-    """The pieces of one streamed answer, fed one SSE line at a time."""
+    """The pieces of one streamed answer; a protocol's subclass implements ``on_event``
+    (and sets ``done`` on its terminal event, named by ``terminal`` in errors)."""
+
+    terminal = "[DONE]"
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.done = False
         self.content: list[str] = []
-        self.calls: dict[int, _CallParts] = {}
+        self.calls: dict[int, CallParts] = {}  # by the protocol's index of the call
         self.finish_reason = ""
         self.usage: dict[str, int] = {}
         self.model = ""
 
-    def feed(self, line: str) -> None:
-        line = line.strip()
-        if not line.startswith("data:"):
-            return  # blank separators, ": keep-alive" comments, "event:" lines
-        data = line[5:].strip()
-        if data == "[DONE]":
+    def feed(self, event: str, data: str) -> None:
+        """One ``data:`` payload; ``event`` is the name from its ``event:`` line, if any."""
+        if data == "[DONE]":  # chat completions' end (harmless after the other wires' end)
             self.done = True
             return
         try:
-            chunk = json.loads(data)
+            payload = json.loads(data)
         except ValueError as exc:
             raise ProviderError(
                 f"LLM API {self.url} streamed a non-JSON chunk: {body_preview(data)}",
                 retryable=True,
                 kind="transient",
             ) from exc
-        if isinstance(chunk, dict):
-            self._chunk(chunk)
+        if isinstance(payload, dict):
+            self.on_event(str(payload.get("type") or event), payload)
 
-    def _chunk(self, chunk: dict[str, Any]) -> None:
-        error = chunk.get("error")
-        if error:  # some proxies report a failure mid-stream as a chunk
-            detail = error.get("message") if isinstance(error, dict) else error
-            raise ProviderError(
-                f"LLM API {self.url} failed mid-stream: {str(detail)[:500]}",
-                retryable=True,
-                kind="transient",
-            )
-        self.model = str(chunk.get("model") or self.model)
-        usage = chunk.get("usage")
+    def on_event(self, name: str, data: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def fail(self, detail: Any) -> NoReturn:
+        """An error reported mid-stream: transient, asking again may succeed; except a
+        context-length refusal (``response.failed`` with ``context_length_exceeded``),
+        which the agent answers by compacting, as for the same refusal as an HTTP 400."""
+        if isinstance(detail, dict):
+            detail = detail.get("message") or detail
+        message = f"LLM API {self.url} failed mid-stream: {str(detail)[:500]}"
+        if classify(400, str(detail)) == "context_too_long":
+            raise ContextTooLong(message, kind="context_too_long")
+        raise ProviderError(message, retryable=True, kind="transient")
+
+    def take_usage(self, usage: Any) -> None:
+        """Merge integer counts (Anthropic sends them in two events; zeros do not erase)."""
         if isinstance(usage, dict):
-            self.usage = {k: v for k, v in usage.items() if isinstance(v, int)}
-        for choice in chunk.get("choices") or []:
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            if choice.get("finish_reason"):
-                self.finish_reason = str(choice["finish_reason"])
-            delta = choice.get("delta") or {}
-            if isinstance(delta.get("content"), str):
-                self.content.append(delta["content"])
-            for position, raw in enumerate(delta.get("tool_calls") or []):
-                if isinstance(raw, dict):
-                    self._tool_delta(position, raw)
-
-    def _tool_delta(self, position: int, raw: dict[str, Any]) -> None:
-        index = raw.get("index")
-        parts = self.calls.setdefault(index if isinstance(index, int) else position, _CallParts())
-        if raw.get("id") and not parts.id:
-            parts.id = str(raw["id"])
-        function = raw.get("function") or {}
-        name = function.get("name")
-        if isinstance(name, str) and name and name != parts.name:
-            parts.name = name if not parts.name else parts.name + name
-        arguments = function.get("arguments")
-        if isinstance(arguments, str):
-            parts.arguments += arguments
-        elif isinstance(arguments, dict):  # a whole object in one delta
-            parts.arguments += json.dumps(arguments, ensure_ascii=False)
+            for key, value in usage.items():
+                if isinstance(value, int) and (value or key not in self.usage):
+                    self.usage[key] = value
 
     def result(self) -> LLMResponse:
         calls = [
@@ -121,15 +113,55 @@ class StreamAccumulator:
         )
 
 
-def stream_chat(
-    pool: HttpPool, url: str, payload: dict[str, Any], parse_json: JsonParser
+class ChatAccumulator(StreamAccumulator):
+    """Chat completions chunks (no ``event:`` names; the end is ``data: [DONE]``)."""
+
+    def on_event(self, name: str, data: dict[str, Any]) -> None:
+        if data.get("error"):  # some proxies report a failure mid-stream as a chunk
+            self.fail(data["error"])
+        self.model = str(data.get("model") or self.model)
+        self.take_usage(data.get("usage"))
+        for choice in data.get("choices") or []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            if choice.get("finish_reason"):
+                self.finish_reason = str(choice["finish_reason"])
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                self.content.append(delta["content"])
+            for position, raw in enumerate(delta.get("tool_calls") or []):
+                if isinstance(raw, dict):
+                    self._tool_delta(position, raw)
+
+    def _tool_delta(self, position: int, raw: dict[str, Any]) -> None:
+        index = raw.get("index")
+        parts = self.calls.setdefault(index if isinstance(index, int) else position, CallParts())
+        if raw.get("id") and not parts.id:
+            parts.id = str(raw["id"])
+        function = raw.get("function") or {}
+        name = function.get("name")
+        if isinstance(name, str) and name and name != parts.name:
+            parts.name = name if not parts.name else parts.name + name
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            parts.arguments += arguments
+        elif isinstance(arguments, dict):  # a whole object in one delta
+            parts.arguments += json.dumps(arguments, ensure_ascii=False)
+
+
+def stream_answer(
+    pool: HttpPool,
+    url: str,
+    payload: dict[str, Any],
+    acc: StreamAccumulator,
+    parse_json: JsonParser,
 ) -> LLMResponse:
-    """POST ``payload`` with ``"stream": true`` and assemble the answer. HTTP errors are
-    classified as in ``HttpPool.post_json``; a server that ignores ``stream`` and answers
-    plain JSON is parsed with ``parse_json``."""
-    acc = StreamAccumulator(url)
+    """POST ``payload`` (which asks for ``"stream": true``) and assemble the answer with
+    ``acc``. HTTP errors are classified as in ``HttpPool.post_json``; a server that ignores
+    ``stream`` and answers plain JSON is parsed with ``parse_json``."""
+    headers = {"Accept": "text/event-stream"}
     try:
-        with pool.client().stream("POST", url, json=payload) as response:
+        with pool.client().stream("POST", url, json=payload, headers=headers) as response:
             if response.status_code != 200:
                 response.read()
                 raise http_error(url, response)
@@ -140,16 +172,30 @@ def stream_chat(
                 except ValueError as exc:
                     raise non_json_200(url, response) from exc
                 return parse_json(url, data)
-            for line in response.iter_lines():
-                acc.feed(line)
-                if acc.done:
-                    break
+            _read_events(response.iter_lines(), acc)
     except httpx.TransportError as exc:  # includes timeouts
         raise transport_error(url, exc, "stream from") from exc
     if not acc.done:
         raise ProviderError(
-            f"LLM stream from {url} ended before [DONE] (connection lost mid-answer)",
+            f"LLM stream from {url} ended before {acc.terminal} (connection lost mid-answer)",
             retryable=True,
             kind="transient",
         )
     return acc.result()
+
+
+def _read_events(lines: Any, acc: StreamAccumulator) -> None:
+    """Feed each ``data:`` line to ``acc`` as it arrives (every wire puts one JSON document
+    on one line), until the terminal event."""
+    event = ""
+    for raw in lines:
+        line = raw.strip()
+        if not line:
+            event = ""  # a blank line ends an event
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            acc.feed(event, line[5:].strip())
+            if acc.done:
+                return
+        # anything else: ": keep-alive" comments, "id:" and "retry:" fields
