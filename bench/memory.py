@@ -1,9 +1,10 @@
-"""Memory index benchmark: ``python -m bench.memory [--notes 10000] [--queries 300]``.
+"""Memory index benchmark: ``python -m bench.memory [--notes 10000] [--queries 300] [--zh]``.
 
 Generates dated notes (the layout ``memory_write`` produces), builds the FTS5 index from
 scratch, then times searches, the per-search freshness check, an incremental refresh after
 one file changes, and appends. Prints a small Markdown table; the target is a median search
-under 20 ms at 10,000 notes.
+under 20 ms at 10,000 notes. ``--zh`` writes Chinese notes with English terms mixed in (and
+Chinese queries, without spaces) instead of English ones.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import random
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.report import host_lines
@@ -27,20 +29,49 @@ _VOCAB = (
     "flight hotel train concert dinner lunch gym running bicycle repair insurance tax "
     "contract client proposal design review roadmap sprint bug ticket customer support"
 )
-WORDS = _VOCAB.split()
+_VOCAB_ZH = (
+    "部署 预发环境 Redis 备份 发票 会议 出差 花园 笔记本 电池 显示器 证书 nginx Kubernetes "
+    "预算 牙医 生日 菜谱 咖啡 茶 键盘 Python 发布 迁移 数据库 表结构 索引 延迟 告警 值班 "
+    "假期 航班 酒店 火车 音乐会 晚饭 午饭 健身 跑步 自行车 维修 保险 报税 合同 客户 方案 "
+    "设计 评审 路线图 迭代 缺陷 工单 售后 上次 之前 决定 讨论 的 了 在 和"
+)
 
 
-def note_text(rng: random.Random, n: int) -> str:
-    words = rng.choices(WORDS, k=rng.randint(12, 40))
-    return f"Note {n} ref-{rng.randrange(10**6)}: " + " ".join(words) + "."
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    words: list[str]
+    sep: str  # between words: Chinese is written without spaces
+    label: str
+    probe: str  # appended after the build, then searched for
+    probe_query: str
+    probe_word: str
 
 
-def generate(workspace: Path, notes: int, days: int, seed: int = 7) -> None:
+CORPORA = {
+    "en": Corpus(
+        "en", _VOCAB.split(), " ", "Note", "The quarterly zeppelin inspection is due on Friday.",
+        "zeppelin inspection", "zeppelin",
+    ),
+    "zh": Corpus(
+        "zh", _VOCAB_ZH.split(), "", "笔记", "季度飞艇检查定在周五。", "飞艇检查", "飞艇",
+    ),
+}  # fmt: skip
+
+
+def note_text(rng: random.Random, n: int, corpus: Corpus = CORPORA["en"]) -> str:
+    words = rng.choices(corpus.words, k=rng.randint(12, 40))
+    return f"{corpus.label} {n} ref-{rng.randrange(10**6)}: " + corpus.sep.join(words) + "."
+
+
+def generate(
+    workspace: Path, notes: int, days: int, seed: int = 7, corpus: Corpus = CORPORA["en"]
+) -> None:
     """Day files written directly (one write each): the benchmark is about the index."""
     rng = random.Random(seed)
     per_day: dict[int, list[str]] = {}
     for n in range(notes):
-        per_day.setdefault(n % days, []).append(note_text(rng, n))
+        per_day.setdefault(n % days, []).append(note_text(rng, n, corpus))
     start = time.time() - days * 86400
     for day, texts in per_day.items():
         when = start + day * 86400
@@ -60,23 +91,25 @@ def timed_ms(fn: object, *args: object) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def run(workspace: Path, notes: int, days: int, queries: int) -> list[tuple[str, str]]:
+def run(
+    workspace: Path, notes: int, days: int, queries: int, corpus: Corpus = CORPORA["en"]
+) -> list[tuple[str, str]]:
     t0 = time.perf_counter()
-    generate(workspace, notes, days)
+    generate(workspace, notes, days, corpus=corpus)
     gen_s = time.perf_counter() - t0
 
     index = MemoryIndex(workspace)
     build_s = timed_ms(index.refresh) / 1000
     rng = random.Random(11)
-    qs = [" ".join(rng.sample(WORDS, rng.randint(1, 4))) for _ in range(queries)]
+    qs = [corpus.sep.join(rng.sample(corpus.words, rng.randint(1, 4))) for _ in range(queries)]
     index.search(qs[0], 5)  # warm the connection and page cache
     with_check = [timed_ms(index.search, q, 5) for q in qs]
     no_check = [timed_ms(lambda q: index.search(q, 5, refresh=False), q) for q in qs]
     fresh = [timed_ms(index.refresh) for _ in range(50)]
 
-    store.append(workspace, "note", "The quarterly zeppelin inspection is due on Friday.")
+    store.append(workspace, "note", corpus.probe)
     incremental = timed_ms(index.refresh)
-    found = index.search("zeppelin inspection", 1)
+    found = index.search(corpus.probe_query, 1)
     appends = [
         timed_ms(store.append, workspace, "project", f"decision {i}: ship it") for i in range(50)
     ]
@@ -87,7 +120,7 @@ def run(workspace: Path, notes: int, days: int, queries: int) -> list[tuple[str,
     )
     median = statistics.median(with_check)
     return [
-        ("notes / day files", f"{notes} / {days}"),
+        ("notes / day files", f"{notes} / {days} ({corpus.name})"),
         ("generate files", f"{gen_s:.2f} s"),
         ("index build (full)", f"{build_s:.2f} s"),
         ("index size", f"{size_mb:.1f} MB"),
@@ -96,7 +129,10 @@ def run(workspace: Path, notes: int, days: int, queries: int) -> list[tuple[str,
         ("freshness check, nothing changed p50", f"{statistics.median(fresh):.2f} ms"),
         ("incremental refresh after one append", f"{incremental:.1f} ms"),
         ("memory_write append p50", f"{statistics.median(appends):.2f} ms"),
-        ("new note found first", "yes" if found and "zeppelin" in found[0].snippet else "NO"),
+        (
+            "new note found first",
+            "yes" if found and corpus.probe_word in found[0].snippet else "NO",
+        ),
         (f"target: search p50 < {TARGET_MS:.0f} ms", "PASS" if median < TARGET_MS else "FAIL"),
     ]
 
@@ -113,9 +149,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--days", type=int, default=365, help="dated note files")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--dir", help="workspace to use (default: a temporary directory)")
+    parser.add_argument("--zh", action="store_true", help="Chinese notes and queries")
     args = parser.parse_args(argv)
+    corpus = CORPORA["zh" if args.zh else "en"]
     with tempfile.TemporaryDirectory(prefix="claw-mem-") as tmp:
-        rows = run(Path(args.dir or tmp), args.notes, args.days, args.queries)
+        rows = run(Path(args.dir or tmp), args.notes, args.days, args.queries, corpus)
     for line in host_lines():
         print(line)
     print()

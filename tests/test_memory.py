@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -12,10 +14,19 @@ import pytest
 import redis
 
 from claw_worker.agent import Agent
+from claw_worker.agent.context import memory_recall
 from claw_worker.config.schema import Config
 from claw_worker.contract import InboundMessage
 from claw_worker.memory import store
-from claw_worker.memory.index import MemoryIndex, chunk_markdown, fts_query
+from claw_worker.memory.index import (
+    SCHEMA_VERSION,
+    MemoryIndex,
+    chunk_markdown,
+    fts_query,
+    restore,
+    scan,
+    segment,
+)
 from claw_worker.tools.base import ToolContext
 from claw_worker.tools.registry import default_tools
 from tests.fixtures.claw_home import ClawHome
@@ -32,6 +43,16 @@ TOPICS = [
     "prefer short answers in the morning, longer explanations in the evening",
     "the garden needs watering twice a week during summer",
 ]
+TOPICS_ZH = [
+    "周末去超市买了牛奶、鸡蛋和面包，顺便给阳台的花浇了水",
+    "周会改到周四下午，和设计团队一起评审新版首页",
+    "笔记本接外接显示器时电池掉得很快，考虑换个 USB-C 扩展坞",
+    "订好了去杭州开会的高铁票，周五早上八点出发",
+    "Redis 内存占用偏高，把 Redis 的 maxmemory 调到 4GB，淘汰策略改成 allkeys-lru",
+    "用户喜欢简短的回答，技术细节可以展开讲",
+    "预算表要在月底前交给财务，记得附上发票",
+]
+DEPLOY = "我们上次讨论了部署方案：先在 staging 用 Redis 哨兵模式跑一周，再切生产流量。"
 
 
 def seed_notes(workspace: Path, count: int) -> None:
@@ -39,6 +60,105 @@ def seed_notes(workspace: Path, count: int) -> None:
     for i in range(count):
         topic = TOPICS[i % len(TOPICS)]
         store.append(workspace, "note", f"Note {i}: {topic}.", now=start + i * 3600 * 5)
+
+
+def seed_notes_zh(workspace: Path, count: int) -> None:
+    start = time.time() - 40 * DAY
+    for i in range(count):
+        topic = TOPICS_ZH[i % len(TOPICS_ZH)]
+        store.append(workspace, "note", f"第 {i} 条：{topic}。", now=start + i * 3600 * 5)
+
+
+@pytest.fixture
+def zh_workspace(tmp_path: Path) -> Path:
+    """Chinese notes with English mixed in, plus the ones the searches below look for."""
+    seed_notes_zh(tmp_path, 70)
+    store.append(tmp_path, "note", DEPLOY)
+    store.append(tmp_path, "profile", "家里的猫叫年糕，三岁，最爱吃鸡胸肉。")
+    store.append(
+        tmp_path,
+        "procedures",
+        "## 数据库备份\n\n备份脚本每晚两点运行；备份文件保留三十天，恢复前先校验备份。",
+    )
+    store.append(tmp_path, "project", "新版官网下个月上线，上线前还要做一次备份演练。")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        pytest.param("上次", DEPLOY, id="two-chars"),  # one bigram
+        pytest.param("猫", "家里的猫叫年糕", id="one-char"),  # a prefix query over bigrams
+        pytest.param("部署方案", DEPLOY, id="four-chars"),  # three bigrams, all in the note
+        pytest.param("哨兵模式", DEPLOY, id="four-chars-rare"),
+        pytest.param("Redis 部署", DEPLOY, id="mixed"),  # beats the notes saying Redis twice
+        pytest.param("年糕最爱吃什么？", "家里的猫叫年糕", id="question"),  # not the wording
+    ],
+)
+def test_chinese_queries_find_the_note(zh_workspace: Path, query: str, expected: str) -> None:
+    hits = MemoryIndex(zh_workspace).search(query, 3)
+    assert hits, f"no match for {query!r}"
+    assert expected in hits[0].snippet  # the original text, not the indexed bigrams
+    assert "\u200b" not in hits[0].snippet
+
+
+def test_chinese_ranking_and_original_text(zh_workspace: Path) -> None:
+    hits = MemoryIndex(zh_workspace).search("备份", 5)
+    # A section about backups (the heading and three mentions) above a passing mention.
+    assert [h.path for h in hits[:2]] == ["memory/procedures.md", "memory/project.md"]
+    assert hits[0].heading == "数据库备份" and hits[0].score > hits[1].score
+    assert hits[0].snippet == "备份脚本每晚两点运行；备份文件保留三十天，恢复前先校验备份。"
+    # Notes about other things do not match at all.
+    assert not any("超市" in h.snippet for h in hits)
+
+
+@pytest.mark.parametrize(
+    ("text", "query"),
+    [
+        pytest.param("東京タワーの近くで打ち合わせ、来週の金曜日。", "タワー", id="japanese"),
+        pytest.param("배포 일정은 다음 주 화요일로 확정되었다.", "일정", id="korean"),
+        pytest.param("Mixed 中英文 text, 𠮷野家 lunch 々 and 〇.", "𠮷野家", id="astral"),
+    ],
+)
+def test_other_cjk_scripts_and_round_trip(tmp_path: Path, text: str, query: str) -> None:
+    assert restore(segment(text)) == text
+    store.append(tmp_path, "note", text)
+    hits = MemoryIndex(tmp_path).search(query, 1)
+    assert hits and hits[0].snippet == text
+
+
+def test_old_index_is_rebuilt_once(tmp_path: Path) -> None:
+    """An index written by the unicode61-only version, up to date with the files: the
+    upgrade re-indexes it on first use, and only then."""
+    store.append(tmp_path, "note", DEPLOY)
+    db = tmp_path / "memory" / ".index.sqlite3"
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.executescript(
+            "CREATE TABLE files (path TEXT PRIMARY KEY, sig TEXT NOT NULL);"
+            "CREATE VIRTUAL TABLE chunks USING fts5(path UNINDEXED, heading, body,"
+            " tokenize = 'unicode61 remove_diacritics 2');"
+        )
+        for rel, sig in scan(tmp_path).items():
+            text = (tmp_path / rel).read_text(encoding="utf-8")
+            conn.executemany(
+                "INSERT INTO chunks VALUES (?, ?, ?)",
+                [(rel, heading, body) for heading, body in chunk_markdown(text)],
+            )
+            conn.execute("INSERT INTO files VALUES (?, ?)", (rel, sig))
+
+    hits = MemoryIndex(tmp_path).search("部署", 5)
+    assert [h.snippet for h in hits] == [DEPLOY]
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert MemoryIndex(tmp_path).refresh() == 0  # a new connection does not rebuild again
+
+
+def test_chinese_recall_keywords_add_the_note(zh_workspace: Path) -> None:
+    defaults = Config().agents.defaults
+    block = memory_recall(zh_workspace, "上次说的部署方案是什么来着？", defaults)
+    assert block.startswith("## Relevant memory")
+    assert DEPLOY in block.splitlines()[2]  # the first passage
+    assert memory_recall(zh_workspace, "部署方案是什么？", defaults) == ""  # no keyword
 
 
 def test_the_most_relevant_note_ranks_first(tmp_path: Path) -> None:
@@ -88,13 +208,17 @@ def test_corrupt_index_is_rebuilt(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ['"foo" AND (', "NEAR(a b", "*", "a OR", "-x:y", "'; DROP TABLE chunks; --", '""', "^", " "],
+    [
+        *['"foo" AND (', "NEAR(a b", "*", "a OR", "-x:y", "'; DROP TABLE chunks; --", '""', "^"],
+        *[" ", '"部署" AND (', "上*", "NEAR(部署 方案", "“部署”：", "\u200b", "。"],
+    ],
 )
 def test_weird_queries_never_raise(tmp_path: Path, query: str) -> None:
-    store.append(tmp_path, "note", "foo bar baz AND a thing")
+    store.append(tmp_path, "note", "foo bar baz AND a thing，部署方案")
     hits = MemoryIndex(tmp_path).search(query, 5)
     assert isinstance(hits, list)
     assert fts_query('"foo" AND (') == '"foo" OR "and"'
+    assert fts_query('Redis部署" AND (上*') == '"redis" OR "部署" OR "and" OR "上"*'
 
 
 def test_chunks_follow_headings_and_size() -> None:

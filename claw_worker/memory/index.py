@@ -1,5 +1,11 @@
 """A SQLite FTS5 index over the memory files, ranked with bm25.
 
+Chinese, Japanese and Korean are written without spaces between words, so unicode61 alone
+would make a whole run of them one token and "部署" would not find "我们上次讨论了部署方案".
+Such runs are indexed as overlapping character bigrams (the approach of Lucene's
+CJKAnalyzer; the trigram tokenizer cannot match one- or two-character terms), see
+``segment``; everything else is tokenized by unicode61 as before.
+
 The index is derived data: it lives at ``memory/.index.sqlite3`` in the (shared) workspace
 and is brought up to date before every search by comparing each file's size, mtime and
 inode to what was recorded, so a note written on any host is found from every host. A
@@ -16,7 +22,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -29,17 +35,30 @@ T = TypeVar("T")
 DB_NAME = ".index.sqlite3"
 CHUNK_MIN = 500  # paragraphs are merged up to here, so one chunk is a useful snippet...
 CHUNK_MAX = 1000  # ...and split before here, so one huge file is not one giant chunk
-MAX_QUERY_TERMS = 24
+MAX_QUERY_TERMS = 32  # words, or bigrams: n - 1 for a run of n CJK characters
+SNIPPET_TOKENS = 24
+CJK_SNIPPET_TOKENS = 48  # one token per character there
 BUSY_TIMEOUT_MS = 10_000
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _TERM = re.compile(r"\w+", re.UNICODE)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, sig TEXT NOT NULL);
-CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING fts5(
-    path UNINDEXED, heading, body, tokenize = 'unicode61 remove_diacritics 2'
-);
-"""
+# Han (with 々 and 〇), kana (without the middle dot ・) and hangul, BMP and beyond.
+_CJK = (
+    "\u1100-\u11ff\u3005\u3007\u3040-\u309f\u30a0-\u30fa\u30fc-\u30ff\u3130-\u318f"
+    "\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff"
+    "\uff66-\uff9f\U00020000-\U0003134f"
+)
+_CJK_RUN = re.compile(f"[{_CJK}]+")
+_SEP = "\u200b"  # zero-width space: unicode61 splits on it, and it is invisible anyway
+_SEGMENTED_RUN = re.compile(f"[{_CJK}]+(?:{_SEP}[{_CJK}]+)*")
+
+# user_version 0 (never set) was unicode61 on the raw text; a mismatch re-indexes once.
+SCHEMA_VERSION = 2
+SCHEMA = (
+    "CREATE TABLE files (path TEXT PRIMARY KEY, sig TEXT NOT NULL)",
+    "CREATE VIRTUAL TABLE chunks USING fts5("
+    " path UNINDEXED, heading, body, tokenize = 'unicode61 remove_diacritics 2')",
+)
 
 
 @dataclass(frozen=True)
@@ -87,14 +106,50 @@ def _split_long(text: str) -> list[str]:
     return [*pieces, text] if text else pieces
 
 
+def bigrams(run: str) -> list[str]:
+    """AB BC CD D for ABCD: each character starts exactly one token, so a one-character
+    query is the prefix query ``"X"*`` and counts every occurrence once."""
+    return [run[i : i + 2] for i in range(len(run))]
+
+
+def segment(text: str) -> str:
+    """Text as indexed: each CJK run as its bigrams, joined and set apart by U+200B.
+
+    The stored text stays reversible (``restore``), so snippet() still cuts fragments at
+    token boundaries and the hits show the original text. U+200B already in the text is
+    dropped.
+    """
+    text = text.replace(_SEP, "")
+    return _CJK_RUN.sub(lambda m: _SEP + _SEP.join(bigrams(m.group())) + _SEP, text)
+
+
+def restore(text: str) -> str:
+    """The original text of ``segment``'s output, or of any fragment of it."""
+
+    def join(match: re.Match[str]) -> str:
+        *tokens, last = match.group().split(_SEP)
+        return "".join(t[0] for t in tokens) + last
+
+    return _SEGMENTED_RUN.sub(join, text).replace(_SEP, "")
+
+
 def fts_query(text: str) -> str:
     """User text as a safe FTS5 query: every word quoted (so ``AND``, ``(``, ``"`` and ``*``
-    are plain text, never syntax), OR-ed so bm25 ranks by how much of the query matches."""
+    are plain text, never syntax), OR-ed so bm25 ranks by how much of the query matches.
+    A CJK run becomes its bigrams (no spaces tell its words apart), one character a prefix.
+    """
     terms: list[str] = []
-    for term in _TERM.findall(text.lower()):
-        if term not in terms:
-            terms.append(term)
-    return " OR ".join(f'"{t}"' for t in terms[:MAX_QUERY_TERMS])
+    for word in _TERM.findall(_CJK_RUN.sub(r" \g<0> ", text.lower())):
+        if not _CJK_RUN.fullmatch(word):
+            found = [f'"{word}"']
+        elif len(word) == 1:
+            found = [f'"{word}"*']
+        else:
+            found = [f'"{b}"' for b in bigrams(word)[:-1]]
+        for term in found:
+            if term not in terms:
+                terms.append(term)
+    return " OR ".join(terms[:MAX_QUERY_TERMS])
 
 
 def _signature(st: os.stat_result) -> str:
@@ -127,6 +182,32 @@ def scan(workspace: Path) -> dict[str, str]:
     return found
 
 
+@contextlib.contextmanager
+def _write(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, its lock taken at once (no deadlock between two upgraders)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Create the tables, or recreate them (empty, so the next refresh re-indexes every
+    file) when an older version built them; checked again under the lock, so once."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        return
+    with _write(conn):
+        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            conn.execute("DROP TABLE IF EXISTS chunks")
+            conn.execute("DROP TABLE IF EXISTS files")
+            for statement in SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
 class MemoryIndex:
     """The index for one workspace; thread-safe (one connection per thread)."""
 
@@ -144,7 +225,7 @@ class MemoryIndex:
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.executescript(SCHEMA)
+            _migrate(conn)
         except BaseException:
             conn.close()
             raise
@@ -180,8 +261,7 @@ class MemoryIndex:
         recorded = dict(conn.execute("SELECT path, sig FROM files").fetchall())
         if recorded == current:
             return 0  # the common case: a read-only check, no write lock taken
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _write(conn):
             # Recomputed under the write lock: another process may have just done the work.
             recorded = dict(conn.execute("SELECT path, sig FROM files").fetchall())
             changed = 0
@@ -199,14 +279,10 @@ class MemoryIndex:
                 conn.execute("DELETE FROM chunks WHERE path = ?", (rel,))
                 conn.executemany(
                     "INSERT INTO chunks (path, heading, body) VALUES (?, ?, ?)",
-                    [(rel, heading, body) for heading, body in chunk_markdown(text)],
+                    [(rel, segment(h), segment(b)) for h, b in chunk_markdown(text)],
                 )
                 conn.execute("INSERT OR REPLACE INTO files (path, sig) VALUES (?, ?)", (rel, sig))
                 changed += 1
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return changed
 
     def search(self, query: str, limit: int = 5, *, refresh: bool = True) -> list[Hit]:
@@ -216,14 +292,16 @@ class MemoryIndex:
         if refresh:
             self.refresh()
 
+        tokens = CJK_SNIPPET_TOKENS if _CJK_RUN.search(query) else SNIPPET_TOKENS
+
         def run(conn: sqlite3.Connection) -> list[Hit]:
             rows = conn.execute(
-                "SELECT path, heading, snippet(chunks, -1, '', '', '…', 24),"
+                "SELECT path, heading, snippet(chunks, -1, '', '', '…', ?),"
                 " bm25(chunks, 0.0, 2.0, 1.0) AS rank"
                 " FROM chunks WHERE chunks MATCH ? ORDER BY rank LIMIT ?",
-                (match, limit),
+                (tokens, match, limit),
             ).fetchall()
-            return [Hit(p, h, s, -float(r)) for p, h, s, r in rows]
+            return [Hit(p, restore(h), restore(s), -float(r)) for p, h, s, r in rows]
 
         return self._with_rebuild("search", run)
 
