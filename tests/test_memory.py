@@ -18,15 +18,8 @@ from claw_worker.agent.context import memory_recall
 from claw_worker.config.schema import Config
 from claw_worker.contract import InboundMessage
 from claw_worker.memory import store
-from claw_worker.memory.index import (
-    SCHEMA_VERSION,
-    MemoryIndex,
-    chunk_markdown,
-    fts_query,
-    restore,
-    scan,
-    segment,
-)
+from claw_worker.memory.index import SCHEMA_VERSION, MemoryIndex, chunk_markdown, scan
+from claw_worker.memory.terms import fts_query, restore, segment
 from claw_worker.tools.base import ToolContext
 from claw_worker.tools.registry import default_tools
 from tests.fixtures.claw_home import ClawHome

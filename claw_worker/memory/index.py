@@ -2,9 +2,8 @@
 
 Chinese, Japanese and Korean are written without spaces between words, so unicode61 alone
 would make a whole run of them one token and "部署" would not find "我们上次讨论了部署方案".
-Such runs are indexed as overlapping character bigrams (the approach of Lucene's
-CJKAnalyzer; the trigram tokenizer cannot match one- or two-character terms), see
-``segment``; everything else is tokenized by unicode61 as before.
+Such runs are indexed as overlapping character bigrams (see ``terms.py``); everything else
+is tokenized by unicode61.
 
 The index is derived data: it lives at ``memory/.index.sqlite3`` in the (shared) workspace
 and is brought up to date before every search by comparing each file's size, mtime and
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from claw_worker.memory.store import INDEX_FILE, LAYERS, NOTES_DIR, memory_dir
+from claw_worker.memory.terms import fts_query, has_cjk, restore, segment
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,22 +35,10 @@ T = TypeVar("T")
 DB_NAME = ".index.sqlite3"
 CHUNK_MIN = 500  # paragraphs are merged up to here, so one chunk is a useful snippet...
 CHUNK_MAX = 1000  # ...and split before here, so one huge file is not one giant chunk
-MAX_QUERY_TERMS = 32  # words, or bigrams: n - 1 for a run of n CJK characters
 SNIPPET_TOKENS = 24
 CJK_SNIPPET_TOKENS = 48  # one token per character there
 BUSY_TIMEOUT_MS = 10_000
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-_TERM = re.compile(r"\w+", re.UNICODE)
-
-# Han (with 々 and 〇), kana (without the middle dot ・) and hangul, BMP and beyond.
-_CJK = (
-    "\u1100-\u11ff\u3005\u3007\u3040-\u309f\u30a0-\u30fa\u30fc-\u30ff\u3130-\u318f"
-    "\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff"
-    "\uff66-\uff9f\U00020000-\U0003134f"
-)
-_CJK_RUN = re.compile(f"[{_CJK}]+")
-_SEP = "\u200b"  # zero-width space: unicode61 splits on it, and it is invisible anyway
-_SEGMENTED_RUN = re.compile(f"[{_CJK}]+(?:{_SEP}[{_CJK}]+)*")
 
 # user_version 0 (never set) was unicode61 on the raw text; a mismatch re-indexes once.
 SCHEMA_VERSION = 2
@@ -104,52 +92,6 @@ def _split_long(text: str) -> list[str]:
         pieces.append(text[:cut].strip())
         text = text[cut:].strip()
     return [*pieces, text] if text else pieces
-
-
-def bigrams(run: str) -> list[str]:
-    """AB BC CD D for ABCD: each character starts exactly one token, so a one-character
-    query is the prefix query ``"X"*`` and counts every occurrence once."""
-    return [run[i : i + 2] for i in range(len(run))]
-
-
-def segment(text: str) -> str:
-    """Text as indexed: each CJK run as its bigrams, joined and set apart by U+200B.
-
-    The stored text stays reversible (``restore``), so snippet() still cuts fragments at
-    token boundaries and the hits show the original text. U+200B already in the text is
-    dropped.
-    """
-    text = text.replace(_SEP, "")
-    return _CJK_RUN.sub(lambda m: _SEP + _SEP.join(bigrams(m.group())) + _SEP, text)
-
-
-def restore(text: str) -> str:
-    """The original text of ``segment``'s output, or of any fragment of it."""
-
-    def join(match: re.Match[str]) -> str:
-        *tokens, last = match.group().split(_SEP)
-        return "".join(t[0] for t in tokens) + last
-
-    return _SEGMENTED_RUN.sub(join, text).replace(_SEP, "")
-
-
-def fts_query(text: str) -> str:
-    """User text as a safe FTS5 query: every word quoted (so ``AND``, ``(``, ``"`` and ``*``
-    are plain text, never syntax), OR-ed so bm25 ranks by how much of the query matches.
-    A CJK run becomes its bigrams (no spaces tell its words apart), one character a prefix.
-    """
-    terms: list[str] = []
-    for word in _TERM.findall(_CJK_RUN.sub(r" \g<0> ", text.lower())):
-        if not _CJK_RUN.fullmatch(word):
-            found = [f'"{word}"']
-        elif len(word) == 1:
-            found = [f'"{word}"*']
-        else:
-            found = [f'"{b}"' for b in bigrams(word)[:-1]]
-        for term in found:
-            if term not in terms:
-                terms.append(term)
-    return " OR ".join(terms[:MAX_QUERY_TERMS])
 
 
 def _signature(st: os.stat_result) -> str:
@@ -292,7 +234,7 @@ class MemoryIndex:
         if refresh:
             self.refresh()
 
-        tokens = CJK_SNIPPET_TOKENS if _CJK_RUN.search(query) else SNIPPET_TOKENS
+        tokens = CJK_SNIPPET_TOKENS if has_cjk(query) else SNIPPET_TOKENS
 
         def run(conn: sqlite3.Connection) -> list[Hit]:
             rows = conn.execute(
