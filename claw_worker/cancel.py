@@ -1,10 +1,11 @@
 """/stop: ask the run of a session to end now; the worker side that hears it.
 
-The ingress sets a cancel mark (the time of the request) and broadcasts it on the control
-channel. Each worker process has one listener thread; a run of that session that started
-before the request sees ``should_stop()`` turn true within milliseconds. The mark is the
-fallback if the broadcast was missed (a reconnect): runs re-check it every two seconds.
-Runs that start after the request are not affected, so the queue simply goes on.
+Each session has a stop counter in Redis. The ingress increments it and broadcasts the new
+value on the control channel (one Lua call). A run remembers the counter's value when it
+starts; a broadcast (or, if the broadcast was missed during a reconnect, the counter
+re-read every two seconds) with a higher value stops it within milliseconds. Runs that start
+after the request read the new value and are not affected, so the queue simply goes on. A
+counter rather than timestamps: hosts' clocks never have to agree.
 """
 
 from __future__ import annotations
@@ -23,35 +24,47 @@ from claw_worker import constants as k
 
 log = structlog.get_logger(__name__)
 
-MARK_TTL_SEC = 600
+COUNTER_TTL_SEC = 7 * 86400  # outlives any run; refreshed by every /stop
 MARK_RECHECK_SEC = 2.0
 
-
-def _stop_payload(session_key: str, at: float) -> str:
-    return json.dumps({"op": "stop", "session_key": session_key, "at": at})
-
-
-async def request_stop(client: aioredis.Redis, session_key: str) -> float:
-    """Ask the current run of ``session_key`` to stop (ingress side); returns the time."""
-    at = time.time()
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.set(k.cancel_key(session_key), at, ex=MARK_TTL_SEC)
-        pipe.publish(k.CONTROL_CHANNEL, _stop_payload(session_key, at))
-        await pipe.execute()
-    return at
+# INCR, refresh the TTL, broadcast; a value left by the old timestamp marks starts over.
+_STOP_SCRIPT = """
+local n = redis.pcall('INCR', KEYS[1])
+if type(n) == 'table' then
+  n = 1
+  redis.call('SET', KEYS[1], n)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[2], cjson.encode({op = 'stop', session_key = ARGV[3], epoch = n}))
+return n
+"""
 
 
-def request_stop_sync(client: redis.Redis, session_key: str) -> float:
-    at = time.time()
-    client.set(k.cancel_key(session_key), at, ex=MARK_TTL_SEC)
-    client.publish(k.CONTROL_CHANNEL, _stop_payload(session_key, at))
-    return at
+def _stop_args(session_key: str) -> tuple[str, int, str, int, str, str]:
+    return (_STOP_SCRIPT, 1, k.cancel_key(session_key), COUNTER_TTL_SEC,
+            k.CONTROL_CHANNEL, session_key)  # fmt: skip
+
+
+async def request_stop(client: aioredis.Redis, session_key: str) -> int:
+    """Ask the current run of ``session_key`` to stop (ingress side); the new counter."""
+    return int(await client.eval(*_stop_args(session_key)))  # type: ignore[misc]
+
+
+def request_stop_sync(client: redis.Redis, session_key: str) -> int:
+    return int(client.eval(*_stop_args(session_key)))  # type: ignore[arg-type]
+
+
+def _counter(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 0  # none yet, or an old timestamp mark
 
 
 @dataclass(eq=False)
 class RunHandle:
     session_key: str
-    started_at: float = field(default_factory=time.time)
+    epoch: int  # the session's stop counter when the run started
     stopped: threading.Event = field(default_factory=threading.Event)
     checked_mark_at: float = 0.0
 
@@ -66,7 +79,7 @@ class CancelListener:
         self._thread: threading.Thread | None = None
 
     def begin(self, session_key: str) -> RunHandle:
-        handle = RunHandle(session_key)
+        handle = RunHandle(session_key, _counter(self.redis.get(k.cancel_key(session_key))))
         with self._lock:
             self._runs.setdefault(session_key, set()).add(handle)
             if self._thread is None or not self._thread.is_alive():
@@ -101,14 +114,14 @@ class CancelListener:
             mark = self.redis.get(k.cancel_key(handle.session_key))
         except redis.RedisError:
             return
-        if mark is not None and float(mark) >= handle.started_at:
+        if _counter(mark) > handle.epoch:
             handle.stopped.set()
 
-    def _stop(self, session_key: str, at: float) -> None:
+    def _stop(self, session_key: str, epoch: int) -> None:
         with self._lock:
             runs = list(self._runs.get(session_key, ()))
         for handle in runs:
-            if handle.started_at <= at:
+            if epoch > handle.epoch:
                 handle.stopped.set()
                 log.info("run stop requested", session_key=session_key)
 
@@ -129,4 +142,4 @@ class CancelListener:
         except (TypeError, ValueError):
             return
         if isinstance(event, dict) and event.get("op") == "stop":
-            self._stop(str(event.get("session_key")), float(event.get("at") or time.time()))
+            self._stop(str(event.get("session_key")), _counter(event.get("epoch")))

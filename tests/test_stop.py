@@ -69,3 +69,27 @@ def test_stop_as_a_chat_command_kills_a_running_shell_tool(
                  what="the message to be cancelled")  # fmt: skip
         after = http.post("/api/message", json={"text": "hello", "session": "api:sh", "wait": True})
         assert after.json()["reply"] == "echo: hello"
+
+
+def test_stop_counter_needs_no_clock_agreement(redis_server) -> None:
+    """A run stops when the session's stop counter passes the value it started with; wall
+    clocks are never compared. A timestamp mark left by an older version is taken over."""
+    from claw_worker import constants
+    from claw_worker.cancel import CancelListener, request_stop_sync
+
+    client = redis_server.client()
+    listener = CancelListener(client)
+    client.set(constants.cancel_key("s:old"), "1763790000.25")  # an old-style mark
+    running = listener.begin("s:old")
+    other = listener.begin("s:other")
+    stop_running, stop_other = listener.should_stop(running), listener.should_stop(other)
+    assert not stop_running()
+    # The listener thread subscribes asynchronously: repeat the request until it is heard.
+    wait_for(lambda: request_stop_sync(client, "s:old") and stop_running(), timeout=10)
+    assert not stop_other(), "another session's run is untouched"
+
+    after = listener.begin("s:old")  # started after the request: not affected
+    assert not listener.should_stop(after)()
+    listener.end(running)
+    listener.end(after)
+    listener.end(other)
