@@ -9,6 +9,7 @@ errors from the endpoint are shown with it masked.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import click
@@ -85,12 +86,44 @@ def check_endpoint(proxy: ProxyConfig, key: str) -> CheckResult:
     return CheckResult(True, f"a test chat request to {proxy.models[0]} succeeded")
 
 
-def _ask(value: str | None, label: str, option: str, *, hide: bool = False) -> str:
+def _url_problem(base: str) -> str | None:
+    if base.startswith(("http://", "https://")):
+        return None
+    return f"the API base must start with http:// or https:// (got {base!r})"
+
+
+def _blank_problem(answer: str) -> str | None:
+    return None if answer else "an answer is needed"
+
+
+def _models_problem(answer: str) -> str | None:
+    return None if split_models((answer,)) else "at least one model name is needed"
+
+
+def _ask(
+    value: str | None,
+    label: str,
+    option: str,
+    problem: Callable[[str], str | None] = _blank_problem,
+    *,
+    hide: bool = False,
+) -> str:
+    """``value`` (from ``option``), or asked for on a terminal until ``problem`` has none."""
     if value is not None:
         return value.strip()
     if not sys.stdin.isatty():
         raise CliError(f"{option} is required (stdin is not a terminal, so login cannot ask)")
-    return str(click.prompt(label, hide_input=hide)).strip()
+    while True:
+        try:
+            answer = str(click.prompt(label, hide_input=hide)).strip()
+        except click.Abort:  # Ctrl-C or end of input at the prompt
+            if not hide:  # click ends the line itself only after hidden input
+                click.echo(err=True)
+            raise CliError("login cancelled; nothing was saved") from None
+        message = problem(answer)
+        if not message:
+            return answer
+        click.echo(f"Error: {message}; try again (Ctrl-C to cancel).", err=True)
 
 
 @click.command()
@@ -110,16 +143,17 @@ def login(
     path = current_path()
     data = load_config_data(path)
     current = (data.get("providers") or {}).get("proxy") or {}
-    base = _ask(api_base, "API base URL", "--api-base")
-    if not base.startswith(("http://", "https://")):
-        raise CliError(f"--api-base must start with http:// or https:// (got {base!r})")
+    base = _ask(
+        api_base, "API base URL (e.g. https://llm.example.com/v1)", "--api-base", _url_problem
+    )
     # An empty key is allowed when $CLAW_API_KEY / $OPENAI_API_KEY supplies one.
     env_key = resolve_api_key("")
     key = api_key if api_key is not None else ("" if env_key else None)
     key = _ask(key, "API key", "--api-key", hide=True)
     names = split_models(models)
     if not names:
-        names = split_models((_ask(None, "Model(s), comma-separated", "--model"),))
+        answer = _ask(None, "Model name(s), comma-separated", "--model", _models_problem)
+        names = split_models((answer,))
     if not names:
         raise CliError("at least one --model is needed")
     chosen = protocol or current.get("protocol") or "chat_completions"
