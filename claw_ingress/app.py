@@ -76,13 +76,17 @@ async def post_message(request: Request) -> JSONResponse:
     )
     waiter = state.outbound.expect(message.message_id) if body.wait else None
     try:
-        await state.mailbox.enqueue(message)
+        enqueued = await state.mailbox.enqueue(message)
     except RedisError as exc:
         if waiter:
             state.outbound.forget(message.message_id, waiter)
         return unavailable(exc)
     state.dispatcher.wake(message.session_key)
-    accepted = {"message_id": message.message_id, "session_key": message.session_key}
+    accepted = {
+        "message_id": message.message_id,
+        "session_key": message.session_key,
+        "run_id": enqueued.run_id,
+    }
     if waiter is None:
         return JSONResponse({**accepted, "status": MessageStatus.QUEUED.value}, status_code=202)
     return await _wait_for_reply(request, message.message_id, waiter, body.timeout, accepted)
@@ -164,7 +168,13 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
         )
         app.state.config = config
         app.state.redis = client
-        app.state.mailbox = AsyncMailbox(client, ttl_sec=config.worker.message_ttl_sec)
+        runs = config.agents.defaults.runtime_control
+        app.state.mailbox = AsyncMailbox(
+            client,
+            ttl_sec=config.worker.message_ttl_sec,
+            run_ttl_sec=runs.run_state_ttl_seconds,
+            run_max=runs.run_state_max,
+        )
         app.state.dispatcher = Dispatcher(create_celery_app(config))
         app.state.outbound = OutboundReader(client)
         app.state.dispatcher.start()

@@ -1,15 +1,19 @@
 """Lua scripts of the session mailbox. Each touches the keys of one session (one hash slot),
 or only global keys, so they run unchanged on Redis Cluster."""
 
-# KEYS: msgrec, mailbox   ARGV: payload, now, ttl_sec, channel, chat_id
-# Returns 1 when stored, 0 when this message_id was already stored (dedupe).
+# KEYS: msgrec, mailbox, latest run   ARGV: payload, now, ttl_sec, channel, chat_id, run_id,
+# run_ttl_sec. Returns {1, run_id} when stored, {0, the stored message's run_id or ''} when
+# this message_id was already stored (dedupe).
 ENQUEUE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local run = redis.call('HGET', KEYS[1], 'run_id')
+if run then return {0, run} end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, ''} end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'queued_at', ARGV[2], 'attempts', 0,
-           'channel', ARGV[4], 'chat_id', ARGV[5])
+           'channel', ARGV[4], 'chat_id', ARGV[5], 'run_id', ARGV[6])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('RPUSH', KEYS[2], ARGV[1])
-return 1
+redis.call('SET', KEYS[3], ARGV[6], 'EX', ARGV[7])
+return {1, ARGV[6]}
 """
 
 # KEYS: lease, inflight, mailbox   ARGV: token

@@ -7,6 +7,8 @@ module imports only redis and the constants.
 
 from __future__ import annotations
 
+import itertools
+import random
 import time
 from typing import Any
 
@@ -17,6 +19,35 @@ from claw_worker import constants as k
 
 FINISHED = ("done", "failed", "cancelled")
 
+# The <n> of ids made where a message is enqueued: a per-process count from a random start;
+# with the nanosecond timestamp, two processes would have to agree on both to collide.
+_QUEUED_SEQ = itertools.count(random.randrange(1, 1 << 30))
+
+
+def new_run_id() -> str:
+    return f"run-{time.time_ns()}-{next(_QUEUED_SEQ)}"
+
+
+def queue_run(
+    pipe: Any, run_id: str, session_key: str, message_id: str, *, ttl_sec: int, max_runs: int
+) -> None:
+    """Add the commands that record a queued run to ``pipe`` (the enqueue pipeline, sync or
+    asyncio: the commands are only buffered here)."""
+    now = time.time()
+    pipe.hset(
+        k.run_key(run_id),
+        mapping={
+            "run_id": run_id,
+            "session_key": session_key,
+            "message_id": message_id,
+            "status": "queued",
+            "queued_at": now,
+        },
+    )
+    pipe.expire(k.run_key(run_id), ttl_sec)
+    pipe.zadd(k.RUNS_INDEX, {run_id: now})
+    pipe.zremrangebyrank(k.RUNS_INDEX, 0, -max_runs - 1)  # their records expire on their own
+
 
 class RunRecorder:
     def __init__(self, client: redis.Redis, *, ttl_sec: int, max_runs: int) -> None:
@@ -24,26 +55,25 @@ class RunRecorder:
         self.ttl_sec = ttl_sec
         self.max_runs = max_runs
 
-    def start(self, session_key: str, message_id: str, attempt: int) -> str:
+    def start(
+        self, session_key: str, message_id: str, attempt: int, run_id: str | None = None
+    ) -> str:
+        """Mark the message's run running; ``run_id`` is the one made when it was queued
+        (None for a message stored without one: a run is made here)."""
         now = time.time()
-        run_id = f"run-{time.time_ns()}-{self.redis.incr(k.RUN_SEQ)}"
+        fields = {"status": "running", "attempt": attempt, "started_at": now}
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(
-                k.run_key(run_id),
-                mapping={
-                    "run_id": run_id,
-                    "session_key": session_key,
-                    "message_id": message_id,
-                    "status": "running",
-                    "attempt": attempt,
-                    "started_at": now,
-                },
-            )
-            pipe.expire(k.run_key(run_id), self.ttl_sec)
-            pipe.set(k.latest_run_key(session_key), run_id, ex=self.ttl_sec)
-            pipe.zadd(k.RUNS_INDEX, {run_id: now})
-            # Keep at most max_runs in the index; their records expire on their own.
-            pipe.zremrangebyrank(k.RUNS_INDEX, 0, -self.max_runs - 1)
+            if run_id:
+                pipe.hset(k.run_key(run_id), mapping=fields)
+                pipe.expire(k.run_key(run_id), self.ttl_sec)
+            else:
+                run_id = f"run-{time.time_ns()}-{self.redis.incr(k.RUN_SEQ)}"
+                queue_run(
+                    pipe, run_id, session_key, message_id,
+                    ttl_sec=self.ttl_sec, max_runs=self.max_runs,
+                )  # fmt: skip
+                pipe.hset(k.run_key(run_id), mapping=fields)
+                pipe.set(k.latest_run_key(session_key), run_id, ex=self.ttl_sec)
             pipe.execute()
         return run_id
 
@@ -69,9 +99,15 @@ async def read_run(client: aioredis.Redis, run_id: str) -> dict[str, str] | None
 
 
 def describe_run(run: dict[str, str]) -> str:
+    queued = float(run.get("queued_at") or 0)
     started = float(run.get("started_at") or 0)
     finished = float(run.get("finished_at") or 0)
-    took = f"{finished - started:.1f}s" if finished else f"running for {time.time() - started:.0f}s"
+    if not started:
+        took = f"waiting for {time.time() - queued:.0f}s"
+    elif finished:
+        took = f"{finished - started:.1f}s"
+    else:
+        took = f"running for {time.time() - started:.0f}s"
     parts = [
         f"{run.get('run_id')}: {run.get('status')} ({took})",
         f"session {run.get('session_key')}, message {run.get('message_id')}",

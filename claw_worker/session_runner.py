@@ -110,7 +110,9 @@ def _process(
         return 0.0
 
     started = time.monotonic()
-    run_id = ctx.runs.start(message.session_key, message.message_id, attempt)
+    run_id = ctx.runs.start(
+        message.session_key, message.message_id, attempt, record.get("run_id") or None
+    )
     bound = bound.bind(run_id=run_id)
     run = ctx.cancels.begin(message.session_key)
     stop_requested = ctx.cancels.should_stop(run)

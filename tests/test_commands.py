@@ -56,6 +56,29 @@ def test_runs_status_and_wait_by_command_and_by_request(fleet_factory, llm_serve
         assert say(http, "/status bogus")["reply"].startswith("Usage: /status")
 
 
+def test_a_run_exists_from_the_moment_its_message_is_queued(fleet_factory, llm_server) -> None:
+    fleet = fleet_factory()
+    fleet.start_ingress()  # no worker yet: the messages wait
+    with fleet.client() as http:
+        first, second = say(http, "queued one"), say(http, "queued two")
+        run_id = first["run_id"]
+        assert re.fullmatch(r"run-\d+-\d+", run_id) and second["run_id"] != run_id
+        queued = say(http, f"/status run {run_id}")["reply"]
+        assert queued.startswith(f"{run_id}: queued (waiting for "), queued
+        assert f"message {first['message_id']}" in queued
+        assert say(http, "/status run latest")["reply"].startswith(f"{second['run_id']}: queued")
+
+        llm_server.reply_error(500, when="queued one")  # the first attempt fails, then retried
+        fleet.start_worker()
+        done = say(http, f"/status wait {run_id} 60")["reply"]
+        # The same run went queued -> running -> retrying -> running -> done: no second id.
+        assert done.startswith(f"{run_id}: done") and "attempt 2" in done, done
+        waited = say(http, f"/status wait {second['run_id']} 60")["reply"]
+        assert waited.startswith(f"{second['run_id']}: done")
+        record = http.get(f"/api/messages/{first['message_id']}").json()
+        assert record["run_id"] == run_id and record["attempts"] == 2
+
+
 def test_config_and_lang_commands(fleet_factory, claw_home) -> None:
     fleet = fleet_factory()
     fleet.start_ingress()

@@ -82,7 +82,7 @@ def store_without_wake_up(url: str, session: str, text_: str) -> InboundMessage:
     async def store() -> bool:
         client = aioredis.Redis.from_url(url, decode_responses=True)
         try:
-            return await AsyncMailbox(client).enqueue(message)
+            return (await AsyncMailbox(client).enqueue(message)).stored
         finally:
             await client.aclose()
 

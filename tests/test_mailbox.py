@@ -9,14 +9,14 @@ import redis.asyncio as aioredis
 
 from claw_worker import constants as k
 from claw_worker.contract import InboundMessage, MessageStatus, OutboundMessage
-from claw_worker.mailbox import AsyncMailbox, LeaseLost, Mailbox
+from claw_worker.mailbox import AsyncMailbox, Enqueued, LeaseLost, Mailbox
 from claw_worker.sweeper import sweep_dirty_sessions
 from tests.fixtures.procs import wait_for
 from tests.fixtures.redis_server import RedisServer
 
 
-def enqueue_all(server: RedisServer, messages: list[InboundMessage]) -> list[bool]:
-    async def run() -> list[bool]:
+def enqueue_each(server: RedisServer, messages: list[InboundMessage]) -> list[Enqueued]:
+    async def run() -> list[Enqueued]:
         client = aioredis.Redis.from_url(server.url, decode_responses=True)
         box = AsyncMailbox(client)
         try:
@@ -25,6 +25,10 @@ def enqueue_all(server: RedisServer, messages: list[InboundMessage]) -> list[boo
             await client.aclose()
 
     return asyncio.run(run())
+
+
+def enqueue_all(server: RedisServer, messages: list[InboundMessage]) -> list[bool]:
+    return [e.stored for e in enqueue_each(server, messages)]
 
 
 def msg(session: str, text: str, message_id: str | None = None) -> InboundMessage:
@@ -42,6 +46,22 @@ def test_take_is_fifo_and_dedupes_by_message_id(redis_server: RedisServer) -> No
         seen.append(taken.message.text)
         box.complete(taken.message, "tok", MessageStatus.DONE, "ok")
     assert seen == [f"m{i}" for i in range(5)]
+
+
+def test_each_message_gets_one_queued_run_and_a_duplicate_none(redis_server: RedisServer) -> None:
+    first, second = msg("s2", "a"), msg("s2", "b")
+    one, two, again = enqueue_each(redis_server, [first, second, first])
+    client = redis_server.client()
+    assert (again.stored, again.run_id) == (False, one.run_id), "a duplicate names the first run"
+    assert client.zrange(k.RUNS_INDEX, 0, -1) == [one.run_id, two.run_id]  # no orphan run
+    run = client.hgetall(k.run_key(one.run_id))
+    assert (run["status"], run["message_id"], run["session_key"]) == (
+        "queued",
+        first.message_id,
+        "s2",
+    )
+    assert client.get(k.latest_run_key("s2")) == two.run_id
+    assert client.hget(k.message_key("s2", first.message_id), "run_id") == one.run_id
 
 
 def test_inflight_item_is_taken_again_before_newer_ones(redis_server: RedisServer) -> None:
