@@ -80,6 +80,7 @@ class CancelListener:
 
     def begin(self, session_key: str) -> RunHandle:
         handle = RunHandle(session_key, _counter(self.redis.get(k.cancel_key(session_key))))
+        handle.checked_mark_at = time.monotonic()  # just read: the first re-read is due later
         with self._lock:
             self._runs.setdefault(session_key, set()).add(handle)
             if self._thread is None or not self._thread.is_alive():

@@ -277,3 +277,26 @@ def test_later_compactions_use_the_runtime_note(
     texts = config.agents.defaults.texts
     assert stored[0]["content"].startswith(texts.runtime_compaction_note.split("%")[0])
     assert not stored[0]["content"].startswith(texts.startup_compaction_note.split("%")[0])
+
+
+@pytest.mark.parametrize("with_summary", [False, True], ids=["plain", "summary-head"])
+@pytest.mark.parametrize("limit", [3, 5, 8, 30])
+def test_load_after_load_all_matches_a_fresh_read(
+    client: redis.Redis, with_summary: bool, limit: int
+) -> None:
+    """After ``load_all`` (the compaction check) a turn's ``load`` cuts its window from that
+    snapshot instead of reading again; it must be the window a fresh read gives."""
+    history = History(client, "test:window")
+    history.clear()
+    if with_summary:  # compaction may cut before an assistant tool call: it is kept
+        history.append([{"role": "system", "content": "summary of older turns"}])
+        history.append(tool_turn(9)[1:])
+    for i in range(4):
+        history.append(tool_turn(i))
+    fresh = History(client, "test:window").load(limit)
+    snapshot = History(client, "test:window")
+    snapshot.load_all()
+    assert snapshot.load(limit) == fresh
+    assert not fresh or fresh[0]["role"] in ("system", "user")
+    snapshot.append([{"role": "user", "content": "new"}])  # a write drops the snapshot
+    assert snapshot.load(limit)[-1]["content"] == "new"

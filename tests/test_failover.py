@@ -200,3 +200,22 @@ def test_breaker_reopens_when_the_half_open_call_fails(
     assert provider.breakers.state("proxy").is_open()
     assert len(llm_server.requests) == 6
     provider.close()
+
+
+def test_a_breaker_opened_by_another_host_is_seen_within_a_second(
+    llm_server: LLMServer, llm_server_b: LLMServer, redis_server: RedisServer
+) -> None:
+    config = make_config(llm_server, llm_server_b)
+    host_a = build_provider(config, redis_server.client(), breaker_threshold=2, cooldown_sec=30)
+    host_b = build_provider(config, redis_server.client(), breaker_threshold=2, cooldown_sec=30)
+    assert isinstance(host_a, FailoverProvider) and isinstance(host_b, FailoverProvider)
+    assert ask(host_a) == "echo: hello" and not host_a.breakers.state("proxy").is_open()
+    for _ in range(2):  # host b's failures open the shared breaker
+        host_b.breakers.record_failure("proxy")
+    # Host a re-reads the shared state about a second later (generous deadline: a loaded
+    # CI machine) and then skips the proxy.
+    wait_for(lambda: host_a.breakers.state("proxy").is_open(), timeout=5)
+    before = len(llm_server.requests)
+    assert ask(host_a) == "echo: hello" and len(llm_server.requests) == before
+    host_a.close()
+    host_b.close()

@@ -26,6 +26,10 @@ class History:
         self._redis = client
         self._key = constants.history_key(session_key)
         self._max = max_entries
+        # The whole list as last read by load_all, until this object writes: the session
+        # lease makes the turn's worker the only writer, so a following load() can cut its
+        # window from it instead of reading Redis again.
+        self._snapshot: tuple[list[Message], int] | None = None
 
     def load(self, limit: int = LOAD_LIMIT) -> list[Message]:
         """The last ``limit`` messages, starting at a user message.
@@ -35,38 +39,30 @@ class History:
         everything before the first user message in the window is dropped. A compaction
         summary at the head of the list always comes first.
         """
+        if self._snapshot is not None:
+            messages, raw_len = self._snapshot
+            head = messages[0] if messages else None
+            return _window(head, messages[-limit:], raw_len <= limit)
         pipe = self._redis.pipeline(transaction=True)
         pipe.lindex(self._key, 0)
         pipe.lrange(self._key, -limit, -1)
         first, raw = pipe.execute()
         messages = [m for m in (_decode(item) for item in raw) if m is not None]
         head = _decode(first) if first is not None else None
-        if head is not None and head.get("role") == "system" and raw and raw[0] == first:
-            # The window holds the whole list from the compaction summary on, and compaction
-            # cut the tail at a tool-exchange boundary: nothing needs dropping.
-            rest = messages[1:]
-            while rest and rest[0].get("role") == "tool":
-                rest = rest[1:]
-            return [head, *rest]
-        for index, message in enumerate(messages):
-            if message.get("role") == "user":
-                # A compaction summary heads the list; it is kept even when the window
-                # starts later, since it is all that is left of the older turns. (The
-                # window never holds it past ``index``: it is the list's first entry.)
-                if head is not None and head.get("role") == "system":
-                    return [head, *messages[index:]]
-                return messages[index:]
-        return []
+        return _window(head, messages, bool(raw) and raw[0] == first)
 
     def load_all(self) -> tuple[list[Message], int]:
         """Every stored message (corrupt entries skipped) and the raw list length, for
         ``replace(expect_len=...)``."""
         raw: list[str] = self._redis.lrange(self._key, 0, -1)  # type: ignore[assignment]
-        return [m for m in (_decode(item) for item in raw) if m is not None], len(raw)
+        messages = [m for m in (_decode(item) for item in raw) if m is not None]
+        self._snapshot = (messages, len(raw))
+        return list(messages), len(raw)
 
     def append(self, messages: Sequence[Message]) -> None:
         if not messages:
             return
+        self._snapshot = None
         pipe = self._redis.pipeline(transaction=True)
         pipe.rpush(self._key, *(json.dumps(m, ensure_ascii=False) for m in messages))
         pipe.ltrim(self._key, -self._max, -1)
@@ -75,6 +71,7 @@ class History:
     def replace(self, messages: Sequence[Message], *, expect_len: int | None = None) -> bool:
         """Swap the whole history in one MULTI (DEL + RPUSH); False, changing nothing, if
         the list no longer has ``expect_len`` entries (someone appended meanwhile)."""
+        self._snapshot = None
         with self._redis.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(self._key)
@@ -90,10 +87,32 @@ class History:
         return True
 
     def clear(self) -> None:
+        self._snapshot = None
         self._redis.delete(self._key)
 
     def __len__(self) -> int:
         return int(self._redis.llen(self._key))  # type: ignore[arg-type]
+
+
+def _window(head: Message | None, messages: list[Message], holds_head: bool) -> list[Message]:
+    """The turn's history from a window of the list (see ``History.load``); ``holds_head``:
+    the window starts at the list's first entry."""
+    if head is not None and head.get("role") == "system" and holds_head:
+        # The window holds the whole list from the compaction summary on, and compaction
+        # cut the tail at a tool-exchange boundary: nothing needs dropping.
+        rest = messages[1:]
+        while rest and rest[0].get("role") == "tool":
+            rest = rest[1:]
+        return [head, *rest]
+    for index, message in enumerate(messages):
+        if message.get("role") == "user":
+            # A compaction summary heads the list; it is kept even when the window starts
+            # later, since it is all that is left of the older turns. (The window never
+            # holds it past ``index``: it is the list's first entry.)
+            if head is not None and head.get("role") == "system":
+                return [head, *messages[index:]]
+            return messages[index:]
+    return []
 
 
 def _decode(item: str) -> Message | None:

@@ -19,6 +19,10 @@ import redis
 
 from claw_worker.constants import breaker_key
 
+# A state read from Redis is reused this long: one read per proxy and second instead of one
+# per LLM call. Another host's opening is seen at most this late (the cool-down is a minute).
+STATE_CACHE_SEC = 1.0
+
 # Records one failure atomically: count it, and open the breaker when it reaches the
 # threshold. KEYS[1] the hash; ARGV threshold, open_until, ttl seconds.
 _FAIL = """
@@ -50,6 +54,7 @@ class Breakers:
         self.threshold = threshold
         self.cooldown_sec = cooldown_sec
         self._local: dict[str, BreakerState] = {}
+        self._cache: dict[str, tuple[float, BreakerState]] = {}  # proxy -> (read at, state)
         self._lock = threading.Lock()
         self._fail_script: Any = redis_client.register_script(_FAIL) if redis_client else None
 
@@ -57,7 +62,13 @@ class Breakers:
         if self.redis is None:
             with self._lock:
                 return self._local.get(proxy, BreakerState())
-        return read_state(self.redis, proxy)
+        now = time.monotonic()
+        cached = self._cache.get(proxy)
+        if cached is not None and now - cached[0] < STATE_CACHE_SEC:
+            return cached[1]
+        state = read_state(self.redis, proxy)
+        self._cache[proxy] = (now, state)
+        return state
 
     def allow(self, proxy: str) -> bool:
         """False while the breaker is open; true when closed or the cool-down is over."""
@@ -68,6 +79,7 @@ class Breakers:
             with self._lock:
                 self._local.pop(proxy, None)
             return
+        self._cache.pop(proxy, None)  # this process's own news is never stale
         # The breaker is advice: a Redis hiccup must not fail an LLM answer.
         with contextlib.suppress(redis.RedisError):
             self.redis.delete(breaker_key(proxy))
@@ -84,6 +96,7 @@ class Breakers:
                     failures, open_until if opened else old.open_until
                 )
                 return opened
+        self._cache.pop(proxy, None)
         # Kept a while after the cool-down so status can show recent trouble, then dropped.
         ttl = int(self.cooldown_sec) + 3600
         try:
