@@ -209,6 +209,7 @@ def test_login_cancelled_at_a_prompt_saves_nothing(
         for prompt, text in zip(prompts[:answered], [llm_server.base_url, SECRET], strict=False):
             answer(session, prompt, text)
         session.expect(prompts[answered])
+        session.wait_until_reading()
         session.send(key)
         status, transcript = finish(session)
     assert status == 1, transcript
