@@ -221,6 +221,17 @@ def test_responses_error_event_is_transient() -> None:
     assert "failed mid-stream: try again" in str(info.value)
 
 
+def test_a_context_length_failure_mid_stream_asks_for_compaction() -> None:
+    """``response.failed`` for an over-long input is the same refusal as an HTTP 400: the
+    agent compacts and retries instead of failing over."""
+    acc = ResponsesAccumulator("http://llm.test/v1/responses")
+    error = {"code": "context_length_exceeded",
+             "message": "Your input exceeds the context window of this model."}  # fmt: skip
+    with pytest.raises(ContextTooLong) as info:
+        acc.on_event("response.failed", {"type": "response.failed", "response": {"error": error}})
+    assert info.value.kind == "context_too_long" and not info.value.retryable
+
+
 def test_responses_output_only_in_the_completed_event() -> None:
     """A proxy that sends no deltas: the completed response's output is the answer."""
     acc = ResponsesAccumulator("http://llm.test/v1/responses")
