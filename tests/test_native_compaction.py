@@ -17,6 +17,7 @@ import redis
 
 from claw_worker.agent import Agent
 from claw_worker.agent.compaction import FACTS_PROMPT
+from claw_worker.agent.history import History
 from claw_worker.config.schema import Config
 from claw_worker.memory import store
 from claw_worker.providers.base import COMPACTION
@@ -24,7 +25,7 @@ from tests import llm_server as llm
 from tests.fixtures.claw_home import ClawHome
 from tests.fixtures.redis_server import RedisServer
 from tests.llm_server import LLMServer
-from tests.test_compaction import SUMMARY, msg, seed
+from tests.test_compaction import SESSION, SUMMARY, msg, seed
 
 COMPACT, RESPONSES, CHAT = "/v1/responses/compact", "/v1/responses", "/v1/chat/completions"
 TRANSCRIPT_MARK = "USER: question 0"  # only the summariser's transcript contains this
@@ -200,3 +201,26 @@ def test_native_modes_fall_back_to_summary_without_support(
     assert COMPACT not in llm_server.request_paths
     head = history.load_all()[0][0]
     assert "planned a trip" in head["content"] and COMPACTION not in head
+
+
+def test_a_refused_compaction_item_does_not_break_the_session(
+    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer
+) -> None:
+    """An item the endpoint no longer accepts (another organisation's key, say): the turn is
+    sent again without it instead of failing every message of the session."""
+    config = native_config(llm_server, redis_server, "hybrid", fallback="")
+    item = {"type": "compaction", "id": "cmp_old", "encrypted_content": "bm90IG91cnM="}
+    head = {
+        "role": "system",
+        "content": "[runtime-compaction] summary: the user likes tea",
+        COMPACTION: {"proxy": llm_server.base_url, "items": [item]},
+    }
+    History(client, SESSION).append([head])
+    refusal = {"error": {"message": "The encrypted content could not be verified.",
+                         "type": "invalid_request_error"}}  # fmt: skip
+    llm_server.reply_error(400, refusal)
+
+    assert Agent(config, client).handle(msg("still there?")).text == "echo: still there?"
+    refused, retried = llm_server.requests
+    assert item in refused["input"] and item not in retried["input"]
+    assert "likes tea" in retried["instructions"]  # the readable summary is kept

@@ -12,17 +12,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import structlog
+
 from claw_worker.providers.base import (
     COMPACTION,
     LLMResponse,
     Message,
+    ProviderError,
     ToolCall,
     ToolSchema,
     build_response,
+    without_compaction,
 )
 from claw_worker.providers.http import malformed
 from claw_worker.providers.openai_compat import OpenAIStyleClient
 from claw_worker.providers.streaming import CallParts, StreamAccumulator, stream_answer
+
+log = structlog.get_logger(__name__)
 
 
 def text_of(content: Any) -> str:
@@ -82,6 +88,27 @@ def to_tools(tools: Sequence[ToolSchema]) -> list[dict[str, Any]]:
 
 class ResponsesProvider(OpenAIStyleClient):
     def chat(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSchema] | None,
+        model: str,
+        max_tokens: int,
+        temperature: float,
+    ) -> LLMResponse:
+        try:
+            return self._respond(messages, tools, model, max_tokens, temperature)
+        except ProviderError as exc:
+            if exc.kind != "other" or not any(COMPACTION in m for m in messages):
+                raise
+            # A refused request carrying a compaction item: the item may no longer be
+            # readable here (a key of another organisation, an expired item). Without it the
+            # turn still has the summary text and the recent messages: better than a
+            # session that fails on every message.
+            log.warning("responses_compaction_item_refused", error=str(exc)[:300])
+            plain = without_compaction(messages)
+            return self._respond(plain, tools, model, max_tokens, temperature)
+
+    def _respond(
         self,
         messages: Sequence[Message],
         tools: Sequence[ToolSchema] | None,
