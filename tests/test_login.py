@@ -26,6 +26,12 @@ BASE_PROMPT = "API base URL (e.g. https://llm.example.com/v1): "
 KEY_PROMPT = "API key: "
 MODEL_PROMPT = "Model name(s), comma-separated: "
 CANCELLED = "Error: login cancelled; nothing was saved\n"
+KEEP_KEY_PROMPT = "API key (Enter keeps the saved one): "  # the saved key is never shown
+
+
+def with_default(prompt: str, default: str) -> str:
+    """A prompt offering the saved value, which Enter keeps."""
+    return f"{prompt.removesuffix(': ')} [{default}]: "
 
 
 def clawctl(home: ClawHome, *args: str) -> subprocess.CompletedProcess[str]:
@@ -184,15 +190,39 @@ def test_login_on_a_terminal_saves_nothing_when_the_check_fails(
     before = claw_home.write_config({"providers": {"proxy": old}}).read_bytes()
     llm_server.models_error = llm.error(401, {"error": {"message": f"bad key {SECRET}"}})
     with login_on_terminal(claw_home) as session:
-        answer(session, BASE_PROMPT, llm_server.base_url)
-        answer(session, KEY_PROMPT, SECRET)
-        answer(session, MODEL_PROMPT, "test-model")
+        answer(session, with_default(BASE_PROMPT, old["api_base"]), llm_server.base_url)
+        answer(session, KEEP_KEY_PROMPT, SECRET)
+        answer(session, with_default(MODEL_PROMPT, "old"), "test-model")
         status, transcript = finish(session)  # the key the endpoint sent back is masked
     assert status == 1, transcript
     assert "Error: endpoint check failed, nothing saved" in transcript, transcript
     assert "HTTP 401" in transcript and "bad key ****" in transcript
     assert claw_home.config_file.read_bytes() == before
     assert sorted(p.name for p in claw_home.path.iterdir()) == ["config.json"]  # no .bak
+
+
+def test_login_again_on_a_terminal_keeps_what_enter_accepts(
+    claw_home: ClawHome, llm_server: LLMServer
+) -> None:
+    proxy = {"api_base": llm_server.base_url, "api_key": SECRET, "models": ["test-model"]}
+    claw_home.write_config({"providers": {"proxy": proxy}})
+    new_key = "sk-rotated-123456789"
+    with login_on_terminal(claw_home) as session:
+        answer(session, with_default(BASE_PROMPT, llm_server.base_url), "")
+        answer(session, KEEP_KEY_PROMPT, new_key)  # only the key changes
+        answer(session, with_default(MODEL_PROMPT, "test-model"), "")
+        status, transcript = finish(session)
+    assert status == 0, transcript
+    assert new_key not in transcript
+    assert saved(claw_home) == {**proxy, "api_key": new_key, "protocol": "chat_completions"}
+
+    with login_on_terminal(claw_home) as session:  # Enter everywhere: nothing changes
+        for prompt in (with_default(BASE_PROMPT, llm_server.base_url), KEEP_KEY_PROMPT,
+                       with_default(MODEL_PROMPT, "test-model")):  # fmt: skip
+            answer(session, prompt, "")
+        status, transcript = finish(session)
+    assert status == 0, transcript
+    assert saved(claw_home)["api_key"] == new_key
 
 
 @pytest.mark.parametrize(

@@ -107,15 +107,19 @@ def _ask(
     problem: Callable[[str], str | None] = _blank_problem,
     *,
     hide: bool = False,
+    default: str = "",
 ) -> str:
-    """``value`` (from ``option``), or asked for on a terminal until ``problem`` has none."""
+    """``value`` (from ``option``), or asked for on a terminal until ``problem`` has none.
+    ``default`` (the saved value) is what Enter gives; a hidden one is never shown."""
     if value is not None:
         return value.strip()
     if not sys.stdin.isatty():
         raise CliError(f"{option} is required (stdin is not a terminal, so login cannot ask)")
     while True:
         try:
-            answer = str(click.prompt(label, hide_input=hide)).strip()
+            answer = str(
+                click.prompt(label, default=default or None, hide_input=hide, show_default=not hide)
+            ).strip()
         except click.Abort:  # Ctrl-C or end of input at the prompt
             if not hide:  # click ends the line itself only after hidden input
                 click.echo(err=True)
@@ -143,16 +147,25 @@ def login(
     path = current_path()
     data = load_config_data(path)
     current = (data.get("providers") or {}).get("proxy") or {}
+    # Asked on a terminal, Enter keeps what is saved: changing only the key is quick.
+    saved_base = str(current.get("api_base") or "")
     base = _ask(
-        api_base, "API base URL (e.g. https://llm.example.com/v1)", "--api-base", _url_problem
-    )
+        api_base, "API base URL (e.g. https://llm.example.com/v1)", "--api-base", _url_problem,
+        default=saved_base if not _url_problem(saved_base) else "",
+    )  # fmt: skip
     # An empty key is allowed when $CLAW_API_KEY / $OPENAI_API_KEY supplies one.
     env_key = resolve_api_key("")
+    saved_key = str(current.get("api_key") or "")
     key = api_key if api_key is not None else ("" if env_key else None)
-    key = _ask(key, "API key", "--api-key", hide=True)
+    key_label = "API key (Enter keeps the saved one)" if saved_key else "API key"
+    key = _ask(key, key_label, "--api-key", hide=True, default=saved_key)
     names = split_models(models)
     if not names:
-        answer = _ask(None, "Model name(s), comma-separated", "--model", _models_problem)
+        saved_models = ", ".join(str(m) for m in current.get("models") or [])
+        answer = _ask(
+            None, "Model name(s), comma-separated", "--model", _models_problem,
+            default=saved_models,
+        )  # fmt: skip
         names = split_models((answer,))
     if not names:
         raise CliError("at least one --model is needed")
