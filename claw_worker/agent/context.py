@@ -86,7 +86,7 @@ def memory_recall(workspace: Path, text: str, defaults: AgentDefaults) -> str:
     if not config.enabled or not wants_recall(text, defaults.texts.memory_recall_keywords):
         return ""
     try:
-        hits = index_for(workspace).search(text, config.recall_limit)
+        hits = index_for(workspace).search(text, config.recall_limit, mode=config.search)
     except (sqlite3.Error, OSError):
         log.warning("memory recall failed in %s", workspace, exc_info=True)
         return ""

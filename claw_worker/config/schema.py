@@ -91,6 +91,9 @@ class MemoryConfig(Section):
     enabled: bool = True  # recall into the context on memory_recall_keywords
     recall_limit: int = Field(3, ge=1, le=20)  # passages added to the context
     recall_max_chars: int = Field(2000, ge=100)  # cap on the whole "Relevant memory" block
+    # hybrid: bm25 fused with a local embedding model's ranking, for matches without shared
+    # words; needs the embeddings extra (falls back to bm25 with a warning without it)
+    search: Literal["bm25", "hybrid"] = "bm25"
 
 
 class AgentDefaults(Section):

@@ -11,6 +11,11 @@ inode to what was recorded, so a note written on any host is found from every ho
 corrupt database is deleted and rebuilt rather than repaired. Several processes may refresh
 at once: WAL plus a busy timeout lets readers go on while one writer applies the changes,
 and the diff is recomputed inside the write transaction so two refreshers agree.
+
+``search(..., mode="hybrid")`` also ranks by meaning: the chunks get vectors from a local
+embedding model and the bm25 and cosine rankings are fused (see ``vectors.py``). That needs
+the ``embeddings`` extra; without it hybrid falls back to bm25 with one warning, and bm25
+mode never imports numpy.
 """
 
 from __future__ import annotations
@@ -24,13 +29,18 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
+from claw_worker.memory import embeddings
 from claw_worker.memory.store import INDEX_FILE, LAYERS, NOTES_DIR, memory_dir
 from claw_worker.memory.terms import fts_query, has_cjk, restore, segment
 
+if TYPE_CHECKING:
+    from claw_worker.memory import vectors
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+SearchMode = Literal["bm25", "hybrid"]
 
 DB_NAME = ".index.sqlite3"
 CHUNK_MIN = 500  # paragraphs are merged up to here, so one chunk is a useful snippet...
@@ -38,6 +48,8 @@ CHUNK_MAX = 1000  # ...and split before here, so one huge file is not one giant 
 SNIPPET_TOKENS = 24
 CJK_SNIPPET_TOKENS = 48  # one token per character there
 BUSY_TIMEOUT_MS = 10_000
+SNIPPET = "snippet(chunks, -1, '', '', '…', ?)"  # ? = how many tokens
+BM25 = "bm25(chunks, 0.0, 2.0, 1.0)"  # path ignored, a heading weighs twice the body
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 
 # user_version 0 (never set) was unicode61 on the raw text; a mismatch re-indexes once.
@@ -54,7 +66,7 @@ class Hit:
     path: str  # relative to the workspace, e.g. memory/notes/2026-01-02.md
     heading: str
     snippet: str
-    score: float  # higher is better (negated bm25)
+    score: float  # higher is better: negated bm25, or the fused score in hybrid mode
 
 
 def chunk_markdown(text: str) -> list[tuple[str, str]]:
@@ -125,7 +137,7 @@ def scan(workspace: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _write(conn: sqlite3.Connection) -> Iterator[None]:
+def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """One write transaction, its lock taken at once (no deadlock between two upgraders)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -141,10 +153,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
     file) when an older version built them; checked again under the lock, so once."""
     if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
         return
-    with _write(conn):
+    with write_transaction(conn):
         if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-            conn.execute("DROP TABLE IF EXISTS chunks")
-            conn.execute("DROP TABLE IF EXISTS files")
+            # vectors.py's tables (hybrid mode) hang off the chunk rowids, so they go too.
+            for table in ("chunks", "files", "vectors", "vector_files"):
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
             for statement in SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -157,6 +170,8 @@ class MemoryIndex:
         self.workspace = workspace
         self.db_path = memory_dir(workspace) / DB_NAME
         self._local = threading.local()
+        self._matrix: vectors.Matrix | None = None  # hybrid mode's vectors, loaded on use
+        self._matrix_lock = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -194,16 +209,23 @@ class MemoryIndex:
             self._drop()
             return fn(self._connect())
 
-    def refresh(self) -> int:
-        """Re-index the files that changed since last time; returns how many were updated."""
-        return self._with_rebuild("refresh", self._refresh)
+    def refresh(self, mode: SearchMode = "bm25") -> int:
+        """Re-index the files that changed since last time; returns how many were updated.
+        In hybrid mode their new chunks are embedded too."""
+        changed = self._with_rebuild("refresh", self._refresh)
+        model = _embedder() if mode == "hybrid" else None
+        if model is not None:
+            from claw_worker.memory import vectors  # numpy: only in hybrid mode
+
+            self._with_rebuild("embed", lambda conn: vectors.sync(conn, model))
+        return changed
 
     def _refresh(self, conn: sqlite3.Connection) -> int:
         current = scan(self.workspace)
         recorded = dict(conn.execute("SELECT path, sig FROM files").fetchall())
         if recorded == current:
             return 0  # the common case: a read-only check, no write lock taken
-        with _write(conn):
+        with write_transaction(conn):
             # Recomputed under the write lock: another process may have just done the work.
             recorded = dict(conn.execute("SELECT path, sig FROM files").fetchall())
             changed = 0
@@ -227,25 +249,49 @@ class MemoryIndex:
                 changed += 1
         return changed
 
-    def search(self, query: str, limit: int = 5, *, refresh: bool = True) -> list[Hit]:
+    def search(
+        self, query: str, limit: int = 5, *, refresh: bool = True, mode: SearchMode = "bm25"
+    ) -> list[Hit]:
         match = fts_query(query)
         if not match or limit < 1:
             return []
+        model = _embedder() if mode == "hybrid" else None
         if refresh:
-            self.refresh()
+            self.refresh("bm25" if model is None else "hybrid")
 
         tokens = CJK_SNIPPET_TOKENS if has_cjk(query) else SNIPPET_TOKENS
+        if model is not None:
+            return self._with_rebuild(
+                "search", lambda conn: self._hybrid(conn, query, match, limit, tokens, model)
+            )
 
         def run(conn: sqlite3.Connection) -> list[Hit]:
             rows = conn.execute(
-                "SELECT path, heading, snippet(chunks, -1, '', '', '…', ?),"
-                " bm25(chunks, 0.0, 2.0, 1.0) AS rank"
+                f"SELECT path, heading, {SNIPPET}, {BM25} AS rank"
                 " FROM chunks WHERE chunks MATCH ? ORDER BY rank LIMIT ?",
                 (tokens, match, limit),
             ).fetchall()
             return [Hit(p, restore(h), restore(s), -float(r)) for p, h, s, r in rows]
 
         return self._with_rebuild("search", run)
+
+    def _hybrid(
+        self, conn: sqlite3.Connection, query: str, match: str, limit: int, tokens: int,
+        model: embeddings.Embedder,
+    ) -> list[Hit]:  # fmt: skip
+        from claw_worker.memory import vectors
+
+        with self._matrix_lock:
+            if self._matrix is None:
+                self._matrix = vectors.Matrix()
+        return vectors.search(conn, self._matrix, model, query, match, limit, tokens)
+
+
+def _embedder() -> embeddings.Embedder | None:
+    try:
+        return embeddings.model()
+    except embeddings.EmbeddingsUnavailable:
+        return None  # model() logged why, once; bm25 serves the turn
 
 
 _indexes: dict[Path, MemoryIndex] = {}

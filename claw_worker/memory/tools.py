@@ -29,7 +29,8 @@ class MemorySearchTool(Tool[MemorySearchParams]):
 
     def execute(self, params: MemorySearchParams, ctx: ToolContext) -> str:
         try:
-            hits = index_for(ctx.workspace).search(params.query, params.limit)
+            mode = ctx.config.agents.defaults.memory.search
+            hits = index_for(ctx.workspace).search(params.query, params.limit, mode=mode)
         except sqlite3.OperationalError as exc:  # e.g. locked longer than the busy timeout
             raise ToolError(f"memory index unavailable: {exc}") from exc
         if not hits:
