@@ -102,7 +102,8 @@ def run(
     generate(workspace, notes, days, corpus=corpus)
     gen_s = time.perf_counter() - t0
 
-    index = MemoryIndex(workspace)
+    # No embedding budget: the build is measured whole (a search spreads it over turns).
+    index = MemoryIndex(workspace, embed_budget_sec=float("inf"))
     build_s = timed_ms(index.refresh) / 1000
     embedded: list[tuple[str, str]] = []
     if mode == "hybrid":

@@ -174,3 +174,22 @@ def test_bm25_mode_does_not_import_numpy(workspace: Path) -> None:
         "assert hits and 'numpy' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_large_backlog_is_embedded_over_several_searches(
+    workspace: Path, model: embeddings.Embedder
+) -> None:
+    """Switching a big memory to hybrid must not hold one turn for minutes: each search
+    starts at most one more group once its budget is spent (0 here: one group each)."""
+    index = MemoryIndex(workspace, embed_budget_sec=0.0, embed_group_chunks=1)
+    index.refresh("bm25")
+    files = len(_rowids(index, "SELECT path FROM files"))
+    assert files >= 3
+    done: list[int] = []
+    for _ in range(files):
+        hits = index.search(SHIP, 3, mode="hybrid")  # answers at once, bm25 plus what exists
+        assert isinstance(hits, list)
+        done.append(len(_rowids(index, "SELECT path FROM vector_files")))
+    assert done == list(range(1, files + 1)), "one file's group per search, none twice"
+    found = index.search(SHIP, 3, mode="hybrid")
+    assert any(hit.path == "memory/procedures.md" for hit in found)  # complete: as usual

@@ -48,6 +48,10 @@ CHUNK_MAX = 1000  # ...and split before here, so one huge file is not one giant 
 SNIPPET_TOKENS = 24
 CJK_SNIPPET_TOKENS = 48  # one token per character there
 BUSY_TIMEOUT_MS = 10_000
+# Hybrid mode: a search embeds new chunks for at most about this long (in groups of this
+# many chunks, each committed); a large backlog is worked off over the following searches.
+EMBED_BUDGET_SEC = 2.0
+EMBED_GROUP_CHUNKS = 64
 SNIPPET = "snippet(chunks, -1, '', '', '…', ?)"  # ? = how many tokens
 BM25 = "bm25(chunks, 0.0, 2.0, 1.0)"  # path ignored, a heading weighs twice the body
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -166,8 +170,16 @@ def _migrate(conn: sqlite3.Connection) -> None:
 class MemoryIndex:
     """The index for one workspace; thread-safe (one connection per thread)."""
 
-    def __init__(self, workspace: Path) -> None:
+    def __init__(
+        self,
+        workspace: Path,
+        *,
+        embed_budget_sec: float = EMBED_BUDGET_SEC,
+        embed_group_chunks: int = EMBED_GROUP_CHUNKS,
+    ) -> None:
         self.workspace = workspace
+        self.embed_budget_sec = embed_budget_sec
+        self.embed_group_chunks = embed_group_chunks
         self.db_path = memory_dir(workspace) / DB_NAME
         self._local = threading.local()
         self._matrix: vectors.Matrix | None = None  # hybrid mode's vectors, loaded on use
@@ -217,7 +229,13 @@ class MemoryIndex:
         if model is not None:
             from claw_worker.memory import vectors  # numpy: only in hybrid mode
 
-            self._with_rebuild("embed", lambda conn: vectors.sync(conn, model))
+            self._with_rebuild(
+                "embed",
+                lambda conn: vectors.sync(
+                    conn, model, budget_sec=self.embed_budget_sec,
+                    group_chunks=self.embed_group_chunks,
+                ),
+            )  # fmt: skip
         return changed
 
     def _refresh(self, conn: sqlite3.Connection) -> int:

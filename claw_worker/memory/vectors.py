@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,7 +29,6 @@ from claw_worker.memory.terms import has_cjk, restore
 RRF_K = 60  # the paper's constant: damps the head of each list so neither ranking dominates
 DEPTH = 50  # candidates taken from each ranking before fusing
 MAX_VARIABLES = 500  # per IN (...) list: old SQLite builds allow 999
-FILES_PER_COMMIT = 20  # a first build commits as it goes: an interrupted one is not lost
 # Below this cosine a chunk is no semantic match (all-MiniLM-L6-v2: unrelated sentences
 # ~0.0 ± 0.15, paraphrases 0.5+), so a query about nothing in memory still finds nothing.
 MIN_COSINE = 0.2
@@ -49,8 +49,20 @@ def _digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
-def sync(conn: sqlite3.Connection, model: Embedder) -> int:
-    """Give the chunks of changed files their vectors; returns how many were embedded."""
+def sync(
+    conn: sqlite3.Connection,
+    model: Embedder,
+    *,
+    budget_sec: float | None = None,
+    group_chunks: int = 64,
+) -> int:
+    """Give the chunks of changed files their vectors; returns how many were embedded.
+
+    Files are embedded in groups of about ``group_chunks`` chunks, each committed; after
+    ``budget_sec`` no new group is started, so the first hybrid search over a large memory
+    (minutes of embedding) does not hold its turn: it ranks with the vectors made so far,
+    and later searches carry on where it stopped."""
+    deadline = None if budget_sec is None else time.monotonic() + budget_sec
     _ensure(conn)
     conn.execute("BEGIN")  # one snapshot for the reads
     try:
@@ -71,14 +83,31 @@ def sync(conn: sqlite3.Connection, model: Embedder) -> int:
     if files == done:
         return 0
     embedded = 0
-    for start in range(0, len(paths), FILES_PER_COMMIT):
-        group = {p: stale[p] for p in paths[start : start + FILES_PER_COMMIT]}
-        embedded += _store(conn, model, group, [(p, *c) for p in group for c in chunks[p]])
+    for number, group in enumerate(_groups(paths, chunks, group_chunks)):
+        if number and deadline is not None and time.monotonic() > deadline:
+            break  # the rest on a later search (each search does at least one group)
+        sigs = {p: stale[p] for p in group}
+        embedded += _store(conn, model, sigs, [(p, *c) for p in group for c in chunks[p]])
     with write_transaction(conn):
         gone = [(p,) for p in done.keys() - files.keys()]
         conn.executemany("DELETE FROM vector_files WHERE path = ?", gone)
         conn.execute("DELETE FROM vectors WHERE id NOT IN (SELECT rowid FROM chunks)")
     return embedded
+
+
+def _groups(
+    paths: list[str], chunks: dict[str, list[tuple[int, str]]], size: int
+) -> list[list[str]]:
+    """Consecutive files with about ``size`` chunks between them (a bigger file alone)."""
+    groups: list[list[str]] = [[]]
+    count = 0
+    for path in paths:
+        if groups[-1] and count + len(chunks[path]) > size:
+            groups.append([])
+            count = 0
+        groups[-1].append(path)
+        count += len(chunks[path])
+    return [g for g in groups if g]
 
 
 def _store(
