@@ -51,6 +51,15 @@ def test_empty_object_is_all_defaults() -> None:
         ('{"providers": {"proxies": {"x": {"api_base": "ftp://h"}}}}', "providers.proxies.x"),
         ('{"providers": {"proxy_fallbacks": ["nope"]}}', "nope"),
         ('{"redis": {"url": "http://h"}}', "redis: url must start with redis://"),
+        (
+            '{"tools": {"web_fetch": {"allowed_hosts": ["10.0.0.0/33"]}}}',
+            "tools.web_fetch.allowed_hosts: '10.0.0.0/33' is not a network like 10.0.0.0/8",
+        ),
+        (
+            '{"tools": {"web_fetch": {"allowed_hosts": ["wiki lan"]}}}',
+            "'wiki lan' is not a host name, address or network",
+        ),
+        ('{"agents": {"defaults": {"memory": {"search": "semantic"}}}}', "memory.search"),
     ],
 )
 def test_schema_errors_name_the_dotted_path(text: str, expected: str) -> None:

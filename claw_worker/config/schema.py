@@ -6,9 +6,10 @@ is not silently read as a number). Every field has a default, so ``{}`` is a val
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from claw_worker.config.channels import ChannelsConfig
 
@@ -216,6 +217,19 @@ class WebFetchConfig(Section):
     # except these hosts: names, addresses or networks ("wiki.lan", "10.0.0.0/8").
     block_private_addresses: bool = True
     allowed_hosts: list[str] = []
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if not host.strip() or any(c.isspace() for c in host.strip()):
+                raise ValueError(f"{host!r} is not a host name, address or network")
+            if "/" in host:
+                try:
+                    ipaddress.ip_network(host.strip(), strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"{host!r} is not a network like 10.0.0.0/8 ({exc})") from None
+        return hosts
 
 
 class ToolsConfig(Section):
