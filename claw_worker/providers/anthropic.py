@@ -18,9 +18,9 @@ from claw_worker.providers.base import (
     ToolSchema,
     build_response,
 )
-from claw_worker.providers.http import HttpPool, malformed
+from claw_worker.providers.http import HttpPool, list_field
 from claw_worker.providers.responses import text_of
-from claw_worker.providers.streaming import CallParts, StreamAccumulator, stream_answer
+from claw_worker.providers.streaming import CallParts, StreamAccumulator, post_answer
 
 ANTHROPIC_VERSION = "2023-06-01"
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
@@ -126,19 +126,12 @@ class AnthropicProvider:
         if tools:
             payload["tools"] = to_tools(tools)
         url = f"{self.api_base}/messages"
-        if self.stream:
-            payload["stream"] = True
-            return stream_answer(self._pool, url, payload, AnthropicAccumulator(url), _parse)
-        return _parse(url, self._pool.post_json(url, payload))
+        stream_with = AnthropicAccumulator if self.stream else None
+        return post_answer(self._pool, url, payload, _parse, stream_with)
 
 
 def _parse(url: str, data: Any) -> LLMResponse:
-    try:
-        blocks = data["content"]
-        if not isinstance(blocks, list):
-            raise TypeError("content is not a list")
-    except (KeyError, TypeError) as exc:
-        raise malformed(url, "a message", data, exc) from exc
+    blocks = list_field(url, data, "content", "a message")
     texts: list[str] = []
     calls: list[ToolCall] = []
     for block in blocks:

@@ -141,23 +141,17 @@ class ChatProvider(Protocol):
 
 # Native compaction (the Responses API's ``/responses/compact``) leaves opaque items only
 # the proxy that made them can read. They ride on the compaction summary's system message
-# under this key, tagged with that proxy's name: ``{"proxy": name, "items": [...]}``. The
-# Responses provider sends them as input items; every other wire drops the key.
+# under this key, tagged with the endpoint that made them: ``{"proxy": api_base, "items":
+# [...]}``. The Responses provider at that api_base sends them as input items; every other
+# provider leaves them out.
 COMPACTION = "_compaction"
 
 
-def without_compaction(messages: Sequence[Message], keep_proxy: str = "") -> list[Message]:
-    """``messages`` without native compaction items, except those ``keep_proxy`` made:
-    another proxy's encrypted content means nothing elsewhere (the readable summary text
-    stays)."""
-
-    def foreign(m: Message) -> bool:
-        made = m.get(COMPACTION)
-        return made is not None and not (isinstance(made, dict) and made.get("proxy") == keep_proxy)
-
-    if not any(foreign(m) for m in messages):
-        return list(messages)
-    return [{k: v for k, v in m.items() if k != COMPACTION} if foreign(m) else m for m in messages]
+def without_compaction(messages: Sequence[Message]) -> list[Message]:
+    """``messages`` as plain chat messages: the native compaction items left out."""
+    return [
+        {k: v for k, v in m.items() if k != COMPACTION} if COMPACTION in m else m for m in messages
+    ]
 
 
 _TAGS = re.compile(r"<(script|style)\b.*?</\1>|<[^>]+>", re.IGNORECASE | re.DOTALL)

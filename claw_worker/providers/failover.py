@@ -31,7 +31,6 @@ from claw_worker.providers.base import (
     Message,
     ProviderError,
     ToolSchema,
-    without_compaction,
 )
 from claw_worker.providers.breaker import Breakers
 
@@ -49,14 +48,8 @@ class Route:
     name: str
     provider: ChatProvider
     models: tuple[str, ...] = ()
-    endpoint: str = ""  # the api_base: native compaction items are readable there only
     # protocol=responses with supports_responses_compact: the provider has ``compact()``.
     compacts: bool = False
-
-    @property
-    def origin(self) -> str:
-        """What native compaction items made through this route are tagged with."""
-        return self.endpoint or self.name
 
 
 @dataclass(frozen=True)
@@ -106,17 +99,14 @@ class FailoverProvider:
         return self.routes[0].compacts
 
     def compact(self, messages: Sequence[Message], model: str) -> dict[str, Any]:
-        """Native compaction of ``messages`` by the current proxy: ``{"proxy", "items"}``,
-        the value for the compaction summary's ``COMPACTION`` key. Errors propagate (the
-        caller keeps the history); no failover, as no other proxy can read the result."""
+        """Native compaction of ``messages`` by the current proxy: the value for the
+        compaction summary's ``COMPACTION`` key. Errors propagate (the caller keeps the
+        history); no failover, as no other proxy can read the result."""
         route = self.routes[0]
         if not route.compacts:
             raise ProviderError(f"proxy {route.name} does not support native compaction")
         compact = route.provider.compact  # type: ignore[attr-defined]
-        items = compact(
-            without_compaction(messages, route.origin), model or next(iter(route.models), "")
-        )
-        return {"proxy": route.origin, "items": items}
+        return compact(messages, model or next(iter(route.models), ""))  # type: ignore[no-any-return]
 
     def chat(
         self,
@@ -179,7 +169,6 @@ class FailoverProvider:
         max_tokens: int,
         temperature: float,
     ) -> LLMResponse:
-        messages = without_compaction(messages, route.origin)
         try:
             return route.provider.chat(messages, tools, model, max_tokens, temperature)
         except ProviderError as exc:

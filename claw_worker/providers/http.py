@@ -150,3 +150,14 @@ def malformed(url: str, what: str, data: Any, exc: Exception) -> ProviderError:
         status=200,
         kind="other",
     )
+
+
+def list_field(url: str, data: Any, key: str, what: str) -> list[Any]:
+    """``data[key]`` when it is a list; otherwise the answer is not ``what`` (malformed)."""
+    try:
+        value = data[key]
+        if not isinstance(value, list):
+            raise TypeError(f"{key} is not a list")
+    except (KeyError, TypeError) as exc:
+        raise malformed(url, what, data, exc) from exc
+    return value

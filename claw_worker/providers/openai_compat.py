@@ -18,7 +18,7 @@ from claw_worker.providers.base import (
     without_compaction,
 )
 from claw_worker.providers.http import HttpPool, malformed
-from claw_worker.providers.streaming import ChatAccumulator, stream_answer
+from claw_worker.providers.streaming import ChatAccumulator, post_answer
 
 Auth = Literal["bearer", "api-key", "none"]
 
@@ -69,12 +69,11 @@ class OpenAICompatProvider(OpenAIStyleClient):
         if tools:
             payload["tools"] = list(tools)
             payload["tool_choice"] = "auto"
-        url = f"{self.api_base}/chat/completions"
         if self.stream:
-            payload["stream"] = True
             payload["stream_options"] = {"include_usage": True}
-            return stream_answer(self._pool, url, payload, ChatAccumulator(url), _parse)
-        return _parse(url, self._pool.post_json(url, payload))
+        url = f"{self.api_base}/chat/completions"
+        stream_with = ChatAccumulator if self.stream else None
+        return post_answer(self._pool, url, payload, _parse, stream_with)
 
 
 def _parse(url: str, data: Any) -> LLMResponse:

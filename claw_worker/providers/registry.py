@@ -60,12 +60,12 @@ def build_provider(
     if primary is None:
         return None
     compacts = current.protocol == "responses" and current.supports_responses_compact
-    routes = [Route(PRIMARY_PROXY, primary, primary_models(config), current.api_base, compacts)]
+    routes = [Route(PRIMARY_PROXY, primary, primary_models(config), compacts)]
     for name in config.providers.proxy_fallbacks:
         proxy = config.providers.proxies[name]
         provider = build_proxy(proxy)
         if provider is not None:  # a fallback without api_base cannot be tried
-            routes.append(Route(name, provider, dedupe(proxy.models), proxy.api_base))
+            routes.append(Route(name, provider, dedupe(proxy.models)))
     return FailoverProvider(
         routes, redis_client=redis, breaker_threshold=breaker_threshold, cooldown_sec=cooldown_sec
     )

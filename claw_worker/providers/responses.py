@@ -24,9 +24,9 @@ from claw_worker.providers.base import (
     build_response,
     without_compaction,
 )
-from claw_worker.providers.http import malformed
+from claw_worker.providers.http import list_field, malformed
 from claw_worker.providers.openai_compat import OpenAIStyleClient
-from claw_worker.providers.streaming import CallParts, StreamAccumulator, stream_answer
+from claw_worker.providers.streaming import CallParts, StreamAccumulator, post_answer
 
 log = structlog.get_logger(__name__)
 
@@ -38,8 +38,9 @@ def text_of(content: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
-def to_input(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
-    """(instructions, input items) for chat-completions shaped ``messages``."""
+def to_input(messages: Sequence[Message], origin: str) -> tuple[str, list[dict[str, Any]]]:
+    """(instructions, input items) for chat-completions shaped ``messages``; native
+    compaction items are included when ``origin`` (this provider's api_base) made them."""
     system: list[str] = []
     items: list[dict[str, Any]] = []
     for message in messages:
@@ -47,9 +48,10 @@ def to_input(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
         text = text_of(message.get("content"))
         if role == "system":
             system.append(text)
-            # A native compaction's items stand in for the older conversation (base.py).
+            # A native compaction's items stand in for the older conversation (base.py);
+            # another endpoint's encrypted content means nothing here.
             native = message.get(COMPACTION)
-            if isinstance(native, dict):
+            if isinstance(native, dict) and native.get("proxy") == origin:
                 items.extend(i for i in native.get("items") or [] if isinstance(i, dict))
         elif role == "tool":
             items.append(
@@ -95,8 +97,26 @@ class ResponsesProvider(OpenAIStyleClient):
         max_tokens: int,
         temperature: float,
     ) -> LLMResponse:
+        def send(messages: Sequence[Message]) -> LLMResponse:
+            instructions, items = to_input(messages, self.api_base)
+            payload: dict[str, Any] = {
+                "model": model,
+                "input": items,
+                "max_output_tokens": max_tokens,
+                "temperature": temperature,
+                "store": False,  # the history lives in Redis; nothing to keep server-side
+            }
+            if instructions:
+                payload["instructions"] = instructions
+            if tools:
+                payload["tools"] = to_tools(tools)
+                payload["tool_choice"] = "auto"
+            url = f"{self.api_base}/responses"
+            stream_with = ResponsesAccumulator if self.stream else None
+            return post_answer(self._pool, url, payload, _parse, stream_with)
+
         try:
-            return self._respond(messages, tools, model, max_tokens, temperature)
+            return send(messages)
         except ProviderError as exc:
             if exc.kind != "other" or not any(COMPACTION in m for m in messages):
                 raise
@@ -105,65 +125,34 @@ class ResponsesProvider(OpenAIStyleClient):
             # turn still has the summary text and the recent messages: better than a
             # session that fails on every message.
             log.warning("responses_compaction_item_refused", error=str(exc)[:300])
-            plain = without_compaction(messages)
-            return self._respond(plain, tools, model, max_tokens, temperature)
+            return send(without_compaction(messages))
 
-    def _respond(
-        self,
-        messages: Sequence[Message],
-        tools: Sequence[ToolSchema] | None,
-        model: str,
-        max_tokens: int,
-        temperature: float,
-    ) -> LLMResponse:
-        instructions, items = to_input(messages)
-        payload: dict[str, Any] = {
-            "model": model,
-            "input": items,
-            "max_output_tokens": max_tokens,
-            "temperature": temperature,
-            "store": False,  # the history lives in Redis; nothing to keep server-side
-        }
-        if instructions:
-            payload["instructions"] = instructions
-        if tools:
-            payload["tools"] = to_tools(tools)
-            payload["tool_choice"] = "auto"
-        url = f"{self.api_base}/responses"
-        if self.stream:
-            payload["stream"] = True
-            return stream_answer(self._pool, url, payload, ResponsesAccumulator(url), _parse)
-        return _parse(url, self._pool.post_json(url, payload))
-
-    def compact(self, messages: Sequence[Message], model: str) -> list[dict[str, Any]]:
+    def compact(self, messages: Sequence[Message], model: str) -> dict[str, Any]:
         """``POST {api_base}/responses/compact``: the output items (the conversation's user
         messages and one opaque ``compaction`` item) that stand in for ``messages`` from
-        now on. They are replayed verbatim as input (see ``to_input``)."""
-        instructions, items = to_input(messages)
+        now on, as the value of the summary's ``COMPACTION`` key (tagged with this
+        endpoint, the only one that can read them; see ``to_input``)."""
+        instructions, items = to_input(messages, self.api_base)
         payload: dict[str, Any] = {"model": model, "input": items}
         if instructions:
             payload["instructions"] = instructions
         url = f"{self.api_base}/responses/compact"
         data = self._pool.post_json(url, payload)
-        try:
-            output = [item for item in data["output"] if isinstance(item, dict)]
-            if not any(
-                item.get("type") == "compaction" and isinstance(item.get("encrypted_content"), str)
-                for item in output
-            ):
-                raise ValueError("no compaction item in the output")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise malformed(url, "a compaction", data, exc) from exc
-        return output
+        output = [
+            item
+            for item in list_field(url, data, "output", "a compaction")
+            if isinstance(item, dict)
+        ]
+        if not any(
+            item.get("type") == "compaction" and isinstance(item.get("encrypted_content"), str)
+            for item in output
+        ):
+            raise malformed(url, "a compaction", data, ValueError("no compaction item"))
+        return {"proxy": self.api_base, "items": output}
 
 
 def _parse(url: str, data: Any) -> LLMResponse:
-    try:
-        output = data["output"]
-        if not isinstance(output, list):
-            raise TypeError("output is not a list")
-    except (KeyError, TypeError) as exc:
-        raise malformed(url, "a response", data, exc) from exc
+    output = list_field(url, data, "output", "a response")
     texts: list[str] = []
     calls: list[ToolCall] = []
     for item in output:

@@ -149,6 +149,20 @@ class ChatAccumulator(StreamAccumulator):
             parts.arguments += json.dumps(arguments, ensure_ascii=False)
 
 
+def post_answer(
+    pool: HttpPool,
+    url: str,
+    payload: dict[str, Any],
+    parse_json: JsonParser,
+    stream_with: type[StreamAccumulator] | None = None,
+) -> LLMResponse:
+    """POST ``payload`` and parse the answer: one JSON body, or, with ``stream_with``, the
+    events of a streamed answer put together by that protocol's accumulator."""
+    if stream_with is None:
+        return parse_json(url, pool.post_json(url, payload))
+    return stream_answer(pool, url, {**payload, "stream": True}, stream_with(url), parse_json)
+
+
 def stream_answer(
     pool: HttpPool,
     url: str,
