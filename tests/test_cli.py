@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
-import sys
 
 import pytest
 
@@ -23,17 +22,7 @@ SECRET = "sk-test-secret-key-123456"
 def clawctl(
     home: ClawHome, *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "claw_worker.cli", *args],
-        input=stdin,
-        env=home.env(),
-        cwd=home.path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
+    return home.clawctl(*args, stdin=stdin)
 
 
 def test_onboard_creates_config_and_workspace(claw_home: ClawHome) -> None:

@@ -35,16 +35,7 @@ def with_default(prompt: str, default: str) -> str:
 
 
 def clawctl(home: ClawHome, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "claw_worker.cli", *args],
-        stdin=subprocess.DEVNULL,  # not a terminal: login must not prompt
-        env=home.env(),
-        cwd=home.path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert "Traceback" not in result.stderr, result.stderr
+    result = home.clawctl(*args)  # stdin is not a terminal: login must not prompt
     assert SECRET not in result.stdout + result.stderr  # the key is never printed
     return result
 
