@@ -96,14 +96,14 @@ def timed_ms(fn: object, *args: object) -> float:
 
 def run(
     workspace: Path, notes: int, days: int, queries: int, corpus: Corpus = CORPORA["en"],
-    mode: SearchMode = "bm25",
+    mode: SearchMode = "bm25", db_path: Path | None = None,
 ) -> list[tuple[str, str]]:  # fmt: skip
     t0 = time.perf_counter()
     generate(workspace, notes, days, corpus=corpus)
     gen_s = time.perf_counter() - t0
 
     # No embedding budget: the build is measured whole (a search spreads it over turns).
-    index = MemoryIndex(workspace, embed_budget_sec=float("inf"))
+    index = MemoryIndex(workspace, embed_budget_sec=float("inf"), db_path=db_path)
     build_s = timed_ms(index.refresh) / 1000
     embedded: list[tuple[str, str]] = []
     if mode == "hybrid":
@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     corpus = CORPORA["zh" if args.zh else "en"]
     mode: SearchMode = "hybrid" if args.hybrid else "bm25"
     with tempfile.TemporaryDirectory(prefix="claw-mem-") as tmp:
-        rows = run(Path(args.dir or tmp), args.notes, args.days, args.queries, corpus, mode)
+        # The index in the temporary directory too: built from scratch, none left in ~/.claw.
+        workspace, db = Path(args.dir or Path(tmp, "workspace")), Path(tmp, "index.sqlite3")
+        rows = run(workspace, args.notes, args.days, args.queries, corpus, mode, db)
     for line in host_lines():
         print(line)
     print()

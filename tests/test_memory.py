@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sqlite3
 import threading
@@ -18,7 +19,14 @@ from claw_worker.agent.context import memory_recall
 from claw_worker.config.schema import Config
 from claw_worker.contract import InboundMessage
 from claw_worker.memory import store
-from claw_worker.memory.index import SCHEMA_VERSION, MemoryIndex, chunk_markdown, scan
+from claw_worker.memory.index import (
+    SCHEMA_VERSION,
+    MemoryIndex,
+    chunk_markdown,
+    default_db_path,
+    index_for,
+    scan,
+)
 from claw_worker.memory.terms import fts_query, restore, segment
 from claw_worker.tools.base import ToolContext
 from claw_worker.tools.registry import default_tools
@@ -60,6 +68,15 @@ def seed_notes_zh(workspace: Path, count: int) -> None:
     for i in range(count):
         topic = TOPICS_ZH[i % len(TOPICS_ZH)]
         store.append(workspace, "note", f"第 {i} 条：{topic}。", now=start + i * 3600 * 5)
+
+
+@pytest.fixture(autouse=True)
+def host_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A $CLAW_HOME of its own for every test, apart from the workspace (``tmp_path``): the
+    index goes to its cache, never to the real ~/.claw. ``claw_home`` overrides it."""
+    home = tmp_path_factory.mktemp("host")
+    monkeypatch.setenv("CLAW_HOME", str(home))
+    return home
 
 
 @pytest.fixture
@@ -124,7 +141,8 @@ def test_old_index_is_rebuilt_once(tmp_path: Path) -> None:
     """An index written by the unicode61-only version, up to date with the files: the
     upgrade re-indexes it on first use, and only then."""
     store.append(tmp_path, "note", DEPLOY)
-    db = tmp_path / "memory" / ".index.sqlite3"
+    db = MemoryIndex(tmp_path).db_path
+    db.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         conn.executescript(
             "CREATE TABLE files (path TEXT PRIMARY KEY, sig TEXT NOT NULL);"
@@ -194,7 +212,8 @@ def test_incremental_rebuild_on_change_and_delete(tmp_path: Path) -> None:
 
 def test_corrupt_index_is_rebuilt(tmp_path: Path) -> None:
     store.append(tmp_path, "profile", "The user's name is Ada Lovelace.")
-    db = tmp_path / "memory" / ".index.sqlite3"
+    db = MemoryIndex(tmp_path).db_path
+    db.parent.mkdir(parents=True, exist_ok=True)
     db.write_bytes(b"this is not a sqlite database" * 100)
     assert MemoryIndex(tmp_path).search("Ada", 5)[0].path == "memory/profile.md"
 
@@ -303,4 +322,57 @@ def test_recall_keywords_put_memory_into_the_context(
         )
     )
     assert "Relevant memory" not in llm_server.requests[-1]["messages"][0]["content"]
-    assert os.path.exists(claw_home.workspace / "memory" / ".index.sqlite3")
+    assert os.path.exists(claw_home.path / "cache" / "memory-index")
+    assert os.path.exists(default_db_path(claw_home.workspace))
+    assert not list((claw_home.workspace / "memory").glob("*.sqlite3*"))
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_each_host_keeps_its_own_index_of_the_shared_workspace(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workspace may be shared (NFS) where SQLite's WAL does not work: the index is in
+    each host's $CLAW_HOME/cache, built there from the shared memory files."""
+    shared = tmp_path / "shared"
+    legacy = shared / "memory" / ".index.sqlite3"  # where an older version kept it
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(b"an index left by an older version")
+    host_a, host_b = tmp_path_factory.mktemp("host-a"), tmp_path_factory.mktemp("host-b")
+
+    monkeypatch.setenv("CLAW_HOME", str(host_a))
+    store.append(shared, "note", "Host A saw the zeppelin over the harbour.")
+    on_a = index_for(shared)
+    today = str(store.layer_path(shared, "note").relative_to(shared))
+    assert [h.path for h in on_a.search("zeppelin", 5)] == [today]
+    digest = hashlib.sha256(str(shared.resolve()).encode()).hexdigest()[:16]
+    assert on_a.db_path == host_a / "cache" / "memory-index" / f"{digest}.sqlite3"
+    assert on_a.db_path.is_file()
+    assert on_a.db_path.parent.stat().st_mode & 0o777 == 0o700
+    with contextlib.closing(sqlite3.connect(on_a.db_path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # local disk now
+
+    monkeypatch.setenv("CLAW_HOME", str(host_b))
+    on_b = index_for(shared)
+    assert on_b is not on_a
+    assert on_b.db_path == host_b / "cache" / "memory-index" / f"{digest}.sqlite3"
+    assert "zeppelin" in on_b.search("zeppelin", 1)[0].snippet  # A's note, built on B
+    store.append(shared, "note", "Host B booked the kayak for Sunday.")
+    assert "kayak" in on_b.search("kayak", 1)[0].snippet
+    # Fresh: A's index, searched before B wrote, picks up B's note on its next search.
+    assert "kayak" in on_a.search("kayak", 1)[0].snippet
+    assert "kayak" in MemoryIndex(shared).search("kayak", 1)[0].snippet  # a new process on B
+
+    # Another workspace on the same host gets another database.
+    other = tmp_path / "other"
+    store.append(other, "note", "Nothing about boats here.")
+    assert MemoryIndex(other).db_path.parent == on_b.db_path.parent
+    assert MemoryIndex(other).db_path != on_b.db_path
+    assert MemoryIndex(other).search("kayak", 5) == []
+
+    # Nothing but the memory files in the workspace; the old index is ignored, not deleted.
+    assert not {f for f in _files(shared) if ".sqlite3" in f} - {"memory/.index.sqlite3"}
+    assert legacy.read_bytes() == b"an index left by an older version"
+    assert {f.partition(".sqlite3")[0] for f in _files(host_a)} == {f"cache/memory-index/{digest}"}

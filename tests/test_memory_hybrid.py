@@ -40,6 +40,15 @@ def model() -> embeddings.Embedder:
         pytest.skip(f"the embeddings extra is not installed (CLAW_EXTRAS=test,embeddings): {exc}")
 
 
+@pytest.fixture(autouse=True)
+def host_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A $CLAW_HOME of its own for every test, apart from the workspace (``tmp_path``): the
+    index goes to its cache, never to the real ~/.claw."""
+    home = tmp_path_factory.mktemp("host")
+    monkeypatch.setenv("CLAW_HOME", str(home))
+    return home
+
+
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
     store.append(tmp_path, "procedures", DEPLOY)

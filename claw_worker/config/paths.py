@@ -31,6 +31,15 @@ def data_dir() -> Path:
     return claw_home() / "data"
 
 
+def cache_dir() -> Path:
+    """Per-host derived data (the memory search index), rebuilt from the workspace at will.
+
+    Must be on local disk, not on a shared filesystem like the workspace may be: SQLite's
+    WAL does not work over NFS, and each host keeps its own copy anyway.
+    """
+    return claw_home() / "cache"
+
+
 def logs_dir(config: Config) -> Path:
     return Path(config.logging.dir).expanduser() if config.logging.dir else claw_home() / "logs"
 

@@ -5,12 +5,19 @@ would make a whole run of them one token and "部署" would not find "我们上�
 Such runs are indexed as overlapping character bigrams (see ``terms.py``); everything else
 is tokenized by unicode61.
 
-The index is derived data: it lives at ``memory/.index.sqlite3`` in the (shared) workspace
-and is brought up to date before every search by comparing each file's size, mtime and
-inode to what was recorded, so a note written on any host is found from every host. A
-corrupt database is deleted and rebuilt rather than repaired. Several processes may refresh
-at once: WAL plus a busy timeout lets readers go on while one writer applies the changes,
-and the diff is recomputed inside the write transaction so two refreshers agree.
+The index is derived data, kept per host: ``$CLAW_HOME/cache/memory-index/<digest>.sqlite3``
+where the digest is the first 16 hex digits of the sha256 of the resolved workspace path
+(see ``default_db_path``). The workspace may be shared by several hosts over NFS or a shared
+volume, and SQLite's WAL does not work on a network filesystem; so the memory files stay in
+the workspace and each host builds its own index of them on local disk, one per workspace.
+An index an older version left in the workspace (``memory/.index.sqlite3`` and its -wal and
+-shm files) is ignored, not deleted.
+
+Before every search the index is brought up to date by comparing each file's size, mtime
+and inode to what was recorded, so a note written on any host is found from every host. A
+corrupt database is deleted and rebuilt rather than repaired. Several processes on a host
+may refresh at once: WAL plus a busy timeout lets readers go on while one writer applies
+the changes, and the diff is recomputed inside the write transaction so two refreshers agree.
 
 ``search(..., mode="hybrid")`` also ranks by meaning: the chunks get vectors from a local
 embedding model and the bm25 and cosine rankings are fused (see ``vectors.py``). That needs
@@ -21,6 +28,7 @@ mode never imports numpy.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -31,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
+from claw_worker.config.paths import cache_dir
 from claw_worker.memory import embeddings
 from claw_worker.memory.store import INDEX_FILE, LAYERS, NOTES_DIR, memory_dir
 from claw_worker.memory.terms import fts_query, has_cjk, restore, segment
@@ -42,7 +51,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 SearchMode = Literal["bm25", "hybrid"]
 
-DB_NAME = ".index.sqlite3"
+INDEX_DIR = "memory-index"  # under cache_dir(): one database per workspace
 CHUNK_MIN = 500  # paragraphs are merged up to here, so one chunk is a useful snippet...
 CHUNK_MAX = 1000  # ...and split before here, so one huge file is not one giant chunk
 SNIPPET_TOKENS = 24
@@ -140,6 +149,12 @@ def scan(workspace: Path) -> dict[str, str]:
     return found
 
 
+def default_db_path(workspace: Path) -> Path:
+    """This host's index of ``workspace``: two workspaces never share one."""
+    digest = hashlib.sha256(str(workspace.resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / INDEX_DIR / f"{digest}.sqlite3"
+
+
 @contextlib.contextmanager
 def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """One write transaction, its lock taken at once (no deadlock between two upgraders)."""
@@ -176,11 +191,12 @@ class MemoryIndex:
         *,
         embed_budget_sec: float = EMBED_BUDGET_SEC,
         embed_group_chunks: int = EMBED_GROUP_CHUNKS,
+        db_path: Path | None = None,
     ) -> None:
         self.workspace = workspace
         self.embed_budget_sec = embed_budget_sec
         self.embed_group_chunks = embed_group_chunks
-        self.db_path = memory_dir(workspace) / DB_NAME
+        self.db_path = db_path if db_path is not None else default_db_path(workspace)
         self._local = threading.local()
         self._matrix: vectors.Matrix | None = None  # hybrid mode's vectors, loaded on use
         self._matrix_lock = threading.Lock()
@@ -189,7 +205,7 @@ class MemoryIndex:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -312,17 +328,21 @@ def _embedder() -> embeddings.Embedder | None:
         return None  # model() logged why, once; bm25 serves the turn
 
 
-_indexes: dict[Path, MemoryIndex] = {}
+_indexes: dict[tuple[Path, Path], MemoryIndex] = {}
 _indexes_lock = threading.Lock()
 
 
 def index_for(workspace: Path) -> MemoryIndex:
-    """One shared ``MemoryIndex`` per workspace in this process (connections are reused)."""
-    key = workspace.resolve()
+    """One shared ``MemoryIndex`` per workspace in this process (connections are reused).
+
+    Keyed by the database path too, so a changed $CLAW_HOME (tests) gets its own index.
+    """
+    resolved = workspace.resolve()
+    key = (resolved, default_db_path(resolved))
     with _indexes_lock:
         found = _indexes.get(key)
         if found is None:
-            found = _indexes[key] = MemoryIndex(key)
+            found = _indexes[key] = MemoryIndex(resolved, db_path=key[1])
         return found
 
 
