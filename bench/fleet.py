@@ -118,10 +118,10 @@ def start_fleet(args: argparse.Namespace, home: Path, procs: Procs) -> dict[str,
 
 def celery_pings(n: int, timeout: float = 10.0) -> list[float]:
     """Sequential round trips of the no-op task, from this process, with the result backend."""
-    from claw_worker.celery import create_app
+    from claw_worker.celery_config import sender_app
     from claw_worker.config import current_config
 
-    app = create_app(current_config())
+    app = sender_app(current_config())
 
     def ping() -> float:
         start = time.perf_counter()

@@ -25,8 +25,9 @@ def main(config_file: str | None, host: str | None, port: int | None) -> None:
     try:
         config = current_config()
         from claw_worker.logs import setup_logging
+        from claw_worker.process import set_identity
 
-        setup_logging(config, "ingress")
+        setup_logging(config, set_identity("ingress").log_name)
         from claw_worker.redis_conn import redis_url
 
         url = redis_url(config, start_embedded=True)

@@ -1,7 +1,12 @@
 """The ingress ASGI app: the gateway's HTTP API in front of the session mailboxes.
 
-It imports only the message contract, the mailbox's enqueue side, constants and the Celery
-app (to send tasks by name) — never the agent runtime, providers or tools.
+It imports only the allow-listed modules of ``claw_worker`` (the message contract, the
+config, the enqueue side of the session package, the command registry, the control channel
+and the Celery settings to send tasks by name; ``tests/test_layout.py`` enforces the list),
+never the agent runtime, providers or tools.
+
+The config is a :class:`LiveConfig`: a fleet-wide reload swaps it, and each request reads
+it once.
 """
 
 from __future__ import annotations
@@ -25,12 +30,16 @@ from claw_ingress.auth import BearerAuth
 from claw_ingress.bodies import BodyError, MessageBody, parse_body, read_json
 from claw_ingress.dispatcher import Dispatcher
 from claw_ingress.outbound import OutboundReader
-from claw_worker.cancel import request_stop
 from claw_worker.commands import CommandContext, run_command
-from claw_worker.config import Config
+from claw_worker.config import Config, config_path
+from claw_worker.config.reload import LiveConfig, ReloadParticipant
 from claw_worker.contract import InboundMessage, MessageStatus
-from claw_worker.mailbox import AsyncMailbox
+from claw_worker.control import ControlListener
+from claw_worker.process import identity
+from claw_worker.redis_conn import client as sync_client
 from claw_worker.redis_conn import redis_url
+from claw_worker.session.enqueue import AsyncMailbox
+from claw_worker.session.stop import request_stop
 
 log = structlog.get_logger(__name__)
 
@@ -53,16 +62,13 @@ async def health(request: Request) -> JSONResponse:
 
 async def post_message(request: Request) -> JSONResponse:
     state = request.app.state
+    config: Config = state.live.config
     try:
-        body = parse_body(
-            MessageBody, await read_json(request, state.config.gateway.max_body_bytes)
-        )
+        body = parse_body(MessageBody, await read_json(request, config.gateway.max_body_bytes))
     except BodyError as exc:
         return JSONResponse(exc.payload, status_code=exc.status)
     try:
-        reply = await run_command(
-            CommandContext(state.redis, state.config, body.session), body.text
-        )
+        reply = await run_command(CommandContext(state.redis, config, body.session), body.text)
     except RedisError as exc:
         return unavailable(exc)
     if reply is not None:
@@ -151,12 +157,15 @@ async def stop_session(request: Request) -> JSONResponse:
 
 
 def create_app(config: Config, *, url: str | None = None) -> Starlette:
-    from claw_worker.celery import create_app as create_celery_app
+    from claw_worker.celery_config import sender_app
+
+    live = LiveConfig(config)
+    url = url or redis_url(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = aioredis.Redis.from_url(
-            url or redis_url(config),
+            url,
             decode_responses=True,
             # redis-py caps a pool at 100 and then fails at once ("Too many connections"):
             # size it for a burst of concurrent requests (connections open lazily).
@@ -166,7 +175,7 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
             socket_timeout=10,
             retry_on_timeout=False,
         )
-        app.state.config = config
+        app.state.live = live
         app.state.redis = client
         runs = config.agents.defaults.runtime_control
         app.state.mailbox = AsyncMailbox(
@@ -175,26 +184,43 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
             run_ttl_sec=runs.run_state_ttl_seconds,
             run_max=runs.run_state_max,
         )
-        app.state.dispatcher = Dispatcher(create_celery_app(config))
+        app.state.dispatcher = Dispatcher(sender_app(config))
         app.state.outbound = OutboundReader(client)
+        control = _join_control(live, url)
         app.state.dispatcher.start()
         app.state.outbound.start()
         try:
             yield
         finally:
+            control.stop()
             await app.state.outbound.stop()
             app.state.dispatcher.stop()
             await client.aclose()
 
-    middleware = []
-    if config.gateway.token:
-        middleware.append(
-            Middleware(BearerAuth, token=config.gateway.token, protected_prefixes=("/api/",))
-        )
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/api/message", post_message, methods=["POST"]),
         Route("/api/messages/{message_id}", get_message, methods=["GET"]),
         Route("/api/sessions/{session:path}/stop", stop_session, methods=["POST"]),
     ]
+    middleware = [Middleware(BearerAuth, live=live, protected_prefixes=("/api/",))]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+
+
+def _join_control(live: LiveConfig, url: str) -> ControlListener:
+    """Register with the fleet and take part in config reloads (a thread of its own)."""
+    from claw_worker.logs import config_secrets, setup_logging
+
+    redis_client = sync_client(url)
+    listener = ControlListener(redis_client, identity(), info={"config": str(config_path())})
+
+    def apply(new: Config) -> None:
+        old = live.swap(new)
+        if old.logging != new.logging or config_secrets(old) != config_secrets(new):
+            setup_logging(new, identity().log_name)
+
+    ReloadParticipant(
+        redis_client, identity(), config_file=config_path, current=lambda: live.config,
+        apply=apply,
+    ).attach(listener)  # fmt: skip
+    return listener.start()

@@ -1,4 +1,8 @@
-"""Bearer-token check for the gateway's /api/* routes (pure ASGI, constant-time compare)."""
+"""Bearer-token check for the gateway's /api/* routes (pure ASGI, constant-time compare).
+
+The token is read from the live config on each request, so setting or changing
+``gateway.token`` takes effect with a reload, without a restart.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,20 @@ import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from claw_worker.config.reload import LiveConfig
+
 
 class BearerAuth:
-    def __init__(self, app: ASGIApp, token: str, protected_prefixes: tuple[str, ...]) -> None:
+    def __init__(self, app: ASGIApp, live: LiveConfig, protected_prefixes: tuple[str, ...]) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.live = live
         self.prefixes = protected_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(self.prefixes):
+        token = self.live.config.gateway.token
+        if token and scope["type"] == "http" and scope["path"].startswith(self.prefixes):
             given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            if not hmac.compare_digest(given, f"Bearer {token}".encode()):
                 body = json.dumps({"error": "missing or wrong bearer token"}).encode()
                 await send(
                     {

@@ -1,63 +1,40 @@
 """The Celery app: ``celery -A claw_worker worker|beat|flower`` finds it here.
 
-Importing this module has no side effects beyond reading the config file: the embedded
-Redis (when ``redis.url`` is empty) is started by the worker and beat at start-up, and by
-the ingress and the supervisor, never on import, so ``clawctl status`` stays read-only.
+This is the one module that builds the app; importing it reads the config file (the
+settings are in ``celery_config.py``). Nothing else is started on import: the worker and
+beat start the embedded Redis (when ``redis.url`` is empty) and their control listener when
+Celery's signals say they start, so ``clawctl status`` stays read-only.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from celery import Celery, signals
 
-from claw_worker import constants as k
+from beat_schedules.schedule import beat_schedule
+from claw_worker.celery_config import celery_settings
 from claw_worker.config import Config, ConfigError, current_config
-from claw_worker.redis_conn import kombu_url, redis_url
-
-# A run renews its session lease, so correctness never rests on the visibility timeout;
-# it only bounds how late Redis redelivers a task whose worker vanished. Keep it above
-# the longest drain (a batch of agent runs).
-VISIBILITY_TIMEOUT_SEC = 4 * 3600
+from claw_worker.process import default_name, identity, set_identity
 
 TASK_MODULES = ["claw_worker.tasks"]
+HOSTNAME_FLAGS = ("-n", "--hostname")
+POOL_FLAGS = ("-P", "--pool")
 
 
-def celery_settings(config: Config) -> dict[str, Any]:
-    from beat_schedules.schedule import beat_schedule
-
-    broker = kombu_url(redis_url(config))
-    return {
-        "broker_url": broker,
-        "result_backend": broker,
-        "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {
-            "visibility_timeout": VISIBILITY_TIMEOUT_SEC,
-            "socket_keepalive": True,
-            "health_check_interval": 30,
-        },
-        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "accept_content": ["json"],
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        "task_ignore_result": True,
-        "result_expires": 3600,
-        "worker_prefetch_multiplier": 1,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
-        "worker_hijack_root_logger": False,
-        "worker_consumer": "claw_worker.consumer:Consumer",
-        "task_default_queue": k.QUEUE_SESSIONS,
-        "task_routes": {
-            k.TASK_DRAIN: {"queue": k.QUEUE_SESSIONS},
-            k.TASK_SWEEP: {"queue": k.QUEUE_HEALTH},
-            k.TASK_PING: {"queue": k.QUEUE_HEALTH},
-        },
-        "beat_schedule": beat_schedule(config),
-        "timezone": "UTC",
-    }
+def cli_option(argv: list[str], flags: tuple[str, ...]) -> str | None:
+    """The value given to one of ``flags`` on the command line (``-n x``, ``-nx``,
+    ``--hostname=x``), or None when absent."""
+    for i, arg in enumerate(argv):
+        for flag in flags:
+            if arg == flag and i + 1 < len(argv):
+                return argv[i + 1]
+            if flag.startswith("--") and arg.startswith(flag + "="):
+                return arg.split("=", 1)[1]
+            if not flag.startswith("--") and arg.startswith(flag) and len(arg) > len(flag):
+                return arg[len(flag) :]
+    return None
 
 
 def create_app(config: Config | None = None) -> Celery:
@@ -68,38 +45,66 @@ def create_app(config: Config | None = None) -> Celery:
             # Celery would print a traceback; say what is wrong and stop.
             raise SystemExit(f"clawfleet: {exc}") from None
     celery_app = Celery("claw_worker", include=TASK_MODULES)
-    celery_app.conf.update(celery_settings(config))
+    explicit_pool = "worker" in sys.argv and cli_option(sys.argv, POOL_FLAGS) is not None
+    celery_app.conf.update(celery_settings(config, explicit_pool=explicit_pool))
+    celery_app.conf.beat_schedule = beat_schedule(config)
     return celery_app
 
 
 app = create_app()
 
 
-def _start_embedded_redis(**_: Any) -> None:
-    """Worker and beat start the embedded Redis when no URL is configured."""
-    config = current_config()
-    if not config.redis.url:
-        redis_url(config, start_embedded=True)
+def _name_worker(sender: str, instance: Any, **_: Any) -> None:
+    """A worker started without ``-n`` is ``worker-<pid>@<host>``, not Celery's
+    ``celery@<host>``: scaled workers on one host must not share a node name or a log file."""
+    if cli_option(sys.argv, HOSTNAME_FLAGS) is None:
+        instance.hostname = default_name("worker")
+    set_identity("worker", instance.hostname)
 
 
 def _setup_logging(**_: Any) -> None:
-    """Celery's processes log through clawfleet's structlog setup (JSON file + console).
-
-    Each process gets its own file: the role (worker/beat/flower) and the node name.
-    """
-    import sys
-
+    """Celery's processes log through clawfleet's structlog setup (JSON file + console),
+    each to its own file named by its node name."""
     from claw_worker.logs import setup_logging
 
-    argv = sys.argv
-    role = next((r for r in ("beat", "flower", "worker") if r in argv), "celery")
-    node = ""
-    for flag in ("-n", "--hostname"):
-        if flag in argv[:-1]:
-            node = "-" + argv[argv.index(flag) + 1].split("@")[0]
-    setup_logging(current_config(), f"{role}{node}")
+    role = next((r for r in ("beat", "flower", "worker") if r in sys.argv), "worker")
+    if identity().role != role:
+        set_identity(role)
+    setup_logging(current_config(), identity().log_name)
 
 
+def _start_worker(sender: Any = None, **_: Any) -> None:
+    """The worker process: the embedded Redis if no URL is configured, then its control
+    listener (registry, /stop, config reload). A prefork pool's children run the tasks, so
+    they start their own instead."""
+    from celery.concurrency.prefork import TaskPool as PreforkPool
+
+    from claw_worker.runtime import start_control
+
+    config = current_config()
+    if not config.redis.url:
+        from claw_worker.redis_conn import redis_url
+
+        redis_url(config, start_embedded=True)
+    pool = getattr(sender, "pool_cls", None)
+    if not (isinstance(pool, type) and issubclass(pool, PreforkPool)):
+        start_control()
+
+
+def _start_pool_child(**_: Any) -> None:
+    from claw_worker.runtime import start_control
+
+    start_control()
+
+
+def _stop_worker(**_: Any) -> None:
+    from claw_worker.runtime import stop_control
+
+    stop_control()
+
+
+signals.celeryd_init.connect(_name_worker, weak=False)
 signals.setup_logging.connect(_setup_logging, weak=False)
-signals.worker_init.connect(_start_embedded_redis, weak=False)
-signals.beat_init.connect(_start_embedded_redis, weak=False)
+signals.worker_init.connect(_start_worker, weak=False)
+signals.worker_process_init.connect(_start_pool_child, weak=False)
+signals.worker_shutdown.connect(_stop_worker, weak=False)

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from claw_worker import constants as k
-from claw_worker.cancel import request_stop
 from claw_worker.config import Config, ConfigError, config_path
 from claw_worker.config import store as config_store
-from claw_worker.runs import FINISHED, describe_run, read_run, resolve_run_id
+from claw_worker.config.fleet import change_config, reload_config
+from claw_worker.session.runs import FINISHED, describe_run, read_run, resolve_run_id
+from claw_worker.session.stop import request_stop
 
 WAIT_DEFAULT_SEC = 60.0
 WAIT_MAX_SEC = 600.0
@@ -200,14 +201,23 @@ async def _config(ctx: CommandContext, args: list[str]) -> str:
             masked = config_store.mask_secrets({args[1].split(".")[-1]: value})
             return json.dumps(next(iter(masked.values())), ensure_ascii=False, indent=2)
         if len(args) >= 3 and args[0] == "set":
-            value = config_store.parse_value(" ".join(args[2:]))
-            config_store.get_path(config_store.load_config(path), args[1])  # the path exists
-            data = config_store.set_path(config_store.load_config_data(path), args[1], value)
-            config_store.save_config_data(path, data)
-            return f"{args[1]} updated in {path}; /reload or restart to apply."
+            # Writes the file and waits for every process's answer: off the event loop.
+            result = await asyncio.to_thread(change_config, path, args[1], " ".join(args[2:]))
+            return result.message
     except ConfigError as exc:
         return f"Not changed: {exc}"
     return usage
+
+
+@command("/reload", "/reload", "re-read the config file in every running process")
+async def _reload(ctx: CommandContext, args: list[str]) -> str:
+    if args:
+        return f"Usage: {COMMANDS['/reload'].usage}"
+    try:
+        result = await asyncio.to_thread(reload_config, config_path())
+    except ConfigError as exc:
+        return f"Not reloaded: {exc}"
+    return result.message
 
 
 @command("/lang", "/lang <code>", "the language replies should use (e.g. en, zh-CN)")

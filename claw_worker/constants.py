@@ -23,6 +23,7 @@ ALL_QUEUES = (QUEUE_SESSIONS, QUEUE_TOOLS, QUEUE_CRON, QUEUE_HEALTH)
 # Global (cross-session) keys.
 DIRTY_SESSIONS = f"{PREFIX}:sessions:dirty"  # ZSET session_key -> last enqueue/dispatch time
 OUTBOUND_STREAM = f"{PREFIX}:{{outbound}}:stream"  # STREAM of replies for the ingress
+OUTBOUND_MAXLEN = 100_000  # approximate cap on the stream (XADD MAXLEN ~)
 CONTROL_CHANNEL = f"{PREFIX}:control"  # PUB/SUB for cancel and reload broadcasts
 
 
@@ -72,7 +73,21 @@ def reply_sent_key(message_id: str) -> str:
     return f"{PREFIX}:sent:{{outbound}}:{message_id}"
 
 
-WORKER_HEARTBEAT_PREFIX = f"{PREFIX}:worker:"
+# Celery beat's schedule on RedBeat: entries are <prefix><name>; RedBeat adds
+# <prefix>:schedule (ZSET of due times) and <prefix>:statics (SET of static entry names).
+BEAT_KEY_PREFIX = f"{PREFIX}:beat:"
+BEAT_LOCK_KEY = f"{BEAT_KEY_PREFIX}:lock"  # STRING token of the one active beat (TTL)
+
+# The fleet's processes, for config reload (claw_worker/control.py, config/reload.py).
+PROCS = f"{PREFIX}:procs"  # HASH process key -> JSON {role, name, host, pid, config}
+PROCS_SEEN = f"{PREFIX}:procs:seen"  # ZSET process key -> time of its last heartbeat
+RELOAD_LOCK = f"{PREFIX}:reload:lock"  # STRING token of the one reload under way
+
+
+def reload_acks_key(reload_id: str) -> str:
+    """LIST of JSON answers of the processes to one reload (prepare and commit)."""
+    return f"{PREFIX}:reload:{reload_id}:acks"
+
 
 # Runs: one record per processed message (status, timings, tokens), kept for
 # run_state_ttl_seconds and at most run_state_max of them.

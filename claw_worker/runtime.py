@@ -1,54 +1,103 @@
 """The per-process runtime of a worker: config snapshot, Redis client, mailbox, agent.
 
-Built once per process on first use (tasks are thin wrappers that call into it). The agent
-runtime is imported here, lazily, so importing the Celery app stays cheap for the ingress.
+Built once per process (at worker start, or on first use); tasks are thin wrappers that
+call into it. The agent runtime is imported lazily, so importing this module stays cheap.
+
+A config reload swaps the snapshot: the next drain gets a context made from the new config
+(and a new agent, built on first use), while drains already running finish with the
+snapshot they started with.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 import redis
 
 from claw_worker import constants as k
-from claw_worker.cancel import CancelListener
-from claw_worker.config import Config, current_config
+from claw_worker.config import Config, config_path, current_config
+from claw_worker.config.reload import LiveConfig, ReloadParticipant
 from claw_worker.contract import InboundMessage
-from claw_worker.leases import LeaseKeeper
-from claw_worker.mailbox import Mailbox
+from claw_worker.control import ControlListener, process_listener
+from claw_worker.process import identity
 from claw_worker.redis_conn import client, redis_url
-from claw_worker.runs import RunRecorder
-from claw_worker.session_runner import DrainContext
+from claw_worker.session.leases import LeaseKeeper
+from claw_worker.session.mailbox import Mailbox
+from claw_worker.session.runner import DrainContext
+from claw_worker.session.runs import RunRecorder
+from claw_worker.session.stop import CancelListener
 
 if TYPE_CHECKING:  # the agent runtime is imported lazily, on first use
-    from claw_worker.agent import AgentReply
+    from claw_worker.agent import Agent, AgentReply
 
 
-class Runtime:
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.redis: redis.Redis = client(
-            redis_url(config), max_connections=4 * config.worker.concurrency + 64
-        )
-        self.mailbox = Mailbox(self.redis, lease_ms=config.worker.lease_sec * 1000)
-        self.leases = LeaseKeeper(self.mailbox)
-        self.cancels = CancelListener(self.redis)
-        control = config.agents.defaults.runtime_control
-        self.runs = RunRecorder(
-            self.redis, ttl_sec=control.run_state_ttl_seconds, max_runs=control.run_state_max
-        )
+@dataclass(frozen=True)
+class Snapshot:
+    """What a drain needs that follows the config: swapped whole on reload."""
+
+    config: Config
+    runs: RunRecorder
+    redis: redis.Redis
 
     @cached_property
-    def agent(self):
+    def agent(self) -> Agent:
         from claw_worker.agent import Agent
 
         return Agent(self.config, self.redis)
 
     def handle(self, message: InboundMessage, should_stop: Callable[[], bool]) -> AgentReply:
         return self.agent.handle(message, should_stop=should_stop)
+
+
+class Runtime:
+    def __init__(self, config: Config) -> None:
+        self.redis: redis.Redis = client(
+            redis_url(config), max_connections=4 * config.worker.concurrency + 64
+        )
+        self.live = LiveConfig(config)
+        self._snapshot = self._make_snapshot(config)
+        self.mailbox = Mailbox(self.redis, lease_ms=config.worker.lease_sec * 1000)
+        self.leases = LeaseKeeper(self.mailbox)
+        self.control: ControlListener = process_listener(
+            self.redis, identity(), config=str(config_path())
+        )
+        self.cancels = CancelListener(self.redis, self.control)
+        ReloadParticipant(
+            self.redis,
+            identity(),
+            config_file=config_path,
+            current=lambda: self.live.config,
+            apply=self.apply,
+        ).attach(self.control)
+
+    @property
+    def config(self) -> Config:
+        return self.live.config
+
+    def _make_snapshot(self, config: Config) -> Snapshot:
+        control = config.agents.defaults.runtime_control
+        runs = RunRecorder(
+            self.redis,
+            ttl_sec=control.run_state_ttl_seconds,
+            max_runs=control.run_state_max,
+            worker=identity().name,
+        )
+        return Snapshot(config, runs, self.redis)
+
+    def apply(self, config: Config) -> None:
+        """Take a reloaded config: new drains use it (settings named in
+        RESTART_PATHS["worker"] keep their start-up values until a restart)."""
+        from claw_worker.logs import config_secrets, setup_logging
+
+        snapshot = self._make_snapshot(config)
+        old = self.live.swap(config)
+        self._snapshot = snapshot
+        if old.logging != config.logging or config_secrets(old) != config_secrets(config):
+            setup_logging(config, identity().log_name)  # new file, level or secrets to redact
 
     def send_drain(self, session_key: str, countdown: float = 0.0) -> None:
         from claw_worker.celery import app
@@ -61,13 +110,14 @@ class Runtime:
         )
 
     def drain_context(self) -> DrainContext:
+        snapshot = self._snapshot
         return DrainContext(
-            config=self.config,
+            config=snapshot.config,
             mailbox=self.mailbox,
             leases=self.leases,
-            handler=self.handle,
+            handler=snapshot.handle,
             cancels=self.cancels,
-            runs=self.runs,
+            runs=snapshot.runs,
             send_drain=self.send_drain,
         )
 
@@ -83,3 +133,13 @@ def get_runtime() -> Runtime:
             if _runtime is None:
                 _runtime = Runtime(current_config())
     return _runtime
+
+
+def start_control() -> None:
+    """Join the fleet's control channel now (registry, /stop, reload), not at the first task."""
+    get_runtime().control.start()
+
+
+def stop_control() -> None:
+    if _runtime is not None:
+        _runtime.control.stop()

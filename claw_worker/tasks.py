@@ -1,21 +1,25 @@
-"""Celery tasks: thin, stably named wrappers around plain functions."""
+"""Celery tasks: thin, stably named wrappers around plain functions.
+
+``shared_task``: importing this module does not build the app; the app in ``celery.py``
+names this module in its ``include`` list and the tasks bind to it.
+"""
 
 from __future__ import annotations
 
 import redis
+from celery import shared_task
 
 from claw_worker import constants as k
-from claw_worker.celery import app
 from claw_worker.runtime import get_runtime
-from claw_worker.session_runner import drain_session
-from claw_worker.sweeper import sweep_dirty_sessions
+from claw_worker.session.runner import drain_session
+from claw_worker.session.sweeper import sweep_dirty_sessions
 
 # Redis may restart under us; a drain that cannot reach it is retried (and the sweeper
 # re-sends drains for anything left behind).
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
-@app.task(
+@shared_task(
     name=k.TASK_DRAIN,
     ignore_result=True,
     autoretry_for=_REDIS_DOWN,
@@ -29,7 +33,7 @@ def drain(session_key: str) -> int:
     return drain_session(get_runtime().drain_context(), session_key)
 
 
-@app.task(name=k.TASK_SWEEP, ignore_result=True, autoretry_for=_REDIS_DOWN, max_retries=3)
+@shared_task(name=k.TASK_SWEEP, ignore_result=True, autoretry_for=_REDIS_DOWN, max_retries=3)
 def sweep() -> int:
     rt = get_runtime()
     return sweep_dirty_sessions(
@@ -37,6 +41,6 @@ def sweep() -> int:
     )
 
 
-@app.task(name=k.TASK_PING)
+@shared_task(name=k.TASK_PING)
 def ping() -> str:
     return "pong"

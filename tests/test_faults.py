@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from claw_worker import constants as k
 from claw_worker.config.schema import Config
 from claw_worker.contract import InboundMessage
-from claw_worker.mailbox import AsyncMailbox
+from claw_worker.session.enqueue import AsyncMailbox
 from tests.fixtures.procs import pid_alive, wait_for
 from tests.llm_server import error, text
 

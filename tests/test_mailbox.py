@@ -9,8 +9,9 @@ import redis.asyncio as aioredis
 
 from claw_worker import constants as k
 from claw_worker.contract import InboundMessage, MessageStatus, OutboundMessage
-from claw_worker.mailbox import AsyncMailbox, Enqueued, LeaseLost, Mailbox
-from claw_worker.sweeper import sweep_dirty_sessions
+from claw_worker.session.enqueue import AsyncMailbox, Enqueued
+from claw_worker.session.mailbox import LeaseLost, Mailbox
+from claw_worker.session.sweeper import sweep_dirty_sessions
 from tests.fixtures.procs import wait_for
 from tests.fixtures.redis_server import RedisServer
 

@@ -75,7 +75,7 @@ def test_stop_counter_needs_no_clock_agreement(redis_server) -> None:
     """A run stops when the session's stop counter passes the value it started with; wall
     clocks are never compared. A timestamp mark left by an older version is taken over."""
     from claw_worker import constants
-    from claw_worker.cancel import CancelListener, request_stop_sync
+    from claw_worker.session.stop import CancelListener, request_stop_sync
 
     client = redis_server.client()
     listener = CancelListener(client)

@@ -18,9 +18,9 @@ def gateway() -> None:
 def run_cmd(flower: bool, flower_port: int) -> None:
     """Run Redis (embedded if redis.url is empty), the ingress, a worker and beat in the
     foreground; restart any that dies; Ctrl-C stops them all."""
+    from claw_worker.cli.supervisor import SupervisorError, run
     from claw_worker.config import ConfigError, current_config
     from claw_worker.embedded_redis import EmbeddedRedisError
-    from claw_worker.supervisor import SupervisorError, run
 
     try:
         config = current_config()

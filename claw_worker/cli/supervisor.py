@@ -91,14 +91,12 @@ class Supervisor:
         children = [
             Child("ingress", [py, "-m", "claw_ingress"], logs / "ingress.out",
                   f"http://{cfg.gateway.host}:{cfg.gateway.port}"),
+            # The plain commands: pool, concurrency and queues come from the config.
             Child("worker", [py, "-m", "celery", "-A", "claw_worker", "worker",
-                             "--pool", cfg.worker.pool, "--concurrency", str(cfg.worker.concurrency),
-                             "-Q", queues, "-n", f"worker@{host}", "--loglevel", "INFO",
-                             "--without-mingle", "--without-gossip"],
+                             "-n", f"worker@{host}", "--without-mingle", "--without-gossip"],
                   logs / "worker.out", f"queues {queues}, {cfg.worker.pool} x{cfg.worker.concurrency}"),
-            Child("beat", [py, "-m", "celery", "-A", "claw_worker", "beat", "--loglevel", "INFO",
-                           "-s", str(run_dir() / "beat-schedule")],
-                  logs / "beat.out", "schedules"),
+            Child("beat", [py, "-m", "celery", "-A", "claw_worker", "beat"],
+                  logs / "beat.out", "schedules (RedBeat)"),
         ]  # fmt: skip
         if self.with_flower:
             children.append(

@@ -173,6 +173,25 @@ class WorkerConfig(Section):
     message_ttl_sec: int = Field(7 * 24 * 3600, ge=60)
 
 
+class BeatConfig(Section):
+    """Celery beat on RedBeat: the schedule lives in Redis, one beat holds the lock."""
+
+    # A standby beat (on another host) takes over this long after the active one died.
+    lock_timeout_sec: int = Field(30, ge=5, le=600)
+    # How often beat reads due entries from Redis: bounds how late a cron job added at run
+    # time fires.
+    max_loop_interval_sec: float = Field(1.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _check_lock(self) -> BeatConfig:
+        if self.lock_timeout_sec < 3 * self.max_loop_interval_sec:
+            raise ValueError(
+                "lock_timeout_sec must be at least 3 x max_loop_interval_sec, or the active "
+                "beat loses its lock between two renewals"
+            )
+        return self
+
+
 class SentinelConfig(Section):
     enabled: bool = True
     interval_sec: int = Field(60, ge=5)
@@ -252,6 +271,7 @@ class Config(Section):
     gateway: GatewayConfig = GatewayConfig()
     redis: RedisConfig = RedisConfig()
     worker: WorkerConfig = WorkerConfig()
+    beat: BeatConfig = BeatConfig()
     sentinel: SentinelConfig = SentinelConfig()
     logging: LoggingConfig = LoggingConfig()
     tools: ToolsConfig = ToolsConfig()

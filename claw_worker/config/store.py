@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,24 +70,87 @@ def load_config(path: Path) -> Config:
 
 def load_config_data(path: Path) -> dict[str, Any]:
     """The raw JSON object in ``path`` (validated), so edits keep only what the user wrote."""
-    if not path.exists():
+    data = read_raw_data(path)
+    validate_config_data(data, str(path))
+    return data
+
+
+def read_raw_data(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path`` as written ({} when missing), not checked against the
+    schema: an edit may be exactly how the user fixes it, and the result is validated whole
+    before anything is written."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
         return {}
-    cfg_text = path.read_text(encoding="utf-8")
-    parse_config_text(cfg_text, str(path))
-    return json.loads(cfg_text)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8"
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        parse_config_text(text, str(path))  # raises the clearer message
+        raise  # pragma: no cover - parse_config_text always raises here
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a JSON object")
+    return data
 
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o600) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), mode)
 
 
+def backup_path(path: Path) -> Path:
+    return path.with_name(path.name + ".bak")
+
+
 def save_config_data(path: Path, data: dict[str, Any]) -> Config:
-    """Validate ``data`` and write it atomically, keeping the previous file as ``.bak``."""
+    """Validate ``data`` and write it atomically, keeping the previous file as ``.bak``.
+
+    A file that cannot be written (a read-only mount, as compose makes it) is a
+    :class:`ConfigError` that says so, and nothing is changed.
+    """
     config = validate_config_data(data, str(path))
-    if path.exists():
-        shutil.copy2(path, path.with_name(path.name + ".bak"))
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    try:
+        if path.exists():
+            shutil.copy2(path, backup_path(path))
+        atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise ConfigError(read_only_message(path, exc)) from None
     return config
+
+
+def read_only_message(path: Path, exc: OSError) -> str:
+    why = "it is on a read-only file system" if exc.errno == errno.EROFS else exc.strerror
+    return (
+        f"{path} cannot be written ({why}). Change the file where it is kept (for compose, "
+        f"./config.json on the Docker host), then run `clawctl config reload` or /reload."
+    )
+
+
+def restore_backup(path: Path, *, existed: bool) -> None:
+    """Put back the file that :func:`save_config_data` replaced (or remove a new one)."""
+    if existed:
+        atomic_write_bytes(path, backup_path(path).read_bytes(), 0o600)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Serialise read-modify-write of ``path`` among the processes of one host."""
+    lock_path = path.with_name(f".{path.name}.lock")
+    with open(lock_path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _normalise_part(part: str) -> str:

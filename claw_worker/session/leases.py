@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import redis
 import structlog
 
-from claw_worker.mailbox import Mailbox
+from claw_worker.session.mailbox import Mailbox
 
 log = structlog.get_logger(__name__)
 

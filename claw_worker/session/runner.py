@@ -15,12 +15,12 @@ from typing import Protocol
 
 import structlog
 
-from claw_worker.cancel import CancelListener
 from claw_worker.config import Config
 from claw_worker.contract import InboundMessage, MessageStatus, OutboundMessage
-from claw_worker.leases import HeldLease, LeaseKeeper
-from claw_worker.mailbox import LeaseLost, Mailbox
-from claw_worker.runs import RunRecorder
+from claw_worker.session.leases import HeldLease, LeaseKeeper
+from claw_worker.session.mailbox import LeaseLost, Mailbox
+from claw_worker.session.runs import RunRecorder
+from claw_worker.session.stop import CancelListener
 
 log = structlog.get_logger(__name__)
 

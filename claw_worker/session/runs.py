@@ -50,10 +50,13 @@ def queue_run(
 
 
 class RunRecorder:
-    def __init__(self, client: redis.Redis, *, ttl_sec: int, max_runs: int) -> None:
+    def __init__(
+        self, client: redis.Redis, *, ttl_sec: int, max_runs: int, worker: str = ""
+    ) -> None:
         self.redis = client
         self.ttl_sec = ttl_sec
         self.max_runs = max_runs
+        self.worker = worker  # node name of this worker, recorded on each run it starts
 
     def start(
         self, session_key: str, message_id: str, attempt: int, run_id: str | None = None
@@ -61,7 +64,7 @@ class RunRecorder:
         """Mark the message's run running; ``run_id`` is the one made when it was queued
         (None for a message stored without one: a run is made here)."""
         now = time.time()
-        fields = {"status": "running", "attempt": attempt, "started_at": now}
+        fields = {"status": "running", "attempt": attempt, "started_at": now, "worker": self.worker}
         with self.redis.pipeline(transaction=False) as pipe:
             if run_id:
                 pipe.hset(k.run_key(run_id), mapping=fields)
@@ -110,7 +113,8 @@ def describe_run(run: dict[str, str]) -> str:
         took = f"running for {time.time() - started:.0f}s"
     parts = [
         f"{run.get('run_id')}: {run.get('status')} ({took})",
-        f"session {run.get('session_key')}, message {run.get('message_id')}",
+        f"session {run.get('session_key')}, message {run.get('message_id')}"
+        + (f", worker {run['worker']}" if run.get("worker") else ""),
         f"attempt {run.get('attempt', '1')}, llm calls {run.get('llm_calls', '0')}, "
         f"tool steps {run.get('tool_steps', '0')}, tokens {run.get('total_tokens', '0')}",
     ]

@@ -10,7 +10,6 @@ counter rather than timestamps: hosts' clocks never have to agree.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from claw_worker import constants as k
+from claw_worker.control import ControlListener
 
 log = structlog.get_logger(__name__)
 
@@ -70,24 +70,25 @@ class RunHandle:
 
 
 class CancelListener:
-    """Tracks this process's running runs and sets their events when a /stop arrives."""
+    """Tracks this process's running runs and sets their events when a /stop arrives.
 
-    def __init__(self, client: redis.Redis) -> None:
+    The broadcasts come through the process's control listener (``claw_worker/control.py``);
+    a listener of its own is made when none is given.
+    """
+
+    def __init__(self, client: redis.Redis, control: ControlListener | None = None) -> None:
         self.redis = client
+        self.control = control or ControlListener(client)
+        self.control.on("stop", self._on_event)
         self._runs: dict[str, set[RunHandle]] = {}
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
 
     def begin(self, session_key: str) -> RunHandle:
         handle = RunHandle(session_key, _counter(self.redis.get(k.cancel_key(session_key))))
         handle.checked_mark_at = time.monotonic()  # just read: the first re-read is due later
         with self._lock:
             self._runs.setdefault(session_key, set()).add(handle)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._listen, name="cancel-listener", daemon=True
-                )
-                self._thread.start()
+        self.control.start()
         return handle
 
     def end(self, handle: RunHandle) -> None:
@@ -126,21 +127,5 @@ class CancelListener:
                 handle.stopped.set()
                 log.info("run stop requested", session_key=session_key)
 
-    def _listen(self) -> None:
-        while True:
-            try:
-                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(k.CONTROL_CHANNEL)
-                for item in pubsub.listen():
-                    self._on_message(item.get("data"))
-            except redis.RedisError as exc:
-                log.warning("control channel lost, resubscribing", error=str(exc))
-                time.sleep(1.0)
-
-    def _on_message(self, data: object) -> None:
-        try:
-            event = json.loads(data)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return
-        if isinstance(event, dict) and event.get("op") == "stop":
-            self._stop(str(event.get("session_key")), _counter(event.get("epoch")))
+    def _on_event(self, event: dict[str, object]) -> None:
+        self._stop(str(event.get("session_key")), _counter(event.get("epoch")))

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import structlog
 
-from claw_worker.mailbox import Mailbox
+from claw_worker.session.mailbox import Mailbox
 
 log = structlog.get_logger(__name__)
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from claw_worker.config.channels import ChannelsConfig
-from claw_worker.constants import OUTBOUND_STREAM
+from claw_worker.constants import OUTBOUND_MAXLEN, OUTBOUND_STREAM
 from claw_worker.contract import MessageStatus, OutboundMessage, new_message_id
-from claw_worker.mailbox import OUTBOUND_MAXLEN
 from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
 
 # "api" is the HTTP ingress's own channel; the others are the chat adapters in config.

@@ -132,8 +132,8 @@ def default_tools(config: Config) -> ToolRegistry:
     ]
     if config.tools.exec.enabled:
         tools.append(ExecTool())
-    # Imported here: claw_worker.memory.tools imports tools.base, which loads this package.
-    from claw_worker.memory.tools import MemorySearchTool, MemoryWriteTool
+    # Imported here: claw_worker.tools.memory imports tools.base, which loads this package.
+    from claw_worker.tools.memory import MemorySearchTool, MemoryWriteTool
 
     tools += [MemorySearchTool(), MemoryWriteTool()]
     return ToolRegistry(tools)

@@ -1,0 +1,58 @@
+"""Beat's scheduler: RedBeat, plus what a clawfleet process does at start.
+
+``celery -A claw_worker beat`` uses this class (``beat_scheduler`` in the Celery settings).
+RedBeat keeps every entry and the one-active-beat lock in Redis, so beat writes no local
+file and a second beat, on any host, waits on the lock and takes over within
+``beat.lock_timeout_sec`` of the active one dying. On top of RedBeat this starts the
+embedded Redis when no URL is configured (before RedBeat first touches Redis) and joins the
+control channel, so a config reload reaches beat too: the static entries of
+``beat_schedules/schedule.py`` are rewritten from the new config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redbeat import RedBeatScheduler
+
+from beat_schedules.schedule import beat_schedule
+from claw_worker.config import Config, config_path, current_config
+from claw_worker.config.reload import LiveConfig, ReloadParticipant
+from claw_worker.control import ControlListener, process_listener
+from claw_worker.process import identity, set_identity
+from claw_worker.redis_conn import client, redis_url
+
+
+class FleetScheduler(RedBeatScheduler):
+    def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        config = current_config()
+        if identity().role != "beat":
+            set_identity("beat")
+        url = redis_url(config, start_embedded=not config.redis.url)
+        self.live = LiveConfig(config)
+        super().__init__(app, *args, **kwargs)  # writes the static entries into Redis
+        self.control: ControlListener = process_listener(
+            client(url), identity(), config=str(config_path())
+        )
+        ReloadParticipant(
+            self.control.redis,
+            identity(),
+            config_file=config_path,
+            current=lambda: self.live.config,
+            apply=self.apply,
+        ).attach(self.control)
+
+    def apply(self, config: Config) -> None:
+        """A reloaded config: rewrite the static entries (their intervals follow it)."""
+        from claw_worker.logs import setup_logging
+
+        old = self.live.swap(config)
+        schedule = beat_schedule(config)
+        self.app.conf.beat_schedule = schedule
+        self.update_from_dict(schedule)
+        if old.logging != config.logging:
+            setup_logging(config, identity().log_name)
+
+    def close(self) -> None:
+        self.control.stop()
+        super().close()

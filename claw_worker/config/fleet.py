@@ -1,0 +1,170 @@
+"""Changing the config of a running fleet: edit the file, then reload every process.
+
+Shared by ``clawctl config set|reload`` and the in-chat ``/config set`` and ``/reload``, so
+a value means the same thing wherever it is typed. ``set`` validates the whole result,
+writes the file atomically (the previous one kept as ``.bak``), then runs the two-phase
+reload of ``reload.py``; if any process rejects it, the file is restored from the backup
+and the answer names the process and its reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import redis
+from pydantic import BaseModel, ValidationError
+
+from claw_worker.config import apply_env_overrides
+from claw_worker.config.reload import ReloadBusy, ReloadOutcome, reload_fleet
+from claw_worker.config.schema import Config
+from claw_worker.config.store import (
+    ConfigError,
+    format_validation_error,
+    load_config,
+    mask_secrets,
+    parse_value,
+    read_raw_data,
+    restore_backup,
+    save_config_data,
+    set_path,
+    split_path,
+)
+from claw_worker.redis_conn import client, redis_url
+
+CONNECT_TIMEOUT_SEC = 1.0
+READ_TIMEOUT_SEC = 10.0
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    ok: bool
+    message: str
+
+
+def check_schema_path(dotted: str) -> list[str]:
+    """The parts of ``dotted`` if it names a field of the schema; else a clear ConfigError.
+
+    Walks the model classes rather than a dumped config so that named entries of a dict
+    section (``providers.proxies.<name>.api_base``) are accepted before they exist.
+    """
+    parts = split_path(dotted)
+    node: Any = Config
+    walked: list[str] = []
+    for part in parts:
+        where = ".".join(walked) or "the top level"
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            fields = node.model_fields
+            if part not in fields:
+                raise ConfigError(
+                    f"{dotted}: no field '{part}' under {where}; "
+                    f"valid fields: {', '.join(sorted(fields))}"
+                )
+            node = fields[part].annotation
+        elif get_origin(node) is dict:
+            node = get_args(node)[1]  # any name is a valid key of a dict section
+        else:
+            raise ConfigError(f"{dotted}: {where} is a single value, not a section")
+        walked.append(part)
+    return parts
+
+
+def _problems(data: dict[str, Any]) -> str | None:
+    try:
+        Config.model_validate(data)
+    except ValidationError as exc:
+        return format_validation_error(exc)
+    return None
+
+
+def choose_value(data: dict[str, Any], dotted: str, raw: str) -> tuple[Any, dict[str, Any]]:
+    """The value ``raw`` means at ``dotted`` and the whole new data; ConfigError if invalid.
+
+    ``raw`` is JSON when it parses as JSON, else a string; but ``config set gateway.token
+    12345`` means the string "12345" to anyone typing it, so a JSON value the schema refuses
+    is tried as text before giving up.
+    """
+    value = parse_value(raw)
+    candidate = set_path(data, dotted, value)
+    problems = _problems(candidate)
+    if problems and not isinstance(value, str):
+        as_text = set_path(data, dotted, raw)
+        if _problems(as_text) is None:
+            return raw, as_text
+    if problems:
+        raise ConfigError(f"cannot set {dotted}:\n{problems}")
+    return value, candidate
+
+
+def fleet_client(config: Config) -> redis.Redis | None:
+    """A client of the fleet's Redis, or None when it does not answer (no fleet running).
+    Never starts the embedded Redis."""
+    conn = client(
+        redis_url(apply_env_overrides(config)),
+        socket_timeout=READ_TIMEOUT_SEC,  # above the 1 s BLPOP slices of the reload
+        socket_connect_timeout=CONNECT_TIMEOUT_SEC,
+        health_check_interval=0,
+    )
+    try:
+        conn.ping()
+    except (redis.RedisError, OSError):
+        conn.close()
+        return None
+    return conn
+
+
+def reload_running(config: Config, changes: dict[str, Any] | None) -> ReloadOutcome | None:
+    """Reload every running process (None: no fleet's Redis answers)."""
+    conn = fleet_client(config)
+    if conn is None:
+        return None
+    try:
+        return reload_fleet(conn, changes)
+    finally:
+        conn.close()
+
+
+def change_config(path: Path, dotted: str, raw: str) -> ChangeResult:
+    """Set ``dotted`` to ``raw`` in the file at ``path`` and in every running process."""
+    parts = check_schema_path(dotted)
+    dotted = ".".join(parts)
+    existed = path.exists()
+    value, candidate = choose_value(read_raw_data(path), dotted, raw)
+    config = save_config_data(path, candidate)
+    shown = json.dumps(mask_secrets(value, parts[-1]), ensure_ascii=False)
+    backup = f"; previous version in {path.name}.bak" if existed else ""
+    done = f"{dotted} = {shown}  ({path}{backup})"
+    try:
+        outcome = reload_running(config, {dotted: value})
+    except ReloadBusy as exc:
+        restore_backup(path, existed=existed)
+        return ChangeResult(False, f"{dotted} not changed: {exc}.")
+    if outcome is None:
+        return ChangeResult(True, f"{done}\nNo running fleet reached: it applies at start.")
+    if not outcome.applied:
+        restore_backup(path, existed=existed)
+        restored = f"{path} restored from {path.name}.bak" if existed else f"{path} removed"
+        return ChangeResult(False, f"{dotted} not changed. {outcome.describe()}\n{restored}.")
+    return ChangeResult(not outcome.failed, f"{done}\n{outcome.describe()}")
+
+
+def reload_config(path: Path) -> ChangeResult:
+    """Ask every running process to re-read its config file (checked here first)."""
+    config = load_config(path)
+    try:
+        outcome = reload_running(config, None)
+    except ReloadBusy as exc:
+        return ChangeResult(False, f"Not reloaded: {exc}.")
+    if outcome is None:
+        return ChangeResult(
+            False, "No running fleet reached (its Redis does not answer): nothing to reload."
+        )
+    if not outcome.applied:
+        return ChangeResult(
+            False,
+            f"{outcome.describe()}\nThe fleet keeps its previous config; {path} was left as "
+            "it is: fix it and reload again.",
+        )
+    return ChangeResult(not outcome.failed, outcome.describe())

@@ -1,0 +1,317 @@
+"""Config reload across the fleet: two phases over the control channel, an answer per process.
+
+The coordinator (``clawctl config set|reload``, ``/config set``, ``/reload``) takes the
+fleet-wide reload lock and broadcasts ``prepare`` with the changes (dotted path -> value;
+none for a plain reload). Every registered process (workers, beat, ingress, on every host)
+reads its own config file, applies the changes on top, validates the result and checks
+what it needs locally (its log directory, a worker's workspace), and answers. If any
+process rejects, the coordinator broadcasts ``abort`` and nothing is applied anywhere;
+otherwise ``commit``: each process writes the changes into its own file when that file
+does not have them yet (another host's), swaps its config snapshot in one assignment and
+answers again, naming the settings it can only take at its next restart.
+
+Keys: ``claw:reload:lock`` (one reload at a time), ``claw:reload:<id>:acks`` (the answers,
+a list with a TTL), and the registry of ``claw_worker/control.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import structlog
+
+from claw_worker import constants as k
+from claw_worker.config import apply_env_overrides
+from claw_worker.config.paths import logs_dir, workspace_dir
+from claw_worker.config.schema import Config
+from claw_worker.config.store import (
+    ConfigError,
+    file_lock,
+    get_path,
+    read_only_message,
+    read_raw_data,
+    save_config_data,
+    set_path,
+    validate_config_data,
+)
+from claw_worker.control import ControlListener, live_processes
+from claw_worker.process import ProcessIdentity
+
+log = structlog.get_logger(__name__)
+
+PREPARE_TIMEOUT_SEC = 10.0
+COMMIT_TIMEOUT_SEC = 10.0
+LOCK_TTL_MS = 60_000
+ACKS_TTL_SEC = 300
+
+# Settings a running process cannot take without a restart, by role.
+RESTART_PATHS: dict[str, tuple[str, ...]] = {
+    "worker": ("redis.url", "worker.pool", "worker.concurrency", "worker.lease_sec"),
+    "beat": ("redis.url", "beat.lock_timeout_sec", "beat.max_loop_interval_sec"),
+    "ingress": (
+        "redis.url",
+        "gateway.host",
+        "gateway.port",
+        "worker.message_ttl_sec",
+        "agents.defaults.runtime_control.run_state_ttl_seconds",
+        "agents.defaults.runtime_control.run_state_max",
+    ),
+}
+
+
+class ReloadBusy(Exception):
+    """Another reload holds the fleet-wide lock."""
+
+
+class LiveConfig:
+    """The config a process runs with: a frozen snapshot, replaced whole on reload.
+
+    Readers take ``.config`` once per unit of work (a request, a drain) and keep that
+    snapshot to its end, so no piece of work ever sees half of two configs.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def swap(self, config: Config) -> Config:
+        old, self._config = self._config, config
+        return old
+
+
+@dataclass(frozen=True)
+class Answer:
+    name: str
+    role: str
+    host: str
+    pid: int
+    ok: bool
+    error: str = ""
+    restart_needed: tuple[str, ...] = ()
+
+    @property
+    def who(self) -> str:
+        return f"{self.role} {self.name} (pid {self.pid})"
+
+
+@dataclass
+class ReloadOutcome:
+    applied: bool  # no process rejected: the new config is in effect where it was heard
+    rejected: list[Answer] = field(default_factory=list)
+    committed: list[Answer] = field(default_factory=list)  # applied it
+    failed: list[Answer] = field(default_factory=list)  # accepted, then could not apply
+    silent: list[str] = field(default_factory=list)  # registered, never answered
+
+    def describe(self) -> str:
+        if not self.applied:
+            lines = ["Rejected, nothing was applied:"]
+            lines += [f"  {a.who}: {a.error}" for a in self.rejected]
+        elif not (self.committed or self.failed):
+            lines = ["No running clawfleet process: the config applies when they start."]
+        else:
+            lines = [f"Applied by {len(self.committed)} process(es):"]
+            for a in self.committed:
+                later = f" (restart needed for {', '.join(a.restart_needed)})"
+                lines.append(f"  {a.who}" + (later if a.restart_needed else ""))
+            lines += [f"  FAILED {a.who}: {a.error}" for a in self.failed]
+        lines += [f"  no answer from {name} (stopped?)" for name in self.silent]
+        return "\n".join(lines)
+
+
+# -- the coordinator -------------------------------------------------------------------------
+
+
+def reload_fleet(
+    client: redis.Redis,
+    changes: dict[str, Any] | None = None,
+    *,
+    prepare_timeout: float = PREPARE_TIMEOUT_SEC,
+    commit_timeout: float = COMMIT_TIMEOUT_SEC,
+) -> ReloadOutcome:
+    """Ask every running process to take the config (with ``changes`` applied)."""
+    token = uuid.uuid4().hex
+    if not client.set(k.RELOAD_LOCK, token, nx=True, px=LOCK_TTL_MS):
+        raise ReloadBusy("another config reload is under way; try again in a few seconds")
+    try:
+        reload_id = uuid.uuid4().hex
+        expected = {p["key"]: p["name"] for p in live_processes(client)}
+        _broadcast(client, reload_id, "prepare", changes)
+        prepared = _collect(client, reload_id, "prepare", set(expected), prepare_timeout)
+        rejected = [a for a in prepared.values() if not a.ok]
+        silent = [name for key, name in expected.items() if key not in prepared]
+        if rejected:
+            _broadcast(client, reload_id, "abort", changes)
+            return ReloadOutcome(False, rejected=rejected, silent=silent)
+        _broadcast(client, reload_id, "commit", changes)
+        done = _collect(client, reload_id, "commit", set(prepared), commit_timeout)
+        silent += [prepared[key].who for key in prepared if key not in done]
+        return ReloadOutcome(
+            True,
+            committed=[a for a in done.values() if a.ok],
+            failed=[a for a in done.values() if not a.ok],
+            silent=silent,
+        )
+    finally:
+        client.eval(_RELEASE, 1, k.RELOAD_LOCK, token)
+
+
+# KEYS: lock   ARGV: token. Drop the lock only if it is still ours.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _broadcast(client: redis.Redis, reload_id: str, phase: str, changes: Any) -> None:
+    event = {"op": "reload", "id": reload_id, "phase": phase, "changes": changes or {}}
+    client.publish(k.CONTROL_CHANNEL, json.dumps(event))
+
+
+def _collect(
+    client: redis.Redis, reload_id: str, phase: str, waiting: set[str], timeout: float
+) -> dict[str, Answer]:
+    """Answers of ``phase`` by process key, until all of ``waiting`` answered or timeout."""
+    answers: dict[str, Answer] = {}
+    deadline = time.monotonic() + timeout
+    acks = k.reload_acks_key(reload_id)
+    while not waiting <= answers.keys():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        item = client.blpop([acks], timeout=max(0.1, min(left, 1.0)))
+        if item is None:
+            continue
+        ack = json.loads(item[1])
+        if ack.get("phase") == phase:
+            answers[ack["key"]] = Answer(**ack["answer"])
+    return answers
+
+
+# -- the process side ------------------------------------------------------------------------
+
+
+def check_local(config: Config, role: str) -> None:
+    """What this process needs on its own host to run with ``config``; ConfigError if not."""
+    dirs = []
+    if config.logging.enabled:
+        dirs.append(("log directory", logs_dir(config)))
+    if role == "worker":
+        dirs.append(("workspace", workspace_dir(config)))
+    for what, path in dirs:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the {what} {path}: {exc.strerror}") from None
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"the {what} {path} is not writable")
+
+
+def _with_changes(path: Path, changes: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The file's data with ``changes`` applied, and whether the file lacks any of them."""
+    data = read_raw_data(path)
+    new = data
+    for dotted, value in changes.items():
+        new = set_path(new, dotted, value)
+    return new, new != data
+
+
+class ReloadParticipant:
+    """Validates on ``prepare``, swaps the snapshot on ``commit``, answers each phase."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        ident: ProcessIdentity,
+        *,
+        config_file: Callable[[], Path],
+        current: Callable[[], Config],
+        apply: Callable[[Config], None],
+    ) -> None:
+        self.redis = client
+        self.ident = ident
+        self.config_file = config_file
+        self.current = current
+        self.apply = apply
+        self._pending: dict[str, Config] = {}
+
+    def attach(self, listener: ControlListener) -> None:
+        listener.on("reload", self.on_event)
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        reload_id, phase = str(event.get("id")), event.get("phase")
+        changes = event.get("changes") or {}
+        if phase == "prepare":
+            try:
+                self._pending[reload_id] = self._candidate(changes, check_write=True)
+            except ConfigError as exc:
+                self._answer(reload_id, phase, ok=False, error=str(exc))
+            else:
+                self._answer(reload_id, phase, ok=True)
+        elif phase == "commit":
+            try:
+                candidate = self._pending.pop(reload_id, None)
+                if candidate is None:  # started after the prepare: take it now
+                    candidate = self._candidate(changes, check_write=True)
+                self._persist(changes)
+                restart = self._restart_needed(candidate)
+                self.apply(candidate)
+            except (ConfigError, OSError) as exc:
+                log.error("config reload failed to apply", error=str(exc))
+                self._answer(reload_id, phase, ok=False, error=str(exc))
+            else:
+                log.info("config reloaded", restart_needed=restart)
+                self._answer(reload_id, phase, ok=True, restart_needed=restart)
+        elif phase == "abort":
+            self._pending.pop(reload_id, None)
+
+    def _candidate(self, changes: dict[str, Any], *, check_write: bool) -> Config:
+        path = self.config_file()
+        data, missing = _with_changes(path, changes)
+        if missing and check_write and not _writable(path):
+            raise ConfigError(read_only_message(path, OSError(30, "read-only")))
+        config = apply_env_overrides(validate_config_data(data, str(path)))
+        check_local(config, self.ident.role)
+        return config
+
+    def _persist(self, changes: dict[str, Any]) -> None:
+        """Write ``changes`` into this host's file unless it has them (the origin's has)."""
+        if not changes:
+            return
+        path = self.config_file()
+        with file_lock(path):
+            data, missing = _with_changes(path, changes)
+            if missing:
+                save_config_data(path, data)
+
+    def _restart_needed(self, candidate: Config) -> tuple[str, ...]:
+        old = self.current()
+        return tuple(
+            p
+            for p in RESTART_PATHS.get(self.ident.role, ())
+            if get_path(old, p) != get_path(candidate, p)
+        )
+
+    def _answer(self, reload_id: str, phase: str, **fields: Any) -> None:
+        answer = Answer(self.ident.name, self.ident.role, self.ident.host, self.ident.pid, **fields)
+        ack = json.dumps({"phase": phase, "key": self.ident.key, "answer": asdict(answer)})
+        acks = k.reload_acks_key(reload_id)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(acks, ack)
+            pipe.expire(acks, ACKS_TTL_SEC)
+            pipe.execute()
+
+
+def _writable(path: Path) -> bool:
+    target = path if path.exists() else path.parent
+    return os.access(target, os.W_OK) and os.access(path.parent, os.W_OK)

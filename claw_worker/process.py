@@ -1,0 +1,66 @@
+"""Who this process is in the fleet: its role, node name, host and pid.
+
+The node name names the process everywhere: its log file (``<name>.log``), its entry in the
+fleet's process registry (config reload), the ``worker`` field of the runs it handles, and,
+for a worker, its Celery node in Flower. Workers scale (several per host, many hosts), so a
+worker started without ``-n`` gets a name unique per host and process,
+``worker-<pid>@<host>``; ingress, beat and Flower are ``<role>@<host>``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+ROLES = ("worker", "beat", "flower", "ingress", "cli")
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    role: str
+    name: str  # the node name: worker-1234@host-a, w1@host-a, beat@host-a ...
+    host: str
+    pid: int
+
+    @property
+    def key(self) -> str:
+        """Unique in the fleet even when two processes were given the same name."""
+        return f"{self.name}/{self.pid}"
+
+    @property
+    def log_name(self) -> str:
+        return self.name.replace("/", "_")
+
+
+def default_name(role: str) -> str:
+    host = socket.gethostname()
+    if role == "worker":
+        return f"worker-{os.getpid()}@{host}"
+    return f"{role}@{host}"
+
+
+_current: ProcessIdentity | None = None
+
+
+def set_identity(role: str, name: str | None = None) -> ProcessIdentity:
+    """Name this process (once, at start-up); ``name`` defaults to :func:`default_name`."""
+    global _current
+    if role not in ROLES:
+        raise ValueError(f"unknown process role {role!r}")
+    _current = ProcessIdentity(role, name or default_name(role), socket.gethostname(), os.getpid())
+    return _current
+
+
+def identity() -> ProcessIdentity:
+    """This process's identity; a process that never named itself is a ``cli`` process.
+
+    A child forked by a prefork pool keeps its parent's role and node name (Celery's view)
+    under its own pid.
+    """
+    global _current
+    if _current is None:
+        return set_identity("cli")
+    if _current.pid != os.getpid():
+        _current = ProcessIdentity(_current.role, _current.name, _current.host, os.getpid())
+    return _current
