@@ -55,8 +55,9 @@ app = create_app()
 
 
 def _name_worker(sender: str, instance: Any, **_: Any) -> None:
-    """A worker started without ``-n`` is ``worker-<pid>@<host>``, not Celery's
-    ``celery@<host>``: scaled workers on one host must not share a node name or a log file."""
+    """A worker started without ``-n`` is ``worker-<pid>@<host>`` (or ``$CLAW_NODE_NAME``),
+    not Celery's ``celery@<host>``: scaled workers on one host must not share a node name or
+    a log file."""
     if cli_option(sys.argv, HOSTNAME_FLAGS) is None:
         instance.hostname = default_name("worker")
     set_identity("worker", instance.hostname)

@@ -51,6 +51,11 @@ def history_key(session_key: str) -> str:
     return f"{PREFIX}:history:{_tag(session_key)}"
 
 
+def history_saved_key(session_key: str, message_id: str) -> str:
+    """STRING mark: this message's turn is in the history (a re-run does not save it twice)."""
+    return f"{PREFIX}:histsaved:{_tag(session_key)}:{message_id}"
+
+
 def cancel_key(session_key: str) -> str:
     return f"{PREFIX}:cancel:{_tag(session_key)}"
 

@@ -47,6 +47,7 @@ MASK = "****"
 # Rotation is by size; age-based retention deletes the rest. This bounds one process's disk
 # use at (BACKUP_COUNT + 1) * max_size_mb even inside the retention window.
 BACKUP_COUNT = 10
+REOPEN_CHECK_SEC = 5.0
 # Literal config secrets shorter than this are not scrubbed from free text: masking "abc"
 # wherever it appears would wreck the logs and protect nothing.
 MIN_LITERAL_SECRET = 6
@@ -136,7 +137,27 @@ def config_secrets(config: Config) -> list[str]:
 
 
 class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
-    """Rotating file created 0600: logs hold user messages and must not be world-readable."""
+    """Rotating file created 0600: logs hold user messages and must not be world-readable.
+
+    If the file disappears under it (retention removed a file idle for ``retention_days``,
+    or an operator deleted it), the next record reopens it, checked at most every
+    ``REOPEN_CHECK_SEC`` so logging stays cheap.
+    """
+
+    _checked_at = 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        now = time.monotonic()
+        if self.stream is not None and now - self._checked_at >= REOPEN_CHECK_SEC:
+            self._checked_at = now
+            try:
+                gone = os.stat(self.baseFilename).st_ino != os.fstat(self.stream.fileno()).st_ino
+            except OSError:
+                gone = True
+            if gone:
+                self.stream.close()
+                self.stream = self._open()
+        super().emit(record)
 
     def format(self, record: logging.LogRecord) -> str:
         # shouldRollover() formats each record to measure it and emit() formats it again;
@@ -228,15 +249,16 @@ def setup_console(*, debug: bool = False) -> None:
 
 
 def remove_expired(directory: Path, process_name: str, retention_days: int) -> list[Path]:
-    """Delete rotated logs (and this process's idle log) older than the retention period.
+    """Delete logs not written to for the retention period: rotated files, and the files of
+    processes long gone (node names carry the pid, so every restart starts a new file).
 
-    Another process's live ``<name>.log`` is left alone: it may be open right now.
+    A live process's file is written to all the time (a worker logs its sweeps), and if an
+    idle one is removed anyway, its handler reopens it on the next record.
     """
     cutoff = time.time() - retention_days * 86400
     removed = []
     for path in directory.glob("*.log*"):
-        rotated = re.fullmatch(r".+\.log\.\d+", path.name) is not None
-        if not (rotated or path.name == f"{process_name}.log"):
+        if re.fullmatch(r".+\.log(\.\d+)?", path.name) is None:
             continue
         try:
             if path.stat().st_mtime < cutoff:

@@ -2,9 +2,10 @@
 
 The node name names the process everywhere: its log file (``<name>.log``), its entry in the
 fleet's process registry (config reload), the ``worker`` field of the runs it handles, and,
-for a worker, its Celery node in Flower. Workers scale (several per host, many hosts), so a
-worker started without ``-n`` gets a name unique per host and process,
-``worker-<pid>@<host>``; ingress, beat and Flower are ``<role>@<host>``.
+for a worker, its Celery node in Flower. Processes are replicated (several workers per host,
+a standby beat, ingress replicas), so the default name is unique per host and process,
+``<role>-<pid>@<host>``. A worker's ``-n`` or ``$CLAW_NODE_NAME`` (which ``clawctl gateway
+run`` sets, so the one-box fleet has stable file names) choose another.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ class ProcessIdentity:
         return self.name.replace("/", "_")
 
 
+ENV_NODE_NAME = "CLAW_NODE_NAME"
+
+
 def default_name(role: str) -> str:
-    host = socket.gethostname()
-    if role == "worker":
-        return f"worker-{os.getpid()}@{host}"
-    return f"{role}@{host}"
+    return os.environ.get(ENV_NODE_NAME) or f"{role}-{os.getpid()}@{socket.gethostname()}"
 
 
 _current: ProcessIdentity | None = None

@@ -100,9 +100,9 @@ class Runtime:
             setup_logging(config, identity().log_name)  # new file, level or secrets to redact
 
     def send_drain(self, session_key: str, countdown: float = 0.0) -> None:
-        from claw_worker.celery import app
+        from celery import current_app  # this worker's app, without importing its module
 
-        app.send_task(
+        current_app.send_task(
             k.TASK_DRAIN,
             args=[session_key],
             queue=k.QUEUE_SESSIONS,

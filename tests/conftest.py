@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.llm",
     "tests.fixtures.fleet",
     "tests.fixtures.tools",
+    "tests.fixtures.hosts",
 ]

@@ -93,7 +93,7 @@ def test_config_and_lang_commands(fleet_factory, claw_home) -> None:
         assert claw_home.config_file.read_bytes() == before
         changed = say(http, "/config set agents.defaults.temperature 0.5")["reply"]
         assert changed.startswith("agents.defaults.temperature = 0.5"), changed
-        assert "Applied by 1 process(es):\n  ingress ingress@" in changed  # this ingress
+        assert "Applied by 1 process(es):\n  ingress ingress-" in changed  # this ingress
         assert say(http, "/config get agents.defaults.temperature")["reply"] == "0.5"
         assert say(http, "/config")["reply"].startswith("Usage: /config")
 

@@ -134,10 +134,11 @@ def test_rotation_and_retention(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     logs.mkdir()
     old = time.time() - 3 * 86400
-    expired = [logs / "worker.log.3", logs / "beat.log.1"]
-    for path in [*expired, logs / "worker.log.1", logs / "beat.log"]:
+    # A restarted process has a new pid, so a new file: the old one ages out like rotations.
+    expired = [logs / "worker.log.3", logs / "beat.log.1", logs / "beat-41@gone.log"]
+    for path in [*expired, logs / "worker.log.1", logs / "beat-42@live.log", logs / "notes.txt"]:
         path.write_text("{}\n")
-    for path in [*expired, logs / "beat.log"]:
+    for path in [*expired, logs / "notes.txt"]:
         os.utime(path, (old, old))
 
     config = make_config(tmp_path, max_size_mb=1, retention_days=2)
@@ -149,7 +150,8 @@ def test_rotation_and_retention(tmp_path: Path) -> None:
     assert handler.backupCount == BACKUP_COUNT
     assert not any(p.exists() for p in expired)
     assert (logs / "worker.log.1").exists()  # still inside the retention window
-    assert (logs / "beat.log").exists()  # another process's live file is never deleted
+    assert (logs / "beat-42@live.log").exists()  # written within the retention window
+    assert (logs / "notes.txt").exists()  # not a log file
 
     log = structlog.get_logger("claw.test")
     for _ in range(1200):
@@ -186,3 +188,21 @@ def test_file_logging_off_and_levels(tmp_path: Path, capsys: pytest.CaptureFixtu
     setup_logging(config, "agent", console=True, debug=True)
     log.debug("now visible")
     assert "now visible" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_log_file_removed_under_a_live_process_is_reopened(tmp_path: Path) -> None:
+    from claw_worker import logs as logs_module
+
+    config = make_config(tmp_path)
+    log_file = setup_logging(config, "worker-7@h", console=False)
+    assert log_file is not None
+    log = structlog.get_logger("claw.test")
+    log.info("before")
+    flush()
+    log_file.unlink()  # retention (or an operator) removed it while the process is idle
+    handler = next(h for h in our_handlers() if isinstance(h, logging.FileHandler))
+    handler._checked_at = time.monotonic() - logs_module.REOPEN_CHECK_SEC  # check due now
+    log.info("after")
+    flush()
+    assert [line["event"] for line in read_lines(log_file)] == ["after"]

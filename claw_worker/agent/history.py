@@ -1,7 +1,9 @@
 """Session history: a Redis list of JSON chat messages, shared by every worker host.
 
-Appends happen once per turn, in one MULTI (RPUSH + LTRIM), so a turn's messages land
-together or not at all, and the list never grows past its cap. Compaction swaps the whole
+Appends happen once per turn, in one Lua call (RPUSH + LTRIM), so a turn's messages land
+together or not at all, and the list never grows past its cap. A turn is saved once per
+message id: a message run again after its worker died between saving and replying does not
+add its turn twice. Compaction swaps the whole
 list (``replace``) for a leading summary (role ``system``) plus the recent messages.
 """
 
@@ -15,6 +17,16 @@ import redis
 
 from claw_worker import constants
 
+# KEYS: history, saved mark   ARGV: mark ttl_sec, max entries, message JSON...
+# Appends the turn unless the mark says this message's turn is already there.
+_APPEND_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) == false then return 0 end
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+return 1
+"""
+SAVED_MARK_TTL_SEC = 7 * 24 * 3600  # as long as a message record lives
+
 MAX_ENTRIES = 200  # kept in Redis per session; compaction summarises older turns
 LOAD_LIMIT = 100  # read into the context per turn
 
@@ -24,6 +36,7 @@ Message = dict[str, Any]
 class History:
     def __init__(self, client: redis.Redis, session_key: str, *, max_entries: int = MAX_ENTRIES):
         self._redis = client
+        self._session_key = session_key
         self._key = constants.history_key(session_key)
         self._max = max_entries
         # The whole list as last read by load_all, until this object writes: the session
@@ -59,14 +72,22 @@ class History:
         self._snapshot = (messages, len(raw))
         return list(messages), len(raw)
 
-    def append(self, messages: Sequence[Message]) -> None:
+    def append(self, messages: Sequence[Message], *, message_id: str = "") -> bool:
+        """Add a turn's messages; with ``message_id``, only once per message (False when
+        that message's turn was already saved)."""
         if not messages:
-            return
+            return False
         self._snapshot = None
+        encoded = [json.dumps(m, ensure_ascii=False) for m in messages]
+        if message_id:
+            mark = constants.history_saved_key(self._session_key, message_id)
+            args = [SAVED_MARK_TTL_SEC, self._max, *encoded]
+            return bool(self._redis.eval(_APPEND_ONCE, 2, self._key, mark, *args))
         pipe = self._redis.pipeline(transaction=True)
-        pipe.rpush(self._key, *(json.dumps(m, ensure_ascii=False) for m in messages))
+        pipe.rpush(self._key, *encoded)
         pipe.ltrim(self._key, -self._max, -1)
         pipe.execute()
+        return True
 
     def replace(self, messages: Sequence[Message], *, expect_len: int | None = None) -> bool:
         """Swap the whole history in one MULTI (DEL + RPUSH); False, changing nothing, if

@@ -164,8 +164,9 @@ class Agent:
             turn = _Turn(build_messages(system_prompt, history.load(), user), new=[user])
             reply = self._loop(provider, turn, ctx, stop)
         # Saved only once the turn is over: a ProviderError propagates before this, and the
-        # retried message then starts from the same history instead of a duplicate user turn.
-        history.append(turn.new)
+        # retried message then starts from the same history instead of a duplicate user turn;
+        # once per message id, for a message re-run after its worker died right after this.
+        history.append(turn.new, message_id=message.message_id)
         return reply
 
     def _loop(

@@ -8,7 +8,13 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 import redis
 
-from claw_worker.config import Config, ConfigError, config_path, load_config
+from claw_worker.config import (
+    Config,
+    ConfigError,
+    apply_env_overrides,
+    config_path,
+    load_config,
+)
 from claw_worker.config.store import MASK
 from claw_worker.embedded_redis import EmbeddedRedisError
 
@@ -44,11 +50,14 @@ def current_path() -> Path:
     return config_path()
 
 
-def load() -> Config:
-    """The config, or a clean error exit naming the file and what is wrong in it."""
+def load(*, environment: bool = True) -> Config:
+    """The config this command runs with (the file, then the environment overrides such as
+    ``CLAW_REDIS_URL``; ``environment=False``: the file alone, as ``config get`` shows it),
+    or a clean error exit naming the file and what is wrong in it."""
     path = current_path()
     try:
-        return load_config(path)
+        config = load_config(path)
+        return apply_env_overrides(config) if environment else config
     except ConfigError as exc:
         raise CliError(describe_error(exc)) from None
 

@@ -9,11 +9,12 @@ value leaves the file untouched.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import click
 
 from claw_worker.cli._common import CliError, current_path, load
-from claw_worker.config.fleet import change_config, reload_config
+from claw_worker.config.fleet import ChangeResult, change_config, reload_config
 from claw_worker.config.store import ConfigError, get_path, mask_secrets, split_path
 
 
@@ -35,7 +36,7 @@ def get_cmd(dotted: str) -> None:
     """Print the value at PATH (e.g. gateway.port) as JSON, secrets masked."""
     parts = split_or_fail(dotted)
     try:
-        value = get_path(load(), dotted)
+        value = get_path(load(environment=False), dotted)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     click.echo(json.dumps(mask_secrets(value, parts[-1]), indent=2, ensure_ascii=False))
@@ -47,23 +48,24 @@ def get_cmd(dotted: str) -> None:
 def set_cmd(dotted: str, raw: str) -> None:
     """Set PATH to VALUE (JSON when it parses as JSON, else a string) in the file and in
     every running process of the fleet; if one rejects it, the file is restored."""
-    try:
-        result = change_config(current_path(), dotted, raw)
-    except ConfigError as exc:
-        raise CliError(f"{exc}\n{current_path()} was not changed.") from None
-    if not result.ok:
-        raise CliError(result.message)
-    click.echo(result.message)
+    _report(
+        lambda: change_config(current_path(), dotted, raw), f"{current_path()} was not changed."
+    )
 
 
 @config.command("reload")
 def reload_cmd() -> None:
     """Make every running process of the fleet (all hosts) re-read its config file; report
     which applied it. If one rejects it, none applies it."""
+    _report(lambda: reload_config(current_path()), "Nothing was reloaded.")
+
+
+def _report(action: Callable[[], ChangeResult], unchanged: str) -> None:
+    """Print the result of a fleet change; exit 1 with its message when it did not apply."""
     try:
-        result = reload_config(current_path())
+        result = action()
     except ConfigError as exc:
-        raise CliError(f"{exc}\nNothing was reloaded.") from None
+        raise CliError(f"{exc}\n{unchanged}") from None
     if not result.ok:
         raise CliError(result.message)
     click.echo(result.message)
@@ -76,5 +78,5 @@ def check_cmd() -> None:
     if not path.exists():
         click.echo(f"OK {path} (no file yet: all defaults; `clawctl onboard` creates it)")
         return
-    load()
+    load(environment=False)
     click.echo(f"OK {path}")

@@ -16,8 +16,16 @@ import redis
 
 from claw_worker import constants as k
 from claw_worker.cli._common import current_path, mask_url
-from claw_worker.config import Config, ConfigError, load_config, logs_dir, workspace_dir
+from claw_worker.config import (
+    Config,
+    ConfigError,
+    apply_env_overrides,
+    load_config,
+    logs_dir,
+    workspace_dir,
+)
 from claw_worker.config.store import mask_secret, resolve_api_key
+from claw_worker.control import live_processes
 from claw_worker.redis_conn import client, redis_url
 
 PROBE_TIMEOUT_SEC = 1.0
@@ -39,7 +47,9 @@ def _provider(config: Config) -> dict[str, Any]:
 
 
 def _redis_facts(url: str) -> dict[str, Any]:
-    facts: dict[str, Any] = {"reachable": False, "error": None, "queues": None, "waiting": None}
+    facts: dict[str, Any] = {
+        "reachable": False, "error": None, "queues": None, "waiting": None, "processes": None,
+    }  # fmt: skip
     conn = client(
         url,
         socket_timeout=PROBE_TIMEOUT_SEC,
@@ -58,6 +68,9 @@ def _redis_facts(url: str) -> dict[str, Any]:
             queues[name] = sum(pipe.execute())
         facts["queues"] = queues
         facts["waiting"] = conn.zcard(k.DIRTY_SESSIONS)
+        facts["processes"] = sorted(
+            (f"{p['role']} {p['name']}" for p in live_processes(conn)), key=str
+        )
     except (redis.RedisError, OSError) as exc:
         facts["error"] = str(exc) or type(exc).__name__
     finally:
@@ -104,7 +117,7 @@ def collect() -> dict[str, Any]:
         "config": {"path": str(path), "exists": path.exists(), "valid": False, "error": None}
     }
     try:
-        config = load_config(path)
+        config = apply_env_overrides(load_config(path))
     except ConfigError as exc:
         report["config"]["error"] = str(exc)
         return report
@@ -130,6 +143,7 @@ def collect() -> dict[str, Any]:
             "workers": _workers() if facts["reachable"] else None,
             "queues": facts["queues"],
             "sessions_waiting": facts["waiting"],
+            "processes": facts["processes"],
             "breakers": _breakers(config, url) if facts["reachable"] else None,
         }
     )
@@ -163,6 +177,11 @@ def _render(report: dict[str, Any]) -> list[str]:
     lines.append(f"queues     {shown}")
     waiting = report["sessions_waiting"]
     lines.append(f"sessions   {'unknown' if waiting is None else waiting} waiting")
+    procs = report["processes"]
+    if procs is None:
+        lines.append("processes  unknown")
+    else:
+        lines.append(f"processes  {len(procs)}" + (f": {', '.join(procs)}" if procs else ""))
     lines.extend(_render_breakers(report.get("breakers")))
     return lines
 

@@ -24,6 +24,7 @@ from claw_worker import constants as k
 from claw_worker.config import Config
 from claw_worker.config.paths import logs_dir, run_dir
 from claw_worker.embedded_redis import EmbeddedRedis, ensure_embedded, is_alive
+from claw_worker.process import ENV_NODE_NAME
 from claw_worker.redis_conn import redis_url
 
 STOP_TIMEOUT_SEC = 15.0
@@ -47,6 +48,8 @@ class Child:
     next_start: float = 0.0
 
     def start(self, env: dict[str, str]) -> None:
+        # A stable node name (so the log file keeps its name across restarts).
+        env = {**env, ENV_NODE_NAME: f"{self.name}@{socket.gethostname()}"}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.args,
@@ -86,14 +89,13 @@ class Supervisor:
     def plan(self) -> list[Child]:
         py = sys.executable
         cfg, logs = self.config, logs_dir(self.config)
-        host = socket.gethostname()
         queues = ",".join(k.ALL_QUEUES)
         children = [
             Child("ingress", [py, "-m", "claw_ingress"], logs / "ingress.out",
                   f"http://{cfg.gateway.host}:{cfg.gateway.port}"),
             # The plain commands: pool, concurrency and queues come from the config.
             Child("worker", [py, "-m", "celery", "-A", "claw_worker", "worker",
-                             "-n", f"worker@{host}", "--without-mingle", "--without-gossip"],
+                             "--without-mingle", "--without-gossip"],
                   logs / "worker.out", f"queues {queues}, {cfg.worker.pool} x{cfg.worker.concurrency}"),
             Child("beat", [py, "-m", "celery", "-A", "claw_worker", "beat"],
                   logs / "beat.out", "schedules (RedBeat)"),

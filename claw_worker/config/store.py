@@ -116,6 +116,8 @@ def save_config_data(path: Path, data: dict[str, Any]) -> Config:
     :class:`ConfigError` that says so, and nothing is changed.
     """
     config = validate_config_data(data, str(path))
+    if path.exists() and os.statvfs(path).f_flag & os.ST_RDONLY:
+        raise ConfigError(read_only_message(path, OSError(errno.EROFS, "read-only")))
     try:
         if path.exists():
             shutil.copy2(path, backup_path(path))

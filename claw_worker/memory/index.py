@@ -34,13 +34,13 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from claw_worker.config.paths import cache_dir
 from claw_worker.memory import embeddings
+from claw_worker.memory.sql import BM25, SNIPPET, Hit, write_transaction
 from claw_worker.memory.store import INDEX_FILE, LAYERS, NOTES_DIR, memory_dir
 from claw_worker.memory.terms import fts_query, has_cjk, restore, segment
 
@@ -61,8 +61,6 @@ BUSY_TIMEOUT_MS = 10_000
 # many chunks, each committed); a large backlog is worked off over the following searches.
 EMBED_BUDGET_SEC = 2.0
 EMBED_GROUP_CHUNKS = 64
-SNIPPET = "snippet(chunks, -1, '', '', '…', ?)"  # ? = how many tokens
-BM25 = "bm25(chunks, 0.0, 2.0, 1.0)"  # path ignored, a heading weighs twice the body
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 
 # user_version 0 (never set) was unicode61 on the raw text; a mismatch re-indexes once.
@@ -72,14 +70,6 @@ SCHEMA = (
     "CREATE VIRTUAL TABLE chunks USING fts5("
     " path UNINDEXED, heading, body, tokenize = 'unicode61 remove_diacritics 2')",
 )
-
-
-@dataclass(frozen=True)
-class Hit:
-    path: str  # relative to the workspace, e.g. memory/notes/2026-01-02.md
-    heading: str
-    snippet: str
-    score: float  # higher is better: negated bm25, or the fused score in hybrid mode
 
 
 def chunk_markdown(text: str) -> list[tuple[str, str]]:
@@ -153,18 +143,6 @@ def default_db_path(workspace: Path) -> Path:
     """This host's index of ``workspace``: two workspaces never share one."""
     digest = hashlib.sha256(str(workspace.resolve()).encode()).hexdigest()[:16]
     return cache_dir() / INDEX_DIR / f"{digest}.sqlite3"
-
-
-@contextlib.contextmanager
-def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction, its lock taken at once (no deadlock between two upgraders)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from claw_worker.memory.embeddings import DIM, Embedder
-from claw_worker.memory.index import BM25, SNIPPET, Hit, write_transaction
+from claw_worker.memory.sql import BM25, SNIPPET, Hit, write_transaction
 from claw_worker.memory.terms import has_cjk, restore
 
 RRF_K = 60  # the paper's constant: damps the head of each list so neither ranking dominates

@@ -1,0 +1,196 @@
+"""Config changes reach every running process on every host, or none.
+
+Two hosts (own config files, shared Redis): ``clawctl config set`` on host A is applied by
+A's ingress and worker and B's worker, written into B's file, and takes effect in the next
+message without a restart; a value one process rejects is applied nowhere and A's file is
+restored from its backup; ``clawctl config reload`` and ``/reload`` re-read the files; a
+read-only config file (as compose mounts it) gets a clear answer, never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.hosts import Host
+from tests.fixtures.procs import free_port, wait_for
+
+
+def host_config(llm_url: str, **tools: Any) -> dict[str, Any]:
+    return {
+        "providers": {"proxy": {"api_base": llm_url, "api_key": "sk-x-123456789", "models": ["m"]}},
+        "gateway": {"port": free_port()},
+        "worker": {"concurrency": 8, "lease_sec": 3, "sweep_interval_sec": 1},
+        "tools": {"exec": {"enabled": False}},
+    }
+
+
+def clawctl(
+    host: Host, *args: str, wrap: list[str] | None = None, **env: str
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [*(wrap or []), sys.executable, "-m", "claw_worker.cli", *args],
+        env=host.env("worker", **env),
+        cwd=host.home,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    return result
+
+
+def tool_names(request: dict[str, Any]) -> set[str]:
+    return {t["function"]["name"] for t in request.get("tools") or []}
+
+
+def ask(base: str, text: str, session: str) -> dict[str, Any]:
+    resp = httpx.post(f"{base}/api/message", timeout=60,
+                      json={"text": text, "session": session, "wait": True})  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def start(host: Host, llm_url: str, *services: str) -> None:
+    host.write_config(host_config(llm_url))
+    for service in services:
+        host.start(service)
+    if "worker" in services:
+        host.wait_worker_ready()
+    if "ingress" in services:
+        port = host.read_config()["gateway"]["port"]
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200,
+                 timeout=60, what="ingress")  # fmt: skip
+
+
+def registered(redis_server: Any, count: int) -> None:
+    from claw_worker.control import live_processes
+
+    client = redis_server.client()
+    wait_for(lambda: len(live_processes(client)) >= count, timeout=30,
+             what=f"{count} processes in the registry")  # fmt: skip
+
+
+def test_set_reaches_both_hosts_takes_effect_and_a_rejection_rolls_back(
+    make_host, redis_server, llm_server
+) -> None:
+    a, b = make_host("a"), make_host("b")
+    start(a, llm_server.base_url, "ingress", "worker")
+    start(b, llm_server.base_url, "worker")
+    registered(redis_server, 3)
+    status = clawctl(a, "status").stdout
+    assert "processes  3: ingress ingress-" in status and status.count("worker worker-") == 2
+    base = f"http://127.0.0.1:{a.read_config()['gateway']['port']}"
+    assert ask(base, "before", "api:r1")["reply"] == "echo: before"
+    assert "exec" not in tool_names(llm_server.requests[-1])
+
+    # 1. Applied everywhere, persisted on B, in effect at the next message: no restart.
+    out = clawctl(a, "config", "set", "tools.exec.enabled", "true")
+    assert out.returncode == 0, out.stderr
+    assert "Applied by 3 process(es)" in out.stdout, out.stdout
+    assert out.stdout.count("worker worker-") == 2 and "ingress ingress-" in out.stdout
+    assert b.read_config()["tools"]["exec"]["enabled"] is True
+    for n in range(4):  # whichever host's worker takes it
+        ask(base, f"after {n}", f"api:r2-{n}")
+        assert "exec" in tool_names(llm_server.requests[-1])
+
+    # 2. B cannot create the new log directory: nothing applied anywhere, A's file restored.
+    (b.home / "blocked").write_text("a file where B's log directory would go")
+    before_a, before_b = a.config_file.read_text(), b.config_file.read_text()
+    out = clawctl(a, "config", "set", "logging.dir", "~/blocked/logs")
+    assert out.returncode == 1
+    assert "Rejected, nothing was applied" in out.stderr
+    assert "cannot create the log directory" in out.stderr and f"{b.home}/blocked" in out.stderr
+    assert "restored from config.json.bak" in out.stderr
+    assert a.config_file.read_text() == before_a and b.config_file.read_text() == before_b
+    assert not (a.home / "blocked").exists()  # A never applied it either
+    ask(base, "still fine", "api:r3")
+
+    # 3. A hand edit on each host, then reload (CLI and in chat): each re-reads its own file.
+    for host, word in ((a, "Halted A."), (b, "Halted B.")):
+        data = host.read_config()
+        data.setdefault("agents", {}).setdefault("defaults", {})["texts"] = {"run_stopped": word}
+        host.write_config(data)
+    out = clawctl(a, "config", "reload")
+    assert out.returncode == 0 and "Applied by 3 process(es)" in out.stdout, out.stderr
+    reply = ask(base, "/reload", "api:r4")["reply"]
+    assert reply.startswith("Applied by 3 process(es)"), reply
+    # A reload that one process rejects: nothing applied, the file is left for the user.
+    data = b.read_config()
+    data["logging"] = {"dir": "~/blocked/again"}
+    b.write_config(data)
+    out = clawctl(a, "config", "reload")
+    assert out.returncode == 1 and "Rejected, nothing was applied" in out.stderr
+    assert "fix it and reload again" in out.stderr
+
+
+def test_reload_with_no_fleet_running_says_so(make_host) -> None:
+    host = make_host("a")
+    host.write_config(host_config("http://127.0.0.1:9/v1"))
+    host.home.mkdir(parents=True)
+    # Redis answers, but no process is registered.
+    out = clawctl(host, "config", "reload")
+    assert out.returncode == 0 and "No running clawfleet process" in out.stdout, out.stderr
+    # No Redis at all.
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    out = clawctl(host, "config", "reload", CLAW_REDIS_URL=dead)
+    assert out.returncode == 1 and "No running fleet reached" in out.stderr
+    out = clawctl(host, "config", "set", "agents.defaults.temperature", "0.3", CLAW_REDIS_URL=dead)
+    assert out.returncode == 0 and "No running fleet reached: it applies at start" in out.stdout
+    assert host.read_config()["agents"]["defaults"]["temperature"] == 0.3
+
+
+def _read_only_wrap(path: str) -> list[str]:
+    """Run a command in a mount namespace where ``path`` is mounted read-only, as compose
+    mounts ./config.json (root ignores file modes, so a mode would prove nothing)."""
+    return [
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        f"mount --bind -o ro '{path}' '{path}' && exec \"$@\"",
+        "-",
+    ]
+
+
+def test_a_read_only_config_file_gets_a_clear_answer(make_host, redis_server, llm_server) -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is needed to mount the config read-only")
+    host = make_host("a")
+    host.write_config(host_config(llm_server.base_url))
+    host.home.mkdir(parents=True)
+    probe = subprocess.run([*_read_only_wrap(str(host.config_file)), "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a mount namespace here: {probe.stderr.decode()[:200]}")
+    before = host.config_file.read_bytes()
+    wrap = _read_only_wrap(str(host.config_file))
+
+    out = clawctl(host, "config", "set", "agents.defaults.temperature", "0.3", wrap=wrap)
+    assert out.returncode == 1
+    assert "cannot be written (it is on a read-only file system)" in out.stderr, out.stderr
+    assert "clawctl config reload" in out.stderr
+    assert host.config_file.read_bytes() == before
+    assert sorted(p.name for p in host.config_file.parent.iterdir()) == ["config.json"]
+
+    # The ingress on that read-only file: /config set answers, /reload still works.
+    port = host.read_config()["gateway"]["port"]
+    proc = subprocess.Popen(
+        [*wrap, sys.executable, "-m", "claw_ingress"], env=host.env("ingress"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    host.procs["ingress-ro"] = proc
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(f"{base}/health").status_code == 200, timeout=60, what="ingress")
+    resp = httpx.post(f"{base}/api/message", json={"text": "/config set gateway.token abcdef"})
+    assert resp.status_code == 200
+    assert resp.json()["reply"].startswith("Not changed: ") and "read-only" in resp.json()["reply"]
+    reload = httpx.post(f"{base}/api/message", json={"text": "/reload"}, timeout=30).json()
+    assert reload["reply"].startswith("Applied by 1 process(es)"), reload
+    assert json.loads(host.config_file.read_text()) == json.loads(before)
