@@ -198,8 +198,8 @@ async def _config(ctx: CommandContext, args: list[str]) -> str:
     try:
         if len(args) == 2 and args[0] == "get":
             value = config_store.get_path(config_store.load_config(path), args[1])
-            masked = config_store.mask_secrets({args[1].split(".")[-1]: value})
-            return json.dumps(next(iter(masked.values())), ensure_ascii=False, indent=2)
+            masked = config_store.mask_secrets(value, args[1])
+            return json.dumps(masked, ensure_ascii=False, indent=2)
         if len(args) >= 3 and args[0] == "set":
             # Writes the file and waits for every process's answer: off the event loop.
             result = await asyncio.to_thread(change_config, path, args[1], " ".join(args[2:]))

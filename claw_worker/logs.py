@@ -19,9 +19,10 @@ characters of a text), ``error``, ``message_content_length``, ``assistant_conten
 Stdlib loggers (Celery, kombu, uvicorn, httpx) go through the same handlers and formatters
 (structlog's ``ProcessorFormatter``), so one file holds one JSON object per line whoever logged.
 
-Every line passes a redactor: values of fields whose name looks secret (key, token, secret,
-password, authorization) are masked, and strings are scrubbed of things that look like API
-keys, bearer tokens and Telegram bot tokens, and of the secrets in the config itself.
+Every line passes a redactor: values of fields named as credentials (``api_key``, ``token``,
+``*_secret``, ``password``, ``authorization``: see ``SECRET_FIELD``) are masked, and strings
+are scrubbed of things that look like API keys, bearer tokens and Telegram bot tokens, and of
+the secrets in the config itself (the fields marked secret in the schema).
 """
 
 from __future__ import annotations
@@ -35,13 +36,12 @@ import time
 from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
 
 from claw_worker.config.paths import logs_dir
 from claw_worker.config.schema import Config
-from claw_worker.config.store import is_secret_name, resolve_api_key
+from claw_worker.config.store import secret_values
 
 MASK = "****"
 # Rotation is by size; age-based retention deletes the rest. This bounds one process's disk
@@ -51,8 +51,12 @@ REOPEN_CHECK_SEC = 5.0
 # Literal config secrets shorter than this are not scrubbed from free text: masking "abc"
 # wherever it appears would wreck the logs and protect nothing.
 MIN_LITERAL_SECRET = 6
-# Field names that contain a secret word but hold no secret.
-NOT_SECRET_FIELDS = frozenset({"session_key", "keys", "resource_keys", "message_key"})
+# Log fields whose value is masked whole: a credential by its name (``api_key``,
+# ``gateway_token``, ``app_secret``, ``authorization`` ...). Not a word inside a name: a
+# field like ``memory_recall_keywords`` or ``total_tokens`` holds no secret.
+SECRET_FIELD = re.compile(
+    r"(?:^|_)(?:api_?key|token|secret|password|passwd|authorization|credentials?)$", re.I
+)
 # Loggers that install their own handlers; routed to ours instead.
 ROUTED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task")
 
@@ -71,10 +75,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 
 def is_secret_field(name: str) -> bool:
-    lowered = name.lower()
-    if lowered in NOT_SECRET_FIELDS:
-        return False
-    return is_secret_name(lowered) or "authorization" in lowered
+    return SECRET_FIELD.search(name) is not None
 
 
 class Redactor:
@@ -116,24 +117,9 @@ class Redactor:
 
 
 def config_secrets(config: Config) -> list[str]:
-    """Every secret string the config holds (and the API keys it falls back to)."""
-    found: list[str] = []
-
-    def walk(node: Any, name: str) -> None:
-        if isinstance(node, dict):
-            for key, child in node.items():
-                walk(child, key)
-        elif isinstance(node, list):
-            for child in node:
-                walk(child, name)
-        elif isinstance(node, str) and node and is_secret_name(name):
-            found.append(node)
-
-    walk(config.model_dump(mode="json"), "")
-    found.append(resolve_api_key(""))  # $CLAW_API_KEY / $OPENAI_API_KEY
-    if config.redis.url:
-        found.append(urlsplit(config.redis.url).password or "")
-    return [s for s in found if s]
+    """Every secret string the config holds (fields marked secret in the schema, the API
+    key the proxy falls back to, the Redis password): scrubbed from every log line."""
+    return secret_values(config)
 
 
 class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):

@@ -14,7 +14,7 @@ from claw_worker.config.paths import config_path, logs_dir, workspace_dir
 from claw_worker.config.store import (
     atomic_write_text,
     get_path,
-    is_secret_name,
+    is_secret_path,
     load_config_data,
     mask_secrets,
     parse_config_text,
@@ -50,7 +50,7 @@ def test_empty_object_is_all_defaults() -> None:
         ('{"channels": {"slack": {}}}', "channels.slack: unknown field"),
         ('{"providers": {"proxies": {"x": {"api_base": "ftp://h"}}}}', "providers.proxies.x"),
         ('{"providers": {"proxy_fallbacks": ["nope"]}}', "nope"),
-        ('{"redis": {"url": "http://h"}}', "redis: url must start with redis://"),
+        ('{"redis": {"url": "http://h"}}', "redis.url: url must start with redis://"),
         (
             '{"tools": {"web_fetch": {"allowed_hosts": ["10.0.0.0/33"]}}}',
             "tools.web_fetch.allowed_hosts: '10.0.0.0/33' is not a network like 10.0.0.0/8",
@@ -144,8 +144,37 @@ def test_mask_secrets_masks_secret_strings_only() -> None:
     assert masked["providers"]["proxy"]["api_key"] == "sk-****"
     assert masked["agents"]["defaults"]["max_tokens"] == 4096  # numbers are never secrets
     assert masked["agents"]["defaults"]["heartbeat"]["ack_max_chars"] == 64
-    assert mask_secrets("sk-live-1234567890", "api_key") == "sk-****"
-    assert is_secret_name("app_secret") and not is_secret_name("ack_max_chars")
+    assert mask_secrets("sk-live-1234567890", "providers.proxy.api_key") == "sk-****"
+    assert is_secret_path(("channels", "feishu", "app_secret"))
+    assert is_secret_path(("providers", "proxies", "backup", "api_key"))  # named entries too
+    assert not is_secret_path(("agents", "defaults", "heartbeat", "ack_max_chars"))
+
+
+def test_secrets_are_the_marked_fields_not_words_in_names() -> None:
+    """memory_recall_keywords contains "key": its words are no secret, in config get or in
+    the logs (they were masked everywhere, "remember" included)."""
+    from claw_worker.logs import Redactor, config_secrets, is_secret_field
+
+    config = Config.model_validate(
+        {
+            "providers": {"proxy": {"api_key": "sk-live-1234567890"}},
+            "redis": {"url": "redis://:redis-pass-99@127.0.0.1:6379/0"},
+        }
+    )
+    texts = mask_secrets(config.model_dump(mode="json"))["agents"]["defaults"]["texts"]
+    assert "remember" in texts["memory_recall_keywords"]
+    assert mask_secrets(config.model_dump(mode="json"))["redis"]["url"] == (
+        "redis://:****@127.0.0.1:6379/0"
+    )
+    secrets = config_secrets(config)
+    assert set(secrets) == {"sk-live-1234567890", "redis-pass-99"}
+    redactor = Redactor(secrets)
+    assert redactor.scrub("remember my preference, decision made") == (
+        "remember my preference, decision made"
+    )
+    assert "sk-live" not in redactor.scrub("key sk-live-1234567890 here")
+    assert not is_secret_field("memory_recall_keywords") and not is_secret_field("total_tokens")
+    assert is_secret_field("api_key") and is_secret_field("gateway_token")
 
 
 def test_save_is_atomic_with_backup_and_private(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ INGRESS_ALLOWED = {
     "claw_worker.config.paths",
     "claw_worker.config.schema",
     "claw_worker.config.channels",
+    "claw_worker.config.fields",
     "claw_worker.config.store",
     "claw_worker.config.reload",
     "claw_worker.config.fleet",

@@ -34,12 +34,12 @@ def config() -> None:
 @click.argument("dotted", metavar="PATH")
 def get_cmd(dotted: str) -> None:
     """Print the value at PATH (e.g. gateway.port) as JSON, secrets masked."""
-    parts = split_or_fail(dotted)
+    split_or_fail(dotted)
     try:
         value = get_path(load(environment=False), dotted)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
-    click.echo(json.dumps(mask_secrets(value, parts[-1]), indent=2, ensure_ascii=False))
+    click.echo(json.dumps(mask_secrets(value, dotted), indent=2, ensure_ascii=False))
 
 
 @config.command("set")

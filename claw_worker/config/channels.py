@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from claw_worker.config.fields import secret
+
 
 class ChannelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -17,17 +19,17 @@ class ChannelConfig(BaseModel):
 
 
 class TelegramConfig(ChannelConfig):
-    token: str = ""
+    token: str = secret()
     api_base: str = "https://api.telegram.org"
 
 
 class DiscordConfig(ChannelConfig):
-    token: str = ""
+    token: str = secret()
 
 
 class FeishuConfig(ChannelConfig):
     app_id: str = ""
-    app_secret: str = ""
+    app_secret: str = secret()
 
 
 class WhatsAppConfig(ChannelConfig):
@@ -36,12 +38,12 @@ class WhatsAppConfig(ChannelConfig):
 
 class QQConfig(ChannelConfig):
     app_id: str = ""
-    secret: str = ""
+    secret: str = secret()
 
 
 class DingTalkConfig(ChannelConfig):
     client_id: str = ""
-    client_secret: str = ""
+    client_secret: str = secret()
 
 
 class MaixCamConfig(ChannelConfig):

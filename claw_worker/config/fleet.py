@@ -133,7 +133,7 @@ def change_config(path: Path, dotted: str, raw: str) -> ChangeResult:
     existed = path.exists()
     value, candidate = choose_value(read_raw_data(path), dotted, raw)
     config = save_config_data(path, candidate)
-    shown = json.dumps(mask_secrets(value, parts[-1]), ensure_ascii=False)
+    shown = json.dumps(mask_secrets(value, dotted), ensure_ascii=False)
     backup = f"; previous version in {path.name}.bak" if existed else ""
     done = f"{dotted} = {shown}  ({path}{backup})"
     try:

@@ -7,11 +7,14 @@ is not silently read as a number). Every field has a default, so ``{}`` is a val
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from claw_worker.config.channels import ChannelsConfig
+from claw_worker.config.fields import secret
 
 
 class Section(BaseModel):
@@ -117,7 +120,7 @@ class AgentsConfig(Section):
 
 class ProxyConfig(Section):
     api_base: str = ""
-    api_key: str = ""  # empty: $CLAW_API_KEY, else $OPENAI_API_KEY
+    api_key: str = secret("empty: $CLAW_API_KEY, else $OPENAI_API_KEY")
     auth: Literal["bearer", "api-key", "none"] = "bearer"
     timeout_sec: float = Field(120.0, gt=0)
     models: list[str] = []
@@ -150,18 +153,64 @@ class ProvidersConfig(Section):
 class GatewayConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(18790, ge=1, le=65535)
-    token: str = ""
+    token: str = secret("Authorization: Bearer <token> on /api/* when set")
     max_body_bytes: int = Field(512 * 1024, ge=1024)
+    # Browser origins (scheme://host[:port]) whose pages may call the API; a request
+    # carrying any other Origin is refused.
+    allowed_origins: list[str] = []
+    # Extra names accepted in the Host header while bound to loopback (a reverse proxy's);
+    # localhost and loopback addresses always are. Guards against DNS rebinding.
+    allowed_hosts: list[str] = []
+    # Senders ("<channel>:<sender_id>") who may run admin commands (/config set, /reload)
+    # from a chat; the CLI always may, an anonymous API caller never.
+    admins: list[str] = []
+    # Slow or flooding clients: at most this many connections (503 beyond), and this long
+    # to send the request headers and the body.
+    max_connections: int = Field(1000, ge=1, le=100_000)
+    header_timeout_sec: float = Field(10.0, gt=0, le=600)
+    body_timeout_sec: float = Field(30.0, gt=0, le=3600)
+
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, token: str) -> str:
+        if token and (token != token.strip() or any(c.isspace() for c in token)):
+            raise ValueError("the token must not contain spaces or line breaks")
+        if token and not token.isprintable():
+            raise ValueError("the token must be printable text")
+        return token
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin like https://app.example.com (no path)"
+                )
+        return origins
 
 
 class RedisConfig(Section):
     url: str = ""  # empty: the embedded redis-server under $CLAW_HOME/run
 
-    @model_validator(mode="after")
-    def _check_url(self) -> RedisConfig:
-        if self.url and not self.url.startswith(("redis://", "rediss://", "unix://")):
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        if not url:
+            return url
+        if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("url must start with redis://, rediss:// or unix://")
-        return self
+        parts = urlsplit(url)
+        if parts.scheme == "unix" and not parts.path:
+            raise ValueError("url needs a socket path, e.g. unix:///run/redis/redis.sock")
+        if parts.scheme != "unix":
+            if not parts.hostname:
+                raise ValueError("url needs a host, e.g. redis://127.0.0.1:6379/0")
+            try:
+                parts.port  # noqa: B018 - raises on a bad port
+            except ValueError:
+                raise ValueError("url has an invalid port") from None
+        return url
 
 
 class WorkerConfig(Section):
@@ -217,11 +266,21 @@ class ExecToolConfig(Section):
         r"\bshutdown\b", r"\breboot\b", r"\bpoweroff\b",
     ]  # fmt: skip
 
+    @field_validator("deny_patterns")
+    @classmethod
+    def _check_patterns(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression ({exc})") from None
+        return patterns
+
 
 class WebSearchConfig(Section):
     # "" picks Brave when brave_api_key is set, else SearXNG when searxng_url is set.
     provider: Literal["", "brave", "searxng"] = ""
-    brave_api_key: str = ""
+    brave_api_key: str = secret()
     brave_api_base: str = "https://api.search.brave.com"
     searxng_url: str = ""  # e.g. http://127.0.0.1:8888 (the instance must allow format=json)
     max_results: int = Field(5, ge=1, le=20)

@@ -7,17 +7,19 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
+from claw_worker.config.fields import SECRET_MARK
 from claw_worker.config.schema import Config
 from claw_worker.fsutil import atomic_write_bytes
 
-SECRET_WORDS = ("key", "token", "secret", "password")
 MASK = "****"
 
 
@@ -202,9 +204,28 @@ def set_path(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
     return result
 
 
-def is_secret_name(name: str) -> bool:
-    lowered = name.lower()
-    return any(word in lowered for word in SECRET_WORDS) and not lowered.endswith("_max_chars")
+def _field_at(parts: Sequence[str]) -> FieldInfo | None:
+    """The schema field at ``parts`` (dict sections take any key), or None."""
+    node: Any = Config
+    found: FieldInfo | None = None
+    for part in parts:
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            found = node.model_fields.get(part)
+            if found is None:
+                return None
+            node = found.annotation
+        elif get_origin(node) is dict:
+            node, found = get_args(node)[1], None
+        else:
+            return None
+    return found
+
+
+def is_secret_path(parts: Sequence[str]) -> bool:
+    """The field at ``parts`` is marked secret in the schema (``fields.secret``)."""
+    found = _field_at(parts)
+    extra = found.json_schema_extra if found is not None else None
+    return isinstance(extra, dict) and bool(extra.get(SECRET_MARK))
 
 
 def mask_secret(value: str) -> str:
@@ -213,15 +234,50 @@ def mask_secret(value: str) -> str:
     return value[:3] + MASK if len(value) > 8 else MASK
 
 
-def mask_secrets(node: Any, name: str = "") -> Any:
-    """A copy of a config value with every secret-looking string masked."""
+def mask_url_password(url: str) -> str:
+    """``url`` with its password, if any, masked (a Redis URL may carry one)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{MASK}@{host}"))
+
+
+def mask_secrets(node: Any, dotted: str = "") -> Any:
+    """A copy of the config value at ``dotted`` ("" for the whole config) with every value
+    of a field marked secret masked, and the password of a URL."""
+    return _mask(node, tuple(split_path(dotted)) if dotted else ())
+
+
+def _mask(node: Any, parts: tuple[str, ...]) -> Any:
     if isinstance(node, dict):
-        return {k: mask_secrets(v, k) for k, v in node.items()}
+        return {key: _mask(value, (*parts, key)) for key, value in node.items()}
     if isinstance(node, list):
-        return [mask_secrets(v, name) for v in node]
-    if isinstance(node, str) and is_secret_name(name):
+        return [_mask(value, parts) for value in node]
+    if isinstance(node, str) and is_secret_path(parts):
         return mask_secret(node)
+    if isinstance(node, str) and parts[-1:] == ("url",):
+        return mask_url_password(node)
     return node
+
+
+def secret_values(config: Config) -> list[str]:
+    """Every secret the config holds: values of marked fields, the API key the proxy falls
+    back to, and the Redis password."""
+    found: list[str] = []
+
+    def walk(node: Any, parts: tuple[str, ...]) -> None:
+        if isinstance(node, dict):
+            for key, child in node.items():
+                walk(child, (*parts, key))
+        elif isinstance(node, str) and node and is_secret_path(parts):
+            found.append(node)
+
+    walk(config.model_dump(mode="json"), ())
+    found.append(resolve_api_key(""))  # $CLAW_API_KEY / $OPENAI_API_KEY
+    if config.redis.url:
+        found.append(urlsplit(config.redis.url).password or "")
+    return [value for value in found if value]
 
 
 def resolve_api_key(configured: str) -> str:
