@@ -8,13 +8,13 @@ what to ``read_file`` next, not an index: files, definitions and bytes are all c
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
+import re2
 from pydantic import Field
 
 from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
-from claw_worker.tools.files import resolve_path
+from claw_worker.tools.files import WalkBudget, read_regular, resolve_path
 from claw_worker.tools.search import walk_files
 
 MAX_FILE_BYTES = 512 * 1024
@@ -24,8 +24,9 @@ REGEX_LANGS = frozenset(
      ".php", ".c", ".h", ".cc", ".cpp", ".hpp", ".cs", ".scala", ".lua", ".sh"}
 )  # fmt: skip
 # A definition at the start of a line (top level): optional modifiers, a keyword, a name.
-# Go methods carry a receiver: ``func (s *Server) Start(``.
-_DEF = re.compile(
+# Go methods carry a receiver: ``func (s *Server) Start(``. RE2: the files are whatever the
+# model wrote, so no line may make the match backtrack while holding the GIL.
+_DEF = re2.compile(
     r"^(?:export\s+)?(?:default\s+)?(?:pub(?:\([\w:]+\))?\s+)?(?:async\s+)?"
     r"(?:public\s+|private\s+|protected\s+|static\s+|abstract\s+|final\s+)*"
     r"(def|func|fn|class|function|struct|interface|trait|enum|impl|module)\s+"
@@ -52,7 +53,8 @@ class RepoMapTool(Tool[RepoMapParams]):
             raise ToolError(f"not a directory: {params.path}")
         out: list[str] = []
         files = 0
-        for path in walk_files(root, ctx):
+        budget = WalkBudget(ctx)
+        for path in walk_files(root, ctx, budget):
             suffix = path.suffix.lower()
             if suffix != ".py" and suffix not in REGEX_LANGS:
                 continue
@@ -62,15 +64,15 @@ class RepoMapTool(Tool[RepoMapParams]):
             files += 1
             out.append(path.relative_to(root).as_posix())
             out.extend("  " + d for d in _definitions(path, suffix))
+        out.extend(budget.notes())  # symlink loops skipped, or the limit that cut it short
         return "\n".join(out) if out else f"No source files under {params.path}"
 
 
 def _definitions(path: Path, suffix: str) -> list[str]:
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        return [f"(unreadable: {exc.strerror})"]
+    read = read_regular(path, MAX_FILE_BYTES + 1)  # never blocks on a FIFO swapped in
+    if read is None:
+        return ["(unreadable, or no longer a regular file)"]
+    data = read[0]
     text = data[:MAX_FILE_BYTES].decode("utf-8", errors="replace")
     defs = _python_defs(text) if suffix == ".py" else _regex_defs(text)
     if len(defs) > MAX_DEFS_PER_FILE:
@@ -83,7 +85,7 @@ def _definitions(path: Path, suffix: str) -> list[str]:
 def _python_defs(text: str) -> list[str]:
     try:
         tree = ast.parse(text)
-    except (SyntaxError, ValueError) as exc:
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         # Fall back to patterns: a file mid-edit still deserves a map.
         return [f"(syntax error: {getattr(exc, 'msg', exc)})", *_regex_defs(text)]
     defs: list[str] = []

@@ -1,13 +1,25 @@
-"""File tools: ``read_file``, ``write_file``, ``list_files``, confined to the workspace.
+"""File tools: ``read_file``, ``write_file``, ``edit_file``, ``list_files``, confined to the
+workspace, and the one bounded walk of the workspace that the search tools share.
 
 Paths are resolved (symlinks included) before the check, so neither ``..`` nor a symlink
 inside the workspace can reach outside it. With ``tools.restrict_to_workspace`` false,
 absolute paths anywhere are allowed.
+
+A walk (``walk``) never follows directory symlinks, skips symlink loops and reports them,
+opens nothing but regular files (a FIFO blocks its reader forever), and stops at its
+``WalkBudget``: a wall-clock deadline (``tools.search_timeout_sec``), a number of directory
+entries and of bytes read, or a /stop. One tool call must not hold a worker.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydantic import Field
@@ -18,13 +30,27 @@ from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
 MAX_READ_BYTES = 512 * 1024
 MAX_WRITE_CHARS = 1024 * 1024
 MAX_LIST_ENTRIES = 500
+MAX_PATH_CHARS = 4096  # PATH_MAX
+MAX_WALK_ENTRIES = 20_000  # directory entries one walk looks at
+MAX_WALK_BYTES = 64 * 1024 * 1024  # file bytes one search reads
+_LOOPS_SHOWN = 5
 
 
 def resolve_path(path: str, ctx: ToolContext) -> Path:
     """``path`` (relative to the workspace, or absolute) resolved; refused if it escapes."""
     workspace = ctx.workspace.resolve()
-    raw = Path(path).expanduser()
-    resolved = (raw if raw.is_absolute() else workspace / raw).resolve()
+    try:
+        raw = Path(path).expanduser()
+    except RuntimeError as exc:  # ~name of an unknown user
+        raise ToolError(f"cannot expand {path!r}: {exc}") from exc
+    try:
+        resolved = (raw if raw.is_absolute() else workspace / raw).resolve()
+    except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError for a loop
+        if isinstance(exc, OSError) and exc.errno != errno.ELOOP:
+            raise ToolError(f"cannot resolve {path!r}: {exc.strerror}") from exc
+        raise ToolError(f"path {path!r} is or goes through a symlink loop") from exc
+    except ValueError as exc:  # an embedded NUL character
+        raise ToolError(f"invalid path {path!r}: {exc}") from exc
     if ctx.config.tools.restrict_to_workspace and not resolved.is_relative_to(workspace):
         raise ToolError(f"path {path!r} is outside the workspace ({workspace}); access refused")
     return resolved
@@ -35,8 +61,139 @@ def _shown(path: Path, ctx: ToolContext) -> str:
     return str(path.relative_to(workspace)) if path.is_relative_to(workspace) else str(path)
 
 
+def read_regular(path: Path, limit: int) -> tuple[bytes, int] | None:
+    """The first ``limit`` bytes of ``path`` and its size, or None if it is not a readable
+    regular file. Opened non-blocking and checked once open: a FIFO swapped in after a
+    check would block the reader forever."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        try:
+            return fh.read(limit), info.st_size
+        except OSError:
+            return None
+
+
+class WalkBudget:
+    """What one walk may spend; ``stopped`` says why it ended early (empty while it has not)."""
+
+    def __init__(
+        self, ctx: ToolContext, *, max_entries: int = MAX_WALK_ENTRIES,
+        max_bytes: int = MAX_WALK_BYTES,
+    ) -> None:  # fmt: skip
+        self.timeout = ctx.config.tools.search_timeout_sec
+        self.deadline = time.monotonic() + self.timeout
+        self.should_stop = ctx.should_stop
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.entries = 0
+        self.bytes_read = 0
+        self.stopped = ""
+        self.loops: list[str] = []  # symlink loops skipped, relative to the walk's root
+
+    def spent(self) -> bool:
+        if not self.stopped:
+            if self.should_stop():
+                self.stopped = "stopped because the run was cancelled"
+            elif time.monotonic() >= self.deadline:
+                self.stopped = f"stopped after {self.timeout:.1f} s"
+            elif self.entries >= self.max_entries:
+                self.stopped = f"stopped after looking at {self.max_entries} entries"
+            elif self.bytes_read >= self.max_bytes:
+                self.stopped = f"stopped after reading {self.max_bytes // 2**20} MiB"
+        return bool(self.stopped)
+
+    def notes(self) -> list[str]:
+        """Lines for the result: loops skipped, and the limit that cut the walk short."""
+        notes = []
+        if self.loops:
+            shown = ", ".join(sorted(self.loops)[:_LOOPS_SHOWN])
+            more = ", ..." if len(self.loops) > _LOOPS_SHOWN else ""
+            notes.append(f"[skipped {len(self.loops)} symlink loop(s): {shown}{more}]")
+        if self.stopped:
+            notes.append(f"[{self.stopped}: results are partial]")
+        return notes
+
+
+def walk(
+    root: Path, ctx: ToolContext, budget: WalkBudget, *, skip: frozenset[str] = frozenset(),
+    listing: bool = False, recursive: bool = True,
+) -> Iterator[Path]:  # fmt: skip
+    """Regular files under ``root`` (``listing``: every entry, directories too), depth first,
+    a directory's files before its subdirectories, each sorted by name.
+
+    Directory symlinks are listed but never entered; a file symlink that resolves outside
+    the workspace (when restricted) or to no regular file is not searched.
+    """
+    workspace = ctx.workspace.resolve()
+    restrict = ctx.config.tools.restrict_to_workspace
+
+    def searchable(target: Path) -> bool:
+        return target.is_file() and not (restrict and not target.is_relative_to(workspace))
+
+    pending = [root]
+    while pending and not budget.spent():
+        files, subdirs = _scan(pending.pop(), root, budget, skip, listing, searchable)
+        for path in files:
+            if budget.spent():
+                return
+            yield path
+        if recursive:
+            pending.extend(reversed(subdirs))
+
+
+def _scan(
+    directory: Path, root: Path, budget: WalkBudget, skip: frozenset[str], listing: bool,
+    searchable: Callable[[Path], bool],
+) -> tuple[list[Path], list[Path]]:  # fmt: skip
+    """One directory: the entries to yield and the subdirectories to enter, sorted."""
+    files: list[Path] = []
+    subdirs: list[Path] = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if budget.spent():
+                    break
+                budget.entries += 1
+                path = Path(entry.path)
+                with contextlib.suppress(OSError):  # an entry that vanished meanwhile
+                    if entry.is_dir(follow_symlinks=False):
+                        if entry.name not in skip:
+                            subdirs.append(path)
+                            if listing:
+                                files.append(path)
+                    elif entry.is_symlink():
+                        target = _link_target(path, root, budget)
+                        if target is not None and (listing or searchable(target)):
+                            files.append(path)
+                    elif listing or entry.is_file(follow_symlinks=False):
+                        files.append(path)
+    except OSError:  # unreadable, or a path too long: skipped, as os.walk does
+        pass
+    return sorted(files), sorted(subdirs)
+
+
+def _link_target(path: Path, root: Path, budget: WalkBudget) -> Path | None:
+    """Where a symlink leads (the link itself when it leads nowhere), or None for a loop,
+    which the budget notes."""
+    try:
+        return Path(os.path.realpath(path, strict=True))
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            return path
+        budget.loops.append(path.relative_to(root).as_posix())
+        return None
+
+
 class ReadFileParams(ToolParams):
-    path: str = Field(min_length=1, description="File path, relative to the workspace.")
+    path: str = Field(
+        min_length=1, max_length=MAX_PATH_CHARS, description="File path, relative to the workspace."
+    )
 
 
 class ReadFileTool(Tool[ReadFileParams]):
@@ -50,9 +207,10 @@ class ReadFileTool(Tool[ReadFileParams]):
             raise ToolError(f"file not found: {params.path}")
         if not path.is_file():
             raise ToolError(f"not a file: {params.path}")
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            data = fh.read(MAX_READ_BYTES)
+        read = read_regular(path, MAX_READ_BYTES)
+        if read is None:
+            raise ToolError(f"cannot read {params.path}")
+        data, size = read
         text = data.decode("utf-8", errors="replace")
         if size > MAX_READ_BYTES:
             text += f"\n... [truncated: file is {size} bytes, read the first {MAX_READ_BYTES}]"
@@ -60,7 +218,9 @@ class ReadFileTool(Tool[ReadFileParams]):
 
 
 class WriteFileParams(ToolParams):
-    path: str = Field(min_length=1, description="File path, relative to the workspace.")
+    path: str = Field(
+        min_length=1, max_length=MAX_PATH_CHARS, description="File path, relative to the workspace."
+    )
     content: str = Field(max_length=MAX_WRITE_CHARS, description="The whole new file content.")
 
 
@@ -81,7 +241,11 @@ class WriteFileTool(Tool[WriteFileParams]):
 
 
 class ListFilesParams(ToolParams):
-    path: str = Field(".", description="Directory, relative to the workspace.")
+    path: str = Field(
+        ".",
+        max_length=MAX_PATH_CHARS,
+        description="Directory, relative to the workspace.",
+    )
     recursive: bool = Field(False, description="List subdirectories too.")
 
 
@@ -94,7 +258,8 @@ class ListFilesTool(Tool[ListFilesParams]):
         root = resolve_path(params.path, ctx)
         if not root.is_dir():
             raise ToolError(f"not a directory: {params.path}")
-        walker = root.rglob("*") if params.recursive else root.iterdir()
+        budget = WalkBudget(ctx)
+        walker = walk(root, ctx, budget, listing=True, recursive=params.recursive)
         # Take one more than the cap before sorting, so a huge tree costs O(cap), not O(tree).
         found = sorted(itertools.islice(walker, MAX_LIST_ENTRIES + 1))
         entries = []
@@ -103,11 +268,14 @@ class ListFilesTool(Tool[ListFilesParams]):
             entries.append(rel + "/" if entry.is_dir() else rel)
         if len(found) > MAX_LIST_ENTRIES:
             entries.append(f"... [more than {MAX_LIST_ENTRIES} entries, listing cut]")
+        entries += ["... " + note for note in budget.notes()]
         return "\n".join(entries) if entries else "(empty directory)"
 
 
 class EditFileParams(ToolParams):
-    path: str = Field(min_length=1, description="File path, relative to the workspace.")
+    path: str = Field(
+        min_length=1, max_length=MAX_PATH_CHARS, description="File path, relative to the workspace."
+    )
     old_string: str = Field(min_length=1, description="Exact text to replace (whitespace too).")
     new_string: str = Field(max_length=MAX_WRITE_CHARS, description="The replacement text.")
     replace_all: bool = Field(

@@ -1,7 +1,18 @@
 """The ``exec`` tool: one shell command in the workspace, with a deadline and a clean env.
 
-The command runs in its own session (process group), so a timeout or a /stop kills
-everything it started, not only the shell. The child never sees the worker's secrets.
+Nothing the command starts outlives the call. The shell runs under a small reaper
+(``_reaper.py``, run with ``python -I -S``) that makes itself a child subreaper, so every
+process the command starts stays its descendant even after ``setsid``, ``nohup`` or a
+double fork. When the
+shell exits, at the deadline, on /stop, or when the worker thread that started it is gone
+(PR_SET_PDEATHSIG), the reaper kills them all and exits only once none is left: background
+jobs end with the command (a command meant to keep running belongs in a service, not here).
+
+The worker reads the output pipe itself, in short ``poll`` steps, so a process holding the
+pipe open cannot keep the call past its deadline. If the reaper itself cannot be ended, every
+process whose environment carries the call's ``CLAW_EXEC_ID`` is killed instead (a process
+that cleared its environment escapes only this last resort). The child never sees the
+worker's secrets.
 """
 
 from __future__ import annotations
@@ -9,18 +20,31 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import signal
 import subprocess
-import threading
+import sys
 import time
+import uuid
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+import re2
+from pydantic import Field, field_validator
 
 from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
 
 SECRET_ENV_NAMES = frozenset({"CLAW_API_KEY", "OPENAI_API_KEY"})
 SECRET_ENV_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
+EXEC_ID_ENV = "CLAW_EXEC_ID"
+MAX_COMMAND_BYTES = 128 * 1024 - 1  # Linux's limit for one argument (MAX_ARG_STRLEN)
 _POLL_SEC = 0.05
+_DRAIN_SEC = 1.0  # reading on after the reaper exited, if something else holds the pipe
+_END_GRACE_SEC = 3.0  # for the reaper to kill the command's processes and exit
+
+# Run as a script with the worker's pid, the command and a pipe to report on (see its doc).
+REAPER = Path(__file__).with_name("_reaper.py")
 
 
 def child_env() -> dict[str, str]:
@@ -39,113 +63,196 @@ class ExecParams(ToolParams):
         None, ge=1, description="Seconds before it is killed (capped by the configured limit)."
     )
 
+    @field_validator("command")
+    @classmethod
+    def _check_command(cls, command: str) -> str:
+        if "\0" in command:
+            raise ValueError("the command must not contain NUL characters")
+        size = len(command.encode("utf-8", "surrogatepass"))
+        if size > MAX_COMMAND_BYTES:
+            raise ValueError(
+                f"the command is {size} bytes, more than the {MAX_COMMAND_BYTES} a shell "
+                "argument can hold; write long content with write_file and run that"
+            )
+        return command
 
-class _Capture:
-    """Drains a pipe in a thread, keeping at most ``limit`` bytes but counting all of them.
 
-    Draining to the end matters: a child blocked on a full pipe would never exit.
-    """
+class _Output:
+    """Keeps at most ``limit`` bytes of the output but counts all of them."""
 
-    def __init__(self, pipe: object, limit: int) -> None:
-        self._pipe = pipe
-        self._limit = limit
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
         self.data = bytearray()
         self.total = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
 
-    def _run(self) -> None:
-        read = self._pipe.read1  # type: ignore[attr-defined]
-        while chunk := read(65536):
-            self.total += len(chunk)
-            room = self._limit - len(self.data)
-            if room > 0:
-                self.data += chunk[:room]
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.limit - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
 
 
 class ExecTool(Tool[ExecParams]):
     name = "exec"
     description = (
         "Run a shell command in the workspace directory and return its combined stdout and "
-        "stderr with the exit code."
+        "stderr with the exit code. Processes it leaves running in the background are "
+        "killed when it ends."
     )
     Params = ExecParams
 
     def execute(self, params: ExecParams, ctx: ToolContext) -> str:
         cfg = ctx.config.tools.exec
         for pattern in cfg.deny_patterns:
-            if re.search(pattern, params.command, re.IGNORECASE):
+            if _deny_regex(pattern).search(params.command):
                 raise ToolError(
                     f"command refused: it matches the deny pattern {pattern!r} "
                     "(tools.exec.deny_patterns)"
                 )
         timeout = min(params.timeout_sec or cfg.timeout_sec, cfg.timeout_sec)
         ctx.workspace.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", params.command],
-            cwd=ctx.workspace,
-            env=child_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        token = uuid.uuid4().hex
+        report, report_w = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable or "python3", "-I", "-S", str(REAPER), str(os.getpid()),
+                 params.command, str(report_w)],
+                cwd=ctx.workspace,
+                env={**child_env(), EXEC_ID_ENV: token},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(report_w,),
+            )  # fmt: skip
+        except OSError as exc:
+            os.close(report)
+            raise ToolError(f"could not start the command: {exc.strerror or exc}") from exc
+        finally:
+            os.close(report_w)
         # UTF-8 takes up to 4 bytes a character; the character cap is applied after decoding.
-        capture = _Capture(proc.stdout, cfg.max_output_chars * 4)
-        outcome = _wait(proc, capture, time.monotonic() + timeout, ctx)
-        if outcome != "exited":
-            _kill_group(proc)
-        capture.thread.join(timeout=5)
-        if proc.stdout is not None:
+        output = _Output(cfg.max_output_chars * 4)
+        assert proc.stdout is not None
+        try:
+            outcome = _follow(proc, proc.stdout.fileno(), output, time.monotonic() + timeout, ctx)
+        finally:
+            if proc.poll() is None:
+                _end(proc, token)
+            elif proc.returncode < 0:  # the reaper was killed: it could not clean up
+                _kill_marked(token)
             proc.stdout.close()
-        return _format(proc, capture, outcome, timeout, cfg.max_output_chars)
+            killed = _read_report(report)
+        body = _format(proc, output, outcome, timeout, cfg.max_output_chars)
+        if killed:
+            body += f"\n[{killed} background process(es) still running when it ended were killed]"
+        return body
 
 
-def _wait(
-    proc: subprocess.Popen[bytes], capture: _Capture, deadline: float, ctx: ToolContext
+@lru_cache(maxsize=64)
+def _deny_regex(pattern: str) -> Any:
+    """RE2, so that a long command cannot make a pattern backtrack; a configured pattern
+    that RE2 cannot run falls back to ``re`` (the operator wrote it)."""
+    options = re2.Options()
+    options.log_errors = False
+    options.case_sensitive = False
+    try:
+        return re2.compile(pattern, options)
+    except re2.error:
+        return re.compile(pattern, re.IGNORECASE)
+
+
+def _follow(
+    proc: subprocess.Popen[bytes], fd: int, output: _Output, deadline: float, ctx: ToolContext
 ) -> str:
-    """Wait for the shell to exit and its output to close: "exited", "timeout" or "cancelled".
-
-    Output closing is awaited too: a background child still holding the pipe is part of
-    the command, and is killed with it at the deadline.
-    """
+    """Read the output until the reaper exits: "exited", "timeout" or "cancelled"."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    eof = False
+    drain_until: float | None = None
     while True:
         if ctx.should_stop():
             return "cancelled"
-        if proc.poll() is not None and not capture.thread.is_alive():
-            return "exited"
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        now = time.monotonic()
+        if now >= deadline:
             return "timeout"
-        step = min(_POLL_SEC, remaining)
-        if capture.thread.is_alive():
-            capture.thread.join(step)
-        else:
+        step = min(_POLL_SEC, deadline - now)
+        if proc.poll() is not None:
+            # Everything the command started is gone with the reaper: the pipe closes at
+            # once, unless a process outside it got hold of the pipe. Read on briefly only.
+            drain_until = drain_until or now + _DRAIN_SEC
+            if eof or now >= drain_until:
+                return "exited"
+        if eof:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(step)
+        elif poller.poll(step * 1000):
+            chunk = os.read(fd, 65536)
+            if chunk:
+                output.add(chunk)
+            else:
+                eof = True
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the whole group already ended
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+def _end(proc: subprocess.Popen[bytes], token: str) -> None:
+    """Have the reaper kill everything the command started; force it if it does not."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(_END_GRACE_SEC)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _kill_marked(token)
+
+
+def _read_report(fd: int) -> int:
+    """How many leftovers the reaper killed after the shell exited (0 if it did not say)."""
+    os.set_blocking(fd, False)
+    try:
+        return int(os.read(fd, 32) or 0)
+    except (OSError, ValueError):
+        return 0
+    finally:
+        os.close(fd)
+
+
+def _kill_marked(token: str) -> None:
+    """SIGKILL every process whose environment carries this call's token, until none is left."""
+    marker = f"{EXEC_ID_ENV}={token}".encode()
+    deadline = time.monotonic() + _END_GRACE_SEC
+    while time.monotonic() < deadline:
+        marked = []
+        for name in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError), open(f"/proc/{name}/environ", "rb") as fh:
+                if marker in fh.read().split(b"\0"):
+                    marked.append(int(name))
+        if not marked:
+            return
+        for pid in marked:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(_POLL_SEC)
 
 
 def _format(
-    proc: subprocess.Popen[bytes], capture: _Capture, outcome: str, timeout: int, limit: int
+    proc: subprocess.Popen[bytes], output: _Output, outcome: str, timeout: int, limit: int
 ) -> str:
-    text = capture.data.decode("utf-8", errors="replace")
-    cut = len(text) > limit or capture.total > len(capture.data)
+    text = output.data.decode("utf-8", errors="replace")
+    cut = len(text) > limit or output.total > len(output.data)
     text = text[:limit]
     if cut:
-        text += f"\n... [output truncated at {limit} characters; {capture.total} bytes in all]"
+        text += f"\n... [output truncated at {limit} characters; {output.total} bytes in all]"
     if outcome == "timeout":
         raise ToolError(
-            f"command timed out after {timeout}s; its process group was killed. "
-            f"Output so far:\n{text}"
+            f"command timed out after {timeout}s; its process group was killed, with every "
+            f"other process it started. Output so far:\n{text}"
         )
     if outcome == "cancelled":
-        raise ToolError(f"command cancelled (stop requested). Output so far:\n{text}")
+        raise ToolError(
+            "command cancelled (stop requested); every process it started was killed. "
+            f"Output so far:\n{text}"
+        )
     body = text.rstrip() or "(no output)"
     if proc.returncode:
         body += f"\n[exit code {proc.returncode}]"
