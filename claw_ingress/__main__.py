@@ -6,6 +6,8 @@ import sys
 
 import click
 
+BACKLOG = 2048  # uvicorn's default, named: the descriptor budget counts one accept batch
+
 
 @click.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="config file")
@@ -35,11 +37,19 @@ def main(config_file: str | None, host: str | None, port: int | None) -> None:
         click.echo(f"claw-ingress: {exc}", err=True)
         sys.exit(2)
     from claw_ingress.app import create_app
+    from claw_ingress.connections import ensure_fd_budget, guarded_protocol
 
+    app = create_app(config, url=url)
+    ensure_fd_budget(config.gateway.max_connections, BACKLOG)
     uvicorn.run(
-        create_app(config, url=url),
+        app,
         host=host or config.gateway.host,
         port=port or config.gateway.port,
+        backlog=BACKLOG,
+        # h11 with a header deadline, a body backstop and the connection cap (read from the
+        # live config per connection); uvicorn's own limit_concurrency counts connections
+        # only once their headers are in, too late against a slow flood.
+        http=guarded_protocol(app.state.live),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,

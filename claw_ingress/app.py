@@ -6,7 +6,12 @@ and the Celery settings to send tasks by name; ``tests/test_layout.py`` enforces
 never the agent runtime, providers or tools.
 
 The config is a :class:`LiveConfig`: a fleet-wide reload swaps it, and each request reads
-it once.
+it once. In front of the routes: ``guards.py`` (Host, Origin, Content-Type, the body
+deadline), then the bearer token; below them, ``connections.py`` (header deadline,
+connection cap) in uvicorn's protocol.
+
+Admin commands (``/config``, ``/reload``) run for an API caller only when a gateway.token is
+set and ``api:<sender_id>`` is in gateway.admins (``commands.is_admin``).
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ from starlette.routing import Route
 
 from claw_ingress.auth import BearerAuth
 from claw_ingress.bodies import BodyError, MessageBody, parse_body, read_json
+from claw_ingress.connections import quiet_resource_errors
 from claw_ingress.dispatcher import Dispatcher
+from claw_ingress.guards import RequestGuard
 from claw_ingress.outbound import OutboundReader
-from claw_worker.commands import CommandContext, run_command
+from claw_worker.commands import API_CHANNEL, CommandContext, is_admin, run_command
 from claw_worker.config import Config, config_path
 from claw_worker.config.reload import LiveConfig, ReloadParticipant
 from claw_worker.contract import InboundMessage, MessageStatus
@@ -67,14 +74,22 @@ async def post_message(request: Request) -> JSONResponse:
         body = parse_body(MessageBody, await read_json(request, config.gateway.max_body_bytes))
     except BodyError as exc:
         return JSONResponse(exc.payload, status_code=exc.status)
+    ctx = CommandContext(
+        state.redis,
+        config,
+        body.session,
+        admin=is_admin(config, API_CHANNEL, body.sender_id),
+        channel=API_CHANNEL,
+        sender_id=body.sender_id,
+    )
     try:
-        reply = await run_command(CommandContext(state.redis, config, body.session), body.text)
+        reply = await run_command(ctx, body.text)
     except RedisError as exc:
         return unavailable(exc)
     if reply is not None:
         return JSONResponse({"session_key": body.session, "status": "done", "reply": reply})
     message = InboundMessage(
-        channel="api",
+        channel=API_CHANNEL,
         chat_id=body.session,
         session_key=body.session,
         sender_id=body.sender_id,
@@ -121,6 +136,10 @@ async def _wait_for_reply(
                     return JSONResponse(
                         {**accepted, "status": record["status"], "reply": record["reply"] or ""}
                     )
+            if await request.is_disconnected():  # nobody to answer: stop holding the wait
+                log.info("client disconnected", path=request.url.path, message_id=message_id,
+                         during="wait for reply")  # fmt: skip
+                return JSONResponse({**accepted, "status": "disconnected"}, status_code=499)
     finally:
         state.outbound.forget(message_id, waiter)
     return JSONResponse(
@@ -175,7 +194,7 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
             socket_timeout=10,
             retry_on_timeout=False,
         )
-        app.state.live = live
+        quiet_resource_errors(asyncio.get_running_loop())
         app.state.redis = client
         runs = config.agents.defaults.runtime_control
         app.state.mailbox = AsyncMailbox(
@@ -203,8 +222,13 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
         Route("/api/messages/{message_id}", get_message, methods=["GET"]),
         Route("/api/sessions/{session:path}/stop", stop_session, methods=["POST"]),
     ]
-    middleware = [Middleware(BearerAuth, live=live, protected_prefixes=("/api/",))]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    middleware = [
+        Middleware(RequestGuard, live=live),
+        Middleware(BearerAuth, live=live, protected_prefixes=("/api/",)),
+    ]
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.live = live  # before the lifespan: __main__ gives it to the connection guard
+    return app
 
 
 def _join_control(live: LiveConfig, url: str) -> ControlListener:

@@ -2,6 +2,11 @@
 queue (``/stop`` ends the reply the queue is waiting on; ``/status`` must answer while a run
 is busy). One registry: a new command is one ``@command`` function here.
 
+Commands that read or change the fleet's config (``/config``, ``/reload``) are registered
+``admin=True`` and run only for an admin (:attr:`CommandContext.admin`): the operator at
+``clawctl agent``, or a sender :func:`is_admin` accepts. Everything else acts on the
+sender's own session only (another session's runs are shown to admins only).
+
 Natural-language requests for the same things ("show the latest run", "tell me when
 run-… finishes") are mapped onto these commands by :func:`match_intent`.
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -27,6 +33,7 @@ WAIT_DEFAULT_SEC = 60.0
 WAIT_MAX_SEC = 600.0
 LANG_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
 COMMAND_WORD = re.compile(r"^/[A-Za-z_]+(@\S+)?$")
+API_CHANNEL = "api"  # the ingress's HTTP API, as a channel name in gateway.admins
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,24 @@ class CommandContext:
     redis: aioredis.Redis
     config: Config
     session_key: str
+    # May run admin commands: True for the local operator (clawctl agent), else is_admin().
+    admin: bool = False
+    # Who sent the command, for the answer to a refused admin command ("" if unknown).
+    channel: str = ""
+    sender_id: str = ""
+
+
+def is_admin(config: Config, channel: str, sender_id: str) -> bool:
+    """Whether a sender may run admin commands: ``<channel>:<sender_id>`` is listed in
+    ``gateway.admins``, and the sender id is one someone vouches for. A chat platform
+    vouches for its users' ids; the HTTP API's sender_id is the caller's own claim, so it
+    counts only when ``gateway.token`` is set (the caller holds the operator's token and is
+    trusted to name itself). No anonymous sender is ever an admin."""
+    if not sender_id:
+        return False
+    if channel == API_CHANNEL and not config.gateway.token:
+        return False
+    return f"{channel}:{sender_id}" in config.gateway.admins
 
 
 Handler = Callable[[CommandContext, list[str]], Awaitable[str]]
@@ -45,14 +70,17 @@ class Command:
     usage: str
     summary: str
     handler: Handler
+    admin: bool  # reads or changes the fleet's config: admins only
 
 
 COMMANDS: dict[str, Command] = {}
 
 
-def command(name: str, usage: str, summary: str) -> Callable[[Handler], Handler]:
+def command(
+    name: str, usage: str, summary: str, *, admin: bool = False
+) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
-        COMMANDS[name] = Command(name, usage, summary, handler)
+        COMMANDS[name] = Command(name, usage, summary, handler, admin)
         return handler
 
     return register
@@ -60,7 +88,31 @@ def command(name: str, usage: str, summary: str) -> Callable[[Handler], Handler]
 
 def help_text() -> str:
     lines = ["Commands:"]
-    lines += [f"  {c.usage} - {c.summary}" for c in COMMANDS.values()]
+    lines += [
+        f"  {c.usage} - {c.summary}{' (admin)' if c.admin else ''}" for c in COMMANDS.values()
+    ]
+    return "\n".join(lines)
+
+
+def admin_refusal(ctx: CommandContext, name: str) -> str:
+    """The answer to an admin command from someone who is not one: why, and how to allow it."""
+    sender = f"{ctx.channel}:{ctx.sender_id}" if ctx.channel and ctx.sender_id else ""
+    example = shlex.quote(json.dumps([sender or f"{ctx.channel or API_CHANNEL}:alice"]))
+    lines = [
+        f"{name} is for admins only: it reads or changes the fleet's configuration.",
+        "Run it in `clawctl agent` on a fleet host (the operator there is an admin), or use "
+        "`clawctl config`.",
+        f"To let {'this sender' if sender else 'a named sender'} run it, add it to "
+        f"gateway.admins: clawctl config set gateway.admins {example}",
+    ]
+    if (ctx.channel or API_CHANNEL) == API_CHANNEL:
+        if not ctx.config.gateway.token:
+            lines.append(
+                "Over the HTTP API that needs gateway.token too: without a token anyone can "
+                "claim any sender_id, so no API caller is an admin."
+            )
+        elif not sender:
+            lines.append("Over the HTTP API, send a sender_id with the message.")
     return "\n".join(lines)
 
 
@@ -85,6 +137,8 @@ async def run_command(ctx: CommandContext, text: str) -> str | None:
     found = COMMANDS.get(name)
     if found is None:
         return f"Unknown command {name}.\n{help_text()}"
+    if found.admin and not ctx.admin:
+        return admin_refusal(ctx, name)
     return await found.handler(ctx, args)
 
 
@@ -168,9 +222,18 @@ async def _session_status(ctx: CommandContext) -> str:
     return "\n".join(lines)
 
 
+async def _visible_run(ctx: CommandContext, run_id: str) -> dict[str, str] | None:
+    """The run, if this sender may see it: its own session's, or any for an admin (a run
+    names its session and message, and the message id reads the message's text)."""
+    run = await read_run(ctx.redis, run_id)
+    if run is None or (run.get("session_key") != ctx.session_key and not ctx.admin):
+        return None
+    return run
+
+
 async def _run_status(ctx: CommandContext, ref: str) -> str:
     run_id = await resolve_run_id(ctx.redis, ctx.session_key, ref)
-    run = await read_run(ctx.redis, run_id) if run_id else None
+    run = await _visible_run(ctx, run_id) if run_id else None
     return describe_run(run) if run else f"No run {ref} (runs are kept for a limited time)."
 
 
@@ -181,7 +244,7 @@ async def _wait_run(ctx: CommandContext, ref: str, timeout: float) -> str:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        run = await read_run(ctx.redis, run_id)
+        run = await _visible_run(ctx, run_id)
         if run is None:
             return f"No run {run_id} (runs are kept for a limited time)."
         if run.get("status") in FINISHED:
@@ -191,7 +254,12 @@ async def _wait_run(ctx: CommandContext, ref: str, timeout: float) -> str:
         await asyncio.sleep(0.2)
 
 
-@command("/config", "/config get <path> | /config set <path> <value>", "read or change the config")
+@command(
+    "/config",
+    "/config get <path> | /config set <path> <value>",
+    "read or change the config",
+    admin=True,
+)
 async def _config(ctx: CommandContext, args: list[str]) -> str:
     usage = f"Usage: {COMMANDS['/config'].usage}"
     path = config_path()
@@ -209,7 +277,7 @@ async def _config(ctx: CommandContext, args: list[str]) -> str:
     return usage
 
 
-@command("/reload", "/reload", "re-read the config file in every running process")
+@command("/reload", "/reload", "re-read the config file in every running process", admin=True)
 async def _reload(ctx: CommandContext, args: list[str]) -> str:
     if args:
         return f"Usage: {COMMANDS['/reload'].usage}"

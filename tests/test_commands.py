@@ -6,6 +6,8 @@ import re
 
 from tests.fixtures.procs import wait_for
 
+ADMIN_TOKEN = "cmd-token-abcdefgh"
+
 
 def say(http, text: str, session: str = "api:cmd", **extra) -> dict:
     resp = http.post("/api/message", json={"text": text, "session": session, **extra})
@@ -80,22 +82,25 @@ def test_a_run_exists_from_the_moment_its_message_is_queued(fleet_factory, llm_s
 
 
 def test_config_and_lang_commands(fleet_factory, claw_home) -> None:
-    fleet = fleet_factory()
+    # /config is for admins: over the API, a listed sender_id with the gateway token.
+    fleet = fleet_factory(gateway__token=ADMIN_TOKEN, gateway__admins=["api:op"])
     fleet.start_ingress()
-    with fleet.client() as http:
-        assert say(http, "/config get gateway.port")["reply"] == str(fleet.port)
-        key = say(http, "/config get providers.proxy.api_key")["reply"]
+    with fleet.client(ADMIN_TOKEN) as http:
+        assert say(http, "/config get gateway.port", sender_id="op")["reply"] == str(fleet.port)
+        key = say(http, "/config get providers.proxy.api_key", sender_id="op")["reply"]
         assert "sk-test-secret" not in key and "****" in key
         before = claw_home.config_file.read_bytes()
-        refused = say(http, "/config set gateway.port 70000")["reply"]
+        refused = say(http, "/config set gateway.port 70000", sender_id="op")["reply"]
         assert refused.startswith("Not changed") and "gateway.port" in refused
-        assert "Not changed" in say(http, "/config set gateway.nope 1")["reply"]
+        assert "Not changed" in say(http, "/config set gateway.nope 1", sender_id="op")["reply"]
         assert claw_home.config_file.read_bytes() == before
-        changed = say(http, "/config set agents.defaults.temperature 0.5")["reply"]
+        changed = say(http, "/config set agents.defaults.temperature 0.5", sender_id="op")["reply"]
         assert changed.startswith("agents.defaults.temperature = 0.5"), changed
         assert "Applied by 1 process(es):\n  ingress ingress-" in changed  # this ingress
-        assert say(http, "/config get agents.defaults.temperature")["reply"] == "0.5"
-        assert say(http, "/config")["reply"].startswith("Usage: /config")
+        assert (
+            say(http, "/config get agents.defaults.temperature", sender_id="op")["reply"] == "0.5"
+        )
+        assert say(http, "/config", sender_id="op")["reply"].startswith("Usage: /config")
 
         assert say(http, "/lang zh-CN")["reply"] == "Language preference updated to zh-CN"
         assert say(http, "/lang ???")["reply"] == "Invalid language code."

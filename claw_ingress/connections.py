@@ -1,0 +1,249 @@
+"""Connection limits uvicorn does not have: a header deadline, a body backstop and a cap.
+
+uvicorn (h11) waits for request headers for ever, counts connections only once a request
+arrived and accepts until the process runs out of file descriptors; a flood of clients
+sending a few bytes each then starved /health for minutes. :class:`GuardedH11Protocol`
+adds, per connection, with the limits read from the live config:
+
+- the request headers must arrive within ``gateway.header_timeout_sec`` of the connection
+  (or of the previous response): then 408 if some bytes came, else a silent close (an idle
+  keep-alive connection);
+- a request body still arriving ``body_timeout_sec`` (plus a little) after its headers is
+  cut off, even when the app answered early (a 413) and the client keeps trickling; the app
+  itself answers 408 at ``body_timeout_sec`` (``guards.py``);
+- at most ``gateway.max_connections`` open connections: a new one beyond the cap takes the
+  place of the connection that has waited longest on its client (sending headers or a
+  body, or idle between requests), which is answered 503 and closed; when every
+  connection is busy in the app (waiting for a reply), the new one is answered 503. So the
+  descriptors in use stay bounded and a slow flood cannot keep /health from answering.
+
+Events a flood repeats (refused connections, header timeouts, failed accepts) are logged
+at most once per :data:`LOG_EVERY_SEC`, with the count held back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import resource
+import time
+from collections import Counter
+from typing import Any, ClassVar
+
+import h11
+import structlog
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from claw_worker.config.reload import LiveConfig
+
+log = structlog.get_logger(__name__)
+
+BODY_SLACK_SEC = 0.5  # the app's own 408 comes first
+DRAIN_SEC = 1.0  # a refused connection reads what the client sends, so it gets the 503
+LOG_EVERY_SEC = 5.0
+FD_RESERVE = 256  # Redis connections, log files, the listening socket...
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Set in the request's scope when this module closes its connection, so the app does not log
+# the disconnect it then sees as the client's doing (it is logged here, throttled).
+DROPPED = "claw.dropped"
+
+
+class Throttled:
+    """Logs each event at most once per ``every`` seconds, counting the ones held back."""
+
+    def __init__(self, every: float = LOG_EVERY_SEC) -> None:
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._held: Counter[str] = Counter()
+
+    def __call__(self, level: str, event: str, **fields: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(event, -self.every) < self.every:
+            self._held[event] += 1
+            return
+        self._last[event] = now
+        held = self._held.pop(event, 0)
+        getattr(log, level)(event, **fields, **({"held_back": held} if held else {}))
+
+
+throttled = Throttled()
+
+
+def raw_response(status: int, reason: str, error: str) -> bytes:
+    body = json.dumps({"error": error}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n"
+    )
+    if status == 503:
+        head += "retry-after: 1\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with the deadlines and the cap; see :func:`guarded_protocol`."""
+
+    live: ClassVar[LiveConfig]
+    draining: ClassVar[set[GuardedH11Protocol]]  # refused, reading what the client sends
+    # Connections waiting on their client (headers, body), the longest waiting first.
+    waiting: ClassVar[dict[GuardedH11Protocol, None]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._phase = ""  # headers | body | app | refused
+        self._partial = False  # bytes of a request came, its headers are not complete
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        limit = self.live.config.gateway.max_connections
+        if len(self.connections) > limit and not self._evict_slowest(limit):
+            self._refuse(limit)
+        else:
+            self._track()
+
+    def data_received(self, data: bytes) -> None:
+        if self._phase == "refused":
+            return  # read and dropped, so closing does not reset the 503 away
+        if self._phase == "headers":
+            self._partial = True
+        super().data_received(data)
+        self._track()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._track()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel()
+        self.draining.discard(self)
+        self.waiting.pop(self, None)
+        super().connection_lost(exc)
+
+    def _evict_slowest(self, limit: int) -> bool:
+        """Close the connection that has waited longest on its client, if there is one."""
+        victim = next(iter(self.waiting), None)
+        if victim is None:
+            return False
+        del self.waiting[victim]
+        victim._cancel()
+        throttled("warning", "slow connection dropped for a new one", max_connections=limit)
+        # Answer it unless it is between requests with nothing of the next one read yet (a
+        # keep-alive connection, closed as its idle timeout would) or was answered already.
+        answered = victim.cycle is not None and victim.cycle.response_started
+        if victim._partial or not answered:
+            error = (
+                f"the gateway is at its connection limit (gateway.max_connections is {limit}) "
+                "and this request was the slowest to arrive; retry"
+            )
+            victim.transport.write(raw_response(503, "Service Unavailable", error))
+        victim._close()
+        return True
+
+    def _refuse(self, limit: int) -> None:
+        self.connections.discard(self)
+        self._phase = "refused"
+        throttled("warning", "connection refused: too many connections", max_connections=limit)
+        error = f"too many connections (gateway.max_connections is {limit}); retry later"
+        self.transport.write(raw_response(503, "Service Unavailable", error))
+        if len(self.draining) >= limit or not self.transport.can_write_eof():
+            self.transport.close()  # a flood: bound the descriptors first
+            return
+        self.transport.write_eof()
+        self.draining.add(self)
+        self._timer = self.loop.call_later(DRAIN_SEC, self.transport.close)
+
+    def _track(self) -> None:
+        """Arm the deadline of the phase the connection is in, when that phase changed."""
+        if self.transport.is_closing():
+            self._cancel()
+            self.waiting.pop(self, None)
+            return
+        gateway = self.live.config.gateway
+        state = self.conn.their_state
+        if state is h11.IDLE:  # waiting for (the rest of) the next request's headers
+            phase, timeout = "headers", gateway.header_timeout_sec
+        elif state is h11.SEND_BODY:
+            phase, timeout = "body", gateway.body_timeout_sec + BODY_SLACK_SEC
+        else:  # the request is in; the app takes as long as it takes (a wait for a reply)
+            phase, timeout = "app", None
+        if phase == self._phase:
+            return
+        self._cancel()
+        # Bytes of the next request may already be buffered (pipelined behind the last).
+        self._phase, self._partial = phase, bool(self.conn.trailing_data[0])
+        self.waiting.pop(self, None)
+        if timeout is not None:
+            self.waiting[self] = None  # the client's turn: the newest to wait goes last
+            self._timer = self.loop.call_later(timeout, self._expired)
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        gateway = self.live.config.gateway
+        if self._phase == "headers" and self._partial:
+            timeout = gateway.header_timeout_sec
+            throttled("info", "request headers timed out", timeout_sec=timeout)
+            error = f"request headers not received within {timeout:g}s"
+            self.transport.write(raw_response(408, "Request Timeout", error))
+        elif self._phase == "body":
+            throttled("info", "request body timed out", timeout_sec=gateway.body_timeout_sec)
+        self._close()
+
+    def _close(self) -> None:
+        if self.scope is not None:  # a request's app is running: its disconnect is ours
+            self.scope[DROPPED] = True
+        self.transport.close()
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def guarded_protocol(live: LiveConfig) -> type[GuardedH11Protocol]:
+    """The protocol class to give ``uvicorn.run(http=...)``, reading limits from ``live``."""
+    shared = {"live": live, "draining": set(), "waiting": {}}
+    return type("GatewayProtocol", (GuardedH11Protocol,), shared)
+
+
+def quiet_resource_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Out of descriptors, asyncio logs a traceback per failed accept; make it one line."""
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRNOS:
+            throttled("warning", "cannot accept connections for now", error=str(exc))
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+def ensure_fd_budget(max_connections: int, backlog: int) -> None:
+    """Raise the open-file limit to what ``max_connections`` needs, if the hard limit allows;
+    warn when it cannot (then the cap is not reached before the descriptors run out).
+
+    Per connection: its socket and a Redis connection; plus those draining a 503 (at most
+    ``max_connections``) and one accept batch (asyncio accepts up to ``backlog`` sockets
+    before any of them is looked at)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 3 * max_connections + backlog + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(hard, want)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit", error=str(exc))
+    if soft != resource.RLIM_INFINITY and soft < want:
+        log.warning(
+            "the open-file limit is low for gateway.max_connections",
+            limit=soft, max_connections=max_connections, needed=want,
+        )  # fmt: skip

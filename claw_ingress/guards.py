@@ -1,0 +1,230 @@
+"""Request checks in front of every route (pure ASGI), read from the live config per request.
+
+- **Host** (DNS rebinding): on a connection that arrived at a loopback address, the Host
+  header must name localhost, a loopback address, ``gateway.host`` or an entry of
+  ``gateway.allowed_hosts`` (any port): else 421. A page on a rebound name reaches the
+  loopback port under its own name and is refused here.
+- **Origin** (cross-site requests): a request carrying an ``Origin`` header not in
+  ``gateway.allowed_origins`` is refused (403), ``Origin: null`` included. CORS is closed by
+  default; an allowed origin gets its preflight answered and ``Access-Control-Allow-Origin``
+  naming it, never ``*``.
+- **Content-Type**: a request with a body must send ``application/json`` (UTF-8): else 415.
+  An HTML form or a ``text/plain`` fetch cannot send that cross-site without a preflight.
+- **Body deadline**: the body must arrive within ``gateway.body_timeout_sec`` (408, and the
+  connection is closed). A client that goes away mid-request is one log line, not a
+  traceback.
+
+Connection-level limits (header deadline, connection cap) live in ``connections.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import shlex
+from typing import Any
+
+import structlog
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from claw_ingress.connections import DROPPED
+from claw_worker.config.reload import LiveConfig
+from claw_worker.config.schema import GatewayConfig
+
+log = structlog.get_logger(__name__)
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+JSON_TYPE = "application/json"
+CORS_ALLOW_METHODS = "GET, POST"
+CORS_ALLOW_HEADERS = "authorization, content-type"
+CORS_MAX_AGE_SEC = "600"
+
+
+class BodyTimeout(Exception):
+    """The client did not send its whole body within the body timeout."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"request body not received within {timeout:g}s")
+
+
+async def respond(
+    send: Send, status: int, payload: dict[str, Any] | None, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """A whole response: ``payload`` as JSON, or no body at all (None: a 204)."""
+    body = json.dumps(payload).encode() if payload is not None else b""
+    if payload is not None:
+        headers = [*headers, (b"content-type", b"application/json"),
+                   (b"content-length", str(len(body)).encode())]  # fmt: skip
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def split_host(value: str) -> tuple[str, str]:
+    """``(name, port)`` of a Host header value ("" when absent), brackets of IPv6 removed."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, _, rest = value[1:].partition("]")
+        return name, rest.removeprefix(":")
+    name, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    return name.rstrip("."), port
+
+
+def arrived_on_loopback(scope: Scope) -> bool:
+    server = scope.get("server")
+    if not server or server[1] is None:  # a unix socket: browsers cannot reach it
+        return False
+    try:
+        address = ipaddress.ip_address(server[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def host_allowed(value: str, scope: Scope, gateway: GatewayConfig) -> bool:
+    name, port = split_host(value)
+    names = {*LOOPBACK_NAMES, split_host(gateway.host)[0], str(scope["server"][0]).lower()}
+    if name in names:
+        return True
+    for entry in gateway.allowed_hosts:
+        allowed, allowed_port = split_host(entry)
+        if name == allowed and allowed_port in ("", port):
+            return True
+    return False
+
+
+def origin_allowed(origin: str, gateway: GatewayConfig) -> bool:
+    return origin.lower() in {o.lower().rstrip("/") for o in gateway.allowed_origins}
+
+
+def content_type_problem(method: str, headers: Headers) -> str | None:
+    """Why a request's Content-Type is refused, or None."""
+    if method in SAFE_METHODS:
+        return None
+    given = headers.get("content-type")
+    if given is None:
+        has_body = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
+        return "a request body needs Content-Type: application/json" if has_body else None
+    mime, *params = [part.strip().lower() for part in given.split(";")]
+    charset = next((p.split("=", 1)[1].strip('" ') for p in params if p.startswith("charset=")), "")
+    if mime == JSON_TYPE and charset in ("", "utf-8", "utf8"):
+        return None
+    return f"Content-Type must be application/json (UTF-8), not {given!r}"
+
+
+class RequestGuard:
+    def __init__(self, app: ASGIApp, live: LiveConfig) -> None:
+        self.app = app
+        self.live = live
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        gateway = self.live.config.gateway
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        refusal = self._refusal(scope, headers, gateway, origin)
+        if refusal is not None:
+            status, error = refusal
+            log.info("request refused", status=status, error=error, path=scope["path"],
+                     method=scope["method"])  # fmt: skip
+            await respond(send, status, {"error": error}, [])
+            return
+        if origin is not None:  # an allowed origin (others were refused)
+            cors = [
+                (b"access-control-allow-origin", origin.encode("latin-1")),
+                (b"vary", b"Origin"),
+            ]
+            if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+                await respond(send, 204, None, [
+                    *cors,
+                    (b"access-control-allow-methods", CORS_ALLOW_METHODS.encode()),
+                    (b"access-control-allow-headers", CORS_ALLOW_HEADERS.encode()),
+                    (b"access-control-max-age", CORS_MAX_AGE_SEC.encode()),
+                ])  # fmt: skip
+                return
+            send = _with_headers(send, cors)
+        await self._serve(scope, receive, send, gateway.body_timeout_sec)
+
+    def _refusal(
+        self, scope: Scope, headers: Headers, gateway: GatewayConfig, origin: str | None
+    ) -> tuple[int, str] | None:
+        host = headers.get("host")
+        rebound = (
+            host is not None
+            and arrived_on_loopback(scope)
+            and not host_allowed(host, scope, gateway)
+        )
+        if rebound:
+            return 421, (
+                f"Host {host!r} is not a name of this gateway (a guard against DNS "
+                "rebinding). If a proxy of yours uses that name, add it to "
+                "gateway.allowed_hosts: clawctl config set gateway.allowed_hosts "
+                + shlex.quote(json.dumps([split_host(host)[0]]))
+            )
+        if origin is not None and not origin_allowed(origin, gateway):
+            return 403, (
+                f"cross-origin requests from {origin!r} are not allowed; a web app that "
+                "should call this API needs its origin in gateway.allowed_origins"
+            )
+        problem = content_type_problem(scope["method"], headers)
+        if problem is not None:
+            return 415, problem
+        return None
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, timeout: float) -> None:
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, _body_deadline(receive, timeout), tracked_send)
+        except BodyTimeout as exc:
+            log.info("request body timed out", path=scope["path"], timeout_sec=timeout)
+            if not started:
+                await respond(send, 408, {"error": str(exc)}, [(b"connection", b"close")])
+        except ClientDisconnect:
+            if not scope.get(DROPPED):  # else the connection guard closed it, and said so
+                log.info("client disconnected", path=scope["path"], method=scope["method"],
+                         during="request body")  # fmt: skip
+
+
+def _body_deadline(receive: Receive, timeout: float) -> Receive:
+    """``receive`` that raises BodyTimeout once the body has taken ``timeout`` seconds.
+
+    Only the body is timed: after its last part, a read waits for a disconnect for as long
+    as the app likes (a request waiting for the agent's reply)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    body_done = False
+
+    async def timed_receive() -> Message:
+        nonlocal body_done
+        if body_done:
+            return await receive()
+        try:
+            message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            raise BodyTimeout(timeout) from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            body_done = True
+        return message
+
+    return timed_receive
+
+
+def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    async def send_with(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return send_with
