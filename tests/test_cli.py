@@ -177,7 +177,7 @@ def test_status_with_redis_down(claw_home: ClawHome) -> None:
         }
     )
     result = clawctl(claw_home, "status")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # the report, and a failing exit status
     assert "unreachable" in result.stdout and SECRET not in result.stdout
     assert "workers    unknown" in result.stdout
 

@@ -8,26 +8,52 @@ Command modules import heavy parts (the agent, the Celery app) inside their func
 from __future__ import annotations
 
 import importlib
+import io
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from claw_worker.cli._common import EXPECTED_ERRORS, CliError, describe_error
-from claw_worker.config.paths import ENV_CONFIG
+from claw_worker.cli._common import (
+    EXPECTED_ERRORS,
+    CliError,
+    argument_problem,
+    describe_error,
+    internal_error,
+)
+from claw_worker.config.paths import ENV_CONFIG, home_problem
+
+# Click's own ways of ending a command: they carry their message and exit status already.
+CLICK_EXITS = (click.ClickException, click.exceptions.Exit, click.Abort)
 
 
 class ClawGroup(click.Group):
-    """The top group: the CLI boundary where expected errors become messages, not tracebacks."""
+    """The top group: the CLI boundary. Arguments that are not text are refused before any
+    command runs; expected errors become one-line messages, anything else one "internal
+    error" line; never a traceback unless --debug."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        problem = argument_problem(args, path_options=("--config",))
+        if problem:
+            raise CliError(problem)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
+        debug = bool(ctx.params.get("debug"))
         try:
             return super().invoke(ctx)
         except EXPECTED_ERRORS as exc:
-            if ctx.obj and ctx.obj.get("debug"):
+            if debug:
                 raise  # --debug: show the traceback
             raise CliError(describe_error(exc)) from None
+        except CLICK_EXITS:
+            raise
+        except Exception as exc:
+            if debug:
+                raise
+            raise CliError(internal_error(exc)) from None
 
 
 @click.group(cls=ClawGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,11 +70,18 @@ def main(ctx: click.Context, config_file: Path | None, debug: bool) -> None:
     """clawfleet: an AI agent run as a Celery worker fleet on Redis."""
     from claw_worker.logs import setup_console
 
+    # A path from the environment may hold bytes that are not UTF-8: show them escaped
+    # rather than fail on output (stderr already does).
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     if config_file is not None:
         # Through the environment, so every process this command starts (workers, beat,
         # ingress) and every current_config() call reads the same file. Absolute, because
         # those processes may run in another directory.
         os.environ[ENV_CONFIG] = str(config_file.expanduser().absolute())
+    problem = home_problem()
+    if problem:
+        raise CliError(problem)
     ctx.obj = {"debug": debug}
     setup_console(debug=debug)
 

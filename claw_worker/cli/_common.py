@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -15,6 +16,7 @@ from claw_worker.config import (
     config_path,
     load_config,
 )
+from claw_worker.config.jsontext import is_text
 from claw_worker.config.store import MASK
 from claw_worker.embedded_redis import EmbeddedRedisError
 
@@ -43,6 +45,50 @@ def describe_error(exc: BaseException) -> str:
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
         return f"{exc.strerror or exc}{where}"
     return str(exc)
+
+
+MAX_SHOWN_CHARS = 300
+
+
+def internal_error(exc: BaseException) -> str:
+    """One line for an error no command expected (a bug): its type and message."""
+    message = " ".join(str(exc).split())
+    if len(message) > MAX_SHOWN_CHARS:
+        message = message[:MAX_SHOWN_CHARS] + "..."
+    return (
+        f"internal error: {type(exc).__name__}: {message or '(no message)'} "
+        "(run with --debug for the traceback)"
+    )
+
+
+def raw_bytes(value: str, limit: int = 40) -> str:
+    """The bytes ``value`` was decoded from, for a message (e.g. ``b'\\xff\\xfe'``):
+    Python hands over argv and stdin bytes that are not UTF-8 as surrogates U+DC80-U+DCFF."""
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # another lone surrogate (a JSON "\\ud800" escape)
+        raw = value.encode("utf-8", "backslashreplace")
+    return repr(raw[:limit]) + ("..." if len(raw) > limit else "")
+
+
+def argument_problem(args: Sequence[str], *, path_options: Sequence[str] = ()) -> str | None:
+    """Why a command-line argument cannot be used (it is not UTF-8), naming it; or None.
+    Values of ``path_options`` are exempt: a file name may be any bytes."""
+    for index, arg in enumerate(args):
+        if is_text(arg):
+            continue
+        before = args[index - 1] if index else ""
+        option, _, value = arg.partition("=") if arg[:2] == "--" and "=" in arg else ("", "", arg)
+        if option in path_options or before in path_options:
+            continue
+        if option:
+            name = f"the value of {option}"
+        elif before.startswith("-") and "=" not in before:
+            name = f"the value of {before}"
+        else:
+            name = f"argument {index + 1}"
+        return f"{name} is not UTF-8 text ({raw_bytes(value)}); pass it as UTF-8"
+    return None
 
 
 def current_path() -> Path:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
 
-from claw_worker.cli._common import CliError, load
+from claw_worker.cli._common import CliError, load, raw_bytes
 from claw_worker.config import Config
+from claw_worker.config.jsontext import is_text
 from claw_worker.config.paths import claw_home
 from claw_worker.contract import InboundMessage
 from claw_worker.embedded_redis import ensure_embedded
@@ -72,6 +75,10 @@ def readline_history() -> Iterator[None]:
 
 def repl(turn: Callable[[str], str]) -> None:
     click.echo("clawfleet agent: type a message; `exit` or Ctrl-D leaves, Ctrl-C cancels a turn.")
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        # Bytes that are not UTF-8 arrive as surrogates (refused per line below) instead of
+        # ending the conversation with a decoding error.
+        sys.stdin.reconfigure(errors="surrogateescape")
     with readline_history():
         while True:
             try:
@@ -84,6 +91,11 @@ def repl(turn: Callable[[str], str]) -> None:
                 continue
             text = line.strip()
             if not text:
+                continue
+            if not is_text(text):
+                click.echo(
+                    f"Error: that line is not UTF-8 text ({raw_bytes(text)}); not sent", err=True
+                )
                 continue
             if text.lower() in EXIT_WORDS:
                 return
@@ -110,7 +122,9 @@ def local_command(config: Config, url: str, session: str, text: str) -> str | No
 
         async_client = aioredis.Redis.from_url(url, decode_responses=True)
         try:
-            return await run_command(CommandContext(async_client, config, session), text)
+            return await run_command(
+                CommandContext(async_client, config, session, admin=True), text
+            )
         finally:
             await async_client.aclose()
 

@@ -13,9 +13,19 @@ from collections.abc import Callable
 
 import click
 
-from claw_worker.cli._common import CliError, current_path, load
+from claw_worker.cli._common import CliError, current_path, describe_error, load
 from claw_worker.config.fleet import ChangeResult, change_config, reload_config
-from claw_worker.config.store import ConfigError, get_path, mask_secrets, split_path
+from claw_worker.config.inactive import inactive_settings
+from claw_worker.config.schema import Config
+from claw_worker.config.store import (
+    ConfigError,
+    get_path,
+    load_config,
+    mask_secrets,
+    parse_config_text,
+    read_config_text,
+    split_path,
+)
 
 
 def split_or_fail(dotted: str) -> list[str]:
@@ -48,9 +58,9 @@ def get_cmd(dotted: str) -> None:
 def set_cmd(dotted: str, raw: str) -> None:
     """Set PATH to VALUE (JSON when it parses as JSON, else a string) in the file and in
     every running process of the fleet; if one rejects it, the file is restored."""
-    _report(
-        lambda: change_config(current_path(), dotted, raw), f"{current_path()} was not changed."
-    )
+    path = current_path()
+    _report(lambda: change_config(path, dotted, raw), f"{path} was not changed.")
+    warn_inactive(load_config(path), ".".join(split_path(dotted)))
 
 
 @config.command("reload")
@@ -73,10 +83,29 @@ def _report(action: Callable[[], ChangeResult], unchanged: str) -> None:
 
 @config.command("check")
 def check_cmd() -> None:
-    """Validate the config file; exit 1 with the problems when it is invalid."""
+    """Validate the config file; exit 1 with the problems when it is invalid. Settings that
+    have no effect yet are listed as warnings (exit 0)."""
     path = current_path()
-    if not path.exists():
+    try:
+        text = read_config_text(path)
+        config = None if text is None else parse_config_text(text, str(path))
+    except ConfigError as exc:
+        raise CliError(describe_error(exc)) from None
+    if config is None:
         click.echo(f"OK {path} (no file yet: all defaults; `clawctl onboard` creates it)")
         return
-    load(environment=False)
+    warn_inactive(config)
     click.echo(f"OK {path}")
+
+
+def warn_inactive(config: Config, under: str = "") -> None:
+    """A warning on stderr for each setting (at or below ``under``) that is set but has no
+    effect yet (config/inactive.py)."""
+    for dotted, reason in inactive_settings(config):
+        if (
+            not under
+            or dotted == under
+            or dotted.startswith(under + ".")
+            or under.startswith(dotted + ".")
+        ):
+            click.echo(f"warning: {dotted} is set but has no effect yet: {reason}", err=True)

@@ -14,12 +14,15 @@ from dataclasses import dataclass
 
 import click
 import httpx
+from pydantic import ValidationError
 
 from claw_worker.cli._common import CliError, current_path
+from claw_worker.config.jsontext import is_text, shown
 from claw_worker.config.schema import ProxyConfig
 from claw_worker.config.store import (
     MASK,
     ConfigError,
+    format_validation_error,
     load_config_data,
     resolve_api_key,
     save_config_data,
@@ -67,7 +70,7 @@ def check_endpoint(proxy: ProxyConfig, key: str) -> CheckResult:
         try:
             data = response.json()
             listed = tuple(str(m["id"]) for m in data["data"] if isinstance(m, dict))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: too deep
             preview = body_preview(response.text)
             return CheckResult(False, f"{url} answered 200 but not a model list: {preview}")
         return CheckResult(True, f"{url} listed {len(listed)} models", listed)
@@ -89,7 +92,7 @@ def check_endpoint(proxy: ProxyConfig, key: str) -> CheckResult:
 def _url_problem(base: str) -> str | None:
     if base.startswith(("http://", "https://")):
         return None
-    return f"the API base must start with http:// or https:// (got {base!r})"
+    return f"the API base must start with http:// or https:// (got {shown(base)})"
 
 
 def _blank_problem(answer: str) -> str | None:
@@ -124,7 +127,9 @@ def _ask(
             if not hide:  # click ends the line itself only after hidden input
                 click.echo(err=True)
             raise CliError("login cancelled; nothing was saved") from None
-        message = problem(answer)
+        except UnicodeDecodeError:  # bytes from the terminal that are not UTF-8
+            answer = "\udcff"  # stands for the bytes: not text, so refused just below
+        message = problem(answer) if is_text(answer) else "that is not UTF-8 text"
         if not message:
             return answer
         click.echo(f"Error: {message}; try again (Ctrl-C to cancel).", err=True)
@@ -144,6 +149,8 @@ def login(
     no_check: bool,
 ) -> None:
     """Configure the LLM endpoint (providers.proxy), checking it first."""
+    if api_base is not None and (problem := _url_problem(api_base.strip())):
+        raise CliError(f"--api-base: {problem}")
     path = current_path()
     data = load_config_data(path)
     current = (data.get("providers") or {}).get("proxy") or {}
@@ -174,8 +181,9 @@ def login(
         proxy = ProxyConfig.model_validate(
             {**current, "api_base": base, "api_key": key, "models": names, "protocol": chosen}
         )
-    except ValueError as exc:
-        raise CliError(f"invalid provider settings: {exc}") from None
+    except ValidationError as exc:
+        problems = format_validation_error(exc, "providers.proxy")
+        raise CliError(f"invalid provider settings: {problems}") from None
 
     if not no_check:
         result = check_endpoint(proxy, key or env_key)

@@ -17,6 +17,7 @@ import click
 
 from claw_worker.cli._common import CliError, current_path, describe_error
 from claw_worker.config import ConfigError, load_config, workspace_dir
+from claw_worker.config.jsontext import JsonTextError, decode
 from claw_worker.config.paths import claw_home
 from claw_worker.config.store import atomic_write_text
 
@@ -81,7 +82,12 @@ def plan_workspace(workspace: Path) -> tuple[list[Change], list[Path]]:
         if not path.exists():
             changes.append(Change(path, fresh, "created"))
             continue
-        current = path.read_text(encoding="utf-8")
+        try:
+            current = decode(path.read_bytes())
+        except JsonTextError as exc:
+            raise CliError(
+                f"{path}: {exc}, then run `clawctl onboard` again; nothing was changed."
+            ) from None
         synced = sync_block(current, managed_block(fresh), str(path))
         if synced == current:
             kept.append(path)

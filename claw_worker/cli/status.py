@@ -81,13 +81,14 @@ def _redis_facts(url: str) -> dict[str, Any]:
 def _breakers(config: Config, url: str) -> dict[str, Any] | None:
     """Each proxy's circuit breaker (providers/breaker.py), or None when Redis is down."""
     from claw_worker.providers.breaker import read_state
+    from claw_worker.providers.registry import proxy_breakers
 
     conn = client(url, socket_timeout=PROBE_TIMEOUT_SEC, socket_connect_timeout=PROBE_TIMEOUT_SEC)
     try:
         conn.ping()
         breakers = {}
-        for name in ["proxy", *config.providers.proxy_fallbacks]:
-            state = read_state(conn, name)
+        for name, endpoint in proxy_breakers(config).items():
+            state = read_state(conn, endpoint)
             breakers[name] = {
                 "state": "open" if state.is_open() else "closed",
                 "failures": state.failures,
@@ -152,7 +153,7 @@ def collect() -> dict[str, Any]:
 
 def _render(report: dict[str, Any]) -> list[str]:
     cfg = report["config"]
-    state = "missing: defaults" if not cfg["exists"] else ("ok" if cfg["valid"] else "INVALID")
+    state = "INVALID" if not cfg["valid"] else ("ok" if cfg["exists"] else "missing: defaults")
     lines = [f"config     {cfg['path']} ({state})"]
     if not cfg["valid"]:
         return [*lines, *("  " + line for line in cfg["error"].splitlines())]
@@ -203,11 +204,14 @@ def _render_breakers(breakers: dict[str, Any] | None) -> list[str]:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(as_json: bool) -> None:
-    """Show config, workspace, model, logs, Redis, workers and queues."""
+    """Show config, workspace, model, logs, Redis, workers and queues; exit 1 when the
+    config is invalid or Redis does not answer."""
     report = collect()
     if as_json:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
     else:
         click.echo("\n".join(_render(report)))
-    if not report["config"]["valid"]:
-        raise SystemExit(1)  # nothing else can be known from a config that does not load
+    # Exit 1 when the config does not load (nothing else can be known) or Redis does not
+    # answer (no fleet can run): scripts and health checks can rely on the status.
+    if not report["config"]["valid"] or not report["redis"]["reachable"]:
+        raise SystemExit(1)

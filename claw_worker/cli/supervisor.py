@@ -2,13 +2,16 @@
 
 Starts the embedded Redis (when ``redis.url`` is empty), the ingress, one worker and beat
 (and Flower on request), each in its own process group with output in the logs directory;
-restarts a child that dies, with exponential backoff; on SIGINT/SIGTERM stops them all —
-ingress first so nothing new arrives, Redis last — and leaves no process behind.
+restarts a child that dies, with exponential backoff, and stops the fleet with the child's
+last output when one keeps dying right after it starts; on SIGINT/SIGTERM stops them all —
+ingress first so nothing new arrives, Redis last — and leaves no process behind. A taken
+port or an unreachable Redis is reported before anything starts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -30,6 +33,10 @@ from claw_worker.redis_conn import redis_url
 STOP_TIMEOUT_SEC = 15.0
 MAX_BACKOFF_SEC = 30.0
 STABLE_AFTER_SEC = 30.0  # a child that ran this long has its backoff reset
+# A child that dies before STABLE_AFTER_SEC this many restarts in a row cannot start (a
+# port taken, a broken config file): the fleet stops and says why instead of looping.
+MAX_QUICK_RESTARTS = 3
+TAIL_LINES = 8  # lines of a failing child's output shown
 
 
 class SupervisorError(RuntimeError):
@@ -46,11 +53,13 @@ class Child:
     started_at: float = 0.0
     restarts: int = 0
     next_start: float = 0.0
+    log_offset: int = 0  # where this run's output starts in log_path
 
     def start(self, env: dict[str, str]) -> None:
         # A stable node name (so the log file keeps its name across restarts).
         env = {**env, ENV_NODE_NAME: f"{self.name}@{socket.gethostname()}"}
         with open(self.log_path, "ab") as log:
+            self.log_offset = log.tell()
             self.process = subprocess.Popen(
                 self.args,
                 env=env,
@@ -65,6 +74,16 @@ class Child:
         if self.process and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signum)
+
+    def last_output(self) -> list[str]:
+        """The last lines this run of the child wrote."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self.log_offset)
+                data = log.read()[-8192:]
+        except OSError:
+            return []
+        return data.decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
 
     def wait(self, timeout: float) -> bool:
         if self.process is None:
@@ -108,13 +127,25 @@ class Supervisor:
             )  # fmt: skip
         return children
 
+    def preflight(self) -> None:
+        """What would make the fleet fail at once, checked before anything is started: a
+        configured Redis that does not answer, a port already taken."""
+        if self.config.redis.url and not is_alive(self.config.redis.url):
+            raise SupervisorError(
+                f"Redis at redis.url is not reachable: {_safe_url(self.config.redis.url)}"
+            )
+        gateway = self.config.gateway
+        ports = [(gateway.host, gateway.port, "gateway.port", "clawctl config set gateway.port N")]
+        if self.with_flower:
+            ports.append(("127.0.0.1", self.flower_port, "--flower-port", "--flower-port N"))
+        for host, port, name, fix in ports:
+            problem = port_problem(host, port)
+            if problem:
+                raise SupervisorError(f"{name}: {problem}; stop that program or use `{fix}`")
+
     def start(self) -> None:
         logs_dir(self.config).mkdir(parents=True, exist_ok=True)
         if self.config.redis.url:
-            if not is_alive(self.config.redis.url):
-                raise SupervisorError(
-                    f"Redis at redis.url is not reachable: {_safe_url(self.config.redis.url)}"
-                )
             self.echo(f"redis     {_safe_url(self.config.redis.url)} (configured)")
         else:
             self.redis = ensure_embedded(daemonize=False)
@@ -132,7 +163,8 @@ class Supervisor:
         self._env = env
 
     def run_forever(self, poll_interval: float = 0.5) -> None:
-        """Watch the children until asked to stop; restart any that dies."""
+        """Watch the children until asked to stop; restart any that dies. A SupervisorError
+        when one keeps dying right after it starts (see MAX_QUICK_RESTARTS)."""
         while not self._stop.wait(poll_interval):
             now = time.monotonic()
             for child in self.children:
@@ -143,6 +175,8 @@ class Supervisor:
                     ran = now - child.started_at
                     if ran > STABLE_AFTER_SEC:
                         child.restarts = 0
+                    elif child.restarts >= MAX_QUICK_RESTARTS:
+                        raise SupervisorError(_crash_loop(child, proc.returncode))
                     delay = min(MAX_BACKOFF_SEC, 0.5 * 2**child.restarts)
                     child.next_start = now + delay
                     self.echo(
@@ -171,6 +205,39 @@ class Supervisor:
             self.redis.stop()
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why nothing can listen on ``host:port`` (bound as the ingress's server binds it:
+    every address the host resolves to, with SO_REUSEADDR), or None."""
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        return f"cannot resolve the host {host!r} ({exc.strerror})"
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return f"port {port} on {host} is already in use by another program"
+                return f"cannot listen on {host}:{port} ({exc.strerror})"
+    return None
+
+
+def _crash_loop(child: Child, returncode: int) -> str:
+    how = f"exit status {returncode}" if returncode >= 0 else f"signal {-returncode}"
+    lines = child.last_output() or ["(no output)"]
+    return (
+        f"{child.name} keeps exiting right after it starts (restarted {child.restarts} times, "
+        f"each run shorter than {STABLE_AFTER_SEC:.0f} s; the last ended with {how}), so the "
+        f"fleet stops. Last lines of {child.log_path}:\n" + "\n".join(f"  {line}" for line in lines)
+    )
+
+
 def _safe_url(url: str) -> str:
     """A Redis URL without its password, for printing."""
     if "@" in url:
@@ -187,6 +254,7 @@ def run(
     echo: Callable[[str], None] = print,
 ) -> int:
     sup = Supervisor(config, with_flower=with_flower, flower_port=flower_port, echo=echo)
+    sup.preflight()  # nothing started yet: an error here leaves nothing to stop
     signal.signal(signal.SIGTERM, sup.request_stop)
     signal.signal(signal.SIGINT, sup.request_stop)
     try:

@@ -16,11 +16,13 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from claw_worker.config import jsontext
 from claw_worker.config.fields import SECRET_MARK
 from claw_worker.config.schema import Config
 from claw_worker.fsutil import atomic_write_bytes
 
 MASK = "****"
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # far above any real config; stops /dev/zero & co.
 
 
 class ConfigError(Exception):
@@ -40,34 +42,69 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
 
 
 def parse_config_text(text: str, source: str = "config") -> Config:
+    return validate_config_data(parse_json(text, source), source)
+
+
+def parse_json(text: str, source: str = "config") -> Any:
+    """The JSON value in ``text`` (config JSON: see ``jsontext.loads``), or a ConfigError
+    naming ``source`` and where in it the problem is."""
     try:
-        data = json.loads(text)
+        return jsontext.loads(text)
     except json.JSONDecodeError as exc:
         hint = " (extra content after the JSON object)" if exc.msg == "Extra data" else ""
         raise ConfigError(
             f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}{hint}"
         ) from None
-    return validate_config_data(data, source)
+    except jsontext.JsonTextError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def validate_config_data(data: Any, source: str = "config") -> Config:
+    """``data`` as a Config; every string is checked to be text (no lone surrogates) and
+    every number finite, so a valid config can always be written out and shown."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a JSON object")
+    problems = jsontext.problems(data)
+    if problems:
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(problems))
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: invalid config\n{format_validation_error(exc)}") from None
 
 
+def read_config_text(path: Path) -> str | None:
+    """The text of the config file at ``path`` (None when there is none), or a ConfigError
+    that names the file and says what is wrong with it."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {_read_problem(path, exc)}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: larger than {MAX_CONFIG_BYTES // 1024 // 1024} MiB: not a config"
+        )
+    try:
+        return jsontext.decode(raw)
+    except jsontext.JsonTextError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _read_problem(path: Path, exc: OSError) -> str:
+    if exc.errno == errno.ENOTDIR:
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return f"{blocker} is a file, not a directory"
+    return exc.strerror or str(exc)
+
+
 def load_config(path: Path) -> Config:
     """The config in ``path``; a missing file means all defaults."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return Config()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse_config_text(text, str(path))
+    text = read_config_text(path)
+    return Config() if text is None else parse_config_text(text, str(path))
 
 
 def load_config_data(path: Path) -> dict[str, Any]:
@@ -81,25 +118,17 @@ def read_raw_data(path: Path) -> dict[str, Any]:
     """The JSON object in ``path`` as written ({} when missing), not checked against the
     schema: an edit may be exactly how the user fixes it, and the result is validated whole
     before anything is written."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+    text = read_config_text(path)
+    if text is None:
         return {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8"
-        ) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        parse_config_text(text, str(path))  # raises the clearer message
-        raise  # pragma: no cover - parse_config_text always raises here
+    data = parse_json(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a JSON object")
+    # What cannot even be copied (too deep, numbers too long) stops here; a bad string is
+    # left for the validation of the edited result, so `config set` can replace it.
+    problems = jsontext.problems(data, values=False)
+    if problems:
+        raise ConfigError(f"{path}: invalid config\n" + "\n".join(problems))
     return data
 
 
@@ -185,9 +214,15 @@ def get_path(config: Config, dotted: str) -> Any:
 def parse_value(raw: str) -> Any:
     """A CLI value: JSON when it parses as JSON, else the plain string."""
     try:
-        return json.loads(raw)
+        value = jsontext.loads(raw)
     except json.JSONDecodeError:
         return raw
+    except jsontext.JsonTextError as exc:
+        raise ConfigError(f"the value {jsontext.shown(raw)} is {exc}") from None
+    problems = jsontext.problems(value, values=False, top=f"the value {jsontext.shown(raw)}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return value
 
 
 def set_path(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
