@@ -136,7 +136,7 @@ def test_other_client_errors_are_raised(
     llm_server.reply_error(422, {"error": {"message": "messages[0].content is invalid"}})
     with pytest.raises(ProviderError) as info:
         ask(chain)
-    assert info.value.status == 422 and info.value.kind == "other"
+    assert info.value.status == 422 and info.value.kind == "invalid_request"
     assert llm_server_b.requests == []
 
 
@@ -162,14 +162,15 @@ def test_breaker_opens_skips_and_closes_after_cooldown(
     config = make_config(llm_server, llm_server_b)
     provider = build_provider(config, client, breaker_threshold=3, cooldown_sec=0.6)
     assert isinstance(provider, FailoverProvider)
+    endpoint = provider.routes[0].breaker  # breakers are keyed by endpoint, not by name
     llm_server.add_rule("", llm.error(503))
     for _ in range(3):
         assert ask(provider) == "echo: hello"  # answered by b each time
     assert len(llm_server.requests) == 6
-    state = provider.breakers.state("proxy")
+    state = provider.breakers.state(endpoint)
     assert state.failures == 3 and state.is_open()
     if client is not None:  # every host (and clawctl status) sees the same state
-        assert client.hget(constants.breaker_key("proxy"), "failures") == "3"
+        assert client.hget(constants.breaker_key(endpoint), "failures") == "3"
 
     assert ask(provider) == "echo: hello"
     assert len(llm_server.requests) == 6  # skipped while open
@@ -178,9 +179,9 @@ def test_breaker_opens_skips_and_closes_after_cooldown(
     llm_server.reset()  # proxy a recovers
     wait_for(lambda: ask(provider) == "echo: hello" and len(llm_server.requests) > 0, timeout=10)
     assert models(llm_server) == ["m1"]  # half-open call succeeded: closed again
-    assert provider.breakers.state("proxy").failures == 0
+    assert provider.breakers.state(endpoint).failures == 0
     if client is not None:
-        assert not client.exists(constants.breaker_key("proxy"))
+        assert not client.exists(constants.breaker_key(endpoint))
     provider.close()
 
 
@@ -191,13 +192,14 @@ def test_breaker_reopens_when_the_half_open_call_fails(
         make_config(llm_server, llm_server_b), breaker_threshold=2, cooldown_sec=0.3
     )
     assert isinstance(provider, FailoverProvider)
+    endpoint = provider.routes[0].breaker
     llm_server.add_rule("", llm.error(503))
     ask(provider)
     ask(provider)
-    assert provider.breakers.state("proxy").is_open()
-    wait_for(lambda: not provider.breakers.state("proxy").is_open(), timeout=10)
+    assert provider.breakers.state(endpoint).is_open()
+    wait_for(lambda: not provider.breakers.state(endpoint).is_open(), timeout=10)
     ask(provider)  # the trial call fails: open again at once
-    assert provider.breakers.state("proxy").is_open()
+    assert provider.breakers.state(endpoint).is_open()
     assert len(llm_server.requests) == 6
     provider.close()
 
@@ -209,12 +211,13 @@ def test_a_breaker_opened_by_another_host_is_seen_within_a_second(
     host_a = build_provider(config, redis_server.client(), breaker_threshold=2, cooldown_sec=30)
     host_b = build_provider(config, redis_server.client(), breaker_threshold=2, cooldown_sec=30)
     assert isinstance(host_a, FailoverProvider) and isinstance(host_b, FailoverProvider)
-    assert ask(host_a) == "echo: hello" and not host_a.breakers.state("proxy").is_open()
+    endpoint = host_a.routes[0].breaker  # the same config: the same endpoint on both hosts
+    assert ask(host_a) == "echo: hello" and not host_a.breakers.state(endpoint).is_open()
     for _ in range(2):  # host b's failures open the shared breaker
-        host_b.breakers.record_failure("proxy")
+        host_b.breakers.record_failure(endpoint)
     # Host a re-reads the shared state about a second later (generous deadline: a loaded
     # CI machine) and then skips the proxy.
-    wait_for(lambda: host_a.breakers.state("proxy").is_open(), timeout=5)
+    wait_for(lambda: host_a.breakers.state(endpoint).is_open(), timeout=5)
     before = len(llm_server.requests)
     assert ask(host_a) == "echo: hello" and len(llm_server.requests) == before
     host_a.close()

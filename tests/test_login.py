@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from claw_worker.config.schema import Config
 from claw_worker.providers.breaker import Breakers
+from claw_worker.providers.registry import proxy_breakers
 from tests import llm_server as llm
 from tests.fixtures.claw_home import ClawHome
 from tests.fixtures.procs import free_port
@@ -252,10 +254,11 @@ def test_status_shows_breakers(claw_home: ClawHome, redis_server: RedisServer) -
             "redis": {"url": redis_server.url},
         }
     )
+    keys = proxy_breakers(Config.model_validate(json.loads(claw_home.config_file.read_text())))
     breakers = Breakers(redis_server.client(), threshold=2, cooldown_sec=600)
-    assert not breakers.record_failure("proxy")
-    assert breakers.record_failure("proxy")
-    breakers.record_failure("b")
+    assert not breakers.record_failure(keys["proxy"])
+    assert breakers.record_failure(keys["proxy"])
+    breakers.record_failure(keys["b"])
     result = clawctl(claw_home, "status")
     assert result.returncode == 0, result.stderr
     line = next(x for x in result.stdout.splitlines() if x.startswith("breakers"))

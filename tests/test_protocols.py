@@ -152,9 +152,9 @@ def test_error_kinds(llm_server: LLMServer, provider: ChatProvider) -> None:
     cases = [
         (429, {"error": {"message": "slow down"}}, "rate_limit"),
         (401, {"error": {"message": "bad key"}}, "auth"),
-        (404, {"error": {"message": "The model `x` does not exist"}}, "routing"),
-        (400, {"type": "error", "error": {"type": "invalid_request_error", "message": "unknown model: x"}}, "routing"),
-        (400, {"error": {"message": "temperature must be <= 2"}}, "other"),
+        (404, {"error": {"message": "The model `x` does not exist"}}, "unknown_model"),
+        (400, {"type": "error", "error": {"type": "invalid_request_error", "message": "unknown model: x"}}, "unknown_model"),
+        (400, {"error": {"message": "temperature must be <= 2"}}, "invalid_request"),
     ]  # fmt: skip
     for status, body, kind in cases:
         llm_server.reply_error(status, body)

@@ -3,18 +3,13 @@ registry as the agent runs them (message against a real redis-server)."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
-from claw_worker import constants
-from claw_worker.config.schema import Config
-from claw_worker.contract import OutboundMessage
-from claw_worker.tools import ToolContext, ToolRegistry, default_tools
+from claw_worker.tools import ToolContext, ToolRegistry
 from claw_worker.tools import search as search_tools
-from tests.fixtures.redis_server import RedisServer
 
 # -- edit_file ---------------------------------------------------------------------------
 
@@ -192,41 +187,3 @@ def test_system_info_has_facts_and_no_env(
     assert f"cpu_count: {os.cpu_count()}" in result
     assert "s3cr3t-value" not in result and "SOME_SECRET_TOKEN" not in result
     assert tools.run("system_info", {"x": 1}, ctx).startswith("Error: invalid arguments")
-
-
-# -- message -----------------------------------------------------------------------------
-
-
-def test_message_publishes_on_the_outbound_stream(
-    redis_server: RedisServer, workspace: Path
-) -> None:
-    client = redis_server.client()
-    ctx = ToolContext(workspace, "telegram:7", Config(), redis=client)
-    tools = default_tools(ctx.config)
-    args = {"channel": "discord", "chat_id": "chan-9", "text": "deploy finished"}
-    assert tools.run("message", args, ctx) == "Message sent to discord:chan-9 (15 chars)"
-    entries = client.xrange(constants.OUTBOUND_STREAM)
-    assert len(entries) == 1
-    sent = OutboundMessage.model_validate_json(entries[0][1]["data"])
-    assert (sent.channel, sent.chat_id, sent.text) == ("discord", "chan-9", "deploy finished")
-    assert sent.session_key == "discord:chan-9"
-    assert sent.metadata == {"kind": "tool_message", "from_session": "telegram:7"}
-    api = tools.run("message", {"channel": "api", "chat_id": "c", "text": "hi"}, ctx)
-    assert api.startswith("Message sent to api:c")
-    assert client.xlen(constants.OUTBOUND_STREAM) == 2
-
-
-def test_message_refuses_unknown_channel_and_no_fleet(
-    redis_server: RedisServer, workspace: Path
-) -> None:
-    client = redis_server.client()
-    with_redis = ToolContext(workspace, "t:1", Config(), redis=client)
-    tools = default_tools(Config())
-    bad = tools.run("message", {"channel": "pigeon", "chat_id": "1", "text": "hi"}, with_redis)
-    assert bad.startswith("Error: unknown channel 'pigeon'; known channels: api, telegram")
-    no_fleet = ToolContext(workspace, "t:1", Config())
-    result = tools.run("message", {"channel": "api", "chat_id": "1", "text": "hi"}, no_fleet)
-    assert result.startswith("Error: message tool needs the fleet")
-    empty = tools.run("message", json.dumps({"channel": "api", "chat_id": "1"}), with_redis)
-    assert empty == "Error: invalid arguments for message: text: Field required"
-    assert client.xlen(constants.OUTBOUND_STREAM) == 0

@@ -193,6 +193,7 @@ def agent_config(
             "providers": {"proxy": {"api_base": llm_server.base_url, "models": ["m"]}},
             "redis": {"url": redis_server.url},
             "agents": {"defaults": {"runtime_control": control}},
+            "channels": {"telegram": {"enabled": True, "token": "123:abc"}},  # message delivers
             # Any request to /slow/<id>/search is SearXNG-shaped, so web_search can be slow too.
             "tools": {
                 "web_search": {"searxng_url": web.url + "/slow/search-c"},

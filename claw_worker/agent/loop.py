@@ -146,7 +146,12 @@ class Agent:
         user = user_message(message)
         turn = _Turn(build_messages(system_prompt, history.load(), user), new=[user])
         ctx = ToolContext(
-            self.workspace, message.session_key, self.config, should_stop=stop, redis=self.redis
+            self.workspace,
+            message.session_key,
+            self.config,
+            should_stop=stop,
+            redis=self.redis,
+            message_id=message.message_id,
         )
 
         try:

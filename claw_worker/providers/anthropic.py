@@ -32,7 +32,7 @@ def _input_of(raw: Any) -> dict[str, Any]:
         return raw
     try:
         value = json.loads(raw or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -169,7 +169,7 @@ class AnthropicAccumulator(StreamAccumulator):
     def on_event(self, name: str, data: dict[str, Any]) -> None:
         index = data.get("index") if isinstance(data.get("index"), int) else 0
         if name == "error":
-            self.fail(data.get("error") or data)
+            self.fail(data)  # {"type": "error", "error": {"type", "message"}}
         elif name == "message_start":
             message = data.get("message") or {}
             self.model = str(message.get("model") or self.model)

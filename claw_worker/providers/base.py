@@ -4,54 +4,163 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from enum import StrEnum
+from typing import Any, Protocol
 
 Message = dict[str, Any]  # one chat message in OpenAI's shape (role, content, tool_calls, ...)
 ToolSchema = dict[str, Any]  # {"type": "function", "function": {name, description, parameters}}
 
-# Statuses worth retrying: the request may succeed later unchanged.
-RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 
-# What a failure means for failover (see failover.py): retry elsewhere, skip the proxy, or stop.
-ErrorKind = Literal["rate_limit", "routing", "transient", "auth", "context_too_long", "other"]
+class ErrorKind(StrEnum):
+    """What a failed LLM call means. The failover chain (failover.py) picks the next model
+    or proxy by it, and the session runner decides by it alone whether a message is retried
+    (and when) or failed at once."""
 
+    TRANSIENT = "transient"  # no answer, a timeout, a 5xx, a broken stream: may pass soon
+    RATE_LIMIT = "rate_limit"  # 429: ask again once the server's Retry-After has passed
+    AUTH = "auth"  # key refused or account without quota: this proxy answers nothing
+    UNKNOWN_MODEL = "unknown_model"  # this proxy does not serve the model
+    CONTEXT_TOO_LONG = "context_too_long"  # compact the history, then ask again
+    INVALID_REQUEST = "invalid_request"  # the request is refused as it is: asking again fails
+    BAD_RESPONSE = "bad_response"  # a 200 that is no LLM answer: wrong api_base or protocol
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same request may succeed later, unchanged."""
+        return self in (ErrorKind.TRANSIENT, ErrorKind.RATE_LIMIT)
+
+
+# Structured error codes and types: OpenAI's ``error.code`` / ``error.type``, Anthropic's
+# ``error.type``, the Responses API's stream error codes. The refusals decide over the HTTP
+# status; the retryable ones decide only mid-stream, where there is no status to read.
+# Generic ones (``invalid_request_error``) are left to the status.
+ERROR_CODES: dict[str, ErrorKind] = {
+    "context_length_exceeded": ErrorKind.CONTEXT_TOO_LONG,
+    "request_too_large": ErrorKind.CONTEXT_TOO_LONG,  # Anthropic's 413
+    "model_not_found": ErrorKind.UNKNOWN_MODEL,
+    "invalid_api_key": ErrorKind.AUTH,
+    "authentication_error": ErrorKind.AUTH,
+    "permission_error": ErrorKind.AUTH,
+    "insufficient_quota": ErrorKind.AUTH,  # a 429 that no wait cures: the account is empty
+    "billing_error": ErrorKind.AUTH,
+    "rate_limit_exceeded": ErrorKind.RATE_LIMIT,
+    "rate_limit_error": ErrorKind.RATE_LIMIT,
+    "server_error": ErrorKind.TRANSIENT,
+    "api_error": ErrorKind.TRANSIENT,
+    "overloaded_error": ErrorKind.TRANSIENT,
+    "invalid_prompt": ErrorKind.INVALID_REQUEST,
+}
+
+# Statuses that mean "ask again later" (besides every 5xx).
+_TRANSIENT_STATUSES = frozenset({408, 409, 425})
+
+# The text is read last, and only for a 400/422 without a deciding code. A phrase, not
+# a word: "model does not support tools" is a refused request, not an unknown model.
 _CONTEXT_WORDS = re.compile(
     r"context.{0,20}(length|window|limit)|maximum context|too many tokens|prompt is too long"
     r"|input is too long|reduce the length",
     re.IGNORECASE,
 )
-_MODEL_WORDS = re.compile(r"\bmodel\b", re.IGNORECASE)
+_UNKNOWN_MODEL_WORDS = re.compile(
+    r"\b(?:unknown|invalid|unsupported|no such) model\b|\bnot a valid model\b|\bmodel_not_found\b"
+    r"|\bmodels?\b\W{0,3}[\w./:@-]*\W{0,3}"
+    r"(?:does not exist|doesn't exist|not found|is not found|is not available|not available"
+    r"|unavailable)",
+    re.IGNORECASE,
+)
+
+
+def _coded(codes: Iterable[str]) -> ErrorKind | None:
+    for code in codes:
+        kind = ERROR_CODES.get(code.strip().lower())
+        if kind is not None:
+            return kind
+    return None
+
+
+def classify(status: int | None, detail: str, codes: Iterable[str] = ()) -> ErrorKind:
+    """The kind of a failed HTTP call: a structured code naming a refusal (an unknown
+    model, a context too long, an empty account) first, then the status (None: no answer
+    at all), the text last. A code that only says "try again" does not override the
+    status: a 429 is a rate limit whatever its ``type``."""
+    coded = _coded(codes)
+    if coded is not None and not coded.retryable:
+        return coded
+    if status is None or status >= 500 or status in _TRANSIENT_STATUSES:
+        return ErrorKind.TRANSIENT
+    if status == 429:
+        return ErrorKind.RATE_LIMIT
+    if status in (401, 402, 403):
+        return ErrorKind.AUTH
+    if status == 404:  # an unknown model (or a proxy without that route): the next model
+        return ErrorKind.UNKNOWN_MODEL
+    if status == 413 or (status in (400, 422) and _CONTEXT_WORDS.search(detail)):
+        return ErrorKind.CONTEXT_TOO_LONG
+    if status in (400, 422) and _UNKNOWN_MODEL_WORDS.search(detail):
+        return ErrorKind.UNKNOWN_MODEL
+    return ErrorKind.INVALID_REQUEST
+
+
+def classify_stream_failure(detail: str, codes: Iterable[str] = ()) -> ErrorKind:
+    """An error reported mid-answer (the HTTP status was 200): transient, asking again may
+    succeed, unless its code says otherwise or it is a context-length refusal."""
+    coded = _coded(codes)
+    if coded is not None:
+        return coded
+    if _CONTEXT_WORDS.search(detail):
+        return ErrorKind.CONTEXT_TOO_LONG
+    return ErrorKind.TRANSIENT
+
+
+def error_fields(data: Any) -> tuple[str, list[str]]:
+    """The message and the structured codes of an error body or event, in any shape:
+    OpenAI's ``{"error": {"message", "type", "code"}}``, Anthropic's ``{"type": "error",
+    "error": {"type", "message"}}``, a stream event's ``{"code", "message"}``."""
+    if not isinstance(data, dict):
+        return (str(data) if data is not None else ""), []
+    error = data.get("error")
+    if isinstance(error, dict):
+        holder, names = error, ("code", "type")
+    else:  # a flat event: its "type" is the event's name, not an error code
+        holder, names = data, ("code",)
+    codes = [str(holder[n]) for n in names if isinstance(holder.get(n), str) and holder[n]]
+    message = holder.get("message")
+    if not message and isinstance(error, str):
+        message = error
+    return (str(message) if message else ""), codes
 
 
 class ProviderError(Exception):
     """A failed LLM call, typed so callers decide on retries without parsing text.
 
-    ``status`` is the HTTP status (None for network failures), ``retryable`` says whether
-    the same request may succeed later, ``retry_after`` is the server's hint in seconds.
+    ``kind`` says what the failure means (see ``ErrorKind``), ``status`` is the HTTP status
+    (None for network failures), ``retry_after`` the server's hint in seconds (or, for a
+    failover chain whose proxies are all paused, the time until the first is tried again).
     """
 
     def __init__(
         self,
         message: str,
         *,
+        kind: ErrorKind,
         status: int | None = None,
-        retryable: bool = False,
         retry_after: float | None = None,
-        kind: ErrorKind | None = None,
     ) -> None:
         super().__init__(message)
+        self.kind = ErrorKind(kind)
         self.status = status
-        self.retryable = retryable
         self.retry_after = retry_after
-        # Derived from the status when not given, so every raiser gets a kind for free.
-        self.kind: ErrorKind = kind or classify(status, message)
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind.retryable
 
     def __repr__(self) -> str:
         return (
             f"ProviderError({str(self)!r}, status={self.status}, kind={self.kind}, "
-            f"retryable={self.retryable}, retry_after={self.retry_after})"
+            f"retry_after={self.retry_after})"
         )
 
 
@@ -60,19 +169,12 @@ class ContextTooLong(ProviderError):
     (another model of the same family would very likely reject it as well)."""
 
 
-def classify(status: int | None, detail: str) -> ErrorKind:
-    """The failover meaning of a status and its error text."""
-    if status is None or status in (408, 500, 502, 503, 504, 520, 522, 524, 529):
-        return "transient"  # no answer, a timeout or a struggling upstream
-    if status == 429:
-        return "rate_limit"
-    if status in (401, 403):
-        return "auth"
-    if status in (400, 413, 422) and _CONTEXT_WORDS.search(detail):
-        return "context_too_long"
-    if status == 404 or (status == 400 and _MODEL_WORDS.search(detail)):
-        return "routing"  # unknown model (or a proxy without that route): try the next one
-    return "other"
+def provider_error(
+    message: str, kind: ErrorKind, *, status: int | None = None, retry_after: float | None = None
+) -> ProviderError:
+    """A ``ProviderError`` of ``kind``; a ``ContextTooLong`` for a context-length refusal."""
+    cls = ContextTooLong if kind is ErrorKind.CONTEXT_TOO_LONG else ProviderError
+    return cls(message, kind=kind, status=status, retry_after=retry_after)
 
 
 @dataclass(frozen=True)
@@ -100,7 +202,7 @@ class ToolCall:
             return cls(id, name, {}, raw or "{}")
         try:
             value = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             return cls(id, name, {}, raw, f"arguments are not valid JSON ({exc})")
         if not isinstance(value, dict):
             return cls(id, name, {}, raw, f"arguments must be a JSON object, got {raw[:80]!r}")
@@ -179,7 +281,7 @@ def extract_text_tool_calls(content: str) -> tuple[str, list[ToolCall]]:
     def take(match: re.Match[str]) -> str:
         try:
             data = json.loads(match.group(1))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             return match.group(0)
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             return match.group(0)

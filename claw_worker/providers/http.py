@@ -20,11 +20,12 @@ from typing import Any
 import httpx
 
 from claw_worker.providers.base import (
-    RETRYABLE_STATUSES,
-    ContextTooLong,
+    ErrorKind,
     ProviderError,
     body_preview,
     classify,
+    error_fields,
+    provider_error,
 )
 
 # Per thread: a thread makes one call at a time, so a couple of connections is plenty.
@@ -72,14 +73,14 @@ class HttpPool:
             raise http_error(url, response)
         try:
             return response.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise non_json_200(url, response) from exc
 
 
 def transport_error(url: str, exc: httpx.TransportError, what: str) -> ProviderError:
     """A timeout or a broken connection: transient, worth another model or proxy."""
     how = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
-    return ProviderError(f"LLM {what} {url} {how}: {exc!r}", retryable=True, kind="transient")
+    return ProviderError(f"LLM {what} {url} {how}: {exc!r}", kind=ErrorKind.TRANSIENT)
 
 
 def non_json_200(url: str, response: httpx.Response) -> ProviderError:
@@ -87,39 +88,37 @@ def non_json_200(url: str, response: httpx.Response) -> ProviderError:
     return ProviderError(
         f"LLM API {url} returned HTTP 200 with a non-JSON body: {body_preview(response.text)}",
         status=200,
-        kind="other",
+        kind=ErrorKind.BAD_RESPONSE,
     )
 
 
 def http_error(url: str, response: httpx.Response) -> ProviderError:
     status = response.status_code
-    detail = error_detail(response)
-    kind = classify(status, detail)
-    cls = ContextTooLong if kind == "context_too_long" else ProviderError
-    return cls(
+    detail, codes = error_info(response)
+    return provider_error(
         f"LLM API {url} returned HTTP {status}: {detail}",
+        classify(status, detail, codes),
         status=status,
-        retryable=status in RETRYABLE_STATUSES or status >= 500,
         retry_after=retry_after(response.headers),
-        kind=kind,
     )
 
 
 def error_detail(response: httpx.Response) -> str:
     """The JSON error message (OpenAI's or Anthropic's shape) when present, else a preview
     of the body: an HTML page from a gateway is reduced to its text."""
+    return error_info(response)[0]
+
+
+def error_info(response: httpx.Response) -> tuple[str, list[str]]:
+    """``error_detail`` and the structured error codes of the body (see ``error_fields``)."""
     ctype = response.headers.get("content-type", "")
     try:
         data = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         kind = ctype.split(";")[0] or "unknown content type"
-        return f"non-JSON body ({kind}): {body_preview(response.text) or '<empty>'}"
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict) and error.get("message"):
-        return str(error["message"])[:500]
-    if isinstance(error, str):
-        return error[:500]
-    return body_preview(response.text)
+        return f"non-JSON body ({kind}): {body_preview(response.text) or '<empty>'}", []
+    message, codes = error_fields(data)
+    return (message[:500] if message else body_preview(response.text)), codes
 
 
 def retry_after(headers: httpx.Headers) -> float | None:
@@ -148,7 +147,7 @@ def malformed(url: str, what: str, data: Any, exc: Exception) -> ProviderError:
     return ProviderError(
         f"LLM API {url} returned HTTP 200 without {what} ({exc!r}): {preview}",
         status=200,
-        kind="other",
+        kind=ErrorKind.BAD_RESPONSE,
     )
 
 

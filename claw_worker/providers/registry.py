@@ -5,6 +5,9 @@ its own ``protocol``. Callers only see a ``ChatProvider``.
 
 from __future__ import annotations
 
+import hashlib
+from urllib.parse import urlsplit
+
 from redis import Redis
 
 from claw_worker.config.schema import Config, ProxyConfig
@@ -15,7 +18,7 @@ from claw_worker.providers.failover import FailoverProvider, Route, dedupe
 from claw_worker.providers.openai_compat import OpenAICompatProvider
 from claw_worker.providers.responses import ResponsesProvider
 
-PRIMARY_PROXY = "proxy"  # the breaker name of providers.proxy
+PRIMARY_PROXY = "proxy"  # the name of providers.proxy in logs, summaries and status
 
 
 def build_proxy(proxy: ProxyConfig) -> ChatProvider | None:
@@ -42,9 +45,29 @@ def primary_models(config: Config) -> tuple[str, ...]:
     return dedupe([defaults.model, *defaults.model_fallbacks, *config.providers.proxy.models])
 
 
-def proxy_names(config: Config) -> list[str]:
-    """The breaker names of every proxy in the chain, in order (for ``clawctl status``)."""
-    return [PRIMARY_PROXY, *config.providers.proxy_fallbacks]
+def endpoint_id(proxy: ProxyConfig) -> str:
+    """The key of a proxy's circuit breaker: what it calls and how (protocol, api_base with
+    its scheme and host lower-cased and no trailing slash, auth style and the configured
+    key), as ``<host>-<digest>``. Not the proxy's name: once ``api_base`` or the key is
+    corrected (a reload), the proxy is a new endpoint with a closed breaker. The key enters
+    only the digest, as configured (a key taken from the environment is not read, so
+    ``clawctl status`` in another shell finds the same breaker as the workers)."""
+    parts = urlsplit(proxy.api_base.strip())
+    host = parts.netloc.rpartition("@")[2].lower()  # never the user:password part
+    base = f"{parts.scheme.lower()}://{host}{parts.path.rstrip('/')}"
+    if parts.query:
+        base += f"?{parts.query}"
+    material = "\n".join((proxy.protocol, base, proxy.auth, proxy.api_key))
+    return f"{host or '-'}-{hashlib.sha256(material.encode()).hexdigest()[:16]}"
+
+
+def proxy_breakers(config: Config) -> dict[str, str]:
+    """Each proxy of the chain by name, in order, with the key of its breaker (for
+    ``clawctl status``: ``breaker.read_state(conn, key)``)."""
+    providers = config.providers
+    named = {PRIMARY_PROXY: providers.proxy}
+    named.update((name, providers.proxies[name]) for name in providers.proxy_fallbacks)
+    return {name: endpoint_id(proxy) for name, proxy in named.items()}
 
 
 def build_provider(
@@ -60,12 +83,12 @@ def build_provider(
     if primary is None:
         return None
     compacts = current.protocol == "responses" and current.supports_responses_compact
-    routes = [Route(PRIMARY_PROXY, primary, primary_models(config), compacts)]
+    routes = [Route(PRIMARY_PROXY, primary, primary_models(config), compacts, endpoint_id(current))]
     for name in config.providers.proxy_fallbacks:
         proxy = config.providers.proxies[name]
         provider = build_proxy(proxy)
         if provider is not None:  # a fallback without api_base cannot be tried
-            routes.append(Route(name, provider, dedupe(proxy.models)))
+            routes.append(Route(name, provider, dedupe(proxy.models), endpoint=endpoint_id(proxy)))
     return FailoverProvider(
         routes, redis_client=redis, breaker_threshold=breaker_threshold, cooldown_sec=cooldown_sec
     )

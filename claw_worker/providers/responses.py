@@ -16,6 +16,7 @@ import structlog
 
 from claw_worker.providers.base import (
     COMPACTION,
+    ErrorKind,
     LLMResponse,
     Message,
     ProviderError,
@@ -118,7 +119,8 @@ class ResponsesProvider(OpenAIStyleClient):
         try:
             return send(messages)
         except ProviderError as exc:
-            if exc.kind != "other" or not any(COMPACTION in m for m in messages):
+            carried = any(COMPACTION in m for m in messages)
+            if exc.kind is not ErrorKind.INVALID_REQUEST or not carried:
                 raise
             # A refused request carrying a compaction item: the item may no longer be
             # readable here (a key of another organisation, an expired item). Without it the

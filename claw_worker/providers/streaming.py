@@ -27,13 +27,15 @@ from typing import Any, NoReturn
 import httpx
 
 from claw_worker.providers.base import (
-    ContextTooLong,
+    ErrorKind,
     LLMResponse,
     ProviderError,
     ToolCall,
     body_preview,
     build_response,
-    classify,
+    classify_stream_failure,
+    error_fields,
+    provider_error,
 )
 from claw_worker.providers.http import HttpPool, http_error, non_json_200, transport_error
 
@@ -69,11 +71,10 @@ class StreamAccumulator:
             return
         try:
             payload = json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise ProviderError(
                 f"LLM API {self.url} streamed a non-JSON chunk: {body_preview(data)}",
-                retryable=True,
-                kind="transient",
+                kind=ErrorKind.TRANSIENT,
             ) from exc
         if isinstance(payload, dict):
             self.on_event(str(payload.get("type") or event), payload)
@@ -82,15 +83,14 @@ class StreamAccumulator:
         raise NotImplementedError
 
     def fail(self, detail: Any) -> NoReturn:
-        """An error reported mid-stream: transient, asking again may succeed; except a
-        context-length refusal (``response.failed`` with ``context_length_exceeded``),
-        which the agent answers by compacting, as for the same refusal as an HTTP 400."""
-        if isinstance(detail, dict):
-            detail = detail.get("message") or detail
-        message = f"LLM API {self.url} failed mid-stream: {str(detail)[:500]}"
-        if classify(400, str(detail)) == "context_too_long":
-            raise ContextTooLong(message, kind="context_too_long")
-        raise ProviderError(message, retryable=True, kind="transient")
+        """An error reported mid-stream: transient, asking again may succeed; unless its
+        code says otherwise (``rate_limit_exceeded``, ...) or it is a context-length refusal
+        (``response.failed`` with ``context_length_exceeded``), which the agent answers by
+        compacting, as for the same refusal as an HTTP 400."""
+        text, codes = error_fields(detail)
+        text = text or str(detail)
+        kind = classify_stream_failure(text, codes)
+        raise provider_error(f"LLM API {self.url} failed mid-stream: {text[:500]}", kind)
 
     def take_usage(self, usage: Any) -> None:
         """Merge integer counts (Anthropic sends them in two events; zeros do not erase)."""
@@ -118,7 +118,7 @@ class ChatAccumulator(StreamAccumulator):
 
     def on_event(self, name: str, data: dict[str, Any]) -> None:
         if data.get("error"):  # some proxies report a failure mid-stream as a chunk
-            self.fail(data["error"])
+            self.fail(data)  # {"error": {"message", "type", "code"}}
         self.model = str(data.get("model") or self.model)
         self.take_usage(data.get("usage"))
         for choice in data.get("choices") or []:
@@ -183,7 +183,7 @@ def stream_answer(
                 response.read()
                 try:
                     data = response.json()
-                except ValueError as exc:
+                except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
                     raise non_json_200(url, response) from exc
                 return parse_json(url, data)
             _read_events(response.iter_lines(), acc)
@@ -192,8 +192,7 @@ def stream_answer(
     if not acc.done:
         raise ProviderError(
             f"LLM stream from {url} ended before {acc.terminal} (connection lost mid-answer)",
-            retryable=True,
-            kind="transient",
+            kind=ErrorKind.TRANSIENT,
         )
     return acc.result()
 

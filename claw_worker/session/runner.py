@@ -1,8 +1,14 @@
 """Draining one session's mailbox: the body of the ``claw.session.drain`` task.
 
 lease → take (in-flight first) → run → publish reply once → complete → … → release, and a
-new drain when messages are left. Failures are retried with backoff up to
-``worker.max_attempts``, then the message is marked failed so the session moves on.
+new drain when messages are left.
+
+A failed run is judged by its error (``judge``): a refusal that asking again cannot cure
+(an invalid request, refused credentials, no model that serves it) fails the message at
+once with a reply that says why; a rate limit waits for its Retry-After; transient trouble
+(5xx, resets, timeouts, broken streams) and unexpected errors back off exponentially, up to
+``worker.max_attempts`` runs. A retry never sleeps in the worker slot: the message is
+deferred (``Mailbox.defer``), the lease released and a drain sent with a countdown.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import structlog
 
 from claw_worker.config import Config
 from claw_worker.contract import InboundMessage, MessageStatus, OutboundMessage
+from claw_worker.providers.base import ErrorKind, ProviderError
 from claw_worker.session.leases import HeldLease, LeaseKeeper
 from claw_worker.session.mailbox import LeaseLost, Mailbox
 from claw_worker.session.runs import RunRecorder
@@ -26,6 +33,21 @@ log = structlog.get_logger(__name__)
 
 MAX_BATCH = 20  # messages per drain before yielding the worker slot to other sessions
 MAX_BACKOFF_SEC = 60.0
+# The longest a message waits for a retry: a server asking for more (a rate limit of an
+# hour) fails it now with a reply that says so, rather than holding up its session.
+MAX_RETRY_AFTER_SEC = 300.0
+MIN_RETRY_SEC = 0.1  # a retry is always a positive delay ("Retry-After: 0" included)
+
+# What the user is told when a message fails for a provider error, before the details.
+FAILURE_REASONS = {
+    ErrorKind.INVALID_REQUEST: "the LLM refused the request as invalid",
+    ErrorKind.AUTH: "the LLM provider refused the credentials or the account",
+    ErrorKind.UNKNOWN_MODEL: "no configured LLM proxy serves the model",
+    ErrorKind.CONTEXT_TOO_LONG: "the conversation is too long for the model, even compacted",
+    ErrorKind.BAD_RESPONSE: "the LLM endpoint did not answer like an LLM (api_base/protocol)",
+    ErrorKind.RATE_LIMIT: "the LLM provider is rate limiting",
+    ErrorKind.TRANSIENT: "the LLM provider kept failing",
+}
 
 
 class HandlerReply(Protocol):
@@ -52,6 +74,36 @@ class DrainContext:
 
 def backoff_sec(attempt: int) -> float:
     return min(MAX_BACKOFF_SEC, 2.0**attempt)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a failed run means for its message."""
+
+    error: str  # for the record, the run and (when it fails) the user's reply
+    retry_in: float | None  # seconds until the next run; None: fail the message now
+    expected: bool  # a provider error (no traceback worth logging), not a bug
+
+
+def judge(exc: Exception, attempt: int, max_attempts: int) -> Verdict:
+    """Decide by the error's kind: provider refusals fail now, rate limits wait for their
+    Retry-After, transient errors back off exponentially. Any other exception may be a bug
+    or a passing fault (Redis restarting): it backs off like a transient error."""
+    expected = isinstance(exc, ProviderError)
+    if isinstance(exc, ProviderError):
+        kind, wait = exc.kind, exc.retry_after
+        error = f"{FAILURE_REASONS[kind]} ({kind}): {exc}"[:500]
+        if not kind.retryable:
+            return Verdict(error, None, expected)
+        if wait is not None and wait > MAX_RETRY_AFTER_SEC:
+            return Verdict(f"asked to wait {wait:.0f}s: {error}"[:500], None, expected)
+        delay = wait if wait is not None else backoff_sec(attempt)
+    else:
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        delay = backoff_sec(attempt)
+    if attempt >= max_attempts:
+        return Verdict(error, None, expected)
+    return Verdict(error, max(MIN_RETRY_SEC, delay), expected)
 
 
 def drain_session(ctx: DrainContext, session_key: str) -> int:
@@ -103,8 +155,10 @@ def _process(
         chat_id=message.chat_id,
         attempt=attempt,
     )
-    if recovered:
+    if recovered and record.get("status") == MessageStatus.RUNNING.value:
         bound.info("re-running a message left in flight")
+    elif recovered:
+        bound.info("retrying a deferred message", previous_error=record.get("error", ""))
     if attempt > max_attempts:
         _finish(ctx, lease, message, MessageStatus.FAILED, "gave up after repeated failures")
         return 0.0
@@ -125,17 +179,21 @@ def _process(
     except LeaseLost:
         ctx.runs.finish(run_id, "interrupted", error="session lease lost")
         raise
-    except Exception as exc:  # any failure of a run is retried, then reported to the user
-        error = f"{type(exc).__name__}: {exc}"[:500]
-        ctx.runs.finish(run_id, "failed" if attempt >= max_attempts else "retrying", error=error)
-        if attempt >= max_attempts:
-            bound.error("message failed", error=error)
-            _finish(ctx, lease, message, MessageStatus.FAILED, error)
+    except Exception as exc:  # judged by its kind: failed now, or retried later
+        verdict = judge(exc, attempt, max_attempts)
+        retrying = verdict.retry_in is not None
+        ctx.runs.finish(run_id, "retrying" if retrying else "failed", error=verdict.error)
+        if not verdict.expected and record.get("error") != verdict.error:
+            # Maybe a bug: its traceback, once (a retry failing the same way adds a line).
+            bound.exception("run raised an unexpected error", error=verdict.error)
+        if verdict.retry_in is None:
+            bound.error("message failed", error=verdict.error)
+            _finish(ctx, lease, message, MessageStatus.FAILED, verdict.error)
             return 0.0
-        delay = backoff_sec(attempt)
-        bound.warning("run failed, will retry", error=error, retry_in=delay)
-        ctx.mailbox.defer(message, not_before=time.time() + delay, error=error)
-        return delay
+        bound.warning("run failed, will retry", error=verdict.error, retry_in=verdict.retry_in)
+        not_before = time.time() + verdict.retry_in
+        ctx.mailbox.defer(message, not_before=not_before, error=verdict.error)
+        return verdict.retry_in
     finally:
         ctx.cancels.end(run)
     if lease.lost.is_set():

@@ -47,6 +47,9 @@ class ToolContext:
     # The fleet's Redis, for tools that talk to the rest of the fleet (``message``); None
     # when a tool runs outside a worker (tests, one-off CLI runs).
     redis: redis.Redis | None = None
+    # The message this run answers: the same through retries and crash recovery, so a tool
+    # that must act once per message keys its marks with it ("" outside a message's run).
+    message_id: str = ""
 
 
 P = TypeVar("P", bound=ToolParams)

@@ -92,7 +92,7 @@ def _decode(raw: str | Mapping[str, Any] | None) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise ToolError(f"arguments are not valid JSON ({exc})") from exc
     if not isinstance(value, dict):
         raise ToolError(f"arguments must be a JSON object, got {type(value).__name__}")
@@ -128,7 +128,7 @@ def default_tools(config: Config) -> ToolRegistry:
         WebSearchTool(),
         WebFetchTool(),
         SystemInfoTool(),
-        MessageTool(),
+        MessageTool(config.channels),  # offers only the channels that can deliver
     ]
     if config.tools.exec.enabled:
         tools.append(ExecTool())
