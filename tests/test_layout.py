@@ -24,6 +24,7 @@ INGRESS_ALLOWED = {
     "claw_worker.config.schema",
     "claw_worker.config.channels",
     "claw_worker.config.fields",
+    "claw_worker.config.jsontext",
     "claw_worker.config.store",
     "claw_worker.config.reload",
     "claw_worker.config.fleet",

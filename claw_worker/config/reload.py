@@ -51,6 +51,7 @@ PREPARE_TIMEOUT_SEC = 10.0
 COMMIT_TIMEOUT_SEC = 10.0
 LOCK_TTL_MS = 60_000
 ACKS_TTL_SEC = 300
+MAX_PENDING = 16  # prepared reloads kept waiting for their commit or abort
 
 # Settings a running process cannot take without a restart, by role.
 RESTART_PATHS: dict[str, tuple[str, ...]] = {
@@ -264,6 +265,8 @@ class ReloadParticipant:
         reload_id, phase = str(event.get("id")), event.get("phase")
         changes = event.get("changes") or {}
         if phase == "prepare":
+            while len(self._pending) >= MAX_PENDING:  # a coordinator died between phases
+                self._pending.pop(next(iter(self._pending)))
             try:
                 self._pending[reload_id] = self._candidate(changes, check_write=True)
             except ConfigError as exc:

@@ -313,6 +313,9 @@ class WebFetchConfig(Section):
 class ToolsConfig(Section):
     restrict_to_workspace: bool = True
     max_output_chars: int = Field(16000, ge=100)
+    # Wall-clock limit of one find_files/grep_files/list_files walk; the result then says
+    # it is partial.
+    search_timeout_sec: float = Field(10.0, gt=0, le=600)
     exec: ExecToolConfig = ExecToolConfig()
     web_search: WebSearchConfig = WebSearchConfig()
     web_fetch: WebFetchConfig = WebFetchConfig()
