@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
@@ -29,15 +30,20 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from claw_ingress.auth import BearerAuth
 from claw_ingress.bodies import BodyError, MessageBody, parse_body, read_json
+from claw_ingress.channels.base import ChannelContext
+from claw_ingress.channels.manager import ChannelManager
 from claw_ingress.connections import quiet_resource_errors
+from claw_ingress.delivery import Delivery
 from claw_ingress.dispatcher import Dispatcher
 from claw_ingress.guards import RequestGuard
+from claw_ingress.inbox import Inbox
 from claw_ingress.outbound import OutboundReader
-from claw_worker.commands import API_CHANNEL, CommandContext, is_admin, run_command
+from claw_ingress.webhooks import WebhookRouter
+from claw_worker.commands import API_CHANNEL
 from claw_worker.config import Config, config_path
 from claw_worker.config.reload import LiveConfig, ReloadParticipant
 from claw_worker.contract import InboundMessage, MessageStatus
@@ -74,20 +80,6 @@ async def post_message(request: Request) -> JSONResponse:
         body = parse_body(MessageBody, await read_json(request, config.gateway.max_body_bytes))
     except BodyError as exc:
         return JSONResponse(exc.payload, status_code=exc.status)
-    ctx = CommandContext(
-        state.redis,
-        config,
-        body.session,
-        admin=is_admin(config, API_CHANNEL, body.sender_id),
-        channel=API_CHANNEL,
-        sender_id=body.sender_id,
-    )
-    try:
-        reply = await run_command(ctx, body.text)
-    except RedisError as exc:
-        return unavailable(exc)
-    if reply is not None:
-        return JSONResponse({"session_key": body.session, "status": "done", "reply": reply})
     message = InboundMessage(
         channel=API_CHANNEL,
         chat_id=body.session,
@@ -97,16 +89,19 @@ async def post_message(request: Request) -> JSONResponse:
     )
     waiter = state.outbound.expect(message.message_id) if body.wait else None
     try:
-        enqueued = await state.mailbox.enqueue(message)
+        result = await state.inbox.accept(message)
     except RedisError as exc:
-        if waiter:
+        if waiter is not None:
             state.outbound.forget(message.message_id, waiter)
         return unavailable(exc)
-    state.dispatcher.wake(message.session_key)
+    if result.status == "command":
+        if waiter is not None:
+            state.outbound.forget(message.message_id, waiter)
+        return JSONResponse({"session_key": body.session, "status": "done", "reply": result.reply})
     accepted = {
         "message_id": message.message_id,
         "session_key": message.session_key,
-        "run_id": enqueued.run_id,
+        "run_id": result.run_id,
     }
     if waiter is None:
         return JSONResponse({**accepted, "status": MessageStatus.QUEUED.value}, status_code=202)
@@ -205,15 +200,28 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
         )
         app.state.dispatcher = Dispatcher(sender_app(config))
         app.state.outbound = OutboundReader(client)
-        control = _join_control(live, url)
+        app.state.inbox = Inbox(live, client, app.state.mailbox, app.state.dispatcher)
+        http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
+        channel_ctx = ChannelContext(live, client, http, identity().key, app.state.inbox.accept)
+        app.state.channels = ChannelManager(channel_ctx)
+        delivery = Delivery(client, app.state.channels.get, identity().key,
+                            wanted=app.state.channels.wanted)  # fmt: skip
+        loop = asyncio.get_running_loop()
+        control = _join_control(live, url, on_reload=lambda: loop.call_soon_threadsafe(
+            lambda: asyncio.ensure_future(app.state.channels.sync())))  # fmt: skip
         app.state.dispatcher.start()
         app.state.outbound.start()
+        await app.state.channels.sync()
+        await delivery.start()
         try:
             yield
         finally:
             control.stop()
+            await delivery.stop()
+            await app.state.channels.stop()
             await app.state.outbound.stop()
             app.state.dispatcher.stop()
+            await http.aclose()
             await client.aclose()
 
     routes = [
@@ -221,6 +229,7 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
         Route("/api/message", post_message, methods=["POST"]),
         Route("/api/messages/{message_id}", get_message, methods=["GET"]),
         Route("/api/sessions/{session:path}/stop", stop_session, methods=["POST"]),
+        Mount("/webhooks", app=WebhookRouter()),
     ]
     middleware = [
         Middleware(RequestGuard, live=live),
@@ -231,8 +240,11 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
     return app
 
 
-def _join_control(live: LiveConfig, url: str) -> ControlListener:
-    """Register with the fleet and take part in config reloads (a thread of its own)."""
+def _join_control(
+    live: LiveConfig, url: str, *, on_reload: Callable[[], object]
+) -> ControlListener:
+    """Register with the fleet and take part in config reloads (a thread of its own);
+    ``on_reload`` runs (in that thread) after each reload was applied."""
     from claw_worker.logs import config_secrets, setup_logging
 
     redis_client = sync_client(url)
@@ -242,6 +254,7 @@ def _join_control(live: LiveConfig, url: str) -> ControlListener:
         old = live.swap(new)
         if old.logging != new.logging or config_secrets(old) != config_secrets(new):
             setup_logging(new, identity().log_name)
+        on_reload()  # channels enabled, disabled or changed by the reload
 
     ReloadParticipant(
         redis_client, identity(), config_file=config_path, current=lambda: live.config,

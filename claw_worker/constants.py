@@ -119,3 +119,41 @@ BREAKER_PREFIX = f"{PREFIX}:breaker:"
 def breaker_key(proxy_name: str) -> str:
     """HASH failures (consecutive count) and open_until (epoch seconds) of one proxy."""
     return f"{BREAKER_PREFIX}{proxy_name}"
+
+
+# -- channels (claw_ingress/channels/, claw_ingress/delivery.py, claw_ingress/access.py) -----
+
+# The ingress replicas read the outbound stream as one consumer group: each entry is sent
+# by one replica, and acknowledged once the platform accepted it.
+OUTBOUND_GROUP = "delivery"
+
+
+def delivered_key(message_id: str) -> str:
+    """HASH parts (sent so far) and done (1 once every part went out) of one outbound
+    message: a redelivered entry resumes after its last sent part, never sends one twice."""
+    return f"{PREFIX}:delivered:{{outbound}}:{message_id}"
+
+
+def replica_inbox_key(replica: str) -> str:
+    """STREAM of outbound messages for one ingress replica: replies for a connection only
+    it holds (a WebSocket, a MaixCam device) are forwarded here by whichever replica read
+    them from the outbound stream."""
+    return f"{PREFIX}:{{outbound}}:replica:{replica}"
+
+
+def connection_key(channel: str, chat_id: str) -> str:
+    """STRING replica that holds the live connection of a chat (TTL, renewed while open)."""
+    return f"{PREFIX}:conn:{channel}:{chat_id}"
+
+
+def allowed_senders_key(channel: str) -> str:
+    """SET of sender ids an operator approved for a channel (dm_policy pairing)."""
+    return f"{PREFIX}:allowed:{channel}"
+
+
+PAIRING_CODES = f"{PREFIX}:pairing:codes"  # HASH code -> JSON {channel, sender_id, chat_id, ...}
+
+
+def pairing_sender_key(channel: str, sender_id: str) -> str:
+    """STRING the pending code of one sender (TTL), so a sender gets one code at a time."""
+    return f"{PREFIX}:pairing:sender:{channel}:{sender_id}"

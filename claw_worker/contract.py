@@ -38,13 +38,20 @@ class InboundMessage(BaseModel):
     session_key: str = Field("", max_length=512)
     text: str
     media: list[str] = []
-    reply_to: str | None = None
+    reply_to: str | None = None  # the platform id of the message this one answers (a quote)
     received_at: float = Field(default_factory=time.time)
     metadata: dict[str, Any] = {}
 
     def model_post_init(self, _context: Any) -> None:
         if not self.session_key:
             object.__setattr__(self, "session_key", f"{self.channel}:{self.chat_id}")
+
+
+def reply_target(message: InboundMessage) -> str | None:
+    """The platform's id of ``message`` (adapters put it in ``metadata["platform_message_id"]``),
+    so the answer can be threaded to it; None when the channel has none."""
+    value = message.metadata.get("platform_message_id")
+    return str(value) if value else None
 
 
 class OutboundMessage(BaseModel):

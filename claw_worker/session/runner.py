@@ -22,7 +22,7 @@ from typing import Protocol
 import structlog
 
 from claw_worker.config import Config
-from claw_worker.contract import InboundMessage, MessageStatus, OutboundMessage
+from claw_worker.contract import InboundMessage, MessageStatus, OutboundMessage, reply_target
 from claw_worker.providers.base import ErrorKind, ProviderError
 from claw_worker.session.leases import HeldLease, LeaseKeeper
 from claw_worker.session.mailbox import LeaseLost, Mailbox
@@ -246,7 +246,7 @@ def _finish(
         session_key=message.session_key,
         text=text,
         status=status,
-        reply_to=message.reply_to,
+        reply_to=reply_target(message),
     )
     ctx.mailbox.publish(reply)
     ctx.mailbox.complete(message, lease.token, status, text, error)

@@ -1,0 +1,140 @@
+"""What every chat channel adapter is: a small subclass of :class:`Channel`.
+
+An adapter speaks one platform: it turns the platform's events into ``InboundMessage`` and
+hands them to :meth:`Channel.receive` (which answers slash commands, applies the channel's
+access policy and stores the rest in the session's mailbox), and it sends text back with
+:meth:`Channel.send`. Everything shared lives elsewhere: splitting long text, the token
+bucket, retries on 429 and never sending a message twice (``claw_ingress/delivery.py``),
+the access policy and pairing (``claw_ingress/access.py``), starting, restarting and
+stopping (``claw_ingress/channels/manager.py``).
+
+An adapter that pushes (webhooks) returns its routes from :meth:`Channel.routes`; they are
+mounted under ``/webhooks/<name>``. One that holds connections (a WebSocket, a device over
+TCP) sets ``connection_bound``: its replies are sent by the ingress replica that holds the
+chat's connection (:meth:`ChannelContext.hold_connection`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import httpx
+import redis.asyncio as aioredis
+from starlette.routing import BaseRoute
+
+from claw_worker import constants as k
+from claw_worker.config.channels import ChannelConfig
+from claw_worker.config.reload import LiveConfig
+from claw_worker.contract import InboundMessage
+
+CONNECTION_TTL_SEC = 60  # a held connection's mark; renewed every third of this
+
+
+class ChannelError(Exception):
+    """The channel cannot run as configured (bad token, platform unreachable): said once,
+    with the reason, and retried with backoff by the manager."""
+
+
+class SendError(Exception):
+    """A send the platform refused. ``retry_after``: it asked to wait (429) and the same
+    send may then succeed; ``permanent``: it never will (the chat is gone, the bot was
+    removed, the text is refused), so delivery gives up on this message."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, permanent: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What became of an inbound message (adapters rarely need more than ``reply``)."""
+
+    status: str  # command | queued | duplicate | refused | pairing
+    message_id: str = ""
+    run_id: str = ""
+    reply: str = ""  # the text sent back at once (a command's answer, a pairing code)
+
+
+@dataclass
+class ChannelContext:
+    """What the ingress gives every channel."""
+
+    live: LiveConfig
+    redis: aioredis.Redis
+    http: httpx.AsyncClient
+    replica: str  # this ingress replica's key in the process registry
+    accept: Callable[[InboundMessage], Awaitable[Accepted]]
+    held: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    async def hold_connection(self, channel: str, chat_id: str) -> None:
+        """Say this replica holds ``chat_id``'s connection (call again every
+        ``CONNECTION_TTL_SEC / 3`` while it is open)."""
+        await self.redis.set(k.connection_key(channel, chat_id), self.replica,
+                             ex=CONNECTION_TTL_SEC)  # fmt: skip
+
+    async def drop_connection(self, channel: str, chat_id: str) -> None:
+        """The connection closed: forget it if this replica still holds it."""
+        key = k.connection_key(channel, chat_id)
+        if await self.redis.get(key) == self.replica:
+            await self.redis.delete(key)
+
+
+class Channel(ABC):
+    name: ClassVar[str]
+    max_text: ClassVar[int] = 4000  # one message's limit on the platform, in characters
+    connection_bound: ClassVar[bool] = False
+
+    def __init__(self, ctx: ChannelContext) -> None:
+        self.ctx = ctx
+
+    @property
+    def config(self) -> ChannelConfig:
+        """This channel's section of the live config (read it per use: reloads swap it)."""
+        return getattr(self.ctx.live.config.channels, self.name)
+
+    def check_config(self) -> None:
+        """Raise :class:`ChannelError` naming what is missing (before :meth:`start`)."""
+        return None  # optional: most adapters need nothing here
+
+    async def start(self) -> None:
+        """Connect, or start polling; long-running work goes in tasks this method starts.
+        Raise :class:`ChannelError` when the platform refuses the credentials."""
+        return None  # optional: most adapters need nothing here
+
+    async def stop(self) -> None:
+        """Close connections and cancel the tasks :meth:`start` started."""
+        return None  # optional: most adapters need nothing here
+
+    @abstractmethod
+    async def send(self, chat_id: str, text: str, *, reply_to: str | None = None) -> None:
+        """Send one part (at most ``max_text`` characters); raise :class:`SendError`."""
+
+    async def receive(self, message: InboundMessage) -> Accepted:
+        """Hand a platform event, made an ``InboundMessage``, to the fleet."""
+        accepted = await self.ctx.accept(message)
+        if accepted.status == "queued":
+            await self.on_accepted(message)
+        return accepted
+
+    def routes(self) -> list[BaseRoute]:
+        """Webhook routes, mounted under ``/webhooks/<name>``."""
+        return []
+
+    async def on_accepted(self, message: InboundMessage) -> None:
+        """A message of this channel was queued for the agent (e.g. start a typing
+        indicator)."""
+        return None  # optional: most adapters need nothing here
+
+    async def on_delivered(self, message_id: str, chat_id: str) -> None:
+        """The reply to ``message_id`` went out (e.g. stop the typing indicator)."""
+        return None  # optional: most adapters need nothing here
+
+    def describe(self) -> dict[str, Any]:
+        """State for ``clawctl status`` and logs (never secrets)."""
+        return {}

@@ -1,0 +1,272 @@
+"""Sending the fleet's replies out through the channels: once each, in order, within limits.
+
+Workers put every reply (and the ``message`` tool's posts) on the outbound stream. Each
+ingress replica reads it as a member of one consumer group (``claw:outbound`` group
+``delivery``), so every entry goes to one replica, which acknowledges it only once the
+platform accepted the message: a replica that dies leaves its entries pending, and another
+(or itself, restarted) claims them after ``CLAIM_IDLE_MS``.
+
+Per entry: the HTTP API's replies are skipped (HTTP callers wait on them through
+``outbound.py``); a reply for a connection-bound channel (WebSocket, MaixCam) goes to the
+replica that holds the chat's connection, forwarded through that replica's inbox stream;
+everything else is queued to its channel. Each channel sends its queue in order: the text
+split at the platform's limit (``text.py``), each part after a token from the channel's
+bucket (``rate_per_sec``, ``burst``), a 429 waited out for its ``retry_after``. The parts
+sent are counted in ``claw:delivered:{outbound}:<message_id>``, so a redelivered entry
+resumes after its last part and a message is never sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError, ResponseError
+
+from claw_ingress.channels.base import Channel, SendError
+from claw_ingress.text import split_text
+from claw_worker import constants as k
+from claw_worker.contract import OutboundMessage
+
+log = structlog.get_logger(__name__)
+
+NOT_DELIVERED = frozenset({"api", "openai"})  # answered to HTTP callers, not sent anywhere
+CLAIM_IDLE_MS = 60_000
+CLAIM_EVERY_SEC = 15.0
+READ_BLOCK_MS = 5_000
+MAX_RETRIES = 5
+MAX_RETRY_AFTER_SEC = 300.0
+DELIVERED_TTL_SEC = 7 * 86400
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; ``take`` waits for one."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.at = time.monotonic()
+
+    async def take(self) -> None:
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return
+            await asyncio.sleep((1 - self.tokens) / self.rate)
+
+
+class Delivery:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        channel: Callable[[str], Channel | None],
+        replica: str,
+        *,
+        wanted: Callable[[str], bool],
+    ) -> None:
+        self.redis = client
+        self.channel = channel  # the running adapter of a channel, or None
+        self.wanted = wanted  # the channel is enabled here (it may be starting or failing)
+        self.replica = replica
+        self._queues: dict[str, asyncio.Queue[tuple[str, OutboundMessage, bool]]] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        self._busy: set[str] = set()  # entry ids queued or being sent here
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        with contextlib.suppress(ResponseError):  # BUSYGROUP: another replica made it
+            await self.redis.xgroup_create(k.OUTBOUND_STREAM, k.OUTBOUND_GROUP, id="$",
+                                           mkstream=True)  # fmt: skip
+        for name, loop in (("outbound-group", self._read_group), ("outbound-inbox",
+                           self._read_inbox), ("outbound-claim", self._claim)):  # fmt: skip
+            self._tasks.append(asyncio.create_task(_forever(name, loop), name=name))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def _read_group(self) -> None:
+        found = await self.redis.xreadgroup(
+            k.OUTBOUND_GROUP, self.replica, {k.OUTBOUND_STREAM: ">"}, count=100,
+            block=READ_BLOCK_MS,
+        )  # fmt: skip
+        for _stream, entries in found or []:
+            for entry_id, fields in entries:
+                await self._route(entry_id, fields, from_inbox=False)
+
+    async def _read_inbox(self) -> None:
+        """Replies forwarded to this replica (it holds their connections); read from the
+        start each time, as entries are deleted once handled."""
+        inbox = k.replica_inbox_key(self.replica)
+        found = await self.redis.xread({inbox: "0"}, count=100, block=READ_BLOCK_MS)
+        for _stream, entries in found or []:
+            for entry_id, fields in entries:
+                if entry_id not in self._busy:
+                    await self._route(entry_id, fields, from_inbox=True)
+        if not found:
+            return
+        await asyncio.sleep(0.05)  # entries still being sent stay in the inbox meanwhile
+
+    async def _claim(self) -> None:
+        """Take over entries a dead (or stuck) replica left pending."""
+        await asyncio.sleep(CLAIM_EVERY_SEC)
+        start = "0-0"
+        while True:
+            reply = await self.redis.xautoclaim(
+                k.OUTBOUND_STREAM, k.OUTBOUND_GROUP, self.replica, CLAIM_IDLE_MS,
+                start_id=start, count=100,
+            )  # fmt: skip
+            start, entries = reply[0], reply[1]
+            for entry_id, fields in entries:
+                if fields and entry_id not in self._busy:
+                    await self._route(entry_id, fields, from_inbox=False)
+            if start in ("0-0", b"0-0"):
+                return
+
+    # -- routing ---------------------------------------------------------------------------
+
+    async def _route(self, entry_id: str, fields: dict[str, Any], *, from_inbox: bool) -> None:
+        try:
+            message = OutboundMessage.model_validate_json(fields["data"])
+        except (KeyError, ValueError) as exc:
+            log.error("bad outbound entry", entry_id=entry_id, error=str(exc))
+            await self._ack(entry_id, from_inbox)
+            return
+        if message.channel in NOT_DELIVERED:
+            await self._ack(entry_id, from_inbox)
+            return
+        channel = self.channel(message.channel)
+        if channel is None:
+            if not self.wanted(message.channel):
+                log.warning("reply for a channel that is not enabled: dropped",
+                            channel=message.channel, message_id=message.message_id)  # fmt: skip
+                await self._ack(entry_id, from_inbox)
+            # else: enabled but not running yet (starting, failing): left pending, claimed
+            # and tried again later.
+            return
+        if channel.connection_bound and not from_inbox:
+            holder = await self.redis.get(k.connection_key(message.channel, message.chat_id))
+            if holder != self.replica:
+                if holder:
+                    await self.redis.xadd(k.replica_inbox_key(holder), {"data": fields["data"]})
+                else:
+                    log.warning("reply for a connection that is closed: dropped",
+                                channel=message.channel, chat_id=message.chat_id,
+                                message_id=message.message_id)  # fmt: skip
+                await self._ack(entry_id, from_inbox)
+                return
+        self._busy.add(entry_id)
+        queue = self._queues.get(channel.name)
+        if queue is None:
+            queue = self._queues[channel.name] = asyncio.Queue()
+            self._tasks.append(asyncio.create_task(
+                _forever(f"send-{channel.name}", lambda: self._send_next(channel.name)),
+                name=f"send-{channel.name}",
+            ))  # fmt: skip
+        queue.put_nowait((entry_id, message, from_inbox))
+
+    async def _ack(self, entry_id: str, from_inbox: bool) -> None:
+        if from_inbox:
+            await self.redis.xdel(k.replica_inbox_key(self.replica), entry_id)
+        else:
+            await self.redis.xack(k.OUTBOUND_STREAM, k.OUTBOUND_GROUP, entry_id)
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def _send_next(self, name: str) -> None:
+        entry_id, message, from_inbox = await self._queues[name].get()
+        try:
+            channel = self.channel(name)
+            if channel is None:
+                return  # stopped meanwhile: the entry stays pending
+            done = await self.deliver(channel, message)
+            if done:
+                await self._ack(entry_id, from_inbox)
+        finally:
+            self._busy.discard(entry_id)
+
+    def _bucket(self, channel: Channel) -> TokenBucket:
+        cfg = channel.config
+        bucket = self._buckets.get(channel.name)
+        if bucket is None or (bucket.rate, bucket.burst) != (cfg.rate_per_sec, cfg.burst):
+            bucket = self._buckets[channel.name] = TokenBucket(cfg.rate_per_sec, cfg.burst)
+        return bucket
+
+    async def deliver(self, channel: Channel, message: OutboundMessage) -> bool:
+        """Send every part not sent yet; True when the entry is finished (sent, or refused
+        for good), False to leave it pending for a later try."""
+        key = k.delivered_key(message.message_id)
+        state = await self.redis.hgetall(key)
+        if state.get("done"):
+            return True
+        parts = split_text(message.text or " ", channel.max_text)
+        sent = int(state.get("parts") or 0)
+        bound = log.bind(channel=channel.name, chat_id=message.chat_id,
+                         message_id=message.message_id)  # fmt: skip
+        for index in range(sent, len(parts)):
+            outcome = await self._send_part(channel, message, parts[index], index, bound)
+            if outcome == "retry_later":
+                return False
+            if outcome == "refused":
+                await self.redis.hset(key, mapping={"done": 1, "error": "refused"})
+                await self.redis.expire(key, DELIVERED_TTL_SEC)
+                return True
+            await self.redis.hincrby(key, "parts", 1)
+            await self.redis.expire(key, DELIVERED_TTL_SEC)
+        await self.redis.hset(key, "done", 1)
+        bound.info("message delivered", parts=len(parts),
+                   output_content_length=len(message.text))  # fmt: skip
+        with contextlib.suppress(Exception):
+            await channel.on_delivered(message.message_id, message.chat_id)
+        return True
+
+    async def _send_part(
+        self, channel: Channel, message: OutboundMessage, text: str, index: int, bound: Any
+    ) -> str:
+        reply_to = message.reply_to if index == 0 else None
+        for attempt in range(1, MAX_RETRIES + 1):
+            await self._bucket(channel).take()
+            try:
+                await channel.send(message.chat_id, text, reply_to=reply_to)
+                return "sent"
+            except SendError as exc:
+                if exc.permanent:
+                    bound.error("the platform refused the message", error=str(exc))
+                    return "refused"
+                wait = min(exc.retry_after or 2.0**attempt, MAX_RETRY_AFTER_SEC)
+                bound.warning("send failed, retrying", error=str(exc), retry_in=wait)
+            except Exception as exc:  # network trouble, a bug in an adapter: try again
+                wait = 2.0**attempt
+                bound.warning("send failed, retrying", error=repr(exc), retry_in=wait)
+            await asyncio.sleep(wait)
+        bound.error("send kept failing: left for a later try")
+        return "retry_later"
+
+
+async def _forever(name: str, step: Callable[[], Awaitable[None]]) -> None:
+    """Run ``step`` again and again; Redis trouble is logged and waited out."""
+    while True:
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except RedisError as exc:
+            log.warning("outbound delivery: redis error", task=name, error=str(exc))
+            await asyncio.sleep(1.0)
+        except Exception as exc:  # never let one bad entry stop delivery
+            log.exception("outbound delivery failed", task=name, error=repr(exc))
+            await asyncio.sleep(1.0)
