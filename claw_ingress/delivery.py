@@ -1,10 +1,13 @@
 """Sending the fleet's replies out through the channels: once each, in order, within limits.
 
-Workers put every reply (and the ``message`` tool's posts) on the outbound stream. Each
-ingress replica reads it as a member of one consumer group (``claw:outbound`` group
-``delivery``), so every entry goes to one replica, which acknowledges it only once the
-platform accepted the message: a replica that dies leaves its entries pending, and another
-(or itself, restarted) claims them after ``CLAIM_IDLE_MS``.
+Workers put every reply (and the ``message`` tool's posts) on the outbound stream. One
+ingress replica at a time reads it: the one holding the delivery lease
+(``claw:delivery:leader``, renewed while it runs), as a member of one consumer group, so
+entries are sent in stream order (a chat's messages never overtake each other, as they
+could if several replicas split the stream) and each entry is acknowledged only once the
+platform accepted the message. When the leader dies, another replica takes the lease after
+``LEADER_TTL_MS``, first takes over every entry the old leader left pending, in order, then
+reads on.
 
 Per entry: the HTTP API's replies are skipped (HTTP callers wait on them through
 ``outbound.py``); a reply for a connection-bound channel (WebSocket, MaixCam) goes to the
@@ -36,7 +39,9 @@ from claw_worker.contract import OutboundMessage
 log = structlog.get_logger(__name__)
 
 NOT_DELIVERED = frozenset({"api", "openai"})  # answered to HTTP callers, not sent anywhere
-CLAIM_IDLE_MS = 60_000
+CLAIM_IDLE_MS = 60_000  # an entry the leader itself left pending is tried again after this
+LEADER_TTL_MS = 10_000
+LEADER_RENEW_SEC = 3.0
 CLAIM_EVERY_SEC = 15.0
 READ_BLOCK_MS = 5_000
 MAX_RETRIES = 5
@@ -71,8 +76,12 @@ class Delivery:
         replica: str,
         *,
         wanted: Callable[[str], bool],
+        claim_idle_ms: int = CLAIM_IDLE_MS,
+        claim_every_sec: float = CLAIM_EVERY_SEC,
     ) -> None:
         self.redis = client
+        self.claim_idle_ms = claim_idle_ms
+        self.claim_every_sec = claim_every_sec
         self.channel = channel  # the running adapter of a channel, or None
         self.wanted = wanted  # the channel is enabled here (it may be starting or failing)
         self.replica = replica
@@ -80,13 +89,20 @@ class Delivery:
         self._buckets: dict[str, TokenBucket] = {}
         self._busy: set[str] = set()  # entry ids queued or being sent here
         self._tasks: list[asyncio.Task[None]] = []
+        self._leading = asyncio.Event()
+        self.leader_ttl_ms = LEADER_TTL_MS
+
+    @property
+    def leading(self) -> bool:
+        return self._leading.is_set()
 
     async def start(self) -> None:
         with contextlib.suppress(ResponseError):  # BUSYGROUP: another replica made it
             await self.redis.xgroup_create(k.OUTBOUND_STREAM, k.OUTBOUND_GROUP, id="$",
                                            mkstream=True)  # fmt: skip
-        for name, loop in (("outbound-group", self._read_group), ("outbound-inbox",
-                           self._read_inbox), ("outbound-claim", self._claim)):  # fmt: skip
+        for name, loop in (("outbound-lead", self._lead), ("outbound-group", self._read_group),
+                           ("outbound-inbox", self._read_inbox),
+                           ("outbound-claim", self._claim)):  # fmt: skip
             self._tasks.append(asyncio.create_task(_forever(name, loop), name=name))
 
     async def stop(self) -> None:
@@ -96,10 +112,48 @@ class Delivery:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.leading:  # hand over at once instead of after the lease's TTL
+            self._leading.clear()
+            with contextlib.suppress(RedisError):
+                await self.redis.eval(_RESIGN, 1, k.DELIVERY_LEADER, self.replica)
+
+    # -- the lease ---------------------------------------------------------------------------
+
+    async def _lead(self) -> None:
+        """Take or renew the delivery lease; on taking it, first take over what the last
+        leader left pending."""
+        if self.leading:
+            renewed = await self.redis.eval(
+                _RENEW, 1, k.DELIVERY_LEADER, self.replica, self.leader_ttl_ms
+            )
+            if not renewed:
+                log.warning("delivery lease lost", replica=self.replica)
+                self._leading.clear()
+        elif await self.redis.set(k.DELIVERY_LEADER, self.replica, nx=True,
+                                  px=self.leader_ttl_ms):  # fmt: skip
+            log.info("delivering the outbound stream", replica=self.replica)
+            await self._take_over()
+            self._leading.set()
+        await asyncio.sleep(LEADER_RENEW_SEC if self.leading else 1.0)
+
+    async def _take_over(self) -> None:
+        """Every entry pending in the group (the last leader's), oldest first."""
+        start = "0-0"
+        while True:
+            reply = await self.redis.xautoclaim(
+                k.OUTBOUND_STREAM, k.OUTBOUND_GROUP, self.replica, 0, start_id=start, count=100
+            )
+            start, entries = reply[0], reply[1]
+            for entry_id, fields in entries:
+                if fields and entry_id not in self._busy:
+                    await self._route(entry_id, fields, from_inbox=False)
+            if start in ("0-0", b"0-0"):
+                return
 
     # -- reading ---------------------------------------------------------------------------
 
     async def _read_group(self) -> None:
+        await self._leading.wait()
         found = await self.redis.xreadgroup(
             k.OUTBOUND_GROUP, self.replica, {k.OUTBOUND_STREAM: ">"}, count=100,
             block=READ_BLOCK_MS,
@@ -122,12 +176,14 @@ class Delivery:
         await asyncio.sleep(0.05)  # entries still being sent stay in the inbox meanwhile
 
     async def _claim(self) -> None:
-        """Take over entries a dead (or stuck) replica left pending."""
-        await asyncio.sleep(CLAIM_EVERY_SEC)
+        """Try again the entries left pending here (a platform that kept failing)."""
+        await asyncio.sleep(self.claim_every_sec)
+        if not self.leading:
+            return
         start = "0-0"
         while True:
             reply = await self.redis.xautoclaim(
-                k.OUTBOUND_STREAM, k.OUTBOUND_GROUP, self.replica, CLAIM_IDLE_MS,
+                k.OUTBOUND_STREAM, k.OUTBOUND_GROUP, self.replica, self.claim_idle_ms,
                 start_id=start, count=100,
             )  # fmt: skip
             start, entries = reply[0], reply[1]
@@ -255,6 +311,18 @@ class Delivery:
             await asyncio.sleep(wait)
         bound.error("send kept failing: left for a later try")
         return "retry_later"
+
+
+# KEYS: lease   ARGV: replica, ttl_ms. Renew the lease only if it is still ours.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+# KEYS: lease   ARGV: replica. Give the lease up if it is ours.
+_RESIGN = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 async def _forever(name: str, step: Callable[[], Awaitable[None]]) -> None:

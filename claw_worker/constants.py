@@ -126,6 +126,9 @@ def breaker_key(proxy_name: str) -> str:
 # The ingress replicas read the outbound stream as one consumer group: each entry is sent
 # by one replica, and acknowledged once the platform accepted it.
 OUTBOUND_GROUP = "delivery"
+# STRING the ingress replica that delivers the outbound stream now (a lease with a TTL): one
+# reader keeps each chat's messages in order.
+DELIVERY_LEADER = f"{PREFIX}:delivery:leader"
 
 
 def delivered_key(message_id: str) -> str:

@@ -107,6 +107,12 @@ class Channel(ABC):
         Raise :class:`ChannelError` when the platform refuses the credentials."""
         return None  # optional: most adapters need nothing here
 
+    async def start_sending(self) -> None:
+        """Prepare what :meth:`send` needs, without receiving anything (``clawctl channel
+        test`` sends from outside the ingress). Adapters whose send works unprepared need
+        nothing here."""
+        return None
+
     async def stop(self) -> None:
         """Close connections and cancel the tasks :meth:`start` started."""
         return None  # optional: most adapters need nothing here

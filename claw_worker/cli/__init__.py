@@ -94,6 +94,8 @@ COMMANDS = [
     "status:status",
     "agent_cmd:agent",
     "gateway:gateway",
+    "channel_cmd:channel",
+    "pairing_cmd:pairing",
 ]
 
 
