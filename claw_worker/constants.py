@@ -46,6 +46,12 @@ def lease_key(session_key: str) -> str:
     return f"{PREFIX}:lease:{_tag(session_key)}"
 
 
+def drain_queued_key(session_key: str) -> str:
+    """STRING mark: a drain task for the session is on the queue (set by the enqueue script
+    when it pushes one, cleared by the drain when it starts; TTL as a backstop)."""
+    return f"{PREFIX}:drainq:{_tag(session_key)}"
+
+
 def history_key(session_key: str) -> str:
     """LIST of JSON chat messages (the conversation history of the session)."""
     return f"{PREFIX}:history:{_tag(session_key)}"

@@ -30,7 +30,11 @@ _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 def drain(session_key: str) -> int:
     if not isinstance(session_key, str) or not session_key:
         raise ValueError("drain needs a non-empty session_key")
-    return drain_session(get_runtime().drain_context(), session_key)
+    runtime = get_runtime()
+    # Before taking the lease: a message stored from now on pushes a drain of its own, so
+    # none waits behind a drain that has already looked at the mailbox.
+    runtime.mailbox.drain_started(session_key)
+    return drain_session(runtime.drain_context(), session_key)
 
 
 @shared_task(name=k.TASK_SWEEP, ignore_result=True, autoretry_for=_REDIS_DOWN, max_retries=3)

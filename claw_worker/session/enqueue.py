@@ -1,7 +1,8 @@
 """The enqueue side of the session mailbox, for the asyncio ingress.
 
-One round trip stores a message at the tail of its session's list, marks the session dirty
-and records the message's queued run; the worker side (``mailbox.py``) drains it. This
+One round trip stores a message at the tail of its session's list, marks the session dirty,
+records the message's queued run and wakes the session (the drain task pushed by the same
+script, see ``wakeup.py``); the worker side (``mailbox.py``) drains it. This
 module imports only redis, the contract, the constants and the run helpers, so the ingress
 stays light.
 """
@@ -19,10 +20,14 @@ from claw_worker import constants as k
 from claw_worker.contract import InboundMessage, MessageStatus
 from claw_worker.session import scripts as lua
 from claw_worker.session.runs import new_run_id, queue_run
+from claw_worker.session.wakeup import drain_message
 
 DEFAULT_MESSAGE_TTL_SEC = 7 * 24 * 3600
 DEFAULT_RUN_TTL_SEC = 1800  # agents.defaults.runtime_control.run_state_ttl_seconds
 DEFAULT_RUN_MAX = 500  # ... and run_state_max
+# A queued drain's mark outlives any normal wait in the queue; if a drain was lost, the
+# next message after this pushes another (and the sweeper covers the quiet case).
+DRAIN_MARK_TTL_SEC = 120
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,13 @@ class AsyncMailbox:
             pipe.zadd(k.DIRTY_SESSIONS, {sk: now})
             queue_run(pipe, run_id, sk, mid, ttl_sec=self.run_ttl_sec, max_runs=self.run_max)
             await self._enqueue(
-                keys=[k.message_key(sk, mid), k.mailbox_key(sk), k.latest_run_key(sk)],
+                keys=[
+                    k.message_key(sk, mid),
+                    k.mailbox_key(sk),
+                    k.latest_run_key(sk),
+                    k.drain_queued_key(sk),
+                    k.QUEUE_SESSIONS,
+                ],
                 args=[
                     message.model_dump_json(),
                     now,
@@ -103,6 +114,8 @@ class AsyncMailbox:
                     message.chat_id,
                     run_id,
                     self.run_ttl_sec,
+                    drain_message(sk),
+                    DRAIN_MARK_TTL_SEC,
                 ],
                 client=pipe,
             )

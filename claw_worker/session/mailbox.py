@@ -43,6 +43,10 @@ class Mailbox:
         self._forget = client.register_script(lua.FORGET_IF_UNCHANGED)
         self._publish = client.register_script(lua.PUBLISH_ONCE)
 
+    def drain_started(self, session_key: str) -> None:
+        """Clear the session's drain-queued mark (the enqueue script's wake-up)."""
+        self.redis.delete(k.drain_queued_key(session_key))
+
     def acquire(self, session_key: str, token: str) -> bool:
         return bool(self.redis.set(k.lease_key(session_key), token, nx=True, px=self.lease_ms))
 

@@ -1,9 +1,14 @@
 """Lua scripts of the session mailbox. Each touches the keys of one session (one hash slot),
-or only global keys, so they run unchanged on Redis Cluster."""
+or only global keys, so they run unchanged on Redis Cluster; the one exception is ENQUEUE's
+push onto the Celery queue list (Celery's Redis transport is not Cluster-aware anyway)."""
 
-# KEYS: msgrec, mailbox, latest run   ARGV: payload, now, ttl_sec, channel, chat_id, run_id,
-# run_ttl_sec. Returns {1, run_id} when stored, {0, the stored message's run_id or ''} when
-# this message_id was already stored (dedupe).
+# KEYS: msgrec, mailbox, latest run, drain-queued mark, Celery queue list
+# ARGV: payload, now, ttl_sec, channel, chat_id, run_id, run_ttl_sec, drain message (the
+# Celery message of drain(session), session/wakeup.py), mark ttl_sec.
+# Stores the message and wakes the session in one atomic round trip: the drain task is
+# pushed onto the queue unless one is already queued for the session (the mark, which the
+# drain clears when it starts). Returns {1, run_id} when stored, {0, the stored message's
+# run_id or ''} when this message_id was already stored (dedupe).
 ENQUEUE = """
 local run = redis.call('HGET', KEYS[1], 'run_id')
 if run then return {0, run} end
@@ -13,6 +18,9 @@ redis.call('HSET', KEYS[1], 'status', 'queued', 'queued_at', ARGV[2], 'attempts'
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('SET', KEYS[3], ARGV[6], 'EX', ARGV[7])
+if redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[9]) then
+  redis.call('LPUSH', KEYS[5], ARGV[8])
+end
 return {1, ARGV[6]}
 """
 

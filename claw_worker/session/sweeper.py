@@ -21,7 +21,7 @@ def sweep_dirty_sessions(
 ) -> int:
     """Send a drain for each idle session with waiting mail; forget clean sessions.
 
-    Sessions enqueued to within ``grace_sec`` are left to the ingress dispatcher.
+    Sessions enqueued to within ``grace_sec`` are left to the drain their enqueue pushed.
     """
     sent = 0
     for session_key, score in mailbox.stale_dirty_sessions(time.time() - grace_sec):
