@@ -50,6 +50,9 @@ def main(config_file: str | None, host: str | None, port: int | None) -> None:
         # live config per connection); uvicorn's own limit_concurrency counts connections
         # only once their headers are in, too late against a slow flood.
         http=guarded_protocol(app.state.live),
+        # A WebSocket frame over twice the body limit closes the connection before uvicorn
+        # buffers more (1009); one over the limit but under that gets an error frame.
+        ws_max_size=2 * config.gateway.max_body_bytes,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,

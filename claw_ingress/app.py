@@ -1,9 +1,10 @@
 """The ingress ASGI app: the gateway's HTTP API in front of the session mailboxes.
 
 It imports only the allow-listed modules of ``claw_worker`` (the message contract, the
-config, the enqueue side of the session package, the command registry, the control channel
-and the Celery settings to send tasks by name; ``tests/test_layout.py`` enforces the list),
-never the agent runtime, providers or tools.
+config, the enqueue side of the session package, the command registry, the control
+channel; ``tests/test_layout.py`` enforces the list), never the agent runtime, providers,
+tools or even Celery: the enqueue script pushes the drain wake-up itself
+(``claw_worker/session/wakeup.py``).
 
 The config is a :class:`LiveConfig`: a fleet-wide reload swaps it, and each request reads
 it once. In front of the routes: ``guards.py`` (Host, Origin, Content-Type, the body
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -30,17 +30,18 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 
 from claw_ingress.auth import BearerAuth
 from claw_ingress.bodies import BodyError, MessageBody, parse_body, read_json
 from claw_ingress.channels.base import ChannelContext
 from claw_ingress.channels.manager import ChannelManager
+from claw_ingress.channels.websocket import ws_endpoint
 from claw_ingress.connections import quiet_resource_errors
 from claw_ingress.delivery import Delivery
-from claw_ingress.dispatcher import Dispatcher
 from claw_ingress.guards import RequestGuard
 from claw_ingress.inbox import Inbox
+from claw_ingress.openai_api import chat_completions, list_models, wait_for_reply
 from claw_ingress.outbound import OutboundReader
 from claw_ingress.webhooks import WebhookRouter
 from claw_worker.commands import API_CHANNEL
@@ -57,7 +58,6 @@ from claw_worker.session.stop import request_stop
 log = structlog.get_logger(__name__)
 
 RETRY_AFTER_SEC = "2"
-STATUS_POLL_SEC = 1.0  # fallback poll of the record while waiting for a reply
 
 
 def unavailable(exc: Exception) -> JSONResponse:
@@ -115,28 +115,14 @@ async def _wait_for_reply(
     timeout: float,
     accepted: dict[str, str],
 ) -> JSONResponse:
-    state = request.app.state
-    deadline = time.monotonic() + timeout
-    try:
-        while (remaining := deadline - time.monotonic()) > 0:
-            with contextlib.suppress(TimeoutError):
-                reply = await asyncio.wait_for(
-                    asyncio.shield(waiter), min(remaining, STATUS_POLL_SEC)
-                )
-                return JSONResponse({**accepted, "status": reply.status.value, "reply": reply.text})
-            # The stream reader may have missed it (reconnect): the record is the truth.
-            with contextlib.suppress(RedisError):
-                record = await state.mailbox.get_message(message_id)
-                if record and MessageStatus(record["status"]).finished:
-                    return JSONResponse(
-                        {**accepted, "status": record["status"], "reply": record["reply"] or ""}
-                    )
-            if await request.is_disconnected():  # nobody to answer: stop holding the wait
-                log.info("client disconnected", path=request.url.path, message_id=message_id,
-                         during="wait for reply")  # fmt: skip
-                return JSONResponse({**accepted, "status": "disconnected"}, status_code=499)
-    finally:
-        state.outbound.forget(message_id, waiter)
+    reply = await wait_for_reply(request.app.state, message_id, waiter, timeout,
+                                 disconnected=request.is_disconnected)  # fmt: skip
+    if reply.status == "disconnected":  # nobody to answer: the wait was given up
+        log.info("client disconnected", path=request.url.path, message_id=message_id,
+                 during="wait for reply")  # fmt: skip
+        return JSONResponse({**accepted, "status": "disconnected"}, status_code=499)
+    if reply.status != "timeout":
+        return JSONResponse({**accepted, "status": reply.status, "reply": reply.text})
     return JSONResponse(
         {
             **accepted,
@@ -171,8 +157,6 @@ async def stop_session(request: Request) -> JSONResponse:
 
 
 def create_app(config: Config, *, url: str | None = None) -> Starlette:
-    from claw_worker.celery_config import sender_app
-
     live = LiveConfig(config)
     url = url or redis_url(config)
 
@@ -198,9 +182,8 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
             run_ttl_sec=runs.run_state_ttl_seconds,
             run_max=runs.run_state_max,
         )
-        app.state.dispatcher = Dispatcher(sender_app(config))
         app.state.outbound = OutboundReader(client)
-        app.state.inbox = Inbox(live, client, app.state.mailbox, app.state.dispatcher)
+        app.state.inbox = Inbox(live, client, app.state.mailbox)
         http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
         channel_ctx = ChannelContext(live, client, http, identity().key, app.state.inbox.accept)
         app.state.channels = ChannelManager(channel_ctx)
@@ -209,7 +192,6 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
         loop = asyncio.get_running_loop()
         control = _join_control(live, url, on_reload=lambda: loop.call_soon_threadsafe(
             lambda: asyncio.ensure_future(app.state.channels.sync())))  # fmt: skip
-        app.state.dispatcher.start()
         app.state.outbound.start()
         await app.state.channels.sync()
         await delivery.start()
@@ -220,7 +202,6 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
             await delivery.stop()
             await app.state.channels.stop()
             await app.state.outbound.stop()
-            app.state.dispatcher.stop()
             await http.aclose()
             await client.aclose()
 
@@ -230,10 +211,13 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
         Route("/api/messages/{message_id}", get_message, methods=["GET"]),
         Route("/api/sessions/{session:path}/stop", stop_session, methods=["POST"]),
         Mount("/webhooks", app=WebhookRouter()),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        WebSocketRoute("/ws", ws_endpoint),
     ]
     middleware = [
         Middleware(RequestGuard, live=live),
-        Middleware(BearerAuth, live=live, protected_prefixes=("/api/",)),
+        Middleware(BearerAuth, live=live, protected_prefixes=("/api/", "/v1/", "/ws")),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.live = live  # before the lifespan: __main__ gives it to the connection guard

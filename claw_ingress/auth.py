@@ -25,7 +25,14 @@ class BearerAuth:
         if token and scope["type"] == "http" and scope["path"].startswith(self.prefixes):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, f"Bearer {token}".encode()):
-                body = json.dumps({"error": "missing or wrong bearer token"}).encode()
+                error = "missing or wrong bearer token"
+                if scope["path"].startswith("/v1/"):  # OpenAI clients read their own shape
+                    body = json.dumps({"error": {
+                        "message": error, "type": "invalid_request_error", "param": None,
+                        "code": "invalid_api_key",
+                    }}).encode()  # fmt: skip
+                else:
+                    body = json.dumps({"error": error}).encode()
                 await send(
                     {
                         "type": "http.response.start",

@@ -293,7 +293,7 @@ class Delivery:
     async def _send_part(
         self, channel: Channel, message: OutboundMessage, text: str, index: int, bound: Any
     ) -> str:
-        reply_to = message.reply_to if index == 0 else None
+        reply_to = message.reply_to if index == 0 else None  # the first part quotes it
         for attempt in range(1, MAX_RETRIES + 1):
             await self._bucket(channel).take()
             try:

@@ -14,7 +14,6 @@ import structlog
 
 from claw_ingress import access
 from claw_ingress.channels.base import Accepted
-from claw_ingress.dispatcher import Dispatcher
 from claw_worker import constants as k
 from claw_worker.commands import CommandContext, is_admin, run_command
 from claw_worker.config.reload import LiveConfig
@@ -29,6 +28,7 @@ from claw_worker.session.enqueue import AsyncMailbox
 log = structlog.get_logger(__name__)
 
 PREVIEW_CHARS = 80
+SEEN_TTL_SEC = 86400
 ANSWERED_IN_PLACE = frozenset({"api", "openai"})  # the HTTP response carries the answer
 
 
@@ -38,12 +38,10 @@ class Inbox:
         live: LiveConfig,
         client: aioredis.Redis,
         mailbox: AsyncMailbox,
-        dispatcher: Dispatcher,
     ) -> None:
         self.live = live
         self.redis = client
         self.mailbox = mailbox
-        self.dispatcher = dispatcher
 
     async def accept(self, message: InboundMessage) -> Accepted:
         config = self.live.config
@@ -53,6 +51,9 @@ class Inbox:
             message_content_length=len(message.text),
         )  # fmt: skip
         section = getattr(config.channels, message.channel, None)
+        if section is not None and not await self._first_time(message):
+            bound.info("duplicate message ignored", message_id=message.message_id)
+            return Accepted("duplicate", message_id=message.message_id)
         if section is not None:
             decision = await access.check(
                 self.redis, message.channel, section, message.sender_id, message.chat_id,
@@ -75,11 +76,18 @@ class Inbox:
             bound.info("command answered")
             await self.answer(message, reply)
             return Accepted("command", reply=reply)
-        enqueued = await self.mailbox.enqueue(message)
-        self.dispatcher.wake(message.session_key)
+        enqueued = await self.mailbox.enqueue(message)  # stores it and wakes the session
         bound.info("message received", message_id=message.message_id, stored=enqueued.stored)
         status = "queued" if enqueued.stored else "duplicate"
         return Accepted(status, message_id=message.message_id, run_id=enqueued.run_id)
+
+    async def _first_time(self, message: InboundMessage) -> bool:
+        """Whether this chat message is new. Adapters derive message ids from the platform's
+        (``telegram-<chat>-<id>``), so a platform's retry, an update polled again, or the
+        same event heard by two ingress replicas is taken in once: slash commands included,
+        which the mailbox's own dedupe never sees."""
+        key = k.platform_event_key(message.channel, message.message_id)
+        return bool(await self.redis.set(key, "1", nx=True, ex=SEEN_TTL_SEC))
 
     async def answer(self, message: InboundMessage, text: str) -> None:
         """Send ``text`` back to the chat ``message`` came from, outside the agent."""

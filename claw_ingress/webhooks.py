@@ -34,5 +34,9 @@ class WebhookRouter:
         if cached is None or cached[0] is not channel:
             cached = self._routers[id(channel)] = (channel, Router(routes=channel.routes()))
         # The channel's routes match the path below /webhooks/<name> (Starlette routes on
-        # the path less root_path).
-        await cached[1](dict(scope, root_path=f"{root}/{name}"), receive, send)
+        # the path less root_path); /webhooks/<name> itself is its "/", answered at once
+        # (platforms do not follow a redirect to the slashed URL).
+        child = dict(scope, root_path=f"{root}/{name}")
+        if rest.strip("/") == name:
+            child["path"] = f"{root}/{name}/"
+        await cached[1](child, receive, send)

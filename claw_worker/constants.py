@@ -166,3 +166,16 @@ PAIRING_CODES = f"{PREFIX}:pairing:codes"  # HASH code -> JSON {channel, sender_
 def pairing_sender_key(channel: str, sender_id: str) -> str:
     """STRING the pending code of one sender (TTL), so a sender gets one code at a time."""
     return f"{PREFIX}:pairing:sender:{channel}:{sender_id}"
+
+
+def platform_event_key(channel: str, event_id: str) -> str:
+    """STRING mark: a platform's event or message was taken in (TTL). Platforms retry a
+    webhook they think failed; the mark makes the retry a no-op."""
+    return f"{PREFIX}:seen:{channel}:{event_id}"
+
+
+def channel_state_key(channel: str, kind: str, ref: str) -> str:
+    """What an adapter keeps between messages, with a TTL: DingTalk's conversation and its
+    session webhook (kind "conv"), QQ's message to answer and its sequence ("reply",
+    "seq"). In Redis so any ingress replica can answer."""
+    return f"{PREFIX}:chan:{channel}:{kind}:{ref}"

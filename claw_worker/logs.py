@@ -57,6 +57,8 @@ MIN_LITERAL_SECRET = 6
 SECRET_FIELD = re.compile(
     r"(?:^|_)(?:api_?key|token|secret|password|passwd|authorization|credentials?)$", re.I
 )
+# Libraries that log every request at INFO: kept to warnings unless debugging.
+CHATTY_LOGGERS = ("httpx", "httpcore", "telegram", "websockets")
 # Loggers that install their own handlers; routed to ours instead.
 ROUTED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task")
 
@@ -217,6 +219,8 @@ def _install(handlers: list[logging.Handler], level: int) -> None:
         routed = logging.getLogger(name)
         routed.handlers.clear()
         routed.propagate = True
+    for name in CHATTY_LOGGERS:  # a line per HTTP request (a long poll every 30 s) is noise
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 def _console_handler(redactor: Redactor, level: int) -> logging.Handler:

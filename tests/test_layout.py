@@ -31,12 +31,12 @@ INGRESS_ALLOWED = {
     "claw_worker.session",  # the enqueue side of the session package
     "claw_worker.session.enqueue",
     "claw_worker.session.scripts",
+    "claw_worker.session.wakeup",  # the drain wake-up the enqueue script pushes
     "claw_worker.session.runs",  # reading run state for /status
     "claw_worker.session.stop",  # /stop
     "claw_worker.commands",  # the slash-command registry
     "claw_worker.control",  # the control channel: registry, reload broadcasts
     "claw_worker.process",  # this process's node name
-    "claw_worker.celery_config",  # Celery settings, to send tasks by name
     "claw_worker.redis_conn",  # Redis URLs and clients
     "claw_worker.embedded_redis",  # the one-box Redis, started by the ingress when needed
     "claw_worker.fsutil",  # atomic writes (config set)

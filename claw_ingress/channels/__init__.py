@@ -24,7 +24,9 @@ CHANNELS: dict[str, str] = {
     "dingtalk": "claw_ingress.channels.dingtalk:DingTalkChannel",
     "maixcam": "claw_ingress.channels.maixcam:MaixCamChannel",
 }
-BUILTIN: dict[str, str] = {}
+BUILTIN: dict[str, str] = {
+    "ws": "claw_ingress.channels.websocket:WebSocketChannel",
+}
 
 
 def config_channels() -> list[str]:

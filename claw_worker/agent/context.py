@@ -103,8 +103,28 @@ def memory_recall(workspace: Path, text: str, defaults: AgentDefaults) -> str:
     return "\n".join(lines)
 
 
+QUOTE_CHARS = 500
+MEDIA_SHOWN = 10
+
+
 def user_message(message: InboundMessage) -> Message:
-    return {"role": "user", "content": message.text}
+    """The user's turn as the model sees it: the text, the message it replies to (a channel
+    puts it in ``metadata["reply_to_text"]``) and references to what came attached (the
+    model cannot open them, but knows a photo or a file was sent)."""
+    text = message.text
+    quoted = str(message.metadata.get("reply_to_text") or "")
+    if quoted:
+        cut = "…" if len(quoted) > QUOTE_CHARS else ""
+        text = f"[in reply to: {quoted[:QUOTE_CHARS]}{cut}]\n{text}"
+    if message.media:
+        shown = ", ".join(message.media[:MEDIA_SHOWN])
+        more = (
+            f" and {len(message.media) - MEDIA_SHOWN} more"
+            if len(message.media) > MEDIA_SHOWN
+            else ""
+        )
+        text = f"{text}\n[attachments: {shown}{more}]"
+    return {"role": "user", "content": text}
 
 
 def build_messages(system_prompt: str, history: Sequence[Message], user: Message) -> list[Message]:

@@ -11,7 +11,6 @@ from typing import Any
 
 from claw_worker.config.schema import Config
 
-_NO_CHANNELS = "no chat channel adapter runs yet: nothing receives from or delivers to the platform"
 _AUTONOMY = "there is no autonomy loop yet"
 _TEXT = "no code shows this text yet"
 
@@ -30,7 +29,6 @@ NOT_YET_ACTIVE: dict[str, str] = {
     "agents.defaults.runtime_control.autonomy_max_pending_duration_sec": _AUTONOMY,
     "agents.defaults.runtime_control.autonomy_max_consecutive_stalls": _AUTONOMY,
     "agents.defaults.runtime_control.autolearn_max_rounds_without_user": _AUTONOMY,
-    "channels": _NO_CHANNELS,
     "sentinel": "no sentinel process runs yet",
     "cron": "there is no cron tool yet",
 }

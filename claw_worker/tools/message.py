@@ -30,16 +30,8 @@ API_CHANNEL = "api"  # the gateway's HTTP API: it answers each request with its 
 
 def can_deliver(section: BaseModel) -> bool:
     """A channel can deliver when it is enabled and every setting it cannot work without
-    is set: each text setting its model declares with an empty default (a token, an app
-    id and secret, a bridge URL)."""
-    if not (isinstance(section, ChannelConfig) and section.enabled):
-        return False
-    own = set(type(section).model_fields) - set(ChannelConfig.model_fields)
-    for name in own:
-        info = type(section).model_fields[name]
-        if info.annotation is str and info.default == "" and not getattr(section, name).strip():
-            return False
-    return True
+    is set (``ChannelConfig.missing``: a token, an app id and secret, a bridge URL)."""
+    return isinstance(section, ChannelConfig) and section.enabled and not section.missing()
 
 
 def deliverable_channels(channels: ChannelsConfig) -> list[str]:

@@ -1,0 +1,112 @@
+"""A Telegram ``Message`` as the fleet's ``InboundMessage``.
+
+Text, or a caption with the media as references (``telegram:<kind>:<file_id>``; the largest
+photo size; the file name, type and size in metadata; a placeholder such as ``[photo]`` as
+the text when there is no caption). In groups only messages addressed to the bot: a mention
+of it (``@username``, a text mention, ``/command@username``; cut from the text) or a reply
+to one of its messages. A quoted message's id, text and sender go in metadata. The
+``message_id`` is ``telegram-<chat>-<message>``, so the same update handled twice is stored
+once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from telegram import Message, User
+from telegram.constants import ChatType, MessageEntityType
+
+from claw_worker.contract import InboundMessage
+
+QUOTE_CHARS = 1000  # of a replied-to message's text, kept in metadata
+MEDIA_KINDS = ("photo", "animation", "document", "voice", "audio", "video", "video_note")
+PLACEHOLDER = {"photo": "[photo]", "voice": "[voice message]", "video_note": "[video message]"}
+
+
+def to_inbound(message: Message, me: User, channel: str) -> InboundMessage | None:
+    """The fleet's message for a Telegram message, or None when it is not for us."""
+    user = message.from_user
+    if user is None or user.is_bot:
+        return None
+    text = message.text or message.caption or ""
+    media, metadata = _media(message)
+    if message.chat.type != ChatType.PRIVATE:
+        mentioned, text = _cut_mention(message, text, me)
+        reply = message.reply_to_message
+        to_bot = reply is not None and reply.from_user is not None and reply.from_user.id == me.id
+        if not (mentioned or to_bot):
+            return None
+    if not text.strip():
+        if not media:
+            return None
+        text = metadata.pop("placeholder")
+    metadata.pop("placeholder", None)
+    metadata.update(
+        platform_message_id=message.message_id, sender_name=user.full_name,
+        username=user.username or "", chat_type=message.chat.type,
+    )  # fmt: skip
+    if message.message_thread_id:
+        metadata["message_thread_id"] = message.message_thread_id
+    reply_to = None
+    if (quoted := message.reply_to_message) is not None:
+        reply_to = str(quoted.message_id)
+        metadata["reply_to_message_id"] = quoted.message_id
+        metadata["reply_to_text"] = (quoted.text or quoted.caption or "")[:QUOTE_CHARS]
+        metadata["reply_to_sender_id"] = str(quoted.from_user.id) if quoted.from_user else ""
+    chat_id = str(message.chat.id)
+    return InboundMessage(
+        message_id=f"telegram-{chat_id}-{message.message_id}",
+        channel=channel, chat_id=chat_id, sender_id=str(user.id), text=text.strip(),
+        media=media, reply_to=reply_to, metadata=metadata,
+    )  # fmt: skip
+
+
+def _cut_mention(message: Message, text: str, me: User) -> tuple[bool, str]:
+    """Whether a group message addresses the bot (``@username``, a text mention of it, or a
+    ``/command@username``), and its text without that mention."""
+    entities = message.parse_entities() if message.text else message.parse_caption_entities()
+    mentioned = False
+    username = (me.username or "").casefold()
+    for entity, value in entities.items():
+        if entity.type == MessageEntityType.MENTION and value[1:].casefold() == username:
+            mentioned = True
+        elif (
+            entity.type == MessageEntityType.TEXT_MENTION
+            and entity.user
+            and entity.user.id == me.id
+        ):
+            mentioned = True
+            text = text.replace(value, "", 1)
+        elif entity.type == MessageEntityType.BOT_COMMAND and value.casefold().endswith(
+            f"@{username}"
+        ):
+            mentioned = True
+    if mentioned and username:  # "@bot, do x" -> "do x"; "/help@bot" -> "/help"
+        name = re.escape(me.username or "")
+        text = re.sub(rf"(?i)(^|\s)@{name}\b[,:]?[ \t]*", r"\1", text)
+        text = re.sub(rf"(?i)(/\w+)@{name}\b", r"\1", text)
+    return mentioned, text.strip()
+
+
+def _media(message: Message) -> tuple[list[str], dict[str, Any]]:
+    """Media references (``telegram:<kind>:<file_id>``) and what metadata says of them;
+    ``placeholder`` is the text to use when there is no caption."""
+    for kind in MEDIA_KINDS:
+        value = getattr(message, kind, None)
+        if not value:
+            continue
+        item = value[-1] if kind == "photo" else value  # photo sizes: the largest last
+        meta: dict[str, Any] = {"media_kind": kind, "file_unique_id": item.file_unique_id}
+        name = getattr(item, "file_name", None)
+        if name:
+            meta["file_name"] = name
+        if mime := getattr(item, "mime_type", None):
+            meta["mime_type"] = mime
+        if item.file_size:
+            meta["file_size"] = item.file_size
+        meta["placeholder"] = PLACEHOLDER.get(kind) or (
+            f"[{kind}: {name}]" if name else f"[{kind}]"
+        )
+        return [f"telegram:{kind}:{item.file_id}"], meta
+    return [], {}

@@ -1,0 +1,286 @@
+"""WhatsApp, in one of two modes (``channels.whatsapp.mode``).
+
+**cloud**: the WhatsApp Business Cloud API. Meta checks the callback URL once with a GET
+(``hub.mode=subscribe``, ``hub.verify_token``, ``hub.challenge``: the challenge is echoed as
+plain text when the token matches, else 403) and then POSTs notifications to
+``/webhooks/whatsapp/``, each signed in ``X-Hub-Signature-256`` (``sha256=`` + the hex
+HMAC-SHA256 of the raw body, keyed by the app secret; a request without a valid one gets
+401). Messages are in ``entry[].changes[].value.messages[]``; ``statuses[]`` (sent,
+delivered, read, failed) are not messages: only failures are logged. Replies go to
+``POST {api_base}/{phone_number_id}/messages``, quoting the user's message through
+``context.message_id``.
+
+**bridge**: a WhatsApp Web bridge reached over a WebSocket (``_whatsapp_bridge.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import httpx
+import structlog
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from claw_ingress.channels._whatsapp_bridge import WhatsAppBridge, whatsapp_message
+from claw_ingress.channels.base import Channel, ChannelContext, ChannelError, SendError
+from claw_worker.config.channels import WhatsAppConfig
+from claw_worker.contract import InboundMessage
+
+log = structlog.get_logger(__name__)
+
+# Graph API error codes: wait and send again (throughput, app and account rate limits,
+# the pair rate of about one message per 6 s to one user) ...
+RETRY_CODES = {4, 80007, 130429, 131048, 131056}
+PAIR_RATE_CODE, PAIR_RATE_WAIT_SEC, RATE_WAIT_SEC = 131056, 6.0, 2.0
+# ... or give up: outside the 24-hour window (131047), not a WhatsApp user (131026), not in
+# a test number's allowed list (131030), a bad parameter or message type.
+PERMANENT_CODES = {100, 131008, 131009, 131021, 131026, 131030, 131047, 131051, 131052}
+# Any other refusal (HTTP 400) is permanent too, except these: an unknown or temporary
+# error, and a token or permission problem the operator can fix (then it goes out).
+LATER_CODES = {0, 1, 2, 10, 190, 131000, 131016, *range(200, 300)}
+TOKEN_CODES = {0, 190}  # the access token is invalid or expired
+MEDIA_TYPES = ("image", "document", "audio", "video", "sticker")
+
+
+class WhatsAppChannel(Channel):
+    name = "whatsapp"
+    max_text = 4096
+
+    def __init__(self, ctx: ChannelContext) -> None:
+        super().__init__(ctx)
+        self.bridge = WhatsAppBridge(lambda: self.config, self.receive)
+
+    @property
+    def config(self) -> WhatsAppConfig:
+        return self.ctx.live.config.channels.whatsapp
+
+    def check_config(self) -> None:
+        cfg = self.config
+        missing = cfg.missing()
+        if missing:
+            raise ChannelError(f"channels.whatsapp ({cfg.mode} mode) needs {', '.join(missing)}")
+        if cfg.mode == "bridge" and not cfg.bridge_url.startswith(("ws://", "wss://")):
+            raise ChannelError("channels.whatsapp.bridge_url must start with ws:// or wss://")
+
+    async def start(self) -> None:
+        if self.config.mode == "cloud":
+            await self._check_credentials()
+            return
+        await self.bridge.connect()
+        log.info("whatsapp bridge connected", channel=self.name)
+        self.bridge.run()
+
+    async def start_sending(self) -> None:
+        if self.config.mode == "bridge":
+            await self.bridge.connect()
+
+    async def stop(self) -> None:
+        await self.bridge.close()
+
+    def describe(self) -> dict[str, Any]:
+        if self.config.mode == "bridge":
+            return {"mode": "bridge", "bridge_connected": self.bridge.connected}
+        return {"mode": "cloud"}
+
+    async def send(self, chat_id: str, text: str, *, reply_to: str | None = None) -> None:
+        if self.config.mode == "bridge":
+            await self.bridge.send(chat_id, text, reply_to)
+        else:
+            await self._cloud_send(chat_id, text, reply_to)
+
+    # -- cloud: webhooks in --------------------------------------------------------------
+
+    def routes(self) -> list[BaseRoute]:
+        if self.config.mode != "cloud":
+            return []
+        return [
+            Route("/", self._verify, methods=["GET"]),
+            Route("/", self._notify, methods=["POST"]),
+        ]
+
+    async def _verify(self, request: Request) -> Response:
+        query = request.query_params
+        given = query.get("hub.verify_token", "").encode()
+        expected = self.config.verify_token.encode()
+        if (
+            query.get("hub.mode") == "subscribe"
+            and expected
+            and hmac.compare_digest(given, expected)
+        ):
+            log.info("whatsapp webhook verified", channel=self.name)
+            return PlainTextResponse(query.get("hub.challenge", ""))
+        log.warning(
+            "whatsapp webhook verification refused",
+            channel=self.name,
+            error="wrong hub.mode or hub.verify_token",
+        )
+        return PlainTextResponse("forbidden", status_code=403)
+
+    async def _notify(self, request: Request) -> Response:
+        body = await request.body()
+        if not signature_ok(
+            self.config.app_secret, body, request.headers.get("x-hub-signature-256", "")
+        ):
+            log.warning(
+                "whatsapp notification refused",
+                channel=self.name,
+                error="missing or wrong X-Hub-Signature-256",
+            )
+            return JSONResponse({"error": "bad signature"}, status_code=401)
+        try:
+            payload = json.loads(body)
+            values = [
+                change["value"]
+                for entry in payload.get("entry", [])
+                for change in entry.get("changes", [])
+                if change.get("field") == "messages"
+            ]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return JSONResponse({"error": "not a WhatsApp notification"}, status_code=400)
+        try:
+            for value in values:
+                await self._on_value(value)
+        except (AttributeError, TypeError) as exc:
+            log.warning("bad whatsapp notification", channel=self.name, error=repr(exc))
+            return JSONResponse({"error": "not a WhatsApp notification"}, status_code=400)
+        except RedisError as exc:  # Meta delivers the notification again later
+            log.error("whatsapp notification not stored", channel=self.name, error=str(exc))
+            return JSONResponse({"error": "try again later"}, status_code=503)
+        return Response(status_code=200)
+
+    async def _on_value(self, value: dict[str, Any]) -> None:
+        number = str(value.get("metadata", {}).get("phone_number_id", ""))
+        if number and number != self.config.phone_number_id:
+            log.info("whatsapp notification for another number ignored", channel=self.name)
+            return
+        for status in value.get("statuses", []):
+            if status.get("status") == "failed":
+                errors = [e.get("code") for e in status.get("errors", [])]
+                log.warning(
+                    "whatsapp could not deliver a message",
+                    channel=self.name,
+                    chat_id=status.get("recipient_id"),
+                    error=errors,
+                )
+        names = {
+            c.get("wa_id"): c.get("profile", {}).get("name", "") for c in value.get("contacts", [])
+        }
+        for message in value.get("messages", []):
+            inbound = self._cloud_inbound(message, names)
+            if inbound is not None:
+                await self.receive(inbound)
+
+    def _cloud_inbound(self, msg: dict[str, Any], names: dict[str, str]) -> InboundMessage | None:
+        kind = msg.get("type", "")
+        sender, platform_id = str(msg.get("from", "")), str(msg.get("id", ""))
+        text, media = "", []
+        if kind == "text":
+            text = msg.get("text", {}).get("body", "")
+        elif kind in MEDIA_TYPES:
+            item = msg.get(kind, {})
+            media = [f"whatsapp:{kind}:{item.get('id', '')}"]
+            label = f"{kind}: {item['filename']}" if item.get("filename") else kind
+            text = item.get("caption") or f"[{label}]"
+        elif kind == "button":
+            text = msg.get("button", {}).get("text", "")
+        elif kind == "interactive":
+            reply = next(iter(msg.get("interactive", {}).values()), {})
+            text = reply.get("title", "") if isinstance(reply, dict) else ""
+        elif kind == "location":
+            place = msg.get("location", {})
+            text = f"[location: {place.get('latitude')}, {place.get('longitude')}]"
+        if not sender or not platform_id or not (text or media):
+            log.info("whatsapp message ignored", channel=self.name, kind=kind, sender_id=sender)
+            return None
+        return whatsapp_message(
+            sender,
+            sender,
+            platform_id,
+            text,
+            media=media,
+            name=names.get(sender, ""),
+            quoted=msg.get("context", {}).get("id"),
+        )
+
+    # -- cloud: the Graph API out --------------------------------------------------------
+
+    async def _check_credentials(self) -> None:
+        cfg = self.config
+        try:
+            resp = await self.ctx.http.get(
+                f"{cfg.api_base}/{cfg.phone_number_id}",
+                headers=self._auth(),
+                params={"fields": "id"},
+            )
+        except httpx.HTTPError as exc:
+            raise ChannelError(f"cannot reach the Graph API at {cfg.api_base}: {exc!r}") from None
+        if resp.status_code == 200:
+            return
+        code, message = _graph_error(resp)
+        what = f"HTTP {resp.status_code}, code {code}: {message}"
+        if resp.status_code == 401 or code in TOKEN_CODES:
+            raise ChannelError(f"the Graph API refused channels.whatsapp.access_token ({what})")
+        # A token allowed to send but not to read the number (no whatsapp_business_management)
+        # still works: said, not fatal.
+        log.warning("whatsapp phone number not readable", channel=self.name, error=what)
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.config.access_token}"}
+
+    async def _cloud_send(self, chat_id: str, text: str, reply_to: str | None) -> None:
+        cfg = self.config
+        body: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": chat_id,
+            "type": "text",
+            "text": {"body": text},
+        }
+        if reply_to:
+            body["context"] = {"message_id": reply_to}
+        try:
+            resp = await self.ctx.http.post(
+                f"{cfg.api_base}/{cfg.phone_number_id}/messages", json=body, headers=self._auth()
+            )
+        except httpx.HTTPError as exc:
+            raise SendError(f"cannot reach the Graph API: {exc!r}") from None
+        if resp.status_code == 200:
+            return
+        code, message = _graph_error(resp)
+        what = f"HTTP {resp.status_code}, code {code}: {message}"
+        if resp.status_code == 429 or code in RETRY_CODES:
+            default = PAIR_RATE_WAIT_SEC if code == PAIR_RATE_CODE else RATE_WAIT_SEC
+            raise SendError(what, retry_after=_retry_after(resp, default))
+        if code in PERMANENT_CODES or (resp.status_code == 400 and code not in LATER_CODES):
+            raise SendError(what, permanent=True)
+        raise SendError(what)
+
+
+def signature_ok(app_secret: str, body: bytes, header: str) -> bool:
+    """``header`` is ``sha256=`` + the hex HMAC-SHA256 of ``body`` under ``app_secret``."""
+    if not app_secret:
+        return False
+    expected = "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), header.strip().encode("latin-1"))
+
+
+def _graph_error(resp: httpx.Response) -> tuple[int | None, str]:
+    try:
+        error = resp.json().get("error", {})
+        code = error.get("code")
+        return (int(code) if code is not None else None), str(error.get("message", ""))[:300]
+    except (ValueError, AttributeError, TypeError):
+        return None, resp.text[:300]
+
+
+def _retry_after(resp: httpx.Response, default: float) -> float:
+    try:
+        return max(float(resp.headers.get("retry-after", default)), 0.5)
+    except ValueError:
+        return default

@@ -1,0 +1,354 @@
+"""The OpenAI-compatible API: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+OpenAI clients (the ``openai`` SDK, chat UIs) talk to the agent as if it were a model. The
+session lives in clawfleet: a request sends only its last user message to the agent (earlier
+messages in ``messages`` are not replayed; the session's history already holds them), in the
+session named by the ``X-Claw-Session`` header (a clawfleet session key, as is), else by
+``user`` (``openai:<user>``), else a new session of its own. The requested model name is
+echoed; the agent answers with the fleet's configured models.
+
+The reply is waited for like ``/api/message``'s ``wait`` (:func:`wait_for_reply`): the
+outbound stream, with the message record polled as a fallback. ``stream: true`` answers
+server-sent ``chat.completion.chunk`` events (the role, the content, ``finish_reason``,
+``[DONE]``) with keep-alive comments while the agent works. The wait is ``REPLY_TIMEOUT_SEC``
+or the ``X-Claw-Timeout`` header. Errors are OpenAI's JSON; the ones after which a retry
+would send the message twice say ``x-should-retry: false`` (the SDK obeys it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from claw_ingress.bodies import BodyError, parse_body, read_json
+from claw_worker.config import Config
+from claw_worker.contract import InboundMessage, MessageStatus
+from claw_worker.session.runs import read_run
+
+log = structlog.get_logger(__name__)
+
+CHANNEL = "openai"
+ALIAS = "clawfleet"  # a model name that always means "the agent, whatever it runs on"
+STATUS_POLL_SEC = 1.0  # fallback poll of the record while waiting for a reply
+REPLY_TIMEOUT_SEC = 300.0  # below the openai SDK's 600 s, so the client hears why
+MAX_TIMEOUT_SEC = 3600.0
+KEEPALIVE_SEC = 10.0
+CHUNK_CHARS = 2000  # content per streamed chunk
+MAX_TEXT = 200_000
+SESSION_RE = re.compile(r"[^\s{}]{1,256}")
+USER_RE = re.compile(r"[^\s{}]{1,200}")
+NO_RETRY = {"x-should-retry": "false"}
+STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # no proxy buffering
+
+
+# -- waiting for a reply (also /api/message's wait) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: str  # done | failed | cancelled (the message's), or timeout | disconnected
+    text: str = ""
+
+
+async def wait_for_reply(
+    state: Any,
+    message_id: str,
+    waiter: asyncio.Future[Any],
+    timeout: float,
+    *,
+    disconnected: Callable[[], Awaitable[bool]] | None = None,
+) -> Reply:
+    """The reply to ``message_id``: from ``waiter`` (``state.outbound.expect``), or from the
+    message record when the stream reader missed it (a reconnect); forgets the waiter."""
+    deadline = time.monotonic() + timeout
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                reply = await asyncio.wait_for(
+                    asyncio.shield(waiter), min(remaining, STATUS_POLL_SEC)
+                )
+                return Reply(reply.status.value, reply.text)
+            with contextlib.suppress(RedisError):
+                record = await state.mailbox.get_message(message_id)
+                if record and MessageStatus(record["status"]).finished:
+                    return Reply(record["status"], record["reply"] or "")
+            if disconnected is not None and await disconnected():
+                return Reply("disconnected")
+    finally:
+        state.outbound.forget(message_id, waiter)
+    return Reply("timeout")
+
+
+# -- the request -------------------------------------------------------------------------
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """What the agent reads of OpenAI's body; the rest (temperature, tools, ...) is allowed
+    and ignored: the fleet's config decides those."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str = Field("", max_length=256)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(None, max_length=4096)
+
+
+class OpenAIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        retry: bool = True,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.param, self.code, self.retry = status, kind, param, code, retry
+
+    def payload(self) -> dict[str, Any]:
+        return {"error": {"message": str(self), "type": self.kind, "param": self.param,
+                          "code": self.code}}  # fmt: skip
+
+    def response(self) -> JSONResponse:
+        headers = {} if self.retry else NO_RETRY
+        return JSONResponse(self.payload(), status_code=self.status, headers=headers)
+
+
+def user_text(body: ChatCompletionRequest) -> str:
+    """The last user message's text (its text parts, joined)."""
+    last = next((m for m in reversed(body.messages) if m.role == "user"), None)
+    if last is None:
+        raise OpenAIError(400, "messages needs a message with role 'user'", param="messages")
+    if isinstance(last.content, str):
+        text = last.content
+    else:
+        text = "\n".join(p.text or "" for p in last.content or [] if p.type == "text")
+    if not text.strip():
+        raise OpenAIError(400, "the last user message has no text", param="messages")
+    if len(text) > MAX_TEXT:
+        raise OpenAIError(400, f"the last user message is longer than {MAX_TEXT} characters",
+                          param="messages")  # fmt: skip
+    return text
+
+
+def session_of(request: Request, body: ChatCompletionRequest) -> str:
+    named = request.headers.get("x-claw-session")
+    if named is not None:
+        if not SESSION_RE.fullmatch(named):
+            raise OpenAIError(400, "X-Claw-Session must be 1 to 256 characters without spaces "
+                              "or braces", param="X-Claw-Session")  # fmt: skip
+        return named
+    if body.user:
+        if USER_RE.fullmatch(body.user):
+            return f"{CHANNEL}:{body.user}"
+        return f"{CHANNEL}:~{hashlib.sha256(body.user.encode()).hexdigest()[:32]}"
+    return f"{CHANNEL}:{uuid.uuid4().hex}"
+
+
+def timeout_of(request: Request) -> float:
+    given = request.headers.get("x-claw-timeout")
+    if given is None:
+        return REPLY_TIMEOUT_SEC
+    try:
+        timeout = float(given)
+    except ValueError:
+        timeout = -1.0
+    if not 0 < timeout <= MAX_TIMEOUT_SEC:
+        raise OpenAIError(400, f"X-Claw-Timeout must be seconds in (0, {MAX_TIMEOUT_SEC:g}]",
+                          param="X-Claw-Timeout")  # fmt: skip
+    return timeout
+
+
+def configured_models(config: Config) -> list[str]:
+    named = [config.agents.defaults.model, *config.providers.proxy.models]
+    return [m for m in dict.fromkeys(named) if m]
+
+
+async def read_request(request: Request, config: Config) -> ChatCompletionRequest:
+    try:
+        data = await read_json(request, config.gateway.max_body_bytes)
+        return parse_body(ChatCompletionRequest, data)
+    except BodyError as exc:
+        status = 413 if exc.status == 413 else 400
+        detail = exc.payload.get("detail") or [{}]
+        raise OpenAIError(status, exc.payload["error"], param=detail[0].get("field")) from None
+
+
+# -- the routes --------------------------------------------------------------------------
+
+
+async def list_models(request: Request) -> JSONResponse:
+    models = [ALIAS, *configured_models(request.app.state.live.config)]
+    data = [{"id": m, "object": "model", "created": 0, "owned_by": ALIAS} for m in models]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def chat_completions(request: Request) -> Any:
+    state = request.app.state
+    config: Config = state.live.config
+    try:
+        body = await read_request(request, config)
+        text, session, timeout = user_text(body), session_of(request, body), timeout_of(request)
+    except OpenAIError as exc:
+        return exc.response()
+    model = body.model or next(iter(configured_models(config)), ALIAS)
+    message = InboundMessage(channel=CHANNEL, chat_id=session, session_key=session, text=text)
+    waiter = state.outbound.expect(message.message_id)
+    try:
+        accepted = await state.inbox.accept(message)
+    except RedisError as exc:
+        state.outbound.forget(message.message_id, waiter)
+        log.warning("redis unavailable", error=str(exc))
+        return OpenAIError(503, "message store unavailable, retry later", kind="server_error",
+                           code="unavailable").response()  # fmt: skip
+    answer = Answer(f"chatcmpl-{message.message_id}", model, int(time.time()))
+    if accepted.status == "command":
+        state.outbound.forget(message.message_id, waiter)
+        ready: Reply | None = Reply("done", accepted.reply)
+    else:
+        ready = None
+    log.info("openai request", session_key=session, message_id=message.message_id,
+             stream=body.stream, command=ready is not None)  # fmt: skip
+
+    async def wait(disconnected: Callable[[], Awaitable[bool]] | None) -> Reply:
+        if ready is not None:
+            return ready
+        return await wait_for_reply(state, message.message_id, waiter, timeout,
+                                    disconnected=disconnected)  # fmt: skip
+
+    async def usage() -> dict[str, int]:
+        total = 0
+        if accepted.run_id:
+            with contextlib.suppress(RedisError, ValueError):
+                run = await read_run(state.redis, accepted.run_id) or {}
+                total = int(run.get("total_tokens") or 0)
+        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": total}
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = answer.stream(lambda: wait(None), usage if include_usage else None,
+                               message.message_id, timeout)  # fmt: skip
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers=STREAM_HEADERS)  # fmt: skip
+    reply = await wait(request.is_disconnected)
+    if reply.status == "disconnected":
+        log.info("client disconnected", path=request.url.path, message_id=message.message_id,
+                 during="wait for reply")  # fmt: skip
+        return JSONResponse({"error": {"message": "client disconnected"}}, status_code=499)
+    problem = failure(reply, message.message_id, timeout)
+    if problem is not None:
+        return problem.response()
+    return JSONResponse(answer.completion(reply.text, await usage()))
+
+
+def failure(reply: Reply, message_id: str, timeout: float) -> OpenAIError | None:
+    if reply.status == "timeout":
+        return OpenAIError(
+            504,
+            f"no reply within {timeout:g}s; message {message_id} is still being processed: "
+            f"GET /api/messages/{message_id}",
+            kind="timeout", code="timeout", retry=False,
+        )  # fmt: skip
+    if reply.status == MessageStatus.FAILED.value:
+        return OpenAIError(502, reply.text or "the agent failed", kind="server_error",
+                           code="agent_failed", retry=False)  # fmt: skip
+    return None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The response objects of one completion."""
+
+    id: str
+    model: str
+    created: int
+
+    def completion(self, text: str, usage: dict[str, int]) -> dict[str, Any]:
+        message = {"role": "assistant", "content": text}
+        return {
+            "id": self.id, "object": "chat.completion", "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop",
+                         "logprobs": None}],
+            "usage": usage,
+        }  # fmt: skip
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> str:
+        data = {
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }  # fmt: skip
+        return sse(data)
+
+    async def stream(
+        self,
+        reply: Callable[[], Awaitable[Reply]],
+        usage: Callable[[], Awaitable[dict[str, int]]] | None,
+        message_id: str,
+        timeout: float,
+    ) -> AsyncIterator[str]:
+        task = asyncio.ensure_future(reply())
+        try:
+            yield self.chunk({"role": "assistant", "content": ""})
+            while not (await asyncio.wait({task}, timeout=KEEPALIVE_SEC))[0]:
+                yield ": keep-alive\n\n"
+            done = task.result()
+            problem = failure(done, message_id, timeout)
+            if problem is not None:
+                yield sse(problem.payload())
+                return
+            for start in range(0, len(done.text), CHUNK_CHARS):
+                yield self.chunk({"content": done.text[start : start + CHUNK_CHARS]})
+            yield self.chunk({}, finish="stop")
+            if usage is not None:
+                yield sse({"id": self.id, "object": "chat.completion.chunk",
+                           "created": self.created, "model": self.model, "choices": [],
+                           "usage": await usage()})  # fmt: skip
+            yield "data: [DONE]\n\n"
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"

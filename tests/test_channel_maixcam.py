@@ -1,0 +1,108 @@
+"""The MaixCam channel end to end: the real ingress (its TCP server), real Celery workers, a
+real redis-server and the scripted LLM, with devices played by asyncio TCP clients speaking
+PicoClaw's MaixCam lines (tests/platforms/maixcam_device.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from tests.fixtures.procs import free_port, wait_for
+from tests.platforms.maixcam_device import MaixCamDevice
+
+DETECTION = {"class_name": "person", "class_id": 0, "score": 0.87, "x": 10, "y": 20, "w": 30,
+             "h": 40}  # fmt: skip
+
+
+def start_fleet(fleet_factory: Any, **overrides: Any) -> int:
+    port = free_port()
+    fleet = fleet_factory(**{
+        "channels__maixcam__enabled": True,
+        "channels__maixcam__port": port,
+        "channels__maixcam__allow_from": ["cam-1", "cam-2"],
+        "channels__maixcam__rate_per_sec": 20.0,
+        **overrides,
+    })  # fmt: skip
+    fleet.start_worker()
+    fleet.start_ingress()
+    wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True,
+             timeout=30, what="the maixcam server listening")  # fmt: skip
+    return port
+
+
+async def command(device: MaixCamDevice) -> dict[str, Any]:
+    line = await device.read()
+    assert line["type"] == "command", line
+    return line
+
+
+def test_detection_is_answered_on_the_device_connection(fleet_factory) -> None:
+    port = start_fleet(fleet_factory)
+
+    async def scenario() -> None:
+        cam = await MaixCamDevice.connect(port)
+        await cam.event("person_detected", DETECTION, device_id="cam-1", tips="front door")
+        reply = await command(cam)
+        assert reply["chat_id"] == "cam-1"
+        assert reply["message"] == (
+            "echo: MaixCam cam-1: person detected (confidence 87%) at (10, 20), size 30x40\n"
+            "front door"
+        )
+        # Status and heartbeat are noted, not sent to the agent: the next line answers the
+        # message after them.
+        await cam.event("status", {"fps": 30})
+        await cam.event("heartbeat")
+        await cam.event("message", {"text": "what do you see"})
+        assert (await command(cam))["message"] == "echo: what do you see"
+        await cam.close()
+
+    asyncio.run(scenario())
+
+
+def test_bad_lines_get_errors_and_the_connection_stays(fleet_factory) -> None:
+    port = start_fleet(fleet_factory)
+
+    async def scenario() -> None:
+        cam = await MaixCamDevice.connect(port)
+        await cam.raw(b"{not json\n")
+        assert "JSON" in (await cam.read())["error"]
+        await cam.raw(b"[1, 2]\n")
+        assert (await cam.read())["type"] == "error"
+        await cam.event("fly_away", device_id="cam-1")
+        assert "unknown event type" in (await cam.read())["error"]
+        await cam.event("message", {})
+        assert "data.text" in (await cam.read())["error"]
+        await cam.raw(b'{"type": "message", "data": {"text": "' + b"x" * 70_000 + b'"}}\n')
+        assert "longer than" in (await cam.read())["error"]
+        await cam.event("message", {"text": "still here"})
+        reply = await command(cam)
+        assert reply == {**reply, "message": "echo: still here", "chat_id": "cam-1"}
+        await cam.close()
+
+    asyncio.run(scenario())
+
+
+def test_each_device_gets_its_own_replies_and_strangers_a_pairing_code(fleet_factory) -> None:
+    port = start_fleet(fleet_factory)
+
+    async def scenario() -> None:
+        one, two = await MaixCamDevice.connect(port), await MaixCamDevice.connect(port)
+        await one.event("message", {"text": "hello from one", "device_id": "cam-1"})
+        await two.event("message", {"text": "hello from two"}, device_id="cam-2")
+        for _ in range(2):
+            await one.event("message", {"text": "more from one"})
+            await two.event("message", {"text": "more from two"})
+        got_one = [(await command(one))["message"] for _ in range(3)]
+        got_two = [(await command(two))["message"] for _ in range(3)]
+        assert got_one == ["echo: hello from one", *["echo: more from one"] * 2]
+        assert got_two == ["echo: hello from two", *["echo: more from two"] * 2]
+        # A device not in allow_from (dm_policy pairing) is sent a code, never the agent.
+        stranger = await MaixCamDevice.connect(port)
+        await stranger.event("person_detected", DETECTION, device_id="cam-9")
+        line = await command(stranger)
+        assert "pairing code" in line["message"] and line["chat_id"] == "cam-9"
+        for device in (one, two, stranger):
+            await device.close()
+
+    asyncio.run(scenario())

@@ -1,0 +1,269 @@
+"""The WhatsApp channel end to end: the real ingress and worker, the scripted LLM, and a
+loopback WhatsApp (tests/platforms/whatsapp_api.py): Meta's Graph API and signed webhook
+notifications in cloud mode, nanobot's WebSocket bridge protocol in bridge mode."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from claw_ingress.channels._whatsapp_bridge import bridge_message
+from claw_worker.config.channels import WhatsAppConfig
+from tests.fixtures.procs import free_port, wait_for
+from tests.platforms.whatsapp_api import (
+    ACCESS_TOKEN,
+    APP_SECRET,
+    BRIDGE_TOKEN,
+    PHONE_NUMBER_ID,
+    VERIFY_TOKEN,
+    FakeBridge,
+    GraphAPI,
+    delivered_status,
+    new_wamid,
+    notification,
+    signed,
+    text_message,
+)
+
+USER = "16315551181"
+WEBHOOK = "/webhooks/whatsapp/"
+
+
+@pytest.fixture
+def graph() -> Iterator[GraphAPI]:
+    api = GraphAPI().start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+def cloud_fleet(fleet_factory, graph: GraphAPI) -> Any:
+    fleet = fleet_factory(
+        channels__whatsapp={
+            "enabled": True,
+            "mode": "cloud",
+            "api_base": graph.api_base,
+            "access_token": ACCESS_TOKEN,
+            "phone_number_id": PHONE_NUMBER_ID,
+            "app_secret": APP_SECRET,
+            "verify_token": VERIFY_TOKEN,
+            "dm_policy": "allowlist",
+            "allow_from": [USER],
+            "rate_per_sec": 50.0,
+        }
+    )
+    fleet.start_ingress()
+    with fleet.client() as http:  # the adapter is up once its webhook answers
+        wait_for(lambda: http.get(WEBHOOK).status_code == 403, timeout=30, what="webhook")
+    fleet.start_worker()
+    return fleet
+
+
+def post(fleet: Any, payload: dict[str, Any], *, secret: str = APP_SECRET) -> httpx.Response:
+    body = json.dumps(payload).encode()
+    return httpx.post(fleet.base_url + WEBHOOK, content=body, headers=signed(body, secret))
+
+
+def test_verification_echoes_the_challenge_for_the_right_token_only(cloud_fleet) -> None:
+    url = cloud_fleet.base_url + WEBHOOK
+    query = {
+        "hub.mode": "subscribe",
+        "hub.verify_token": VERIFY_TOKEN,
+        "hub.challenge": "1158201444",
+    }
+    resp = httpx.get(url, params=query)
+    assert resp.status_code == 200 and resp.text == "1158201444"
+    assert resp.headers["content-type"].startswith("text/plain")
+    assert httpx.get(url, params={**query, "hub.verify_token": "guess"}).status_code == 403
+    assert httpx.get(url, params={**query, "hub.mode": "unsubscribe"}).status_code == 403
+    assert httpx.get(url).status_code == 403
+
+
+def test_a_signed_message_is_answered_through_the_graph_api_quoting_it(
+    cloud_fleet, graph: GraphAPI, llm_server
+) -> None:
+    wamid = new_wamid()
+    payload = notification(
+        messages=[text_message(USER, "hello whatsapp", wamid=wamid)], names={USER: "Kerry Fisher"}
+    )
+    assert post(cloud_fleet, payload).status_code == 200
+    assert post(cloud_fleet, payload).status_code == 200  # Meta delivering it again
+    sent = wait_for(lambda: graph.delivered(USER), timeout=60, what="the reply")
+    assert sent[0]["messaging_product"] == "whatsapp" and sent[0]["type"] == "text"
+    assert "echo:" in sent[0]["text"]["body"] and "hello whatsapp" in sent[0]["text"]["body"]
+    assert sent[0]["context"] == {"message_id": wamid}
+    # The redelivered notification was stored once: the next message's answer comes second.
+    assert (
+        post(cloud_fleet, notification(messages=[text_message(USER, "second one")])).status_code
+        == 200
+    )
+    sent = wait_for(
+        lambda: len(graph.delivered(USER)) >= 2 and graph.delivered(USER),
+        timeout=60,
+        what="the second reply",
+    )
+    assert [("second one" in s["text"]["body"]) for s in sent] == [False, True]
+    assert len(llm_server.requests_for("hello whatsapp")) == 1
+    logs = cloud_fleet.output("ingress")
+    assert not [s for s in (ACCESS_TOKEN, APP_SECRET, VERIFY_TOKEN) if s in logs]
+
+
+def test_forged_signatures_and_status_updates_never_reach_the_agent(
+    cloud_fleet, graph: GraphAPI, llm_server
+) -> None:
+    forged = notification(messages=[text_message(USER, "forged order")])
+    assert post(cloud_fleet, forged, secret="not-the-app-secret").status_code == 401
+    body = json.dumps(forged).encode()
+    resp = httpx.post(
+        cloud_fleet.base_url + WEBHOOK, content=body, headers={"Content-Type": "application/json"}
+    )
+    assert resp.status_code == 401
+    tampered = signed(body)  # signed, then the body changed on the way
+    resp = httpx.post(
+        cloud_fleet.base_url + WEBHOOK, content=body.replace(b"forged", b"FORGED"), headers=tampered
+    )
+    assert resp.status_code == 401
+    assert post(cloud_fleet, notification(statuses=[delivered_status(USER)])).status_code == 200
+    # A genuine message after all that is the only one the agent sees.
+    assert (
+        post(cloud_fleet, notification(messages=[text_message(USER, "real one")])).status_code
+        == 200
+    )
+    wait_for(lambda: graph.delivered(USER), timeout=60, what="the reply")
+    assert llm_server.requests_for("forged") == [] and llm_server.requests_for("FORGED") == []
+    assert len(graph.delivered()) == 1
+
+
+def test_rate_limits_are_retried_and_a_closed_window_is_given_up(
+    cloud_fleet, graph: GraphAPI
+) -> None:
+    graph.fail_next(429, 130429, retry_after="1")  # throughput: HTTP 429 with a hint
+    graph.fail_next(400, 131056)  # pair rate, as a Graph error code
+    assert (
+        post(cloud_fleet, notification(messages=[text_message(USER, "busy hour")])).status_code
+        == 200
+    )
+    sent = wait_for(lambda: graph.delivered(USER), timeout=60, what="the retried reply")
+    assert "busy hour" in sent[0]["text"]["body"]
+    assert [s["code"] for s in graph.sends] == [130429, 131056, None]
+    # Outside the 24-hour window: refused for good, tried once, the next reply still goes.
+    graph.fail_next(400, 131047)
+    assert (
+        post(cloud_fleet, notification(messages=[text_message(USER, "too late")])).status_code
+        == 200
+    )
+    assert (
+        post(cloud_fleet, notification(messages=[text_message(USER, "after that")])).status_code
+        == 200
+    )
+    wait_for(
+        lambda: len(graph.delivered(USER)) >= 2, timeout=60, what="the reply after the refusal"
+    )
+    assert [s["code"] for s in graph.sends][3:] == [131047, None]
+    assert "after that" in graph.delivered(USER)[1]["text"]["body"]
+
+
+@pytest.fixture
+def bridge() -> Iterator[FakeBridge]:
+    fake = FakeBridge(free_port()).start()
+    yield fake
+    fake.stop()
+
+
+def test_bridge_messages_are_answered_over_the_bridge_across_a_restart(
+    fleet_factory, bridge: FakeBridge
+) -> None:
+    fleet = fleet_factory(
+        channels__whatsapp={
+            "enabled": True,
+            "mode": "bridge",
+            "bridge_url": bridge.url,
+            "bridge_token": BRIDGE_TOKEN,
+            "dm_policy": "open",
+            "rate_per_sec": 50.0,
+        }
+    )
+    fleet.start_ingress()
+    fleet.start_worker()
+    wait_for(lambda: bridge.clients == 1, timeout=30, what="the adapter to connect")
+    chat = "16315551181@s.whatsapp.net"
+    bridge.push_message(chat, "hi over the bridge")
+    reply = wait_for(lambda: bridge.sends(chat), timeout=60, what="the reply frame")[0]
+    assert reply["type"] == "send" and "hi over the bridge" in reply["text"]
+    # The bridge restarts; the adapter connects again and the conversation goes on.
+    bridge.stop()
+    bridge.start()
+    wait_for(
+        lambda: bridge.connections == 2 and bridge.clients == 1,
+        timeout=30,
+        what="the adapter to reconnect",
+    )
+    bridge.push_message(chat, "still there?")
+    replies = wait_for(
+        lambda: len(bridge.sends(chat)) >= 2 and bridge.sends(chat),
+        timeout=60,
+        what="the reply after the restart",
+    )
+    assert "still there?" in replies[1]["text"]
+    assert "whatsapp bridge connection closed; reconnecting" in fleet.output("ingress")
+
+
+def test_bridge_frames_of_nanobot_and_clawgo_read_alike() -> None:
+    nanobot = bridge_message(
+        {
+            "type": "message",
+            "id": "3EB0C7",
+            "sender": "1203630@g.us",
+            "pn": "",
+            "participant": "16315551181@s.whatsapp.net",
+            "content": "hi",
+            "timestamp": 1,
+            "isGroup": True,
+        }
+    )
+    clawgo = bridge_message(
+        {
+            "type": "message",
+            "id": "3EB0C7",
+            "from": "16315551181@s.whatsapp.net",
+            "chat": "1203630@g.us",
+            "from_name": "Kerry",
+            "content": "hi",
+        }
+    )
+    for message in (nanobot, clawgo):
+        assert message is not None
+        assert (message.chat_id, message.sender_id) == ("1203630@g.us", "16315551181")
+        assert message.metadata["platform_message_id"] == "3EB0C7"
+        assert message.message_id == "whatsapp:3EB0C7"
+    assert clawgo is not None and clawgo.metadata["sender_name"] == "Kerry"
+    assert bridge_message({"type": "message", "sender": "x@s.whatsapp.net", "content": ""}) is None
+
+
+def test_a_refused_access_token_keeps_the_channel_down_saying_why(
+    fleet_factory, graph: GraphAPI
+) -> None:
+    fleet = fleet_factory(channels__whatsapp={
+        "enabled": True, "api_base": graph.api_base, "access_token": "EAAG-revoked",
+        "phone_number_id": PHONE_NUMBER_ID, "app_secret": APP_SECRET,
+        "verify_token": VERIFY_TOKEN,
+    })  # fmt: skip
+    fleet.start_ingress()
+    wait_for(lambda: "refused channels.whatsapp.access_token" in fleet.output("ingress"),
+             timeout=30, what="the reason in the log")  # fmt: skip
+    assert httpx.get(fleet.base_url + WEBHOOK).status_code == 503
+    assert "EAAG-revoked" not in fleet.output("ingress")
+
+
+def test_a_section_naming_only_a_bridge_is_bridge_mode() -> None:
+    nanobot_style = WhatsAppConfig.model_validate({"enabled": True, "bridge_url": "ws://h:3001"})
+    assert nanobot_style.mode == "bridge" and nanobot_style.missing() == []
+    cloud = WhatsAppConfig.model_validate({"enabled": True, "access_token": "t"})
+    assert cloud.mode == "cloud"
+    assert cloud.missing() == ["phone_number_id", "app_secret", "verify_token"]
+    explicit = WhatsAppConfig.model_validate({"mode": "cloud", "bridge_url": "ws://h:3001"})
+    assert explicit.mode == "cloud"

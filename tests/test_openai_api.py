@@ -1,0 +1,186 @@
+"""The OpenAI-compatible API (``/v1/chat/completions``, ``/v1/models``) end to end: the
+official ``openai`` SDK against the real ingress, real Celery workers, a real redis-server
+and the scripted LLM."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from claw_ingress.openai_api import KEEPALIVE_SEC
+
+TOKEN = "oa-token-abcdefghijkl"
+
+
+def start_fleet(fleet_factory: Any, **overrides: Any) -> Any:
+    fleet = fleet_factory(**overrides)
+    fleet.start_worker()
+    fleet.start_ingress()
+    return fleet
+
+
+def sdk(fleet: Any, api_key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{fleet.base_url}/v1", api_key=api_key, max_retries=0,
+                         timeout=60)  # fmt: skip
+
+
+def user(content: Any) -> dict[str, Any]:
+    return {"role": "user", "content": content}
+
+
+def test_completion_stream_and_models_with_the_sdk(fleet_factory) -> None:
+    fleet = start_fleet(fleet_factory)
+    client = sdk(fleet)
+    done = client.chat.completions.create(model="gpt-4o", messages=[user("hello sdk")], user="s1")
+    assert done.choices[0].message.content == "echo: hello sdk"
+    assert done.choices[0].message.role == "assistant"
+    assert done.choices[0].finish_reason == "stop"
+    assert done.object == "chat.completion" and done.model == "gpt-4o"
+    assert done.id.startswith("chatcmpl-") and done.usage is not None
+
+    chunks = list(client.chat.completions.create(
+        model="clawfleet", messages=[user("stream me")], user="s1", stream=True,
+        stream_options={"include_usage": True},
+    ))  # fmt: skip
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == "echo: stream me"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and not chunks[-1].choices
+    assert {c.id for c in chunks} == {chunks[0].id}
+
+    # Text parts of a list content are joined; other parts are ignored.
+    parts = [{"type": "text", "text": "part one"},
+             {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]  # fmt: skip
+    done = client.chat.completions.create(model="m", messages=[user(parts)])
+    assert done.choices[0].message.content == "echo: part one"
+
+    # A slash command is answered the same way, streamed or not.
+    done = client.chat.completions.create(model="m", messages=[user("/help")], user="s1")
+    assert "/status" in (done.choices[0].message.content or "")
+    chunks = list(client.chat.completions.create(model="m", messages=[user("/help")], stream=True))
+    assert "/status" in "".join(c.choices[0].delta.content or "" for c in chunks)
+
+    ids = [m.id for m in client.models.list()]
+    assert ids[0] == "clawfleet" and "test-model" in ids
+
+    # The wire: server-sent events, the role first, [DONE] last.
+    body = {"model": "m", "messages": [user("raw")], "stream": True}
+    with httpx.stream("POST", f"{fleet.base_url}/v1/chat/completions", json=body,
+                      timeout=60) as resp:  # fmt: skip
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in resp.iter_lines() if line]
+    assert '"role": "assistant"' in events[0] and events[-1] == "data: [DONE]"
+
+
+def test_same_user_shares_the_session_history(fleet_factory, llm_server) -> None:
+    fleet = start_fleet(fleet_factory)
+    client = sdk(fleet)
+    client.chat.completions.create(model="m", messages=[user("first question")], user="hist")
+    # Earlier messages of the request are not replayed: the session holds the history.
+    client.chat.completions.create(
+        model="m",
+        messages=[{"role": "system", "content": "client prompt"}, user("bogus earlier"),
+                  {"role": "assistant", "content": "bogus answer"}, user("second question")],
+        user="hist",
+    )  # fmt: skip
+    sent = llm_server.requests[-1]["messages"]
+    contents = [str(m.get("content")) for m in sent]
+    assert any("first question" in c for c in contents)
+    assert any("echo: first question" in c for c in contents)
+    assert not any("bogus" in c or "client prompt" in c for c in contents)
+    # Another user is another session.
+    client.chat.completions.create(model="m", messages=[user("someone else")], user="other")
+    assert not any(
+        "first question" in str(m.get("content")) for m in llm_server.requests[-1]["messages"]
+    )
+
+
+def test_x_claw_session_names_the_session(fleet_factory) -> None:
+    fleet = start_fleet(fleet_factory)
+    client = sdk(fleet)
+    done = client.chat.completions.create(
+        model="m", messages=[user("named")], extra_headers={"X-Claw-Session": "desk:42"}
+    )
+    message_id = done.id.removeprefix("chatcmpl-")
+    record = httpx.get(f"{fleet.base_url}/api/messages/{message_id}").json()
+    assert record["session_key"] == "desk:42" and record["reply"] == "echo: named"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(
+            model="m", messages=[user("x")], extra_headers={"X-Claw-Session": "has space"}
+        )
+    assert bad.value.param == "X-Claw-Session"  # type: ignore[attr-defined]
+
+
+def test_token_is_the_api_key(fleet_factory) -> None:
+    fleet = start_fleet(fleet_factory, gateway__token=TOKEN)
+    done = sdk(fleet, TOKEN).chat.completions.create(model="m", messages=[user("with key")])
+    assert done.choices[0].message.content == "echo: with key"
+    assert "clawfleet" in [m.id for m in sdk(fleet, TOKEN).models.list()]
+    with pytest.raises(openai.AuthenticationError):
+        sdk(fleet, "wrong").chat.completions.create(model="m", messages=[user("no")])
+    with pytest.raises(openai.AuthenticationError):
+        sdk(fleet, "wrong").models.list()
+
+
+def test_bad_requests_get_openai_errors(fleet_factory) -> None:
+    fleet = start_fleet(fleet_factory)
+    url = f"{fleet.base_url}/v1/chat/completions"
+    for body, param in [
+        ({"model": "m", "messages": []}, "messages"),
+        ({"model": "m", "messages": "hi"}, "messages"),
+        ({"model": "m", "messages": [{"role": "system", "content": "only"}]}, "messages"),
+        ({"model": "m", "messages": [user("  ")]}, "messages"),
+        ({"model": "m", "messages": [user("x")], "stream": "yes"}, "stream"),
+    ]:
+        resp = httpx.post(url, json=body)
+        assert resp.status_code == 400, resp.text
+        error = resp.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["param"] == param, error
+        assert set(error) == {"message", "type", "param", "code"}
+    resp = httpx.post(url, content=b"{nope", headers={"content-type": "application/json"})
+    assert resp.status_code == 400 and "JSON" in resp.json()["error"]["message"]
+    resp = httpx.post(url, json={"messages": [user("x" * 600_000)]})
+    assert resp.status_code == 413 and "error" in resp.json()
+    # Unknown fields (OpenAI clients send many) are accepted.
+    resp = httpx.post(url, json={"model": "m", "messages": [user("extras")], "temperature": 0.2,
+                                 "tools": [], "seed": 1, "n": 1}, timeout=60)  # fmt: skip
+    assert resp.json()["choices"][0]["message"]["content"] == "echo: extras"
+
+
+def test_timeout_is_an_openai_error_and_not_retried(fleet_factory, llm_server) -> None:
+    fleet = start_fleet(fleet_factory)
+    client = sdk(fleet)
+    llm_server.reply("late answer", when="slow one", delay=3)
+    resp = httpx.post(
+        f"{fleet.base_url}/v1/chat/completions",
+        json={"model": "m", "messages": [user("slow one")]},
+        headers={"X-Claw-Timeout": "0.5"},
+        timeout=30,
+    )
+    assert resp.status_code == 504 and resp.headers["x-should-retry"] == "false"
+    error = resp.json()["error"]
+    assert error["type"] == "timeout" and "/api/messages/" in error["message"]
+    llm_server.reply("late again", when="slow stream", delay=3)
+    stream = client.chat.completions.create(
+        model="m", messages=[user("slow stream")], stream=True,
+        extra_headers={"X-Claw-Timeout": "0.5"},
+    )  # fmt: skip
+    with pytest.raises(openai.APIError) as failed:
+        for _chunk in stream:
+            pass
+    assert "no reply within" in str(failed.value)
+
+
+def test_stream_sends_keepalives_while_the_agent_works(fleet_factory, llm_server) -> None:
+    fleet = start_fleet(fleet_factory)
+    llm_server.reply("slowly", when="take your time", delay=KEEPALIVE_SEC + 1)
+    body = {"model": "m", "messages": [user("take your time")], "stream": True}
+    with httpx.stream("POST", f"{fleet.base_url}/v1/chat/completions", json=body,
+                      timeout=60) as resp:  # fmt: skip
+        lines = [line for line in resp.iter_lines() if line]
+    assert ": keep-alive" in lines
+    assert '"content": "slowly"' in lines[-3] and lines[-1] == "data: [DONE]"
