@@ -49,6 +49,29 @@ def message_record(raw: dict[str, str], message_id: str, session_key: str) -> di
     }
 
 
+def stage_enqueue(
+    pipe: Any, script: Any, message: InboundMessage, run_id: str, *, ttl_sec: int,
+    run_ttl_sec: int, run_max: int,
+) -> Any:  # fmt: skip
+    """Buffer the commands that store ``message`` on ``pipe`` (the ENQUEUE script's answer
+    is the pipeline's last). With an asyncio pipeline, await what this returns: queuing
+    the script on one is a coroutine."""
+    sk, mid = message.session_key, message.message_id
+    now = time.time()
+    pipe.set(k.message_index_key(mid), sk, ex=ttl_sec)
+    pipe.zadd(k.DIRTY_SESSIONS, {sk: now})
+    queue_run(pipe, run_id, sk, mid, ttl_sec=run_ttl_sec, max_runs=run_max)
+    keys = [k.message_key(sk, mid), k.mailbox_key(sk), k.latest_run_key(sk)]
+    return script(
+        keys=[*keys, k.drain_queued_key(sk), k.QUEUE_SESSIONS],
+        args=[
+            message.model_dump_json(), now, ttl_sec, message.channel, message.chat_id,
+            run_id, run_ttl_sec, drain_message(sk), DRAIN_MARK_TTL_SEC,
+        ],
+        client=pipe,
+    )  # fmt: skip
+
+
 class AsyncMailbox:
     """Enqueue side, for the asyncio ingress: one round trip per message."""
 
@@ -92,33 +115,9 @@ class AsyncMailbox:
         return Enqueued(stored, known)
 
     async def _enqueue_once(self, message: InboundMessage, run_id: str) -> tuple[bool, str]:
-        sk, mid = message.session_key, message.message_id
-        now = time.time()
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(k.message_index_key(mid), sk, ex=self.ttl_sec)
-            pipe.zadd(k.DIRTY_SESSIONS, {sk: now})
-            queue_run(pipe, run_id, sk, mid, ttl_sec=self.run_ttl_sec, max_runs=self.run_max)
-            await self._enqueue(
-                keys=[
-                    k.message_key(sk, mid),
-                    k.mailbox_key(sk),
-                    k.latest_run_key(sk),
-                    k.drain_queued_key(sk),
-                    k.QUEUE_SESSIONS,
-                ],
-                args=[
-                    message.model_dump_json(),
-                    now,
-                    self.ttl_sec,
-                    message.channel,
-                    message.chat_id,
-                    run_id,
-                    self.run_ttl_sec,
-                    drain_message(sk),
-                    DRAIN_MARK_TTL_SEC,
-                ],
-                client=pipe,
-            )
+            await stage_enqueue(pipe, self._enqueue, message, run_id, ttl_sec=self.ttl_sec,
+                                run_ttl_sec=self.run_ttl_sec, run_max=self.run_max)  # fmt: skip
             results = await pipe.execute()
         stored, known = results[-1]
         return bool(int(stored)), str(known or "")
