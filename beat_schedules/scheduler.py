@@ -16,11 +16,14 @@ from typing import Any
 from redbeat import RedBeatScheduler
 
 from beat_schedules.schedule import beat_schedule
+from claw_worker import constants as k
 from claw_worker.config import Config, config_path, current_config
 from claw_worker.config.reload import LiveConfig, ReloadParticipant
 from claw_worker.control import ControlListener, process_listener
 from claw_worker.process import identity, set_identity
 from claw_worker.redis_conn import client, redis_url
+
+SELFCHECK_QUIET_SEC = 600  # a beat taking over within this of the last start: no new check
 
 
 class FleetScheduler(RedBeatScheduler):
@@ -30,6 +33,7 @@ class FleetScheduler(RedBeatScheduler):
             set_identity("beat")
         url = redis_url(config, start_embedded=not config.redis.url)
         self.live = LiveConfig(config)
+        self._selfcheck_sent = False
         super().__init__(app, *args, **kwargs)  # writes the static entries into Redis
         self.control: ControlListener = process_listener(
             client(url), identity(), config=str(config_path())
@@ -41,6 +45,19 @@ class FleetScheduler(RedBeatScheduler):
             current=lambda: self.live.config,
             apply=self.apply,
         ).attach(self.control)
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        if not self._selfcheck_sent and self.lock is not None:  # this beat is the active one
+            self._selfcheck_sent = True
+            self._send_selfcheck()
+        return super().tick(*args, **kwargs)
+
+    def _send_selfcheck(self) -> None:
+        """The start-up self-check, once per gateway start: not again when a standby takes
+        over within SELFCHECK_QUIET_SEC (a mark in Redis), never once per worker."""
+        client = self.control.redis
+        if client.set(k.SELFCHECK_DONE, identity().name, nx=True, ex=SELFCHECK_QUIET_SEC):
+            self.app.send_task(k.TASK_SELFCHECK, queue=k.QUEUE_CRON)
 
     def apply(self, config: Config) -> None:
         """A reloaded config: rewrite the static entries (their intervals follow it)."""

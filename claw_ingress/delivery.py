@@ -34,11 +34,15 @@ from redis.exceptions import RedisError, ResponseError
 from claw_ingress.channels.base import Channel, SendError
 from claw_ingress.text import split_text
 from claw_worker import constants as k
-from claw_worker.contract import OutboundMessage
+from claw_worker.contract import INTERNAL_CHANNEL, Origin, OutboundMessage
 
 log = structlog.get_logger(__name__)
 
-NOT_DELIVERED = frozenset({"api", "openai"})  # answered to HTTP callers, not sent anywhere
+# Answered to HTTP callers, or replies nobody receives (an internal message's
+# acknowledgement, a cron job without a target): never sent anywhere.
+NOT_DELIVERED = frozenset(
+    {"api", "openai", INTERNAL_CHANNEL, *(o.value for o in Origin if o is not Origin.USER)}
+)
 CLAIM_IDLE_MS = 60_000  # an entry the leader itself left pending is tried again after this
 LEADER_TTL_MS = 10_000
 LEADER_RENEW_SEC = 3.0

@@ -28,6 +28,12 @@ ROUTES = {
     k.TASK_DRAIN: {"queue": k.QUEUE_SESSIONS},
     k.TASK_SWEEP: {"queue": k.QUEUE_HEALTH},
     k.TASK_PING: {"queue": k.QUEUE_HEALTH},
+    k.TASK_SENTINEL: {"queue": k.QUEUE_HEALTH},
+    k.TASK_RUNS_CLEANUP: {"queue": k.QUEUE_HEALTH},
+    k.TASK_CRON_FIRE: {"queue": k.QUEUE_CRON},
+    k.TASK_HEARTBEAT: {"queue": k.QUEUE_CRON},
+    k.TASK_AUTONOMY: {"queue": k.QUEUE_CRON},
+    k.TASK_SELFCHECK: {"queue": k.QUEUE_CRON},
 }
 
 

@@ -12,6 +12,12 @@ PREFIX = "claw"
 TASK_DRAIN = "claw.session.drain"
 TASK_SWEEP = "claw.session.sweep"
 TASK_PING = "claw.health.ping"
+TASK_CRON_FIRE = "claw.cron.fire"  # a cron job's time came: put its message in its session
+TASK_HEARTBEAT = "claw.heartbeat.tick"
+TASK_SENTINEL = "claw.sentinel.check"
+TASK_AUTONOMY = "claw.autonomy.tick"
+TASK_SELFCHECK = "claw.selfcheck.run"  # once per gateway start
+TASK_RUNS_CLEANUP = "claw.runs.cleanup"
 
 # Queues: workers choose with -Q.
 QUEUE_SESSIONS = "sessions"
@@ -179,3 +185,21 @@ def channel_state_key(channel: str, kind: str, ref: str) -> str:
     session webhook (kind "conv"), QQ's message to answer and its sequence ("reply",
     "seq"). In Redis so any ingress replica can answer."""
     return f"{PREFIX}:chan:{channel}:{kind}:{ref}"
+
+
+# -- time-driven work (beat_schedules/) --------------------------------------------------------
+
+CRON_JOBS = f"{PREFIX}:cron:jobs"  # HASH job id -> JSON job (beat_schedules/cron.py)
+CRON_ENTRY_PREFIX = "cron:"  # RedBeat entry name of a job: cron:<id> (key claw:beat:cron:<id>)
+LAST_ACTIVE = f"{PREFIX}:last_active"  # STRING JSON {channel, chat_id, at}: the last user chat
+HEARTBEAT_STATE = f"{PREFIX}:heartbeat"  # HASH last tick, what it did
+SENTINEL_REPORT = f"{PREFIX}:sentinel:report"  # STRING JSON: the last Sentinel report
+
+
+def sentinel_alert_key(check: str) -> str:
+    """STRING mark: this alert was sent (TTL = the quiet period): not repeated until then."""
+    return f"{PREFIX}:sentinel:alert:{check}"
+
+
+AUTONOMY = f"{PREFIX}:autonomy"  # HASH the autonomous mode's state (beat_schedules/autonomy.py)
+SELFCHECK_DONE = f"{PREFIX}:selfcheck:done"  # STRING mark: this start's self-check was sent

@@ -26,6 +26,21 @@ class MessageStatus(StrEnum):
         return self in (MessageStatus.DONE, MessageStatus.FAILED, MessageStatus.CANCELLED)
 
 
+class Origin(StrEnum):
+    """Who put a message in the mailbox (``metadata["origin"]``; a user when absent)."""
+
+    USER = "user"
+    CRON = "cron"  # a cron job firing
+    HEARTBEAT = "heartbeat"  # the periodic look at HEARTBEAT.md
+    AUTONOMY = "autonomy"  # a round of autonomous work
+    AUTOLEARN = "autolearn"  # a review of recent runs into procedures
+    SELFCHECK = "selfcheck"  # the start-up look at unfinished work
+
+
+# Replies to internal messages that nobody should receive go to this channel (never sent).
+INTERNAL_CHANNEL = "internal"
+
+
 class InboundMessage(BaseModel):
     """One message from a user (or from cron/heartbeat) for the agent."""
 
@@ -45,6 +60,33 @@ class InboundMessage(BaseModel):
     def model_post_init(self, _context: Any) -> None:
         if not self.session_key:
             object.__setattr__(self, "session_key", f"{self.channel}:{self.chat_id}")
+
+    @property
+    def origin(self) -> Origin:
+        try:
+            return Origin(self.metadata.get("origin") or Origin.USER)
+        except ValueError:
+            return Origin.USER
+
+
+def reply_route(message: InboundMessage, status: MessageStatus, text: str) -> tuple[str, str]:
+    """(channel, chat_id) the reply to ``message`` goes to.
+
+    The message's own chat, unless its metadata says otherwise: ``deliver`` ({"channel",
+    "chat_id"}: a cron job's --deliver target, the heartbeat's chat), and ``quiet_ack``
+    (a number: a successful reply that is ``HEARTBEAT_OK`` or no longer than that many
+    characters is an acknowledgement nobody needs to see, routed to INTERNAL_CHANNEL).
+    """
+    meta = message.metadata
+    quiet = meta.get("quiet_ack")
+    if quiet is not None and status is MessageStatus.DONE:
+        stripped = text.strip()
+        if stripped.startswith("HEARTBEAT_OK") or len(stripped) <= int(quiet):
+            return INTERNAL_CHANNEL, message.chat_id
+    deliver = meta.get("deliver")
+    if isinstance(deliver, dict) and deliver.get("channel") and deliver.get("chat_id"):
+        return str(deliver["channel"]), str(deliver["chat_id"])
+    return message.channel, message.chat_id
 
 
 def reply_target(message: InboundMessage) -> str | None:

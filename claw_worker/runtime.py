@@ -14,14 +14,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from claw_worker import constants as k
 from claw_worker.config import Config, config_path, current_config
 from claw_worker.config.reload import LiveConfig, ReloadParticipant
-from claw_worker.contract import InboundMessage
+from claw_worker.contract import InboundMessage, Origin
 from claw_worker.control import ControlListener, process_listener
 from claw_worker.process import identity
 from claw_worker.redis_conn import client, redis_url
@@ -119,7 +119,16 @@ class Runtime:
             cancels=self.cancels,
             runs=snapshot.runs,
             send_drain=self.send_drain,
+            on_finished=self.on_finished,
         )
+
+    def on_finished(self, message: InboundMessage, status: Any, text: str, error: str) -> None:
+        """An internal message (a cron job, an autonomy round) finished: tell its origin."""
+        if message.origin is Origin.USER:
+            return
+        from beat_schedules.outcomes import record_outcome
+
+        record_outcome(self.redis, self.config, message, status, text, error)
 
 
 _runtime: Runtime | None = None

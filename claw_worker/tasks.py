@@ -48,3 +48,53 @@ def sweep() -> int:
 @shared_task(name=k.TASK_PING)
 def ping() -> str:
     return "pong"
+
+
+# -- time-driven work: the logic lives in beat_schedules/ --------------------------------------
+
+
+@shared_task(name=k.TASK_CRON_FIRE, ignore_result=True, autoretry_for=_REDIS_DOWN, max_retries=5)
+def cron_fire(job_id: str) -> str:
+    from beat_schedules.cron import fire
+
+    rt = get_runtime()
+    return fire(rt.redis, rt.config, job_id)
+
+
+@shared_task(name=k.TASK_HEARTBEAT, ignore_result=True, autoretry_for=_REDIS_DOWN, max_retries=3)
+def heartbeat() -> str:
+    from beat_schedules.heartbeat import tick
+
+    rt = get_runtime()
+    return tick(rt.redis, rt.config)
+
+
+@shared_task(name=k.TASK_SENTINEL, ignore_result=True, autoretry_for=_REDIS_DOWN, max_retries=3)
+def sentinel() -> str:
+    from beat_schedules.sentinel import check
+
+    rt = get_runtime()
+    return check(rt.redis, rt.config)
+
+
+@shared_task(name=k.TASK_AUTONOMY, ignore_result=True, autoretry_for=_REDIS_DOWN, max_retries=3)
+def autonomy() -> str:
+    from beat_schedules.autonomy import tick
+
+    rt = get_runtime()
+    return tick(rt.redis, rt.config)
+
+
+@shared_task(name=k.TASK_SELFCHECK, ignore_result=True, autoretry_for=_REDIS_DOWN, max_retries=5)
+def selfcheck() -> str:
+    from beat_schedules.selfcheck import run
+
+    rt = get_runtime()
+    return run(rt.redis, rt.config)
+
+
+@shared_task(name=k.TASK_RUNS_CLEANUP, ignore_result=True, autoretry_for=_REDIS_DOWN)
+def runs_cleanup() -> int:
+    from claw_worker.session.runs import forget_expired
+
+    return forget_expired(get_runtime().redis)

@@ -26,7 +26,7 @@ from claw_worker.agent.history import History
 from claw_worker.config.paths import workspace_dir
 from claw_worker.config.schema import Config
 from claw_worker.constants import lang_key
-from claw_worker.contract import InboundMessage
+from claw_worker.contract import InboundMessage, Origin
 from claw_worker.providers.base import ChatProvider, ContextTooLong, LLMResponse, ToolCall
 from claw_worker.providers.registry import build_provider, resolve_model
 from claw_worker.tools.base import ToolContext
@@ -58,6 +58,7 @@ _llm_calls = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="llm-call")
 # most runtime_control.tool_max_parallel_calls of its own in flight.
 _tool_calls = ThreadPoolExecutor(max_workers=256, thread_name_prefix="tool-call")
 STOP_POLL_SEC = 0.05
+MINIMAL_HISTORY = 6  # messages a heartbeat turn sees of its own session
 
 
 def abandonable(call: Callable[[], T], stop: Callable[[], bool]) -> T | None:
@@ -138,13 +139,17 @@ class Agent:
             self.config, provider, self.model, history, self.workspace,
             startup=self._first_turn_since_start(message.session_key),
         )  # fmt: skip
-        recall = memory_recall(self.workspace, message.text, defaults)
+        # A heartbeat looks at HEARTBEAT.md with minimal context: no memory recall and only
+        # the last few messages of its own session, so a check costs a few hundred tokens.
+        minimal = message.origin is Origin.HEARTBEAT
+        recall = "" if minimal else memory_recall(self.workspace, message.text, defaults)
         language = self.redis.get(lang_key(message.session_key))
         system_prompt = build_system_prompt(
             self.workspace, message, memory=recall, language=language or ""
         )
         user = user_message(message)
-        turn = _Turn(build_messages(system_prompt, history.load(), user), new=[user])
+        past = history.load(MINIMAL_HISTORY) if minimal else history.load()
+        turn = _Turn(build_messages(system_prompt, past, user), new=[user])
         ctx = ToolContext(
             self.workspace,
             message.session_key,
@@ -152,6 +157,7 @@ class Agent:
             should_stop=stop,
             redis=self.redis,
             message_id=message.message_id,
+            origin=message.origin.value,
         )
 
         try:

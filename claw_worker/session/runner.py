@@ -22,7 +22,14 @@ from typing import Protocol
 import structlog
 
 from claw_worker.config import Config
-from claw_worker.contract import InboundMessage, MessageStatus, OutboundMessage, reply_target
+from claw_worker.contract import (
+    InboundMessage,
+    MessageStatus,
+    Origin,
+    OutboundMessage,
+    reply_route,
+    reply_target,
+)
 from claw_worker.providers.base import ErrorKind, ProviderError
 from claw_worker.session.leases import HeldLease, LeaseKeeper
 from claw_worker.session.mailbox import LeaseLost, Mailbox
@@ -70,6 +77,9 @@ class DrainContext:
     cancels: CancelListener
     runs: RunRecorder
     send_drain: Callable[[str, float], None]  # (session_key, countdown_sec)
+    # Called once a message is finished (message, status, reply text, error): how internal
+    # origins learn their outcome (a cron job's last status, an autonomy round).
+    on_finished: Callable[[InboundMessage, MessageStatus, str, str], None] | None = None
 
 
 def backoff_sec(attempt: int) -> float:
@@ -239,14 +249,21 @@ def _finish(
     # Record the reply before publishing it, so a holder that dies in between can be
     # finished by the next one from the record (see the "sent" check in _process).
     ctx.mailbox.stage_reply(message, status, text)
+    channel, chat_id = reply_route(message, status, text)
     reply = OutboundMessage(
         message_id=message.message_id,
-        channel=message.channel,
-        chat_id=message.chat_id,
+        channel=channel,
+        chat_id=chat_id,
         session_key=message.session_key,
         text=text,
         status=status,
-        reply_to=reply_target(message),
+        reply_to=reply_target(message) if channel == message.channel else None,
+        metadata={"origin": message.origin.value} if message.origin is not Origin.USER else {},
     )
     ctx.mailbox.publish(reply)
     ctx.mailbox.complete(message, lease.token, status, text, error)
+    if ctx.on_finished is not None:
+        try:  # a cron job's last status, an autonomy round's count: never fails the run
+            ctx.on_finished(message, status, text, error)
+        except Exception as exc:
+            log.error("finish hook failed", message_id=message.message_id, error=repr(exc))

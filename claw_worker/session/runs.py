@@ -49,6 +49,26 @@ def queue_run(
     pipe.zremrangebyrank(k.RUNS_INDEX, 0, -max_runs - 1)  # their records expire on their own
 
 
+def forget_expired(client: redis.Redis, batch: int = 500) -> int:
+    """Drop from the runs index the runs whose records have expired (beat, every few
+    minutes): the index is capped at run_state_max, but a quiet fleet would otherwise keep
+    pointing at records gone for hours. Returns how many were dropped."""
+    dropped, start = 0, 0
+    while True:
+        run_ids = client.zrange(k.RUNS_INDEX, start, start + batch - 1)
+        if not run_ids:
+            return dropped
+        with client.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.exists(k.run_key(run_id))
+            alive = pipe.execute()
+        gone = [run_id for run_id, ok in zip(run_ids, alive, strict=True) if not ok]
+        if gone:
+            client.zrem(k.RUNS_INDEX, *gone)
+            dropped += len(gone)
+        start += batch - len(gone)
+
+
 class RunRecorder:
     def __init__(
         self, client: redis.Redis, *, ttl_sec: int, max_runs: int, worker: str = ""

@@ -50,6 +50,8 @@ class ToolContext:
     # The message this run answers: the same through retries and crash recovery, so a tool
     # that must act once per message keys its marks with it ("" outside a message's run).
     message_id: str = ""
+    # Who started the run (contract.Origin): a run a cron job started cannot add jobs.
+    origin: str = "user"
 
 
 P = TypeVar("P", bound=ToolParams)
