@@ -59,6 +59,22 @@ class FleetScheduler(RedBeatScheduler):
         if client.set(k.SELFCHECK_DONE, identity().name, nx=True, ex=SELFCHECK_QUIET_SEC):
             self.app.send_task(k.TASK_SELFCHECK, queue=k.QUEUE_CRON)
 
+    def reserve(self, entry: Any) -> Any:
+        """A cron job's entry is a one-shot for its next due time: re-arm it as it fires
+        (beat_schedules/cron.py); the fire task re-arms it too if this fails."""
+        reserved = super().reserve(entry)
+        if entry.name.startswith(k.CRON_ENTRY_PREFIX):
+            from beat_schedules.cron import rearm
+
+            try:
+                rearm(self.control.redis, entry.name.removeprefix(k.CRON_ENTRY_PREFIX),
+                      entry.kwargs.get("due"))  # fmt: skip
+            except Exception:  # never stop beat; the fire re-arms
+                from celery.utils.log import get_logger
+
+                get_logger("celery.beat").exception("beat: could not re-arm %s", entry.name)
+        return reserved
+
     def apply(self, config: Config) -> None:
         """A reloaded config: rewrite the static entries (their intervals follow it)."""
         from claw_worker.logs import setup_logging

@@ -17,12 +17,23 @@ import asyncio
 import json
 import re
 import shlex
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from claw_worker import constants as k
+from claw_worker.autonomy_state import (
+    Autolearn,
+    Autonomy,
+    describe_autolearn,
+    describe_autonomy,
+    human,
+    last_active,
+    own_chat,
+    parse_interval,
+)
 from claw_worker.config import Config, ConfigError, config_path
 from claw_worker.config import store as config_store
 from claw_worker.config.fleet import change_config, reload_config
@@ -46,6 +57,7 @@ class CommandContext:
     # Who sent the command, for the answer to a refused admin command ("" if unknown).
     channel: str = ""
     sender_id: str = ""
+    chat_id: str = ""  # the chat it came from (where /autonomy on sends its rounds' reports)
 
 
 def is_admin(config: Config, channel: str, sender_id: str) -> bool:
@@ -145,7 +157,37 @@ async def run_command(ctx: CommandContext, text: str) -> str | None:
 # -- natural language ------------------------------------------------------------------------
 
 _RUN_ID = r"(run-\d+-\d+|latest)"
+# Autonomy and auto-learning, asked for at the start of a message ("start autonomous mode,
+# check every 30 minutes", "stop auto-learning", "开始自主模式，每30分钟检查一次").
+_LEAD = r"^\W*(?:(?:please|pls|ok|okay|now|can you|could you)\W+)*"
+_ON = r"(?:start|enable|turn on|switch on|begin|enter|resume|go into)\s+(?:the\s+)?"
+_OFF = r"(?:stop|disable|turn off|switch off|end|exit|leave|quit|pause)\s+(?:the\s+)?"
+_EVERY = r"(?:.*?\b(?:every|each)\s*(?P<n>\d{1,7})\s*(?P<unit>[a-z]+))?"
+_ZH_ON = r"^\W*请?(?:开始|开启|启动|进入|打开)\s*"
+_ZH_OFF = r"^\W*请?(?:停止|关闭|退出|结束|停掉|暂停)\s*"
+_ZH_EVERY = r"(?:.*?每隔?\s*(?P<n>\d{1,7})\s*(?P<unit>秒钟?|分钟?|个?小时|钟头))?"
+_AUTONOMY, _LEARN = r"autonom(?:ous|y)(?:\s+mode)?\b", r"auto[- ]?learn(?:ing)?\b"
+
+
+def _switch(name: str, on: bool) -> Callable[[re.Match[str]], list[str]]:
+    def to_args(found: re.Match[str]) -> list[str]:
+        if not on:
+            return [name, "off"]
+        every = ["every", found["n"], found["unit"]] if found["n"] else []
+        return [name, "on", *every]
+
+    return to_args
+
+
 _INTENTS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], list[str]]]] = [
+    (re.compile(_LEAD + _ON + _AUTONOMY + _EVERY, re.I), _switch("/autonomy", True)),
+    (re.compile(_LEAD + _OFF + _AUTONOMY, re.I), _switch("/autonomy", False)),
+    (re.compile(_LEAD + _ON + _LEARN + _EVERY, re.I), _switch("/autolearn", True)),
+    (re.compile(_LEAD + _OFF + _LEARN, re.I), _switch("/autolearn", False)),
+    (re.compile(_ZH_ON + "自主模式" + _ZH_EVERY), _switch("/autonomy", True)),
+    (re.compile(_ZH_OFF + "自主模式"), _switch("/autonomy", False)),
+    (re.compile(_ZH_ON + "自动学习" + _ZH_EVERY), _switch("/autolearn", True)),
+    (re.compile(_ZH_OFF + "自动学习"), _switch("/autolearn", False)),
     (
         re.compile(
             rf"(tell me|notify me|let me know|wait)\b.*?\b{_RUN_ID}?.*(finish|done|complete)", re.I
@@ -167,7 +209,8 @@ def match_intent(text: str, config: Config) -> tuple[str, list[str]] | None:
     for pattern, to_args in _INTENTS:
         found = pattern.search(text)
         if found:
-            return "/status", to_args(found)
+            args = to_args(found)  # a leading "/name" picks the command; else /status
+            return (args[0], args[1:]) if args and args[0][0] == "/" else ("/status", args)
     return None
 
 
@@ -213,13 +256,27 @@ async def _session_status(ctx: CommandContext) -> str:
         pipe.llen(k.mailbox_key(sk))
         pipe.exists(k.lease_key(sk))
         pipe.get(k.latest_run_key(sk))
-        waiting, busy, latest = await pipe.execute()
+        pipe.get(k.SENTINEL_REPORT)
+        waiting, busy, latest, sentinel = await pipe.execute()
     lines = [
         f"session {sk}: {'running' if busy else 'idle'}, {waiting} message(s) waiting",
     ]
     run = await read_run(ctx.redis, latest) if latest else None
     lines.append(describe_run(run) if run else "no runs yet")
+    lines.append(sentinel_line(sentinel))
     return "\n".join(lines)
+
+
+def sentinel_line(raw: str | None) -> str:
+    """The Sentinel's last report (beat_schedules/sentinel.py) in one line."""
+    if not raw:
+        return "sentinel: no report yet"
+    try:
+        report = json.loads(raw)
+        at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(report["time"])))
+        return f"sentinel ({at}): {report['summary']}"
+    except (ValueError, TypeError, KeyError):
+        return "sentinel: unreadable report"
 
 
 async def _visible_run(ctx: CommandContext, run_id: str) -> dict[str, str] | None:
@@ -297,3 +354,83 @@ async def _lang(ctx: CommandContext, args: list[str]) -> str:
         return texts.lang_invalid
     await ctx.redis.set(k.lang_key(ctx.session_key), args[0])
     return texts.lang_updated_template % args[0]
+
+
+# -- autonomy and auto-learning (state: autonomy_state.py; the work: beat_schedules/) -------
+# Autonomy acts on the sender's own chat, so anyone allowed to talk to the agent may turn it
+# on for their chat (its limits bound what it costs) and off again; taking it over from
+# another chat, or turning it on from where no report can reach (the HTTP API, a terminal:
+# then it works for the last active chat), is for admins. Auto-learning reads every
+# session's runs and writes the shared memory: admins only.
+
+
+@command("/autonomy", "/autonomy on [every <N> minutes] | off | status",
+         "work on this chat's unfinished tasks by myself while you are away")  # fmt: skip
+async def _autonomy(ctx: CommandContext, args: list[str]) -> str:
+    sub = args[0].lower() if args else "status"
+    if sub not in ("on", "off", "status") or (sub != "on" and len(args) > 1):
+        return f"Usage: {COMMANDS['/autonomy'].usage}"
+    raw, now = await ctx.redis.hgetall(k.AUTONOMY), time.time()
+    state, control = Autonomy.from_hash(raw), ctx.config.agents.defaults.runtime_control
+    mine = state.session_key == ctx.session_key
+    if sub == "status":
+        return "\n".join((describe_autonomy(state, control, now, show_chat=mine or ctx.admin),
+                          describe_autolearn(Autolearn.from_hash(raw), control, now)))  # fmt: skip
+    if state.enabled and not mine and not ctx.admin:
+        return "Autonomous mode is working for another chat; only an admin can change that."
+    if sub == "off":
+        if not state.enabled:
+            return "Autonomous mode is already off."
+        await ctx.redis.hset(k.AUTONOMY, mapping=state.stop("turned off", now).to_hash())
+        return "Autonomous mode off."
+    try:
+        interval = parse_interval(args[1:])
+    except ValueError as exc:
+        return f"{exc}.\nUsage: {COMMANDS['/autonomy'].usage}"
+    chat = own_chat(ctx.channel, ctx.chat_id, ctx.session_key)
+    if chat is None and ctx.admin:
+        chat = last_active(await ctx.redis.get(k.LAST_ACTIVE))
+    if chat is None:
+        return (
+            "Autonomous mode reports to a chat, and replies cannot reach this one; turn it on "
+            "from a chat (or as an admin here once someone has written in one)."
+        )
+    await ctx.redis.hset(k.AUTONOMY, mapping=Autonomy.start(chat, interval, now).to_hash())
+    where = "this chat" if chat.session_key == ctx.session_key else chat.label()
+    every = human(max(interval, control.autonomy_min_run_interval_sec))
+    return (
+        f"Autonomous mode on for {where}: once you have been away "
+        f"{human(control.autonomy_idle_threshold_sec)}, I work on what is unfinished, a round "
+        f"at most every {every}. I stop after "
+        f"{control.autonomy_max_rounds_without_user} rounds without you or "
+        f"{control.autonomy_max_consecutive_stalls} in a row without progress; "
+        'say "stop autonomous mode" to stop now.'
+    )
+
+
+@command("/autolearn", "/autolearn on [every <N> minutes] | off | status",
+         "review recent runs on my own and save procedures to memory", admin=True)  # fmt: skip
+async def _autolearn(ctx: CommandContext, args: list[str]) -> str:
+    sub = args[0].lower() if args else "status"
+    if sub not in ("on", "off", "status") or (sub != "on" and len(args) > 1):
+        return f"Usage: {COMMANDS['/autolearn'].usage}"
+    state, now = Autolearn.from_hash(await ctx.redis.hgetall(k.AUTONOMY)), time.time()
+    control = ctx.config.agents.defaults.runtime_control
+    if sub == "status":
+        return describe_autolearn(state, control, now)
+    if sub == "off":
+        if not state.enabled:
+            return "Auto-learning is already off."
+        await ctx.redis.hset(k.AUTONOMY, mapping=state.stop("turned off", now).to_hash())
+        return "Auto-learning off."
+    try:
+        interval = parse_interval(args[1:])
+    except ValueError as exc:
+        return f"{exc}.\nUsage: {COMMANDS['/autolearn'].usage}"
+    chat = own_chat(ctx.channel, ctx.chat_id, ctx.session_key)
+    await ctx.redis.hset(k.AUTONOMY, mapping=Autolearn.start(chat, interval, now).to_hash())
+    return (
+        "Auto-learning on: while you are away I review new runs and save what is worth reusing "
+        f"as procedures; I stop after {control.autolearn_max_rounds_without_user} rounds "
+        'without you. Say "stop auto-learning" to stop now.'
+    )

@@ -203,3 +203,7 @@ def sentinel_alert_key(check: str) -> str:
 
 AUTONOMY = f"{PREFIX}:autonomy"  # HASH the autonomous mode's state (beat_schedules/autonomy.py)
 SELFCHECK_DONE = f"{PREFIX}:selfcheck:done"  # STRING mark: this start's self-check was sent
+SELFCHECK_STATE = f"{PREFIX}:selfcheck"  # HASH what the last self-check found and did
+# RedBeat's ZSET entry key -> due time (epoch s; -1: not due again), read by beat each tick;
+# a cron job's next run is its entry's score here (beat_schedules/cron_jobs.py).
+BEAT_SCHEDULE = f"{BEAT_KEY_PREFIX}:schedule"

@@ -54,11 +54,11 @@ def ping() -> str:
 
 
 @shared_task(name=k.TASK_CRON_FIRE, ignore_result=True, autoretry_for=_REDIS_DOWN, max_retries=5)
-def cron_fire(job_id: str) -> str:
+def cron_fire(job_id: str, due: int | None = None) -> str:
     from beat_schedules.cron import fire
 
     rt = get_runtime()
-    return fire(rt.redis, rt.config, job_id)
+    return fire(rt.redis, rt.config, job_id, due)
 
 
 @shared_task(name=k.TASK_HEARTBEAT, ignore_result=True, autoretry_for=_REDIS_DOWN, max_retries=3)

@@ -443,9 +443,9 @@ def test_config_under_a_file_is_named(claw_home: ClawHome) -> None:
 def test_config_check_warns_about_settings_without_effect(claw_home: ClawHome) -> None:
     claw_home.write_config(
         {
-            "sentinel": {"interval_sec": 30, "enabled": True},  # enabled is the default
+            "sentinel": {"interval_sec": 30, "enabled": True},  # active: no warning
             "channels": {"telegram": {"enabled": False}},  # the default: no warning
-            "agents": {"defaults": {"runtime_control": {"autonomy_tick_interval_sec": 5}}},
+            "agents": {"defaults": {"texts": {"think_only_fallback": "Thought."}}},
             "gateway": {"port": 9000},
         }
     )
@@ -453,15 +453,16 @@ def test_config_check_warns_about_settings_without_effect(claw_home: ClawHome) -
     assert result.returncode == 0 and result.stdout.startswith("OK ")
     warnings = result.stderr.splitlines()
     assert warnings == [
-        "warning: agents.defaults.runtime_control.autonomy_tick_interval_sec is set but has "
-        "no effect yet: there is no autonomy loop yet",
-        "warning: sentinel.interval_sec is set but has no effect yet: no sentinel process runs yet",
+        "warning: agents.defaults.texts.think_only_fallback is set but has no effect yet: "
+        "no code shows this text yet",
     ]
-    set_result = claw_home.clawctl("config", "set", "cron.max_jobs", "5")
+    set_result = claw_home.clawctl("config", "set", "agents.defaults.texts.subagents_none", "x")
     assert set_result.returncode == 0
     assert set_result.stderr.splitlines() == [
-        "warning: cron.max_jobs is set but has no effect yet: there is no cron tool yet"
+        "warning: agents.defaults.texts.subagents_none is set but has no effect yet: "
+        "no code shows this text yet",
     ]
+    assert claw_home.clawctl("config", "set", "cron.max_jobs", "5").stderr == ""
     assert claw_home.clawctl("config", "set", "gateway.port", "9001").stderr == ""
 
 

@@ -35,6 +35,7 @@ INGRESS_ALLOWED = {
     "claw_worker.session.runs",  # reading run state for /status
     "claw_worker.session.stop",  # /stop
     "claw_worker.commands",  # the slash-command registry
+    "claw_worker.autonomy_state",  # /autonomy, /autolearn; the last active chat
     "claw_worker.control",  # the control channel: registry, reload broadcasts
     "claw_worker.process",  # this process's node name
     "claw_worker.redis_conn",  # Redis URLs and clients

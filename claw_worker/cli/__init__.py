@@ -95,6 +95,7 @@ COMMANDS = [
     "agent_cmd:agent",
     "gateway:gateway",
     "channel_cmd:channel",
+    "cron_cmd:cron",
     "pairing_cmd:pairing",
 ]
 

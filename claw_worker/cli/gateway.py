@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from claw_worker.cli.autonomy_cmd import autonomy
+
 
 @click.group()
 def gateway() -> None:
@@ -30,3 +32,6 @@ def run_cmd(flower: bool, flower_port: int) -> None:
         sys.exit(run(config, with_flower=flower, flower_port=flower_port, echo=click.echo))
     except (SupervisorError, EmbeddedRedisError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+gateway.add_command(autonomy)

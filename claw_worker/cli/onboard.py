@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import stat
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import click
@@ -20,19 +19,12 @@ from claw_worker.config import ConfigError, load_config, workspace_dir
 from claw_worker.config.jsontext import JsonTextError, decode
 from claw_worker.config.paths import claw_home
 from claw_worker.config.store import atomic_write_text
+from claw_worker.workspace import MANAGED_FILES, SEED_FILES, WORKSPACE_DIRS, template
 
 BLOCK_START = "<!-- CLAWFLEET MANAGED BLOCK START -->"
 BLOCK_END = "<!-- CLAWFLEET MANAGED BLOCK END -->"
-MANAGED_FILES = ("AGENTS.md", "SOUL.md", "USER.md")
-# workspace path -> template name: created when missing, never overwritten.
-SEED_FILES = {"HEARTBEAT.md": "HEARTBEAT.md", "memory/MEMORY.md": "MEMORY.md"}
-WORKSPACE_DIRS = ("memory", "skills")
 # A new config holds only the fields a user fills next, so the file shows where they go.
 STARTER_CONFIG = {"providers": {"proxy": {"api_base": "", "api_key": "", "models": []}}}
-
-
-def template(name: str) -> str:
-    return (resources.files("claw_worker") / "templates" / name).read_text(encoding="utf-8")
 
 
 def managed_block(text: str) -> str:

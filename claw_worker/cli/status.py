@@ -26,13 +26,10 @@ from claw_worker.config import (
 )
 from claw_worker.config.store import mask_secret, resolve_api_key
 from claw_worker.control import live_processes
+from claw_worker.queues import queue_depths
 from claw_worker.redis_conn import client, redis_url
 
 PROBE_TIMEOUT_SEC = 1.0
-# kombu's Redis transport keeps a queue as a list named after it, plus one list per
-# non-default priority level, named queue + "\x06\x16" + level.
-KOMBU_PRIORITY_SEP = "\x06\x16"
-KOMBU_PRIORITY_LEVELS = (3, 6, 9)
 
 
 def _provider(config: Config) -> dict[str, Any]:
@@ -59,14 +56,7 @@ def _redis_facts(url: str) -> dict[str, Any]:
     try:
         conn.ping()
         facts["reachable"] = True
-        queues = {}
-        for name in k.ALL_QUEUES:
-            keys = [name, *(f"{name}{KOMBU_PRIORITY_SEP}{p}" for p in KOMBU_PRIORITY_LEVELS)]
-            pipe = conn.pipeline(transaction=False)
-            for key in keys:
-                pipe.llen(key)
-            queues[name] = sum(pipe.execute())
-        facts["queues"] = queues
+        facts["queues"] = queue_depths(conn)
         facts["waiting"] = conn.zcard(k.DIRTY_SESSIONS)
         facts["processes"] = sorted(
             (f"{p['role']} {p['name']}" for p in live_processes(conn)), key=str
@@ -99,6 +89,31 @@ def _breakers(config: Config, url: str) -> dict[str, Any] | None:
         return None
     finally:
         conn.close()
+
+
+def _sentinel(config: Config, url: str) -> dict[str, Any] | None:
+    """The Sentinel's last report (beat_schedules/sentinel.py), or None when Redis is down;
+    ``report`` is None before the first one."""
+    conn = client(url, socket_timeout=PROBE_TIMEOUT_SEC, socket_connect_timeout=PROBE_TIMEOUT_SEC)
+    try:
+        raw = conn.get(k.SENTINEL_REPORT)
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        conn.close()
+    facts: dict[str, Any] = {"enabled": config.sentinel.enabled, "report": None}
+    if not raw:
+        return facts
+    try:
+        report = json.loads(raw)
+        fields = ("time", "process", "worst", "summary", "failing", "actions", "results")
+        shown = {name: report[name] for name in fields}
+        # Older than three intervals: the Sentinel (or beat, or every worker) stopped.
+        shown["stale"] = time.time() - float(report["time"]) > 3 * config.sentinel.interval_sec
+        facts["report"] = shown
+    except (ValueError, TypeError, KeyError):
+        facts["error"] = "unreadable report"
+    return facts
 
 
 def _workers() -> list[str] | None:
@@ -146,6 +161,7 @@ def collect() -> dict[str, Any]:
             "sessions_waiting": facts["waiting"],
             "processes": facts["processes"],
             "breakers": _breakers(config, url) if facts["reachable"] else None,
+            "sentinel": _sentinel(config, url) if facts["reachable"] else None,
         }
     )
     return report
@@ -184,7 +200,24 @@ def _render(report: dict[str, Any]) -> list[str]:
     else:
         lines.append(f"processes  {len(procs)}" + (f": {', '.join(procs)}" if procs else ""))
     lines.extend(_render_breakers(report.get("breakers")))
+    lines.append(_render_sentinel(report.get("sentinel")))
     return lines
+
+
+def _render_sentinel(facts: dict[str, Any] | None) -> str:
+    if facts is None:
+        return "sentinel   unknown"
+    last = facts["report"]
+    off = "" if facts["enabled"] else " (disabled)"
+    if last is None:
+        return f"sentinel   {facts.get('error') or 'no report yet'}{off}"
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["time"]))
+    shown = f"sentinel   {last['worst']} at {at}"
+    if last["failing"]:
+        shown += f": {', '.join(last['failing'])}"
+    if last["actions"]:
+        shown += f" ({len(last['actions'])} repaired)"
+    return shown + (" (stale)" if last["stale"] else "") + off
 
 
 def _render_breakers(breakers: dict[str, Any] | None) -> list[str]:

@@ -11,26 +11,15 @@ from typing import Any
 
 from claw_worker.config.schema import Config
 
-_AUTONOMY = "there is no autonomy loop yet"
 _TEXT = "no code shows this text yet"
 
 # Dotted path (a field or a whole section) -> why it has no effect yet.
 NOT_YET_ACTIVE: dict[str, str] = {
-    "agents.defaults.heartbeat": "no heartbeat task runs yet",
     "agents.defaults.texts.think_only_fallback": _TEXT,
     "agents.defaults.texts.subagents_none": _TEXT,
     "agents.defaults.texts.sessions_none": _TEXT,
     "agents.defaults.texts.unsupported_action": _TEXT,
     "agents.defaults.texts.system_rewrite_template": _TEXT,
-    "agents.defaults.runtime_control.autonomy_tick_interval_sec": _AUTONOMY,
-    "agents.defaults.runtime_control.autonomy_min_run_interval_sec": _AUTONOMY,
-    "agents.defaults.runtime_control.autonomy_idle_threshold_sec": _AUTONOMY,
-    "agents.defaults.runtime_control.autonomy_max_rounds_without_user": _AUTONOMY,
-    "agents.defaults.runtime_control.autonomy_max_pending_duration_sec": _AUTONOMY,
-    "agents.defaults.runtime_control.autonomy_max_consecutive_stalls": _AUTONOMY,
-    "agents.defaults.runtime_control.autolearn_max_rounds_without_user": _AUTONOMY,
-    "sentinel": "no sentinel process runs yet",
-    "cron": "there is no cron tool yet",
 }
 
 

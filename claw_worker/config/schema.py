@@ -22,13 +22,32 @@ class Section(BaseModel):
 
 
 class HeartbeatConfig(Section):
+    """The periodic look at HEARTBEAT.md (beat_schedules/heartbeat.py)."""
+
     enabled: bool = True
-    every_sec: int = Field(1800, ge=10)
-    ack_max_chars: int = Field(64, ge=0)
-    prompt_template: str = (
+    every_sec: int = Field(1800, ge=2)
+    ack_max_chars: int = Field(64, ge=0)  # replies this short (or HEARTBEAT_OK) are not sent
+    prompt_template: str = Field(
         "Read HEARTBEAT.md if it exists (workspace context). Follow it strictly. Do not infer "
-        "or repeat old tasks from prior chats. If nothing needs attention, reply HEARTBEAT_OK."
+        "or repeat old tasks from prior chats. If nothing needs attention, reply HEARTBEAT_OK.",
+        min_length=1,
     )
+    # Where other replies go: both empty means the chat whose user wrote last.
+    target_channel: str = Field("", max_length=64)
+    target_chat_id: str = Field("", max_length=256)
+
+    @model_validator(mode="after")
+    def _check_target(self) -> HeartbeatConfig:
+        if bool(self.target_channel) != bool(self.target_chat_id):
+            raise ValueError(
+                "set both target_channel and target_chat_id, or neither (the last active chat)"
+            )
+        known = sorted({*ChannelsConfig.model_fields, "ws"})
+        if self.target_channel and self.target_channel not in known:
+            raise ValueError(
+                f"target_channel must be a channel that can receive messages: {', '.join(known)}"
+            )
+        return self
 
 
 class TextsConfig(Section):
@@ -242,11 +261,40 @@ class BeatConfig(Section):
 
 
 class SentinelConfig(Section):
+    """The fleet's health checker (beat_schedules/sentinel.py): what it checks against,
+    whether it repairs, and where its alerts go."""
+
     enabled: bool = True
     interval_sec: int = Field(60, ge=5)
     auto_heal: bool = True
+    # Alerts go to a channel name (telegram, discord, ..., "ws") and a chat there; without a
+    # channel they are only logged.
     notify_channel: str = ""
     notify_chat_id: str = ""
+    alert_quiet_sec: int = Field(3600, ge=1)  # the same check's alert not repeated within this
+    logs_max_mb: int = Field(500, ge=1)  # the logs directory; over it, rotated files are pruned
+    min_free_mb: int = Field(1024, ge=0)  # free disk: warn below this, fail below half of it
+    redis_latency_warn_ms: int = Field(200, ge=1)  # a PING round trip slower than this
+    redis_memory_warn_pct: int = Field(80, ge=1, le=100)  # used_memory / maxmemory
+    max_queue_depth: int = Field(1000, ge=1)  # tasks waiting on one queue
+    stuck_run_sec: int = Field(1800, ge=10)  # a run going on longer than this is reported
+
+    @model_validator(mode="after")
+    def _check_notify(self) -> SentinelConfig:
+        channels = ("ws", *ChannelsConfig.model_fields)
+        if self.notify_channel and self.notify_channel not in channels:
+            raise ValueError(
+                f"notify_channel {self.notify_channel!r} is not a channel; use one of "
+                + ", ".join(channels)
+            )
+        if self.notify_chat_id != self.notify_chat_id.strip():
+            raise ValueError("notify_chat_id has spaces around it")
+        if self.notify_channel and not self.notify_chat_id:
+            raise ValueError(
+                "notify_channel needs notify_chat_id, the chat the alerts go to (set "
+                "sentinel.notify_chat_id first)"
+            )
+        return self
 
 
 class LoggingConfig(Section):
@@ -322,8 +370,35 @@ class ToolsConfig(Section):
 
 
 class CronConfig(Section):
-    enabled: bool = True
+    """Cron jobs (``clawctl cron``, the agent's ``cron`` tool; beat_schedules/cron*.py)."""
+
+    enabled: bool = True  # false: jobs stay scheduled but do not fire (marked skipped)
     max_jobs: int = Field(200, ge=1)
+    max_agent_jobs: int = Field(20, ge=0)  # of them, made by the agent's cron tool
+    # Cron expressions and --at times without an offset are wall times in this IANA zone
+    # unless the job gives --tz.
+    timezone: str = "UTC"
+    # A failed run is retried after base * 2**(n-1) s (n: failures in a row), at most max;
+    # after that many retries fail too, the job is disabled and an alert sent.
+    retry_backoff_base_sec: int = Field(30, ge=1)
+    retry_backoff_max_sec: int = Field(3600, ge=1)
+    max_consecutive_failure_retries: int = Field(5, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> CronConfig:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            if self.timezone.upper() != "UTC":
+                ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"timezone {self.timezone!r} is not a time zone: use an IANA name such as "
+                "Europe/Paris or UTC"
+            ) from None
+        if self.retry_backoff_max_sec < self.retry_backoff_base_sec:
+            raise ValueError("retry_backoff_max_sec must be at least retry_backoff_base_sec")
+        return self
 
 
 class Config(Section):

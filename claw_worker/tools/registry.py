@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from claw_worker.config.schema import Config
 from claw_worker.tools.base import Tool, ToolContext, ToolError
 from claw_worker.tools.code import RepoMapTool
+from claw_worker.tools.cron import CronTool
 from claw_worker.tools.files import EditFileTool, ListFilesTool, ReadFileTool, WriteFileTool
 from claw_worker.tools.message import MessageTool
 from claw_worker.tools.search import FindFilesTool, GrepFilesTool
@@ -136,4 +137,5 @@ def default_tools(config: Config) -> ToolRegistry:
     from claw_worker.tools.memory import MemorySearchTool, MemoryWriteTool
 
     tools += [MemorySearchTool(), MemoryWriteTool()]
+    tools.append(CronTool())
     return ToolRegistry(tools)

@@ -1,0 +1,309 @@
+"""Autonomous mode and auto-learning end to end: real beat (the autonomy tick every second),
+worker, ingress and a WebSocket chat, with the scripted LLM; ``clawctl gateway autonomy``
+as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from claw_worker import constants as k
+from claw_worker.autonomy_state import Autolearn, Autonomy, parse_interval
+from tests.llm_server import text, tool_call
+
+ROUND = "[autonomy round"
+LEARN = "[autolearn round"
+TOKEN = "autonomy-token-abcdef"
+FAST = {
+    "agents__defaults__heartbeat__enabled": False,
+    "agents__defaults__runtime_control__autonomy_tick_interval_sec": 1,
+    "agents__defaults__runtime_control__autonomy_min_run_interval_sec": 1,
+    "agents__defaults__runtime_control__autonomy_idle_threshold_sec": 1,
+}
+
+
+async def recv(ws: ClientConnection, timeout: float = 60.0) -> dict[str, Any]:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def say(ws: ClientConnection, session: str, words: str) -> dict[str, Any]:
+    """Send a message in ``session``; its status frame and then its reply frame."""
+    await ws.send(json.dumps({"type": "message", "text": words, "session": session}))
+    assert (await recv(ws))["status"] in ("queued", "command")
+    return await recv(ws)
+
+
+async def until_stopped(ws: ClientConnection, timeout: float = 60) -> list[tuple[float, str]]:
+    """(arrival time, text) of each frame up to and including the "stopped" notice."""
+    frames = []
+    while True:
+        frame = await recv(ws, timeout)
+        frames.append((time.monotonic(), frame["text"]))
+        if "mode stopped" in frame["text"]:
+            return frames
+
+
+def run(fleet: Any, r: Any, scenario: Any) -> Any:
+    """``asyncio.run(scenario)``; a frame that never came fails with what the fleet was doing."""
+    try:
+        return asyncio.run(scenario)
+    except TimeoutError:
+        logs = {name: fleet.output(name)[-3000:] for name in ("w1", "beat")}
+        raise AssertionError(f"no frame in time; state {r.hgetall(k.AUTONOMY)}; {logs}") from None
+
+
+def state(r: Any) -> Autonomy:
+    return Autonomy.from_hash(r.hgetall(k.AUTONOMY))
+
+
+def test_rounds_come_at_the_interval_in_the_chat_session_and_stop_at_the_limit(
+    fleet_factory: Any, llm_server: Any, redis_server: Any
+) -> None:
+    llm_server.add_rule(ROUND, "Drafted the next section of the report.")
+    fleet = fleet_factory(
+        **FAST, agents__defaults__runtime_control__autonomy_max_rounds_without_user=3
+    )
+    fleet.start_worker()
+    fleet.start_ingress()
+    fleet.start_beat()
+    r = redis_server.client()
+
+    async def scenario() -> list[tuple[float, str]]:
+        async with connect(f"ws://127.0.0.1:{fleet.port}/ws") as ws:
+            assert (await say(ws, "auto-a", "we are writing a report"))["text"].startswith("echo")
+            answer = await say(ws, "auto-a", "start autonomous mode, check every 2 seconds")
+            assert answer["text"].startswith("Autonomous mode on for this chat")
+            return await until_stopped(ws)
+
+    frames = run(fleet, r, scenario())
+    reports = [at for at, words in frames if words == "Drafted the next section of the report."]
+    assert len(reports) == 3 and len(frames) == 4
+    assert all(b - a > 1.5 for a, b in itertools.pairwise(reports))  # every 2 s
+    assert frames[-1][1].startswith(
+        "Autonomous mode stopped: 3 round(s) without hearing from you "
+        "(runtime_control.autonomy_max_rounds_without_user is 3)"
+    )
+    rounds = llm_server.requests_for(ROUND)
+    assert [last_user(req)[:18] for req in rounds] == [f"[autonomy round {n}]" for n in (1, 2, 3)]
+    for req in rounds:  # the chat's own session, with its history
+        assert "session: auto-a" in req["messages"][0]["content"]
+        assert req["messages"][1]["content"] == "we are writing a report"
+    assert any("[autonomy round 2]" in str(m.get("content")) for m in rounds[2]["messages"])
+    now = state(r)
+    assert (now.enabled, now.rounds, now.interval_sec) == (False, 3, 2)
+    time.sleep(3)  # a bounded look: no round after the stop
+    assert len(llm_server.requests_for(ROUND)) == 3
+
+
+def last_user(request: dict[str, Any]) -> str:
+    return next(m["content"] for m in reversed(request["messages"]) if m["role"] == "user")
+
+
+def test_stalls_stop_it_and_a_user_message_resets_the_count(
+    fleet_factory: Any, llm_server: Any, redis_server: Any
+) -> None:
+    llm_server.add_rule(ROUND, "AUTONOMY_IDLE")
+    control = "agents__defaults__runtime_control__"
+    fleet = fleet_factory(**FAST, **{f"{control}autonomy_max_consecutive_stalls": 2,
+                                     f"{control}autonomy_max_rounds_without_user": 3,
+                                     f"{control}autonomy_max_pending_duration_sec": 2})  # fmt: skip
+    fleet.start_worker()
+    fleet.start_ingress()
+    fleet.start_beat()
+    r = redis_server.client()
+
+    async def stalls() -> list[tuple[float, str]]:
+        async with connect(f"ws://127.0.0.1:{fleet.port}/ws") as ws:
+            assert (await say(ws, "auto-b", "/autonomy on"))["text"].startswith(
+                "Autonomous mode on"
+            )
+            return await until_stopped(ws)  # the AUTONOMY_IDLE replies are not delivered
+
+    frames = run(fleet, r, stalls())
+    assert len(frames) == 1 and frames[0][1].startswith(
+        "Autonomous mode stopped: 2 round(s) in a row made no progress (round 2 replied "
+        "AUTONOMY_IDLE; runtime_control.autonomy_max_consecutive_stalls is 2)"
+    )
+    assert len(llm_server.requests_for(ROUND)) == 2
+
+    llm_server.reset()
+    llm_server.add_rule(ROUND, "Tested one more module of the project.")
+
+    async def reset_by_user() -> list[tuple[float, str]]:
+        async with connect(f"ws://127.0.0.1:{fleet.port}/ws") as ws:
+            await say(ws, "auto-b", "/autonomy on every 3 seconds")
+            assert (await recv(ws))["text"] == "Tested one more module of the project."
+            assert state(r).rounds_without_user == 1
+            assert (await say(ws, "auto-b", "good, keep going"))["text"] == "echo: good, keep going"
+            return await until_stopped(ws)
+
+    frames = run(fleet, r, reset_by_user())
+    # 1 round, the user's message, then the 3 rounds the limit allows without the user.
+    assert [words for _, words in frames[:-1]] == ["Tested one more module of the project."] * 3
+    assert "3 round(s) without hearing from you" in frames[-1][1]
+    assert state(r).rounds == 4 and len(llm_server.requests_for(ROUND)) == 4
+
+    # A round that takes longer than autonomy_max_pending_duration_sec is a stall per period.
+    llm_server.reset()
+    llm_server.add_rule(ROUND, text("Finished the slow migration at last.", delay=6))
+
+    async def slow_rounds() -> list[str]:
+        async with connect(f"ws://127.0.0.1:{fleet.port}/ws") as ws:
+            await say(ws, "auto-b", "/autonomy on")
+            notice = (await until_stopped(ws))[-1][1]
+            late = await recv(ws)  # the slow round still finishes, after the stop
+            return [notice, late["text"]]
+
+    notice, late = run(fleet, r, slow_rounds())
+    assert notice.startswith("Autonomous mode stopped: 2 round(s) in a row made no progress "
+                             "(round 1 waited 4 s to finish, more than "
+                             "autonomy_max_pending_duration_sec (2)")  # fmt: skip
+    assert late == "Finished the slow migration at last."
+    assert len(llm_server.requests_for(ROUND)) == 1
+
+
+def test_clawctl_gateway_autonomy(fleet_factory: Any, redis_server: Any, claw_home: Any) -> None:
+    fleet = fleet_factory(**FAST)
+    fleet.start_ingress()
+    r = redis_server.client()
+
+    def clawctl(*args: str) -> tuple[int, str]:
+        result = claw_home.clawctl("gateway", "autonomy", *args)
+        return result.returncode, (result.stdout + result.stderr).strip()
+
+    assert clawctl("status") == (0, "Autonomous mode: off\nAuto-learning: off")
+    code, out = clawctl("on")
+    assert code == 1 and "no chat to work for" in out
+    code, out = clawctl("on", "--every", "soon")
+    assert code == 1 and "--every: 'soon' is not an interval" in out
+    code, out = clawctl("on", "--every", "0m")
+    assert code == 1 and "between 1 second and 7 days" in out
+    code, out = clawctl("on", "--session", "nosuch")
+    assert code == 1 and "no recent message in session 'nosuch'" in out
+    assert r.hgetall(k.AUTONOMY) == {}  # nothing half-written
+
+    async def write() -> None:
+        async with connect(f"ws://127.0.0.1:{fleet.port}/ws") as ws:
+            await ws.send(json.dumps({"type": "message", "text": "hi", "session": "cli-chat"}))
+            assert (await recv(ws))["status"] == "queued"
+
+    run(fleet, r, write())
+    assert clawctl("on", "--every", "30m") == (
+        0, "autonomous mode on for ws:cli-chat: a round at most every 30 min once its user has "
+        "been away 1 s")  # fmt: skip
+    now = state(r)
+    assert (now.enabled, now.session_key, now.chat_id, now.interval_sec) == (
+        True, "cli-chat", "cli-chat", 1800)  # fmt: skip
+    code, out = clawctl("status")
+    assert code == 0 and out.startswith(
+        "Autonomous mode: on for ws:cli-chat, a round at most every 30 min"
+    )
+    assert clawctl("on", "--session", "cli-chat", "--every", "2h")[0] == 0
+    assert state(r).interval_sec == 7200
+    assert clawctl("off") == (0, "autonomous mode off")
+    assert clawctl("off") == (0, "autonomous mode is already off")
+    code, out = clawctl("status")
+    assert (
+        out.startswith("Autonomous mode: off (stopped ") and "ago: turned off with clawctl)" in out
+    )
+
+
+def test_natural_language_and_who_may_switch(fleet_factory: Any, redis_server: Any) -> None:
+    fleet = fleet_factory(**FAST, gateway__token=TOKEN, gateway__admins=["api:ops"])
+    fleet.start_ingress()
+    r = redis_server.client()
+
+    async def chat() -> None:
+        async with connect(f"ws://127.0.0.1:{fleet.port}/ws?token={TOKEN}") as ws:
+            on = await say(ws, "nl-chat", "start autonomous mode, check every 30 minutes")
+            assert on["text"].startswith("Autonomous mode on for this chat")
+            assert (state(r).enabled, state(r).interval_sec, state(r).session_key) == (
+                True, 1800, "nl-chat")  # fmt: skip
+            assert (await say(ws, "nl-chat", "stop autonomous mode"))[
+                "text"
+            ] == "Autonomous mode off."
+            await say(ws, "nl-chat", "开始自主模式，每2小时检查一次")
+            assert (state(r).enabled, state(r).interval_sec) == (True, 7200)
+            # Another chat may not take it over; the owner's chat stops it.
+            other = await say(ws, "nl-other", "/autonomy off")
+            assert "working for another chat" in other["text"] and state(r).enabled
+            assert (await say(ws, "nl-chat", "停止自主模式"))["text"] == "Autonomous mode off."
+            bad = await say(ws, "nl-chat", "/autonomy on every 0 minutes")
+            assert bad["text"].startswith("the interval must be between") and not state(r).enabled
+            refused = await say(ws, "nl-chat", "stop auto-learning")
+            assert refused["text"].startswith("/autolearn is for admins only")
+
+    run(fleet, r, chat())
+    with fleet.client(TOKEN) as http:
+
+        def ask(words: str) -> str:
+            body = {"text": words, "session": "ops", "sender_id": "ops"}
+            return http.post("/api/message", json=body).json()["reply"]
+
+        assert ask("start auto-learning every 10 minutes").startswith("Auto-learning on")
+        learn = Autolearn.from_hash(r.hgetall(k.AUTONOMY))
+        assert (learn.enabled, learn.interval_sec) == (True, 600)
+        assert ask("停止自动学习") == "Auto-learning off."
+        assert ask("/autonomy status").startswith("Autonomous mode: off")
+    assert parse_interval(["每", "30", "分钟"]) == 1800
+
+
+def test_autolearn_saves_procedures_and_stops_after_its_rounds(
+    fleet_factory: Any, llm_server: Any, redis_server: Any, claw_home: Any
+) -> None:
+    llm_server.add_rule(ROUND, "Deployed one more part of the site.")
+    procedure = "To deploy the site, run make deploy from the repository root."
+    for n in (1, 2):
+        saving = {"layer": "procedures", "text": f"{procedure} ({n})"}
+        llm_server.push(tool_call("memory_write", saving), text(f"Saved {n}."), when=LEARN)
+    limit = {"agents__defaults__runtime_control__autolearn_max_rounds_without_user": 2}
+    fleet = fleet_factory(**FAST, **limit, gateway__token=TOKEN, gateway__admins=["api:ops"])
+    fleet.start_worker()
+    fleet.start_ingress()
+    fleet.start_beat()
+    r = redis_server.client()
+
+    async def scenario() -> list[str]:
+        async with connect(f"ws://127.0.0.1:{fleet.port}/ws?token={TOKEN}") as ws:
+            await say(ws, "learn-chat", "deploy the site")
+            await say(ws, "learn-chat", "start autonomous mode, check every 2 seconds")
+            with fleet.client(TOKEN) as http:
+                body = {
+                    "text": "/autolearn on every 1 second",
+                    "session": "ops",
+                    "sender_id": "ops",
+                }
+                assert (
+                    http.post("/api/message", json=body)
+                    .json()["reply"]
+                    .startswith("Auto-learning on")
+                )
+            seen = []
+            while "Auto-learning stopped" not in (seen[-1] if seen else ""):
+                seen.append((await recv(ws, timeout=60))["text"])
+            return seen
+
+    seen = run(fleet, r, scenario())
+    assert seen[-1].startswith(
+        "Auto-learning stopped: 2 review round(s) without hearing from you "
+        "(runtime_control.autolearn_max_rounds_without_user is 2)"
+    )
+    assert not any(words.startswith("Saved ") for words in seen)  # not delivered
+    saved = (claw_home.workspace / "memory" / "procedures.md").read_text()
+    assert f"{procedure} (1)" in saved and f"{procedure} (2)" in saved
+    learns = llm_server.requests_for(LEARN)
+    assert len(learns) == 4  # two rounds, each a tool call and its answer
+    first = last_user(learns[0])
+    assert first.startswith("[autolearn round 1]") and "- session learn-chat:" in first
+    assert ": done, 1 LLM call(s), 0 tool step(s)" in first  # the chat's runs, digested
+    assert learns[1]["messages"][-1]["content"].startswith("Saved to memory/")
+    assert len(learns[2]["messages"]) == 2  # round 2 starts afresh: system, its digest
+    assert "session: autolearn:main" in learns[0]["messages"][0]["content"]
+    time.sleep(3)  # a bounded look: autonomy goes on, auto-learning does not
+    assert len(llm_server.requests_for(LEARN)) == 4
+    assert not Autolearn.from_hash(r.hgetall(k.AUTONOMY)).enabled
