@@ -34,7 +34,12 @@ INGRESS_ALLOWED = {
     "claw_worker.session.wakeup",  # the drain wake-up the enqueue script pushes
     "claw_worker.session.runs",  # reading run state for /status
     "claw_worker.session.stop",  # /stop
-    "claw_worker.commands",  # the slash-command registry
+    "claw_worker.commands",  # the slash-command registry and its commands
+    "claw_worker.commands.registry",
+    "claw_worker.commands.intents",
+    "claw_worker.commands.session",
+    "claw_worker.commands.admin",
+    "claw_worker.commands.autonomy",
     "claw_worker.autonomy_state",  # /autonomy, /autolearn; the last active chat
     "claw_worker.control",  # the control channel: registry, reload broadcasts
     "claw_worker.process",  # this process's node name
