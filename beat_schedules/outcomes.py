@@ -2,7 +2,8 @@
 
 Called by the worker (``Runtime.on_finished``) after a message whose origin is not a user
 finished. A cron job records its last status and backs off or is disabled after repeated
-failures (``cron.py``); an autonomy round counts toward its limits (``autonomy.py``).
+failures (``cron.py``); an autonomy round counts toward its limits (``autonomy.py``); a
+pipeline task or a sub-agent reports its result (``claw_worker/work/``).
 """
 
 from __future__ import annotations
@@ -30,3 +31,7 @@ def record_outcome(
         from beat_schedules.autonomy import record_round
 
         record_round(client, config, message, status, text)
+    elif origin in (Origin.PIPELINE, Origin.SPAWN):
+        from claw_worker.work.outcomes import record_work
+
+        record_work(client, config, message, status, text, error)

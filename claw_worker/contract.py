@@ -35,6 +35,8 @@ class Origin(StrEnum):
     AUTONOMY = "autonomy"  # a round of autonomous work
     AUTOLEARN = "autolearn"  # a review of recent runs into procedures
     SELFCHECK = "selfcheck"  # the start-up look at unfinished work
+    PIPELINE = "pipeline"  # a task of a multi-agent pipeline
+    SPAWN = "spawn"  # a sub-agent started by another run
 
 
 # Replies to internal messages that nobody should receive go to this channel (never sent).
