@@ -13,7 +13,14 @@ BACKLOG = 2048  # uvicorn's default, named: the descriptor budget counts one acc
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="config file")
 @click.option("--host", default=None, help="listen address (default: gateway.host)")
 @click.option("--port", default=None, type=click.IntRange(1, 65535), help="default: gateway.port")
-def main(config_file: str | None, host: str | None, port: int | None) -> None:
+@click.option(
+    "--http",
+    type=click.Choice(["httptools", "h11"]),
+    default="httptools",
+    show_default=True,
+    help="HTTP/1.1 parser: httptools (C) or h11 (pure Python)",
+)
+def main(config_file: str | None, host: str | None, port: int | None, http: str) -> None:
     """Serve the clawfleet HTTP gateway."""
     import os
 
@@ -37,7 +44,8 @@ def main(config_file: str | None, host: str | None, port: int | None) -> None:
         click.echo(f"claw-ingress: {exc}", err=True)
         sys.exit(2)
     from claw_ingress.app import create_app
-    from claw_ingress.connections import ensure_fd_budget, guarded_protocol
+    from claw_ingress.connections import ensure_fd_budget
+    from claw_ingress.protocols import guarded_protocol
 
     app = create_app(config, url=url)
     ensure_fd_budget(config.gateway.max_connections, BACKLOG)
@@ -46,10 +54,11 @@ def main(config_file: str | None, host: str | None, port: int | None) -> None:
         host=host or config.gateway.host,
         port=port or config.gateway.port,
         backlog=BACKLOG,
-        # h11 with a header deadline, a body backstop and the connection cap (read from the
-        # live config per connection); uvicorn's own limit_concurrency counts connections
-        # only once their headers are in, too late against a slow flood.
-        http=guarded_protocol(app.state.live),
+        # uvicorn's protocol with a header deadline, a body backstop and the connection cap
+        # (read from the live config per connection); uvicorn's own limit_concurrency
+        # counts connections only once their headers are in, too late against a slow flood.
+        http=guarded_protocol(app.state.live, http),
+        loop="uvloop",
         # A WebSocket frame over twice the body limit closes the connection before uvicorn
         # buffers more (1009); one over the limit but under that gets an error frame.
         ws_max_size=2 * config.gateway.max_body_bytes,

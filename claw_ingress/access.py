@@ -52,6 +52,12 @@ return ARGV[1]
 """
 
 
+def admitted_by_config(config: ChannelConfig, sender_id: str) -> bool:
+    """Whether the config alone lets ``sender_id`` in (no lookup): ``open``, or listed in
+    ``allow_from``."""
+    return config.dm_policy == "open" or bool(sender_id and sender_id in config.allow_from)
+
+
 async def check(
     client: aioredis.Redis,
     channel: str,
@@ -61,9 +67,7 @@ async def check(
     *,
     sender_name: str = "",
 ) -> Decision:
-    if config.dm_policy == "open":
-        return Decision(True)
-    if sender_id and sender_id in config.allow_from:
+    if admitted_by_config(config, sender_id):
         return Decision(True)
     if config.dm_policy == "allowlist" or not sender_id:
         return Decision(False, reason="not in allow_from")

@@ -1,9 +1,9 @@
 """Connection limits uvicorn does not have: a header deadline, a body backstop and a cap.
 
-uvicorn (h11) waits for request headers for ever, counts connections only once a request
-arrived and accepts until the process runs out of file descriptors; a flood of clients
-sending a few bytes each then starved /health for minutes. :class:`GuardedH11Protocol`
-adds, per connection, with the limits read from the live config:
+uvicorn waits for request headers for ever, counts connections only once a request arrived
+and accepts until the process runs out of file descriptors; a flood of clients sending a
+few bytes each then starved /health for minutes. :class:`ConnectionGuard` adds, per
+connection, with the limits read from the live config:
 
 - the request headers must arrive within ``gateway.header_timeout_sec`` of the connection
   (or of the previous response): then 408 if some bytes came, else a silent close (an idle
@@ -16,6 +16,9 @@ adds, per connection, with the limits read from the live config:
   body, or idle between requests), which is answered 503 and closed; when every
   connection is busy in the app (waiting for a reply), the new one is answered 503. So the
   descriptors in use stay bounded and a slow flood cannot keep /health from answering.
+
+It is a mixin over either of uvicorn's HTTP/1.1 protocols (``protocols.py``), which
+differ only in how they tell what the client is sending (:meth:`ConnectionGuard._client_phase`).
 
 Events a flood repeats (refused connections, header timeouts, failed accepts) are logged
 at most once per :data:`LOG_EVERY_SEC`, with the count held back.
@@ -31,9 +34,7 @@ import time
 from collections import Counter
 from typing import Any, ClassVar
 
-import h11
 import structlog
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from claw_worker.config.reload import LiveConfig
 
@@ -81,13 +82,21 @@ def raw_response(status: int, reason: str, error: str) -> bytes:
     return head.encode() + b"\r\n" + body
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with the deadlines and the cap; see :func:`guarded_protocol`."""
+class ConnectionGuard:
+    """The deadlines and the cap, mixed into a uvicorn protocol class (which provides
+    ``connections``, ``transport``, ``loop``, ``cycle`` and ``scope``); see
+    :func:`claw_ingress.protocols.guarded_protocol`."""
 
     live: ClassVar[LiveConfig]
-    draining: ClassVar[set[GuardedH11Protocol]]  # refused, reading what the client sends
+    draining: ClassVar[set[ConnectionGuard]]  # refused, reading what the client sends
     # Connections waiting on their client (headers, body), the longest waiting first.
-    waiting: ClassVar[dict[GuardedH11Protocol, None]]
+    waiting: ClassVar[dict[ConnectionGuard, None]]
+
+    connections: set[Any]
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    cycle: Any
+    scope: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -95,8 +104,14 @@ class GuardedH11Protocol(H11Protocol):
         self._partial = False  # bytes of a request came, its headers are not complete
         self._timer: asyncio.TimerHandle | None = None
 
+    def _client_phase(self) -> tuple[str, bool]:
+        """What the client is doing: ``headers`` (sending the next request's headers, or
+        idle between requests), ``body`` (sending a body) or ``app`` (waiting for the app),
+        and whether bytes of the next request are already in."""
+        raise NotImplementedError
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(transport)  # type: ignore[misc]
         limit = self.live.config.gateway.max_connections
         if len(self.connections) > limit and not self._evict_slowest(limit):
             self._refuse(limit)
@@ -108,18 +123,18 @@ class GuardedH11Protocol(H11Protocol):
             return  # read and dropped, so closing does not reset the 503 away
         if self._phase == "headers":
             self._partial = True
-        super().data_received(data)
+        super().data_received(data)  # type: ignore[misc]
         self._track()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # type: ignore[misc]
         self._track()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()
         self.draining.discard(self)
         self.waiting.pop(self, None)
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def _evict_slowest(self, limit: int) -> bool:
         """Close the connection that has waited longest on its client, if there is one."""
@@ -156,26 +171,21 @@ class GuardedH11Protocol(H11Protocol):
 
     def _track(self) -> None:
         """Arm the deadline of the phase the connection is in, when that phase changed."""
-        if self.transport.is_closing():
-            self._cancel()
+        if self.transport.is_closing() or self.transport.get_protocol() is not self:
+            self._cancel()  # closed, or handed over (a WebSocket upgrade)
             self.waiting.pop(self, None)
             return
         gateway = self.live.config.gateway
-        state = self.conn.their_state
-        if state is h11.IDLE:  # waiting for (the rest of) the next request's headers
-            phase, timeout = "headers", gateway.header_timeout_sec
-        elif state is h11.SEND_BODY:
-            phase, timeout = "body", gateway.body_timeout_sec + BODY_SLACK_SEC
-        else:  # the request is in; the app takes as long as it takes (a wait for a reply)
-            phase, timeout = "app", None
+        phase, partial = self._client_phase()
         if phase == self._phase:
             return
+        timeout = {"headers": gateway.header_timeout_sec,
+                   "body": gateway.body_timeout_sec + BODY_SLACK_SEC}.get(phase)  # fmt: skip
         self._cancel()
-        # Bytes of the next request may already be buffered (pipelined behind the last).
-        self._phase, self._partial = phase, bool(self.conn.trailing_data[0])
+        self._phase, self._partial = phase, partial
         self.waiting.pop(self, None)
-        if timeout is not None:
-            self.waiting[self] = None  # the client's turn: the newest to wait goes last
+        if timeout is not None:  # the client's turn (the app takes as long as it takes)
+            self.waiting[self] = None  # the newest to wait goes last
             self._timer = self.loop.call_later(timeout, self._expired)
 
     def _expired(self) -> None:
@@ -201,12 +211,6 @@ class GuardedH11Protocol(H11Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-
-def guarded_protocol(live: LiveConfig) -> type[GuardedH11Protocol]:
-    """The protocol class to give ``uvicorn.run(http=...)``, reading limits from ``live``."""
-    shared = {"live": live, "draining": set(), "waiting": {}}
-    return type("GatewayProtocol", (GuardedH11Protocol,), shared)
 
 
 def quiet_resource_errors(loop: asyncio.AbstractEventLoop) -> None:

@@ -20,13 +20,14 @@ Connection-level limits (header deadline, connection cap) live in ``connections.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import shlex
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -77,8 +78,13 @@ def arrived_on_loopback(scope: Scope) -> bool:
     server = scope.get("server")
     if not server or server[1] is None:  # a unix socket: browsers cannot reach it
         return False
+    return _is_loopback(server[0])
+
+
+@functools.lru_cache(maxsize=64)  # the addresses this process listens on
+def _is_loopback(host: str) -> bool:
     try:
-        address = ipaddress.ip_address(server[0])
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
     mapped = getattr(address, "ipv4_mapped", None)
@@ -87,33 +93,73 @@ def arrived_on_loopback(scope: Scope) -> bool:
 
 def host_allowed(value: str, scope: Scope, gateway: GatewayConfig) -> bool:
     name, port = split_host(value)
-    names = {*LOOPBACK_NAMES, split_host(gateway.host)[0], str(scope["server"][0]).lower()}
-    if name in names:
+    names = _names(gateway)
+    if name in names.own or name == str(scope["server"][0]).lower():
         return True
-    for entry in gateway.allowed_hosts:
-        allowed, allowed_port = split_host(entry)
-        if name == allowed and allowed_port in ("", port):
-            return True
-    return False
+    return any(name == host and host_port in ("", port) for host, host_port in names.hosts)
 
 
 def origin_allowed(origin: str, gateway: GatewayConfig) -> bool:
-    return origin.lower() in {o.lower().rstrip("/") for o in gateway.allowed_origins}
+    return origin.lower() in _names(gateway).origins
 
 
-def content_type_problem(method: str, headers: Headers) -> str | None:
-    """Why a request's Content-Type is refused, or None."""
+@dataclass(frozen=True)
+class _Names:
+    """The names a gateway section allows, worked out once per section (a reload swaps the
+    config, and with it the section)."""
+
+    own: frozenset[str]  # localhost, the loopback addresses, gateway.host
+    hosts: tuple[tuple[str, str], ...]  # gateway.allowed_hosts as (name, port or "")
+    origins: frozenset[str]
+
+
+_NAMES: dict[int, tuple[GatewayConfig, _Names]] = {}
+
+
+def _names(gateway: GatewayConfig) -> _Names:
+    hit = _NAMES.get(id(gateway))
+    if hit is None or hit[0] is not gateway:
+        if len(_NAMES) > 8:
+            _NAMES.clear()
+        names = _Names(
+            own=frozenset({*LOOPBACK_NAMES, split_host(gateway.host)[0]}),
+            hosts=tuple(split_host(entry) for entry in gateway.allowed_hosts),
+            origins=frozenset(o.lower().rstrip("/") for o in gateway.allowed_origins),
+        )
+        hit = _NAMES[id(gateway)] = (gateway, names)
+    return hit[1]
+
+
+def content_type_problem(method: str, headers: dict[str, str]) -> str | None:
+    """Why a request's Content-Type is refused, or None (``headers``: lower-case names)."""
     if method in SAFE_METHODS:
         return None
     given = headers.get("content-type")
     if given is None:
         has_body = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
         return "a request body needs Content-Type: application/json" if has_body else None
+    if given == JSON_TYPE:  # as most clients send it
+        return None
     mime, *params = [part.strip().lower() for part in given.split(";")]
     charset = next((p.split("=", 1)[1].strip('" ') for p in params if p.startswith("charset=")), "")
     if mime == JSON_TYPE and charset in ("", "utf-8", "utf8"):
         return None
     return f"Content-Type must be application/json (UTF-8), not {given!r}"
+
+
+# The request headers the guard reads (the first of each, as Starlette's Headers.get).
+_READ = frozenset(
+    {b"host", b"origin", b"content-type", b"content-length", b"transfer-encoding",
+     b"access-control-request-method"}
+)  # fmt: skip
+
+
+def _read_headers(scope: Scope) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in _READ:
+            found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return found
 
 
 class RequestGuard:
@@ -126,7 +172,7 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         gateway = self.live.config.gateway
-        headers = Headers(scope=scope)
+        headers = _read_headers(scope)
         origin = headers.get("origin")
         refusal = self._refusal(scope, headers, gateway, origin)
         if refusal is not None:
@@ -152,7 +198,7 @@ class RequestGuard:
         await self._serve(scope, receive, send, gateway.body_timeout_sec)
 
     def _refusal(
-        self, scope: Scope, headers: Headers, gateway: GatewayConfig, origin: str | None
+        self, scope: Scope, headers: dict[str, str], gateway: GatewayConfig, origin: str | None
     ) -> tuple[int, str] | None:
         host = headers.get("host")
         rebound = (
@@ -211,7 +257,8 @@ def _body_deadline(receive: Receive, timeout: float) -> Receive:
         if body_done:
             return await receive()
         try:
-            message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            async with asyncio.timeout_at(deadline):  # (wait_for would make a task per part)
+                message = await receive()
         except TimeoutError:
             raise BodyTimeout(timeout) from None
         if message["type"] != "http.request" or not message.get("more_body", False):

@@ -70,10 +70,13 @@ async def wait_for_reply(
     waiter: asyncio.Future[Any],
     timeout: float,
     *,
+    session_key: str | None = None,
     disconnected: Callable[[], Awaitable[bool]] | None = None,
 ) -> Reply:
-    """The reply to ``message_id``: from ``waiter`` (``state.outbound.expect``), or from the
-    message record when the stream reader missed it (a reconnect); forgets the waiter."""
+    """The reply to ``message_id`` (of ``session_key``, if known): from ``waiter``
+    (``state.outbound.expect``), or from the message record when the stream reader missed
+    it (a reconnect); forgets the waiter. ``disconnected`` is asked after each poll while
+    time is left."""
     deadline = time.monotonic() + timeout
     try:
         while (remaining := deadline - time.monotonic()) > 0:
@@ -83,9 +86,11 @@ async def wait_for_reply(
                 )
                 return Reply(reply.status.value, reply.text)
             with contextlib.suppress(RedisError):
-                record = await state.mailbox.get_message(message_id)
+                record = await state.mailbox.get_message(message_id, session_key=session_key)
                 if record and MessageStatus(record["status"]).finished:
                     return Reply(record["status"], record["reply"] or "")
+            if deadline <= time.monotonic():
+                break
             if disconnected is not None and await disconnected():
                 return Reply("disconnected")
     finally:
@@ -245,14 +250,15 @@ async def chat_completions(request: Request) -> Any:
         ready: Reply | None = Reply("done", accepted.reply)
     else:
         ready = None
-    log.info("openai request", session_key=session, message_id=message.message_id,
-             stream=body.stream, command=ready is not None)  # fmt: skip
+    # The message itself is logged by the inbox ("message received", "command answered").
+    log.debug("openai request", session_key=session, message_id=message.message_id,
+              stream=body.stream, command=ready is not None)  # fmt: skip
 
     async def wait(disconnected: Callable[[], Awaitable[bool]] | None) -> Reply:
         if ready is not None:
             return ready
         return await wait_for_reply(state, message.message_id, waiter, timeout,
-                                    disconnected=disconnected)  # fmt: skip
+                                    session_key=session, disconnected=disconnected)  # fmt: skip
 
     async def usage() -> dict[str, int]:
         total = 0

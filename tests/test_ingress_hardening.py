@@ -204,6 +204,13 @@ def test_deep_json_and_huge_numbers_get_422_without_a_traceback(fleet_factory):
 
 
 # -- slow and flooding clients -------------------------------------------------------------
+# Each against both HTTP parsers: the guard (claw_ingress/connections.py) is one mixin over
+# uvicorn's httptools protocol (the default) and its h11 one (claw-ingress --http h11).
+
+
+@pytest.fixture(params=["httptools", "h11"])
+def http(request: pytest.FixtureRequest) -> list[str]:
+    return ["--http", str(request.param)]
 
 
 def raw_socket(port: int, data: bytes) -> socket.socket:
@@ -264,11 +271,11 @@ def open_fds(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
-def test_a_slow_flood_is_cut_off_and_never_keeps_health_from_answering(fleet_factory):
+def test_a_slow_flood_is_cut_off_and_never_keeps_health_from_answering(fleet_factory, http):
     fleet = fleet_factory(
         gateway__max_connections=20, gateway__header_timeout_sec=1, gateway__body_timeout_sec=1
     )
-    proc = fleet.start_ingress()
+    proc = fleet.start_ingress(*http)
     baseline = open_fds(proc.pid)
     head = b"POST /api/message HTTP/1.1\r\nHost: 127.0.0.1\r\n"
     partial_body = head + b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"te'
@@ -306,9 +313,9 @@ def test_a_slow_flood_is_cut_off_and_never_keeps_health_from_answering(fleet_fac
     assert not tracebacks(fleet)
 
 
-def test_when_every_connection_is_busy_a_new_one_gets_a_clear_503(fleet_factory):
+def test_when_every_connection_is_busy_a_new_one_gets_a_clear_503(fleet_factory, http):
     fleet = fleet_factory(gateway__max_connections=3)
-    fleet.start_ingress()  # no worker: each request below waits for its reply
+    fleet.start_ingress(*http)  # no worker: each request below waits for its reply
     body = json.dumps({"text": "hi", "session": "api:busy", "wait": True, "timeout": 3600})
     request = (
         b"POST /api/message HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
@@ -330,9 +337,9 @@ def test_when_every_connection_is_busy_a_new_one_gets_a_clear_503(fleet_factory)
     assert not tracebacks(fleet)
 
 
-def test_a_slow_body_gets_408_and_a_slow_header_is_closed(fleet_factory):
+def test_a_slow_body_gets_408_and_a_slow_header_is_closed(fleet_factory, http):
     fleet = fleet_factory(gateway__header_timeout_sec=1, gateway__body_timeout_sec=1.5)
-    fleet.start_ingress()
+    fleet.start_ingress(*http)
     started = time.monotonic()
     body = raw_socket(fleet.port, b"POST /api/message HTTP/1.1\r\nHost: localhost\r\n"
                       b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")  # fmt: skip
@@ -348,11 +355,11 @@ def test_a_slow_body_gets_408_and_a_slow_header_is_closed(fleet_factory):
 
 
 @pytest.mark.parametrize("path", ["/api/message", "/api/sessions/api:x/stop"])
-def test_a_trickled_body_after_an_early_answer_is_cut_off(fleet_factory, path):
+def test_a_trickled_body_after_an_early_answer_is_cut_off(fleet_factory, path, http):
     """The app may answer before the body is in (a 413 on Content-Length): a client that
     then trickles the body a byte at a time must not keep the connection for ever."""
     fleet = fleet_factory(gateway__body_timeout_sec=1)
-    fleet.start_ingress()
+    fleet.start_ingress(*http)
     sock = raw_socket(fleet.port, f"POST {path} HTTP/1.1\r\nHost: localhost\r\n".encode()
                       + b"Content-Type: application/json\r\nContent-Length: 99999999\r\n\r\n")  # fmt: skip
     deadline = time.monotonic() + 1 + 4
@@ -368,6 +375,54 @@ def test_a_trickled_body_after_an_early_answer_is_cut_off(fleet_factory, path):
         time.sleep(0.1)
     sock.close()
     assert closed, "the server kept a trickling connection past the body timeout"
+
+
+def test_an_oversized_request_head_is_refused(fleet_factory, http):
+    """A request head (request line and headers) still incomplete past 16 KiB is refused and
+    closed, long before the header deadline: h11's own bound, which the httptools protocol
+    applies itself, to complete heads too (h11 takes a complete one that came in one read)."""
+    fleet = fleet_factory()
+    fleet.start_ingress(*http)
+    head = b"GET /health HTTP/1.1\r\nHost: localhost\r\n"
+    whole = raw_socket(fleet.port, head + b"X-Pad: " + b"a" * 20_000 + b"\r\n\r\n")
+    trickled = raw_socket(fleet.port, head)
+    started = time.monotonic()
+    for _ in range(24):  # 24 KiB of header lines, none ending the head
+        try:
+            trickled.send(b"X-More: " + b"b" * 1000 + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        time.sleep(0.02)
+    got = read_until_closed([trickled], deadline=started + 5)[trickled]
+    assert status_of(got) in (431, 400), got  # h11: its generic 400
+    if http[-1] == "httptools":
+        whole_got = read_until_closed([whole], deadline=started + 5)[whole]
+        assert status_of(whole_got) == 431 and b"16384" in whole_got, whole_got
+    # A 12 KiB head that comes in pieces (one header line split between reads) is served.
+    split = raw_socket(fleet.port, head + b"X-Big: " + b"c" * 6000)
+    for piece in (b"c" * 6000, b"\r\nConnection: close\r\n\r\n"):
+        time.sleep(0.1)
+        split.send(piece)
+    served = read_until_closed([split], deadline=time.monotonic() + 5)[split]
+    assert status_of(served) == 200, served
+    for sock in (whole, trickled, split):
+        sock.close()
+    assert httpx.get(f"{fleet.base_url}/health", timeout=5).status_code == 200
+    assert not tracebacks(fleet)
+
+
+def test_a_websocket_outlives_the_request_deadlines(fleet_factory, http):
+    """The guard lets go of a connection upgraded to a WebSocket: no header or body deadline
+    closes it afterwards."""
+    from websockets.sync.client import connect
+
+    fleet = fleet_factory(gateway__header_timeout_sec=1, gateway__body_timeout_sec=1)
+    fleet.start_ingress(*http)
+    with connect(f"ws://127.0.0.1:{fleet.port}/ws") as ws:
+        time.sleep(1 + 0.5 + 1)  # past both deadlines (and the body's slack)
+        ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(ws.recv(timeout=5)) == {"type": "pong"}
+    assert not tracebacks(fleet)
 
 
 def test_a_waiting_client_that_leaves_frees_its_wait(fleet_factory):

@@ -1,14 +1,15 @@
-"""The enqueue side of the session mailbox, for the asyncio ingress.
+"""The enqueue side of the session mailbox, for the asyncio ingress (and ``submit.py``).
 
-One round trip stores a message at the tail of its session's list, marks the session dirty,
-records the message's queued run and wakes the session (the drain task pushed by the same
-script, see ``wakeup.py``); the worker side (``mailbox.py``) drains it. This
-module imports only redis, the contract, the constants and the run helpers, so the ingress
-stays light.
+One script call (ENQUEUE, ``scripts.py``) stores a message at the tail of its session's
+list, indexes it by id, marks the session dirty, records the message's queued run and wakes
+the session (the drain task pushed by the same script, see ``wakeup.py``); the worker side
+(``mailbox.py``) drains it. This module imports only redis, the contract, the constants and
+the run helpers, so the ingress stays light.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ import redis.asyncio as aioredis
 from claw_worker import constants as k
 from claw_worker.contract import InboundMessage, MessageStatus
 from claw_worker.session import scripts as lua
-from claw_worker.session.runs import new_run_id, queue_run
+from claw_worker.session.runs import new_run_id
 from claw_worker.session.wakeup import drain_message
 
 DEFAULT_MESSAGE_TTL_SEC = 7 * 24 * 3600
@@ -49,31 +50,96 @@ def message_record(raw: dict[str, str], message_id: str, session_key: str) -> di
     }
 
 
+def enqueue_call(
+    message: InboundMessage, run_id: str, *, ttl_sec: int, run_ttl_sec: int, run_max: int
+) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of the ENQUEUE script that stores ``message`` (scripts.py)."""
+    sk, mid = message.session_key, message.message_id
+    keys = [
+        k.message_key(sk, mid), k.mailbox_key(sk), k.latest_run_key(sk), k.drain_queued_key(sk),
+        k.QUEUE_SESSIONS, k.message_index_key(mid), k.DIRTY_SESSIONS, k.run_key(run_id),
+        k.RUNS_INDEX,
+    ]  # fmt: skip
+    args = [
+        message.model_dump_json(), time.time(), ttl_sec, message.channel, message.chat_id,
+        run_id, run_ttl_sec, drain_message(sk), DRAIN_MARK_TTL_SEC, sk, mid, -run_max - 1,
+    ]  # fmt: skip
+    return keys, args
+
+
 def stage_enqueue(
     pipe: Any, script: Any, message: InboundMessage, run_id: str, *, ttl_sec: int,
     run_ttl_sec: int, run_max: int,
 ) -> Any:  # fmt: skip
-    """Buffer the commands that store ``message`` on ``pipe`` (the ENQUEUE script's answer
-    is the pipeline's last). With an asyncio pipeline, await what this returns: queuing
-    the script on one is a coroutine."""
-    sk, mid = message.session_key, message.message_id
-    now = time.time()
-    pipe.set(k.message_index_key(mid), sk, ex=ttl_sec)
-    pipe.zadd(k.DIRTY_SESSIONS, {sk: now})
-    queue_run(pipe, run_id, sk, mid, ttl_sec=run_ttl_sec, max_runs=run_max)
-    keys = [k.message_key(sk, mid), k.mailbox_key(sk), k.latest_run_key(sk)]
-    return script(
-        keys=[*keys, k.drain_queued_key(sk), k.QUEUE_SESSIONS],
-        args=[
-            message.model_dump_json(), now, ttl_sec, message.channel, message.chat_id,
-            run_id, run_ttl_sec, drain_message(sk), DRAIN_MARK_TTL_SEC,
-        ],
-        client=pipe,
-    )  # fmt: skip
+    """Buffer the script call that stores ``message`` on ``pipe`` (its answer is the
+    pipeline's last). With an asyncio pipeline, await what this returns: queuing the script
+    on one is a coroutine."""
+    keys, args = enqueue_call(message, run_id, ttl_sec=ttl_sec, run_ttl_sec=run_ttl_sec,
+                              run_max=run_max)  # fmt: skip
+    return script(keys=keys, args=args, client=pipe)
+
+
+class Coalescer:
+    """Redis commands that concurrent callers issue in one turn of the event loop, sent
+    together in one pipeline: one connection from the pool, one write, the replies read in a
+    row. Under load a command then costs the process ~20 µs instead of the ~50 (at 50
+    concurrent requests) to ~100 µs (at 400) of a call of its own through redis-py (pool
+    lock, retry wrapper, timeouts, a wake-up per reply). Each caller gets its own reply, or
+    its own error: a command that fails does not fail the others."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.redis = client
+        self._queued: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Task[None]] = set()  # referenced until done
+
+    def execute(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue one command (as ``execute_command`` takes it); await the reply."""
+        loop = asyncio.get_running_loop()
+        if not self._queued:
+            loop.call_soon(self._flush)
+        future = loop.create_future()
+        self._queued.append((args, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self._queued = self._queued, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        try:
+            if len(batch) == 1:  # no one else to wait for: a call of its own is cheaper
+                try:
+                    replies = [await self.redis.execute_command(*batch[0][0])]
+                except redis.ResponseError as exc:
+                    replies = [exc]
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for args, _ in batch:
+                        pipe.execute_command(*args)
+                    replies = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # the connection failed: every caller hears it
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except asyncio.CancelledError:  # shutting down
+            for _, future in batch:
+                future.cancel()
+            raise
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():  # its caller gave up waiting (the command ran all the same)
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
 
 
 class AsyncMailbox:
-    """Enqueue side, for the asyncio ingress: one round trip per message."""
+    """Enqueue side, for the asyncio ingress: one script call per message, sent with the
+    other requests' (``commands``, a :class:`Coalescer` the ingress shares)."""
 
     def __init__(
         self,
@@ -84,55 +150,57 @@ class AsyncMailbox:
         run_max: int = DEFAULT_RUN_MAX,
     ):
         self.redis = client
+        self.commands = Coalescer(client)
         self.ttl_sec = ttl_sec
         self.run_ttl_sec = run_ttl_sec
         self.run_max = run_max
-        self._enqueue = client.register_script(lua.ENQUEUE)
+        self._sha = client.register_script(lua.ENQUEUE).sha
 
     async def enqueue(self, message: InboundMessage) -> Enqueued:
-        """Store the message and its queued run (a duplicate message_id is dropped).
-
-        One pipeline: the id index, the dirty mark and the run record are global keys, the
-        message record, the list and the session's latest run are in the session's slot and
-        are written together by one script.
+        """Store the message and its queued run, and wake its session: one EVALSHA (the
+        script is loaded on first use, and again after a Redis restart). A duplicate
+        message_id is dropped, with nothing written.
 
         After a Redis restart the pool may hand out a connection the old server closed;
-        the pipeline is then sent once more on a fresh one. That is safe: every command in
-        it is idempotent for the same message (ENQUEUE dedupes by message_id).
+        the call is then sent once more on a fresh one. That is safe: the script dedupes by
+        message_id, and answers our own run_id when the first try did get through.
         """
         run_id = new_run_id()
+        keys, args = enqueue_call(message, run_id, ttl_sec=self.ttl_sec,
+                                  run_ttl_sec=self.run_ttl_sec, run_max=self.run_max)  # fmt: skip
         try:
-            stored, known = await self._enqueue_once(message, run_id)
+            stored, known = await self._evalsha(keys, args)
         except (redis.ConnectionError, redis.TimeoutError):
-            stored, known = await self._enqueue_once(message, run_id)
-        if not stored and known != run_id:  # (equal: our own first try did get through)
-            # The run recorded in the same trip belongs to nothing: a second trip, for
-            # duplicates only, removes it.
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.delete(k.run_key(run_id))
-                pipe.zrem(k.RUNS_INDEX, run_id)
-                await pipe.execute()
-        return Enqueued(stored, known)
+            stored, known = await self._evalsha(keys, args)
+        known = str(known or "")
+        return Enqueued(bool(int(stored)) or known == run_id, known)
 
-    async def _enqueue_once(self, message: InboundMessage, run_id: str) -> tuple[bool, str]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await stage_enqueue(pipe, self._enqueue, message, run_id, ttl_sec=self.ttl_sec,
-                                run_ttl_sec=self.run_ttl_sec, run_max=self.run_max)  # fmt: skip
-            results = await pipe.execute()
-        stored, known = results[-1]
-        return bool(int(stored)), str(known or "")
-
-    async def get_message(self, message_id: str) -> dict[str, Any] | None:
+    async def _evalsha(self, keys: list[str], args: list[Any]) -> Any:
+        call = ("EVALSHA", self._sha, len(keys), *keys, *args)
         try:
-            return await self._get_message_once(message_id)
-        except (redis.ConnectionError, redis.TimeoutError):
-            return await self._get_message_once(message_id)  # a stale pooled connection
+            return await self.commands.execute(*call)
+        except redis.exceptions.NoScriptError:  # a new or restarted server: load it once
+            await self.redis.script_load(lua.ENQUEUE)
+            return await self.commands.execute(*call)
 
-    async def _get_message_once(self, message_id: str) -> dict[str, Any] | None:
-        session_key = await self.redis.get(k.message_index_key(message_id))
+    async def get_message(
+        self, message_id: str, *, session_key: str | None = None
+    ) -> dict[str, Any] | None:
+        """The message's public record, or None; ``session_key``, when the caller knows it,
+        saves looking it up by id."""
+        try:
+            return await self._get_message_once(message_id, session_key)
+        except (redis.ConnectionError, redis.TimeoutError):  # a stale pooled connection
+            return await self._get_message_once(message_id, session_key)
+
+    async def _get_message_once(
+        self, message_id: str, session_key: str | None
+    ) -> dict[str, Any] | None:
+        if session_key is None:
+            session_key = await self.commands.execute("GET", k.message_index_key(message_id))
         if session_key is None:
             return None
-        raw = await self.redis.hgetall(k.message_key(session_key, message_id))
+        raw = await self.commands.execute("HGETALL", k.message_key(session_key, message_id))
         if not raw:
             return None
         return message_record(raw, message_id, session_key)

@@ -1,14 +1,18 @@
 """Lua scripts of the session mailbox. Each touches the keys of one session (one hash slot),
-or only global keys, so they run unchanged on Redis Cluster; the one exception is ENQUEUE's
-push onto the Celery queue list (Celery's Redis transport is not Cluster-aware anyway)."""
+or only global keys, so they run unchanged on Redis Cluster; the one exception is ENQUEUE,
+which also writes the global keys of a message (its id index, the dirty mark, the run record
+and index) and pushes onto the Celery queue list (Celery's Redis transport is not
+Cluster-aware anyway)."""
 
-# KEYS: msgrec, mailbox, latest run, drain-queued mark, Celery queue list
+# KEYS: msgrec, mailbox, latest run, drain-queued mark, Celery queue list, message index,
+#       dirty sessions, run record, runs index
 # ARGV: payload, now, ttl_sec, channel, chat_id, run_id, run_ttl_sec, drain message (the
-# Celery message of drain(session), session/wakeup.py), mark ttl_sec.
-# Stores the message and wakes the session in one atomic round trip: the drain task is
-# pushed onto the queue unless one is already queued for the session (the mark, which the
-# drain clears when it starts). Returns {1, run_id} when stored, {0, the stored message's
-# run_id or ''} when this message_id was already stored (dedupe).
+# Celery message of drain(session), session/wakeup.py), mark ttl_sec, session_key,
+# message_id, the runs index's trim stop (-(run_max) - 1)
+# Stores the message, its queued run, and wakes the session in one atomic call: the drain
+# task is pushed onto the queue unless one is already queued for the session (the mark,
+# which the drain clears when it starts). Returns {1, run_id} when stored, {0, the stored
+# message's run_id or ''} when this message_id was already stored (dedupe: nothing written).
 ENQUEUE = """
 local run = redis.call('HGET', KEYS[1], 'run_id')
 if run then return {0, run} end
@@ -18,6 +22,13 @@ redis.call('HSET', KEYS[1], 'status', 'queued', 'queued_at', ARGV[2], 'attempts'
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('SET', KEYS[3], ARGV[6], 'EX', ARGV[7])
+redis.call('SET', KEYS[6], ARGV[10], 'EX', ARGV[3])
+redis.call('ZADD', KEYS[7], ARGV[2], ARGV[10])
+redis.call('HSET', KEYS[8], 'run_id', ARGV[6], 'session_key', ARGV[10],
+           'message_id', ARGV[11], 'status', 'queued', 'queued_at', ARGV[2])
+redis.call('EXPIRE', KEYS[8], ARGV[7])
+redis.call('ZADD', KEYS[9], ARGV[2], ARGV[6])
+redis.call('ZREMRANGEBYRANK', KEYS[9], 0, ARGV[12])
 if redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[9]) then
   redis.call('LPUSH', KEYS[5], ARGV[8])
 end
