@@ -12,13 +12,13 @@ Routes:
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.platforms.base import Handler, LoopbackHTTP
 
 BRAVE_KEY = "brave-test-key"
 
@@ -30,48 +30,12 @@ class Interval:
     end: float
 
 
-@dataclass
-class WebServer:
-    pages: dict[str, tuple[int, str, bytes]] = field(default_factory=dict)
-    slow_sec: float = 0.5
-    intervals: list[Interval] = field(default_factory=list)
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    max_in_flight: int = 0
-    _in_flight: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _httpd: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def start(self) -> WebServer:
-        server = self
-
-        class Handler(_Handler):
-            web = server
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-
-    def interval(self, name: str) -> Interval:
-        return next(i for i in self.intervals if i.name == name)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    web: WebServer
+class _Handler(Handler):
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    @property
+    def web(self) -> WebServer:
+        return self.fake
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
@@ -82,7 +46,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
         if parts.path == "/brave/res/v1/web/search":
             if self.headers.get("X-Subscription-Token") != BRAVE_KEY:
-                self._send(401, "application/json", b'{"error": "bad token"}')
+                self.send_body(401, "application/json", b'{"error": "bad token"}')
                 return
             results = [
                 {
@@ -92,29 +56,27 @@ class _Handler(BaseHTTPRequestHandler):
                 }
                 for n in range(1, int(query.get("count", "5")) + 1)
             ]
-            self._json({"type": "search", "web": {"results": results}})
+            self.send_json(200, {"type": "search", "web": {"results": results}})
         elif parts.path == "/searx/search" and query.get("format") == "json":
-            self._json(
+            self.send_json(
+                200,
                 {
                     "query": query["q"],
                     "results": [
                         {"title": "SearX one", "url": "https://one.example", "content": "first"},
                         {"title": "SearX two", "url": "https://two.example", "content": "second"},
                     ],
-                }
+                },
             )
         elif parts.path == "/redirect":
-            self.send_response(302)
-            self.send_header("Location", query["to"])
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.send_body(302, None, b"", {"Location": query["to"]})
         elif parts.path.startswith("/slow/"):
             self._slow(parts.path)
         elif parts.path in self.web.pages:
             status, ctype, body = self.web.pages[parts.path]
-            self._send(status, ctype, body)
+            self.send_body(status, ctype, body)
         else:
-            self._send(404, "text/plain", b"not found")
+            self.send_body(404, "text/plain", b"not found")
 
     def _slow(self, path: str) -> None:
         name = path.split("/")[2]
@@ -128,16 +90,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.web._in_flight -= 1
             self.web.intervals.append(Interval(name, start, end))
         if path.endswith("/search"):
-            self._json({"results": [{"title": name, "url": f"https://{name}.example"}]})
+            self.send_json(200, {"results": [{"title": name, "url": f"https://{name}.example"}]})
         else:
-            self._send(200, "text/plain", f"slow {name}".encode())
+            self.send_body(200, "text/plain", f"slow {name}".encode())
 
-    def _json(self, data: Any) -> None:
-        self._send(200, "application/json", json.dumps(data).encode())
 
-    def _send(self, status: int, ctype: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+@dataclass
+class WebServer(LoopbackHTTP):
+    handler = _Handler
+    pages: dict[str, tuple[int, str, bytes]] = field(default_factory=dict)
+    slow_sec: float = 0.5
+    intervals: list[Interval] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    max_in_flight: int = 0
+    _in_flight: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def interval(self, name: str) -> Interval:
+        return next(i for i in self.intervals if i.name == name)

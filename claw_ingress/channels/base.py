@@ -9,20 +9,25 @@ the access policy and pairing (``claw_ingress/access.py``), starting, restarting
 stopping (``claw_ingress/channels/manager.py``).
 
 An adapter that pushes (webhooks) returns its routes from :meth:`Channel.routes`; they are
-mounted under ``/webhooks/<name>``. One that holds connections (a WebSocket, a device over
-TCP) sets ``connection_bound``: its replies are sent by the ingress replica that holds the
-chat's connection (:meth:`ChannelContext.hold_connection`).
+mounted under ``/webhooks/<name>``, and one whose platform wants a push answered within
+seconds hands messages over with :meth:`Channel.receive_in_time`. One that holds
+connections (a WebSocket, a device over TCP) sets ``connection_bound``: its replies are sent
+by the ingress replica that holds the chat's connection
+(:meth:`ChannelContext.hold_connection`, renewed by :meth:`Channel.keep_holding`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import httpx
 import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
 from starlette.routing import BaseRoute
 
 from claw_worker import constants as k
@@ -92,6 +97,7 @@ class Channel(ABC):
 
     def __init__(self, ctx: ChannelContext) -> None:
         self.ctx = ctx
+        self._receiving: set[asyncio.Task[Accepted]] = set()  # see receive_in_time
 
     @property
     def config(self) -> ChannelConfig:
@@ -114,8 +120,11 @@ class Channel(ABC):
         return None
 
     async def stop(self) -> None:
-        """Close connections and cancel the tasks :meth:`start` started."""
-        return None  # optional: most adapters need nothing here
+        """Close connections and cancel the tasks :meth:`start` started. This one cancels
+        what :meth:`receive_in_time` left running: an adapter that uses it and has a stop of
+        its own calls ``super().stop()``."""
+        for task in list(self._receiving):
+            task.cancel()
 
     @abstractmethod
     async def send(self, chat_id: str, text: str, *, reply_to: str | None = None) -> None:
@@ -127,6 +136,43 @@ class Channel(ABC):
         if accepted.status == "queued":
             await self.on_accepted(message)
         return accepted
+
+    async def receive_in_time(self, message: InboundMessage, *, within: float) -> bool:
+        """:meth:`receive`, for a platform that wants its push answered within a few
+        seconds: False when the message was not stored (answer so that the platform pushes
+        it again); True when it was, or is still being handled after ``within`` seconds (a
+        slow slash command), which then finishes in the background, a failure logged."""
+        task = asyncio.create_task(self.receive(message))
+        self._receiving.add(task)  # referenced until done, so it is not garbage-collected
+        task.add_done_callback(self._received)
+        done, _ = await asyncio.wait({task}, timeout=within)
+        return not done or (not task.cancelled() and task.exception() is None)
+
+    def _received(self, task: asyncio.Task[Accepted]) -> None:
+        self._receiving.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error(
+                f"{self.name} message not stored", channel=self.name, error=repr(task.exception())
+            )
+
+    async def keep_holding(self, held: Callable[[], Iterable[str]]) -> None:
+        """Renew the marks of the chats whose connections this replica holds (``held()``)
+        every third of ``CONNECTION_TTL_SEC``, until cancelled; run it in a task from
+        :meth:`start` (adapters that set ``connection_bound``)."""
+        while True:
+            await asyncio.sleep(CONNECTION_TTL_SEC / 3)
+            for chat_id in list(held()):
+                try:
+                    await self.ctx.hold_connection(self.name, chat_id)
+                except RedisError as exc:
+                    self._log.warning("cannot renew a held connection", channel=self.name,
+                                      chat_id=chat_id, error=str(exc))  # fmt: skip
+                    break
+
+    @property
+    def _log(self) -> Any:
+        """The adapter module's logger: what the base logs for an adapter is logged as its."""
+        return structlog.get_logger(type(self).__module__)
 
     def routes(self) -> list[BaseRoute]:
         """Webhook routes, mounted under ``/webhooks/<name>``."""

@@ -29,9 +29,7 @@ the sender's staff id) or ``/v1.0/robot/groupMessages/send`` (a group), ``msgKey
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -45,7 +43,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from claw_ingress.channels._http import json_object
 from claw_ingress.channels.base import Channel, ChannelContext, ChannelError, SendError
+from claw_ingress.channels.tokens import TokenCache
 from claw_worker import constants as k
 from claw_worker.config.channels import DingTalkConfig
 from claw_worker.contract import InboundMessage
@@ -87,10 +87,7 @@ class DingTalkChannel(Channel):
 
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)
-        self._token = ""
-        self._token_until = 0.0
-        self._token_lock = asyncio.Lock()
-        self._pending: set[asyncio.Task[Any]] = set()
+        self._tokens = TokenCache(self._fetch_token, margin_sec=TOKEN_MARGIN_SEC)
 
     @property
     def config(self) -> DingTalkConfig:  # type: ignore[override]
@@ -103,13 +100,9 @@ class DingTalkChannel(Channel):
 
     async def start(self) -> None:
         try:
-            await self._access_token()
+            await self._tokens.get()
         except SendError as exc:
             raise ChannelError(f"DingTalk refused the app's credentials: {exc}") from exc
-
-    async def stop(self) -> None:
-        for task in list(self._pending):
-            task.cancel()
 
     def routes(self) -> list[BaseRoute]:
         return [Route("/", self._webhook, methods=["POST"])]
@@ -144,7 +137,7 @@ class DingTalkChannel(Channel):
             log.info("dingtalk message already handled", channel=self.name, msg_id=msg_id)
             return _answer(200)
         await self._remember(payload, message.sender_id)
-        if not await self._hand_over(message):
+        if not await self.receive_in_time(message, within=ANSWER_WITHIN_SEC):
             if msg_id:
                 await self.ctx.redis.delete(message_seen_key(msg_id))
             return _answer(503, "not stored; try again")
@@ -200,22 +193,6 @@ class DingTalkChannel(Channel):
             base.path
         )
 
-    async def _hand_over(self, message: InboundMessage) -> bool:
-        """Store the message; False when that failed (DingTalk then retries). A command
-        still running after ``ANSWER_WITHIN_SEC`` finishes after the answer."""
-        task = asyncio.create_task(self.receive(message))
-        self._pending.add(task)
-        task.add_done_callback(self._done)
-        done, _ = await asyncio.wait({task}, timeout=ANSWER_WITHIN_SEC)
-        return not done or (not task.cancelled() and task.exception() is None)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error(
-                "dingtalk message not stored", channel=self.name, error=repr(task.exception())
-            )
-
     # -- sending ---------------------------------------------------------------------------
 
     async def send(self, chat_id: str, text: str, *, reply_to: str | None = None) -> None:
@@ -258,7 +235,7 @@ class DingTalkChannel(Channel):
             )
         except httpx.HTTPError as exc:
             raise SendError(f"DingTalk unreachable: {exc!r}") from exc
-        data = _json(response)
+        data = json_object(response)
         if response.status_code == 200 and data.get("errcode") == 0:
             return True
         if response.status_code == 429 or data.get("errcode") == WEBHOOK_RATE_LIMITED:
@@ -272,7 +249,7 @@ class DingTalkChannel(Channel):
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """One open API call with the access token (fetched again once if it is refused)."""
         for attempt in (1, 2):
-            token = await self._access_token()
+            token = await self._tokens.get()
             try:
                 response = await self.ctx.http.post(
                     self.config.api_base + path, json=body,
@@ -280,44 +257,31 @@ class DingTalkChannel(Channel):
                 )  # fmt: skip
             except httpx.HTTPError as exc:
                 raise SendError(f"DingTalk unreachable: {exc!r}") from exc
-            data = _json(response)
+            data = json_object(response)
             if response.status_code == 200:
                 return data
             if response.status_code == 401 and attempt == 1:
-                if self._token == token:
-                    self._token, self._token_until = "", 0.0
+                self._tokens.drop(token)
                 continue
             raise _send_error(response, str(data.get("code", "")), str(data.get("message", "")))
         raise AssertionError("unreachable")
 
-    async def _access_token(self) -> str:
-        async with self._token_lock:
-            if self._token and time.monotonic() < self._token_until:
-                return self._token
-            cfg = self.config
-            try:
-                response = await self.ctx.http.post(
-                    cfg.api_base + "/v1.0/oauth2/accessToken",
-                    json={"appKey": cfg.client_id, "appSecret": cfg.client_secret},
-                )
-            except httpx.HTTPError as exc:
-                raise SendError(f"DingTalk unreachable: {exc!r}") from exc
-            data = _json(response)
-            token, expire = data.get("accessToken"), data.get("expireIn")
-            if response.status_code != 200 or not token or not isinstance(expire, int):
-                raise SendError(f"no access token (HTTP {response.status_code}, "
-                                f"{data.get('code', '')}: {data.get('message', '')})")  # fmt: skip
-            self._token = str(token)
-            self._token_until = time.monotonic() + expire - min(TOKEN_MARGIN_SEC, expire / 2)
-            return self._token
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    with contextlib.suppress(ValueError):
-        data = response.json()
-        if isinstance(data, dict):
-            return data
-    return {}
+    async def _fetch_token(self) -> tuple[str, float]:
+        """An access token and its lifetime (for ``self._tokens``)."""
+        cfg = self.config
+        try:
+            response = await self.ctx.http.post(
+                cfg.api_base + "/v1.0/oauth2/accessToken",
+                json={"appKey": cfg.client_id, "appSecret": cfg.client_secret},
+            )
+        except httpx.HTTPError as exc:
+            raise SendError(f"DingTalk unreachable: {exc!r}") from exc
+        data = json_object(response)
+        token, expire = data.get("accessToken"), data.get("expireIn")
+        if response.status_code != 200 or not token or not isinstance(expire, int):
+            raise SendError(f"no access token (HTTP {response.status_code}, "
+                            f"{data.get('code', '')}: {data.get('message', '')})")  # fmt: skip
+        return str(token), expire
 
 
 def _send_error(response: httpx.Response, code: str, message: str) -> SendError:

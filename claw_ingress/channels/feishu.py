@@ -28,14 +28,11 @@ permanent; the rest → retried by delivery. ``api_base`` is the domain: open.fe
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import json
-import time
 from typing import Any
 from urllib.parse import quote
 
@@ -47,7 +44,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from claw_ingress.channels._http import json_object
 from claw_ingress.channels.base import Channel, ChannelContext, ChannelError, SendError
+from claw_ingress.channels.tokens import TokenCache
 from claw_worker import constants as k
 from claw_worker.config.channels import FeishuConfig
 from claw_worker.contract import InboundMessage
@@ -96,11 +95,8 @@ class FeishuChannel(Channel):
 
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)
-        self._token = ""
-        self._token_until = 0.0
-        self._token_lock = asyncio.Lock()
+        self._tokens = TokenCache(self._fetch_token, margin_sec=TOKEN_MARGIN_SEC)
         self._bot_open_id = ""
-        self._pending: set[asyncio.Task[Any]] = set()
 
     @property
     def config(self) -> FeishuConfig:  # type: ignore[override]
@@ -120,10 +116,6 @@ class FeishuChannel(Channel):
         self._bot_open_id = str((data.get("bot") or {}).get("open_id") or "")
         if not self._bot_open_id:
             raise ChannelError("Feishu gave no bot open_id: enable the app's bot ability")
-
-    async def stop(self) -> None:
-        for task in list(self._pending):
-            task.cancel()
 
     def routes(self) -> list[BaseRoute]:
         return [Route("/", self._webhook, methods=["POST"])]
@@ -178,7 +170,7 @@ class FeishuChannel(Channel):
                                                      ex=EVENT_TTL_SEC):  # fmt: skip
             log.info("feishu event already handled", channel=self.name, event_id=event_id)
             return _answer(200)
-        if not await self._hand_over(message):
+        if not await self.receive_in_time(message, within=ANSWER_WITHIN_SEC):
             if event_id:
                 await self.ctx.redis.delete(event_seen_key(event_id))
             return _answer(503, "not stored; try again")
@@ -192,20 +184,6 @@ class FeishuChannel(Channel):
     def _refuse(self, status: int, reason: str) -> JSONResponse:
         log.warning("feishu push refused", channel=self.name, status=status, error=reason)
         return _answer(status, reason)
-
-    async def _hand_over(self, message: InboundMessage) -> bool:
-        """Store the message; False when that failed (the push is then retried). A command
-        still running after ``ANSWER_WITHIN_SEC`` finishes after the answer."""
-        task = asyncio.create_task(self.receive(message))
-        self._pending.add(task)
-        task.add_done_callback(self._done)
-        done, _ = await asyncio.wait({task}, timeout=ANSWER_WITHIN_SEC)
-        return not done or (not task.cancelled() and task.exception() is None)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("feishu message not stored", channel=self.name, error=repr(task.exception()))
 
     def _inbound(self, event: Any) -> InboundMessage | None:
         if not isinstance(event, dict):
@@ -256,7 +234,7 @@ class FeishuChannel(Channel):
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """One open API call with the tenant token (fetched again once if it is refused)."""
         for attempt in (1, 2):
-            token = await self._tenant_token()
+            token = await self._tokens.get()
             try:
                 response = await self.ctx.http.request(
                     method, self.config.api_base + path,
@@ -264,48 +242,32 @@ class FeishuChannel(Channel):
                 )  # fmt: skip
             except httpx.HTTPError as exc:
                 raise SendError(f"Feishu unreachable: {exc!r}") from exc
-            data = _json(response)
+            data = json_object(response)
             code = data.get("code")
             if response.status_code == 200 and code == 0:
                 return data
             if code in TOKEN_INVALID_CODES and attempt == 1:
-                self._drop_token(token)
+                self._tokens.drop(token)
                 continue
             raise _send_error(response, code, str(data.get("msg", "")))
         raise AssertionError("unreachable")
 
-    async def _tenant_token(self) -> str:
-        async with self._token_lock:
-            if self._token and time.monotonic() < self._token_until:
-                return self._token
-            cfg = self.config
-            try:
-                response = await self.ctx.http.post(
-                    cfg.api_base + "/open-apis/auth/v3/tenant_access_token/internal",
-                    json={"app_id": cfg.app_id, "app_secret": cfg.app_secret},
-                )
-            except httpx.HTTPError as exc:
-                raise SendError(f"Feishu unreachable: {exc!r}") from exc
-            data = _json(response)
-            token, expire = data.get("tenant_access_token"), data.get("expire")
-            if data.get("code") != 0 or not token or not isinstance(expire, int):
-                raise SendError(f"no tenant_access_token (HTTP {response.status_code}, "
-                                f"code {data.get('code')}: {data.get('msg', '')})")  # fmt: skip
-            self._token = str(token)
-            self._token_until = time.monotonic() + expire - min(TOKEN_MARGIN_SEC, expire / 2)
-            return self._token
-
-    def _drop_token(self, token: str) -> None:
-        if self._token == token:
-            self._token, self._token_until = "", 0.0
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    with contextlib.suppress(ValueError):
-        data = response.json()
-        if isinstance(data, dict):
-            return data
-    return {}
+    async def _fetch_token(self) -> tuple[str, float]:
+        """A tenant_access_token and its lifetime (for ``self._tokens``)."""
+        cfg = self.config
+        try:
+            response = await self.ctx.http.post(
+                cfg.api_base + "/open-apis/auth/v3/tenant_access_token/internal",
+                json={"app_id": cfg.app_id, "app_secret": cfg.app_secret},
+            )
+        except httpx.HTTPError as exc:
+            raise SendError(f"Feishu unreachable: {exc!r}") from exc
+        data = json_object(response)
+        token, expire = data.get("tenant_access_token"), data.get("expire")
+        if data.get("code") != 0 or not token or not isinstance(expire, int):
+            raise SendError(f"no tenant_access_token (HTTP {response.status_code}, "
+                            f"code {data.get('code')}: {data.get('msg', '')})")  # fmt: skip
+        return str(token), expire
 
 
 def _send_error(response: httpx.Response, code: Any, msg: str) -> SendError:

@@ -35,7 +35,6 @@ from redis.exceptions import RedisError
 
 from claw_ingress.bodies import BodyError, loads_bounded
 from claw_ingress.channels.base import (
-    CONNECTION_TTL_SEC,
     Channel,
     ChannelContext,
     ChannelError,
@@ -109,7 +108,9 @@ class MaixCamChannel(Channel):
             self._server = await asyncio.start_server(self._serve, cfg.host, cfg.port)
         except OSError as exc:
             raise ChannelError(f"cannot listen on {cfg.host}:{cfg.port}: {exc}") from None
-        self._renew = asyncio.create_task(self._renew_forever(), name="maixcam-hold")
+        self._renew = asyncio.create_task(
+            self.keep_holding(lambda: self._devices), name="maixcam-hold"
+        )
         log.info("maixcam listening", channel=self.name, host=cfg.host, port=cfg.port)
 
     async def stop(self) -> None:
@@ -250,14 +251,3 @@ class MaixCamChannel(Channel):
             del self._devices[device.chat_id]
             with contextlib.suppress(RedisError):
                 await self.ctx.drop_connection(self.name, device.chat_id)
-
-    async def _renew_forever(self) -> None:
-        while True:
-            await asyncio.sleep(CONNECTION_TTL_SEC / 3)
-            for chat_id in list(self._devices):
-                try:
-                    await self.ctx.hold_connection(self.name, chat_id)
-                except RedisError as exc:
-                    log.warning("cannot renew a held connection", channel=self.name,
-                                chat_id=chat_id, error=str(exc))  # fmt: skip
-                    break

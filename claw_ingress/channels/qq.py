@@ -22,7 +22,6 @@ the chat's latest message id, kept in Redis so any ingress replica can send them
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import json
@@ -39,7 +38,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from claw_ingress.channels._http import retry_after
 from claw_ingress.channels.base import Channel, ChannelContext, ChannelError, SendError
+from claw_ingress.channels.tokens import TokenCache
 from claw_worker import constants as k
 from claw_worker.config.channels import QQConfig
 from claw_worker.contract import InboundMessage
@@ -95,9 +96,7 @@ class QQChannel(Channel):
 
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)
-        self._token = ""
-        self._token_until = 0.0
-        self._token_lock = asyncio.Lock()
+        self._tokens = TokenCache(self._fetch_token, margin_sec=TOKEN_MARGIN_SEC)
 
     @property
     def config(self) -> QQConfig:
@@ -109,10 +108,10 @@ class QQChannel(Channel):
             raise ChannelError(f"channels.qq needs {', '.join(missing)}")
 
     async def start(self) -> None:
-        await self._access_token()  # refused credentials fail here, said once
+        await self._tokens.get()  # refused credentials fail here, said once
 
     def describe(self) -> dict[str, Any]:
-        return {"access_token_cached": time.monotonic() < self._token_until}
+        return {"access_token_cached": self._tokens.cached}
 
     # -- callbacks in --------------------------------------------------------------------
 
@@ -212,7 +211,7 @@ class QQChannel(Channel):
                 seq, _ = await pipe.execute()
             body.update(msg_id=msg_id, msg_seq=int(seq))
         try:
-            token = await self._access_token()
+            token = await self._tokens.get()
         except ChannelError as exc:
             raise SendError(str(exc)) from None
         url = self.config.api_base + SEND_PATHS[kind].format(target)
@@ -227,39 +226,36 @@ class QQChannel(Channel):
         code, message = _error(resp)
         what = f"HTTP {resp.status_code}, code {code}: {message}"
         if resp.status_code == 401:
-            self._token_until = 0.0  # fetch a new one for the next try
+            self._tokens.drop(token)  # fetch a new one for the next try
             raise SendError(what)
         if resp.status_code == 429 or code in RATE_CODES:
-            raise SendError(what, retry_after=_retry_after(resp))
+            raise SendError(what, retry_after=retry_after(resp))
         if code in PERMANENT_CODES or resp.status_code in (400, 403, 404):
             raise SendError(what, permanent=True)
         raise SendError(what)
 
-    async def _access_token(self) -> str:
-        async with self._token_lock:
-            if self._token and time.monotonic() < self._token_until:
-                return self._token
-            cfg = self.config
-            try:
-                resp = await self.ctx.http.post(
-                    cfg.token_url, json={"appId": cfg.app_id, "clientSecret": cfg.secret}
-                )
-                data = resp.json()
-            except (httpx.HTTPError, ValueError) as exc:
-                raise ChannelError(f"cannot get a QQ access token: {exc!r}") from None
-            token = data.get("access_token") if isinstance(data, dict) else None
-            if resp.status_code != 200 or not token:
-                code, message = _error(resp)
-                raise ChannelError(
-                    f"QQ refused app_id/secret (HTTP {resp.status_code}, code {code}): {message}"
-                )
-            try:
-                expires_in = float(data.get("expires_in") or 7200)  # QQ sends it as a string
-            except ValueError:
-                expires_in = 7200.0
-            self._token, self._token_until = token, time.monotonic() + expires_in - TOKEN_MARGIN_SEC
-            log.info("qq access token fetched", channel=self.name, expires_in=expires_in)
-            return token
+    async def _fetch_token(self) -> tuple[str, float]:
+        """An access token and its lifetime (for ``self._tokens``)."""
+        cfg = self.config
+        try:
+            resp = await self.ctx.http.post(
+                cfg.token_url, json={"appId": cfg.app_id, "clientSecret": cfg.secret}
+            )
+            data = resp.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ChannelError(f"cannot get a QQ access token: {exc!r}") from None
+        token = data.get("access_token") if isinstance(data, dict) else None
+        if resp.status_code != 200 or not token:
+            code, message = _error(resp)
+            raise ChannelError(
+                f"QQ refused app_id/secret (HTTP {resp.status_code}, code {code}): {message}"
+            )
+        try:
+            expires_in = float(data.get("expires_in") or 7200)  # QQ sends it as a string
+        except ValueError:
+            expires_in = 7200.0
+        log.info("qq access token fetched", channel=self.name, expires_in=expires_in)
+        return str(token), expires_in
 
 
 def _url(value: str) -> str:
@@ -272,10 +268,3 @@ def _error(resp: httpx.Response) -> tuple[Any, str]:
         return data.get("code", data.get("err_code")), str(data.get("message", ""))[:300]
     except (ValueError, AttributeError):
         return None, resp.text[:300]
-
-
-def _retry_after(resp: httpx.Response) -> float:
-    try:
-        return max(float(resp.headers.get("retry-after", 1.0)), 0.5)
-    except ValueError:
-        return 1.0

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from claw_ingress.bodies import BodyError, loads_bounded, parse_body
-from claw_ingress.channels.base import CONNECTION_TTL_SEC, Channel, ChannelContext, SendError
+from claw_ingress.channels.base import Channel, ChannelContext, SendError
 from claw_ingress.guards import arrived_on_loopback, host_allowed, origin_allowed
 from claw_worker.config.channels import ChannelConfig
 from claw_worker.config.schema import GatewayConfig
@@ -115,7 +115,7 @@ class WebSocketChannel(Channel):
         return FIXED_CONFIG
 
     async def start(self) -> None:
-        self._renew = asyncio.create_task(self._renew_forever(), name="ws-hold")
+        self._renew = asyncio.create_task(self.keep_holding(lambda: self._held), name="ws-hold")
 
     async def stop(self) -> None:
         if self._renew is not None:
@@ -249,14 +249,3 @@ class WebSocketChannel(Channel):
     async def _close(self, conn: _Connection, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
             await conn.websocket.close(code, reason)
-
-    async def _renew_forever(self) -> None:
-        while True:
-            await asyncio.sleep(CONNECTION_TTL_SEC / 3)
-            for session in list(self._held):
-                try:
-                    await self.ctx.hold_connection(self.name, session)
-                except RedisError as exc:
-                    log.warning("cannot renew a held connection", channel=self.name,
-                                chat_id=session, error=str(exc))  # fmt: skip
-                    break

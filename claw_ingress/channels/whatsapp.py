@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from claw_ingress.channels._http import retry_after
 from claw_ingress.channels._whatsapp_bridge import WhatsAppBridge, whatsapp_message
 from claw_ingress.channels.base import Channel, ChannelContext, ChannelError, SendError
 from claw_worker.config.channels import WhatsAppConfig
@@ -222,8 +223,7 @@ class WhatsAppChannel(Channel):
             raise ChannelError(f"cannot reach the Graph API at {cfg.api_base}: {exc!r}") from None
         if resp.status_code == 200:
             return
-        code, message = _graph_error(resp)
-        what = f"HTTP {resp.status_code}, code {code}: {message}"
+        code, what = _graph_error(resp)
         if resp.status_code == 401 or code in TOKEN_CODES:
             raise ChannelError(f"the Graph API refused channels.whatsapp.access_token ({what})")
         # A token allowed to send but not to read the number (no whatsapp_business_management)
@@ -252,11 +252,10 @@ class WhatsAppChannel(Channel):
             raise SendError(f"cannot reach the Graph API: {exc!r}") from None
         if resp.status_code == 200:
             return
-        code, message = _graph_error(resp)
-        what = f"HTTP {resp.status_code}, code {code}: {message}"
+        code, what = _graph_error(resp)
         if resp.status_code == 429 or code in RETRY_CODES:
             default = PAIR_RATE_WAIT_SEC if code == PAIR_RATE_CODE else RATE_WAIT_SEC
-            raise SendError(what, retry_after=_retry_after(resp, default))
+            raise SendError(what, retry_after=retry_after(resp, default))
         if code in PERMANENT_CODES or (resp.status_code == 400 and code not in LATER_CODES):
             raise SendError(what, permanent=True)
         raise SendError(what)
@@ -271,16 +270,11 @@ def signature_ok(app_secret: str, body: bytes, header: str) -> bool:
 
 
 def _graph_error(resp: httpx.Response) -> tuple[int | None, str]:
+    """A refusal's Graph error code, and what to say of it."""
     try:
         error = resp.json().get("error", {})
-        code = error.get("code")
-        return (int(code) if code is not None else None), str(error.get("message", ""))[:300]
+        raw = error.get("code")
+        code, message = (int(raw) if raw is not None else None), str(error.get("message", ""))
     except (ValueError, AttributeError, TypeError):
-        return None, resp.text[:300]
-
-
-def _retry_after(resp: httpx.Response, default: float) -> float:
-    try:
-        return max(float(resp.headers.get("retry-after", default)), 0.5)
-    except ValueError:
-        return default
+        code, message = None, resp.text
+    return code, f"HTTP {resp.status_code}, code {code}: {message[:300]}"

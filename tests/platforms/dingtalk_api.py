@@ -31,9 +31,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.platforms.base import Handler, LoopbackHTTP
 
 CLIENT_ID = "dingq8zu1e6mrm0yqi0b"
 CLIENT_SECRET = "dingtalk-app-secret-Zx81pQ"
@@ -44,38 +45,30 @@ THROTTLED = {"code": "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi",
              "message": "调用该接口次数过多，请求被暂时限流了"}  # fmt: skip
 
 
+class _Handler(Handler):
+    content_type = "application/json;charset=utf-8"
+    ensure_ascii = False
+
+    def do_POST(self) -> None:
+        split = urlsplit(self.path)
+        raw = self.read_body()
+        status, answer = self.fake.handle(
+            split.path, parse_qs(split.query), self.headers, json.loads(raw) if raw else {}
+        )
+        self.send_json(status, answer)
+
+
 @dataclass
-class DingTalkAPI:
+class DingTalkAPI(LoopbackHTTP):
+    handler = _Handler
     calls: list[dict[str, Any]] = field(default_factory=list)
     token_fetches: int = 0
     _valid: set[str] = field(default_factory=set)
     _throttle: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _httpd: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def session_webhook(self) -> str:
         return f"{self.url}/robot/sendBySession?session={secrets.token_hex(16)}"
-
-    def start(self) -> DingTalkAPI:
-        api = self
-
-        class Handler(_Handler):
-            server_api = api
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
 
     def expire_tokens(self) -> None:
         with self._lock:
@@ -145,27 +138,6 @@ class DingTalkAPI:
             return 200, {"processQueryKey": uuid.uuid4().hex, "invalidStaffIdList": [],
                          "flowControlledStaffIdList": []}  # fmt: skip
         return 200, {"processQueryKey": uuid.uuid4().hex}
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server_api: DingTalkAPI
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-    def do_POST(self) -> None:
-        split = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        status, answer = self.server_api.handle(
-            split.path, parse_qs(split.query), self.headers, json.loads(raw) if raw else {}
-        )
-        data = json.dumps(answer, ensure_ascii=False).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json;charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
 
 # -- the push side -----------------------------------------------------------------------

@@ -29,11 +29,12 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+
+from tests.platforms.base import Handler, LoopbackHTTP
 
 BOT_TOKEN = "discord-test-bot-token-0123456789"
 BOT_ID = "900000000000000001"
@@ -53,7 +54,29 @@ class Post:
     at: float  # time.monotonic()
 
 
-class DiscordAPI:
+class _Handler(Handler):
+    protocol_version = "HTTP/1.1"
+
+    def _serve(self, method: str) -> None:
+        body = self.read_body()
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        status, extra, payload = self.fake.handle_rest(method, self.path, headers, body)
+        if payload is None:
+            self.send_body(status, None, b"", extra)
+        else:
+            self.send_json(status, payload, extra)
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+
+class DiscordAPI(LoopbackHTTP):
+    handler = _Handler
+    poll_interval = 0.1
+
     def __init__(self, *, token: str = BOT_TOKEN, heartbeat_ms: int = 300) -> None:
         self.token = token
         self.heartbeat_ms = heartbeat_ms
@@ -77,21 +100,15 @@ class DiscordAPI:
         self._announced: ServerConnection | None = None  # ... once sent Ready / Resumed
         self._loop = asyncio.new_event_loop()
         self._server: Server | None = None
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.discord = self  # type: ignore[attr-defined]
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> DiscordAPI:
         threading.Thread(target=self._loop.run_forever, daemon=True).start()
         self._server = self._call(self._serve())
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                         daemon=True).start()  # fmt: skip
-        return self
+        return super().start()
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().stop()
         if self._server is not None:
             self._server.close()
             self._call(self._server.wait_closed())
@@ -99,7 +116,7 @@ class DiscordAPI:
 
     @property
     def api_base(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/api/v10"
+        return f"{self.url}/api/v10"
 
     @property
     def gateway_url(self) -> str:
@@ -315,32 +332,3 @@ class DiscordAPI:
             self.posts.append(post)
         return 200, {}, {"id": snowflake(), "channel_id": channel_id, "content": content,
                          "author": {"id": BOT_ID, "username": BOT_NAME, "bot": True}}  # fmt: skip
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-    def _serve(self, method: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        api: DiscordAPI = self.server.discord  # type: ignore[attr-defined]
-        status, extra, payload = api.handle_rest(method, self.path, headers, body)
-        data = b"" if payload is None else json.dumps(payload).encode()
-        self.send_response(status)
-        if payload is not None:
-            self.send_header("Content-Type", "application/json")
-        for name, value in extra.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")

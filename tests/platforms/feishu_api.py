@@ -31,12 +31,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from tests.platforms.base import Handler, LoopbackHTTP
 
 APP_ID = "cli_a5f0c1d2e3b4a697"
 APP_SECRET = "feishu-app-secret-0123456789"
@@ -48,8 +49,28 @@ TOKEN_INVALID = {"code": 99991663, "msg": "Invalid access token for authorizatio
 RATE_LIMITED = {"code": 99991400, "msg": "request trigger frequency limit"}
 
 
+class _Handler(Handler):
+    content_type = "application/json; charset=utf-8"
+
+    def _serve(self, method: str) -> None:
+        split = urlsplit(self.path)
+        raw = self.read_body()
+        body = json.loads(raw) if raw else {}
+        status, answer, extra = self.fake.handle(
+            method, split.path, parse_qs(split.query), self.headers, body
+        )
+        self.send_json(status, answer, extra)
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+
 @dataclass
-class FeishuAPI:
+class FeishuAPI(LoopbackHTTP):
+    handler = _Handler
     calls: list[dict[str, Any]] = field(default_factory=list)
     token_fetches: int = 0
     withdrawn: set[str] = field(default_factory=set)
@@ -57,28 +78,6 @@ class FeishuAPI:
     _rate_limits: int = 0
     _reset_sec: int = 1
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _httpd: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def start(self) -> FeishuAPI:
-        api = self
-
-        class Handler(_Handler):
-            server_api = api
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
 
     # -- scripting -------------------------------------------------------------------------
 
@@ -159,36 +158,6 @@ class FeishuAPI:
             "message_id": "om_" + uuid.uuid4().hex, "chat_id": chat_id, "msg_type": "text",
             "create_time": str(int(time.time() * 1000)), "body": {"content": body["content"]},
             "sender": {"id": APP_ID, "id_type": "app_id", "sender_type": "app"}}}, {}  # fmt: skip
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server_api: FeishuAPI
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-    def _serve(self, method: str) -> None:
-        split = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        body = json.loads(raw) if raw else {}
-        status, answer, extra = self.server_api.handle(
-            method, split.path, parse_qs(split.query), self.headers, body
-        )
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in extra.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
 
 
 # -- the push side -----------------------------------------------------------------------

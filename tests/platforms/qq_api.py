@@ -23,46 +23,47 @@ import json
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from tests.platforms.base import Handler, LoopbackHTTP
 
 APP_ID = "102075389"
 SECRET = "DG5g3B4j9X2KOErG"  # the example secret of QQ's documentation
 TOKEN_EXPIRES_SEC = 7200
 
 
-class QQAPI:
+class _Handler(Handler):
+    def do_POST(self) -> None:
+        raw = self.read_body()
+        path = urlsplit(self.path).path
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self.send_json(400, {"message": "invalid json", "code": 40034001})
+            return
+        if path == "/app/getAppAccessToken":
+            self.send_json(*self.fake._issue_token(body))
+        elif path.startswith(("/v2/users/", "/v2/groups/")) and path.endswith("/messages"):
+            self.send_json(*self.fake._send(path, self.headers.get("Authorization", ""), body))
+        else:
+            self.send_json(404, {"message": "not found", "code": 404})
+
+
+class QQAPI(LoopbackHTTP):
+    handler = _Handler
+
     def __init__(self) -> None:
         self.sends: list[dict[str, Any]] = []
         self.token_fetches = 0
         self._tokens: set[str] = set()
         self._lock = threading.Lock()
-        api = self
-
-        class Handler(_Handler):
-            qq = api
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     @property
     def token_url(self) -> str:
         return f"{self.url}/app/getAppAccessToken"
-
-    def start(self) -> QQAPI:
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
     def delivered(self, path: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
@@ -100,36 +101,6 @@ class QQAPI:
                 return 400, {"message": "msg_seq duplicated", "code": 40054005}
             record["status"] = 200
         return 200, {"id": "ROBOT1.0_" + uuid.uuid4().hex, "timestamp": int(time.time())}
-
-
-class _Handler(BaseHTTPRequestHandler):
-    qq: QQAPI
-
-    def log_message(self, *args: Any) -> None:
-        return None
-
-    def do_POST(self) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        path = urlsplit(self.path).path
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            self._reply(400, {"message": "invalid json", "code": 40034001})
-            return
-        if path == "/app/getAppAccessToken":
-            self._reply(*self.qq._issue_token(body))
-        elif path.startswith(("/v2/users/", "/v2/groups/")) and path.endswith("/messages"):
-            self._reply(*self.qq._send(path, self.headers.get("Authorization", ""), body))
-        else:
-            self._reply(404, {"message": "not found", "code": 404})
-
-    def _reply(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
 
 # -- the push side --------------------------------------------------------------------------

@@ -16,17 +16,19 @@ records the visible text); ``sendChatAction``. A wrong token is 401 on every met
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
+
+from tests.platforms.base import Handler, LoopbackHTTP
 
 TOKEN = "7000000001:AAH-fake-telegram-test-token_0123456789"
 BOT = {"id": 7000000001, "is_bot": True, "first_name": "Claw", "username": "claw_test_bot",
@@ -55,8 +57,33 @@ class _Error:
     retry_after: float | None = None
 
 
+class _Handler(Handler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        raw = self.read_body()
+        head, _, method = self.path.split("?", 1)[0].lstrip("/").rpartition("/")
+        params: dict[str, Any]
+        if self.headers.get("Content-Type", "").startswith("application/json"):
+            params = json.loads(raw or b"{}")
+        else:
+            params = dict(parse_qsl(raw.decode()))
+            for name in JSON_PARAMS & params.keys():
+                params[name] = json.loads(params[name])
+        if not head.startswith("bot"):
+            status, body = _error(404, "Not Found")
+        else:
+            status, body = self.fake.handle(head[3:], method, params)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a poll given up on
+            self.send_json(status, body)
+
+    do_GET = do_POST
+
+
 @dataclass
-class TelegramAPI:
+class TelegramAPI(LoopbackHTTP):
+    handler = _Handler
+    poll_interval = 0.1
     token: str = TOKEN
     calls: list[Call] = field(default_factory=list)
     webhook_url: str = ""
@@ -69,29 +96,18 @@ class TelegramAPI:
         self._update_ids = itertools.count(100_001)
         self._message_ids = itertools.count(5_001)
         self._errors: dict[str, deque[_Error]] = {}
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.api = self  # type: ignore[attr-defined]
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
     def base_url(self) -> str:
         """The root before ``/bot<token>/`` (channels.telegram.api_base)."""
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def start(self) -> TelegramAPI:
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.1}, daemon=True)  # fmt: skip
-        self._thread.start()
-        return self
+        return self.url
 
     def stop(self) -> None:
         with self._lock:
             self._updates.clear()
             self._lock.notify_all()
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().stop()
 
     # -- scripting -------------------------------------------------------------------------
     def fail(self, method: str, status: int, description: str, *,
@@ -248,40 +264,6 @@ class TelegramAPI:
                    "text": text}  # fmt: skip
         call.result = message
         return _ok(message)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: ThreadingHTTPServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        head, _, method = self.path.split("?", 1)[0].lstrip("/").rpartition("/")
-        params: dict[str, Any]
-        if self.headers.get("Content-Type", "").startswith("application/json"):
-            params = json.loads(raw or b"{}")
-        else:
-            params = dict(parse_qsl(raw.decode()))
-            for name in JSON_PARAMS & params.keys():
-                params[name] = json.loads(params[name])
-        if not head.startswith("bot"):
-            status, body = _error(404, "Not Found")
-        else:
-            status, body = self.server.api.handle(head[3:], method, params)  # type: ignore[attr-defined]
-        data = json.dumps(body).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # a poll the client gave up on
-            pass
-
-    do_GET = do_POST
 
 
 def _ok(result: Any) -> tuple[int, dict[str, Any]]:

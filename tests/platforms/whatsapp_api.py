@@ -33,12 +33,13 @@ import threading
 import time
 import uuid
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
+
+from tests.platforms.base import Handler, LoopbackHTTP
 
 VERSION = "v21.0"
 ACCESS_TOKEN = "EAAG-whatsapp-access-token-0123456789"
@@ -50,30 +51,49 @@ VERIFY_TOKEN = "verify-me-7c1f"
 BRIDGE_TOKEN = "bridge-token-9a8b7c"
 
 
-class GraphAPI:
+class _GraphHandler(Handler):
+    def _authorized(self) -> bool:
+        if self.headers.get("Authorization") == f"Bearer {ACCESS_TOKEN}":
+            return True
+        self.send_json(401, graph_error(190, "Invalid OAuth access token."))
+        return False
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path != f"/{VERSION}/{PHONE_NUMBER_ID}":
+            self.send_json(404, graph_error(803, "Some of the aliases you requested do not exist"))
+        elif self._authorized():
+            self.send_json(200, {"id": PHONE_NUMBER_ID})
+
+    def do_POST(self) -> None:
+        raw = self.read_body()
+        if urlsplit(self.path).path != f"/{VERSION}/{PHONE_NUMBER_ID}/messages":
+            self.send_json(404, graph_error(803, "Unknown path"))
+            return
+        if not self._authorized():
+            return
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self.send_json(400, graph_error(100, "Invalid parameter"))
+            return
+        if body.get("messaging_product") != "whatsapp" or not body.get("to"):
+            self.send_json(400, graph_error(100, "Invalid parameter"))
+            return
+        self.send_json(*self.fake._answer_send(body))
+
+
+class GraphAPI(LoopbackHTTP):
+    handler = _GraphHandler
+
     def __init__(self) -> None:
         self.sends: list[dict[str, Any]] = []
         self._failures: deque[tuple[int, int, dict[str, str]]] = deque()
         self._lock = threading.Lock()
-        api = self
-
-        class Handler(_GraphHandler):
-            graph = api
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
 
     @property
     def api_base(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/{VERSION}"
-
-    def start(self) -> GraphAPI:
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        return f"{self.url}/{VERSION}"
 
     def fail_next(self, status: int, code: int, *, retry_after: str | None = None) -> None:
         """The next send is refused with this HTTP status and Graph error code."""
@@ -115,54 +135,6 @@ def graph_error(code: int, message: str) -> dict[str, Any]:
             "fbtrace_id": "A" + uuid.uuid4().hex[:22],
         }
     }
-
-
-class _GraphHandler(BaseHTTPRequestHandler):
-    graph: GraphAPI
-
-    def log_message(self, *args: Any) -> None:
-        return None
-
-    def _reply(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _authorized(self) -> bool:
-        if self.headers.get("Authorization") == f"Bearer {ACCESS_TOKEN}":
-            return True
-        self._reply(401, graph_error(190, "Invalid OAuth access token."))
-        return False
-
-    def do_GET(self) -> None:
-        path = urlsplit(self.path).path
-        if path != f"/{VERSION}/{PHONE_NUMBER_ID}":
-            self._reply(404, graph_error(803, "Some of the aliases you requested do not exist"))
-        elif self._authorized():
-            self._reply(200, {"id": PHONE_NUMBER_ID})
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length)
-        if urlsplit(self.path).path != f"/{VERSION}/{PHONE_NUMBER_ID}/messages":
-            self._reply(404, graph_error(803, "Unknown path"))
-            return
-        if not self._authorized():
-            return
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            self._reply(400, graph_error(100, "Invalid parameter"))
-            return
-        if body.get("messaging_product") != "whatsapp" or not body.get("to"):
-            self._reply(400, graph_error(100, "Invalid parameter"))
-            return
-        self._reply(*self.graph._answer_send(body))
 
 
 # -- the push side --------------------------------------------------------------------------
