@@ -12,6 +12,7 @@ from claw_worker import constants as k
 from claw_worker.config import Config
 
 RUNS_CLEANUP_SEC = 300.0
+WORK_RECONCILE_SEC = 60.0
 
 
 def _every(task: str, seconds: float, queue: str) -> dict[str, Any]:
@@ -25,6 +26,9 @@ def beat_schedule(config: Config) -> dict[str, dict[str, Any]]:
     entries = {
         "session-sweeper": _every(k.TASK_SWEEP, config.worker.sweep_interval_sec, k.QUEUE_HEALTH),
         "runs-cleanup": _every(k.TASK_RUNS_CLEANUP, RUNS_CLEANUP_SEC, k.QUEUE_HEALTH),
+        # Pipeline tasks whose worker died between finishing and reporting are completed
+        # from their message record; a task whose message was never stored is resubmitted.
+        "work-reconcile": _every(k.TASK_WORK_RECONCILE, WORK_RECONCILE_SEC, k.QUEUE_TOOLS),
         # The tick itself checks whether autonomy is on: switching it on needs no reload.
         "autonomy-tick": _every(
             k.TASK_AUTONOMY, defaults.runtime_control.autonomy_tick_interval_sec, k.QUEUE_CRON

@@ -41,6 +41,7 @@ from claw_ingress.connections import quiet_resource_errors
 from claw_ingress.delivery import Delivery
 from claw_ingress.guards import RequestGuard
 from claw_ingress.inbox import Inbox
+from claw_ingress.nodes import node_routes
 from claw_ingress.openai_api import chat_completions, list_models, wait_for_reply
 from claw_ingress.outbound import OutboundReader
 from claw_ingress.webhooks import WebhookRouter
@@ -116,6 +117,7 @@ async def _wait_for_reply(
     accepted: dict[str, str],
 ) -> JSONResponse:
     reply = await wait_for_reply(request.app.state, message_id, waiter, timeout,
+                                 session_key=accepted["session_key"],
                                  disconnected=request.is_disconnected)  # fmt: skip
     if reply.status == "disconnected":  # nobody to answer: the wait was given up
         log.info("client disconnected", path=request.url.path, message_id=message_id,
@@ -214,10 +216,11 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         WebSocketRoute("/ws", ws_endpoint),
+        *node_routes(live),  # /nodes/register, /nodes/heartbeat, /nodes/connect
     ]
     middleware = [
         Middleware(RequestGuard, live=live),
-        Middleware(BearerAuth, live=live, protected_prefixes=("/api/", "/v1/", "/ws")),
+        Middleware(BearerAuth, live=live, protected_prefixes=("/api/", "/v1/", "/ws", "/nodes/")),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.live = live  # before the lifespan: __main__ gives it to the connection guard

@@ -34,6 +34,7 @@ ROUTES = {
     k.TASK_HEARTBEAT: {"queue": k.QUEUE_CRON},
     k.TASK_AUTONOMY: {"queue": k.QUEUE_CRON},
     k.TASK_SELFCHECK: {"queue": k.QUEUE_CRON},
+    k.TASK_WORK_RECONCILE: {"queue": k.QUEUE_TOOLS},
 }
 
 

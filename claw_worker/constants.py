@@ -18,6 +18,7 @@ TASK_SENTINEL = "claw.sentinel.check"
 TASK_AUTONOMY = "claw.autonomy.tick"
 TASK_SELFCHECK = "claw.selfcheck.run"  # once per gateway start
 TASK_RUNS_CLEANUP = "claw.runs.cleanup"
+TASK_WORK_RECONCILE = "claw.work.reconcile"  # pipeline tasks whose worker died unreported
 
 # Queues: workers choose with -Q.
 QUEUE_SESSIONS = "sessions"
@@ -207,3 +208,84 @@ SELFCHECK_STATE = f"{PREFIX}:selfcheck"  # HASH what the last self-check found a
 # RedBeat's ZSET entry key -> due time (epoch s; -1: not due again), read by beat each tick;
 # a cron job's next run is its entry's score here (beat_schedules/cron_jobs.py).
 BEAT_SCHEDULE = f"{BEAT_KEY_PREFIX}:schedule"
+
+
+# -- nodes: remote devices (claw_ingress/nodes.py, claw_worker/nodes/, claw_node/) ------------
+# The registry, written by the ingress (POST /nodes/register, /nodes/heartbeat) and read by
+# the workers; one hash tag, so the register script touches one Cluster slot. Times are the
+# Redis server's (TIME), so the hosts' clocks need not agree.
+NODES = f"{PREFIX}:{{nodes}}"  # HASH node id -> JSON {id, name, url, capabilities, token, ttl_sec, registered_at}
+NODES_SEEN = f"{PREFIX}:{{nodes}}:seen"  # ZSET node id -> last register/heartbeat (Redis time)
+NODES_STATUS = f"{PREFIX}:{{nodes}}:status"  # HASH node id -> the status its last heartbeat gave
+NODES_STATS = f"{PREFIX}:nodes:stats"  # HASH total, ok, fail, ms, action:<name> of dispatches
+
+
+def node_connection_key(node_id: str) -> str:
+    """STRING ingress replica holding the node's relay WebSocket (TTL, renewed while open)."""
+    return connection_key("nodes", node_id)
+
+
+def node_relay_key(replica: str) -> str:
+    """LIST of JSON relay requests for the nodes connected to one ingress replica."""
+    return f"{PREFIX}:nodes:relay:{replica}"
+
+
+def node_request_key(request_id: str) -> str:
+    """STRING mark: a worker still waits for this relay request (PX = its deadline)."""
+    return f"{PREFIX}:nodes:req:{request_id}"
+
+
+def node_reply_key(request_id: str) -> str:
+    """LIST the relay's one answer (the envelope JSON) to a request (short TTL)."""
+    return f"{PREFIX}:nodes:reply:{request_id}"
+
+
+# -- resource-key locks (claw_worker/work/locks.py) --------------------------------------------
+# Every lock key carries the hash tag {locks}: the one script that takes all of a task's keys
+# at once touches a single Redis Cluster slot. A waiter is the message id of a task that was
+# refused; its place in line is the sequence number of its first refusal.
+LOCK_SEQ = f"{PREFIX}:{{locks}}:seq"  # INCR counter: the order of first refusals
+LOCK_ORDER = f"{PREFIX}:{{locks}}:order"  # ZSET waiter -> sequence of its first refusal
+LOCK_SEEN = f"{PREFIX}:{{locks}}:seen"  # ZSET waiter -> its last try (ms, Redis time)
+LOCK_SINCE = f"{PREFIX}:{{locks}}:since"  # HASH waiter -> its first refusal (ms)
+
+
+def resource_lock_key(resource: str) -> str:
+    """STRING token of the task holding a resource key (``repo:x``), with a TTL."""
+    return f"{PREFIX}:{{locks}}:held:{resource}"
+
+
+def resource_waiters_key(resource: str) -> str:
+    """ZSET waiter -> sequence: the tasks waiting for a resource key (expires when idle)."""
+    return f"{PREFIX}:{{locks}}:wait:{resource}"
+
+
+# -- pipelines and sub-agents (claw_worker/work/pipelines.py, spawn.py) ------------------------
+PIPELINES = f"{PREFIX}:pipelines"  # ZSET pipeline id -> created at (all kept ones)
+PIPELINES_ACTIVE = f"{PREFIX}:pipelines:active"  # ZSET pipeline id -> created at (unfinished)
+
+
+def pipeline_key(pipeline_id: str) -> str:
+    """STRING JSON of one pipeline: its tasks, their states and results, its shared_state
+    (changed only in WATCH/MULTI transactions; expires work.pipeline_ttl_sec after a change)."""
+    return f"{PREFIX}:pipeline:{pipeline_id}"
+
+
+def latest_pipeline_key(session_key: str) -> str:
+    """STRING id of the pipeline a session made last (the tools' default pipeline)."""
+    return f"{PREFIX}:pipelines:latest:{_tag(session_key)}"
+
+
+def spawn_key(session_key: str) -> str:
+    """HASH a sub-agent's session: its parent, depth, role, pipeline task, status, result."""
+    return f"{PREFIX}:spawn:{_tag(session_key)}"
+
+
+def spawn_active_key(parent_session: str) -> str:
+    """ZSET sub-agent session -> started at: the parent's sub-agents still running."""
+    return f"{PREFIX}:spawn:active:{_tag(parent_session)}"
+
+
+def spawn_seq_key(parent_session: str) -> str:
+    """STRING INCR counter: the <n> of the parent's sub-agent sessions spawn:<parent>:<n>."""
+    return f"{PREFIX}:spawn:seq:{_tag(parent_session)}"

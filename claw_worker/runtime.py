@@ -30,6 +30,7 @@ from claw_worker.session.mailbox import Mailbox
 from claw_worker.session.runner import DrainContext
 from claw_worker.session.runs import RunRecorder
 from claw_worker.session.stop import CancelListener
+from claw_worker.work.locks import ResourceLocks
 
 if TYPE_CHECKING:  # the agent runtime is imported lazily, on first use
     from claw_worker.agent import Agent, AgentReply
@@ -62,6 +63,7 @@ class Runtime:
         self._snapshot = self._make_snapshot(config)
         self.mailbox = Mailbox(self.redis, lease_ms=config.worker.lease_sec * 1000)
         self.leases = LeaseKeeper(self.mailbox)
+        self.locks = ResourceLocks(self.redis, ttl_ms=config.worker.lease_sec * 1000)
         self.control: ControlListener = process_listener(
             self.redis, identity(), config=str(config_path())
         )
@@ -120,6 +122,7 @@ class Runtime:
             runs=snapshot.runs,
             send_drain=self.send_drain,
             on_finished=self.on_finished,
+            locks=self.locks,
         )
 
     def on_finished(self, message: InboundMessage, status: Any, text: str, error: str) -> None:

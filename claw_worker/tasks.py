@@ -98,3 +98,11 @@ def runs_cleanup() -> int:
     from claw_worker.session.runs import forget_expired
 
     return forget_expired(get_runtime().redis)
+
+
+@shared_task(name=k.TASK_WORK_RECONCILE, ignore_result=True, autoretry_for=_REDIS_DOWN)
+def work_reconcile() -> str:
+    from claw_worker.work.pipelines import reconcile_active
+
+    rt = get_runtime()
+    return str(reconcile_active(rt.redis, rt.config))

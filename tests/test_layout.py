@@ -40,7 +40,16 @@ INGRESS_ALLOWED = {
     "claw_worker.commands.session",
     "claw_worker.commands.admin",
     "claw_worker.commands.autonomy",
+    "claw_worker.commands.pipelines",  # /pipeline: the store runs in a thread
+    "claw_worker.session.submit",  # ... which submits the tasks it starts
+    "claw_worker.work",  # its __init__ imports nothing
+    "claw_worker.work.model",  # pipelines as data, the check of a plan (pure)
+    "claw_worker.work.transitions",  # their changes of state (pure)
+    "claw_worker.work.pipelines",  # the pipeline store and dispatch (no agent, no tools)
+    "claw_worker.work.prompts",  # the texts of tasks and reports
     "claw_worker.autonomy_state",  # /autonomy, /autolearn; the last active chat
+    "claw_worker.nodes",  # its __init__ imports nothing
+    "claw_worker.nodes.stats",  # the nodes' dispatch figures in /status (pure functions)
     "claw_worker.control",  # the control channel: registry, reload broadcasts
     "claw_worker.process",  # this process's node name
     "claw_worker.redis_conn",  # Redis URLs and clients

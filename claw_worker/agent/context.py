@@ -1,5 +1,6 @@
-"""The messages sent to the model: system prompt (bootstrap files + runtime line + recalled
-memory + the compaction summary), history, then the new user message.
+"""The messages sent to the model: system prompt (bootstrap files + runtime line + the
+available skills + recalled memory + the compaction summary), history, then the new user
+message.
 
 The bootstrap files are read on every turn: they live on the shared workspace volume and the
 user edits them while the fleet runs.
@@ -15,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from claw_worker.config.schema import AgentDefaults
-from claw_worker.contract import InboundMessage
+from claw_worker.contract import InboundMessage, Origin
 from claw_worker.memory.index import index_for
 from claw_worker.providers.base import COMPACTION
+from claw_worker.skills.prompt import skills_section
+from claw_worker.work.prompts import role_section
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,12 @@ def build_system_prompt(
     ]
     for name, text in read_bootstrap(workspace):
         parts.append(f"## {name}\n\n{text}")
+    role = role_section(message.metadata)  # a pipeline task's or a sub-agent's part
+    if role:
+        parts.append(role)
+    skills = "" if message.origin is Origin.HEARTBEAT else skills_section(workspace)
+    if skills:  # names and descriptions; the model reads a SKILL.md when it needs it
+        parts.append(skills)
     if language:
         parts.append(f"Reply in the language with code {language} (set by the user with /lang).")
     if memory:

@@ -97,6 +97,9 @@ COMMANDS = [
     "channel_cmd:channel",
     "cron_cmd:cron",
     "pairing_cmd:pairing",
+    "nodes_cmd:nodes",
+    "skills_cmd:skills",
+    "uninstall_cmd:uninstall",
 ]
 
 

@@ -116,6 +116,24 @@ def _sentinel(config: Config, url: str) -> dict[str, Any] | None:
     return facts
 
 
+def _nodes(url: str) -> dict[str, Any] | None:
+    """The registered nodes (how many online) and the dispatch figures, or None when Redis
+    is down."""
+    from claw_worker.nodes.registry import list_nodes
+    from claw_worker.nodes.stats import summarize
+
+    conn = client(url, socket_timeout=PROBE_TIMEOUT_SEC, socket_connect_timeout=PROBE_TIMEOUT_SEC)
+    try:
+        found = list_nodes(conn)
+        raw = conn.hgetall(k.NODES_STATS)
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        conn.close()
+    online = sum(1 for n in found if n.online)
+    return {"registered": len(found), "online": online, "dispatches": summarize(raw)}
+
+
 def _workers() -> list[str] | None:
     """Names of the workers that answer a ping, or None when that cannot be known."""
     try:
@@ -162,6 +180,7 @@ def collect() -> dict[str, Any]:
             "processes": facts["processes"],
             "breakers": _breakers(config, url) if facts["reachable"] else None,
             "sentinel": _sentinel(config, url) if facts["reachable"] else None,
+            "nodes": _nodes(url) if facts["reachable"] else None,
         }
     )
     return report
@@ -201,6 +220,7 @@ def _render(report: dict[str, Any]) -> list[str]:
         lines.append(f"processes  {len(procs)}" + (f": {', '.join(procs)}" if procs else ""))
     lines.extend(_render_breakers(report.get("breakers")))
     lines.append(_render_sentinel(report.get("sentinel")))
+    lines.append(_render_nodes(report.get("nodes")))
     return lines
 
 
@@ -218,6 +238,15 @@ def _render_sentinel(facts: dict[str, Any] | None) -> str:
     if last["actions"]:
         shown += f" ({len(last['actions'])} repaired)"
     return shown + (" (stale)" if last["stale"] else "") + off
+
+
+def _render_nodes(facts: dict[str, Any] | None) -> str:
+    from claw_worker.nodes.stats import describe
+
+    if facts is None:
+        return "nodes      unknown"
+    registered = f"{facts['online']} online of {facts['registered']}"
+    return f"nodes      {registered}; {describe(facts['dispatches'])}"
 
 
 def _render_breakers(breakers: dict[str, Any] | None) -> list[str]:

@@ -10,7 +10,7 @@ sender's own session only (another session's runs are shown to admins only).
 Natural-language requests are mapped onto these commands by :func:`match_intent`.
 """
 
-from claw_worker.commands import admin, autonomy, session  # noqa: F401 - they register
+from claw_worker.commands import admin, autonomy, pipelines, session  # noqa: F401 - they register
 from claw_worker.commands.intents import match_intent
 from claw_worker.commands.registry import (
     API_CHANNEL,

@@ -9,6 +9,8 @@ import time
 
 from claw_worker import constants as k
 from claw_worker.commands.registry import COMMANDS, CommandContext, command, help_text
+from claw_worker.nodes.stats import describe as describe_dispatches
+from claw_worker.nodes.stats import summarize as summarize_dispatches
 from claw_worker.session.runs import FINISHED, describe_run, read_run, resolve_run_id
 from claw_worker.session.stop import request_stop
 
@@ -57,13 +59,15 @@ async def _session_status(ctx: CommandContext) -> str:
         pipe.exists(k.lease_key(sk))
         pipe.get(k.latest_run_key(sk))
         pipe.get(k.SENTINEL_REPORT)
-        waiting, busy, latest, sentinel = await pipe.execute()
-    lines = [
-        f"session {sk}: {'running' if busy else 'idle'}, {waiting} message(s) waiting",
-    ]
+        pipe.hgetall(k.NODES_STATS)
+        waiting, busy, latest, sentinel, nodes = await pipe.execute()
     run = await read_run(ctx.redis, latest) if latest else None
+    locked = not busy and run is not None and run.get("status") == "resource_lock"
+    state = "running" if busy else "waiting for resource keys" if locked else "idle"
+    lines = [f"session {sk}: {state}, {waiting} message(s) waiting"]
     lines.append(describe_run(run) if run else "no runs yet")
     lines.append(sentinel_line(sentinel))
+    lines.append(f"nodes: {describe_dispatches(summarize_dispatches(nodes))}")
     return "\n".join(lines)
 
 

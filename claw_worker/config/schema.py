@@ -239,6 +239,9 @@ class WorkerConfig(Section):
     sweep_interval_sec: int = Field(15, ge=1)
     max_attempts: int = Field(3, ge=1, le=50)
     message_ttl_sec: int = Field(7 * 24 * 3600, ge=60)
+    # A task refused its resource keys ([keys: ...], claw_worker/work/locks.py) waits in
+    # resource_lock and tries again after this long; the keys' TTL is lease_sec.
+    resource_lock_retry_sec: float = Field(30.0, gt=0, le=3600)
 
 
 class BeatConfig(Section):
@@ -401,6 +404,65 @@ class CronConfig(Section):
         return self
 
 
+class NodesConfig(Section):
+    """Remote devices (SPEC "Nodes"): the registry the ingress keeps and the ``nodes`` tool's
+    dispatches (claw_ingress/nodes.py, claw_worker/nodes/)."""
+
+    timeout_sec: float = Field(30.0, gt=0, le=3600)  # one dispatch, unless the call says less
+    max_timeout_sec: float = Field(600.0, gt=0, le=3600)  # what a call may ask for at most
+    # p2p: how long connecting to a node's URL may take; mode auto then tries the relay.
+    connect_timeout_sec: float = Field(3.0, gt=0, le=60)
+    max_ttl_sec: int = Field(3600, ge=2, le=86400)  # the longest lease a node may register
+    max_nodes: int = Field(1000, ge=1, le=100_000)  # registered at once (offline ones count)
+    max_response_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # a node's answer, p2p
+
+    @model_validator(mode="after")
+    def _check(self) -> NodesConfig:
+        if self.timeout_sec > self.max_timeout_sec:
+            raise ValueError("timeout_sec must be at most max_timeout_sec")
+        return self
+
+
+class WorkConfig(Section):
+    """Work spread over the fleet: pipelines of agent tasks and spawned sub-agents
+    (claw_worker/work/). Depth counts nesting: a user's run is 0, a sub-agent or a pipeline
+    task is one deeper than the run that started it."""
+
+    max_depth: int = Field(2, ge=0, le=10)  # deeper spawns and pipeline_creates are refused
+    max_spawn_per_session: int = Field(4, ge=0, le=100)  # sub-agents running at once, per parent
+    # A sub-agent not heard from after this no longer counts toward max_spawn_per_session.
+    spawn_timeout_sec: int = Field(3600, ge=60, le=7 * 86400)
+    max_pipeline_tasks: int = Field(20, ge=1, le=100)
+    max_active_pipelines: int = Field(50, ge=1, le=10_000)  # not yet finished, fleet-wide
+    max_result_chars: int = Field(4000, ge=100, le=100_000)  # a task's result, kept and passed on
+    max_shared_state_chars: int = Field(16000, ge=100, le=1_000_000)  # a pipeline's shared_state
+    pipeline_ttl_sec: int = Field(7 * 86400, ge=3600)  # kept this long after its last change
+
+
+class SkillsConfig(Section):
+    """``clawctl skills install owner/repo/path[@ref]`` (claw_worker/skills/): where GitHub
+    archives come from and how much of one is accepted."""
+
+    # GitHub's archive host; a mirror (or a test server) speaking the same URL shape:
+    # <archive_base>/<owner>/<repo>/tar.gz/<ref>.
+    archive_base: str = "https://codeload.github.com"
+    timeout_sec: float = Field(60.0, gt=0, le=3600)
+    max_archive_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # downloaded (gzip-compressed)
+    max_archive_entries: int = Field(50_000, ge=10)  # entries read in the whole archive
+    max_unpacked_bytes: int = Field(1024 * 1024 * 1024, ge=1024)  # decompressed, whole archive
+    max_skill_bytes: int = Field(16 * 1024 * 1024, ge=1024)  # the files of the skill itself
+
+    @field_validator("archive_base")
+    @classmethod
+    def _check_base(cls, base: str) -> str:
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{base!r} is not an http(s) URL like https://codeload.github.com")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError(f"{base!r} must have no query, fragment or credentials")
+        return base.rstrip("/")
+
+
 class Config(Section):
     agents: AgentsConfig = AgentsConfig()
     providers: ProvidersConfig = ProvidersConfig()
@@ -413,3 +475,6 @@ class Config(Section):
     logging: LoggingConfig = LoggingConfig()
     tools: ToolsConfig = ToolsConfig()
     cron: CronConfig = CronConfig()
+    nodes: NodesConfig = NodesConfig()
+    work: WorkConfig = WorkConfig()
+    skills: SkillsConfig = SkillsConfig()

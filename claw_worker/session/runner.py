@@ -9,6 +9,11 @@ once with a reply that says why; a rate limit waits for its Retry-After; transie
 (5xx, resets, timeouts, broken streams) and unexpected errors back off exponentially, up to
 ``worker.max_attempts`` runs. A retry never sleeps in the worker slot: the message is
 deferred (``Mailbox.defer``), the lease released and a drain sent with a countdown.
+
+A message that names resource keys (``[keys: ...]``, or a task whose text names files,
+repositories, branches: claw_worker/work/lock_keys.py) takes them all before it runs and
+frees them when it is over; refused, it waits in ``resource_lock`` the same way, tried
+again after ``worker.resource_lock_retry_sec`` (claw_worker/work/locks.py).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from claw_worker.session.leases import HeldLease, LeaseKeeper
 from claw_worker.session.mailbox import LeaseLost, Mailbox
 from claw_worker.session.runs import RunRecorder
 from claw_worker.session.stop import CancelListener
+from claw_worker.work.lock_keys import KeyDeclarationError, resource_keys
+from claw_worker.work.locks import HeldKeys, ResourceLocks
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +87,7 @@ class DrainContext:
     # Called once a message is finished (message, status, reply text, error): how internal
     # origins learn their outcome (a cron job's last status, an autonomy round).
     on_finished: Callable[[InboundMessage, MessageStatus, str, str], None] | None = None
+    locks: ResourceLocks | None = None  # None: resource keys are not taken
 
 
 def backoff_sec(attempt: int) -> float:
@@ -155,7 +163,61 @@ def _process(
     not_before = float(record.get("not_before") or 0)
     if not_before > time.time():
         return not_before - time.time()
+    held, wait = _take_keys(ctx, lease, message, record)
+    if wait is not None:
+        return wait
+    try:
+        return _run(ctx, lease, message, recovered, record)
+    finally:
+        if held is not None and ctx.locks is not None:
+            ctx.locks.release(held)
 
+
+def _take_keys(
+    ctx: DrainContext, lease: HeldLease, message: InboundMessage, record: dict[str, str]
+) -> tuple[HeldKeys | None, float | None]:
+    """The message's resource keys, all or none: (the keys held, None to run now) or (None,
+    seconds until it is tried again; 0 when it failed for a declaration it cannot read)."""
+    if ctx.locks is None:
+        return None, None
+    run_id = record.get("run_id")
+    try:
+        keys = resource_keys(message)
+    except KeyDeclarationError as exc:
+        if run_id:
+            ctx.runs.finish(run_id, "failed", error=str(exc))
+        _finish(ctx, lease, message, MessageStatus.FAILED, str(exc))
+        return None, 0.0
+    if not keys:
+        return None, None
+    worker = ctx.config.worker
+    retry = worker.resource_lock_retry_sec
+    # A waiter that stops trying (its worker died) stops blocking others after this long.
+    stale = 3 * retry + 2 * worker.lease_sec + worker.sweep_interval_sec
+    attempt = ctx.locks.acquire(message.message_id, keys, stale_sec=stale)
+    if attempt.held is not None:
+        return attempt.held, None
+    waiting = f"waiting for {attempt.describe()}"
+    ctx.mailbox.defer(message, not_before=time.time() + retry, error=f"resource_lock: {waiting}")
+    if run_id:
+        ctx.runs.note(
+            run_id, "resource_lock", lock_wait=waiting, lock_keys=", ".join(keys),
+            lock_since=attempt.since,
+        )  # fmt: skip
+    log.info(
+        "waiting for resource keys", session_key=message.session_key,
+        message_id=message.message_id, blocked=[key for key, _ in attempt.blocked], retry_in=retry,
+    )  # fmt: skip
+    return None, retry
+
+
+def _run(
+    ctx: DrainContext,
+    lease: HeldLease,
+    message: InboundMessage,
+    recovered: bool,
+    record: dict[str, str],
+) -> float:
     attempt = ctx.mailbox.mark_running(message)
     max_attempts = ctx.config.worker.max_attempts
     bound = log.bind(

@@ -100,6 +100,14 @@ class RunRecorder:
             pipe.execute()
         return run_id
 
+    def note(self, run_id: str, status: str, **fields: Any) -> None:
+        """Set the status of a run between its attempts, without finishing it (a message
+        waiting for its resource keys is ``resource_lock``)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(k.run_key(run_id), mapping={"status": status, **fields})
+            pipe.expire(k.run_key(run_id), self.ttl_sec)
+            pipe.execute()
+
     def finish(self, run_id: str, status: str, **fields: Any) -> None:
         mapping = {"status": status, "finished_at": time.time()}
         mapping.update({name: value for name, value in fields.items() if value is not None})
@@ -125,7 +133,10 @@ def describe_run(run: dict[str, str]) -> str:
     queued = float(run.get("queued_at") or 0)
     started = float(run.get("started_at") or 0)
     finished = float(run.get("finished_at") or 0)
-    if not started:
+    since = float(run.get("lock_since") or 0)
+    if run.get("status") == "resource_lock":
+        took = f"waiting for resource keys for {time.time() - since:.0f}s"
+    elif not started:
         took = f"waiting for {time.time() - queued:.0f}s"
     elif finished:
         took = f"{finished - started:.1f}s"
@@ -138,6 +149,9 @@ def describe_run(run: dict[str, str]) -> str:
         f"attempt {run.get('attempt', '1')}, llm calls {run.get('llm_calls', '0')}, "
         f"tool steps {run.get('tool_steps', '0')}, tokens {run.get('total_tokens', '0')}",
     ]
+    if run.get("status") == "resource_lock":
+        at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
+        parts.append(f"resource_lock: {run.get('lock_wait', 'waiting')} (since {at})")
     if run.get("error"):
         parts.append(f"error: {run['error']}")
     return "\n".join(parts)

@@ -20,8 +20,17 @@ from claw_worker.tools.code import RepoMapTool
 from claw_worker.tools.cron import CronTool
 from claw_worker.tools.files import EditFileTool, ListFilesTool, ReadFileTool, WriteFileTool
 from claw_worker.tools.message import MessageTool
+from claw_worker.tools.nodes import NodesTool
+from claw_worker.tools.pipelines import (
+    PipelineCreateTool,
+    PipelineDispatchTool,
+    PipelineStateSetTool,
+    PipelineStatusTool,
+)
 from claw_worker.tools.search import FindFilesTool, GrepFilesTool
 from claw_worker.tools.shell import ExecTool
+from claw_worker.tools.skills import SkillExecTool
+from claw_worker.tools.spawn import SpawnTool
 from claw_worker.tools.system import SystemInfoTool
 from claw_worker.tools.web import WebFetchTool, WebSearchTool
 
@@ -132,10 +141,13 @@ def default_tools(config: Config) -> ToolRegistry:
         MessageTool(config.channels),  # offers only the channels that can deliver
     ]
     if config.tools.exec.enabled:
-        tools.append(ExecTool())
+        tools += [ExecTool(), SkillExecTool()]  # skill scripts are code too
     # Imported here: claw_worker.tools.memory imports tools.base, which loads this package.
     from claw_worker.tools.memory import MemorySearchTool, MemoryWriteTool
 
     tools += [MemorySearchTool(), MemoryWriteTool()]
     tools.append(CronTool())
+    tools.append(NodesTool())
+    tools += [PipelineCreateTool(), PipelineStatusTool(), PipelineStateSetTool()]
+    tools += [PipelineDispatchTool(), SpawnTool()]
     return ToolRegistry(tools)

@@ -1,0 +1,283 @@
+"""Pipelines in Redis, and the dispatch of their tasks as agent runs over the fleet.
+
+A pipeline is one JSON document (``constants.pipeline_key``), changed only inside an
+optimistic transaction (WATCH the key, read, apply a function of ``transitions.py``,
+MULTI/SET/EXEC, again on a conflict): two tasks finishing at the same moment on two workers
+each see the other's result, and a task both waited for is claimed by exactly one of them.
+
+A claimed task is started by submitting its message (``session/submit.py``) to its own
+session ``pipeline:<id>:<task>`` on channel ``pipeline`` (never delivered), with a message
+id made from the pipeline, the task and the attempt, so a repeated submission is dropped.
+Any worker takes it. When its run is over the worker calls ``task_finished`` (through
+``outcomes.record_work``), which marks dependents ready, starts them unless the pipeline's
+``auto_dispatch`` is off, and tells the chat that made the pipeline when it finishes (or at
+once when a task fails while others still run).
+
+A worker that dies between finishing a run and reporting it would leave its task running;
+``reconcile`` (run by every dispatch and status read; ``reconcile_active`` for a periodic
+task) finishes such a task from its message record, and submits again a task whose message
+was never stored.
+
+Imported by the ingress (``/pipeline``), so it imports no agent, provider or tool.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import redis
+
+from claw_worker import constants as k
+from claw_worker.config.schema import Config
+from claw_worker.contract import InboundMessage, MessageStatus, Origin, OutboundMessage
+from claw_worker.session import scripts as lua
+from claw_worker.session.submit import submit
+from claw_worker.work import prompts
+from claw_worker.work.model import Limits, Pipeline, PipelineError, Task, TaskState, session_key
+from claw_worker.work.transitions import Changes, claim_ready, claim_task, finish
+
+MAX_TRIES = 100  # optimistic transactions lost in a row before giving up (never seen)
+RESUBMIT_AFTER_SEC = 60.0  # a running task whose message was never stored is submitted again
+LIST_MAX = 50
+FINISHED_RECORD = {"done", "failed", "cancelled"}
+
+
+def limits(config: Config) -> Limits:
+    work = config.work
+    return Limits(work.max_pipeline_tasks, work.max_result_chars, work.max_shared_state_chars)
+
+
+def _parse(raw: str | None, pipeline_id: str) -> Pipeline:
+    if raw is None:
+        raise PipelineError(f"no pipeline {pipeline_id!r} (finished ones are kept for a while)")
+    return Pipeline.model_validate_json(raw)
+
+
+def load(client: redis.Redis, pipeline_id: str) -> Pipeline:
+    return _parse(client.get(k.pipeline_key(pipeline_id)), pipeline_id)
+
+
+def latest(client: redis.Redis, session: str) -> str | None:
+    """The id of the pipeline ``session`` made last, if it still exists."""
+    pipeline_id = client.get(k.latest_pipeline_key(session))
+    return pipeline_id if pipeline_id and client.exists(k.pipeline_key(pipeline_id)) else None
+
+
+def list_pipelines(client: redis.Redis, *, limit: int = LIST_MAX) -> list[Pipeline]:
+    """The newest pipelines first; ids whose record expired leave the indexes."""
+    ids = client.zrevrange(k.PIPELINES, 0, limit - 1)
+    raws = client.mget([k.pipeline_key(i) for i in ids]) if ids else []
+    gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
+    if gone:
+        client.zrem(k.PIPELINES, *gone)
+        client.zrem(k.PIPELINES_ACTIVE, *gone)
+    return [Pipeline.model_validate_json(raw) for raw in raws if raw is not None]
+
+
+def _active_count(client: redis.Redis) -> int:
+    ids = client.zrange(k.PIPELINES_ACTIVE, 0, -1)
+    if not ids:
+        return 0
+    with client.pipeline(transaction=False) as pipe:
+        for pipeline_id in ids:
+            pipe.exists(k.pipeline_key(pipeline_id))
+        alive = pipe.execute()
+    gone = [i for i, ok in zip(ids, alive, strict=True) if not ok]
+    if gone:
+        client.zrem(k.PIPELINES_ACTIVE, *gone)
+    return len(ids) - len(gone)
+
+
+def create(client: redis.Redis, config: Config, pipeline: Pipeline) -> None:
+    """Store a new pipeline (made by ``model.make_pipeline``); an existing id is refused.
+    The task sessions start empty: a history left by an older pipeline of the same id goes."""
+    active, most = _active_count(client), config.work.max_active_pipelines
+    if active >= most:
+        raise PipelineError(
+            f"{active} pipelines are still running, the limit (work.max_active_pipelines); "
+            "wait for one to finish"
+        )
+    key = k.pipeline_key(pipeline.id)
+    with client.pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            if pipe.exists(key):
+                raise PipelineError(f"a pipeline {pipeline.id!r} exists; choose another id")
+            pipe.multi()
+            pipe.set(key, pipeline.model_dump_json(), ex=config.work.pipeline_ttl_sec)
+            pipe.zadd(k.PIPELINES, {pipeline.id: pipeline.created_at})
+            pipe.zadd(k.PIPELINES_ACTIVE, {pipeline.id: pipeline.created_at})
+            if pipeline.creator.session_key:
+                pipe.set(k.latest_pipeline_key(pipeline.creator.session_key), pipeline.id,
+                         ex=config.work.pipeline_ttl_sec)  # fmt: skip
+            for task in pipeline.tasks:
+                pipe.delete(k.history_key(session_key(pipeline.id, task.id)))
+            pipe.execute()
+        except redis.WatchError:
+            raise PipelineError(
+                f"a pipeline {pipeline.id!r} was just made; choose another id"
+            ) from None
+
+
+def update(
+    client: redis.Redis, config: Config, pipeline_id: str, change: Callable[[Pipeline], Changes]
+) -> tuple[Pipeline, Changes]:
+    """Apply ``change`` to the stored pipeline atomically (again if another writer won);
+    ``change`` may raise PipelineError, which leaves the pipeline as it was."""
+    key = k.pipeline_key(pipeline_id)
+    with client.pipeline() as pipe:
+        for _ in range(MAX_TRIES):
+            try:
+                pipe.watch(key)
+                pipeline = _parse(pipe.get(key), pipeline_id)
+                changes = change(pipeline)
+                if not changes.changed:
+                    pipe.unwatch()
+                    return pipeline, changes
+                pipeline.updated_at = time.time()
+                pipe.multi()
+                pipe.set(key, pipeline.model_dump_json(), ex=config.work.pipeline_ttl_sec)
+                if pipeline.finished:
+                    pipe.zrem(k.PIPELINES_ACTIVE, pipeline_id)
+                pipe.execute()
+                return pipeline, changes
+            except redis.WatchError:
+                continue
+    raise PipelineError(f"pipeline {pipeline_id} is changing too fast; try again")
+
+
+def task_message(pipeline: Pipeline, task: Task) -> InboundMessage:
+    """The run of a task in its own session (channel ``pipeline``: the reply is recorded,
+    never delivered to a chat)."""
+    return InboundMessage(
+        message_id=task.message_id,
+        channel=Origin.PIPELINE.value,
+        chat_id=f"{pipeline.id}:{task.id}",
+        sender_id="pipeline",
+        session_key=task.session_key,
+        text=prompts.task_text(pipeline, task),
+        metadata={
+            "origin": Origin.PIPELINE.value, "pipeline_id": pipeline.id, "task_id": task.id,
+            "role": task.role, "attempt": task.attempt, "depth": pipeline.depth + 1,
+            "goal": task.goal,  # the task's own words (its text also quotes other tasks)
+        },
+    )  # fmt: skip
+
+
+def start(client: redis.Redis, config: Config, pipeline: Pipeline, tasks: list[Task]) -> None:
+    """Submit the runs of claimed tasks (a sub-agent's task is submitted by ``spawn``)."""
+    for task in tasks:
+        if task.session_key == session_key(pipeline.id, task.id):
+            submit(client, config, task_message(pipeline, task))
+
+
+def dispatch(client: redis.Redis, config: Config, pipeline_id: str) -> tuple[Pipeline, list[Task]]:
+    """Start every task whose dependencies are done; returns the pipeline and those started."""
+    reconcile(client, config, load(client, pipeline_id))
+    now = time.time()
+    pipeline, changes = update(client, config, pipeline_id, lambda p: claim_ready(p, now))
+    start(client, config, pipeline, changes.started)
+    return pipeline, changes.started
+
+
+def claim_for_spawn(
+    client: redis.Redis, config: Config, pipeline_id: str, task_id: str, session: str, mid: str
+) -> tuple[Pipeline, Task]:
+    """A ready task, claimed for a sub-agent's run in ``session`` with message ``mid``."""
+    now, claimed = time.time(), []
+
+    def change(p: Pipeline) -> Changes:
+        claimed[:] = [claim_task(p, task_id, now, session, mid)]
+        return Changes(changed=True)
+
+    pipeline, _ = update(client, config, pipeline_id, change)
+    return pipeline, pipeline.task(claimed[0].id)
+
+
+def task_finished(
+    client: redis.Redis,
+    config: Config,
+    pipeline_id: str,
+    task_id: str,
+    attempt: int,
+    *,
+    ok: bool,
+    text: str,
+) -> Changes:
+    """A task's run is over: record it, start what became ready, report what must be."""
+    now, bounds = time.time(), limits(config)
+    pipeline, changes = update(
+        client, config, pipeline_id,
+        lambda p: finish(p, task_id, attempt, ok=ok, text=text, limits=bounds, now=now),
+    )  # fmt: skip
+    start(client, config, pipeline, changes.started)
+    report(client, config, pipeline, changes)
+    return changes
+
+
+def reconcile(client: redis.Redis, config: Config, pipeline: Pipeline) -> Pipeline:
+    """Finish running tasks whose run is over but was never reported (a worker died in
+    between), and submit again those whose message was never stored."""
+    running = [t for t in pipeline.tasks if t.state is TaskState.RUNNING]
+    if not running:
+        return pipeline
+    with client.pipeline(transaction=False) as pipe:
+        for task in running:
+            pipe.hmget(k.message_key(task.session_key, task.message_id), "status", "reply",
+                       "error")  # fmt: skip
+        rows = pipe.execute()
+    changed = False
+    for task, (status, reply, error) in zip(running, rows, strict=True):
+        if status in FINISHED_RECORD:
+            ok = status == MessageStatus.DONE.value
+            text = (reply or "") if ok else (error or reply or f"the run ended {status}")
+            task_finished(client, config, pipeline.id, task.id, task.attempt, ok=ok, text=text)
+            changed = True
+        elif status is None and time.time() - task.started_at > RESUBMIT_AFTER_SEC:
+            if task.session_key == session_key(pipeline.id, task.id):
+                submit(client, config, task_message(pipeline, task))
+            else:
+                task_finished(client, config, pipeline.id, task.id, task.attempt, ok=False,
+                              text="its sub-agent's run was never stored")  # fmt: skip
+                changed = True
+    return load(client, pipeline.id) if changed else pipeline
+
+
+def reconcile_active(client: redis.Redis, config: Config) -> int:
+    """``reconcile`` every unfinished pipeline (for a periodic task); returns how many."""
+    count = 0
+    for pipeline_id in client.zrange(k.PIPELINES_ACTIVE, 0, -1):
+        try:
+            reconcile(client, config, load(client, pipeline_id))
+        except PipelineError:  # expired: the index entry goes on the next count
+            continue
+        count += 1
+    return count
+
+
+def report(client: redis.Redis, config: Config, pipeline: Pipeline, changes: Changes) -> None:
+    """Tell the chat that made the pipeline that it finished, or that a task failed while
+    others still run (each report published once, whoever sends it)."""
+    creator = pipeline.creator
+    if not creator.channel or not creator.chat_id:
+        return
+    if changes.finished:
+        mid = f"pipeline-{pipeline.id}-{pipeline.nonce}-finished"
+        text = prompts.finish_notice(pipeline)
+    elif changes.failed:
+        first = changes.failed[0]
+        mid = f"pipeline-{pipeline.id}-{pipeline.nonce}-failed-{first.id}-{first.attempt}"
+        text = prompts.failure_notice(pipeline, changes.failed)
+    else:
+        return
+    out = OutboundMessage(
+        message_id=mid, channel=creator.channel, chat_id=creator.chat_id,
+        session_key=creator.session_key or f"pipeline:{pipeline.id}", text=text,
+        status=MessageStatus.DONE if pipeline.status != "failed" else MessageStatus.FAILED,
+        metadata={"kind": "pipeline", "pipeline_id": pipeline.id, "status": pipeline.status},
+    )  # fmt: skip
+    client.register_script(lua.PUBLISH_ONCE)(
+        keys=[k.reply_sent_key(mid), k.OUTBOUND_STREAM],
+        args=[out.model_dump_json(), config.worker.message_ttl_sec, k.OUTBOUND_MAXLEN],
+    )

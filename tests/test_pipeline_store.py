@@ -1,0 +1,213 @@
+"""Pipelines without a fleet: the check of a plan (explicit cases and hypothesis), tasks
+finishing at the same moment in many threads, a worker that died before reporting, and the
+agent's pipeline tools, all against a real redis-server (claw_worker/work/)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from claw_worker import constants as k
+from claw_worker.config.schema import Config
+from claw_worker.tools.base import ToolContext
+from claw_worker.tools.registry import default_tools
+from claw_worker.work import pipelines
+from claw_worker.work.model import Creator, Limits, PipelineError, make_pipeline
+
+LIMITS = Limits(max_tasks=20, max_result_chars=4000, max_shared_state_chars=16000)
+
+
+def plan(tasks: list[tuple[str, list[str]]], **extra: Any) -> Any:
+    specs = [{"id": i, "role": "worker", "goal": f"do {i}", "depends_on": d} for i, d in tasks]
+    return make_pipeline(
+        pipeline_id=extra.pop("pipeline_id", "p1"), goal="a goal", tasks=specs,
+        auto_dispatch=True, depth=0, creator=Creator(), limits=LIMITS, now=0.0, **extra,
+    )  # fmt: skip
+
+
+def refusal(tasks: list[tuple[str, list[str]]], **extra: Any) -> str:
+    with pytest.raises(PipelineError) as refused:
+        plan(tasks, **extra)
+    return str(refused.value)
+
+
+def test_cycles_unknown_dependencies_and_bad_ids_are_refused_with_what_is_wrong() -> None:
+    cycle = refusal([("a", ["c"]), ("b", ["a"]), ("c", ["b"]), ("d", [])])
+    assert "cycle" in cycle and ("a → c → b → a" in cycle or "c → b → a → c" in cycle), cycle
+    assert "a → a" in refusal([("a", ["a"])])
+    unknown = refusal([("a", []), ("b", ["a", "zz"])])
+    assert unknown == "task 'b' depends on 'zz', which is not a task of this pipeline (tasks: a, b)"
+    assert "unique" in refusal([("a", []), ("a", [])])
+    assert "task id 'has space'" in refusal([("has space", [])])
+    assert "pipeline id 'a:b'" in refusal([("a", [])], pipeline_id="a:b")
+    assert "work.max_pipeline_tasks (20)" in refusal([(f"t{i}", []) for i in range(21)])
+    made = plan([("a", []), ("b", ["a"]), ("c", ["a", "b"])])
+    assert [t.state.value for t in made.tasks] == ["ready", "pending", "pending"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(2, 12).flatmap(lambda n: st.tuples(
+    st.just(n),
+    st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=3 * n),
+)))  # fmt: skip
+def test_a_plan_is_accepted_exactly_when_its_dependencies_have_no_cycle(
+    graph: tuple[int, list[tuple[int, int]]],
+) -> None:
+    n, edges = graph
+    deps: dict[str, list[str]] = {f"t{i}": [] for i in range(n)}
+    for a, b in edges:
+        deps[f"t{a}"].append(f"t{b}")
+    # A cycle exists iff repeatedly removing tasks without open dependencies leaves some.
+    left = {t: set(d) for t, d in deps.items()}
+    while free := [t for t, d in left.items() if not d]:
+        for t in free:
+            del left[t]
+        for d in left.values():
+            d.difference_update(free)
+    try:
+        plan(list(deps.items()))
+    except PipelineError as exc:
+        assert left, f"refused an acyclic plan: {exc}"
+        path = str(exc).split(": ", 1)[1].split(" (")[0].split(" → ")
+        assert path[0] == path[-1] and all(b in deps[a] for a, b in itertools.pairwise(path))
+    else:
+        assert not left, "accepted a plan with a cycle"
+
+
+def finish_together(
+    redis_server: Any, config: Config, pid: str, task_ids: list[str]
+) -> tuple[list[str], list[tuple[float, float]]]:
+    """Report the tasks done from one thread each, released at once: (tasks those reports
+    started, each report's span)."""
+    barrier, started, spans = threading.Barrier(len(task_ids)), [], []
+
+    def finish(task_id: str) -> None:
+        client = redis_server.client()
+        barrier.wait()
+        begin = time.monotonic()
+        changes = pipelines.task_finished(client, config, pid, task_id, 1, ok=True,
+                                          text=f"result of {task_id}")  # fmt: skip
+        spans.append((begin, time.monotonic()))
+        started.extend(t.id for t in changes.started)
+
+    threads = [threading.Thread(target=finish, args=(t,)) for t in task_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return started, sorted(spans)
+
+
+def test_a_task_after_many_parents_starts_once_when_they_finish_at_the_same_moment(
+    redis_server: Any,
+) -> None:
+    """Sixteen parents finish in sixteen threads released together, five times over: the
+    optimistic transactions collide, and the child is claimed and submitted exactly once."""
+    config = Config.model_validate({"redis": {"url": redis_server.url}})
+    r = redis_server.client()
+    parents = [f"p{i}" for i in range(16)]
+    for round_ in range(5):
+        pid = f"wide{round_}"
+        tasks = [{"id": p, "role": "r", "goal": p} for p in parents]
+        tasks.append({"id": "child", "role": "r", "goal": "c", "depends_on": parents})
+        made = make_pipeline(pipeline_id=pid, goal="g", tasks=tasks, auto_dispatch=True, depth=0,
+                             creator=Creator(), limits=LIMITS, now=time.time())  # fmt: skip
+        pipelines.create(r, config, made)
+        pipelines.dispatch(r, config, pid)
+        started, spans = finish_together(redis_server, config, pid, parents)
+        assert started == ["child"]
+        assert any(b2 < e1 for (_, e1), (b2, _) in itertools.pairwise(spans))  # concurrent
+        child = pipelines.load(r, pid).task("child")
+        assert (child.state.value, child.attempt) == ("running", 1)
+        queued = [json.loads(m) for m in r.lrange(k.mailbox_key(f"pipeline:{pid}:child"), 0, -1)]
+        assert [m["message_id"] for m in queued] == [child.message_id]
+        assert all(f"result of {p}" in queued[0]["text"] for p in parents)
+
+
+def test_a_run_whose_worker_died_before_reporting_is_picked_up_from_its_record(
+    redis_server: Any,
+) -> None:
+    """A worker that dies between finishing a task's run and reporting it, or between
+    claiming a task and storing its message: the next reconcile (any dispatch, any status
+    read, the periodic one) finishes the task from the message record, or submits again."""
+    config = Config.model_validate({"redis": {"url": redis_server.url}})
+    r = redis_server.client()
+    made = plan([("a", []), ("b", ["a"])], pipeline_id="crashy")
+    pipelines.create(r, config, made)
+    pipelines.dispatch(r, config, "crashy")
+    a = pipelines.load(r, "crashy").task("a")
+    # The run finished (COMPLETE wrote the record) but record_work never ran.
+    record = {"status": "done", "reply": "a's result"}
+    r.hset(k.message_key(a.session_key, a.message_id), mapping=record)
+    assert pipelines.reconcile_active(r, config) == 1
+    after = pipelines.load(r, "crashy")
+    assert (after.task("a").state.value, after.task("a").result) == ("done", "a's result")
+    b = after.task("b")
+    assert b.state.value == "running"
+    # b was claimed but its message never stored (the worker died in between): once it is
+    # overdue it is submitted again, with the same message id.
+    r.delete(k.mailbox_key(b.session_key), k.message_key(b.session_key, b.message_id))
+    pipelines.reconcile_active(r, config)
+    assert r.llen(k.mailbox_key(b.session_key)) == 0  # not overdue yet
+    data = json.loads(r.get(k.pipeline_key("crashy")))
+    data["tasks"][1]["started_at"] -= pipelines.RESUBMIT_AFTER_SEC + 1
+    r.set(k.pipeline_key("crashy"), json.dumps(data))
+    pipelines.reconcile_active(r, config)
+    [again] = [json.loads(m) for m in r.lrange(k.mailbox_key(b.session_key), 0, -1)]
+    assert again["message_id"] == b.message_id and "a's result" in again["text"]
+    pipelines.reconcile_active(r, config)  # stored now: not submitted twice
+    assert r.llen(k.mailbox_key(b.session_key)) == 1
+
+
+def test_the_tools_default_to_this_sessions_pipeline_and_keep_their_limits(
+    redis_server: Any, workspace: Path
+) -> None:
+    config = Config.model_validate({"work": {"max_depth": 1, "max_active_pipelines": 2,
+                                             "max_shared_state_chars": 200}})  # fmt: skip
+    r, tools = redis_server.client(), default_tools(config)
+
+    def run(name: str, args: dict[str, Any], session: str = "api:me", **ctx: Any) -> str:
+        return tools.run(name, args, ToolContext(workspace, session, config, redis=r, **ctx))
+
+    one = [{"id": "a", "role": "r", "goal": "g"}]
+    assert run("pipeline_status", {}).startswith("Error: no pipeline_id given, and this session")
+    made = run("pipeline_create", {"goal": "first", "tasks": one})
+    pid = made.split()[2]
+    assert made.startswith(f"Created pipeline {pid} with 1 task(s) (a); ready to start: a.")
+    assert run("pipeline_state_set", {"key": "k", "value": {"n": 1}}).startswith(
+        f'k set in pipeline {pid}\'s shared state: {{"k": {{"n": 1}}}}'
+    )
+    big = run("pipeline_state_set", {"key": "big", "value": "x" * 300})
+    assert big.startswith("Error: shared state not changed: the shared state would be")
+    assert "work.max_shared_state_chars (200)" in big
+    assert run("pipeline_state_set", {"key": "k", "value": None}).startswith("k removed")
+    assert run("pipeline_state_set", {"key": "bad key", "value": 1}).startswith(
+        "Error: shared state not changed: state key 'bad key' must be"
+    )
+    status = run("pipeline_status", {})
+    assert (
+        status.startswith(f"Pipeline {pid}: pending, 0/1 tasks done") and "- a (r): ready" in status
+    )
+    assert run("pipeline_status", {"pipeline_id": "nope"}).startswith("Error: no pipeline 'nope'")
+    run("pipeline_create", {"goal": "second", "tasks": one, "pipeline_id": "second"})
+    assert "work.max_active_pipelines" in run("pipeline_create", {"goal": "3", "tasks": one})
+    # A task's run (depth 1) acts on its own pipeline, and may not make one (max_depth 1).
+    task_ctx = {"session": f"pipeline:{pid}:a", "origin": "pipeline"}
+    assert run("pipeline_status", {}, **task_ctx).startswith(f"Pipeline {pid}:")
+    deeper = run("pipeline_create", {"goal": "g", "tasks": one}, **task_ctx)
+    assert deeper == ("Error: its tasks would run at depth 2, over work.max_depth (1); do this "
+                      "work yourself")  # fmt: skip
+    assert "would be at depth 2" in run("spawn", {"task": "help"}, **task_ctx)
+    # A run answering a sub-agent's report may not start work.
+    report = {"message_id": "spawn-result-spawn-123"}
+    assert "a report may not start a pipeline" in run("pipeline_create", {"goal": "g",
+                                                      "tasks": one}, **report)  # fmt: skip
+    assert "a report may not start more sub-agents" in run("spawn", {"task": "t"}, **report)
