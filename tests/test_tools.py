@@ -116,7 +116,8 @@ def test_unparseable_arguments(tools: ToolRegistry, ctx: ToolContext) -> None:
 
 def test_unknown_tool(tools: ToolRegistry, ctx: ToolContext) -> None:
     result = tools.run("fly", {}, ctx)
-    assert result.startswith("Error: unknown tool 'fly'; available tools: edit_file, exec, ")
+    assert result.startswith("Error: unknown tool 'fly'; available tools: ")
+    assert "edit_file, exec, " in result and "read_file" in result
 
 
 def test_exec_runs_in_workspace(tools: ToolRegistry, ctx: ToolContext, workspace: Path) -> None:
@@ -195,3 +196,18 @@ def test_registry_refuses_duplicate_names() -> None:
     registry = default_tools(make_config())
     with pytest.raises(ValueError, match="registered twice"):
         registry.register(registry.get("exec"))  # type: ignore[arg-type]
+
+
+def test_exec_never_sees_the_fleets_credentials(
+    tools: ToolRegistry, ctx: ToolContext, monkeypatch
+) -> None:
+    """Names that say credential, the fleet's own settings, and any URL carrying a password
+    (the Redis URL in a container) are left out of a command's environment."""
+    monkeypatch.setenv("CLAW_REDIS_URL", "redis://:redis-pw-1@redis:6379/0")
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "admin:flower-pw-2")
+    monkeypatch.setenv("BACKUP_TARGET", "s3://user:s3-pw-3@bucket/path")
+    monkeypatch.setenv("PLAIN_SETTING", "https://example.com/ok")
+    out = tools.run("exec", {"command": "env"}, ctx)
+    for secret in ("redis-pw-1", "flower-pw-2", "s3-pw-3"):
+        assert secret not in out
+    assert "PLAIN_SETTING=https://example.com/ok" in out

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,10 @@ from pydantic import Field, field_validator
 
 from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
 
-SECRET_ENV_NAMES = frozenset({"CLAW_API_KEY", "OPENAI_API_KEY"})
-SECRET_ENV_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
+# The fleet's own settings (the Redis URL carries its password; CLAW_* name the config and
+# home the command has no business with) never reach a command.
+SECRET_ENV_NAMES = frozenset({"CLAW_API_KEY", "OPENAI_API_KEY", "CLAW_REDIS_URL", "CLAW_CONFIG"})
+SECRET_ENV_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "BASIC_AUTH")
 EXEC_ID_ENV = "CLAW_EXEC_ID"
 MAX_COMMAND_BYTES = 128 * 1024 - 1  # Linux's limit for one argument (MAX_ARG_STRLEN)
 _POLL_SEC = 0.05
@@ -48,13 +51,18 @@ REAPER = Path(__file__).with_name("_reaper.py")
 
 
 def child_env() -> dict[str, str]:
-    """The worker's environment without anything that looks like a credential."""
+    """The worker's environment without anything that looks like a credential: names that
+    say so, and any value that is a URL with a password in it (redis://:pw@host...)."""
     return {
         name: value
         for name, value in os.environ.items()
         if name not in SECRET_ENV_NAMES
         and not any(marker in name.upper() for marker in SECRET_ENV_MARKERS)
+        and not _URL_WITH_PASSWORD.search(value)
     }
+
+
+_URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]*:[^@\s/]+@", re.IGNORECASE)
 
 
 class ExecParams(ToolParams):
@@ -103,49 +111,65 @@ class ExecTool(Tool[ExecParams]):
 
     def execute(self, params: ExecParams, ctx: ToolContext) -> str:
         cfg = ctx.config.tools.exec
-        for pattern in cfg.deny_patterns:
-            if _deny_regex(pattern).search(params.command):
-                raise ToolError(
-                    f"command refused: it matches the deny pattern {pattern!r} "
-                    "(tools.exec.deny_patterns)"
-                )
+        check_denied(params.command, cfg.deny_patterns)
         timeout = min(params.timeout_sec or cfg.timeout_sec, cfg.timeout_sec)
         ctx.workspace.mkdir(parents=True, exist_ok=True)
-        token = uuid.uuid4().hex
-        report, report_w = os.pipe()
-        try:
-            proc = subprocess.Popen(
-                [sys.executable or "python3", "-I", "-S", str(REAPER), str(os.getpid()),
-                 params.command, str(report_w)],
-                cwd=ctx.workspace,
-                env={**child_env(), EXEC_ID_ENV: token},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                pass_fds=(report_w,),
-            )  # fmt: skip
-        except OSError as exc:
-            os.close(report)
-            raise ToolError(f"could not start the command: {exc.strerror or exc}") from exc
-        finally:
-            os.close(report_w)
-        # UTF-8 takes up to 4 bytes a character; the character cap is applied after decoding.
-        output = _Output(cfg.max_output_chars * 4)
-        assert proc.stdout is not None
-        try:
-            outcome = _follow(proc, proc.stdout.fileno(), output, time.monotonic() + timeout, ctx)
-        finally:
-            if proc.poll() is None:
-                _end(proc, token)
-            elif proc.returncode < 0:  # the reaper was killed: it could not clean up
-                _kill_marked(token)
-            proc.stdout.close()
-            killed = _read_report(report)
-        body = _format(proc, output, outcome, timeout, cfg.max_output_chars)
-        if killed:
-            body += f"\n[{killed} background process(es) still running when it ended were killed]"
-        return body
+        return run_guarded(params.command, ctx.workspace, timeout, cfg.max_output_chars, ctx)
+
+
+def check_denied(command: str, patterns: Sequence[str]) -> None:
+    """Refuse (``ToolError``) a command line that matches one of ``tools.exec.deny_patterns``."""
+    for pattern in patterns:
+        if _deny_regex(pattern).search(command):
+            raise ToolError(
+                f"command refused: it matches the deny pattern {pattern!r} "
+                "(tools.exec.deny_patterns)"
+            )
+
+
+def run_guarded(
+    command: str, cwd: Path, timeout: int, max_output_chars: int, ctx: ToolContext,
+    env: Mapping[str, str] | None = None,
+) -> str:  # fmt: skip
+    """Run ``command`` with ``/bin/sh -c`` in ``cwd`` under the reaper, with the clean
+    environment (plus ``env``), the deadline, /stop and the output cap: the whole output
+    with the exit code, or a ``ToolError`` for a timeout or a stop. Shared by ``exec`` and
+    ``skill_exec``."""
+    token = uuid.uuid4().hex
+    report, report_w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable or "python3", "-I", "-S", str(REAPER), str(os.getpid()),
+             command, str(report_w)],
+            cwd=cwd,
+            env={**child_env(), **(env or {}), EXEC_ID_ENV: token},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            pass_fds=(report_w,),
+        )  # fmt: skip
+    except OSError as exc:
+        os.close(report)
+        raise ToolError(f"could not start the command: {exc.strerror or exc}") from exc
+    finally:
+        os.close(report_w)
+    # UTF-8 takes up to 4 bytes a character; the character cap is applied after decoding.
+    output = _Output(max_output_chars * 4)
+    assert proc.stdout is not None
+    try:
+        outcome = _follow(proc, proc.stdout.fileno(), output, time.monotonic() + timeout, ctx)
+    finally:
+        if proc.poll() is None:
+            _end(proc, token)
+        elif proc.returncode < 0:  # the reaper was killed: it could not clean up
+            _kill_marked(token)
+        proc.stdout.close()
+        killed = _read_report(report)
+    body = _format(proc, output, outcome, timeout, max_output_chars)
+    if killed:
+        body += f"\n[{killed} background process(es) still running when it ended were killed]"
+    return body
 
 
 @lru_cache(maxsize=64)
