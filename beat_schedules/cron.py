@@ -22,6 +22,7 @@ import structlog
 from beat_schedules.cron_jobs import Change, Job, change_job, load
 from beat_schedules.cron_schedule import format_time
 from claw_worker import constants as k
+from claw_worker import metrics
 from claw_worker.config import Config
 from claw_worker.contract import InboundMessage, MessageStatus, Origin, OutboundMessage
 from claw_worker.session.submit import submit
@@ -57,17 +58,20 @@ def fire(client: redis.Redis, config: Config, job_id: str, due: int | None = Non
     job = load(client, job_id)
     if job is None or not job.enabled:
         rearm(client, job_id, due)  # removes a stale entry
+        metrics.CRON_FIRES.labels("disabled").inc()
         return f"cron {job_id}: {'no such job' if job is None else 'disabled'}, not fired"
     rearm(client, job_id, due)  # beat did it already; this covers a beat that did not
     bound = log.bind(job_id=job.id, job_name=job.name, due=format_time(due))
     if not config.cron.enabled:
         _count_skip(client, job.id)
         bound.info("cron job skipped: cron.enabled is false")
+        metrics.CRON_FIRES.labels("skipped").inc()
         return f"cron {job.id}: skipped (cron.enabled is false)"
     if _run_pending(client, job):
         _count_skip(client, job.id)
         bound.warning("cron job skipped: its previous run is not over",
                       message_id=job.run_message_id)  # fmt: skip
+        metrics.CRON_FIRES.labels("skipped").inc()
         return f"cron {job.id}: skipped, the previous run ({job.run_message_id}) is not over"
     metadata: dict[str, object] = {"origin": Origin.CRON.value, "job_id": job.id, "due": due}
     if job.deliver is not None:
@@ -95,8 +99,10 @@ def fire(client: redis.Redis, config: Config, job_id: str, due: int | None = Non
     change_job(client, job.id, record)
     if not submit(client, config, message).stored:
         bound.info("cron job fire repeated: dropped", message_id=message.message_id)
+        metrics.CRON_FIRES.labels("duplicate").inc()
         return f"cron {job.id}: due {due} was fired already (duplicate dropped)"
     bound.info("cron job fired", message_id=message.message_id, late_sec=round(now - due, 3))
+    metrics.CRON_FIRES.labels("fired").inc()
     return f"cron {job.id} ({job.name}) fired for {format_time(due)}"
 
 

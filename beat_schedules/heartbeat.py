@@ -29,6 +29,7 @@ from pathlib import Path
 import redis
 
 from claw_worker import constants as k
+from claw_worker import metrics
 from claw_worker.autonomy_state import Chat, last_active
 from claw_worker.config import Config, workspace_dir
 from claw_worker.config.schema import HeartbeatConfig
@@ -110,6 +111,7 @@ def tick(client: redis.Redis, config: Config) -> str:
 
 
 def _record(client: redis.Redis, action: str, detail: str, *, message_id: str = "") -> str:
+    metrics.HEARTBEAT_TICKS.labels(action).inc()
     fields = {"last_tick_at": time.time(), "action": action, "detail": detail}
     if message_id:
         fields["message_id"] = message_id

@@ -48,11 +48,12 @@ def main(config_file: str | None, host: str | None, port: int | None, http: str)
     from claw_ingress.protocols import guarded_protocol
 
     app = create_app(config, url=url)
+    app.state.bind = (host or config.gateway.host, port or config.gateway.port)  # the registry's
     ensure_fd_budget(config.gateway.max_connections, BACKLOG)
     uvicorn.run(
         app,
-        host=host or config.gateway.host,
-        port=port or config.gateway.port,
+        host=app.state.bind[0],
+        port=app.state.bind[1],
         backlog=BACKLOG,
         # uvicorn's protocol with a header deadline, a body backstop and the connection cap
         # (read from the live config per connection); uvicorn's own limit_concurrency

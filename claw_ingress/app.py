@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from claw_ingress.auth import BearerAuth
@@ -45,6 +45,7 @@ from claw_ingress.nodes import node_routes
 from claw_ingress.openai_api import chat_completions, list_models, wait_for_reply
 from claw_ingress.outbound import OutboundReader
 from claw_ingress.webhooks import WebhookRouter
+from claw_worker import metrics
 from claw_worker.commands import API_CHANNEL
 from claw_worker.config import Config, config_path
 from claw_worker.config.reload import LiveConfig, ReloadParticipant
@@ -59,10 +60,14 @@ from claw_worker.session.stop import request_stop
 log = structlog.get_logger(__name__)
 
 RETRY_AFTER_SEC = "2"
+# Behind gateway.token when one is set (Prometheus sends it as a bearer token too).
+PROTECTED_PREFIXES = ("/api/", "/v1/", "/ws", "/nodes/", "/metrics")
+CHANNELS_EVERY_SEC = 1.0  # the channels' states are copied into the registry record this often
 
 
 def unavailable(exc: Exception) -> JSONResponse:
     log.warning("redis unavailable", error=str(exc))
+    metrics.STORE_UNAVAILABLE.inc()
     return JSONResponse(
         {"error": "message store unavailable, retry later"},
         status_code=503,
@@ -72,6 +77,13 @@ def unavailable(exc: Exception) -> JSONResponse:
 
 async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
+
+
+async def metrics_text(request: Request) -> Response:
+    """Prometheus' text format: this process's counters (claw_worker/metrics.py)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def post_message(request: Request) -> JSONResponse:
@@ -192,14 +204,17 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
         delivery = Delivery(client, app.state.channels.get, identity().key,
                             wanted=app.state.channels.wanted)  # fmt: skip
         loop = asyncio.get_running_loop()
-        control = _join_control(live, url, on_reload=lambda: loop.call_soon_threadsafe(
+        control = _join_control(live, url, getattr(app.state, "bind", None),
+                                on_reload=lambda: loop.call_soon_threadsafe(
             lambda: asyncio.ensure_future(app.state.channels.sync())))  # fmt: skip
         app.state.outbound.start()
         await app.state.channels.sync()
         await delivery.start()
+        publish = asyncio.create_task(_publish_channels(control, app.state.channels, live))
         try:
             yield
         finally:
+            publish.cancel()
             control.stop()
             await delivery.stop()
             await app.state.channels.stop()
@@ -209,6 +224,7 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
 
     routes = [
         Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics_text, methods=["GET"]),
         Route("/api/message", post_message, methods=["POST"]),
         Route("/api/messages/{message_id}", get_message, methods=["GET"]),
         Route("/api/sessions/{session:path}/stop", stop_session, methods=["POST"]),
@@ -220,7 +236,7 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
     ]
     middleware = [
         Middleware(RequestGuard, live=live),
-        Middleware(BearerAuth, live=live, protected_prefixes=("/api/", "/v1/", "/ws", "/nodes/")),
+        Middleware(BearerAuth, live=live, protected_prefixes=PROTECTED_PREFIXES),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.live = live  # before the lifespan: __main__ gives it to the connection guard
@@ -228,14 +244,27 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
 
 
 def _join_control(
-    live: LiveConfig, url: str, *, on_reload: Callable[[], object]
+    live: LiveConfig,
+    url: str,
+    bind: tuple[str, int] | None,
+    *,
+    on_reload: Callable[[], object],
 ) -> ControlListener:
     """Register with the fleet and take part in config reloads (a thread of its own);
-    ``on_reload`` runs (in that thread) after each reload was applied."""
+    ``on_reload`` runs (in that thread) after each reload was applied. The registry record
+    says where /metrics is served (``bind``: the address uvicorn listens on, set by
+    ``__main__``; else gateway.host and port) and the channels' states."""
     from claw_worker.logs import config_secrets, setup_logging
 
+    gateway = live.config.gateway
+    host, port = bind or (gateway.host, gateway.port)
+    info: dict[str, object] = {
+        "config": str(config_path()),
+        "metrics": {"host": host, "port": port, "path": "/metrics"},
+        "channels": {},  # present from the start: the heartbeat thread reads the dict
+    }
     redis_client = sync_client(url)
-    listener = ControlListener(redis_client, identity(), info={"config": str(config_path())})
+    listener = ControlListener(redis_client, identity(), info=info)
 
     def apply(new: Config) -> None:
         old = live.swap(new)
@@ -248,3 +277,24 @@ def _join_control(
         apply=apply,
     ).attach(listener)  # fmt: skip
     return listener.start()
+
+
+async def _publish_channels(
+    control: ControlListener, channels: ChannelManager, live: LiveConfig
+) -> None:
+    """Keep the channels' states (started, failing and why) in this process's registry
+    record, for ``clawctl status``; read here, on the loop that changes them."""
+    from claw_worker.logs import Redactor, config_secrets
+
+    while True:
+        config = live.config
+        redactor = Redactor(config_secrets(config))
+        states = {}
+        for name, facts in channels.describe().items():
+            error = facts.get("error")
+            states[name] = {
+                "started": bool(facts.get("started")),
+                "error": redactor.scrub(str(error))[:200] if error else None,
+            }
+        control.info["channels"] = states  # one assignment: the heartbeat reads whole dicts
+        await asyncio.sleep(CHANNELS_EVERY_SEC)

@@ -34,6 +34,7 @@ from redis.exceptions import RedisError, ResponseError
 from claw_ingress.channels.base import Channel, SendError
 from claw_ingress.text import split_text
 from claw_worker import constants as k
+from claw_worker import metrics
 from claw_worker.contract import INTERNAL_CHANNEL, Origin, OutboundMessage
 
 log = structlog.get_logger(__name__)
@@ -276,19 +277,22 @@ class Delivery:
         parts = split_text(message.text or " ", channel.max_text)
         sent = int(state.get("parts") or 0)
         bound = log.bind(channel=channel.name, chat_id=message.chat_id,
-                         message_id=message.message_id)  # fmt: skip
+                         session_key=message.session_key, message_id=message.message_id)  # fmt: skip
         for index in range(sent, len(parts)):
             outcome = await self._send_part(channel, message, parts[index], index, bound)
             if outcome == "retry_later":
+                metrics.delivered(channel.name, "retry_later", parts=index - sent)
                 return False
             if outcome == "refused":
                 await self.redis.hset(key, mapping={"done": 1, "error": "refused"})
                 await self.redis.expire(key, DELIVERED_TTL_SEC)
+                metrics.delivered(channel.name, "refused", parts=index - sent)
                 return True
             await self.redis.hincrby(key, "parts", 1)
             await self.redis.expire(key, DELIVERED_TTL_SEC)
         await self.redis.hset(key, "done", 1)
-        bound.info("message delivered", parts=len(parts),
+        metrics.delivered(channel.name, "delivered", parts=len(parts) - sent)
+        bound.info("message delivered", parts=len(parts), status=message.status.value,
                    output_content_length=len(message.text))  # fmt: skip
         with contextlib.suppress(Exception):
             await channel.on_delivered(message.message_id, message.chat_id)
@@ -312,6 +316,7 @@ class Delivery:
             except Exception as exc:  # network trouble, a bug in an adapter: try again
                 wait = 2.0**attempt
                 bound.warning("send failed, retrying", error=repr(exc), retry_in=wait)
+            metrics.delivery_retry(channel.name)
             await asyncio.sleep(wait)
         bound.error("send kept failing: left for a later try")
         return "retry_later"

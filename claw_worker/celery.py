@@ -75,12 +75,12 @@ def _setup_logging(**_: Any) -> None:
 
 
 def _start_worker(sender: Any = None, **_: Any) -> None:
-    """The worker process: the embedded Redis if no URL is configured, then its control
-    listener (registry, /stop, config reload). A prefork pool's children run the tasks, so
-    they start their own instead."""
+    """The worker process: the embedded Redis if no URL is configured, then its /metrics
+    server and control listener (registry, /stop, config reload). A prefork pool's children
+    run the tasks, so they start their own instead (each its /metrics on a port of its own)."""
     from celery.concurrency.prefork import TaskPool as PreforkPool
 
-    from claw_worker.runtime import start_control
+    from claw_worker.runtime import start_control, start_metrics
 
     config = current_config()
     if not config.redis.url:
@@ -89,13 +89,22 @@ def _start_worker(sender: Any = None, **_: Any) -> None:
         redis_url(config, start_embedded=True)
     pool = getattr(sender, "pool_cls", None)
     if not (isinstance(pool, type) and issubclass(pool, PreforkPool)):
+        start_metrics()
         start_control()
 
 
 def _start_pool_child(**_: Any) -> None:
-    from claw_worker.runtime import start_control
+    from claw_worker.runtime import announce_metrics, start_control, start_metrics
 
+    start_metrics()
+    announce_metrics()
     start_control()
+
+
+def _worker_ready(**_: Any) -> None:
+    from claw_worker.runtime import announce_metrics
+
+    announce_metrics()  # a no-op where a prefork pool's children serve /metrics
 
 
 def _stop_worker(**_: Any) -> None:
@@ -108,4 +117,5 @@ signals.celeryd_init.connect(_name_worker, weak=False)
 signals.setup_logging.connect(_setup_logging, weak=False)
 signals.worker_init.connect(_start_worker, weak=False)
 signals.worker_process_init.connect(_start_pool_child, weak=False)
+signals.worker_ready.connect(_worker_ready, weak=False)
 signals.worker_shutdown.connect(_stop_worker, weak=False)

@@ -8,21 +8,22 @@ the handlers it installed, so it is safe to call twice.
 Log with structlog and pass facts as keyword arguments, never formatted into the message::
 
     log = structlog.get_logger(__name__)
-    log.info("message.received", channel="telegram", chat_id="42", sender_id="7",
-             preview=text[:80], message_content_length=len(text))
+    log.info("message done", **message_fields(message), assistant_content_length=len(reply))
 
 Field names to use, so logs can be searched the same way everywhere (SPEC "Logging"):
 ``channel``, ``chat_id``, ``sender_id``, ``session_key``, ``message_id``, ``preview`` (the first
-characters of a text), ``error``, ``message_content_length``, ``assistant_content_length``,
-``output_content_length``, ``transcript_length``.
+characters of a text), ``error``, ``message_content_length``, ``assistant_content_length``
+(the agent's reply), ``output_content_length`` (what was delivered), ``transcript_length``
+(the session history's messages after the turn). A message's events: ``message received``
+(the ingress, at DEBUG: a line per request costs as much as the rest of accepting it),
+``message started``, ``message done`` / ``failed`` / ``cancelled`` (the worker, with
+``queue_wait_ms``), ``message delivered`` (the ingress), found by ``message_id``.
 
 Stdlib loggers (Celery, kombu, uvicorn, httpx) go through the same handlers and formatters
 (structlog's ``ProcessorFormatter``), so one file holds one JSON object per line whoever logged.
 
-Every line passes a redactor: values of fields named as credentials (``api_key``, ``token``,
-``*_secret``, ``password``, ``authorization``: see ``SECRET_FIELD``) are masked, and strings
-are scrubbed of things that look like API keys, bearer tokens and Telegram bot tokens, and of
-the secrets in the config itself (the fields marked secret in the schema).
+Every line passes the redactor (``redact.py``) with the config's secrets: once in structlog's
+chain for its events, in each handler's formatter for stdlib records.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -42,80 +43,40 @@ import structlog
 from claw_worker.config.paths import logs_dir
 from claw_worker.config.schema import Config
 from claw_worker.config.store import secret_values
+from claw_worker.redact import MASK, Redactor, is_secret_field
 
-MASK = "****"
+__all__ = ["MASK", "Redactor", "is_secret_field", "setup_console", "setup_logging"]
+
 # Rotation is by size; age-based retention deletes the rest. This bounds one process's disk
 # use at (BACKUP_COUNT + 1) * max_size_mb even inside the retention window.
 BACKUP_COUNT = 10
 REOPEN_CHECK_SEC = 5.0
-# Literal config secrets shorter than this are not scrubbed from free text: masking "abc"
-# wherever it appears would wreck the logs and protect nothing.
-MIN_LITERAL_SECRET = 6
-# Log fields whose value is masked whole: a credential by its name (``api_key``,
-# ``gateway_token``, ``app_secret``, ``authorization`` ...). Not a word inside a name: a
-# field like ``memory_recall_keywords`` or ``total_tokens`` holds no secret.
-SECRET_FIELD = re.compile(
-    r"(?:^|_)(?:api_?key|token|secret|password|passwd|authorization|credentials?)$", re.I
-)
 # Libraries that log every request at INFO: kept to warnings unless debugging.
 CHATTY_LOGGERS = ("httpx", "httpcore", "telegram", "websockets")
 # Loggers that install their own handlers; routed to ours instead.
 ROUTED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task")
-
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 " + MASK),
-    (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), "sk-" + MASK),
-    (re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{30,}"), MASK),  # Telegram bot token
-    (re.compile(r"(?i)\bbot\d{5,}:[A-Za-z0-9_-]{30,}"), "bot" + MASK),  # ...inside a URL path
-    (
-        re.compile(r"(?i)((?:api[_-]?key|token|secret|password)=)[^&\s\"']+"),
-        r"\1" + MASK,
-    ),
-    # A password in a URL. The scheme is bounded so a long word cannot make this quadratic.
-    (re.compile(r"(?i)(\b[a-z][a-z0-9+.-]{0,15}://[^:/\s@]*:)[^@\s/]+@"), r"\1" + MASK + "@"),
-)
+PREVIEW_CHARS = 80  # the ``preview`` field: the first characters of a message's text
+# A secret cut in two by the preview would no longer look like one: scrub this much first.
+_PREVIEW_SCRUB_CHARS = PREVIEW_CHARS + 200
 
 
-def is_secret_field(name: str) -> bool:
-    return SECRET_FIELD.search(name) is not None
+def preview(text: str) -> str:
+    """The ``preview`` field: the first PREVIEW_CHARS characters of ``text``, scrubbed
+    before the cut (a secret cut in two would no longer be recognised)."""
+    return _redactor.scrub(text[:_PREVIEW_SCRUB_CHARS])[:PREVIEW_CHARS]
 
 
-class Redactor:
-    """A structlog processor that masks secrets anywhere in the event dict."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        literals = sorted({s for s in secrets if len(s) >= MIN_LITERAL_SECRET}, key=len)
-        # Longest first, so a secret that contains another is masked whole.
-        self._literal = (
-            re.compile("|".join(re.escape(s) for s in reversed(literals))) if literals else None
-        )
-
-    def scrub(self, text: str) -> str:
-        if self._literal is not None:
-            text = self._literal.sub(MASK, text)
-        for pattern, replacement in _PATTERNS:
-            text = pattern.sub(replacement, text)
-        return text
-
-    def _clean(self, value: Any, secret: bool) -> Any:
-        if isinstance(value, str):
-            return (MASK if value else value) if secret else self.scrub(value)
-        if isinstance(value, bytes):
-            return MASK if secret else self.scrub(value.decode("utf-8", "replace"))
-        if isinstance(value, dict):
-            return {k: self._clean(v, secret or is_secret_field(str(k))) for k, v in value.items()}
-        if isinstance(value, list | tuple | set):
-            return [self._clean(v, secret) for v in value]
-        if secret and not isinstance(value, int | float | bool) and value is not None:
-            return MASK  # an object under a secret name: its repr may hold the secret
-        return value  # numbers stay: a token *count* is not a secret
-
-    def __call__(
-        self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        for key, value in list(event_dict.items()):
-            event_dict[key] = self._clean(value, is_secret_field(key))
-        return event_dict
+def message_fields(message: Any) -> dict[str, Any]:
+    """The fields every event about an inbound message carries (SPEC "Logging"):
+    ``channel``, ``chat_id``, ``sender_id``, ``session_key``, ``message_id``, ``preview``,
+    ``message_content_length``. ``message``: an ``InboundMessage``."""
+    text = message.text
+    return {
+        "channel": message.channel, "chat_id": message.chat_id,
+        "sender_id": message.sender_id, "session_key": message.session_key,
+        "message_id": message.message_id, "preview": preview(text),
+        "message_content_length": len(text),
+    }  # fmt: skip
 
 
 def config_secrets(config: Config) -> list[str]:
@@ -147,6 +108,16 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
                 self.stream = self._open()
         super().emit(record)
 
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        # The stdlib's checks that the path is a regular file with two stat calls per record;
+        # the file is ours (created 0600 by _open) and emit() notices when it is replaced.
+        if self.stream is None:
+            self.stream = self._open()
+        if self.maxBytes <= 0:
+            return False
+        self.stream.seek(0, 2)  # as the stdlib does: where the file ends
+        return self.stream.tell() + len(self.format(record)) + 1 >= self.maxBytes
+
     def format(self, record: logging.LogRecord) -> str:
         # shouldRollover() formats each record to measure it and emit() formats it again;
         # formatting (redaction included) is the costly part, so do it once.
@@ -169,16 +140,27 @@ _SHARED: list[Any] = [
     structlog.stdlib.PositionalArgumentsFormatter(),
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
+# The redactor of the last setup (its config's secrets). A structlog event is redacted once,
+# here, for every handler; a stdlib record (Celery, uvicorn, httpx) in each handler's
+# formatter, as only the formatter sees it.
+_redactor = Redactor()
 
 
-def _configure_structlog() -> None:
-    # The per-setup parts (redactor, renderers) live in the handlers' formatters, so this
-    # global part never changes. No logger caching: modules create their loggers at import,
-    # possibly before setup, and must still pick up this configuration.
+def _redact(_l: Any, _m: str, event_dict: MutableMapping[str, Any]) -> Any:
+    return _redactor(_l, _m, event_dict)
+
+
+def _configure_structlog(redactor: Redactor) -> None:
+    # No logger caching: modules create their loggers at import, possibly before setup, and
+    # must still pick up this configuration.
+    global _redactor
+    _redactor = redactor
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
             *_SHARED,
+            structlog.processors.format_exc_info,  # before redaction: tracebacks hold values
+            _redact,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -188,6 +170,11 @@ def _configure_structlog() -> None:
 
 
 def _formatter(renderer: Any, redactor: Redactor, process_name: str = "") -> logging.Formatter:
+    def redact_foreign(_l: Any, _m: str, event_dict: MutableMapping[str, Any]) -> Any:
+        if event_dict.get("_from_structlog"):
+            return event_dict  # redacted once in structlog's chain
+        return redactor(_l, _m, event_dict)
+
     def add_process(_l: Any, _m: str, event_dict: MutableMapping[str, Any]) -> Any:
         if process_name:
             event_dict.setdefault("process", process_name)
@@ -197,10 +184,10 @@ def _formatter(renderer: Any, redactor: Redactor, process_name: str = "") -> log
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_SHARED,
         processors=[
+            structlog.processors.format_exc_info,  # before redaction: tracebacks hold values
+            redact_foreign,
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             add_process,
-            structlog.processors.format_exc_info,  # before redaction: tracebacks hold values
-            redactor,
             renderer,
         ],
     )
@@ -233,9 +220,10 @@ def _console_handler(redactor: Redactor, level: int) -> logging.Handler:
 
 def setup_console(*, debug: bool = False) -> None:
     """Console-only logging (warnings, or everything with ``debug``): for short commands."""
-    _configure_structlog()
+    redactor = Redactor()
+    _configure_structlog(redactor)
     level = logging.DEBUG if debug else logging.WARNING
-    _install([_console_handler(Redactor(), level)], level)
+    _install([_console_handler(redactor, level)], level)
 
 
 def remove_expired(directory: Path, process_name: str, retention_days: int) -> list[Path]:
@@ -268,9 +256,9 @@ def setup_logging(
     has one writer, so rotation never races. Returns the log file, or None when file logging
     is off (``logging.enabled=false``).
     """
-    _configure_structlog()
     level = logging.DEBUG if debug else getattr(logging, config.logging.level)
     redactor = Redactor(config_secrets(config))
+    _configure_structlog(redactor)
     handlers: list[logging.Handler] = []
     log_file: Path | None = None
     if config.logging.enabled:

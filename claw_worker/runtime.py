@@ -17,8 +17,10 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import redis
+import structlog
 
 from claw_worker import constants as k
+from claw_worker import metrics
 from claw_worker.config import Config, config_path, current_config
 from claw_worker.config.reload import LiveConfig, ReloadParticipant
 from claw_worker.contract import InboundMessage, Origin
@@ -34,6 +36,8 @@ from claw_worker.work.locks import ResourceLocks
 
 if TYPE_CHECKING:  # the agent runtime is imported lazily, on first use
     from claw_worker.agent import Agent, AgentReply
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ class Runtime:
         self.leases = LeaseKeeper(self.mailbox)
         self.locks = ResourceLocks(self.redis, ttl_ms=config.worker.lease_sec * 1000)
         self.control: ControlListener = process_listener(
-            self.redis, identity(), config=str(config_path())
+            self.redis, identity(), config=str(config_path()), metrics=metrics.target()
         )
         self.cancels = CancelListener(self.redis, self.control)
         ReloadParticipant(
@@ -150,6 +154,32 @@ def get_runtime() -> Runtime:
 def start_control() -> None:
     """Join the fleet's control channel now (registry, /stop, reload), not at the first task."""
     get_runtime().control.start()
+
+
+_metrics_served: tuple[str, int, int | None] | None = None  # (host, first port, port or None)
+
+
+def start_metrics() -> None:
+    """Serve this process's /metrics on worker.metrics_host, at worker.metrics_port or the
+    next free port (0: off); before start_control, so the registry record says where."""
+    global _metrics_served
+    worker = current_config().worker
+    if worker.metrics_port:
+        port = metrics.serve(worker.metrics_host, worker.metrics_port)
+        _metrics_served = (worker.metrics_host, worker.metrics_port, port)
+
+
+def announce_metrics() -> None:
+    """Log where /metrics is served: apart from start_metrics, because a worker's main
+    process starts it (worker_init) before Celery sets up its logging."""
+    if _metrics_served is None:
+        return
+    host, first, port = _metrics_served
+    if port is None:
+        log.warning("no free port for /metrics: not served", host=host, first=first,
+                    last=first + metrics.PORT_TRIES - 1)  # fmt: skip
+    else:
+        log.info("serving /metrics", host=host, port=port)
 
 
 def stop_control() -> None:

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.fleet",
     "tests.fixtures.tools",
     "tests.fixtures.hosts",
+    "tests.fixtures.campaign",
 ]

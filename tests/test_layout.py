@@ -56,6 +56,8 @@ INGRESS_ALLOWED = {
     "claw_worker.embedded_redis",  # the one-box Redis, started by the ingress when needed
     "claw_worker.fsutil",  # atomic writes (config set)
     "claw_worker.logs",  # structured, redacted logging
+    "claw_worker.redact",  # ... its redactor (also scrubs the channels' errors for status)
+    "claw_worker.metrics",  # the Prometheus metrics (prometheus_client only): counted, /metrics
 }
 
 

@@ -18,12 +18,15 @@ import redis
 from claw_worker import constants
 
 # KEYS: history, saved mark   ARGV: mark ttl_sec, max entries, message JSON...
-# Appends the turn unless the mark says this message's turn is already there.
+# Appends the turn unless the mark says this message's turn is already there; returns
+# {appended 1|0, the list's length}.
 _APPEND_ONCE = """
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) == false then return 0 end
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) == false then
+  return {0, redis.call('LLEN', KEYS[1])}
+end
 redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
-return 1
+return {1, redis.call('LLEN', KEYS[1])}
 """
 SAVED_MARK_TTL_SEC = 7 * 24 * 3600  # as long as a message record lives
 
@@ -43,6 +46,7 @@ class History:
         # lease makes the turn's worker the only writer, so a following load() can cut its
         # window from it instead of reading Redis again.
         self._snapshot: tuple[list[Message], int] | None = None
+        self.length: int | None = None  # the list's length after the last append
 
     def load(self, limit: int = LOAD_LIMIT) -> list[Message]:
         """The last ``limit`` messages, starting at a user message.
@@ -82,11 +86,13 @@ class History:
         if message_id:
             mark = constants.history_saved_key(self._session_key, message_id)
             args = [SAVED_MARK_TTL_SEC, self._max, *encoded]
-            return bool(self._redis.eval(_APPEND_ONCE, 2, self._key, mark, *args))
+            saved, self.length = self._redis.eval(_APPEND_ONCE, 2, self._key, mark, *args)
+            return bool(saved)
         pipe = self._redis.pipeline(transaction=True)
         pipe.rpush(self._key, *encoded)
         pipe.ltrim(self._key, -self._max, -1)
-        pipe.execute()
+        pipe.llen(self._key)
+        self.length = pipe.execute()[-1]
         return True
 
     def replace(self, messages: Sequence[Message], *, expect_len: int | None = None) -> bool:

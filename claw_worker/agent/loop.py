@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FuturesTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import redis
@@ -45,6 +45,7 @@ class AgentReply:
     cancelled: bool = False  # should_stop ended the turn early; text is then ""
     exhausted: bool = False  # max_tool_iterations reached without a final answer
     usage: dict[str, int] = field(default_factory=dict)
+    transcript_length: int | None = None  # the session history's messages after the turn
 
 
 def _never() -> bool:
@@ -178,7 +179,7 @@ class Agent:
         # retried message then starts from the same history instead of a duplicate user turn;
         # once per message id, for a message re-run after its worker died right after this.
         history.append(turn.new, message_id=message.message_id)
-        return reply
+        return replace(reply, transcript_length=history.length)
 
     def _loop(
         self, provider: ChatProvider, turn: _Turn, ctx: ToolContext, stop: Callable[[], bool]

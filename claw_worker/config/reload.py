@@ -55,7 +55,14 @@ MAX_PENDING = 16  # prepared reloads kept waiting for their commit or abort
 
 # Settings a running process cannot take without a restart, by role.
 RESTART_PATHS: dict[str, tuple[str, ...]] = {
-    "worker": ("redis.url", "worker.pool", "worker.concurrency", "worker.lease_sec"),
+    "worker": (
+        "redis.url",
+        "worker.pool",
+        "worker.concurrency",
+        "worker.lease_sec",
+        "worker.metrics_port",
+        "worker.metrics_host",
+    ),
     "beat": ("redis.url", "beat.lock_timeout_sec", "beat.max_loop_interval_sec"),
     "ingress": (
         "redis.url",

@@ -242,6 +242,11 @@ class WorkerConfig(Section):
     # A task refused its resource keys ([keys: ...], claw_worker/work/locks.py) waits in
     # resource_lock and tries again after this long; the keys' TTL is lease_sec.
     resource_lock_retry_sec: float = Field(30.0, gt=0, le=3600)
+    # Each worker process serves Prometheus /metrics here (claw_worker/metrics.py); taken:
+    # the next free port up to +31 (several workers on one host). 0: off. Unauthenticated,
+    # so on loopback unless told otherwise.
+    metrics_port: int = Field(9750, ge=0, le=65535)
+    metrics_host: str = Field("127.0.0.1", pattern=r"^[A-Za-z0-9.:_-]{1,255}$")
 
 
 class BeatConfig(Section):

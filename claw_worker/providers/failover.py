@@ -29,6 +29,7 @@ from typing import Any
 import redis
 import structlog
 
+from claw_worker import metrics
 from claw_worker.providers.base import (
     ChatProvider,
     ErrorKind,
@@ -63,6 +64,7 @@ class Route:
     # protocol=responses with supports_responses_compact: the provider has ``compact()``.
     compacts: bool = False
     endpoint: str = ""
+    protocol: str = ""  # chat_completions, responses, anthropic: a label of its metrics
 
     @property
     def breaker(self) -> str:
@@ -145,6 +147,7 @@ class FailoverProvider:
                 until = time.strftime("%H:%M:%S", time.localtime(state.open_until))
                 attempts.append(Attempt(route.name, "", "breaker_open", f"until {until}"))
                 reopen_at.append(state.open_until)
+                metrics.llm_fallback(route.name, "", "breaker_open")
                 log.warning("llm_proxy_skipped", proxy=route.name, reason="breaker open")
                 continue
             # The caller's model leads on the first proxy; fallback proxies with no models
@@ -160,6 +163,7 @@ class FailoverProvider:
                         raise
                     errors.append(exc)
                     attempts.append(Attempt(route.name, name, exc.kind, str(exc)[:300]))
+                    metrics.llm_fallback(route.name, name, str(exc.kind))
                     proxy_failed = proxy_failed or exc.kind in _PROXY_FAILURES
                     nxt = "next proxy" if exc.kind in _NEXT_PROXY else "next model"
                     log.warning(
@@ -175,6 +179,7 @@ class FailoverProvider:
                     log.info("llm_failover_recovered", proxy=route.name, model=name)
                 return response
             if proxy_failed and self.breakers.record_failure(route.breaker):
+                metrics.breaker_opened(route.name)
                 log.warning(
                     "llm_breaker_open", proxy=route.name, cooldown_sec=self.breakers.cooldown_sec
                 )
@@ -190,7 +195,7 @@ class FailoverProvider:
         temperature: float,
     ) -> LLMResponse:
         try:
-            return route.provider.chat(messages, tools, model, max_tokens, temperature)
+            return _measured(route, model, messages, tools, max_tokens, temperature)
         except ProviderError as exc:
             wait = exc.retry_after
             if exc.kind is not ErrorKind.RATE_LIMIT or wait is None or wait > self.max_wait_sec:
@@ -198,7 +203,28 @@ class FailoverProvider:
             # A short Retry-After costs less than a switch (which may lose prompt caching).
             log.info("llm_rate_limited_wait", proxy=route.name, model=model, wait_sec=wait)
             self._sleep(wait)
-            return route.provider.chat(messages, tools, model, max_tokens, temperature)
+            return _measured(route, model, messages, tools, max_tokens, temperature)
+
+
+def _measured(
+    route: Route,
+    model: str,
+    messages: Sequence[Message],
+    tools: Sequence[ToolSchema] | None,
+    max_tokens: int,
+    temperature: float,
+) -> LLMResponse:
+    """One call to one model, counted: latency, outcome and tokens per proxy and model."""
+    started = time.monotonic()
+    try:
+        response = route.provider.chat(messages, tools, model, max_tokens, temperature)
+    except ProviderError as exc:
+        metrics.llm_call(route.name, model, route.protocol, str(exc.kind),
+                         time.monotonic() - started, {})  # fmt: skip
+        raise
+    metrics.llm_call(route.name, model, route.protocol, "ok", time.monotonic() - started,
+                     response.usage)  # fmt: skip
+    return response
 
 
 def _exhausted(

@@ -83,12 +83,14 @@ def build_provider(
     if primary is None:
         return None
     compacts = current.protocol == "responses" and current.supports_responses_compact
-    routes = [Route(PRIMARY_PROXY, primary, primary_models(config), compacts, endpoint_id(current))]
+    routes = [Route(PRIMARY_PROXY, primary, primary_models(config), compacts, endpoint_id(current),
+                    current.protocol)]  # fmt: skip
     for name in config.providers.proxy_fallbacks:
         proxy = config.providers.proxies[name]
         provider = build_proxy(proxy)
         if provider is not None:  # a fallback without api_base cannot be tried
-            routes.append(Route(name, provider, dedupe(proxy.models), endpoint=endpoint_id(proxy)))
+            routes.append(Route(name, provider, dedupe(proxy.models), endpoint=endpoint_id(proxy),
+                                protocol=proxy.protocol))  # fmt: skip
     return FailoverProvider(
         routes, redis_client=redis, breaker_threshold=breaker_threshold, cooldown_sec=cooldown_sec
     )

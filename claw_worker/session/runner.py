@@ -26,6 +26,7 @@ from typing import Protocol
 
 import structlog
 
+from claw_worker import metrics
 from claw_worker.config import Config
 from claw_worker.contract import (
     InboundMessage,
@@ -35,6 +36,7 @@ from claw_worker.contract import (
     reply_route,
     reply_target,
 )
+from claw_worker.logs import message_fields
 from claw_worker.providers.base import ErrorKind, ProviderError
 from claw_worker.session.leases import HeldLease, LeaseKeeper
 from claw_worker.session.mailbox import LeaseLost, Mailbox
@@ -186,6 +188,7 @@ def _take_keys(
     except KeyDeclarationError as exc:
         if run_id:
             ctx.runs.finish(run_id, "failed", error=str(exc))
+        log.warning("message failed", **message_fields(message), error=str(exc))
         _finish(ctx, lease, message, MessageStatus.FAILED, str(exc))
         return None, 0.0
     if not keys:
@@ -195,6 +198,7 @@ def _take_keys(
     # A waiter that stops trying (its worker died) stops blocking others after this long.
     stale = 3 * retry + 2 * worker.lease_sec + worker.sweep_interval_sec
     attempt = ctx.locks.acquire(message.message_id, keys, stale_sec=stale)
+    metrics.LOCK_ATTEMPTS.labels("acquired" if attempt.held is not None else "waiting").inc()
     if attempt.held is not None:
         return attempt.held, None
     waiting = f"waiting for {attempt.describe()}"
@@ -220,18 +224,14 @@ def _run(
 ) -> float:
     attempt = ctx.mailbox.mark_running(message)
     max_attempts = ctx.config.worker.max_attempts
-    bound = log.bind(
-        session_key=message.session_key,
-        message_id=message.message_id,
-        channel=message.channel,
-        chat_id=message.chat_id,
-        attempt=attempt,
-    )
+    # Every event of the run carries the SPEC's fields of its message (claw_worker/logs.py).
+    bound = log.bind(**message_fields(message), attempt=attempt)
     if recovered and record.get("status") == MessageStatus.RUNNING.value:
         bound.info("re-running a message left in flight")
     elif recovered:
         bound.info("retrying a deferred message", previous_error=record.get("error", ""))
     if attempt > max_attempts:
+        bound.error("message failed", error="gave up after repeated failures")
         _finish(ctx, lease, message, MessageStatus.FAILED, "gave up after repeated failures")
         return 0.0
 
@@ -240,26 +240,38 @@ def _run(
         message.session_key, message.message_id, attempt, record.get("run_id") or None
     )
     bound = bound.bind(run_id=run_id)
+    waited = time.time() - float(record.get("queued_at") or time.time())
+    if attempt == 1:
+        metrics.queue_wait(message.channel, waited)
+    bound.info("message started", queue_wait_ms=round(waited * 1000))
     run = ctx.cancels.begin(message.session_key)
     stop_requested = ctx.cancels.should_stop(run)
 
     def should_stop() -> bool:
         return lease.lost.is_set() or stop_requested()
 
+    def ended(outcome: str) -> int:
+        elapsed = time.monotonic() - started
+        metrics.run_finished(message.channel, outcome, elapsed)
+        return round(elapsed * 1000)
+
     try:
-        reply = ctx.handler(message, should_stop)
+        with metrics.run_in_progress():
+            reply = ctx.handler(message, should_stop)
     except LeaseLost:
         ctx.runs.finish(run_id, "interrupted", error="session lease lost")
+        ended("interrupted")
         raise
     except Exception as exc:  # judged by its kind: failed now, or retried later
         verdict = judge(exc, attempt, max_attempts)
         retrying = verdict.retry_in is not None
         ctx.runs.finish(run_id, "retrying" if retrying else "failed", error=verdict.error)
+        elapsed_ms = ended("retrying" if retrying else "failed")
         if not verdict.expected and record.get("error") != verdict.error:
             # Maybe a bug: its traceback, once (a retry failing the same way adds a line).
             bound.exception("run raised an unexpected error", error=verdict.error)
         if verdict.retry_in is None:
-            bound.error("message failed", error=verdict.error)
+            bound.error("message failed", error=verdict.error, elapsed_ms=elapsed_ms)
             _finish(ctx, lease, message, MessageStatus.FAILED, verdict.error)
             return 0.0
         bound.warning("run failed, will retry", error=verdict.error, retry_in=verdict.retry_in)
@@ -270,24 +282,17 @@ def _run(
         ctx.cancels.end(run)
     if lease.lost.is_set():
         ctx.runs.finish(run_id, "interrupted", error="session lease lost")
+        ended("interrupted")
         raise LeaseLost(message.session_key)
     ctx.runs.finish(run_id, "cancelled" if reply.cancelled else "done", **_run_counts(reply))
-    if reply.cancelled:
-        _finish(
-            ctx,
-            lease,
-            message,
-            MessageStatus.CANCELLED,
-            ctx.config.agents.defaults.texts.run_stopped,
-        )
-        bound.info("message cancelled by /stop")
-        return 0.0
-    _finish(ctx, lease, message, MessageStatus.DONE, reply.text)
+    outcome = MessageStatus.CANCELLED if reply.cancelled else MessageStatus.DONE
+    text = ctx.config.agents.defaults.texts.run_stopped if reply.cancelled else reply.text
+    _finish(ctx, lease, message, outcome, text)
     bound.info(
-        "message done",
+        "message cancelled" if reply.cancelled else "message done",
         assistant_content_length=len(reply.text),
-        message_content_length=len(message.text),
-        elapsed_ms=round((time.monotonic() - started) * 1000),
+        transcript_length=getattr(reply, "transcript_length", None),
+        elapsed_ms=ended(outcome.value),
     )
     return 0.0
 

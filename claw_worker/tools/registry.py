@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
+from claw_worker import metrics
 from claw_worker.config.schema import Config
 from claw_worker.tools.base import Tool, ToolContext, ToolError
 from claw_worker.tools.code import RepoMapTool
@@ -71,7 +73,15 @@ class ToolRegistry:
         return self._schemas
 
     def run(self, name: str, raw_args: str | Mapping[str, Any] | None, ctx: ToolContext) -> str:
-        """Run a tool with the model's arguments (JSON text or a mapping); never raises."""
+        """Run a tool with the model's arguments (JSON text or a mapping); never raises.
+        Counted per tool (an unknown name, the model's text, as ``unknown``)."""
+        started = time.monotonic()
+        result = self._run(name, raw_args, ctx)
+        label = name if name in self._tools else "unknown"
+        metrics.tool_call(label, not result.startswith("Error:"), time.monotonic() - started)
+        return result
+
+    def _run(self, name: str, raw_args: str | Mapping[str, Any] | None, ctx: ToolContext) -> str:
         tool = self._tools.get(name)
         if tool is None:
             known = ", ".join(sorted(self._tools)) or "none"

@@ -37,6 +37,7 @@ import redis
 import structlog
 
 from claw_worker import constants as k
+from claw_worker import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -185,11 +186,13 @@ class ResourceLocks:
     def release(self, held: HeldKeys) -> None:
         with self._lock:
             self._held.discard(held)
+            metrics.LOCKS_HELD.set(len(self._held))
         self._release(keys=[k.resource_lock_key(key) for key in held.keys], args=[held.token])
 
     def _keep(self, held: HeldKeys) -> None:
         with self._lock:
             self._held.add(held)
+            metrics.LOCKS_HELD.set(len(self._held))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="lock-keeper", daemon=True)
                 self._thread.start()
