@@ -50,7 +50,11 @@ def test_tool_call_round_trip(
     reply = agent.handle(msg("please write hello.txt"))
 
     assert reply == AgentReply(
-        text="I wrote the file.", tool_steps=1, llm_calls=2, usage=reply.usage
+        text="I wrote the file.",
+        tool_steps=1,
+        llm_calls=2,
+        usage=reply.usage,
+        transcript_length=4,  # the user's message, the tool call, its result, the answer
     )
     assert (claw_home.workspace / "out" / "hello.txt").read_text() == "hi there"
     first, second = llm_server.requests
