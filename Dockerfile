@@ -33,8 +33,10 @@ RUN /opt/venv/bin/pip install ".${CLAW_EXTRAS:+[$CLAW_EXTRAS]}" \
 
 # --- runtime: the venv, tini and a non-root user ---------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
-# tini as PID 1 forwards the stop signal and reaps orphans; bubblewrap is for sandboxing the
-# exec tool (a later step), small enough to ship now.
+# tini as PID 1 forwards the stop signal and reaps orphans; bubblewrap sandboxes the exec
+# tool (tools.exec.sandbox: auto uses it when it works; as uid 1000 it needs user namespaces,
+# which Docker's default seccomp profile usually refuses: exec then runs unsandboxed, warned
+# once, unless the container may create them).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends tini bubblewrap \
  && rm -rf /var/lib/apt/lists/*

@@ -65,8 +65,9 @@ def run_command(command: str, *, cwd: Path, timeout: float, max_chars: int) -> R
     report, report_w = os.pipe()
     try:
         proc = subprocess.Popen(
-            [sys.executable or "python3", "-I", "-S", str(REAPER), str(os.getpid()), command,
-             str(report_w)],
+            # The reaper's arguments: worker pid, report fd, no limits, no pids cgroup, argv.
+            [sys.executable or "python3", "-I", "-S", str(REAPER), str(os.getpid()),
+             str(report_w), "", "", "/bin/sh", "-c", command],
             cwd=cwd, env={**env, EXEC_ID_ENV: token}, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
             pass_fds=(report_w,),

@@ -181,6 +181,18 @@ def platform_event_key(channel: str, event_id: str) -> str:
     return f"{PREFIX}:seen:{channel}:{event_id}"
 
 
+def rate_bucket_key(kind: str, subject: str) -> str:
+    """HASH {tokens, at_ms}: one token bucket of the ingress's rate limits
+    (claw_ingress/ratelimit.py); kind "ip" (a client address) or "sender"
+    ("<channel>:<sender_id>"). TTL: the time the bucket takes to fill up again."""
+    return f"{PREFIX}:rate:{kind}:{subject}"
+
+
+def rate_notice_key(sender: str) -> str:
+    """STRING mark: this sender was told to slow down (TTL one minute: one notice a minute)."""
+    return f"{PREFIX}:rate:notice:{sender}"
+
+
 def channel_state_key(channel: str, kind: str, ref: str) -> str:
     """What an adapter keeps between messages, with a TTL: DingTalk's conversation and its
     session webhook (kind "conv"), QQ's message to answer and its sequence ("reply",
@@ -289,3 +301,24 @@ def spawn_active_key(parent_session: str) -> str:
 def spawn_seq_key(parent_session: str) -> str:
     """STRING INCR counter: the <n> of the parent's sub-agent sessions spawn:<parent>:<n>."""
     return f"{PREFIX}:spawn:seq:{_tag(parent_session)}"
+
+
+# -- quotas (claw_worker/quotas.py) ----------------------------------------------------------
+# A sender is "<channel>:<sender_id>"; days are UTC dates (YYYYMMDD). Token counters expire a
+# day after their day ends.
+
+
+def session_tokens_key(session_key: str, day: str) -> str:
+    """STRING INCRBY counter: LLM tokens a session used on a UTC day."""
+    return f"{PREFIX}:quota:tokens:{_tag(session_key)}:{day}"
+
+
+def sender_tokens_key(sender: str, day: str) -> str:
+    """STRING INCRBY counter: LLM tokens a sender used on a UTC day, in all its sessions."""
+    return f"{PREFIX}:quota:tokens:sender:{sender}:{day}"
+
+
+def sender_runs_key(sender: str) -> str:
+    """HASH session lease key -> lease token: the sender's runs going on now, one per
+    session; an entry whose lease key no longer holds that token (its worker died) is stale."""
+    return f"{PREFIX}:quota:runs:{sender}"

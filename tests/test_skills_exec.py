@@ -92,8 +92,12 @@ def test_refuses_skills_that_cannot_run_here(
 
 
 def test_timeout_kills_the_script_and_everything_it_started(workspace: Path) -> None:
-    tools = default_tools(config(timeout_sec=1))
-    ctx = ToolContext(workspace=workspace, session_key="test:1", config=config(timeout_sec=1))
+    # On the host: the pid the script writes must be a host pid (under bubblewrap it is the
+    # sandbox's; test_exec_lifetime.py covers the sandboxed case).
+    tools = default_tools(config(timeout_sec=1, sandbox="none"))
+    ctx = ToolContext(
+        workspace=workspace, session_key="test:1", config=config(timeout_sec=1, sandbox="none")
+    )
     make_skill(workspace, "slow", {
         "slow.sh": ("#!/bin/sh\necho started\nsleep 60 &\necho $! > child.pid\nsleep 60\n", 0o755)
     })  # fmt: skip

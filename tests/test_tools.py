@@ -143,7 +143,9 @@ def test_exec_strips_secrets(
 
 
 def test_exec_timeout_kills_the_process_group(workspace: Path) -> None:
-    ctx = ToolContext(workspace, "test:1", make_config(timeout_sec=1))
+    # On the host: the pid the command writes must be a host pid (test_exec_lifetime.py
+    # covers the same under bubblewrap).
+    ctx = ToolContext(workspace, "test:1", make_config(timeout_sec=1, sandbox="none"))
     tools = default_tools(ctx.config)
     # The shell starts a background child that would outlive a kill of the shell alone.
     started = time.monotonic()
@@ -177,8 +179,11 @@ def test_exec_deny_pattern(tools: ToolRegistry, ctx: ToolContext, workspace: Pat
 
 def test_exec_cancel_kills(workspace: Path) -> None:
     deadline = time.monotonic() + 0.5
-    ctx = ToolContext(
-        workspace, "t:1", make_config(), should_stop=lambda: time.monotonic() > deadline
+    ctx = ToolContext(  # on the host: bwrap's start-up alone may take 0.5 s on a busy machine
+        workspace,
+        "t:1",
+        make_config(sandbox="none"),
+        should_stop=lambda: time.monotonic() > deadline,
     )
     started = time.monotonic()
     result = default_tools(ctx.config).run("exec", {"command": "echo begun; sleep 30"}, ctx)

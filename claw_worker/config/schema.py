@@ -79,8 +79,16 @@ class TextsConfig(Section):
     run_stopped: str = "Stopped."
     stop_requested: str = "Stopping the current reply."
     tool_iterations_exhausted: str = (
-        "I stopped after %d tool steps without reaching a final answer."
+        "I stopped after %d rounds of tool calls: that is the limit per run "
+        "(agents.defaults.max_tool_iterations), reached before a final answer. Ask me to "
+        "continue, or raise the limit."
     )
+    # %s: "this session" or "this sender"; %d: the budget, the tokens used; %s: the reset.
+    token_budget_used_up: str = (
+        "The daily LLM token budget of %s is used up (%d tokens, %d used today), so no "
+        "further model call is made; it resets at 00:00 UTC (%s)."
+    )
+    sender_busy: str = "waiting: %d runs of this sender at once (quotas.max_runs_per_sender)"
 
 
 class ContextCompactionConfig(Section):
@@ -169,6 +177,33 @@ class ProvidersConfig(Section):
         return self
 
 
+def _is_loopback_host(host: str) -> bool:
+    """localhost or a loopback address (anything else, 0.0.0.0 and names included, may be
+    reachable from other hosts)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class RateLimitConfig(Section):
+    """Token buckets kept in Redis (claw_ingress/ratelimit.py), so every ingress replica
+    draws on the same ones. Over a limit: HTTP 429 with Retry-After, a /ws error frame, a
+    chat message dropped (logged, one "slow down" answer per sender and minute). 0: off."""
+
+    # Requests per minute from one client address, every route but /health (a flood of
+    # wrong tokens included). Behind a reverse proxy every client shares its address.
+    per_ip_per_min: int = Field(600, ge=0, le=1_000_000)
+    per_ip_burst: int = Field(100, ge=1, le=1_000_000)  # requests at once before the rate applies
+    # Messages per minute from one sender ("<channel>:<sender_id>"), from any channel, the
+    # APIs and /ws; a message without a sender id (/ws, OpenAI, an API caller giving none)
+    # counts against its session, so an anonymous caller is bounded by per_ip_per_min.
+    per_sender_per_min: int = Field(30, ge=0, le=1_000_000)
+    per_sender_burst: int = Field(10, ge=1, le=1_000_000)
+
+
 class GatewayConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(18790, ge=1, le=65535)
@@ -188,6 +223,31 @@ class GatewayConfig(Section):
     max_connections: int = Field(1000, ge=1, le=100_000)
     header_timeout_sec: float = Field(10.0, gt=0, le=600)
     body_timeout_sec: float = Field(30.0, gt=0, le=3600)
+    # Listening on a non-loopback address without a token is refused at start; this says
+    # "yes, expose the API unauthenticated" (e.g. behind a proxy that authenticates).
+    allow_public_without_token: bool = False
+    # The largest /ws frame taken; a larger one closes the connection (1009). None: as
+    # max_body_bytes.
+    max_frame_bytes: int | None = Field(None, ge=1024)
+    rate_limit: RateLimitConfig = RateLimitConfig()
+
+    @property
+    def frame_limit(self) -> int:
+        return self.max_frame_bytes or self.max_body_bytes
+
+    def exposure_problem(self, host: str | None = None) -> str | None:
+        """Why listening on ``host`` (default: this section's) is refused, or None: an
+        address other hosts can reach, with no token and no explicit override."""
+        host = (host or self.host).strip().strip("[]")
+        if self.token or self.allow_public_without_token or _is_loopback_host(host):
+            return None
+        return (
+            f"refusing to listen on {host} without gateway.token: anyone who can reach it "
+            "could talk to the agent. Set a token (clawctl config set gateway.token "
+            '"$(openssl rand -hex 32)"), listen on 127.0.0.1 (clawctl config set '
+            "gateway.host 127.0.0.1), or, if a proxy in front authenticates, clawctl config "
+            "set gateway.allow_public_without_token true"
+        )
 
     @field_validator("token")
     @classmethod
@@ -317,6 +377,22 @@ class ExecToolConfig(Section):
     enabled: bool = True
     timeout_sec: int = Field(60, ge=1, le=3600)
     max_output_chars: int = Field(16000, ge=100)
+    # Where exec and skill_exec run (claw_worker/tools/sandbox.py). "bwrap": under
+    # bubblewrap (own PID namespace, no network, the system read-only, CLAW_HOME hidden,
+    # only the workspace writable); refused with a clear error if bwrap is missing.
+    # "auto": bwrap when it is installed and works, else "none" with one warning per
+    # process. "none": straight on the host (resource limits and the deny list still apply).
+    sandbox: Literal["auto", "bwrap", "none"] = "auto"
+    # Under bwrap, a command has no network (no Redis, no metadata service) unless this is on.
+    allow_network: bool = False
+    # Resource limits set in every command's processes (claw_worker/tools/exec_limits.py),
+    # sandbox or not: CPU seconds per process, memory per process (RLIMIT_DATA), processes at
+    # once (RLIMIT_NPROC per uid; as root, a pids cgroup per call where the kernel offers
+    # one), and the largest file one may write.
+    cpu_sec: int = Field(60, ge=1, le=86400)
+    memory_mb: int = Field(1024, ge=128, le=1024 * 1024)  # the reaper (Python) needs ~64
+    max_processes: int = Field(256, ge=8, le=65536)
+    max_file_mb: int = Field(256, ge=1, le=1024 * 1024)
     deny_patterns: list[str] = [
         r"\brm\s+-[a-z]*r[a-z]*f?\s+/(\s|$)", r"\bmkfs\b", r"\bdd\s+if=", r":\(\)\s*\{",
         r"\bshutdown\b", r"\breboot\b", r"\bpoweroff\b",
@@ -456,6 +532,16 @@ class SkillsConfig(Section):
     max_archive_entries: int = Field(50_000, ge=10)  # entries read in the whole archive
     max_unpacked_bytes: int = Field(1024 * 1024 * 1024, ge=1024)  # decompressed, whole archive
     max_skill_bytes: int = Field(16 * 1024 * 1024, ge=1024)  # the files of the skill itself
+    # SSRF (tools/url_guard.py): every hop of a download, redirects included, must resolve
+    # to public addresses, except archive_base's own host (chosen by whoever wrote the
+    # config) and these: names, addresses or networks ("mirror.lan", "10.0.0.0/8").
+    block_private_addresses: bool = True
+    allowed_hosts: list[str] = []
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, hosts: list[str]) -> list[str]:
+        return WebFetchConfig._check_hosts(hosts)
 
     @field_validator("archive_base")
     @classmethod
@@ -466,6 +552,54 @@ class SkillsConfig(Section):
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError(f"{base!r} must have no query, fragment or credentials")
         return base.rstrip("/")
+
+
+class QuotasConfig(Section):
+    """Resource quotas per session and per sender (claw_worker/quotas.py; docs/security.md).
+
+    A sender is ``<channel>:<sender_id>`` of a user's message; the fleet's own messages
+    (cron, heartbeat, autonomy, pipelines, sub-agents) and API calls that name no sender_id
+    count only toward their session. Exempt from the token budgets and from max_runs_per_sender: the
+    CLI (channel ``cli``: whoever runs it holds the config and Redis) and the senders of
+    gateway.admins (as ``commands.is_admin`` vouches for them). Nobody is exempt from
+    max_message_chars or agents.defaults.max_tool_iterations (the limit of tool-call rounds
+    per run, whose reply says it was reached).
+    """
+
+    # The longest message text accepted, in characters: the ingress answers longer ones
+    # with 413 on the APIs and a short reply on chat channels; the worker fails a longer
+    # one from cron or a pipeline with a reply saying so.
+    max_message_chars: int = Field(100_000, ge=1, le=10_000_000)
+    # LLM tokens (the providers' total_tokens) per UTC day, counted in Redis across the
+    # fleet; 0: unlimited. At the limit no further LLM call is made, a run under way stops
+    # before its next call, and the reply says when the budget resets (00:00 UTC). One
+    # call in flight may overshoot the limit by its own size.
+    tokens_per_day_per_session: int = Field(0, ge=0)
+    tokens_per_day_per_sender: int = Field(0, ge=0)
+    # Runs of one sender at once across the fleet (each session runs one at a time); 0:
+    # unlimited. A message over it waits queued, tried again after sender_busy_retry_sec,
+    # like a message waiting for its resource keys: it is delayed, never failed.
+    max_runs_per_sender: int = Field(10, ge=0, le=100_000)
+    sender_busy_retry_sec: float = Field(2.0, gt=0, le=3600)
+
+    def message_too_long(self, text: str) -> str | None:
+        """What to tell the sender of ``text`` when it is over max_message_chars, else None."""
+        if len(text) <= self.max_message_chars:
+            return None
+        return (
+            f"Your message is {len(text):,} characters long; the limit is "
+            f"{self.max_message_chars:,} (quotas.max_message_chars). Send it in shorter parts."
+        )
+
+
+class SecurityConfig(Section):
+    """Output filtering (claw_worker/reply_filter.py, claw_worker/redact.py; docs/security.md)."""
+
+    # Mask the shapes of secrets (API keys, tokens, JWTs, private keys, passwords, card
+    # numbers passing the Luhn check) in what the agent sends to users: replies, message
+    # tool posts, pipeline reports. Off: only the config's own secrets are masked there
+    # (always). Logs are always filtered; the model's own context never is.
+    redact_replies: bool = True
 
 
 class Config(Section):
@@ -483,3 +617,5 @@ class Config(Section):
     nodes: NodesConfig = NodesConfig()
     work: WorkConfig = WorkConfig()
     skills: SkillsConfig = SkillsConfig()
+    quotas: QuotasConfig = QuotasConfig()
+    security: SecurityConfig = SecurityConfig()

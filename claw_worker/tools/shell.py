@@ -13,6 +13,11 @@ pipe open cannot keep the call past its deadline. If the reaper itself cannot be
 process whose environment carries the call's ``CLAW_EXEC_ID`` is killed instead (a process
 that cleared its environment escapes only this last resort). The child never sees the
 worker's secrets.
+
+Isolation (``tools.exec.sandbox``, ``sandbox.py``): under bubblewrap when it is there, the
+command has its own PID namespace, no network, the system read-only and CLAW_HOME hidden.
+Always, its processes run under resource limits (``exec_limits.py``) and the command line
+passes the deny list (``shell_guard.py``) first.
 """
 
 from __future__ import annotations
@@ -27,20 +32,21 @@ import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
-import re2
 from pydantic import Field, field_validator
 
 from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
+from claw_worker.tools.exec_limits import limits_for, pids_cgroup
+from claw_worker.tools.sandbox import sandbox_prefix
+from claw_worker.tools.shell_guard import CommandDenied, check_command
 
 # The fleet's own settings (the Redis URL carries its password; CLAW_* name the config and
 # home the command has no business with) never reach a command.
 SECRET_ENV_NAMES = frozenset({"CLAW_API_KEY", "OPENAI_API_KEY", "CLAW_REDIS_URL", "CLAW_CONFIG"})
 SECRET_ENV_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "BASIC_AUTH")
 EXEC_ID_ENV = "CLAW_EXEC_ID"
+SHELL = "/bin/sh"
 MAX_COMMAND_BYTES = 128 * 1024 - 1  # Linux's limit for one argument (MAX_ARG_STRLEN)
 _POLL_SEC = 0.05
 _DRAIN_SEC = 1.0  # reading on after the reaper exited, if something else holds the pipe
@@ -105,7 +111,8 @@ class ExecTool(Tool[ExecParams]):
     description = (
         "Run a shell command in the workspace directory and return its combined stdout and "
         "stderr with the exit code. Processes it leaves running in the background are "
-        "killed when it ends."
+        "killed when it ends. Where a sandbox is available, only the workspace is writable "
+        "and there is no network unless the operator allows it (tools.exec.allow_network)."
     )
     Params = ExecParams
 
@@ -118,31 +125,49 @@ class ExecTool(Tool[ExecParams]):
 
 
 def check_denied(command: str, patterns: Sequence[str]) -> None:
-    """Refuse (``ToolError``) a command line that matches one of ``tools.exec.deny_patterns``."""
-    for pattern in patterns:
-        if _deny_regex(pattern).search(command):
-            raise ToolError(
-                f"command refused: it matches the deny pattern {pattern!r} "
-                "(tools.exec.deny_patterns)"
-            )
+    """Refuse (``ToolError``) a fork bomb or a command line that matches one of
+    ``tools.exec.deny_patterns`` in any of its normalised forms (``shell_guard.py``)."""
+    try:
+        check_command(command, patterns)
+    except CommandDenied as exc:
+        raise ToolError(str(exc)) from None
 
 
 def run_guarded(
     command: str, cwd: Path, timeout: int, max_output_chars: int, ctx: ToolContext,
     env: Mapping[str, str] | None = None,
 ) -> str:  # fmt: skip
-    """Run ``command`` with ``/bin/sh -c`` in ``cwd`` under the reaper, with the clean
-    environment (plus ``env``), the deadline, /stop and the output cap: the whole output
-    with the exit code, or a ``ToolError`` for a timeout or a stop. Shared by ``exec`` and
-    ``skill_exec``."""
+    """Run ``command`` with ``/bin/sh -c`` in ``cwd`` under the reaper, in the sandbox and
+    with the resource limits of ``tools.exec``, with the clean environment (plus ``env``),
+    the deadline, /stop and the output cap: the whole output with the exit code, or a
+    ``ToolError`` for a timeout, a stop or a sandbox that cannot be had. Shared by ``exec``
+    and ``skill_exec``."""
+    cfg = ctx.config.tools.exec
     token = uuid.uuid4().hex
+    command_env = {**child_env(), **(env or {}), EXEC_ID_ENV: token}
+    sandbox = sandbox_prefix(cwd, ctx.workspace, command_env, cfg)
+    with pids_cgroup(token, cfg.max_processes) as cgroup_procs:
+        return _run(command, sandbox, cwd, command_env, token, timeout, max_output_chars,
+                    ctx, limits_for(cfg).as_argument(), str(cgroup_procs or ""))  # fmt: skip
+
+
+def _run(
+    command: str, sandbox: list[str] | None, cwd: Path, env: dict[str, str], token: str,
+    timeout: int, max_output_chars: int, ctx: ToolContext, limits: str, cgroup_procs: str,
+) -> str:  # fmt: skip
     report, report_w = os.pipe()
+    reaper = [sys.executable or "python3", "-I", "-S", str(REAPER)]
+    shell = [SHELL, "-c", command]
+    if sandbox is None:
+        argv = [*reaper, str(os.getpid()), str(report_w), limits, cgroup_procs, *shell]
+    else:  # a second reaper inside the sandbox counts the leftovers (see _reaper.py)
+        argv = [*reaper, str(os.getpid()), "-1", limits, cgroup_procs, *sandbox,
+                *reaper, "0", str(report_w), "", "", *shell]  # fmt: skip
     try:
         proc = subprocess.Popen(
-            [sys.executable or "python3", "-I", "-S", str(REAPER), str(os.getpid()),
-             command, str(report_w)],
+            argv,
             cwd=cwd,
-            env={**child_env(), **(env or {}), EXEC_ID_ENV: token},
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -170,19 +195,6 @@ def run_guarded(
     if killed:
         body += f"\n[{killed} background process(es) still running when it ended were killed]"
     return body
-
-
-@lru_cache(maxsize=64)
-def _deny_regex(pattern: str) -> Any:
-    """RE2, so that a long command cannot make a pattern backtrack; a configured pattern
-    that RE2 cannot run falls back to ``re`` (the operator wrote it)."""
-    options = re2.Options()
-    options.log_errors = False
-    options.case_sensitive = False
-    try:
-        return re2.compile(pattern, options)
-    except re2.error:
-        return re.compile(pattern, re.IGNORECASE)
 
 
 def _follow(

@@ -2,8 +2,8 @@
 same guards as ``exec``.
 
 ``skills/<name>/scripts/<script>`` runs in the skill's directory through
-``tools/shell.py``'s ``run_guarded`` (the reaper, the deadline, /stop, the output cap, the
-environment without credentials) after ``check_denied`` on its command line. The script is
+``tools/shell.py``'s ``run_guarded`` (the sandbox and resource limits of ``tools.exec``, the
+reaper, the deadline, /stop, the output cap, the environment without credentials) after ``check_denied`` on its command line. The script is
 a plain file name (no separators), must resolve to a regular file inside the skill after
 symlinks, and the skill must be available (its requirements hold). The arguments are
 passed as they are: the command line is quoted here, never parsed by a shell. Registered
