@@ -43,6 +43,11 @@ def main(config_file: str | None, host: str | None, port: int | None, http: str)
     except (ConfigError, EmbeddedRedisError) as exc:
         click.echo(f"claw-ingress: {exc}", err=True)
         sys.exit(2)
+    # Checked before anything listens: a public address needs a token (or the override).
+    exposure = config.gateway.exposure_problem(host)
+    if exposure:
+        click.echo(f"claw-ingress: {exposure}", err=True)
+        sys.exit(2)
     from claw_ingress.app import create_app
     from claw_ingress.connections import ensure_fd_budget
     from claw_ingress.protocols import guarded_protocol
@@ -60,9 +65,9 @@ def main(config_file: str | None, host: str | None, port: int | None, http: str)
         # counts connections only once their headers are in, too late against a slow flood.
         http=guarded_protocol(app.state.live, http),
         loop="uvloop",
-        # A WebSocket frame over twice the body limit closes the connection before uvicorn
-        # buffers more (1009); one over the limit but under that gets an error frame.
-        ws_max_size=2 * config.gateway.max_body_bytes,
+        # A WebSocket frame over the frame limit closes the connection (1009) before
+        # uvicorn buffers more; the channel checks the live limit (a reload) per frame too.
+        ws_max_size=config.gateway.frame_limit,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,

@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -43,7 +44,9 @@ from claw_ingress.guards import RequestGuard
 from claw_ingress.inbox import Inbox
 from claw_ingress.nodes import node_routes
 from claw_ingress.openai_api import chat_completions, list_models, wait_for_reply
+from claw_ingress.openapi import openapi_json
 from claw_ingress.outbound import OutboundReader
+from claw_ingress.ratelimit import IpRateLimit, too_many_response
 from claw_ingress.webhooks import WebhookRouter
 from claw_worker import metrics
 from claw_worker.commands import API_CHANNEL
@@ -61,7 +64,7 @@ log = structlog.get_logger(__name__)
 
 RETRY_AFTER_SEC = "2"
 # Behind gateway.token when one is set (Prometheus sends it as a bearer token too).
-PROTECTED_PREFIXES = ("/api/", "/v1/", "/ws", "/nodes/", "/metrics")
+PROTECTED_PREFIXES = ("/api/", "/v1/", "/ws", "/nodes/", "/metrics", "/openapi.json")
 CHANNELS_EVERY_SEC = 1.0  # the channels' states are copied into the registry record this often
 
 
@@ -73,6 +76,14 @@ def unavailable(exc: Exception) -> JSONResponse:
         status_code=503,
         headers={"Retry-After": RETRY_AFTER_SEC},
     )
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own 404/405 (no route matched; say a path with a newline) as the JSON
+    error every other refusal is, not a text/plain page."""
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"},
+                        status_code=exc.status_code, headers=exc.headers)  # fmt: skip
 
 
 async def health(request: Request) -> JSONResponse:
@@ -107,9 +118,13 @@ async def post_message(request: Request) -> JSONResponse:
         if waiter is not None:
             state.outbound.forget(message.message_id, waiter)
         return unavailable(exc)
+    if result.status in ("command", "limited", "too_large") and waiter is not None:
+        state.outbound.forget(message.message_id, waiter)
+    if result.status == "too_large":  # quotas.max_message_chars
+        return JSONResponse({"error": result.reply, "field": "text"}, status_code=413)
+    if result.status == "limited":
+        return too_many_response(result.retry_after_sec, "messages from this sender")
     if result.status == "command":
-        if waiter is not None:
-            state.outbound.forget(message.message_id, waiter)
         return JSONResponse({"session_key": body.session, "status": "done", "reply": result.reply})
     accepted = {
         "message_id": message.message_id,
@@ -198,6 +213,7 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
         )
         app.state.outbound = OutboundReader(client)
         app.state.inbox = Inbox(live, client, app.state.mailbox)
+        app.state.limiter = app.state.inbox.limiter  # IpRateLimit's, shared with the inbox's
         http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
         channel_ctx = ChannelContext(live, client, http, identity().key, app.state.inbox.accept)
         app.state.channels = ChannelManager(channel_ctx)
@@ -231,14 +247,17 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
         Mount("/webhooks", app=WebhookRouter()),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
         WebSocketRoute("/ws", ws_endpoint),
         *node_routes(live),  # /nodes/register, /nodes/heartbeat, /nodes/connect
     ]
     middleware = [
+        Middleware(IpRateLimit, live=live),  # first: floods of refused requests count too
         Middleware(RequestGuard, live=live),
         Middleware(BearerAuth, live=live, protected_prefixes=PROTECTED_PREFIXES),
     ]
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error})  # fmt: skip
     app.state.live = live  # before the lifespan: __main__ gives it to the connection guard
     return app
 

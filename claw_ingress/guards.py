@@ -10,6 +10,9 @@
   naming it, never ``*``.
 - **Content-Type**: a request with a body must send ``application/json`` (UTF-8): else 415.
   An HTML form or a ``text/plain`` fetch cannot send that cross-site without a preflight.
+- **Body size**: no request body over ``gateway.max_body_bytes``, on any route (webhooks
+  included, which read their raw body themselves): 413 from the Content-Length, or as soon
+  as a streamed body passes the limit (and the connection is closed).
 - **Body deadline**: the body must arrive within ``gateway.body_timeout_sec`` (408, and the
   connection is closed). A client that goes away mid-request is one log line, not a
   traceback.
@@ -43,6 +46,13 @@ JSON_TYPE = "application/json"
 CORS_ALLOW_METHODS = "GET, POST"
 CORS_ALLOW_HEADERS = "authorization, content-type"
 CORS_MAX_AGE_SEC = "600"
+
+
+class BodyTooLarge(Exception):
+    """The client sent more body than ``gateway.max_body_bytes``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is larger than {limit} bytes (gateway.max_body_bytes)")
 
 
 class BodyTimeout(Exception):
@@ -195,7 +205,7 @@ class RequestGuard:
                 ])  # fmt: skip
                 return
             send = _with_headers(send, cors)
-        await self._serve(scope, receive, send, gateway.body_timeout_sec)
+        await self._serve(scope, receive, send, gateway)
 
     def _refusal(
         self, scope: Scope, headers: dict[str, str], gateway: GatewayConfig, origin: str | None
@@ -221,10 +231,15 @@ class RequestGuard:
         problem = content_type_problem(scope["method"], headers)
         if problem is not None:
             return 415, problem
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > gateway.max_body_bytes:
+            return 413, str(BodyTooLarge(gateway.max_body_bytes))
         return None
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, timeout: float) -> None:
-        started = False
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, gateway: GatewayConfig
+    ) -> None:
+        started, timeout = False, gateway.body_timeout_sec
 
         async def tracked_send(message: Message) -> None:
             nonlocal started
@@ -232,7 +247,12 @@ class RequestGuard:
             await send(message)
 
         try:
-            await self.app(scope, _body_deadline(receive, timeout), tracked_send)
+            capped = _body_cap(_body_deadline(receive, timeout), gateway.max_body_bytes)
+            await self.app(scope, capped, tracked_send)
+        except BodyTooLarge as exc:
+            log.info("request body too large", path=scope["path"], limit=gateway.max_body_bytes)
+            if not started:
+                await respond(send, 413, {"error": str(exc)}, [(b"connection", b"close")])
         except BodyTimeout as exc:
             log.info("request body timed out", path=scope["path"], timeout_sec=timeout)
             if not started:
@@ -266,6 +286,23 @@ def _body_deadline(receive: Receive, timeout: float) -> Receive:
         return message
 
     return timed_receive
+
+
+def _body_cap(receive: Receive, limit: int) -> Receive:
+    """``receive`` that raises BodyTooLarge once the body passed ``limit`` bytes (a chunked
+    body has no Content-Length to refuse up front)."""
+    size = 0
+
+    async def capped_receive() -> Message:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise BodyTooLarge(limit)
+        return message
+
+    return capped_receive
 
 
 def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:

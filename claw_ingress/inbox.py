@@ -17,6 +17,7 @@ import structlog
 
 from claw_ingress import access
 from claw_ingress.channels.base import Accepted
+from claw_ingress.ratelimit import RateLimiter
 from claw_worker import constants as k
 from claw_worker import metrics
 from claw_worker.autonomy_state import Chat, last_active_json
@@ -43,6 +44,9 @@ _stdlib_log = logging.getLogger(__name__)  # what ``log`` writes to: asked for i
 
 SEEN_TTL_SEC = 86400
 ANSWERED_IN_PLACE = frozenset({"api", "openai"})  # the HTTP response carries the answer
+NOTICE_EVERY_SEC = 60  # a sender over its rate limit is told at most this often
+SLOW_DOWN = ("You are sending messages too fast; messages are being dropped. Please wait "
+             "{retry_after_sec}s and send again.")  # fmt: skip
 
 
 class Inbox:
@@ -55,6 +59,7 @@ class Inbox:
         self.live = live
         self.redis = client
         self.mailbox = mailbox
+        self.limiter = RateLimiter(client)
 
     async def accept(self, message: InboundMessage) -> Accepted:
         config = self.live.config
@@ -83,6 +88,18 @@ class Inbox:
                     await self.answer(message, text)
                     return Accepted("pairing", reply=text)
                 return Accepted("refused")
+        # After the access policy (a refused sender is not answered, not even "slow down"),
+        # before anything that costs: commands, the mailbox, the agent.
+        verdict = await self.limiter.sender(self.live, message.channel,
+                                            message.sender_id or message.chat_id)  # fmt: skip
+        if not verdict.allowed:
+            return await self._limited(message, verdict.retry_after_sec)
+        too_long = config.quotas.message_too_long(message.text)  # quotas.max_message_chars
+        if too_long is not None:
+            _log("warning", "message refused: too long", message, error=too_long)
+            metrics.message_in(message.channel, "too_large")
+            await self.answer(message, too_long)  # chat channels; the APIs answer 413
+            return Accepted("too_large", message_id=message.message_id, reply=too_long)
         if message.channel not in ANSWERED_IN_PLACE:  # where heartbeats and autonomy report
             chat = Chat(message.channel, message.chat_id, message.session_key, time.time())
             await self.mailbox.commands.execute("SET", k.LAST_ACTIVE, last_active_json(chat))
@@ -109,6 +126,22 @@ class Inbox:
         _log("debug", "message received", message)
         metrics.message_in(message.channel, "queued")
         return Accepted("queued", message_id=message.message_id, run_id=enqueued.run_id)
+
+    async def _limited(self, message: InboundMessage, retry_after_sec: int) -> Accepted:
+        """A message over its sender's rate limit: dropped, logged, and the sender of a chat
+        channel told once a minute (the APIs and /ws say so in their answer)."""
+        _log("warning", "message dropped: sender over its rate limit", message,
+             retry_after_sec=retry_after_sec)  # fmt: skip
+        metrics.message_in(message.channel, "limited")
+        sender = f"{message.channel}:{message.sender_id or message.chat_id}"
+        if message.channel not in ANSWERED_IN_PLACE and message.channel != "ws":
+            first = await self.mailbox.commands.execute(
+                "SET", k.rate_notice_key(sender), "1", "NX", "EX", NOTICE_EVERY_SEC
+            )
+            if first:
+                await self.answer(message, SLOW_DOWN.format(retry_after_sec=retry_after_sec))
+        return Accepted("limited", message_id=message.message_id,
+                        retry_after_sec=retry_after_sec)  # fmt: skip
 
     async def _first_time(self, message: InboundMessage) -> bool:
         """Whether this chat message is new. Adapters derive message ids from the platform's

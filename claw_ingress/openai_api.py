@@ -244,6 +244,17 @@ async def chat_completions(request: Request) -> Any:
         log.warning("redis unavailable", error=str(exc))
         return OpenAIError(503, "message store unavailable, retry later", kind="server_error",
                            code="unavailable").response()  # fmt: skip
+    if accepted.status == "limited":  # OpenAI's own shape for a rate limit
+        state.outbound.forget(message.message_id, waiter)
+        limited = OpenAIError(429, f"too many messages from this sender; retry after "
+                              f"{accepted.retry_after_sec}s (gateway.rate_limit)",
+                              kind="rate_limit_error", code="rate_limit_exceeded").response()  # fmt: skip
+        limited.headers["Retry-After"] = str(accepted.retry_after_sec)
+        return limited
+    if accepted.status == "too_large":  # quotas.max_message_chars
+        state.outbound.forget(message.message_id, waiter)
+        return OpenAIError(413, accepted.reply, param="messages",
+                           code="message_too_long", retry=False).response()  # fmt: skip
     answer = Answer(f"chatcmpl-{message.message_id}", model, int(time.time()))
     if accepted.status == "command":
         state.outbound.forget(message.message_id, waiter)

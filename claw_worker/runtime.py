@@ -26,6 +26,7 @@ from claw_worker.config.reload import LiveConfig, ReloadParticipant
 from claw_worker.contract import InboundMessage, Origin
 from claw_worker.control import ControlListener, process_listener
 from claw_worker.process import identity
+from claw_worker.quotas import SenderRuns
 from claw_worker.redis_conn import client, redis_url
 from claw_worker.session.leases import LeaseKeeper
 from claw_worker.session.mailbox import Mailbox
@@ -68,6 +69,7 @@ class Runtime:
         self.mailbox = Mailbox(self.redis, lease_ms=config.worker.lease_sec * 1000)
         self.leases = LeaseKeeper(self.mailbox)
         self.locks = ResourceLocks(self.redis, ttl_ms=config.worker.lease_sec * 1000)
+        self.sender_runs = SenderRuns(self.redis)  # quotas.max_runs_per_sender
         self.control: ControlListener = process_listener(
             self.redis, identity(), config=str(config_path()), metrics=metrics.target()
         )
@@ -127,6 +129,7 @@ class Runtime:
             send_drain=self.send_drain,
             on_finished=self.on_finished,
             locks=self.locks,
+            sender_runs=self.sender_runs,
         )
 
     def on_finished(self, message: InboundMessage, status: Any, text: str, error: str) -> None:

@@ -57,6 +57,8 @@ INGRESS_ALLOWED = {
     "claw_worker.fsutil",  # atomic writes (config set)
     "claw_worker.logs",  # structured, redacted logging
     "claw_worker.redact",  # ... its redactor (also scrubs the channels' errors for status)
+    "claw_worker.secret_shapes",  # ... the shapes of secrets it masks
+    "claw_worker.reply_filter",  # commands' answers and pipeline reports, scrubbed
     "claw_worker.metrics",  # the Prometheus metrics (prometheus_client only): counted, /metrics
 }
 

@@ -84,7 +84,9 @@ def test_each_message_event_carries_the_spec_fields(fleet_factory, llm_server) -
     assert ws["message started"]["preview"] == "x" * 71 + " sk-**** "
     assert ws["message started"]["queue_wait_ms"] >= 0
     done = ws["message done"]
-    assert done["assistant_content_length"] == len(reply["text"])
+    # The agent's reply echoes the key; what leaves towards the user has it masked.
+    assert reply["text"] == "echo: " + WS_TEXT.replace(SECRET, "sk-****")
+    assert done["assistant_content_length"] == len("echo: " + WS_TEXT)
     assert done["transcript_length"] == 2  # the user's message and the reply
     assert done["elapsed_ms"] >= 0 and done["run_id"]
     delivered = ws["message delivered"]

@@ -60,10 +60,11 @@ class SendError(Exception):
 class Accepted:
     """What became of an inbound message (adapters rarely need more than ``reply``)."""
 
-    status: str  # command | queued | duplicate | refused | pairing
+    status: str  # command | queued | duplicate | refused | pairing | limited | too_large
     message_id: str = ""
     run_id: str = ""
     reply: str = ""  # the text sent back at once (a command's answer, a pairing code)
+    retry_after_sec: int = 0  # limited: the sender may send again after this long
 
 
 @dataclass

@@ -7,7 +7,9 @@ padding). The URL check (``{"challenge", "token", "type": "url_verification"}``)
 answered with the challenge when its token is the Verification Token. Every other push is
 checked before anything happens to it: with an Encrypt Key, ``X-Lark-Signature`` must be
 ``sha256(X-Lark-Request-Timestamp + X-Lark-Request-Nonce + encrypt_key + raw body)`` in
-hex (else 401), and ``header.token`` must be the Verification Token (else 403).
+hex (else 401), stamped within ``max_clock_skew_sec`` of now (else 401: a replay), and
+``header.token`` must be the Verification Token (else 403). Without an Encrypt Key
+nothing is signed: only the Verification Token in the body vouches for a push.
 
 ``im.message.receive_v1`` becomes an ``InboundMessage``: chat ``message.chat_id``, sender
 ``sender.sender_id.open_id``; a group message only when it mentions the bot (its open_id,
@@ -33,6 +35,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -83,6 +86,11 @@ def decrypt(encrypt_key: str, data: str) -> bytes:
 
 def signature(timestamp: str, nonce: str, encrypt_key: str, body: bytes) -> str:
     return hashlib.sha256((timestamp + nonce + encrypt_key).encode() + body).hexdigest()
+
+
+def _fresh(timestamp: str, window_sec: int) -> bool:
+    """Whether ``timestamp`` (epoch seconds) is within ``window_sec`` of now."""
+    return timestamp.isdigit() and abs(time.time() - int(timestamp)) <= window_sec
 
 
 def _answer(status: int, error: str = "") -> JSONResponse:
@@ -136,6 +144,9 @@ class FeishuChannel(Channel):
         )  # fmt: skip
         if cfg.encrypt_key and "x-lark-signature" in headers and not signed:
             return self._refuse(401, "bad X-Lark-Signature")
+        if signed and not _fresh(headers.get("x-lark-request-timestamp", ""),
+                                 cfg.max_clock_skew_sec):  # fmt: skip
+            return self._refuse(401, "X-Lark-Request-Timestamp is too far from now (a replay?)")
         try:
             payload = json.loads(body)
             if isinstance(payload, dict) and "encrypt" in payload:

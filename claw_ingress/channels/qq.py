@@ -3,7 +3,8 @@
 Every callback is signed with Ed25519. The key pair comes from the bot secret: the seed is
 the secret repeated until it has 32 bytes, cut to 32. A callback carries
 ``X-Signature-Ed25519`` (hex) over ``X-Signature-Timestamp`` + the raw body; one without a
-valid signature, or stamped more than ``MAX_CLOCK_SKEW_SEC`` from now, gets 401.
+valid signature, or stamped more than ``max_clock_skew_sec`` (300 s) from now, gets 401; a
+callback delivered again is stored once (its message id).
 
 - op 13 (the callback URL check): ``d = {plain_token, event_ts}``, answered with
   ``{plain_token, signature}``, the signature (hex) over ``event_ts + plain_token``;
@@ -47,7 +48,6 @@ from claw_worker.contract import InboundMessage
 
 log = structlog.get_logger(__name__)
 
-MAX_CLOCK_SKEW_SEC = 300
 TOKEN_MARGIN_SEC = 60.0  # QQ hands out a new token in the last minute of the old one
 REPLY_WINDOW_SEC = {"c2c": 3600, "group": 300}  # how long a message can be replied to
 EVENTS = {"C2C_MESSAGE_CREATE": "c2c", "GROUP_AT_MESSAGE_CREATE": "group"}
@@ -150,7 +150,7 @@ class QQChannel(Channel):
         signature = headers.get("x-signature-ed25519", "")
         if not timestamp.isdigit() or not signature:
             return "missing X-Signature-Timestamp or X-Signature-Ed25519"
-        if abs(time.time() - int(timestamp)) > MAX_CLOCK_SKEW_SEC:
+        if abs(time.time() - int(timestamp)) > self.config.max_clock_skew_sec:
             return f"X-Signature-Timestamp {timestamp} is too far from now"
         app_id = headers.get("x-bot-appid")
         if app_id is not None and app_id != self.config.app_id:

@@ -9,11 +9,15 @@ on the replica holding the session's connection), ``{"type": "pong"}`` and
 ``{"type": "error", "error"}`` for a frame it cannot take (the connection stays open, unless
 a client keeps sending them).
 
-Access: ``gateway.token`` when set (``Authorization: Bearer`` or, for browsers, which cannot
-set headers on a WebSocket, ``?token=``), a browser ``Origin`` only from
-``gateway.allowed_origins``, and on loopback a Host naming this gateway; a refused connection
-is accepted and closed with 1008 and the reason. There is no config section: the channel is
-always on, open to whoever passes those checks.
+Access: a browser ``Origin`` only from ``gateway.allowed_origins`` and, on loopback, a Host
+naming this gateway, checked before the handshake is accepted (403 with the reason: a page
+elsewhere never gets an open socket); then ``gateway.token`` when set (``Authorization:
+Bearer`` or, for browsers, which cannot set headers on a WebSocket, ``?token=``, compared in
+constant time): a wrong one is accepted and closed with 1008 and the reason. A frame larger
+than ``gateway.max_frame_bytes`` (default: max_body_bytes) closes the connection with 1009.
+Messages count against the sender's rate limit (the connection's session is its sender): over
+it, an error frame with ``retry_after_sec``. There is no config section: the channel is always
+on, open to whoever passes those checks.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
+from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from claw_ingress.bodies import BodyError, loads_bounded, parse_body
@@ -42,6 +47,7 @@ log = structlog.get_logger(__name__)
 # WebSocket has no platform limit to respect, so it only stops a runaway loop.
 FIXED_CONFIG = ChannelConfig(enabled=True, dm_policy="open", rate_per_sec=1000.0, burst=1000)
 POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
 TRY_AGAIN_LATER = 1013
 GOING_AWAY = 1001
 MAX_BAD_FRAMES = 20  # in a row: then the client is closed (1008)
@@ -80,9 +86,8 @@ async def ws_endpoint(websocket: WebSocket) -> None:
     await channel.serve(websocket)
 
 
-def refusal(websocket: WebSocket, gateway: GatewayConfig) -> str | None:
-    """Why this connection may not talk to the agent, or None (a close reason: at most 123
-    bytes, so nothing the client sent is quoted)."""
+def handshake_refusal(websocket: WebSocket, gateway: GatewayConfig) -> str | None:
+    """Why this handshake is refused before it is accepted (Host, Origin), or None."""
     scope = websocket.scope
     host = websocket.headers.get("host")
     if host is not None and arrived_on_loopback(scope) and not host_allowed(host, scope, gateway):
@@ -90,6 +95,15 @@ def refusal(websocket: WebSocket, gateway: GatewayConfig) -> str | None:
     origin = websocket.headers.get("origin")
     if origin is not None and not origin_allowed(origin, gateway):
         return "this Origin is not in gateway.allowed_origins"
+    return None
+
+
+def refusal(websocket: WebSocket, gateway: GatewayConfig) -> str | None:
+    """Why this connection may not talk to the agent (Host, Origin, token), or None (a close
+    reason: at most 123 bytes, so nothing the client sent is quoted)."""
+    refused = handshake_refusal(websocket, gateway)
+    if refused is not None:
+        return refused
     if gateway.token:
         header = websocket.headers.get("authorization", "")
         given = header[7:] if header[:7].lower() == "bearer " else ""
@@ -150,6 +164,14 @@ class WebSocketChannel(Channel):
 
     async def serve(self, websocket: WebSocket) -> None:
         gateway = self.ctx.live.config.gateway
+        refused = handshake_refusal(websocket, gateway)
+        if refused is not None:
+            log.info("websocket refused", channel=self.name, error=refused)
+            if "websocket.http.response" in websocket.scope.get("extensions", {}):
+                await websocket.send_denial_response(JSONResponse({"error": refused}, 403))
+            else:  # closed before accept: the server answers the handshake 403
+                await websocket.close(POLICY_VIOLATION, refused)
+            return
         await websocket.accept()
         reason = refusal(websocket, gateway)
         if reason is None and len(self._open) >= gateway.max_connections:
@@ -163,7 +185,7 @@ class WebSocketChannel(Channel):
         self._open.add(conn)
         try:
             await self._hold(conn, conn.session)
-            await self._read(conn, gateway.max_body_bytes)
+            await self._read(conn)
         except RedisError as exc:
             log.warning("redis unavailable", channel=self.name, error=str(exc))
             await self._close(conn, TRY_AGAIN_LATER, "message store unavailable, retry later")
@@ -172,13 +194,23 @@ class WebSocketChannel(Channel):
         finally:
             await self._forget(conn)
 
-    async def _read(self, conn: _Connection, max_bytes: int) -> None:
+    async def _read(self, conn: _Connection) -> None:
         bad = 0
         while True:
             event = await conn.websocket.receive()
             if event["type"] == "websocket.disconnect":
                 return
-            error = await self._handle(conn, event, max_bytes)
+            max_bytes = self.ctx.live.config.gateway.frame_limit  # live: a reload changes it
+            text = event.get("text")
+            data = (
+                text.encode("utf-8", "surrogatepass")
+                if text is not None
+                else event.get("bytes") or b""
+            )
+            if len(data) > max_bytes:
+                await self._close(conn, MESSAGE_TOO_BIG, f"frame over {max_bytes} bytes")
+                return
+            error = await self._handle(conn, text, data)
             if error is None:
                 bad = 0
                 continue
@@ -189,15 +221,11 @@ class WebSocketChannel(Channel):
             await conn.send({"type": "error", **error})
 
     async def _handle(
-        self, conn: _Connection, event: dict[str, Any], max_bytes: int
+        self, conn: _Connection, text: str | None, data: bytes
     ) -> dict[str, Any] | None:
-        """Act on one frame; the error to send back, or None."""
-        raw = event.get("text")
-        if raw is None:
+        """Act on one frame (``data``: its text, UTF-8); the error to send back, or None."""
+        if text is None:
             return {"error": "send JSON in text frames, not binary ones"}
-        data = raw.encode("utf-8", "surrogatepass")
-        if len(data) > max_bytes:
-            return {"error": f"frame is larger than {max_bytes} bytes"}
         try:
             frame = loads_bounded(data)
             if not isinstance(frame, dict):
@@ -226,6 +254,10 @@ class WebSocketChannel(Channel):
         except RedisError as exc:
             log.warning("redis unavailable", channel=self.name, error=str(exc))
             return {"error": "message store unavailable, retry later"}
+        if accepted.status == "limited":
+            return {"error": f"too many messages; retry after {accepted.retry_after_sec}s "
+                    "(gateway.rate_limit)", "retry_after_sec": accepted.retry_after_sec,
+                    "message_id": message_id}  # fmt: skip
         await conn.send({"type": "status", "status": accepted.status, "message_id": message_id,
                          "run_id": accepted.run_id, "session": session})  # fmt: skip
         return None

@@ -5,7 +5,8 @@
 plain text when the token matches, else 403) and then POSTs notifications to
 ``/webhooks/whatsapp/``, each signed in ``X-Hub-Signature-256`` (``sha256=`` + the hex
 HMAC-SHA256 of the raw body, keyed by the app secret; a request without a valid one gets
-401). Messages are in ``entry[].changes[].value.messages[]``; ``statuses[]`` (sent,
+401). A message whose ``timestamp`` is outside ``max_clock_skew_sec`` (1 day) is dropped
+(a replay); one sent again within it has the same id and is stored once. Messages are in ``entry[].changes[].value.messages[]``; ``statuses[]`` (sent,
 delivered, read, failed) are not messages: only failures are logged. Replies go to
 ``POST {api_base}/{phone_number_id}/messages``, quoting the user's message through
 ``context.message_id``.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from typing import Any
 
 import httpx
@@ -173,9 +175,22 @@ class WhatsAppChannel(Channel):
             c.get("wa_id"): c.get("profile", {}).get("name", "") for c in value.get("contacts", [])
         }
         for message in value.get("messages", []):
+            if self._stale(message):
+                continue
             inbound = self._cloud_inbound(message, names)
             if inbound is not None:
                 await self.receive(inbound)
+
+    def _stale(self, msg: dict[str, Any]) -> bool:
+        """Whether a message's own ``timestamp`` is missing or outside the replay window
+        (``max_clock_skew_sec``): then it is dropped, said in the log."""
+        stamp = str(msg.get("timestamp", ""))
+        if stamp.isdigit() and abs(time.time() - int(stamp)) <= self.config.max_clock_skew_sec:
+            return False
+        log.warning("whatsapp message dropped: its timestamp is missing or too far from now "
+                    "(a replay?)", channel=self.name, timestamp=stamp[:20],
+                    sender_id=str(msg.get("from", ""))[:40])  # fmt: skip
+        return True
 
     def _cloud_inbound(self, msg: dict[str, Any], names: dict[str, str]) -> InboundMessage | None:
         kind = msg.get("type", "")

@@ -29,6 +29,7 @@ from claw_worker.constants import lang_key
 from claw_worker.contract import InboundMessage, Origin
 from claw_worker.providers.base import ChatProvider, ContextTooLong, LLMResponse, ToolCall
 from claw_worker.providers.registry import build_provider, resolve_model
+from claw_worker.quotas import TokenBudget
 from claw_worker.tools.base import ToolContext
 from claw_worker.tools.registry import ToolRegistry, default_tools
 
@@ -44,6 +45,7 @@ class AgentReply:
     llm_calls: int = 0
     cancelled: bool = False  # should_stop ended the turn early; text is then ""
     exhausted: bool = False  # max_tool_iterations reached without a final answer
+    over_budget: bool = False  # the daily token budget stopped it (quotas.py); text says so
     usage: dict[str, int] = field(default_factory=dict)
     transcript_length: int | None = None  # the session history's messages after the turn
 
@@ -132,6 +134,11 @@ class Agent:
         if provider is None:
             return AgentReply(text=defaults.texts.provider_not_configured)
         stop = should_stop or _never
+        # Checked before anything calls the LLM (compaction included) and before each call.
+        budget = TokenBudget(self.redis, self.config, message)
+        refusal = budget.refusal()
+        if refusal is not None:
+            return AgentReply(text=refusal, over_budget=True)
         self.workspace.mkdir(parents=True, exist_ok=True)
 
         history = History(self.redis, message.session_key)
@@ -162,7 +169,7 @@ class Agent:
         )
 
         try:
-            reply = self._loop(provider, turn, ctx, stop)
+            reply = self._loop(provider, turn, ctx, stop, budget)
         except ContextTooLong:
             # The provider's window is smaller than our thresholds assumed: compact whatever
             # the thresholds say, then retry the turn once (a second refusal propagates).
@@ -174,7 +181,7 @@ class Agent:
             ):
                 raise
             turn = _Turn(build_messages(system_prompt, history.load(), user), new=[user])
-            reply = self._loop(provider, turn, ctx, stop)
+            reply = self._loop(provider, turn, ctx, stop, budget)
         # Saved only once the turn is over: a ProviderError propagates before this, and the
         # retried message then starts from the same history instead of a duplicate user turn;
         # once per message id, for a message re-run after its worker died right after this.
@@ -182,13 +189,22 @@ class Agent:
         return replace(reply, transcript_length=history.length)
 
     def _loop(
-        self, provider: ChatProvider, turn: _Turn, ctx: ToolContext, stop: Callable[[], bool]
+        self,
+        provider: ChatProvider,
+        turn: _Turn,
+        ctx: ToolContext,
+        stop: Callable[[], bool],
+        budget: TokenBudget,
     ) -> AgentReply:
         defaults = self.config.agents.defaults
         schemas = self.tools.schemas()
         for _ in range(defaults.max_tool_iterations):
             if stop():
                 return self._reply(turn, "", cancelled=True)
+            refusal = budget.refusal()
+            if refusal is not None:  # used up during this run: stop before the next call
+                turn.add({"role": "assistant", "content": refusal})
+                return self._reply(turn, refusal, over_budget=True)
             response = abandonable(
                 lambda: provider.chat(
                     turn.messages,
@@ -202,6 +218,7 @@ class Agent:
             if response is None:
                 return self._reply(turn, "", cancelled=True)
             turn.count(response)
+            budget.spend(response.usage)
             if not response.tool_calls:
                 text = response.content.strip() or defaults.texts.no_response_fallback
                 turn.add({"role": "assistant", "content": text})
@@ -261,7 +278,12 @@ class Agent:
 
     @staticmethod
     def _reply(
-        turn: _Turn, text: str, *, cancelled: bool = False, exhausted: bool = False
+        turn: _Turn,
+        text: str,
+        *,
+        cancelled: bool = False,
+        exhausted: bool = False,
+        over_budget: bool = False,
     ) -> AgentReply:
         return AgentReply(
             text=text,
@@ -269,5 +291,6 @@ class Agent:
             llm_calls=turn.llm_calls,
             cancelled=cancelled,
             exhausted=exhausted,
+            over_budget=over_budget,
             usage=dict(turn.usage),
         )

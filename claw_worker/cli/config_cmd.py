@@ -26,6 +26,7 @@ from claw_worker.config.store import (
     read_config_text,
     split_path,
 )
+from claw_worker.redact import Redactor
 
 
 def split_or_fail(dotted: str) -> list[str]:
@@ -49,7 +50,10 @@ def get_cmd(dotted: str) -> None:
         value = get_path(load(environment=False), dotted)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
-    click.echo(json.dumps(mask_secrets(value, dotted), indent=2, ensure_ascii=False))
+    shown = json.dumps(mask_secrets(value, dotted), indent=2, ensure_ascii=False)
+    # Fields marked secret are masked by name; a secret typed where no name says so (a
+    # password in api_base's URL, a key in a text) by its shape.
+    click.echo(Redactor().scrub(shown))
 
 
 @config.command("set")

@@ -135,6 +135,9 @@ class Supervisor:
                 f"Redis at redis.url is not reachable: {_safe_url(self.config.redis.url)}"
             )
         gateway = self.config.gateway
+        exposure = gateway.exposure_problem()
+        if exposure:  # the ingress would refuse to start, and be restarted in a loop
+            raise SupervisorError(exposure)
         ports = [(gateway.host, gateway.port, "gateway.port", "clawctl config set gateway.port N")]
         if self.with_flower:
             ports.append(("127.0.0.1", self.flower_port, "--flower-port", "--flower-port N"))

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from claw_worker.commands.intents import match_intent
 from claw_worker.config import Config
+from claw_worker.reply_filter import filter_reply
 
 COMMAND_WORD = re.compile(r"^/[A-Za-z_]+(@\S+)?$")
 API_CHANNEL = "api"  # the ingress's HTTP API, as a channel name in gateway.admins
@@ -125,4 +126,5 @@ async def run_command(ctx: CommandContext, text: str) -> str | None:
         return f"Unknown command {name}.\n{help_text()}"
     if found.admin and not ctx.admin:
         return admin_refusal(ctx, name)
-    return await found.handler(ctx, args)
+    # /status, /config get, /pipeline ...: what they show may hold a secret (an error text).
+    return filter_reply(ctx.config, await found.handler(ctx, args))

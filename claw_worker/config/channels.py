@@ -92,6 +92,9 @@ class FeishuConfig(ChannelConfig):
     verification_token: str = secret()  # Events & Callbacks → Encryption Strategy
     encrypt_key: str = secret()  # optional there; when set, pushes are encrypted and signed
     api_base: str = "https://open.feishu.cn"  # Lark: https://open.larksuite.com
+    # A signed push whose X-Lark-Request-Timestamp is further than this from now is refused
+    # (a replay; Feishu signs each retry afresh). Pushes are signed only with encrypt_key.
+    max_clock_skew_sec: int = Field(300, ge=30, le=3600)
     required: ClassVar[tuple[str, ...]] = ("app_id", "app_secret", "verification_token")
 
 
@@ -111,6 +114,12 @@ class WhatsAppConfig(ChannelConfig):
     # The bridge's outbound frames: nanobot {"type": "send", "to", "text"}, ClawGo
     # {"type": "message", "to", "content"}. Inbound frames of both are understood.
     bridge_protocol: Literal["nanobot", "clawgo"] = "nanobot"
+    # cloud: a message whose own ``timestamp`` is further than this from now is dropped
+    # (logged, acknowledged so Meta does not resend it). The signature covers the body but
+    # has no time in it, so this bounds a captured notification's replay; a replay within
+    # it carries the same message id and is dropped by the mailbox's dedupe. One day:
+    # Meta resends what the gateway did not take (an outage) for days, not minutes.
+    max_clock_skew_sec: int = Field(86400, ge=60, le=7 * 86400)
 
     @model_validator(mode="before")
     @classmethod
@@ -136,6 +145,9 @@ class QQConfig(ChannelConfig):
     secret: str = secret()  # the AppSecret: signs callbacks, gets access tokens
     api_base: str = "https://api.sgroup.qq.com"  # sandbox: https://sandbox.api.sgroup.qq.com
     token_url: str = "https://bots.qq.com/app/getAppAccessToken"
+    # A callback whose X-Signature-Timestamp is further than this from now is refused (401):
+    # a replay (QQ signs each delivery afresh).
+    max_clock_skew_sec: int = Field(300, ge=30, le=3600)
 
     required: ClassVar[tuple[str, ...]] = ("app_id", "secret")
 

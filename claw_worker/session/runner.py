@@ -13,7 +13,10 @@ deferred (``Mailbox.defer``), the lease released and a drain sent with a countdo
 A message that names resource keys (``[keys: ...]``, or a task whose text names files,
 repositories, branches: claw_worker/work/lock_keys.py) takes them all before it runs and
 frees them when it is over; refused, it waits in ``resource_lock`` the same way, tried
-again after ``worker.resource_lock_retry_sec`` (claw_worker/work/locks.py).
+again after ``worker.resource_lock_retry_sec`` (claw_worker/work/locks.py). So does a
+message whose sender has ``quotas.max_runs_per_sender`` runs going on (claw_worker/quotas.py),
+tried again after ``quotas.sender_busy_retry_sec``; one over ``quotas.max_message_chars``
+(from cron or a pipeline: the ingress refuses the others) fails at once, saying why.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from claw_worker.contract import (
 )
 from claw_worker.logs import message_fields
 from claw_worker.providers.base import ErrorKind, ProviderError
+from claw_worker.quotas import SenderRuns
+from claw_worker.reply_filter import filter_reply
 from claw_worker.session.leases import HeldLease, LeaseKeeper
 from claw_worker.session.mailbox import LeaseLost, Mailbox
 from claw_worker.session.runs import RunRecorder
@@ -90,6 +95,7 @@ class DrainContext:
     # origins learn their outcome (a cron job's last status, an autonomy round).
     on_finished: Callable[[InboundMessage, MessageStatus, str, str], None] | None = None
     locks: ResourceLocks | None = None  # None: resource keys are not taken
+    sender_runs: SenderRuns | None = None  # None: quotas.max_runs_per_sender is not applied
 
 
 def backoff_sec(attempt: int) -> float:
@@ -165,14 +171,55 @@ def _process(
     not_before = float(record.get("not_before") or 0)
     if not_before > time.time():
         return not_before - time.time()
-    held, wait = _take_keys(ctx, lease, message, record)
+    refused = ctx.config.quotas.message_too_long(message.text)
+    if refused is not None:  # from cron or a pipeline: the ingress refuses the others
+        _fail_now(ctx, lease, message, record, refused)
+        return 0.0
+    counted, wait = _take_sender_run(ctx, lease, message, record)
     if wait is not None:
         return wait
     try:
-        return _run(ctx, lease, message, recovered, record)
+        held, wait = _take_keys(ctx, lease, message, record)
+        if wait is not None:
+            return wait
+        try:
+            return _run(ctx, lease, message, recovered, record)
+        finally:
+            if held is not None and ctx.locks is not None:
+                ctx.locks.release(held)
     finally:
-        if held is not None and ctx.locks is not None:
-            ctx.locks.release(held)
+        if counted and ctx.sender_runs is not None:
+            ctx.sender_runs.release(message, lease.token)
+
+
+def _fail_now(
+    ctx: DrainContext, lease: HeldLease, message: InboundMessage, record: dict[str, str], error: str
+) -> None:
+    if record.get("run_id"):
+        ctx.runs.finish(record["run_id"], "failed", error=error)
+    log.warning("message failed", **message_fields(message), error=error)
+    _finish(ctx, lease, message, MessageStatus.FAILED, error)
+
+
+def _take_sender_run(
+    ctx: DrainContext, lease: HeldLease, message: InboundMessage, record: dict[str, str]
+) -> tuple[bool, float | None]:
+    """Count the run toward its sender's quotas.max_runs_per_sender: (counted, None to run
+    now), or (False, seconds until it is tried again) while the sender has that many runs
+    going on: the message waits queued, as for resource keys (claw_worker/quotas.py)."""
+    runs = ctx.sender_runs
+    if runs is None or not runs.limited(ctx.config, message):
+        return False, None
+    going = runs.acquire(ctx.config, message, lease.token)
+    if not going:
+        return True, None
+    retry = ctx.config.quotas.sender_busy_retry_sec
+    waiting = ctx.config.agents.defaults.texts.sender_busy % going
+    ctx.mailbox.defer(message, not_before=time.time() + retry, error=f"sender_busy: {waiting}")
+    if record.get("run_id"):
+        ctx.runs.note(record["run_id"], "sender_busy", lock_wait=waiting)
+    log.info("waiting for the sender's other runs", **message_fields(message), retry_in=retry)
+    return False, retry
 
 
 def _take_keys(
@@ -309,7 +356,7 @@ def _run_counts(reply: HandlerReply) -> dict[str, int]:
 def _finish(
     ctx: DrainContext, lease: HeldLease, message: InboundMessage, status: MessageStatus, text: str
 ) -> None:
-    error = ""
+    text, error = filter_reply(ctx.config, text), ""  # users and the record see no secret
     if status is MessageStatus.FAILED:
         error = text
         text = ctx.config.agents.defaults.texts.message_failed % text

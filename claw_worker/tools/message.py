@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from claw_worker.config.channels import ChannelConfig, ChannelsConfig
 from claw_worker.constants import OUTBOUND_MAXLEN, OUTBOUND_STREAM, reply_sent_key
 from claw_worker.contract import MessageStatus, OutboundMessage, new_message_id
+from claw_worker.reply_filter import filter_reply
 from claw_worker.session.scripts import PUBLISH_ONCE
 from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
 
@@ -84,7 +85,7 @@ class MessageTool(Tool[MessageParams]):
             channel=channel,
             chat_id=params.chat_id,
             session_key=f"{channel}:{params.chat_id}",
-            text=params.text,
+            text=filter_reply(ctx.config, params.text),  # leaves towards a user
             status=MessageStatus.DONE,
             # Lets the ingress (and a reader of the stream) tell it from a reply.
             metadata={"kind": "tool_message", "from_session": ctx.session_key},

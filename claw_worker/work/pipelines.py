@@ -31,6 +31,7 @@ import redis
 from claw_worker import constants as k
 from claw_worker.config.schema import Config
 from claw_worker.contract import InboundMessage, MessageStatus, Origin, OutboundMessage
+from claw_worker.reply_filter import filter_reply
 from claw_worker.session import scripts as lua
 from claw_worker.session.submit import submit
 from claw_worker.work import prompts
@@ -273,7 +274,8 @@ def report(client: redis.Redis, config: Config, pipeline: Pipeline, changes: Cha
         return
     out = OutboundMessage(
         message_id=mid, channel=creator.channel, chat_id=creator.chat_id,
-        session_key=creator.session_key or f"pipeline:{pipeline.id}", text=text,
+        session_key=creator.session_key or f"pipeline:{pipeline.id}",
+        text=filter_reply(config, text),  # the tasks' results, as a user will read them
         status=MessageStatus.DONE if pipeline.status != "failed" else MessageStatus.FAILED,
         metadata={"kind": "pipeline", "pipeline_id": pipeline.id, "status": pipeline.status},
     )  # fmt: skip

@@ -1,0 +1,213 @@
+"""Resource quotas per session and per sender (the ``quotas`` config section, QuotasConfig).
+
+- **Message size** (``quotas.max_message_chars``): the ingress answers a longer message with
+  413 (APIs) or a short reply (chats, claw_ingress/inbox.py); the runner fails one that came
+  another way (cron, a pipeline) with a reply saying so (session/runner.py).
+- **Tokens per UTC day** (``tokens_per_day_per_session``, ``tokens_per_day_per_sender``):
+  :class:`TokenBudget`. Every LLM call of the agent loop adds its usage with INCRBY (atomic
+  across workers) to a counter per session and per sender and day; before each call the
+  loop asks :meth:`TokenBudget.refusal`, so an exhausted budget makes no call at all and a
+  run under way stops at its next call, answering when the budget resets. A call already
+  made may overshoot by its own size: its cost is known only once it is answered.
+- **Runs at once per sender** (``max_runs_per_sender``): :class:`SenderRuns`, a HASH of the
+  sender's running sessions. A message over it is deferred (still queued, its session
+  waiting behind it) and tried again after ``sender_busy_retry_sec``, so one sender cannot
+  take every worker slot of the fleet while other senders' messages run.
+- **Tool iterations per run**: ``agents.defaults.max_tool_iterations`` (agent/loop.py); the
+  reply then says the limit was reached.
+
+Exempt from the token budgets and the runs at once: the CLI (channel ``cli``) and
+gateway.admins (as ``commands.is_admin`` vouches for them). Only a user's message has a
+sender here: one the fleet makes itself (cron, heartbeat, autonomy, pipeline tasks,
+sub-agents: ``Origin`` other than user) or one without a sender_id counts toward its session
+only; those are bounded by their own settings (cron.max_jobs, work.max_spawn_per_session,
+work.max_active_pipelines), and a shared pseudo-sender ("cron", "pipeline") must not cap
+them fleet-wide.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import redis
+import structlog
+
+from claw_worker import constants as k
+from claw_worker.commands.registry import is_admin
+from claw_worker.config.schema import Config
+from claw_worker.contract import InboundMessage, Origin
+
+log = structlog.get_logger(__name__)
+
+CLI_CHANNEL = "cli"  # clawctl agent: run by whoever holds the config and Redis
+DAY_SEC = 86400
+RUNS_TTL_MS = DAY_SEC * 1000  # a sender's runs HASH, idle this long, goes away
+
+
+def sender_of(message: InboundMessage) -> str | None:
+    """``<channel>:<sender_id>`` of a user's message, else None (the fleet's own messages)."""
+    if not message.sender_id or message.origin is not Origin.USER:
+        return None
+    return f"{message.channel}:{message.sender_id}"
+
+
+def exempt(config: Config, message: InboundMessage) -> bool:
+    return message.channel == CLI_CHANNEL or is_admin(config, message.channel, message.sender_id)
+
+
+def utc_day(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).strftime("%Y%m%d")
+
+
+def next_reset(now: float) -> float:
+    """The next 00:00 UTC after ``now`` (epoch seconds)."""
+    today = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (today + timedelta(days=1)).timestamp()
+
+
+def reset_text(now: float) -> str:
+    left = max(0, int(next_reset(now) - now))
+    hours, minutes = divmod((left + 59) // 60, 60)
+    return f"in {hours} h {minutes} min" if hours else f"in {minutes} min"
+
+
+def tokens_of(usage: dict[str, int]) -> int:
+    """The tokens one LLM call used: total_tokens, else input + output."""
+    total = usage.get("total_tokens")
+    if total is None:
+        total = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
+    return max(0, int(total))
+
+
+class TokenBudget:
+    """One run's view of its session's and sender's daily token counters."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        config: Config,
+        message: InboundMessage,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = client
+        self.texts = config.agents.defaults.texts
+        self.clock = clock
+        self.session_key = message.session_key
+        self.sender = sender_of(message)
+        quotas = config.quotas
+        # (who, limit, key for a day): the budgets this run is held to, exempt: none.
+        self._limits: list[tuple[str, int, Callable[[str], str]]] = []
+        if not exempt(config, message):
+            if quotas.tokens_per_day_per_session:
+                self._limits.append(
+                    ("this session", quotas.tokens_per_day_per_session, self._session_key)
+                )
+            if quotas.tokens_per_day_per_sender and self.sender is not None:
+                self._limits.append(
+                    ("this sender", quotas.tokens_per_day_per_sender, self._sender_key)
+                )
+
+    def _session_key(self, day: str) -> str:
+        return k.session_tokens_key(self.session_key, day)
+
+    def _sender_key(self, day: str) -> str:
+        return k.sender_tokens_key(self.sender or "", day)
+
+    def refusal(self) -> str | None:
+        """The reply for a budget used up today, or None when the next LLM call may go."""
+        if not self._limits:
+            return None
+        now = self.clock()
+        day = utc_day(now)
+        used = self.redis.mget([key(day) for _, _, key in self._limits])
+        for (who, limit, _), value in zip(self._limits, used, strict=True):
+            spent = int(value or 0)
+            if spent >= limit:
+                return self.texts.token_budget_used_up % (who, limit, spent, reset_text(now))
+        return None
+
+    def spend(self, usage: dict[str, int]) -> None:
+        """Add one LLM call's tokens to today's counters (kept whether or not a limit is
+        set, so a budget set in the middle of a day knows what was used)."""
+        tokens = tokens_of(usage)
+        if not tokens:
+            return
+        now = self.clock()
+        day = utc_day(now)
+        expire_at = int(next_reset(now)) + DAY_SEC  # readable for a day after its own
+        keys = [self._session_key(day)]
+        if self.sender is not None:
+            keys.append(self._sender_key(day))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.incrby(key, tokens)
+                pipe.expireat(key, expire_at)
+            pipe.execute()
+
+
+# KEYS[1]: the sender's runs HASH (sender_runs_key); KEYS[2]: this run's session lease key
+# ARGV[1]: this run's lease token; ARGV[2]: runs at once allowed; ARGV[3]: the HASH's TTL (ms)
+# Returns 0 when the run may go (it is in the HASH), else the number of runs going on.
+# Entries whose lease key no longer holds their token (a run whose worker died before it
+# released) are dropped first: those lease keys are read by the names the HASH keeps, not
+# passed in KEYS, so this script needs one Redis (not Cluster), as the fleet runs today.
+ACQUIRE_RUN = """
+local runs = redis.call('HGETALL', KEYS[1])
+for i = 1, #runs, 2 do
+  if runs[i] ~= KEYS[2] and redis.call('GET', runs[i]) ~= runs[i + 1] then
+    redis.call('HDEL', KEYS[1], runs[i])
+  end
+end
+if redis.call('HEXISTS', KEYS[1], KEYS[2]) == 0 then
+  local going = redis.call('HLEN', KEYS[1])
+  if going >= tonumber(ARGV[2]) then
+    return going
+  end
+end
+redis.call('HSET', KEYS[1], KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 0
+"""
+
+# KEYS[1]: the sender's runs HASH; KEYS[2]: the session lease key   ARGV[1]: the lease token
+# Removes the run only if it is still this lease's (returns 1 then).
+RELEASE_RUN = """
+if redis.call('HGET', KEYS[1], KEYS[2]) == ARGV[1] then
+  return redis.call('HDEL', KEYS[1], KEYS[2])
+end
+return 0
+"""
+
+
+class SenderRuns:
+    """The runs of each sender going on across the fleet, one per session."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._acquire = client.register_script(ACQUIRE_RUN)
+        self._release = client.register_script(RELEASE_RUN)
+
+    def limited(self, config: Config, message: InboundMessage) -> bool:
+        """Whether ``message``'s run counts toward its sender's max_runs_per_sender."""
+        return bool(
+            config.quotas.max_runs_per_sender
+            and sender_of(message) is not None
+            and not exempt(config, message)
+        )
+
+    def acquire(self, config: Config, message: InboundMessage, token: str) -> int:
+        """0 when the run may start (and is counted), else the sender's runs going on."""
+        sender = sender_of(message) or ""
+        keys = [k.sender_runs_key(sender), k.lease_key(message.session_key)]
+        args = [token, config.quotas.max_runs_per_sender, RUNS_TTL_MS]
+        return int(self._acquire(keys=keys, args=args))
+
+    def release(self, message: InboundMessage, token: str) -> None:
+        keys = [k.sender_runs_key(sender_of(message) or ""), k.lease_key(message.session_key)]
+        try:
+            self._release(keys=keys, args=[token])
+        except redis.RedisError as exc:  # the entry goes stale with its lease: not lost
+            log.warning("sender run release failed", session_key=message.session_key,
+                        error=str(exc))  # fmt: skip
