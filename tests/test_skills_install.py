@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.campaign import record
 from tests.codeload_server import COMMIT, CodeloadServer, archive
 from tests.fixtures.claw_home import ClawHome
 
@@ -41,15 +41,6 @@ def good_entries(name: str = "hello", md: str = GOOD_MD) -> list[tuple[Any, ...]
         ("symlink", f"skills/{name}/scripts/again.sh", "run.sh"),
         ("file", "skills/other/SKILL.md", GOOD_MD.replace("hello", "other")),
     ]
-
-
-@pytest.fixture
-def codeload() -> Iterator[CodeloadServer]:
-    server = CodeloadServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -159,8 +150,10 @@ def test_hostile_and_broken_archives_are_refused(
         codeload.add("acme", "bad", "main", entries)
     assert home.clawctl("skills", "install-builtin", "skill-creator").returncode == 0
     refused(home, "acme/bad/skills/hello@main", *words)
-    assert not Path("/tmp/clawfleet-escape").exists()
-    assert not (home.workspace / "escape").exists() and not (home.path / "escape").exists()
+    escaped = [p for p in (Path("/tmp/clawfleet-escape"), home.workspace / "escape",
+                           home.path / "escape") if p.exists()]  # fmt: skip
+    record("skills: malicious archive", tried=1, rejected=1, escapes=len(escaped))
+    assert not escaped
 
 
 def test_size_caps(home: ClawHome, codeload: CodeloadServer) -> None:
@@ -187,6 +180,7 @@ def test_size_caps(home: ClawHome, codeload: CodeloadServer) -> None:
     codeload.add("acme", "many", "main", entries)
     home.write_config({"skills": {"archive_base": codeload.url, "max_archive_entries": 10}})
     refused(home, "acme/many/skills/hello@main", "more than 10 entries")
+    record("skills: oversized archive", tried=6, rejected=6)  # each refused() above
 
 
 def test_missing_refs_paths_and_redirects(home: ClawHome, codeload: CodeloadServer) -> None:

@@ -5,7 +5,10 @@ Every part is checked before any request: GitHub's own rules for owner and repos
 names, path segments of letters, digits, ``.``, ``_`` and ``-`` (never ``.`` or ``..``), a
 ref without spaces or ``..``. The download streams into a file with a size cap, asks for no
 content encoding (a gzip layer on top would be a second decompression to bound), and
-follows redirects only to https or to ``skills.archive_base``'s own origin.
+follows redirects only to https or to ``skills.archive_base``'s own origin. Every hop must
+resolve to public addresses (SSRF: a redirect to https://169.254.169.254/ or a LAN host is
+refused) unless it is archive_base's own origin (scheme, host and port: whoever wrote the
+config chose it) or its host is in ``skills.allowed_hosts``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import httpx
 
 from claw_worker.config.schema import SkillsConfig
 from claw_worker.skills.skillfile import SkillError
+from claw_worker.tools.base import ToolError
+from claw_worker.tools.url_guard import UrlGuard
 
 OWNER_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})")
 REPO_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
@@ -79,9 +84,12 @@ def download(spec: SkillSpec, config: SkillsConfig, out: BinaryIO) -> None:
     url = spec.url(config.archive_base)
     base = urlsplit(config.archive_base)
     headers = {"Accept-Encoding": "identity", "User-Agent": "clawfleet-skills"}
+    guard = UrlGuard(config.allowed_hosts, block_private=config.block_private_addresses,
+                     setting="skills.allowed_hosts")  # fmt: skip
     try:
         with httpx.Client(timeout=config.timeout_sec, follow_redirects=False) as client:
             for _ in range(MAX_REDIRECTS + 1):
+                _check_host(guard, url, base)
                 with client.stream("GET", url, headers=headers) as response:
                     if response.is_redirect:
                         url = _redirect(url, response.headers.get("location", ""), base)
@@ -96,6 +104,16 @@ def download(spec: SkillSpec, config: SkillsConfig, out: BinaryIO) -> None:
     except httpx.HTTPError as exc:
         raise SkillError(f"could not download {url}: {exc}") from None
     raise SkillError(f"{url} redirected more than {MAX_REDIRECTS} times")
+
+
+def _check_host(guard: UrlGuard, url: str, base: SplitResult) -> None:
+    parts = urlsplit(url)
+    if (parts.scheme, parts.netloc) == (base.scheme, base.netloc):
+        return  # archive_base's origin: trusted as configured
+    try:
+        guard.check(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    except (ToolError, ValueError) as exc:  # ValueError: a port out of range
+        raise SkillError(f"not downloading {url}: {exc}") from None
 
 
 def _redirect(url: str, location: str, base: SplitResult) -> str:

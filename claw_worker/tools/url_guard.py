@@ -24,8 +24,17 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class UrlGuard:
-    def __init__(self, allowed_hosts: Sequence[str], *, block_private: bool = True) -> None:
+    """``setting`` names the allow-list in the refusal (skill downloads have their own)."""
+
+    def __init__(
+        self,
+        allowed_hosts: Sequence[str],
+        *,
+        block_private: bool = True,
+        setting: str = "tools.web_fetch.allowed_hosts",
+    ) -> None:
         self.block_private = block_private
+        self.setting = setting
         self._names: set[str] = set()
         self._networks: list[Network] = []
         for entry in allowed_hosts:
@@ -44,7 +53,7 @@ class UrlGuard:
                 raise ToolError(
                     f"refusing to fetch from {host}: it resolves to {address}, a private, "
                     "loopback or link-local address; add the host (or its network) to "
-                    "tools.web_fetch.allowed_hosts to allow it"
+                    f"{self.setting} to allow it"
                 )
 
 

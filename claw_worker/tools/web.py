@@ -192,6 +192,8 @@ def _download(url: str, cfg: WebFetchConfig) -> tuple[bytes, str, str]:
             return bytes(data), ctype, str(response.url)
     except httpx.TimeoutException as exc:
         raise ToolError(f"fetching {url} timed out after {timeout:g}s") from exc
+    except httpx.InvalidURL as exc:  # not an HTTPError: "0177.0.0.1", a bad port, ...
+        raise ToolError(f"refusing {url!r}: {exc}") from exc
     except httpx.HTTPError as exc:
         raise ToolError(f"fetching {url} failed: {type(exc).__name__}: {exc}") from exc
 
