@@ -196,7 +196,8 @@ def test_failures_back_off_then_disable_the_job_with_an_alert(
         async with connect(f"ws://127.0.0.1:{fleet.port}/ws") as ws:
             await ws.send(json.dumps({"type": "message", "text": "hello", "session": "ops"}))
             await recv_reply(ws, "echo: hello")
-            at = datetime.fromtimestamp(time.time() + 3, UTC).isoformat()
+            # Far enough ahead for clawctl to start on a loaded machine (it refuses a past time).
+            at = datetime.fromtimestamp(time.time() + 10, UTC).isoformat()
             result = claw_home.clawctl("cron", "add", "-n", "flaky", "-m", "FLAKY-JOB run",
                                        "--at", at, "-d", "--channel", "ws", "--to", "ops")  # fmt: skip
             return added_id(result), await recv_reply(ws, "was disabled", timeout=40)

@@ -103,7 +103,8 @@ def test_worker_killed_mid_run_is_recovered_once_and_in_order(
     fleet_factory, llm_server, redis_server
 ) -> None:
     r = redis_server.client()
-    llm_server.add_rule("MARK-X", text("reply to X", delay=3))
+    # Long enough to start w2 and kill w1 mid-answer even on a loaded machine.
+    llm_server.add_rule("MARK-X", text("reply to X", delay=10))
     fleet = fleet_factory()
     fleet.start_ingress()
     fleet.start_beat()

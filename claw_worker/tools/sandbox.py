@@ -32,6 +32,9 @@ from claw_worker.tools.base import ToolError
 
 log = logging.getLogger(__name__)
 
+FRESH_DIRS = (Path("/tmp"), Path("/run"))  # empty tmpfs in the sandbox
+REAPER_SCRIPT = Path(__file__).with_name("_reaper.py")  # runs inside too (shell.py)
+
 _PROBE_TIMEOUT_SEC = 10.0
 INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install bubblewrap)"
 
@@ -73,7 +76,7 @@ def bwrap_prefix(
     workspace = workspace.resolve()
     home = claw_home().expanduser().resolve()
     argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--tmpfs", "/tmp", "--tmpfs", "/run", "--unshare-pid", "--unshare-ipc",
+            *(arg for d in FRESH_DIRS for arg in ("--tmpfs", str(d))), "--unshare-pid", "--unshare-ipc",
             "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL"]  # fmt: skip
     if not allow_network:
@@ -93,10 +96,11 @@ def bwrap_prefix(
     argv += ["--bind", str(workspace), str(workspace)]
     for path in inside:
         argv += ["--tmpfs", str(path)]
-    # The interpreter the reaper runs on may live in a hidden home (pyenv, a venv in ~):
-    # bound back, read-only.
-    for path in _interpreter_dirs():
-        if any(path.is_relative_to(h) for h in hidden):
+    # The interpreter and the reaper script run inside: they may live in a hidden home
+    # (pyenv, a venv in ~) or under /tmp (a checkout there): bound back, read-only.
+    covered = [*hidden, *FRESH_DIRS]
+    for path in _interpreter_paths():
+        if any(path.is_relative_to(h) for h in covered):
             argv += ["--ro-bind", str(path), str(path)]
     config = config_path().expanduser()
     if config.is_file() and not any(config.resolve().is_relative_to(h) for h in hidden):
@@ -107,9 +111,10 @@ def bwrap_prefix(
     return [*argv, "--"]
 
 
-def _interpreter_dirs() -> list[Path]:
+def _interpreter_paths() -> list[Path]:
     prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    return sorted({Path(p).resolve() for p in prefixes} | {Path(sys.executable).resolve().parent})
+    paths = {Path(p).resolve() for p in prefixes} | {Path(sys.executable).resolve().parent}
+    return sorted(paths | {REAPER_SCRIPT.resolve()})
 
 
 @lru_cache(maxsize=4)

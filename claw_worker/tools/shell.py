@@ -38,7 +38,7 @@ from pydantic import Field, field_validator
 
 from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
 from claw_worker.tools.exec_limits import limits_for, pids_cgroup
-from claw_worker.tools.sandbox import sandbox_prefix
+from claw_worker.tools.sandbox import REAPER_SCRIPT, sandbox_prefix
 from claw_worker.tools.shell_guard import CommandDenied, check_command
 
 # The fleet's own settings (the Redis URL carries its password; CLAW_* name the config and
@@ -53,7 +53,7 @@ _DRAIN_SEC = 1.0  # reading on after the reaper exited, if something else holds 
 _END_GRACE_SEC = 3.0  # for the reaper to kill the command's processes and exit
 
 # Run as a script with the worker's pid, the command and a pipe to report on (see its doc).
-REAPER = Path(__file__).with_name("_reaper.py")
+REAPER = REAPER_SCRIPT
 
 
 def child_env() -> dict[str, str]:
