@@ -6,19 +6,34 @@ is not silently read as a number). Every field has a default, so ``{}`` is a val
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from claw_worker.config.channels import ChannelsConfig
-from claw_worker.config.fields import secret
+from claw_worker.config.fields import Section, secret
+from claw_worker.config.gateway import GatewayConfig, RateLimitConfig
+from claw_worker.config.quotas import QuotasConfig
+from claw_worker.config.tools import (
+    ExecToolConfig,
+    SkillsConfig,
+    ToolsConfig,
+    WebFetchConfig,
+    WebSearchConfig,
+)
 
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+# Sections defined in their own modules, importable from here as before.
+__all__ = [
+    "ExecToolConfig",
+    "GatewayConfig",
+    "RateLimitConfig",
+    "Section",
+    "SkillsConfig",
+    "ToolsConfig",
+    "WebFetchConfig",
+    "WebSearchConfig",
+]
 
 
 class HeartbeatConfig(Section):
@@ -177,98 +192,6 @@ class ProvidersConfig(Section):
         return self
 
 
-def _is_loopback_host(host: str) -> bool:
-    """localhost or a loopback address (anything else, 0.0.0.0 and names included, may be
-    reachable from other hosts)."""
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class RateLimitConfig(Section):
-    """Token buckets kept in Redis (claw_ingress/ratelimit.py), so every ingress replica
-    draws on the same ones. Over a limit: HTTP 429 with Retry-After, a /ws error frame, a
-    chat message dropped (logged, one "slow down" answer per sender and minute). 0: off."""
-
-    # Requests per minute from one client address, every route but /health (a flood of
-    # wrong tokens included). Behind a reverse proxy every client shares its address.
-    per_ip_per_min: int = Field(600, ge=0, le=1_000_000)
-    per_ip_burst: int = Field(100, ge=1, le=1_000_000)  # requests at once before the rate applies
-    # Messages per minute from one sender ("<channel>:<sender_id>"), from any channel, the
-    # APIs and /ws; a message without a sender id (/ws, OpenAI, an API caller giving none)
-    # counts against its session, so an anonymous caller is bounded by per_ip_per_min.
-    per_sender_per_min: int = Field(30, ge=0, le=1_000_000)
-    per_sender_burst: int = Field(10, ge=1, le=1_000_000)
-
-
-class GatewayConfig(Section):
-    host: str = "127.0.0.1"
-    port: int = Field(18790, ge=1, le=65535)
-    token: str = secret("Authorization: Bearer <token> on /api/* when set")
-    max_body_bytes: int = Field(512 * 1024, ge=1024)
-    # Browser origins (scheme://host[:port]) whose pages may call the API; a request
-    # carrying any other Origin is refused.
-    allowed_origins: list[str] = []
-    # Extra names accepted in the Host header while bound to loopback (a reverse proxy's);
-    # localhost and loopback addresses always are. Guards against DNS rebinding.
-    allowed_hosts: list[str] = []
-    # Senders ("<channel>:<sender_id>") who may run admin commands (/config set, /reload)
-    # from a chat; the CLI always may, an anonymous API caller never.
-    admins: list[str] = []
-    # Slow or flooding clients: at most this many connections (503 beyond), and this long
-    # to send the request headers and the body.
-    max_connections: int = Field(1000, ge=1, le=100_000)
-    header_timeout_sec: float = Field(10.0, gt=0, le=600)
-    body_timeout_sec: float = Field(30.0, gt=0, le=3600)
-    # Listening on a non-loopback address without a token is refused at start; this says
-    # "yes, expose the API unauthenticated" (e.g. behind a proxy that authenticates).
-    allow_public_without_token: bool = False
-    # The largest /ws frame taken; a larger one closes the connection (1009). None: as
-    # max_body_bytes.
-    max_frame_bytes: int | None = Field(None, ge=1024)
-    rate_limit: RateLimitConfig = RateLimitConfig()
-
-    @property
-    def frame_limit(self) -> int:
-        return self.max_frame_bytes or self.max_body_bytes
-
-    def exposure_problem(self, host: str | None = None) -> str | None:
-        """Why listening on ``host`` (default: this section's) is refused, or None: an
-        address other hosts can reach, with no token and no explicit override."""
-        host = (host or self.host).strip().strip("[]")
-        if self.token or self.allow_public_without_token or _is_loopback_host(host):
-            return None
-        return (
-            f"refusing to listen on {host} without gateway.token: anyone who can reach it "
-            "could talk to the agent. Set a token (clawctl config set gateway.token "
-            '"$(openssl rand -hex 32)"), listen on 127.0.0.1 (clawctl config set '
-            "gateway.host 127.0.0.1), or, if a proxy in front authenticates, clawctl config "
-            "set gateway.allow_public_without_token true"
-        )
-
-    @field_validator("token")
-    @classmethod
-    def _check_token(cls, token: str) -> str:
-        if token and (token != token.strip() or any(c.isspace() for c in token)):
-            raise ValueError("the token must not contain spaces or line breaks")
-        if token and not token.isprintable():
-            raise ValueError("the token must be printable text")
-        return token
-
-    @field_validator("allowed_origins")
-    @classmethod
-    def _check_origins(cls, origins: list[str]) -> list[str]:
-        for origin in origins:
-            if not re.fullmatch(r"https?://[^/\s]+", origin):
-                raise ValueError(
-                    f"{origin!r} is not an origin like https://app.example.com (no path)"
-                )
-        return origins
-
-
 class RedisConfig(Section):
     url: str = ""  # empty: the embedded redis-server under $CLAW_HOME/run
 
@@ -373,86 +296,6 @@ class LoggingConfig(Section):
     retention_days: int = Field(7, ge=1)
 
 
-class ExecToolConfig(Section):
-    enabled: bool = True
-    timeout_sec: int = Field(60, ge=1, le=3600)
-    max_output_chars: int = Field(16000, ge=100)
-    # Where exec and skill_exec run (claw_worker/tools/sandbox.py). "bwrap": under
-    # bubblewrap (own PID namespace, no network, the system read-only, CLAW_HOME hidden,
-    # only the workspace writable); refused with a clear error if bwrap is missing.
-    # "auto": bwrap when it is installed and works, else "none" with one warning per
-    # process. "none": straight on the host (resource limits and the deny list still apply).
-    sandbox: Literal["auto", "bwrap", "none"] = "auto"
-    # Under bwrap, a command has no network (no Redis, no metadata service) unless this is on.
-    allow_network: bool = False
-    # Resource limits set in every command's processes (claw_worker/tools/exec_limits.py),
-    # sandbox or not: CPU seconds per process, memory per process (RLIMIT_DATA), processes at
-    # once (RLIMIT_NPROC per uid; as root, a pids cgroup per call where the kernel offers
-    # one), and the largest file one may write.
-    cpu_sec: int = Field(60, ge=1, le=86400)
-    memory_mb: int = Field(1024, ge=128, le=1024 * 1024)  # the reaper (Python) needs ~64
-    max_processes: int = Field(256, ge=8, le=65536)
-    max_file_mb: int = Field(256, ge=1, le=1024 * 1024)
-    deny_patterns: list[str] = [
-        r"\brm\s+-[a-z]*r[a-z]*f?\s+/(\s|$)", r"\bmkfs\b", r"\bdd\s+if=", r":\(\)\s*\{",
-        r"\bshutdown\b", r"\breboot\b", r"\bpoweroff\b",
-    ]  # fmt: skip
-
-    @field_validator("deny_patterns")
-    @classmethod
-    def _check_patterns(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{pattern!r} is not a valid regular expression ({exc})") from None
-        return patterns
-
-
-class WebSearchConfig(Section):
-    # "" picks Brave when brave_api_key is set, else SearXNG when searxng_url is set.
-    provider: Literal["", "brave", "searxng"] = ""
-    brave_api_key: str = secret()
-    brave_api_base: str = "https://api.search.brave.com"
-    searxng_url: str = ""  # e.g. http://127.0.0.1:8888 (the instance must allow format=json)
-    max_results: int = Field(5, ge=1, le=20)
-    timeout_sec: float = Field(15.0, gt=0)
-
-
-class WebFetchConfig(Section):
-    max_chars: int = Field(50000, ge=100)
-    max_bytes: int = Field(2 * 1024 * 1024, ge=1024)  # downloaded before conversion
-    timeout_sec: float = Field(20.0, gt=0)
-    # Loopback, private and link-local addresses are refused (see tools/url_guard.py),
-    # except these hosts: names, addresses or networks ("wiki.lan", "10.0.0.0/8").
-    block_private_addresses: bool = True
-    allowed_hosts: list[str] = []
-
-    @field_validator("allowed_hosts")
-    @classmethod
-    def _check_hosts(cls, hosts: list[str]) -> list[str]:
-        for host in hosts:
-            if not host.strip() or any(c.isspace() for c in host.strip()):
-                raise ValueError(f"{host!r} is not a host name, address or network")
-            if "/" in host:
-                try:
-                    ipaddress.ip_network(host.strip(), strict=False)
-                except ValueError as exc:
-                    raise ValueError(f"{host!r} is not a network like 10.0.0.0/8 ({exc})") from None
-        return hosts
-
-
-class ToolsConfig(Section):
-    restrict_to_workspace: bool = True
-    max_output_chars: int = Field(16000, ge=100)
-    # Wall-clock limit of one find_files/grep_files/list_files walk; the result then says
-    # it is partial.
-    search_timeout_sec: float = Field(10.0, gt=0, le=600)
-    exec: ExecToolConfig = ExecToolConfig()
-    web_search: WebSearchConfig = WebSearchConfig()
-    web_fetch: WebFetchConfig = WebFetchConfig()
-
-
 class CronConfig(Section):
     """Cron jobs (``clawctl cron``, the agent's ``cron`` tool; beat_schedules/cron*.py)."""
 
@@ -518,78 +361,6 @@ class WorkConfig(Section):
     max_result_chars: int = Field(4000, ge=100, le=100_000)  # a task's result, kept and passed on
     max_shared_state_chars: int = Field(16000, ge=100, le=1_000_000)  # a pipeline's shared_state
     pipeline_ttl_sec: int = Field(7 * 86400, ge=3600)  # kept this long after its last change
-
-
-class SkillsConfig(Section):
-    """``clawctl skills install owner/repo/path[@ref]`` (claw_worker/skills/): where GitHub
-    archives come from and how much of one is accepted."""
-
-    # GitHub's archive host; a mirror (or a test server) speaking the same URL shape:
-    # <archive_base>/<owner>/<repo>/tar.gz/<ref>.
-    archive_base: str = "https://codeload.github.com"
-    timeout_sec: float = Field(60.0, gt=0, le=3600)
-    max_archive_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # downloaded (gzip-compressed)
-    max_archive_entries: int = Field(50_000, ge=10)  # entries read in the whole archive
-    max_unpacked_bytes: int = Field(1024 * 1024 * 1024, ge=1024)  # decompressed, whole archive
-    max_skill_bytes: int = Field(16 * 1024 * 1024, ge=1024)  # the files of the skill itself
-    # SSRF (tools/url_guard.py): every hop of a download, redirects included, must resolve
-    # to public addresses, except archive_base's own host (chosen by whoever wrote the
-    # config) and these: names, addresses or networks ("mirror.lan", "10.0.0.0/8").
-    block_private_addresses: bool = True
-    allowed_hosts: list[str] = []
-
-    @field_validator("allowed_hosts")
-    @classmethod
-    def _check_hosts(cls, hosts: list[str]) -> list[str]:
-        return WebFetchConfig._check_hosts(hosts)
-
-    @field_validator("archive_base")
-    @classmethod
-    def _check_base(cls, base: str) -> str:
-        parts = urlsplit(base)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{base!r} is not an http(s) URL like https://codeload.github.com")
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ValueError(f"{base!r} must have no query, fragment or credentials")
-        return base.rstrip("/")
-
-
-class QuotasConfig(Section):
-    """Resource quotas per session and per sender (claw_worker/quotas.py; docs/security.md).
-
-    A sender is ``<channel>:<sender_id>`` of a user's message; the fleet's own messages
-    (cron, heartbeat, autonomy, pipelines, sub-agents) and API calls that name no sender_id
-    count only toward their session. Exempt from the token budgets and from max_runs_per_sender: the
-    CLI (channel ``cli``: whoever runs it holds the config and Redis) and the senders of
-    gateway.admins (as ``commands.is_admin`` vouches for them). Nobody is exempt from
-    max_message_chars or agents.defaults.max_tool_iterations (the limit of tool-call rounds
-    per run, whose reply says it was reached).
-    """
-
-    # The longest message text accepted, in characters: the ingress answers longer ones
-    # with 413 on the APIs and a short reply on chat channels; the worker fails a longer
-    # one from cron or a pipeline with a reply saying so.
-    max_message_chars: int = Field(100_000, ge=1, le=10_000_000)
-    # LLM tokens (the providers' total_tokens) per UTC day, counted in Redis across the
-    # fleet; 0: unlimited. At the limit no further LLM call is made, a run under way stops
-    # before its next call, and the reply says when the budget resets (00:00 UTC). One
-    # call in flight may overshoot the limit by its own size.
-    tokens_per_day_per_session: int = Field(0, ge=0)
-    tokens_per_day_per_sender: int = Field(0, ge=0)
-    # Runs of one sender at once across the fleet (each session runs one at a time); 0:
-    # unlimited. A message over it waits queued, tried again after sender_busy_retry_sec,
-    # like a message waiting for its resource keys: it is delayed, never failed.
-    max_runs_per_sender: int = Field(10, ge=0, le=100_000)
-    sender_busy_retry_sec: float = Field(2.0, gt=0, le=3600)
-
-    def message_too_long(self, text: str) -> str | None:
-        """What to tell the sender of ``text`` when it is over max_message_chars, else None."""
-        if len(text) <= self.max_message_chars:
-            return None
-        return (
-            f"Your message is {len(text):,} characters long; the limit is "
-            f"{self.max_message_chars:,} (quotas.max_message_chars). Send it in shorter parts."
-        )
 
 
 class SecurityConfig(Section):
