@@ -18,7 +18,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# No ``*_created`` series (a timestamp per labelled counter): they double every scrape and
+# Prometheus itself does not use them.
+disable_created_metrics()
 
 MAX_LABEL_VALUES = 100
 PORT_TRIES = 32  # worker.metrics_port and the 31 ports above it
