@@ -77,6 +77,8 @@ def test_url_verification_challenge_answered_only_with_the_token(fleet_factory, 
     forged = post(fleet, lark.url_verification("c-1", token="not-the-token"))
     assert forged.status_code == 403
     assert "challenge" not in forged.json()
+    # Without an encrypt key Feishu signs nothing: the operator is told so.
+    assert "feishu pushes are not signed" in fleet.output("ingress")
 
 
 def test_plain_event_answered_by_a_reply_and_the_token_reused(fleet_factory, api, llm_server):
@@ -131,6 +133,7 @@ def test_encrypted_event_answered_and_forgeries_refused(fleet_factory, api, llm_
     wait_texts(api, ["echo: secret hello"])
     assert len(llm_server.requests) == 1  # none of the forged pushes reached the agent
     assert "secret hello" in user_texts(llm_server)[0]
+    assert "feishu pushes are not signed" not in fleet.output("ingress")
 
 
 def test_duplicated_event_handled_once(fleet_factory, api, llm_server):
