@@ -68,6 +68,9 @@ def main(config_file: str | None, host: str | None, port: int | None, http: str)
         # A WebSocket frame over the frame limit closes the connection (1009) before
         # uvicorn buffers more; the channel checks the live limit (a reload) per frame too.
         ws_max_size=config.gateway.frame_limit,
+        # X-Forwarded-For is read by claw_ingress/client_addr.py, from gateway.trusted_proxies
+        # only; uvicorn's own reading would believe it from any loopback peer.
+        proxy_headers=False,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,

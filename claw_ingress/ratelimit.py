@@ -2,7 +2,8 @@
 
 Two kinds of token bucket (``gateway.rate_limit``):
 
-- **per client address**, on every HTTP request and WebSocket handshake but ``/health``
+- **per client address** (the peer's, or behind ``gateway.trusted_proxies`` the one they
+  forward: ``client_addr.py``), on every HTTP request and WebSocket handshake but ``/health``
   (:class:`IpRateLimit`, in front of every other check, so a flood of wrong tokens or
   foreign Origins counts too): over it, 429 with ``Retry-After`` (seconds); a WebSocket
   handshake gets the same 429 (or, where the server cannot answer a handshake with a
@@ -33,6 +34,7 @@ from redis.exceptions import RedisError
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from claw_ingress.client_addr import scope_client_address
 from claw_worker import constants as k
 from claw_worker.config.reload import LiveConfig
 
@@ -138,23 +140,27 @@ class IpRateLimit:
         self.live = live
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = scope.get("client")
         limiter: RateLimiter | None = getattr(scope["app"].state, "limiter", None)
         if (
             scope["type"] not in ("http", "websocket")
             or scope["path"] in UNLIMITED_PATHS
-            or not client  # a unix socket: one local client
             or limiter is None
         ):
             await self.app(scope, receive, send)
             return
-        limits = self.live.config.gateway.rate_limit
-        verdict = await limiter.take("ip", str(client[0]), limits.per_ip_per_min,
+        gateway = self.live.config.gateway
+        # The peer, or the client behind a trusted proxy (gateway.trusted_proxies).
+        client = scope_client_address(scope, gateway.trusted_proxies)
+        if client is None:  # a unix socket: one local client
+            await self.app(scope, receive, send)
+            return
+        limits = gateway.rate_limit
+        verdict = await limiter.take("ip", client, limits.per_ip_per_min,
                                      limits.per_ip_burst)  # fmt: skip
         if verdict.allowed:
             await self.app(scope, receive, send)
             return
-        log.info("rate limited", kind="ip", client=str(client[0]), path=scope["path"],
+        log.info("rate limited", kind="ip", client=client, path=scope["path"],
                  retry_after_sec=verdict.retry_after_sec)  # fmt: skip
         body, headers = too_many(verdict.retry_after_sec, "requests from this address")
         if scope["type"] == "http":

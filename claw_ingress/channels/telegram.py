@@ -47,6 +47,7 @@ from claw_ingress.bodies import BodyError, read_json
 from claw_ingress.channels._telegram_markdown import to_markdown_v2
 from claw_ingress.channels._telegram_messages import to_inbound
 from claw_ingress.channels.base import Channel, ChannelContext, ChannelError, SendError
+from claw_ingress.client_addr import scope_client_address
 from claw_worker import constants as k
 from claw_worker.config.channels import TelegramConfig
 from claw_worker.contract import InboundMessage, MessageStatus
@@ -236,8 +237,9 @@ class TelegramChannel(Channel):
         expected = self.config.webhook_secret.encode()
         given = request.headers.get(SECRET_HEADER, "").encode()
         if not expected or not hmac.compare_digest(given, expected):
+            trusted = self.ctx.live.config.gateway.trusted_proxies
             log.warning("telegram webhook refused: wrong secret token", channel=self.name,
-                        client=request.client.host if request.client else "")  # fmt: skip
+                        client=scope_client_address(request.scope, trusted) or "")  # fmt: skip
             return JSONResponse({"error": "wrong secret token"}, status_code=401)
         bot = self._bot
         if bot is None:

@@ -22,13 +22,33 @@ def _is_loopback_host(host: str) -> bool:
         return False
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_proxy_network(entry: str) -> IPNetwork:
+    """One ``gateway.trusted_proxies`` entry, an address or a network; ValueError saying
+    what is wrong with it."""
+    text = entry.strip()
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            network = ipaddress.ip_network(text, strict=False)
+            raise ValueError(f"{entry!r} has host bits set: write the network, {network}") from None
+        raise ValueError(
+            f"{entry!r} is not an IP address or network (like 10.0.0.5, 10.0.0.0/8 or "
+            "fd00::/8); give a proxy's address, not its host name"
+        ) from None
+
+
 class RateLimitConfig(Section):
     """Token buckets kept in Redis (claw_ingress/ratelimit.py), so every ingress replica
     draws on the same ones. Over a limit: HTTP 429 with Retry-After, a /ws error frame, a
     chat message dropped (logged, one "slow down" answer per sender and minute). 0: off."""
 
     # Requests per minute from one client address, every route but /health (a flood of
-    # wrong tokens included). Behind a reverse proxy every client shares its address.
+    # wrong tokens included). Behind a reverse proxy every client shares its address
+    # unless the proxy is in gateway.trusted_proxies.
     per_ip_per_min: int = Field(600, ge=0, le=1_000_000)
     per_ip_burst: int = Field(100, ge=1, le=1_000_000)  # requests at once before the rate applies
     # Messages per minute from one sender ("<channel>:<sender_id>"), from any channel, the
@@ -64,6 +84,11 @@ class GatewayConfig(Section):
     # max_body_bytes.
     max_frame_bytes: int | None = Field(None, ge=1024)
     rate_limit: RateLimitConfig = RateLimitConfig()
+    # Reverse proxies in front (addresses or networks: "10.0.0.0/8", "fd00::/8"). Only a
+    # connection from one of them has its X-Forwarded-For believed, walked from the right
+    # past these to the client, whose address the per-address rate limit and the logs then
+    # use (claw_ingress/client_addr.py). Empty: the connection's own address, always.
+    trusted_proxies: list[str] = []
 
     @property
     def frame_limit(self) -> int:
@@ -91,6 +116,13 @@ class GatewayConfig(Section):
         if token and not token.isprintable():
             raise ValueError("the token must be printable text")
         return token
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            parse_proxy_network(entry)  # raises, naming the entry and the fix
+        return [entry.strip() for entry in entries]
 
     @field_validator("allowed_origins")
     @classmethod
