@@ -4,8 +4,10 @@
   413 (APIs) or a short reply (chats, claw_ingress/inbox.py); the runner fails one that came
   another way (cron, a pipeline) with a reply saying so (session/runner.py).
 - **Tokens per UTC day** (``tokens_per_day_per_session``, ``tokens_per_day_per_sender``):
-  :class:`TokenBudget`. Every LLM call of the agent loop adds its usage with INCRBY (atomic
-  across workers) to a counter per session and per sender and day; before each call the
+  :class:`TokenBudget`. Every LLM call of the agent loop, and the summary call of context
+  compaction (agent/compaction.py; the Responses API's native compact call reports no
+  usage, so it is not counted), adds its usage with INCRBY (atomic across workers) to a
+  counter per session and per sender and day; before each call the
   loop asks :meth:`TokenBudget.refusal`, so an exhausted budget makes no call at all and a
   run under way stops at its next call, answering when the budget resets. A call already
   made may overshoot by its own size: its cost is known only once it is answered.
@@ -17,12 +19,18 @@
   reply then says the limit was reached.
 
 Exempt from the token budgets and the runs at once: the CLI (channel ``cli``) and
-gateway.admins (as ``commands.is_admin`` vouches for them). Only a user's message has a
-sender here: one the fleet makes itself (cron, heartbeat, autonomy, pipeline tasks,
-sub-agents: ``Origin`` other than user) or one without a sender_id counts toward its session
-only; those are bounded by their own settings (cron.max_jobs, work.max_spawn_per_session,
-work.max_active_pipelines), and a shared pseudo-sender ("cron", "pipeline") must not cap
-them fleet-wide.
+gateway.admins (as ``commands.is_admin`` vouches for them). A user's message has a sender
+here; so do the sub-agents and pipeline tasks its run starts (and theirs in turn, and a
+sub-agent's report to its parent): their messages carry that user's ``channel:sender_id``
+in ``metadata.sender`` (:func:`billed_sender`; work/spawn.py, the pipeline's
+``creator.sender``), so their tokens count toward that user's daily budget as well as
+their own session's, and spawning cannot launder a sender's budget. One the fleet makes
+itself (cron, heartbeat, autonomy, and the work those start), one from an exempt run, or
+one without a sender_id counts toward its session only; those are bounded by their own
+settings (cron.max_jobs, work.max_spawn_per_session, work.max_active_pipelines), and a
+shared pseudo-sender ("cron", "pipeline") must not cap them fleet-wide. Runs at once per
+sender count a user's own messages only (:func:`sender_of`): a sub-agent never waits for
+the run that started it.
 """
 
 from __future__ import annotations
@@ -46,11 +54,26 @@ DAY_SEC = 86400
 RUNS_TTL_MS = DAY_SEC * 1000  # a sender's runs HASH, idle this long, goes away
 
 
+SENDER_META = "sender"  # metadata: the person a sub-agent's / pipeline task's run costs
+CARRIED_ORIGINS = frozenset({Origin.SPAWN, Origin.PIPELINE})  # work a user's run started
+
+
 def sender_of(message: InboundMessage) -> str | None:
     """``<channel>:<sender_id>`` of a user's message, else None (the fleet's own messages)."""
     if not message.sender_id or message.origin is not Origin.USER:
         return None
     return f"{message.channel}:{message.sender_id}"
+
+
+def billed_sender(message: InboundMessage) -> str | None:
+    """The sender whose daily token budget ``message``'s run is charged to: a user's own
+    message's sender, or the one a sub-agent's or pipeline task's message carries from the
+    user's run that started it (``metadata.sender``; only the worker sets metadata). None for
+    cron, heartbeat and autonomy messages."""
+    if message.origin in CARRIED_ORIGINS:
+        carried = message.metadata.get(SENDER_META)
+        return carried if isinstance(carried, str) and carried else None
+    return sender_of(message)
 
 
 def exempt(config: Config, message: InboundMessage) -> bool:
@@ -96,11 +119,12 @@ class TokenBudget:
         self.texts = config.agents.defaults.texts
         self.clock = clock
         self.session_key = message.session_key
-        self.sender = sender_of(message)
+        self.sender = billed_sender(message)
+        self.exempt = exempt(config, message)
         quotas = config.quotas
         # (who, limit, key for a day): the budgets this run is held to, exempt: none.
         self._limits: list[tuple[str, int, Callable[[str], str]]] = []
-        if not exempt(config, message):
+        if not self.exempt:
             if quotas.tokens_per_day_per_session:
                 self._limits.append(
                     ("this session", quotas.tokens_per_day_per_session, self._session_key)
@@ -109,6 +133,12 @@ class TokenBudget:
                 self._limits.append(
                     ("this sender", quotas.tokens_per_day_per_sender, self._sender_key)
                 )
+
+    @property
+    def carried_sender(self) -> str:
+        """The sender the sub-agents and pipeline tasks this run starts are charged to: none
+        from an exempt run (CLI, admins), whose work stays bounded by its session only."""
+        return "" if self.exempt or self.sender is None else self.sender
 
     def _session_key(self, day: str) -> str:
         return k.session_tokens_key(self.session_key, day)

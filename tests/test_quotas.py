@@ -13,6 +13,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from websockets.asyncio.client import connect
@@ -20,10 +21,20 @@ from websockets.asyncio.client import connect
 from claw_worker import constants as k
 from claw_worker.config.schema import Config
 from claw_worker.contract import InboundMessage
-from claw_worker.quotas import SenderRuns, TokenBudget, next_reset, reset_text, utc_day
+from claw_worker.quotas import (
+    SenderRuns,
+    TokenBudget,
+    billed_sender,
+    next_reset,
+    reset_text,
+    utc_day,
+)
 from claw_worker.session.submit import submit
+from claw_worker.work.model import Creator, Limits, make_pipeline
+from claw_worker.work.pipelines import task_message
 from tests.campaign import record
 from tests.fixtures.procs import wait_for
+from tests.llm_wire import usage_of
 
 NO_RATE_LIMIT = {"gateway__rate_limit__per_sender_per_min": 0}
 BUDGET_SENDER = "token budget of this sender is used up"
@@ -251,3 +262,88 @@ def test_the_budget_resets_at_utc_midnight() -> None:
     assert reset_text(late) == "in 30 min"
     assert utc_day(late) == "20260301"
     assert reset_text(datetime(2026, 3, 1, 1, 0, tzinfo=UTC).timestamp()) == "in 23 h 0 min"
+
+
+def session_tokens(client: Any, session: str) -> int:
+    return int(client.get(k.session_tokens_key(session, utc_day(time.time()))) or 0)
+
+
+def sender_tokens(client: Any, sender: str) -> int:
+    return int(client.get(k.sender_tokens_key(sender, utc_day(time.time()))) or 0)
+
+
+def test_a_compaction_calls_tokens_count_toward_the_session(
+    fleet_factory, llm_server, redis_server
+) -> None:
+    fleet = fleet_factory(
+        agents__defaults__context_compaction__trigger_messages=4,
+        agents__defaults__context_compaction__keep_recent_messages=2, **NO_RATE_LIMIT,
+    )  # fmt: skip
+    summary = "SUMMARY: the user said a few things.\n\nFACTS:\n- none\n"
+    llm_server.reply(summary, when="USER: first [[CQ]]")  # the summariser's transcript
+    fleet.start_ingress()
+    fleet.start_worker()
+    r = redis_server.client()
+    with fleet.client() as http:
+        for text in ("first [[CQ]]", "second", "third"):
+            assert post(http, text, sender="erin", session="api:erin").status_code == 200
+        before = session_tokens(r, "api:erin")
+        reply = post(http, "fourth", sender="erin", session="api:erin").json()["reply"]
+        assert reply == "echo: fourth"
+    [summariser] = llm_server.requests_for("USER: first [[CQ]]")
+    [turn] = llm_server.requests_for("fourth")
+    # What the scripted server reports for each call (tests/llm_wire.usage_of).
+    expected = (usage_of(summariser, summary + "[]")["total_tokens"]
+                + usage_of(turn, "echo: fourth[]")["total_tokens"])  # fmt: skip
+    assert session_tokens(r, "api:erin") - before == expected
+    assert sender_tokens(r, "api:erin") == session_tokens(r, "api:erin")
+
+
+def test_a_sub_agents_tokens_are_charged_to_the_sender_who_started_it(
+    fleet_factory, llm_server, redis_server
+) -> None:
+    fleet = fleet_factory(quotas__tokens_per_day_per_sender=1_000_000, **NO_RATE_LIMIT)
+    llm_server.reply_tool_call("spawn", {"task": "sub job [[SUBQ]]"}, when="delegate [[BOSSQ]]")
+    llm_server.reply("I asked a sub-agent.", when="delegate [[BOSSQ]]")
+    llm_server.reply("sub result 7", when="Your task: sub job [[SUBQ]]")
+    fleet.start_ingress()
+    fleet.start_worker()
+    r = redis_server.client()
+    child = "spawn:api:frank:1"
+    with fleet.client() as http:
+        resp = post(http, "delegate [[BOSSQ]]", sender="frank", session="api:frank")
+        assert resp.json()["reply"] == "I asked a sub-agent.", resp.text
+
+    def charged() -> bool:  # the child's run and the parent's answer to its report, counted
+        own = session_tokens(r, "api:frank") + session_tokens(r, child)
+        return (
+            bool(llm_server.requests_for("sub result 7"))
+            and sender_tokens(r, "api:frank") == own
+            and session_tokens(r, child) > 0
+        )
+
+    wait_for(charged, timeout=30, what="the sub-agent's tokens charged to its sender")
+    assert r.hget(k.spawn_key(child), "sender") == "api:frank"
+    escapes = 0 if sender_tokens(r, "api:frank") >= session_tokens(r, child) else 1
+    record("quotas: tokens spent through a sub-agent", tried=1, rejected=1 - escapes,
+           escapes=escapes, server_errors=0)  # fmt: skip
+    assert escapes == 0
+
+
+def test_pipeline_tasks_carry_their_creators_sender_and_cron_work_none() -> None:
+    limits = Limits(max_tasks=5, max_result_chars=100, max_shared_state_chars=100)
+
+    def task_of(creator: Creator) -> InboundMessage:
+        made = make_pipeline(
+            pipeline_id="p1", goal="g", tasks=[{"id": "a", "role": "r", "goal": "do a"}],
+            auto_dispatch=True, depth=0, creator=creator, limits=limits, now=0.0,
+        )  # fmt: skip
+        claimed = made.tasks[0].model_copy(update={"message_id": "m1", "session_key": "p1:a"})
+        return task_message(made, claimed)
+
+    assert billed_sender(task_of(Creator(session_key="api:gina", sender="api:gina"))) == "api:gina"
+    assert billed_sender(task_of(Creator(session_key="cron:job"))) is None  # the fleet's own
+    # A cron or heartbeat message never has a sender, whatever its metadata says.
+    cron = InboundMessage(channel="cron", chat_id="j", sender_id="cron", text="tick",
+                          metadata={"origin": "cron", "sender": "api:gina"})  # fmt: skip
+    assert billed_sender(cron) is None

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,10 +158,19 @@ def effective_mode(config: Config, provider: ChatProvider) -> str:
     return "summary"
 
 
+Spend = Callable[[dict[str, int]], None]  # takes one LLM call's usage (quotas.TokenBudget)
+
+
 def _summarise(
-    config: Config, provider: ChatProvider, model: str, old: Sequence[Message], mode: str
+    config: Config,
+    provider: ChatProvider,
+    model: str,
+    old: Sequence[Message],
+    mode: str,
+    spend: Spend | None = None,
 ) -> tuple[str, list[str], dict[str, Any] | None]:
-    """(summary, facts, native compaction) for ``old``; raises when any part fails."""
+    """(summary, facts, native compaction) for ``old``; raises when any part fails. The
+    summary call's usage goes to ``spend`` (the native compact call reports none)."""
     defaults = config.agents.defaults
     cfg = defaults.context_compaction
     native = None
@@ -172,6 +181,8 @@ def _summarise(
     answer = provider.chat(
         request, None, model=model, max_tokens=defaults.max_tokens, temperature=0.2
     )
+    if spend is not None:  # counted before parsing: a bad answer cost tokens all the same
+        spend(answer.usage)
     if mode == "responses_compact":  # the facts call: the compaction item is the summary
         return "", parse_facts(answer.content or ""), native
     summary, facts = parse_summary(answer.content or "", cfg.max_summary_chars)
@@ -189,9 +200,11 @@ def compact_history(
     *,
     force: bool = False,
     startup: bool = False,
+    spend: Spend | None = None,
 ) -> Compaction | None:
     """Compact ``history`` if it is over its limits (or ``force``: the provider said the
-    context is too long); None when not needed or it failed."""
+    context is too long); None when not needed or it failed. ``spend`` takes the summary
+    call's usage (the run's token budget, claw_worker/quotas.py)."""
     defaults = config.agents.defaults
     cfg = defaults.context_compaction
     if not cfg.enabled and not force:
@@ -205,7 +218,7 @@ def compact_history(
         return None  # nothing beyond the previous summary to fold in
     mode = effective_mode(config, provider)
     try:
-        summary, facts, native = _summarise(config, provider, model, old, mode)
+        summary, facts, native = _summarise(config, provider, model, old, mode, spend)
         if facts:
             # Written before the old messages go: the facts must outlive the summary.
             body = "Facts from a compacted conversation:\n" + "\n".join(f"- {f}" for f in facts)

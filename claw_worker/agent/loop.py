@@ -145,7 +145,7 @@ class Agent:
         # Before loading: an over-long history is summarised first (a failure keeps it as is).
         compact_history(
             self.config, provider, self.model, history, self.workspace,
-            startup=self._first_turn_since_start(message.session_key),
+            startup=self._first_turn_since_start(message.session_key), spend=budget.spend,
         )  # fmt: skip
         # A heartbeat looks at HEARTBEAT.md with minimal context: no memory recall and only
         # the last few messages of its own session, so a check costs a few hundred tokens.
@@ -166,6 +166,7 @@ class Agent:
             redis=self.redis,
             message_id=message.message_id,
             origin=message.origin.value,
+            sender=budget.carried_sender,
         )
 
         try:
@@ -175,7 +176,13 @@ class Agent:
             # the thresholds say, then retry the turn once (a second refusal propagates).
             if (
                 compact_history(
-                    self.config, provider, self.model, history, self.workspace, force=True
+                    self.config,
+                    provider,
+                    self.model,
+                    history,
+                    self.workspace,
+                    force=True,
+                    spend=budget.spend,
                 )
                 is None
             ):

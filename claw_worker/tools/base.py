@@ -52,6 +52,9 @@ class ToolContext:
     message_id: str = ""
     # Who started the run (contract.Origin): a run a cron job started cannot add jobs.
     origin: str = "user"
+    # The sender (``channel:sender_id``) whose daily token budget this run is charged to
+    # (claw_worker/quotas.py); the sub-agents and pipeline tasks it starts carry it on.
+    sender: str = ""
 
 
 P = TypeVar("P", bound=ToolParams)

@@ -40,7 +40,7 @@ class SpawnTool(Tool[SpawnParams]):
             child = spawn(
                 ctx.redis, ctx.config, parent, task=params.task.strip(),
                 role=(params.role or "").strip(), pipeline_id=params.pipeline_id or "",
-                task_id=params.task_id or "",
+                task_id=params.task_id or "", sender=ctx.sender,
             )  # fmt: skip
         except SpawnError as exc:
             raise ToolError(f"sub-agent not started: {exc}") from None

@@ -66,6 +66,7 @@ class Creator(BaseModel):
     session_key: str = ""
     channel: str = ""
     chat_id: str = ""
+    sender: str = ""  # whose daily token budget the tasks' runs are charged to (quotas.py)
 
 
 class Pipeline(BaseModel):

@@ -162,6 +162,7 @@ def task_message(pipeline: Pipeline, task: Task) -> InboundMessage:
             "origin": Origin.PIPELINE.value, "pipeline_id": pipeline.id, "task_id": task.id,
             "role": task.role, "attempt": task.attempt, "depth": pipeline.depth + 1,
             "goal": task.goal,  # the task's own words (its text also quotes other tasks)
+            **({"sender": pipeline.creator.sender} if pipeline.creator.sender else {}),
         },
     )  # fmt: skip
 

@@ -76,7 +76,10 @@ def spawn(
     role: str = "",
     pipeline_id: str = "",
     task_id: str = "",
+    sender: str = "",
 ) -> Spawned:
+    """Start a sub-agent of ``parent``; ``sender`` (``channel:sender_id``, "" none) is the
+    person whose daily token budget the parent run is charged to, and the child's is too."""
     work = config.work
     if parent.announcement:
         raise SpawnError("this run answers a sub-agent's report, and a report may not start "
@@ -126,13 +129,14 @@ def spawn(
         "root_chat_id": parent.chat_chat_id, "depth": depth, "role": role,
         "pipeline_id": pipeline_id, "task_id": task_id, "attempt": attempt,
         "message_id": mid, "task": task[:2000], "status": "running", "started_at": now,
+        "sender": sender,
     }  # fmt: skip
     with client.pipeline(transaction=False) as pipe:
         pipe.hset(k.spawn_key(child), mapping=record)
         pipe.expire(k.spawn_key(child), config.worker.message_ttl_sec)
         pipe.execute()
-    metadata = {key: record[key] for key in ("parent_session", "depth", "role", "pipeline_id",
-                                             "task_id", "attempt") if record[key]}  # fmt: skip
+    carried = ("parent_session", "depth", "role", "pipeline_id", "task_id", "attempt", "sender")
+    metadata = {key: record[key] for key in carried if record[key]}
     submit(client, config, InboundMessage(
         message_id=mid, channel=Origin.SPAWN.value, chat_id=_fit(child, 256),
         sender_id=_fit(parent.session_key, 256), session_key=child, text=text,
@@ -174,6 +178,8 @@ def child_finished(
         report_id = ANNOUNCE_PREFIX + hashlib.sha256(message_id.encode()).hexdigest()[:40]
     parent, channel = record["parent_session"], record.get("parent_channel") or INTERNAL_CHANNEL
     metadata = {"origin": Origin.SPAWN.value, "kind": "result", "child_session": session}
+    if record.get("sender"):  # the parent's answer to the report costs the same person
+        metadata["sender"] = record["sender"]
     # A cron job's run (say) answers the report in its chat; a sub-agent or a pipeline task
     # answers it in its own session (a sub-agent's answer goes up to its parent in turn).
     root = record.get("root_channel"), record.get("root_chat_id")
