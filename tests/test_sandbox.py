@@ -56,6 +56,12 @@ def home(claw_home: ClawHome, monkeypatch: pytest.MonkeyPatch) -> ClawHome:
     return claw_home
 
 
+def tally_secret(area: str, ctx: ToolContext, attempts: list[str], secret: str) -> None:
+    """Run each command: rejected when ``secret`` is not in its output, else an escape."""
+    outputs = [run(ctx, command) for command in attempts]
+    tally(area, [(out, secret not in out, secret in out) for out in outputs])
+
+
 def tally(area: str, results: list[tuple[str, bool, bool]]) -> None:
     """``results``: (output, rejected, escaped) per attempt; records and asserts."""
     escapes = sum(escaped for _, _, escaped in results)
@@ -102,11 +108,7 @@ def test_claw_home_and_its_config_cannot_be_read(home: ClawHome) -> None:
         f"find {home.path.parent} -name config.json -exec cat {{}} +",
         "cat $HOME/.claw/config.json",
     ]
-    results = []
-    for command in attempts:
-        out = run(ctx, command)
-        results.append((out, API_KEY not in out, API_KEY in out))
-    tally("exec: read CLAW_HOME", results)
+    tally_secret("exec: read CLAW_HOME", ctx, attempts, API_KEY)
     (home.workspace / "note.txt").write_text("in the workspace")
     assert run(ctx, "cat note.txt") == "in the workspace"
 
@@ -128,11 +130,7 @@ def test_the_users_home_is_hidden_too(
         f"grep -r {API_KEY[:8]} {user_home}",
         f"ls -la {user_home}/.ssh",
     ]
-    results = []
-    for command in attempts:
-        out = run(ctx, command)
-        results.append((out, API_KEY not in out, API_KEY in out))
-    tally("exec: read the user's home", results)
+    tally_secret("exec: read the user's home", ctx, attempts, API_KEY)
 
 
 @needs_bwrap

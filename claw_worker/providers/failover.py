@@ -194,8 +194,12 @@ class FailoverProvider:
         max_tokens: int,
         temperature: float,
     ) -> LLMResponse:
+        def once() -> LLMResponse:
+            return _measured(route, model, lambda: route.provider.chat(
+                messages, tools, model, max_tokens, temperature))  # fmt: skip
+
         try:
-            return _measured(route, model, messages, tools, max_tokens, temperature)
+            return once()
         except ProviderError as exc:
             wait = exc.retry_after
             if exc.kind is not ErrorKind.RATE_LIMIT or wait is None or wait > self.max_wait_sec:
@@ -203,21 +207,14 @@ class FailoverProvider:
             # A short Retry-After costs less than a switch (which may lose prompt caching).
             log.info("llm_rate_limited_wait", proxy=route.name, model=model, wait_sec=wait)
             self._sleep(wait)
-            return _measured(route, model, messages, tools, max_tokens, temperature)
+            return once()
 
 
-def _measured(
-    route: Route,
-    model: str,
-    messages: Sequence[Message],
-    tools: Sequence[ToolSchema] | None,
-    max_tokens: int,
-    temperature: float,
-) -> LLMResponse:
+def _measured(route: Route, model: str, call: Callable[[], LLMResponse]) -> LLMResponse:
     """One call to one model, counted: latency, outcome and tokens per proxy and model."""
     started = time.monotonic()
     try:
-        response = route.provider.chat(messages, tools, model, max_tokens, temperature)
+        response = call()
     except ProviderError as exc:
         metrics.llm_call(route.name, model, route.protocol, str(exc.kind),
                          time.monotonic() - started, {})  # fmt: skip
