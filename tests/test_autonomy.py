@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from claw_worker import constants as k
 from claw_worker.autonomy_state import Autolearn, Autonomy, parse_interval
+from tests.fixtures.procs import wait_for
 from tests.llm_server import text, tool_call
 
 ROUND = "[autonomy round"
@@ -96,8 +98,19 @@ def test_rounds_come_at_the_interval_in_the_chat_session_and_stop_at_the_limit(
     assert any("[autonomy round 2]" in str(m.get("content")) for m in rounds[2]["messages"])
     now = state(r)
     assert (now.enabled, now.rounds, now.interval_sec) == (False, 3, 2)
-    time.sleep(3)  # a bounded look: no round after the stop
+    wait_ticks(fleet, 4)  # beat went on ticking past the 2 s interval: no round came
     assert len(llm_server.requests_for(ROUND)) == 3
+
+
+def ticks(fleet: Any) -> int:
+    """Autonomy ticks the worker has finished (Celery logs each task's success)."""
+    return len(re.findall(r"claw\.autonomy\.tick\[[^\]]+\] succeeded", fleet.output("w1")))
+
+
+def wait_ticks(fleet: Any, count: int) -> None:
+    """Wait for ``count`` more ticks: a look at what beat does next, bounded by events."""
+    start = ticks(fleet)
+    wait_for(lambda: ticks(fleet) >= start + count, timeout=30, what=f"{count} more ticks")
 
 
 def last_user(request: dict[str, Any]) -> str:
@@ -304,6 +317,6 @@ def test_autolearn_saves_procedures_and_stops_after_its_rounds(
     assert learns[1]["messages"][-1]["content"].startswith("Saved to memory/")
     assert len(learns[2]["messages"]) == 2  # round 2 starts afresh: system, its digest
     assert "session: autolearn:main" in learns[0]["messages"][0]["content"]
-    time.sleep(3)  # a bounded look: autonomy goes on, auto-learning does not
+    wait_ticks(fleet, 4)  # ticks went on past the interval: no learning round came
     assert len(llm_server.requests_for(LEARN)) == 4
     assert not Autolearn.from_hash(r.hgetall(k.AUTONOMY)).enabled
