@@ -305,9 +305,11 @@ async def _publish_channels(
     record, for ``clawctl status``; read here, on the loop that changes them."""
     from claw_worker.logs import Redactor, config_secrets
 
+    built_for, redactor = None, Redactor()
     while True:
         config = live.config
-        redactor = Redactor(config_secrets(config))
+        if config is not built_for:  # a reload: its secrets may differ (compiled once each)
+            built_for, redactor = config, Redactor(config_secrets(config))
         states = {}
         for name, facts in channels.describe().items():
             error = facts.get("error")
