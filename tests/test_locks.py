@@ -221,7 +221,8 @@ def test_two_tasks_on_one_key_wait_in_turn_and_a_later_one_does_not_overtake(
 def test_a_worker_killed_holding_a_key_frees_it_after_its_ttl(
     fleet_factory: Any, llm_server: Any, redis_server: Any
 ) -> None:
-    llm_server.add_rule("KILL-A", text("a done", delay=4))
+    # Long enough to start w2 and kill w1 while A holds the key, even on a loaded machine.
+    llm_server.add_rule("KILL-A", text("a done", delay=10))
     fleet = fleet_factory(worker__resource_lock_retry_sec=1)  # lease_sec 5: the keys' TTL
     fleet.start_ingress()
     fleet.start_beat()  # the sweeper finds the killed worker's session
