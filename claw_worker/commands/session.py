@@ -62,8 +62,10 @@ async def _session_status(ctx: CommandContext) -> str:
         pipe.hgetall(k.NODES_STATS)
         waiting, busy, latest, sentinel, nodes = await pipe.execute()
     run = await read_run(ctx.redis, latest) if latest else None
-    locked = not busy and run is not None and run.get("status") == "resource_lock"
-    state = "running" if busy else "waiting for resource keys" if locked else "idle"
+    # A worker holds the lease for a moment each time it retries the keys: the run's own
+    # state, not the lease, says whether the session waits for them.
+    locked = run is not None and run.get("status") == "resource_lock"
+    state = "waiting for resource keys" if locked else "running" if busy else "idle"
     lines = [f"session {sk}: {state}, {waiting} message(s) waiting"]
     lines.append(describe_run(run) if run else "no runs yet")
     lines.append(sentinel_line(sentinel))
