@@ -236,6 +236,7 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
             await app.state.channels.stop()
             await app.state.outbound.stop()
             await http.aclose()
+            await app.state.mailbox.aclose()
             await client.aclose()
 
     routes = [

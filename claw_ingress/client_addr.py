@@ -33,6 +33,7 @@ def trusted_networks(entries: tuple[str, ...]) -> tuple[IPNetwork, ...]:
     return tuple(parse_proxy_network(entry) for entry in entries)
 
 
+@lru_cache(maxsize=4096)  # parsed on every request; clients come back
 def _address(text: str) -> IPAddress | None:
     try:
         address = ipaddress.ip_address(text.strip())

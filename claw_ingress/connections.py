@@ -48,6 +48,9 @@ RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EN
 # Set in the request's scope when this module closes its connection, so the app does not log
 # the disconnect it then sees as the client's doing (it is logged here, throttled).
 DROPPED = "claw.dropped"
+# Set in the request's scope once the request's whole body has been read off the connection:
+# the app's reads of it cannot wait, so they need no deadline (guards.py).
+BODY_RECEIVED = "claw.body_received"
 
 
 class Throttled:

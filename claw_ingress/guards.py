@@ -34,7 +34,7 @@ import structlog
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from claw_ingress.connections import DROPPED
+from claw_ingress.connections import BODY_RECEIVED, DROPPED
 from claw_worker.config.reload import LiveConfig
 from claw_worker.config.schema import GatewayConfig
 
@@ -247,7 +247,8 @@ class RequestGuard:
             await send(message)
 
         try:
-            capped = _body_cap(_body_deadline(receive, timeout), gateway.max_body_bytes)
+            timed = _body_deadline(scope, receive, timeout)
+            capped = _body_cap(timed, gateway.max_body_bytes)
             await self.app(scope, capped, tracked_send)
         except BodyTooLarge as exc:
             log.info("request body too large", path=scope["path"], limit=gateway.max_body_bytes)
@@ -263,18 +264,20 @@ class RequestGuard:
                          during="request body")  # fmt: skip
 
 
-def _body_deadline(receive: Receive, timeout: float) -> Receive:
+def _body_deadline(scope: Scope, receive: Receive, timeout: float) -> Receive:
     """``receive`` that raises BodyTimeout once the body has taken ``timeout`` seconds.
 
     Only the body is timed: after its last part, a read waits for a disconnect for as long
-    as the app likes (a request waiting for the agent's reply)."""
+    as the app likes (a request waiting for the agent's reply). A body the connection has
+    already read whole (``BODY_RECEIVED``, set by ``protocols.py``: most requests) needs no
+    timer: the read returns at once."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     body_done = False
 
     async def timed_receive() -> Message:
         nonlocal body_done
-        if body_done:
+        if body_done or scope.get(BODY_RECEIVED):
             return await receive()
         try:
             async with asyncio.timeout_at(deadline):  # (wait_for would make a task per part)

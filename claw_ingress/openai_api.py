@@ -80,10 +80,9 @@ async def wait_for_reply(
     deadline = time.monotonic() + timeout
     try:
         while (remaining := deadline - time.monotonic()) > 0:
-            with contextlib.suppress(TimeoutError):
-                reply = await asyncio.wait_for(
-                    asyncio.shield(waiter), min(remaining, STATUS_POLL_SEC)
-                )
+            # (asyncio.wait leaves the waiter be: no shield and no task, as wait_for needs)
+            if (await asyncio.wait((waiter,), timeout=min(remaining, STATUS_POLL_SEC)))[0]:
+                reply = waiter.result()
                 return Reply(reply.status.value, reply.text)
             with contextlib.suppress(RedisError):
                 record = await state.mailbox.get_message(message_id, session_key=session_key)

@@ -15,7 +15,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from claw_ingress.connections import ConnectionGuard, raw_response, throttled
+from claw_ingress.connections import BODY_RECEIVED, ConnectionGuard, raw_response, throttled
 from claw_worker.config.reload import LiveConfig
 
 MAX_HEAD_BYTES = 16 * 1024  # h11's default bound on an incomplete event, the head included
@@ -90,6 +90,7 @@ class GuardedHttpToolsProtocol(ConnectionGuard, HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._parsing = "done"
+        self.scope[BODY_RECEIVED] = True
 
     def _count_head(self, size: int) -> None:
         self._head_seen += size

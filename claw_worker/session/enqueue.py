@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 import redis
 import redis.asyncio as aioredis
 
@@ -79,18 +80,55 @@ def stage_enqueue(
     return script(keys=keys, args=args, client=pipe)
 
 
+class HiredisPacking:
+    """A redis-py asyncio connection mixin that packs commands with hiredis (C) instead of
+    redis-py's pure-Python packer: ~2 µs instead of ~10 for the ENQUEUE call's 24
+    arguments. The same bytes (the command name split at spaces as redis-py does; str, bytes,
+    int and float arguments); anything else is refused with redis-py's DataError."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as exc:
+            raise redis.DataError(str(exc)) from None
+
+
+def batch_client(client: aioredis.Redis) -> aioredis.Redis:
+    """A client of ``client``'s server for :class:`Coalescer` batches: commands packed by
+    hiredis, and no socket timeout per send and per reply (redis-py wraps each send in a
+    task and each reply in a timer): the batch has one deadline for all of it."""
+    pool = client.connection_pool
+    base = pool.connection_class
+    packed = type(f"Packed{base.__name__}", (HiredisPacking, base), {})
+    kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+    own = aioredis.ConnectionPool(connection_class=packed, max_connections=pool.max_connections,
+                                  **kwargs)  # fmt: skip
+    return aioredis.Redis(connection_pool=own)
+
+
 class Coalescer:
     """Redis commands that concurrent callers issue in one turn of the event loop, sent
     together in one pipeline: one connection from the pool, one write, the replies read in a
     row. Under load a command then costs the process ~20 µs instead of the ~50 (at 50
     concurrent requests) to ~100 µs (at 400) of a call of its own through redis-py (pool
     lock, retry wrapper, timeouts, a wake-up per reply). Each caller gets its own reply, or
-    its own error: a command that fails does not fail the others."""
+    its own error: a command that fails does not fail the others. A batch that takes longer
+    than ``timeout_sec`` fails its callers with redis' TimeoutError (its connection is
+    dropped, as redis-py drops one whose read was interrupted)."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
-        self.redis = client
+    def __init__(self, client: aioredis.Redis, timeout_sec: float | None = None) -> None:
+        self.redis = batch_client(client)
+        pool_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        self.timeout_sec = timeout_sec if timeout_sec is not None else pool_timeout
         self._queued: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._sending: set[asyncio.Task[None]] = set()  # referenced until done
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
 
     def execute(self, *args: Any) -> asyncio.Future[Any]:
         """Queue one command (as ``execute_command`` takes it); await the reply."""
@@ -109,16 +147,11 @@ class Coalescer:
 
     async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
         try:
-            if len(batch) == 1:  # no one else to wait for: a call of its own is cheaper
-                try:
-                    replies = [await self.redis.execute_command(*batch[0][0])]
-                except redis.ResponseError as exc:
-                    replies = [exc]
-            else:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for args, _ in batch:
-                        pipe.execute_command(*args)
-                    replies = await pipe.execute(raise_on_error=False)
+            try:
+                async with asyncio.timeout(self.timeout_sec):
+                    replies = await self._replies(batch)
+            except TimeoutError:
+                raise redis.TimeoutError(f"no reply from Redis in {self.timeout_sec:g}s") from None
         except Exception as exc:  # the connection failed: every caller hears it
             for _, future in batch:
                 if not future.done():
@@ -135,6 +168,17 @@ class Coalescer:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+    async def _replies(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> list[Any]:
+        if len(batch) == 1:  # no one else to wait for: a call of its own is cheaper
+            try:
+                return [await self.redis.execute_command(*batch[0][0])]
+            except redis.ResponseError as exc:
+                return [exc]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for args, _ in batch:
+                pipe.execute_command(*args)
+            return await pipe.execute(raise_on_error=False)
 
 
 class AsyncMailbox:
@@ -155,6 +199,10 @@ class AsyncMailbox:
         self.run_ttl_sec = run_ttl_sec
         self.run_max = run_max
         self._sha = client.register_script(lua.ENQUEUE).sha
+
+    async def aclose(self) -> None:
+        """Close the batches' connections (the client given is the caller's to close)."""
+        await self.commands.aclose()
 
     async def enqueue(self, message: InboundMessage) -> Enqueued:
         """Store the message and its queued run, and wake its session: one EVALSHA (the
