@@ -1,6 +1,7 @@
 """The ingress's enqueue side on a real Redis: one ENQUEUE call writes everything a message
 needs (and nothing for a duplicate), the script is loaded again after a flush, and the
-Coalescer gives each of many concurrent callers its own reply or error."""
+Coalescer gives each of many concurrent callers its own reply or error, within its deadline,
+in the bytes redis-py would send."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from claw_worker import constants as k
 from claw_worker.contract import InboundMessage
-from claw_worker.session.enqueue import AsyncMailbox, Coalescer
+from claw_worker.session.enqueue import AsyncMailbox, Coalescer, HiredisPacking
 from tests.fixtures.procs import free_port
 from tests.fixtures.redis_server import RedisServer
 
@@ -97,3 +100,52 @@ def test_a_lost_connection_fails_every_caller_of_the_batch() -> None:
 
     results = asyncio.run(scenario())
     assert all(isinstance(r, redis.ConnectionError) for r in results), results
+
+
+def test_a_batch_without_a_reply_fails_its_callers_at_its_deadline() -> None:
+    """A server that accepts and never answers (a hung Redis): every caller of the batch
+    hears redis' TimeoutError at the batch's deadline, not never."""
+
+    async def scenario() -> Any:
+        held: list[asyncio.StreamWriter] = []
+
+        async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)  # reads nothing, answers nothing
+
+        server = await asyncio.start_server(mute, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = aioredis.Redis(port=port, socket_timeout=0.5)
+        commands = Coalescer(client)
+        try:
+            calls = [commands.execute("PING") for _ in range(3)]
+            return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+        finally:
+            await commands.aclose()
+            await client.aclose()
+            for writer in held:
+                writer.close()
+            server.close()
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(r, redis.TimeoutError) for r in results), results
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["EVALSHA", "GET", "SCRIPT LOAD", "CONFIG GET", b"HSET", b"SCRIPT FLUSH"]),
+    st.lists(st.one_of(st.text(), st.binary(), st.integers(), st.floats(allow_nan=False))),
+)
+def test_hiredis_packing_sends_the_bytes_redis_py_would(name: Any, args: list[Any]) -> None:
+    plain = aioredis.Connection()
+    packed = type("Packed", (HiredisPacking, aioredis.Connection), {})()
+    assert b"".join(packed.pack_command(name, *args)) == b"".join(plain.pack_command(name, *args))
+
+
+def test_hiredis_packing_refuses_what_redis_py_refuses() -> None:
+    packed = type("Packed", (HiredisPacking, aioredis.Connection), {})()
+    for bad in (None, [1], {"a": 1}):
+        try:
+            packed.pack_command("SET", "k", bad)
+        except redis.DataError:
+            continue
+        raise AssertionError(f"{bad!r} was packed")
