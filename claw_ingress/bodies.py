@@ -88,6 +88,12 @@ def _too_long(literal: str) -> BodyError:
     )
 
 
+# Built once: json.loads with hooks builds a decoder (and its scanner) on every call.
+_DECODER = json.JSONDecoder(
+    parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant
+)
+
+
 def loads_bounded(raw: bytes) -> Any:
     """``raw`` parsed as JSON within the bounds above; BodyError(422) naming the one broken."""
     try:
@@ -97,12 +103,7 @@ def loads_bounded(raw: bytes) -> Any:
     if nesting_depth(raw) > MAX_DEPTH:
         raise _invalid(f"body is nested more than {MAX_DEPTH} levels deep")
     try:
-        return json.loads(
-            text,
-            parse_int=_parse_int,
-            parse_float=_parse_float,
-            parse_constant=_parse_constant,
-        )
+        return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise _invalid(f"body is not valid JSON: {exc}") from None
     except RecursionError:  # not reached below MAX_DEPTH; kept as the last line of defence

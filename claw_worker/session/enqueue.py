@@ -80,6 +80,12 @@ def stage_enqueue(
     return script(keys=keys, args=args, client=pipe)
 
 
+# A batch is sent once this many commands wait, without waiting for the end of the loop's
+# turn: Redis runs the first commands while the ingress parses the next requests (at 50
+# connections the ingress then spends the whole core, not ~90% of it, waiting on waves).
+BATCH_MAX = 16
+
+
 class HiredisPacking:
     """A redis-py asyncio connection mixin that packs commands with hiredis (C) instead of
     redis-py's pure-Python packer: ~2 µs instead of ~10 for the ENQUEUE call's 24
@@ -137,9 +143,13 @@ class Coalescer:
             loop.call_soon(self._flush)
         future = loop.create_future()
         self._queued.append((args, future))
+        if len(self._queued) >= BATCH_MAX:
+            self._flush()
         return future
 
     def _flush(self) -> None:
+        if not self._queued:
+            return
         batch, self._queued = self._queued, []
         task = asyncio.ensure_future(self._send(batch))
         self._sending.add(task)
