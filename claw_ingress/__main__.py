@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import click
 
 BACKLOG = 2048  # uvicorn's default, named: the descriptor budget counts one accept batch
+# The cyclic collector's thresholds (default 700, 10, 10). A request's objects are freed by
+# reference counting, but at 50 connections the requests in flight hold more than 700 of
+# them: a young-generation pass then ran every few requests, walked them and pushed them
+# into older generations, which full passes walked again, over every object the process
+# ever imported (measured: ~80 µs of ~330 µs of CPU per /v1/chat/completions request).
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def tune_gc() -> None:
+    """Collect less often, and never again walk what start-up built (modules, config,
+    schemas): ``gc.freeze`` moves it out of the collector's generations. Cycles are still
+    collected, a pass every ``GC_THRESHOLDS[0]`` net allocations."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @click.command()
@@ -55,6 +71,7 @@ def main(config_file: str | None, host: str | None, port: int | None, http: str)
     app = create_app(config, url=url)
     app.state.bind = (host or config.gateway.host, port or config.gateway.port)  # the registry's
     ensure_fd_budget(config.gateway.max_connections, BACKLOG)
+    tune_gc()
     uvicorn.run(
         app,
         host=app.state.bind[0],
