@@ -70,10 +70,10 @@ async def wait_for_reply(
     waiter: asyncio.Future[Any],
     timeout: float,
     *,
-    session_key: str | None = None,
+    session_key: str,
     disconnected: Callable[[], Awaitable[bool]] | None = None,
 ) -> Reply:
-    """The reply to ``message_id`` (of ``session_key``, if known): from ``waiter``
+    """The reply to ``message_id`` of ``session_key``: from ``waiter``
     (``state.outbound.expect``), or from the message record when the stream reader missed
     it (a reconnect); forgets the waiter. ``disconnected`` is asked after each poll while
     time is left."""
@@ -85,9 +85,9 @@ async def wait_for_reply(
                 reply = waiter.result()
                 return Reply(reply.status.value, reply.text)
             with contextlib.suppress(RedisError):
-                record = await state.mailbox.get_message(message_id, session_key=session_key)
-                if record and MessageStatus(record["status"]).finished:
-                    return Reply(record["status"], record["reply"] or "")
+                found = await state.mailbox.outcome(message_id, session_key)
+                if found and MessageStatus(found[0]).finished:
+                    return Reply(*found)
             if deadline <= time.monotonic():
                 break
             if disconnected is not None and await disconnected():
@@ -260,9 +260,8 @@ async def chat_completions(request: Request) -> Any:
         ready: Reply | None = Reply("done", accepted.reply)
     else:
         ready = None
-    # The message itself is logged by the inbox ("message received", "command answered").
-    log.debug("openai request", session_key=session, message_id=message.message_id,
-              stream=body.stream, command=ready is not None)  # fmt: skip
+    # The message itself is logged by the inbox ("message received", "command answered"); a
+    # debug line here cost ~5 µs a request even when filtered out.
 
     async def wait(disconnected: Callable[[], Awaitable[bool]] | None) -> Reply:
         if ready is not None:

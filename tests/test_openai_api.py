@@ -4,6 +4,7 @@ and the scripted LLM."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -11,6 +12,7 @@ import openai
 import pytest
 
 from claw_ingress.openai_api import KEEPALIVE_SEC
+from tests.fixtures.procs import wait_for
 
 TOKEN = "oa-token-abcdefghijkl"
 
@@ -184,3 +186,44 @@ def test_stream_sends_keepalives_while_the_agent_works(fleet_factory, llm_server
         lines = [line for line in resp.iter_lines() if line]
     assert ": keep-alive" in lines
     assert '"content": "slowly"' in lines[-3] and lines[-1] == "data: [DONE]"
+
+
+def test_a_reply_the_stream_reader_missed_is_found_in_the_record(
+    fleet_factory: Any, redis_server: Any
+) -> None:
+    """No worker: the test finishes the message in Redis itself, writing the record but
+    nothing on the outbound stream (as when the ingress's reader reconnected past the
+    reply). The waiting request finds it by polling the record, both routes."""
+    from claw_worker import constants as k
+
+    fleet = fleet_factory()
+    fleet.start_ingress()
+    r = redis_server.client()
+
+    def finish_when_queued(session: str, reply: str) -> None:
+        def queued() -> str | None:
+            ids = [key.rsplit(":", 1)[-1] for key in r.scan_iter(k.message_key(session, "*"))]
+            return ids[0] if ids else None
+
+        message_id = wait_for(queued, timeout=20, what=f"a message queued in {session}")
+        r.hset(k.message_key(session, message_id), mapping={"status": "done", "reply": reply})
+
+    with ThreadPoolExecutor(2) as pool:
+        chat = pool.submit(lambda: httpx.post(
+            f"{fleet.base_url}/v1/chat/completions", timeout=30,
+            headers={"X-Claw-Session": "oa:missed", "X-Claw-Timeout": "20"},
+            json={"model": "m", "messages": [user("anyone there?")]},
+        ))  # fmt: skip
+        finish_when_queued("oa:missed", "found in the record")
+        answer = chat.result()
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["choices"][0]["message"]["content"] == "found in the record"
+
+        api = pool.submit(lambda: httpx.post(
+            f"{fleet.base_url}/api/message", timeout=30,
+            json={"text": "and here?", "session": "api:missed", "wait": True, "timeout": 20},
+        ))  # fmt: skip
+        finish_when_queued("api:missed", "also in the record")
+        answer = api.result()
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["reply"] == "also in the record"

@@ -251,6 +251,16 @@ class AsyncMailbox:
         except (redis.ConnectionError, redis.TimeoutError):  # a stale pooled connection
             return await self._get_message_once(message_id, session_key)
 
+    async def outcome(self, message_id: str, session_key: str) -> tuple[str, str] | None:
+        """The message's status and reply (two fields, not the whole record: what a request
+        waiting for the reply polls), or None when it is not stored."""
+        key = k.message_key(session_key, message_id)
+        try:
+            status, reply = await self.commands.execute("HMGET", key, "status", "reply")
+        except (redis.ConnectionError, redis.TimeoutError):  # a stale pooled connection
+            status, reply = await self.commands.execute("HMGET", key, "status", "reply")
+        return None if status is None else (status, reply or "")
+
     async def _get_message_once(
         self, message_id: str, session_key: str | None
     ) -> dict[str, Any] | None:
