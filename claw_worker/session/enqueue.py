@@ -180,15 +180,30 @@ class Coalescer:
                 future.set_result(reply)
 
     async def _replies(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> list[Any]:
-        if len(batch) == 1:  # no one else to wait for: a call of its own is cheaper
-            try:
-                return [await self.redis.execute_command(*batch[0][0])]
-            except redis.ResponseError as exc:
-                return [exc]
-        async with self.redis.pipeline(transaction=False) as pipe:
+        """The batch's replies, each parsed as redis-py parses that command's (its response
+        callback), an error reply as its exception. Straight on a pooled connection: one
+        write, the replies read in order; redis-py's pipeline object (its reset, retry
+        wrapper and shielded clean-up) cost ~35 µs a batch, most of a small batch's cost."""
+        pool = self.redis.connection_pool
+        callbacks = self.redis.response_callbacks
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(conn.pack_commands(args for args, _ in batch))
+            replies: list[Any] = []
             for args, _ in batch:
-                pipe.execute_command(*args)
-            return await pipe.execute(raise_on_error=False)
+                try:
+                    reply = await conn.read_response()
+                except redis.ResponseError as exc:  # read whole: the connection stays in step
+                    replies.append(exc)
+                    continue
+                callback = callbacks.get(args[0])
+                replies.append(callback(reply) if callback is not None else reply)
+            return replies
+        except BaseException:  # a reply not read (an error, the deadline): out of step
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
 
 
 class AsyncMailbox:
