@@ -4,8 +4,8 @@ The ingress (no worker running) next to a floor (``bench/floor.py``: bare Starle
 uvicorn with uvloop and httptools, parsing the same body and storing it with one Lua call),
 all loaded by ``wrk`` (``bench/accept.lua``) in the same run, turn about: for each round,
 each connection count and each route, the floor, the ingress as configured by default
-(logging at INFO: a "message received" line per message, to the JSON log file and stderr)
-and a second ingress with ``logging.level`` WARNING (no line per message), in an order
+(logging at INFO, to the JSON log file and stderr; its "message received" line is at DEBUG)
+and a second ingress with ``logging.level`` WARNING, in an order
 rotated every round, ``--duration`` seconds each. Prints host facts, the medians per route
 and connection count (req/s, p50, p99, CPU) and each ingress's ratio to the floor (the
 median of the rounds' paired ratios); writes every measurement to ``--json`` if given.
