@@ -35,6 +35,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 
 from claw_ingress.auth import BearerAuth
 from claw_ingress.bodies import BodyError, MessageBody, parse_body, read_json
+from claw_ingress.cancel import stop_if_cancelled
 from claw_ingress.channels.base import ChannelContext
 from claw_ingress.channels.manager import ChannelManager
 from claw_ingress.channels.websocket import ws_endpoint
@@ -308,6 +309,7 @@ async def _publish_channels(
 
     built_for, redactor = None, Redactor()
     while True:
+        stop_if_cancelled()  # a swallowed cancel still ends the loop (cancel.py)
         config = live.config
         if config is not built_for:  # a reload: its secrets may differ (compiled once each)
             built_for, redactor = config, Redactor(config_secrets(config))

@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError, ResponseError
 
+from claw_ingress.cancel import stop_if_cancelled
 from claw_ingress.channels.base import Channel, SendError
 from claw_ingress.text import split_text
 from claw_worker import constants as k
@@ -337,6 +338,7 @@ return 0
 async def _forever(name: str, step: Callable[[], Awaitable[None]]) -> None:
     """Run ``step`` again and again; Redis trouble is logged and waited out."""
     while True:
+        stop_if_cancelled()  # a swallowed cancel still ends the loop (cancel.py)
         try:
             await step()
         except asyncio.CancelledError:

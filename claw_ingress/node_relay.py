@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from claw_ingress.bodies import BodyError, loads_bounded
+from claw_ingress.cancel import stop_if_cancelled
 from claw_ingress.channels.websocket import refusal
 from claw_worker import constants as k
 from claw_worker.config.reload import LiveConfig
@@ -196,6 +197,7 @@ class NodeRelay:
 
     async def _renew(self, redis: aioredis.Redis) -> None:
         while True:
+            stop_if_cancelled()  # a swallowed cancel still ends the loop (cancel.py)
             await asyncio.sleep(CONN_TTL_SEC / 3)
             for node_id, conn in list(self._conns.items()):
                 try:
@@ -210,6 +212,7 @@ class NodeRelay:
     async def _pull(self, redis: aioredis.Redis) -> None:
         queue = k.node_relay_key(self.replica)
         while True:
+            stop_if_cancelled()  # a swallowed cancel still ends the loop (cancel.py)
             try:
                 got = await redis.blpop([queue], timeout=POP_WAIT_SEC)
             except RedisError as exc:

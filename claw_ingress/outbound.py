@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from claw_ingress.cancel import stop_if_cancelled
 from claw_worker import constants as k
 from claw_worker.contract import OutboundMessage
 
@@ -54,6 +55,7 @@ class OutboundReader:
     async def _run(self) -> None:
         last_id = "$"
         while True:
+            stop_if_cancelled()  # a swallowed cancel still ends the loop (cancel.py)
             try:
                 entries = await self.redis.xread(
                     {k.OUTBOUND_STREAM: last_id}, block=5000, count=500

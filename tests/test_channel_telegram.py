@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -331,3 +334,24 @@ def test_clawctl_channel_test_sends_through_the_adapter(fleet_factory, api, claw
     result = claw_home.clawctl("channel", "test", "--channel", "telegram", "--to", str(USER),
                                "-m", "again")  # fmt: skip
     assert result.returncode != 0 and "blocked" in result.stderr
+
+
+def test_an_ingress_whose_port_is_taken_exits_and_stops_polling(fleet_factory, api) -> None:
+    """It used to shut down for ever: a delivery task whose cancel redis-py swallowed kept
+    the process alive, and its Telegram poller went on taking the chat's updates."""
+    fleet = fleet_factory(**{f"channels__telegram__{key}": value for key, value in
+                             {"enabled": True, "token": TOKEN, "api_base": api.base_url,
+                              "allow_from": [str(USER)]}.items()})  # fmt: skip
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", fleet.port))
+        taken.listen()
+        proc = subprocess.Popen([sys.executable, "-m", "claw_ingress"], env=fleet.home.env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        try:
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            stop_process(proc)
+    assert proc.returncode != 0
+    assert "address already in use" in out and "Application shutdown complete" in out
+    polls = len(api.calls_of("getUpdates"))
+    quiet_for(1.5, lambda: len(api.calls_of("getUpdates")) == polls)

@@ -29,6 +29,8 @@ import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from claw_ingress.cancel import stop_if_cancelled
+
 log = structlog.get_logger(__name__)
 
 DISPATCH, HEARTBEAT, IDENTIFY, RESUME, RECONNECT, INVALID_SESSION, HELLO, HEARTBEAT_ACK = (
@@ -96,6 +98,7 @@ class Gateway:
         delay = 1.0
         loop = asyncio.get_running_loop()
         while True:
+            stop_if_cancelled()  # a swallowed cancel still ends the loop (cancel.py)
             started, stable = loop.time(), False
             try:
                 if not self.url:
@@ -201,6 +204,7 @@ class Gateway:
     async def _heartbeat(self, ws: ClientConnection, interval: float, beat: _Beat) -> None:
         await asyncio.sleep(interval * random.random())
         while True:
+            stop_if_cancelled()  # a swallowed cancel still ends the loop (cancel.py)
             if not beat.acked:
                 log.warning("discord gateway: no heartbeat ACK (zombie connection); resuming",
                             channel="discord")  # fmt: skip

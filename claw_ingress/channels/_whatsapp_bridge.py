@@ -28,6 +28,7 @@ import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
+from claw_ingress.cancel import stop_if_cancelled
 from claw_ingress.channels.base import ChannelError, SendError
 from claw_worker.config.channels import WhatsAppConfig
 from claw_worker.contract import InboundMessage
@@ -108,6 +109,7 @@ class WhatsAppBridge:
     async def _loop(self) -> None:
         delay = 1.0
         while True:
+            stop_if_cancelled()  # a swallowed cancel still ends the loop (cancel.py)
             ws = self._ws
             if ws is None:
                 try:

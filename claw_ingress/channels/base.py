@@ -30,6 +30,7 @@ import structlog
 from redis.exceptions import RedisError
 from starlette.routing import BaseRoute
 
+from claw_ingress.cancel import stop_if_cancelled
 from claw_worker import constants as k
 from claw_worker.config.channels import ChannelConfig
 from claw_worker.config.reload import LiveConfig
@@ -161,6 +162,7 @@ class Channel(ABC):
         every third of ``CONNECTION_TTL_SEC``, until cancelled; run it in a task from
         :meth:`start` (adapters that set ``connection_bound``)."""
         while True:
+            stop_if_cancelled()  # a swallowed cancel still ends the loop (cancel.py)
             await asyncio.sleep(CONNECTION_TTL_SEC / 3)
             for chat_id in list(held()):
                 try:

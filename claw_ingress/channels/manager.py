@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from claw_ingress.cancel import stop_if_cancelled
 from claw_ingress.channels import builtin_channels, channel_class, config_channels
 from claw_ingress.channels.base import Channel, ChannelContext, ChannelError
 
@@ -84,6 +85,7 @@ class ChannelManager:
     async def _run(self, running: _Running) -> None:
         channel, delay = running.channel, 1.0
         while True:
+            stop_if_cancelled()  # a swallowed cancel still ends the loop (cancel.py)
             try:
                 channel.check_config()
                 await channel.start()

@@ -44,6 +44,7 @@ from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
 
 from claw_ingress.bodies import BodyError, read_json
+from claw_ingress.cancel import stop_if_cancelled
 from claw_ingress.channels._telegram_markdown import to_markdown_v2
 from claw_ingress.channels._telegram_messages import to_inbound
 from claw_ingress.channels.base import Channel, ChannelContext, ChannelError, SendError
@@ -183,6 +184,7 @@ class TelegramChannel(Channel):
         offset: int | None = None
         delay, problem = 1.0, ""
         while True:
+            stop_if_cancelled()  # a swallowed cancel still ends the loop (cancel.py)
             try:
                 updates = await bot.get_updates(
                     offset=offset, timeout=self.config.poll_timeout_sec,
