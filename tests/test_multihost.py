@@ -28,7 +28,13 @@ def host_config(llm_url: str, workspace: str) -> dict[str, Any]:
                 "models": ["test-model"],
             }
         },
-        "gateway": {"port": free_port()},
+        # Rate limits off, as in every fleet test: 132 messages from one address within
+        # seconds would meet the per-address burst (100); test_transport_security.py tests
+        # the limits across two replicas.
+        "gateway": {
+            "port": free_port(),
+            "rate_limit": {"per_ip_per_min": 0, "per_sender_per_min": 0},
+        },
         "agents": {"defaults": {"workspace": workspace}},
         "worker": {"concurrency": 20, "lease_sec": 3, "sweep_interval_sec": 1},
         "beat": {"lock_timeout_sec": 8},
