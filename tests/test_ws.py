@@ -157,3 +157,40 @@ def test_replies_reach_a_client_on_the_other_replica(fleet_factory, redis_server
     assert inbox["entries-added"] >= 1, inbox  # read by A, forwarded to B
     assert client.get(k.DELIVERY_LEADER) != key_b
     client.close()
+
+
+def test_a_reconnect_racing_the_old_connections_close_keeps_the_chats_mark(
+    redis_server,
+) -> None:
+    """In process, on a real Redis: the old connection's close drops the chat's mark (GET,
+    then DEL) while the new connection for the same chat sets it. The mark is the replica's,
+    so without a second look the DEL removed the new connection's mark and its replies were
+    dropped as having no connection (seen in CI: an autonomy test that reconnects at once)."""
+    import redis.asyncio as aioredis
+
+    from claw_ingress.channels.base import ChannelContext
+    from claw_ingress.channels.websocket import WebSocketChannel, _Connection
+    from claw_worker.config import Config
+    from claw_worker.config.reload import LiveConfig
+
+    async def scenario() -> list[bool]:
+        client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        ctx = ChannelContext(LiveConfig(Config()), client, None, "replica-1", None)  # type: ignore[arg-type]
+        channel = WebSocketChannel(ctx)
+        key = k.connection_key(channel.name, "chat-r")
+        marked = []
+        try:
+            for _ in range(20):
+                old, new = _Connection(None), _Connection(None)  # type: ignore[arg-type]
+                await channel._hold(old, "chat-r")
+                closing = asyncio.ensure_future(channel._forget(old))
+                await asyncio.sleep(0)  # the close is under way: its GET is sent
+                await channel._hold(new, "chat-r")
+                await closing
+                marked.append(await client.get(key) == "replica-1")
+                await channel._forget(new)
+        finally:
+            await client.aclose()
+        return marked
+
+    assert all(asyncio.run(scenario()))

@@ -157,6 +157,20 @@ class Channel(ABC):
                 f"{self.name} message not stored", channel=self.name, error=repr(task.exception())
             )
 
+    async def release_connection(self, chat_id: str, held_again: Callable[[], bool]) -> None:
+        """Drop this replica's mark of ``chat_id``'s connection, which closed. The mark is
+        the replica's, not the connection's: a new connection for the chat that registered
+        while it was being dropped (a client reconnecting at once) has it put back, else
+        replies to the chat would be dropped as having no connection until the next renewal.
+        ``held_again()`` says whether one did."""
+        try:
+            await self.ctx.drop_connection(self.name, chat_id)
+            if held_again():
+                await self.ctx.hold_connection(self.name, chat_id)
+        except RedisError as exc:
+            self._log.warning("cannot release a connection's mark", channel=self.name,
+                              chat_id=chat_id, error=str(exc))  # fmt: skip
+
     async def keep_holding(self, held: Callable[[], Iterable[str]]) -> None:
         """Renew the marks of the chats whose connections this replica holds (``held()``)
         every third of ``CONNECTION_TTL_SEC``, until cancelled; run it in a task from

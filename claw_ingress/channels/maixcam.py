@@ -249,5 +249,5 @@ class MaixCamChannel(Channel):
             self._open.discard(device)
         if self._devices.get(device.chat_id) is device:
             del self._devices[device.chat_id]
-            with contextlib.suppress(RedisError):
-                await self.ctx.drop_connection(self.name, device.chat_id)
+            chat_id = device.chat_id
+            await self.release_connection(chat_id, lambda: chat_id in self._devices)

@@ -274,8 +274,7 @@ class WebSocketChannel(Channel):
             held.discard(conn)
             if not held:
                 self._held.pop(session, None)
-                with contextlib.suppress(RedisError):
-                    await self.ctx.drop_connection(self.name, session)
+                await self.release_connection(session, lambda s=session: s in self._held)
         conn.sessions.clear()
 
     async def _close(self, conn: _Connection, code: int, reason: str) -> None:
