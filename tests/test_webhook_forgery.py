@@ -118,9 +118,9 @@ def telegram_api() -> Iterator[TelegramAPI]:
         server.stop()
 
 
-def telegram_update(update_id: int, message_id: int, text: str) -> dict[str, Any]:
+def telegram_update(update_id: int, message_id: int, text: str, *, age: int = 0) -> dict[str, Any]:
     return {"update_id": update_id, "message": {
-        "message_id": message_id, "date": int(time.time()), "text": text,
+        "message_id": message_id, "date": int(time.time()) - age, "text": text,
         "chat": {"id": TELEGRAM_USER, "type": "private", "first_name": "Ada"},
         "from": {"id": TELEGRAM_USER, "is_bot": False, "first_name": "Ada"}}}  # fmt: skip
 
@@ -159,10 +159,22 @@ def test_telegram_forged_and_replayed(
     for update_id in (200, 200, 201):
         answer = httpx.post(url, json=telegram_update(update_id, 200, marker), headers=right)
         replayed.answered(answer)
+    # A signed update captured two days ago (or dated two days ahead), sent once the mailbox
+    # may have forgotten its id: its message's date tells.
+    stale = []
+    for n, age in enumerate((48 * HOUR, -48 * HOUR)):
+        stale.append(old_marker := f"old-tg-{n}-{uuid.uuid4().hex[:6]}")
+        answer = httpx.post(url, json=telegram_update(300 + n, 300 + n, old_marker, age=age),
+                            headers=right)  # fmt: skip
+        replayed.answered(answer)
+        assert answer.status_code == 200, answer.text  # so Telegram would not send it again
     wait_for(lambda: copies(fleet.redis.url, marker) >= 1, timeout=10, what="the legit update")
     stored = copies(fleet.redis.url, marker)
-    replayed.rejected = replayed.tried - (stored - 1)
-    finish("telegram", forged, replayed, fleet, forged_markers=markers, replay_escapes=stored - 1)
+    stale_stored = sum(copies(fleet.redis.url, m) for m in stale)
+    replayed.rejected = replayed.tried - (stored - 1) - stale_stored
+    assert "telegram message dropped: its date is too far from now" in fleet.output("ingress")
+    finish("telegram", forged, replayed, fleet, forged_markers=markers,
+           replay_escapes=stored - 1 + stale_stored)  # fmt: skip
 
 
 # -- Feishu: X-Lark-Signature over timestamp, nonce, encrypt key and body -----------------------

@@ -3,7 +3,8 @@
 Updates come by long polling (``getUpdates`` with an offset; network trouble, 5xx and 409s
 are waited out with backoff) or, with ``mode: webhook``, as POSTs to ``/webhooks/telegram/``
 carrying the ``X-Telegram-Bot-Api-Secret-Token`` given to ``setWebhook`` (compared in
-constant time; anything else is a 401). Start-up calls ``getMe``: a refused token is a
+constant time; anything else is a 401); a webhook message dated further than
+``max_clock_skew_sec`` (1 day) from now is dropped as a replay. Start-up calls ``getMe``: a refused token is a
 :class:`ChannelError` saying so, retried by the manager. What of an update becomes an
 ``InboundMessage`` (text, media references, group mentions) is ``_telegram_messages.py``.
 
@@ -255,9 +256,25 @@ class TelegramChannel(Channel):
             return JSONResponse({"error": f"not a Telegram update: {exc}"}, status_code=400)
         if update is None:
             return JSONResponse({"error": "not a Telegram update"}, status_code=400)
+        if self._stale(update):  # answered 200: Telegram must not send it again
+            return JSONResponse({"ok": True, "dropped": "the message's date is out of range"})
         if not await self._dispatch(update):  # Telegram retries a failed delivery
             return JSONResponse({"error": "message store unavailable"}, status_code=503)
         return JSONResponse({"ok": True})
+
+    def _stale(self, update: Update) -> bool:
+        """Whether a webhook update's message is dated outside ``max_clock_skew_sec`` of now:
+        a captured request sent again after the mailbox forgot its id. Said in the log."""
+        message = update.message
+        if message is None:
+            return False
+        skew = abs(time.time() - message.date.timestamp())
+        if skew <= self.config.max_clock_skew_sec:
+            return False
+        log.warning("telegram message dropped: its date is too far from now (a replay?)",
+                    channel=self.name, chat_id=str(message.chat_id),
+                    date=message.date.isoformat())  # fmt: skip
+        return True
 
     # -- typing ----------------------------------------------------------------------------
 

@@ -54,6 +54,10 @@ class TelegramConfig(ChannelConfig):
     # required in webhook mode. 1-256 characters of A-Z a-z 0-9 _ -.
     webhook_secret: str = secret()
     poll_timeout_sec: int = Field(30, ge=1, le=60)  # how long one getUpdates call waits
+    # Webhook mode: a message whose own date is further than this from now is dropped (a
+    # replayed request; Telegram keeps an undelivered update 24 hours at most). One sent
+    # again within it has the same id and is stored once.
+    max_clock_skew_sec: int = Field(86400, ge=60, le=7 * 86400)
 
     def missing(self) -> list[str]:
         needed = ["token", *(["webhook_url", "webhook_secret"] if self.mode == "webhook" else [])]
