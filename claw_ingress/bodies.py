@@ -100,7 +100,8 @@ def loads_bounded(raw: bytes) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _invalid(f"body is not UTF-8 JSON: {exc}") from None
-    if nesting_depth(raw) > MAX_DEPTH:
+    # Fewer opening brackets than the limit cannot nest deeper (most bodies: no scan).
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and nesting_depth(raw) > MAX_DEPTH:
         raise _invalid(f"body is nested more than {MAX_DEPTH} levels deep")
     try:
         return _DECODER.decode(text)
