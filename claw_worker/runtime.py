@@ -33,6 +33,7 @@ from claw_worker.session.mailbox import Mailbox
 from claw_worker.session.runner import DrainContext
 from claw_worker.session.runs import RunRecorder
 from claw_worker.session.stop import CancelListener
+from claw_worker.tools.exec_posture import exec_posture
 from claw_worker.work.locks import ResourceLocks
 
 if TYPE_CHECKING:  # the agent runtime is imported lazily, on first use
@@ -71,8 +72,9 @@ class Runtime:
         self.locks = ResourceLocks(self.redis, ttl_ms=config.worker.lease_sec * 1000)
         self.sender_runs = SenderRuns(self.redis)  # quotas.max_runs_per_sender
         self.control: ControlListener = process_listener(
-            self.redis, identity(), config=str(config_path()), metrics=metrics.target()
-        )
+            self.redis, identity(), config=str(config_path()), metrics=metrics.target(),
+            exec=exec_posture(config.tools.exec),
+        )  # fmt: skip
         self.cancels = CancelListener(self.redis, self.control)
         ReloadParticipant(
             self.redis,
@@ -104,6 +106,8 @@ class Runtime:
         snapshot = self._make_snapshot(config)
         old = self.live.swap(config)
         self._snapshot = snapshot
+        if old.tools.exec != config.tools.exec:  # shown by clawctl status from the next beat
+            self.control.info = {**self.control.info, "exec": exec_posture(config.tools.exec)}
         if old.logging != config.logging or config_secrets(old) != config_secrets(config):
             setup_logging(config, identity().log_name)  # new file, level or secrets to redact
 

@@ -6,17 +6,20 @@ fast with everything up and with Redis down."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
 from beat_schedules.cron_jobs import Change, Job, change_job
+from claw_worker.tools.exec_limits import process_limit_holds
+from claw_worker.tools.sandbox import find_bwrap
 from tests.fixtures.procs import free_port, wait_for
 from tests.llm_wire import text
 
 BOT_TOKEN = "7000000002:AAH-status-test-token-abcdefghijk"
 LINES = ("config", "workspace", "model", "provider", "logs", "redis", "workers", "processes",
          "queues", "sessions", "channels", "cron", "autonomy", "breakers", "sentinel", "nodes",
-         "metrics")  # fmt: skip
+         "exec", "metrics")  # fmt: skip
 
 
 def status(fleet: Any) -> tuple[dict[str, Any], float]:
@@ -128,7 +131,7 @@ def test_status_with_redis_down_is_fast_and_says_unknown(claw_home) -> None:
     assert result.returncode == 1
     shown = dict(line.split(None, 1) for line in result.stdout.splitlines())
     for name in ("workers", "queues", "sessions", "cron", "autonomy", "breakers", "sentinel",
-                 "nodes", "metrics"):  # fmt: skip
+                 "nodes", "exec", "metrics"):  # fmt: skip
         assert shown[name] == "unknown", (name, shown[name])
     assert shown["channels"].startswith("none enabled")
     # No waiting out Redis' connect retries (each would be seconds): about a start-up's time.
@@ -136,3 +139,38 @@ def test_status_with_redis_down_is_fast_and_says_unknown(claw_home) -> None:
     assert took < bound, f"clawctl status took {took:.2f}s with Redis down (bound {bound:.2f}s)"
     report = json.loads(claw_home.clawctl("status", "--json").stdout)
     assert report["sessions"] is None and report["cron"] is None and report["metrics"] is None
+    assert report["exec"] is None
+
+
+def test_status_shows_how_each_worker_isolates_exec_and_follows_a_reload(fleet_factory) -> None:
+    """A worker whose commands would run without a sandbox or a process limit is marked on
+    the status screen (not only in its own log), and a reload of tools.exec shows."""
+    fleet = fleet_factory(tools__exec__sandbox="none", tools__exec__max_processes=64)
+    fleet.start_worker()
+    if os.getuid() != 0:
+        limit = "at most 64 processes (RLIMIT_NPROC)"
+    elif process_limit_holds():
+        limit = "at most 64 processes (pids cgroup)"
+    else:
+        limit = "no process limit (root without a writable cgroup v1 pids hierarchy)"
+
+    def exec_line() -> str:
+        result = fleet.home.clawctl("status")
+        shown = dict(line.split(None, 1) for line in result.stdout.splitlines())
+        return shown["exec"]
+
+    line = wait_for(lambda: "@" in exec_line() and exec_line(), timeout=30, what="a worker")
+    assert line.endswith(
+        ": (!) sandbox none: tools.exec.sandbox is 'none'; no network; " + limit
+    ), line
+    [worker] = json.loads(fleet.home.clawctl("status", "--json").stdout)["exec"]
+    assert worker["sandbox"].startswith("none: ") and worker["max_processes"] == 64
+
+    # The fleet takes a new tools.exec at once; the worker says so at its next heartbeat.
+    changed = fleet.home.clawctl("config", "set", "tools.exec.sandbox", "auto")
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    bwrap, problem = find_bwrap()
+    expected = "sandbox bwrap;" if bwrap else f"(!) sandbox none: {problem};"
+    line = wait_for(lambda: expected in exec_line() and exec_line(), timeout=30,
+                    what="the reloaded posture")  # fmt: skip
+    assert ("(!)" in line) == (not bwrap or limit.startswith("no process limit")), line

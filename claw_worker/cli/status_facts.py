@@ -105,7 +105,14 @@ def _fleet(config: Config, conn: redis.Redis | None) -> dict[str, Any]:
         "sentinel": read(lambda: _sentinel(config, conn)),
         "nodes": read(lambda: _nodes(conn)),
         "metrics": None if records is None else _scrape_targets(config, records),
+        "exec": None if records is None else _exec(records),
     }
+
+
+def _exec(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each worker's ``exec`` isolation (``tools/exec_posture.py``), as it registered it."""
+    return [{"worker": r["name"], **r["exec"]} for r in records
+            if r.get("role") == "worker" and isinstance(r.get("exec"), dict)]  # fmt: skip
 
 
 def _provider(config: Config) -> dict[str, Any]:

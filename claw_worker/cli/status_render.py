@@ -47,8 +47,29 @@ def render(report: dict[str, Any]) -> list[str]:
     lines.append(_breakers(report.get("breakers")))
     lines.append(_sentinel(report.get("sentinel")))
     lines.append(_nodes(report.get("nodes")))
+    lines.append(_exec(report.get("exec")))
     lines.append(_metrics(report.get("metrics")))
     return lines
+
+
+def _exec(workers: list[dict[str, Any]] | None) -> str:
+    """One line: the workers that isolate commands alike are named together; anything
+    less than bwrap with a process limit is marked (!)."""
+    if workers is None:
+        return f"exec       {UNKNOWN}"
+    if not workers:
+        return "exec       no worker registered"
+    alike: dict[str, list[str]] = {}
+    for w in workers:
+        weak = w["sandbox"] != "bwrap" or w["process_limit"].startswith("none")
+        network = "network allowed" if w["network"] else "no network"
+        limit = w["process_limit"]
+        processes = (f"no process limit ({limit.removeprefix('none: ')})" if limit.startswith("none")
+                     else f"at most {w['max_processes']} processes ({limit})")  # fmt: skip
+        shape = f"{'(!) ' if weak else ''}sandbox {w['sandbox']}; {network}; {processes}"
+        alike.setdefault(shape, []).append(w["worker"])
+    return "exec       " + " | ".join(f"{', '.join(names)}: {shape}"
+                                      for shape, names in alike.items())  # fmt: skip
 
 
 def _sessions(facts: dict[str, Any] | None) -> str:

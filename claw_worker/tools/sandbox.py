@@ -55,11 +55,8 @@ def sandbox_program(cfg: ExecToolConfig) -> str | None:
     when the config asks for bwrap and it cannot be used."""
     if cfg.sandbox == "none":
         return None
-    bwrap = shutil.which("bwrap")
-    problem = (
-        _bwrap_problem(bwrap) if bwrap else f"bwrap is not installed (not on PATH); {INSTALL_HINT}"
-    )
-    if problem is None:
+    bwrap, problem = find_bwrap()
+    if bwrap is not None:
         return bwrap
     if cfg.sandbox == "bwrap":
         raise ToolError(
@@ -68,6 +65,15 @@ def sandbox_program(cfg: ExecToolConfig) -> str | None:
         )
     _warn_unsandboxed(problem)
     return None
+
+
+def find_bwrap() -> tuple[str | None, str]:
+    """bwrap's path when it is installed and works here, else (None, why not)."""
+    bwrap = shutil.which("bwrap")
+    if not bwrap:
+        return None, f"bwrap is not installed (not on PATH); {INSTALL_HINT}"
+    problem = _bwrap_problem(bwrap)
+    return (bwrap, "") if problem is None else (None, problem)
 
 
 def bwrap_prefix(
