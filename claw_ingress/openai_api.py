@@ -75,8 +75,10 @@ async def wait_for_reply(
 ) -> Reply:
     """The reply to ``message_id`` of ``session_key``: from ``waiter``
     (``state.outbound.expect``), or from the message record when the stream reader missed
-    it (a reconnect); forgets the waiter. ``disconnected`` is asked after each poll while
-    time is left."""
+    it (a reconnect); forgets the waiter. The record is read every ``STATUS_POLL_SEC``, and
+    at the deadline only when the reader had a gap meanwhile (else the reply, had it come,
+    would be in ``waiter``: a short wait costs no extra Redis call). ``disconnected`` is
+    asked after each poll while time is left."""
     deadline = time.monotonic() + timeout
     try:
         while (remaining := deadline - time.monotonic()) > 0:
@@ -84,6 +86,8 @@ async def wait_for_reply(
             if (await asyncio.wait((waiter,), timeout=min(remaining, STATUS_POLL_SEC)))[0]:
                 reply = waiter.result()
                 return Reply(reply.status.value, reply.text)
+            if remaining < STATUS_POLL_SEC and not state.outbound.may_have_missed(message_id):
+                break  # the deadline, and every reply since the request came was handed over
             with contextlib.suppress(RedisError):
                 found = await state.mailbox.outcome(message_id, session_key)
                 if found and MessageStatus(found[0]).finished:
