@@ -19,6 +19,7 @@ by the ingress replica that holds the chat's connection
 from __future__ import annotations
 
 import asyncio
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,6 +38,13 @@ from claw_worker.config.reload import LiveConfig
 from claw_worker.contract import InboundMessage
 
 CONNECTION_TTL_SEC = 60  # a held connection's mark; renewed every third of this
+
+
+def within_clock_skew(epoch_sec: float, window_sec: float) -> bool:
+    """Whether a platform's timestamp (epoch seconds) is within ``window_sec`` of now; one
+    further off is refused as a replay (or a clock far wrong). Each channel's window is its
+    ``max_clock_skew_sec``."""
+    return abs(time.time() - epoch_sec) <= window_sec
 
 
 class ChannelError(Exception):

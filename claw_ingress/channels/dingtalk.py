@@ -44,7 +44,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from claw_ingress.channels._http import json_object
-from claw_ingress.channels.base import Channel, ChannelContext, ChannelError, SendError
+from claw_ingress.channels.base import (
+    Channel,
+    ChannelContext,
+    ChannelError,
+    SendError,
+    within_clock_skew,
+)
 from claw_ingress.channels.tokens import TokenCache
 from claw_worker import constants as k
 from claw_worker.config.channels import DingTalkConfig
@@ -117,8 +123,8 @@ class DingTalkChannel(Channel):
         timestamp, given = request.headers.get("timestamp", ""), request.headers.get("sign", "")
         if not hmac.compare_digest(given.encode(), sign(timestamp, cfg.client_secret).encode()):
             return self._refuse(401, "bad sign")
-        if not timestamp.isdigit() or abs(time.time() * 1000 - int(timestamp)) > (
-            cfg.max_clock_skew_sec * 1000
+        if not timestamp.isdigit() or not within_clock_skew(
+            int(timestamp) / 1000, cfg.max_clock_skew_sec
         ):
             return self._refuse(401, "timestamp outside the allowed window")
         try:

@@ -35,7 +35,6 @@ import binascii
 import hashlib
 import hmac
 import json
-import time
 from typing import Any
 from urllib.parse import quote
 
@@ -48,7 +47,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from claw_ingress.channels._http import json_object
-from claw_ingress.channels.base import Channel, ChannelContext, ChannelError, SendError
+from claw_ingress.channels.base import (
+    Channel,
+    ChannelContext,
+    ChannelError,
+    SendError,
+    within_clock_skew,
+)
 from claw_ingress.channels.tokens import TokenCache
 from claw_worker import constants as k
 from claw_worker.config.channels import FeishuConfig
@@ -90,7 +95,7 @@ def signature(timestamp: str, nonce: str, encrypt_key: str, body: bytes) -> str:
 
 def _fresh(timestamp: str, window_sec: int) -> bool:
     """Whether ``timestamp`` (epoch seconds) is within ``window_sec`` of now."""
-    return timestamp.isdigit() and abs(time.time() - int(timestamp)) <= window_sec
+    return timestamp.isdigit() and within_clock_skew(int(timestamp), window_sec)
 
 
 def _answer(status: int, error: str = "") -> JSONResponse:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import time
 from typing import Any
 
 import httpx
@@ -40,7 +39,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from claw_ingress.channels._http import retry_after
-from claw_ingress.channels.base import Channel, ChannelContext, ChannelError, SendError
+from claw_ingress.channels.base import (
+    Channel,
+    ChannelContext,
+    ChannelError,
+    SendError,
+    within_clock_skew,
+)
 from claw_ingress.channels.tokens import TokenCache
 from claw_worker import constants as k
 from claw_worker.config.channels import QQConfig
@@ -150,7 +155,7 @@ class QQChannel(Channel):
         signature = headers.get("x-signature-ed25519", "")
         if not timestamp.isdigit() or not signature:
             return "missing X-Signature-Timestamp or X-Signature-Ed25519"
-        if abs(time.time() - int(timestamp)) > self.config.max_clock_skew_sec:
+        if not within_clock_skew(int(timestamp), self.config.max_clock_skew_sec):
             return f"X-Signature-Timestamp {timestamp} is too far from now"
         app_id = headers.get("x-bot-appid")
         if app_id is not None and app_id != self.config.app_id:

@@ -48,7 +48,13 @@ from claw_ingress.bodies import BodyError, read_json
 from claw_ingress.cancel import stop_if_cancelled
 from claw_ingress.channels._telegram_markdown import to_markdown_v2
 from claw_ingress.channels._telegram_messages import to_inbound
-from claw_ingress.channels.base import Channel, ChannelContext, ChannelError, SendError
+from claw_ingress.channels.base import (
+    Channel,
+    ChannelContext,
+    ChannelError,
+    SendError,
+    within_clock_skew,
+)
 from claw_ingress.client_addr import scope_client_address
 from claw_worker import constants as k
 from claw_worker.config.channels import TelegramConfig
@@ -268,8 +274,7 @@ class TelegramChannel(Channel):
         message = update.message
         if message is None:
             return False
-        skew = abs(time.time() - message.date.timestamp())
-        if skew <= self.config.max_clock_skew_sec:
+        if within_clock_skew(message.date.timestamp(), self.config.max_clock_skew_sec):
             return False
         log.warning("telegram message dropped: its date is too far from now (a replay?)",
                     channel=self.name, chat_id=str(message.chat_id),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import time
 from typing import Any
 
 import httpx
@@ -31,7 +30,13 @@ from starlette.routing import BaseRoute, Route
 
 from claw_ingress.channels._http import retry_after
 from claw_ingress.channels._whatsapp_bridge import WhatsAppBridge, whatsapp_message
-from claw_ingress.channels.base import Channel, ChannelContext, ChannelError, SendError
+from claw_ingress.channels.base import (
+    Channel,
+    ChannelContext,
+    ChannelError,
+    SendError,
+    within_clock_skew,
+)
 from claw_worker.config.channels import WhatsAppConfig
 from claw_worker.contract import InboundMessage
 
@@ -185,7 +190,7 @@ class WhatsAppChannel(Channel):
         """Whether a message's own ``timestamp`` is missing or outside the replay window
         (``max_clock_skew_sec``): then it is dropped, said in the log."""
         stamp = str(msg.get("timestamp", ""))
-        if stamp.isdigit() and abs(time.time() - int(stamp)) <= self.config.max_clock_skew_sec:
+        if stamp.isdigit() and within_clock_skew(int(stamp), self.config.max_clock_skew_sec):
             return False
         log.warning("whatsapp message dropped: its timestamp is missing or too far from now "
                     "(a replay?)", channel=self.name, timestamp=stamp[:20],
