@@ -61,11 +61,12 @@ def _exec(workers: list[dict[str, Any]] | None) -> str:
         return "exec       no worker registered"
     alike: dict[str, list[str]] = {}
     for w in workers:
-        weak = w["sandbox"] != "bwrap" or w["process_limit"].startswith("none")
-        network = "network allowed" if w["network"] else "no network"
         limit = w["process_limit"]
-        processes = (f"no process limit ({limit.removeprefix('none: ')})" if limit.startswith("none")
+        unlimited = limit.startswith("none")
+        network = "network allowed" if w["network"] else "no network"
+        processes = (f"no process limit ({limit.removeprefix('none: ')})" if unlimited
                      else f"at most {w['max_processes']} processes ({limit})")  # fmt: skip
+        weak = w["sandbox"] != "bwrap" or unlimited
         shape = f"{'(!) ' if weak else ''}sandbox {w['sandbox']}; {network}; {processes}"
         alike.setdefault(shape, []).append(w["worker"])
     return "exec       " + " | ".join(f"{', '.join(names)}: {shape}"

@@ -269,11 +269,11 @@ class AsyncMailbox:
     async def outcome(self, message_id: str, session_key: str) -> tuple[str, str] | None:
         """The message's status and reply (two fields, not the whole record: what a request
         waiting for the reply polls), or None when it is not stored."""
-        key = k.message_key(session_key, message_id)
+        command = ("HMGET", k.message_key(session_key, message_id), "status", "reply")
         try:
-            status, reply = await self.commands.execute("HMGET", key, "status", "reply")
+            status, reply = await self.commands.execute(*command)
         except (redis.ConnectionError, redis.TimeoutError):  # a stale pooled connection
-            status, reply = await self.commands.execute("HMGET", key, "status", "reply")
+            status, reply = await self.commands.execute(*command)
         return None if status is None else (status, reply or "")
 
     async def _get_message_once(
