@@ -9,8 +9,9 @@
   usage, so it is not counted), adds its usage with INCRBY (atomic across workers) to a
   counter per session and per sender and day; before each call the
   loop asks :meth:`TokenBudget.refusal`, so an exhausted budget makes no call at all and a
-  run under way stops at its next call, answering when the budget resets. A call already
-  made may overshoot by its own size: its cost is known only once it is answered.
+  run under way stops at its next call, answering when the budget resets. Each call asks
+  for no more output tokens than the budget has left (:meth:`TokenBudget.cap`), so only its
+  prompt can overshoot: its cost is known only once it is answered.
 - **Runs at once per sender** (``max_runs_per_sender``): :class:`SenderRuns`, a HASH of the
   sender's running sessions. A message over it is deferred (still queued, its session
   waiting behind it) and tried again after ``sender_busy_retry_sec``, so one sender cannot
@@ -121,6 +122,7 @@ class TokenBudget:
         self.session_key = message.session_key
         self.sender = billed_sender(message)
         self.exempt = exempt(config, message)
+        self._left: int | None = None  # tokens left of the tightest budget, at the last read
         quotas = config.quotas
         # (who, limit, key for a day): the budgets this run is held to, exempt: none.
         self._limits: list[tuple[str, int, Callable[[str], str]]] = []
@@ -147,7 +149,9 @@ class TokenBudget:
         return k.sender_tokens_key(self.sender or "", day)
 
     def refusal(self) -> str | None:
-        """The reply for a budget used up today, or None when the next LLM call may go."""
+        """The reply for a budget used up today, or None when the next LLM call may go (and
+        :meth:`cap` then knows the tokens left)."""
+        self._left = None
         if not self._limits:
             return None
         now = self.clock()
@@ -157,7 +161,15 @@ class TokenBudget:
             spent = int(value or 0)
             if spent >= limit:
                 return self.texts.token_budget_used_up % (who, limit, spent, reset_text(now))
+            self._left = min(limit - spent, self._left or limit)
         return None
+
+    def cap(self, max_tokens: int) -> int:
+        """The output tokens the next call may ask for: ``max_tokens``, or fewer when the
+        budgets read by the last :meth:`refusal` have fewer left, so a call's answer cannot
+        take a budget past its limit (its prompt still can: its size is known only once the
+        call is answered)."""
+        return max_tokens if self._left is None else max(1, min(max_tokens, self._left))
 
     def spend(self, usage: dict[str, int]) -> None:
         """Add one LLM call's tokens to today's counters (kept whether or not a limit is

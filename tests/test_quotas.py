@@ -55,7 +55,9 @@ def message_record(http: httpx.Client, message_id: str) -> dict[str, str]:
 def test_a_sender_over_its_daily_tokens_is_told_and_costs_no_llm_call(
     fleet_factory, llm_server, redis_server
 ) -> None:
-    fleet = fleet_factory(quotas__tokens_per_day_per_sender=100, **NO_RATE_LIMIT)
+    # Well below one call's cost (~100 tokens by the scripted server's count, a few more or
+    # less with the length of the workspace's path in the system prompt).
+    fleet = fleet_factory(quotas__tokens_per_day_per_sender=60, **NO_RATE_LIMIT)
     fleet.start_ingress()
     fleet.start_worker()
     with fleet.client() as http:
@@ -64,7 +66,7 @@ def test_a_sender_over_its_daily_tokens_is_told_and_costs_no_llm_call(
         used = int(
             redis_server.client().get(k.sender_tokens_key("api:alice", utc_day(time.time())))
         )
-        assert used > 100  # the scripted server's usage for one call with the system prompt
+        assert used > 60  # the scripted server's usage for one call with the system prompt
         calls_before = llm_server.stats()["requests"]
         # The same sender in its session, in new sessions, asking to ignore the budget.
         tries = [
@@ -110,6 +112,24 @@ def test_a_run_stops_at_its_session_budget_before_the_next_llm_call(
         other = post(http, "new chat", sender="carol", session="api:carol-2")
         assert other.json()["reply"] == "echo: new chat"
     record("quotas: a run going over its session's budget", tried=2, rejected=2)
+
+
+def test_a_call_asks_for_no_more_output_tokens_than_the_budget_has_left(
+    fleet_factory, llm_server, redis_server
+) -> None:
+    fleet = fleet_factory(quotas__tokens_per_day_per_session=10_000, **NO_RATE_LIMIT)
+    # 9,700 of today's 10,000 already used by this session: 300 left.
+    key = k.session_tokens_key("api:dave", utc_day(time.time()))
+    redis_server.client().set(key, 9_700, ex=2 * 86400)
+    fleet.start_ingress()
+    fleet.start_worker()
+    with fleet.client() as http:
+        assert post(http, "short answer", sender="dave", session="api:dave").status_code == 200
+        assert post(http, "roomy answer", sender="dave", session="api:dave-2").status_code == 200
+    (capped,) = llm_server.requests_for("short answer")
+    assert capped["max_tokens"] == 300
+    (roomy,) = llm_server.requests_for("roomy answer")  # a fresh session: the default
+    assert roomy["max_tokens"] == 4096
 
 
 def test_oversized_messages_are_refused_with_413_naming_the_limit(

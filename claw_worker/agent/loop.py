@@ -217,7 +217,7 @@ class Agent:
                     turn.messages,
                     schemas,
                     model=self.model,
-                    max_tokens=defaults.max_tokens,
+                    max_tokens=budget.cap(defaults.max_tokens),
                     temperature=defaults.temperature,
                 ),
                 stop,

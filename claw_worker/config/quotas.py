@@ -25,8 +25,8 @@ class QuotasConfig(Section):
     max_message_chars: int = Field(100_000, ge=1, le=10_000_000)
     # LLM tokens (the providers' total_tokens) per UTC day, counted in Redis across the
     # fleet; 0: unlimited. At the limit no further LLM call is made, a run under way stops
-    # before its next call, and the reply says when the budget resets (00:00 UTC). One
-    # call in flight may overshoot the limit by its own size.
+    # before its next call, and the reply says when the budget resets (00:00 UTC). A call
+    # asks for no more output tokens than are left; only its prompt may overshoot.
     tokens_per_day_per_session: int = Field(0, ge=0)
     tokens_per_day_per_sender: int = Field(0, ge=0)
     # Runs of one sender at once across the fleet (each session runs one at a time); 0:
