@@ -60,12 +60,35 @@ def test_empty_object_is_all_defaults() -> None:
             "'wiki lan' is not a host name, address or network",
         ),
         ('{"agents": {"defaults": {"memory": {"search": "semantic"}}}}', "memory.search"),
+        # %-templates that would fail only when their reply is due (a failure reply lost)
+        (
+            '{"agents": {"defaults": {"texts": {"sender_busy": "busy, try later"}}}}',
+            "agents.defaults.texts.sender_busy: must be a %-template taking one "
+            "%d (the sender's runs going on)",
+        ),
+        (
+            '{"agents": {"defaults": {"texts": {"message_failed": "failed: %d"}}}}',
+            "agents.defaults.texts.message_failed: must be a %-template taking one %s (the error)",
+        ),
+        (
+            '{"agents": {"defaults": {"texts": {"token_budget_used_up": "100% used"}}}}',
+            "write %% for a literal %",
+        ),
     ],
 )
 def test_schema_errors_name_the_dotted_path(text: str, expected: str) -> None:
     message = config_error(text)
     assert message.startswith("cfg.json: invalid config")
     assert expected in message
+
+
+def test_templates_may_reword_and_escape_percent() -> None:
+    texts = parse_config_text(
+        '{"agents": {"defaults": {"texts": {"sender_busy": "%d at once: 100%% busy",'
+        ' "message_failed": "Oops (%s)"}}}}'
+    ).agents.defaults.texts
+    assert texts.sender_busy % 2 == "2 at once: 100% busy"
+    assert texts.message_failed % "boom" == "Oops (boom)"
 
 
 def test_trailing_json_is_an_error_with_its_position() -> None:

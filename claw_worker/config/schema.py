@@ -15,6 +15,7 @@ from claw_worker.config.channels import ChannelsConfig
 from claw_worker.config.fields import Section, secret
 from claw_worker.config.gateway import GatewayConfig, RateLimitConfig
 from claw_worker.config.quotas import QuotasConfig
+from claw_worker.config.texts import TextsConfig
 from claw_worker.config.tools import (
     ExecToolConfig,
     SkillsConfig,
@@ -30,6 +31,7 @@ __all__ = [
     "RateLimitConfig",
     "Section",
     "SkillsConfig",
+    "TextsConfig",
     "ToolsConfig",
     "WebFetchConfig",
     "WebSearchConfig",
@@ -63,47 +65,6 @@ class HeartbeatConfig(Section):
                 f"target_channel must be a channel that can receive messages: {', '.join(known)}"
             )
         return self
-
-
-class TextsConfig(Section):
-    no_response_fallback: str = "I've completed processing but have no response to give."
-    think_only_fallback: str = "Thinking process completed."
-    memory_recall_keywords: list[str] = [
-        "remember", "记得", "上次", "之前", "偏好", "preference", "todo", "待办", "决定", "decision",
-    ]  # fmt: skip
-    lang_usage: str = "Usage: /lang <code>"
-    lang_invalid: str = "Invalid language code."
-    lang_updated_template: str = "Language preference updated to %s"
-    subagents_none: str = "No subagents."
-    sessions_none: str = "No sessions."
-    unsupported_action: str = "unsupported action"
-    system_rewrite_template: str = (
-        "Rewrite the following internal system update in concise user-facing language:\n\n%s"
-    )
-    runtime_compaction_note: str = (
-        "[runtime-compaction] removed %d old messages, kept %d recent messages"
-    )
-    startup_compaction_note: str = (
-        "[startup-compaction] removed %d old messages, kept %d recent messages"
-    )
-    provider_not_configured: str = (
-        "No LLM provider is configured yet. Run `clawctl login`, or set one with "
-        "`clawctl config set providers.proxy.api_base http://HOST:PORT/v1`."
-    )
-    message_failed: str = "Sorry, I could not process your message: %s"
-    run_stopped: str = "Stopped."
-    stop_requested: str = "Stopping the current reply."
-    tool_iterations_exhausted: str = (
-        "I stopped after %d rounds of tool calls: that is the limit per run "
-        "(agents.defaults.max_tool_iterations), reached before a final answer. Ask me to "
-        "continue, or raise the limit."
-    )
-    # %s: "this session" or "this sender"; %d: the budget, the tokens used; %s: the reset.
-    token_budget_used_up: str = (
-        "The daily LLM token budget of %s is used up (%d tokens, %d used today), so no "
-        "further model call is made; it resets at 00:00 UTC (%s)."
-    )
-    sender_busy: str = "waiting: %d runs of this sender at once (quotas.max_runs_per_sender)"
 
 
 class ContextCompactionConfig(Section):
