@@ -322,3 +322,15 @@ def sender_runs_key(sender: str) -> str:
     """HASH session lease key -> lease token: the sender's runs going on now, one per
     session; an entry whose lease key no longer holds that token (its worker died) is stale."""
     return f"{PREFIX}:quota:runs:{sender}"
+
+
+def sender_line_key(sender: str) -> str:
+    """ZSET message record key -> when it was first refused (ms, Redis time): the sender's
+    messages waiting for a run slot, first come first served."""
+    return f"{PREFIX}:quota:line:{sender}"
+
+
+def sender_line_seen_key(sender: str) -> str:
+    """HASH message record key -> its last try (ms): a message in the sender's line that
+    stops trying loses its place."""
+    return f"{PREFIX}:quota:line-seen:{sender}"

@@ -15,7 +15,9 @@
 - **Runs at once per sender** (``max_runs_per_sender``): :class:`SenderRuns`, a HASH of the
   sender's running sessions. A message over it is deferred (still queued, its session
   waiting behind it) and tried again after ``sender_busy_retry_sec``, so one sender cannot
-  take every worker slot of the fleet while other senders' messages run.
+  take every worker slot of the fleet while other senders' messages run. The waiting
+  messages stand in line: none is overtaken by one that began waiting later, so a session
+  with many messages queued cannot keep the sender's slot from its other sessions.
 - **Tool iterations per run**: ``agents.defaults.max_tool_iterations`` (agent/loop.py); the
   reply then says the limit was reached.
 
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import redis
@@ -190,12 +193,23 @@ class TokenBudget:
             pipe.execute()
 
 
-# KEYS[1]: the sender's runs HASH (sender_runs_key); KEYS[2]: this run's session lease key
-# ARGV[1]: this run's lease token; ARGV[2]: runs at once allowed; ARGV[3]: the HASH's TTL (ms)
-# Returns 0 when the run may go (it is in the HASH), else the number of runs going on.
+# KEYS[1]: the sender's runs HASH (sender_runs_key); KEYS[2]: this run's session lease key;
+# KEYS[3]: the sender's line, ZSET message record key -> first refusal, ms (sender_line_key);
+# KEYS[4]: HASH message record key -> last try, ms (sender_line_seen_key); KEYS[5]: this
+# message's record key.
+# ARGV[1]: this run's lease token; ARGV[2]: runs at once allowed; ARGV[3]: the keys' TTL
+# (ms); ARGV[4]: ms after its last try that a message in line stops holding its place.
+# Returns {1} when the run may go (it is in the runs HASH, out of the line), else {0, runs
+# going on, messages in line before this one} (it is in line, keeping its first place).
+# A run may go while the runs going on and the live messages in line before it are fewer
+# than allowed: a message that began waiting earlier is never overtaken, so the sender's
+# sessions take turns (a session with more messages queued cannot keep the slot).
 # Entries whose lease key no longer holds their token (a run whose worker died before it
-# released) are dropped first: those lease keys are read by the names the HASH keeps, not
-# passed in KEYS, so this script needs one Redis (not Cluster), as the fleet runs today.
+# released) are dropped first; so is a message in line that is no longer queued or running
+# (done, cancelled, expired) or has not tried for ARGV[4] ms (its worker died and it was not
+# retried: it starts again at the end of the line if it comes back). Those lease and record
+# keys are read by the names the HASH and the ZSET keep, not passed in KEYS, so this script
+# needs one Redis (not Cluster), as the fleet runs today. Time is Redis's.
 ACQUIRE_RUN = """
 local runs = redis.call('HGETALL', KEYS[1])
 for i = 1, #runs, 2 do
@@ -204,14 +218,41 @@ for i = 1, #runs, 2 do
   end
 end
 if redis.call('HEXISTS', KEYS[1], KEYS[2]) == 0 then
-  local going = redis.call('HLEN', KEYS[1])
-  if going >= tonumber(ARGV[2]) then
-    return going
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local cutoff = now - tonumber(ARGV[4])
+  local mine = redis.call('ZSCORE', KEYS[3], KEYS[5])
+  local ahead = 0
+  local line = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+  for i = 1, #line, 2 do
+    local other = line[i]
+    if other ~= KEYS[5] then
+      local status = redis.call('HGET', other, 'status')
+      local seen = tonumber(redis.call('HGET', KEYS[4], other) or '0')
+      if (status ~= 'queued' and status ~= 'running') or seen < cutoff then
+        redis.call('ZREM', KEYS[3], other)
+        redis.call('HDEL', KEYS[4], other)
+      elseif not mine or tonumber(line[i + 1]) < tonumber(mine) then
+        ahead = ahead + 1
+      end
+    end
   end
+  local going = redis.call('HLEN', KEYS[1])
+  if going + ahead >= tonumber(ARGV[2]) then
+    if not mine then
+      redis.call('ZADD', KEYS[3], now, KEYS[5])
+    end
+    redis.call('HSET', KEYS[4], KEYS[5], now)
+    redis.call('PEXPIRE', KEYS[3], ARGV[3])
+    redis.call('PEXPIRE', KEYS[4], ARGV[3])
+    return {0, going, ahead}
+  end
+  redis.call('ZREM', KEYS[3], KEYS[5])
+  redis.call('HDEL', KEYS[4], KEYS[5])
 end
 redis.call('HSET', KEYS[1], KEYS[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 0
+return {1}
 """
 
 # KEYS[1]: the sender's runs HASH; KEYS[2]: the session lease key   ARGV[1]: the lease token
@@ -224,8 +265,17 @@ return 0
 """
 
 
+@dataclass(frozen=True)
+class SenderBusy:
+    """Why a sender's message waits: its runs going on, and its messages in line before it."""
+
+    going: int
+    ahead: int
+
+
 class SenderRuns:
-    """The runs of each sender going on across the fleet, one per session."""
+    """The runs of each sender going on across the fleet, one per session, and the line of
+    its messages waiting for one (first come, first served)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._acquire = client.register_script(ACQUIRE_RUN)
@@ -239,12 +289,21 @@ class SenderRuns:
             and not exempt(config, message)
         )
 
-    def acquire(self, config: Config, message: InboundMessage, token: str) -> int:
-        """0 when the run may start (and is counted), else the sender's runs going on."""
+    def acquire(
+        self, config: Config, message: InboundMessage, token: str, *, stale_sec: float
+    ) -> SenderBusy | None:
+        """None when the run may start (and is counted), else why it waits: it is then in
+        the sender's line, where it keeps its place while it tries again at least every
+        ``stale_sec``."""
         sender = sender_of(message) or ""
-        keys = [k.sender_runs_key(sender), k.lease_key(message.session_key)]
-        args = [token, config.quotas.max_runs_per_sender, RUNS_TTL_MS]
-        return int(self._acquire(keys=keys, args=args))
+        keys = [
+            k.sender_runs_key(sender), k.lease_key(message.session_key),
+            k.sender_line_key(sender), k.sender_line_seen_key(sender),
+            k.message_key(message.session_key, message.message_id),
+        ]  # fmt: skip
+        args = [token, config.quotas.max_runs_per_sender, RUNS_TTL_MS, int(stale_sec * 1000)]
+        granted, *busy = self._acquire(keys=keys, args=args)
+        return None if granted else SenderBusy(int(busy[0]), int(busy[1]))
 
     def release(self, message: InboundMessage, token: str) -> None:
         keys = [k.sender_runs_key(sender_of(message) or ""), k.lease_key(message.session_key)]

@@ -22,6 +22,7 @@ from claw_worker import constants as k
 from claw_worker.config.schema import Config
 from claw_worker.contract import InboundMessage
 from claw_worker.quotas import (
+    SenderBusy,
     SenderRuns,
     TokenBudget,
     billed_sender,
@@ -34,7 +35,7 @@ from claw_worker.work.model import Creator, Limits, make_pipeline
 from claw_worker.work.pipelines import task_message
 from tests.campaign import record
 from tests.fixtures.procs import wait_for
-from tests.llm_wire import usage_of
+from tests.llm_wire import last_user_text, usage_of
 
 NO_RATE_LIMIT = {"gateway__rate_limit__per_sender_per_min": 0}
 BUDGET_SENDER = "token budget of this sender is used up"
@@ -212,6 +213,30 @@ def test_one_sender_runs_one_at_a_time_while_others_are_served(fleet_factory, ll
     record("quotas: a sender's runs at once", tried=1, rejected=1)
 
 
+def test_a_senders_sessions_take_turns_for_its_run_slot(fleet_factory, llm_server) -> None:
+    """A session with more messages queued does not keep the sender's only slot: the other
+    session's message, waiting since before, runs next."""
+    fleet = fleet_factory(quotas__max_runs_per_sender=1, quotas__sender_busy_retry_sec=0.2,
+                          **NO_RATE_LIMIT)  # fmt: skip
+    llm_server.reply("slow answer", when="kim-a-first", delay=3)
+    fleet.start_ingress()
+    fleet.start_worker()
+    with fleet.client() as http:
+        post(http, "kim-a-first", sender="kim", session="api:kim-a", wait=False)
+        wait_for(lambda: llm_server.requests_for("kim-a-first"), what="the first run to start")
+        other = post(http, "kim-b", sender="kim", session="api:kim-b", wait=False).json()
+        wait_for(lambda: message_record(http, other["message_id"])["error"].startswith(
+            "sender_busy"), timeout=10, what="session b's message to wait")  # fmt: skip
+        # Queued behind the first, in the session that holds the slot.
+        second = post(http, "kim-a-second", sender="kim", session="api:kim-a", wait=False).json()
+        for message_id in (other["message_id"], second["message_id"]):
+            wait_for(lambda m=message_id: message_record(http, m)["status"] == "done",
+                     timeout=30, what="every message to be answered")  # fmt: skip
+    order = [m for r in llm_server.requests for m in ("kim-b", "kim-a-second")
+             if m in last_user_text(r)]  # fmt: skip
+    assert order == ["kim-b", "kim-a-second"]
+
+
 def test_the_tool_iteration_limit_ends_the_run_with_a_reply_saying_so(
     fleet_factory, llm_server
 ) -> None:
@@ -261,11 +286,12 @@ def test_a_dead_workers_run_stops_counting_for_its_sender(redis_server) -> None:
     one = InboundMessage(channel="api", chat_id="s1", sender_id="hal", text="a")
     two = InboundMessage(channel="api", chat_id="s2", sender_id="hal", text="b")
     client.set(k.lease_key(one.session_key), "tok-1")
-    assert runs.acquire(config, one, "tok-1") == 0
-    assert runs.acquire(config, one, "tok-1") == 0  # the same session's next message
-    assert runs.acquire(config, two, "tok-2") == 1  # one run going on: wait
+    queued(client, two)
+    assert runs.acquire(config, one, "tok-1", stale_sec=60) is None
+    assert runs.acquire(config, one, "tok-1", stale_sec=60) is None  # the session's next
+    assert runs.acquire(config, two, "tok-2", stale_sec=60) == SenderBusy(1, 0)  # one going
     client.delete(k.lease_key(one.session_key))  # its worker died: the lease expired
-    assert runs.acquire(config, two, "tok-2") == 0
+    assert runs.acquire(config, two, "tok-2", stale_sec=60) is None
     runs.release(one, "tok-1")  # late: not its entry any more, nothing happens
     assert client.hget(k.sender_runs_key("api:hal"), k.lease_key(two.session_key)) == "tok-2"
     runs.release(two, "tok-2")
@@ -274,6 +300,55 @@ def test_a_dead_workers_run_stops_counting_for_its_sender(redis_server) -> None:
     cron = InboundMessage(channel="cron", chat_id="c", sender_id="cron", text="job",
                           metadata={"origin": "cron"})  # fmt: skip
     assert runs.limited(config, one) and not runs.limited(config, cron)
+
+
+def queued(client: Any, message: InboundMessage, status: str = "queued") -> None:
+    """The message's record, as the mailbox keeps it (the line reads others' statuses)."""
+    client.hset(k.message_key(message.session_key, message.message_id), "status", status)
+
+
+def test_a_senders_waiting_messages_are_served_first_come_first_served(redis_server) -> None:
+    config = Config.model_validate({"quotas": {"max_runs_per_sender": 1}})
+    client = redis_server.client()
+    runs = SenderRuns(client)
+    a1, b, c, a2 = (
+        InboundMessage(channel="api", chat_id=chat, sender_id="ivy", text=chat)
+        for chat in ("a", "b", "c", "a")
+    )
+    for message in (a1, b, c, a2):
+        queued(client, message)
+    client.set(k.lease_key(a1.session_key), "tok-a")
+    assert runs.acquire(config, a1, "tok-a", stale_sec=60) is None
+    assert runs.acquire(config, b, "tok-b", stale_sec=60) == SenderBusy(1, 0)
+    assert runs.acquire(config, c, "tok-c", stale_sec=60) == SenderBusy(1, 1)
+    assert runs.acquire(config, b, "tok-b", stale_sec=60) == SenderBusy(1, 0)  # keeps its place
+    runs.release(a1, "tok-a")
+    # Session a's next message (its drain goes on at once) does not overtake b and c.
+    assert runs.acquire(config, a2, "tok-a", stale_sec=60) == SenderBusy(0, 2)
+    assert runs.acquire(config, c, "tok-c", stale_sec=60) == SenderBusy(0, 1)
+    client.set(k.lease_key(b.session_key), "tok-b")
+    assert runs.acquire(config, b, "tok-b", stale_sec=60) is None
+    runs.release(b, "tok-b")
+    # c was cancelled meanwhile: it no longer holds its place.
+    queued(client, c, "cancelled")
+    client.set(k.lease_key(a2.session_key), "tok-a")
+    assert runs.acquire(config, a2, "tok-a", stale_sec=60) is None
+    assert client.zcard(k.sender_line_key("api:ivy")) == 0
+    runs.release(a2, "tok-a")
+    # A message in line that stops trying (its worker died) loses its place after stale_sec.
+    d, e = (InboundMessage(channel="api", chat_id=chat, sender_id="ivy", text=chat)
+            for chat in ("d", "e"))  # fmt: skip
+    queued(client, d)
+    queued(client, e)
+    client.set(k.lease_key(a2.session_key), "tok-a")
+    assert runs.acquire(config, a2, "tok-a", stale_sec=60) is None
+    assert runs.acquire(config, d, "tok-d", stale_sec=0.3) == SenderBusy(1, 0)
+    runs.release(a2, "tok-a")
+    client.set(k.lease_key(e.session_key), "tok-e")
+    assert runs.acquire(config, e, "tok-e", stale_sec=0.3) == SenderBusy(0, 1)
+    wait_for(lambda: runs.acquire(config, e, "tok-e", stale_sec=0.3) is None, timeout=10,
+             what="the silent message in line to lose its place")  # fmt: skip
+    assert client.zrange(k.sender_line_key("api:ivy"), 0, -1) == []
 
 
 def test_the_budget_resets_at_utc_midnight() -> None:

@@ -210,16 +210,26 @@ def _take_sender_run(
     runs = ctx.sender_runs
     if runs is None or not runs.limited(ctx.config, message):
         return False, None
-    going = runs.acquire(ctx.config, message, lease.token)
-    if not going:
-        return True, None
     retry = ctx.config.quotas.sender_busy_retry_sec
-    waiting = ctx.config.agents.defaults.texts.sender_busy % going
+    busy = runs.acquire(ctx.config, message, lease.token, stale_sec=_stale_after(ctx, retry))
+    if busy is None:
+        return True, None
+    waiting = ctx.config.agents.defaults.texts.sender_busy % busy.going
+    if busy.ahead:
+        waiting += f"; {busy.ahead} of its messages waiting before this one"
     ctx.mailbox.defer(message, not_before=time.time() + retry, error=f"sender_busy: {waiting}")
     if record.get("run_id"):
         ctx.runs.note(record["run_id"], "sender_busy", lock_wait=waiting)
     log.info("waiting for the sender's other runs", **message_fields(message), retry_in=retry)
     return False, retry
+
+
+def _stale_after(ctx: DrainContext, retry: float) -> float:
+    """How long a waiter (for resource keys, for its sender's run slot) that stops trying
+    keeps its place: a few of its retries, and a dead worker's lease expiring and the
+    sweeper sending its session again."""
+    worker = ctx.config.worker
+    return 3 * retry + 2 * worker.lease_sec + worker.sweep_interval_sec
 
 
 def _take_keys(
@@ -240,11 +250,8 @@ def _take_keys(
         return None, 0.0
     if not keys:
         return None, None
-    worker = ctx.config.worker
-    retry = worker.resource_lock_retry_sec
-    # A waiter that stops trying (its worker died) stops blocking others after this long.
-    stale = 3 * retry + 2 * worker.lease_sec + worker.sweep_interval_sec
-    attempt = ctx.locks.acquire(message.message_id, keys, stale_sec=stale)
+    retry = ctx.config.worker.resource_lock_retry_sec
+    attempt = ctx.locks.acquire(message.message_id, keys, stale_sec=_stale_after(ctx, retry))
     metrics.LOCK_ATTEMPTS.labels("acquired" if attempt.held is not None else "waiting").inc()
     if attempt.held is not None:
         return attempt.held, None
