@@ -325,9 +325,14 @@ def sender_runs_key(sender: str) -> str:
 
 
 def sender_line_key(sender: str) -> str:
-    """ZSET message record key -> when it was first refused (ms, Redis time): the sender's
-    messages waiting for a run slot, first come first served."""
+    """ZSET message record key -> its place (drawn from SENDER_LINE_SEQ when it was first
+    refused): the sender's messages waiting for a run slot, first come first served."""
     return f"{PREFIX}:quota:line:{sender}"
+
+
+# STRING INCR counter: the places in the senders' lines (unique, so two messages refused in
+# the same millisecond still have an order).
+SENDER_LINE_SEQ = f"{PREFIX}:quota:line-seq"
 
 
 def sender_line_seen_key(sender: str) -> str:

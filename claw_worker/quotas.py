@@ -194,9 +194,9 @@ class TokenBudget:
 
 
 # KEYS[1]: the sender's runs HASH (sender_runs_key); KEYS[2]: this run's session lease key;
-# KEYS[3]: the sender's line, ZSET message record key -> first refusal, ms (sender_line_key);
-# KEYS[4]: HASH message record key -> last try, ms (sender_line_seen_key); KEYS[5]: this
-# message's record key.
+# KEYS[3]: the sender's line, ZSET message record key -> its place, a number drawn from
+# KEYS[6] (SENDER_LINE_SEQ) at its first refusal (sender_line_key); KEYS[4]: HASH message
+# record key -> last try, ms (sender_line_seen_key); KEYS[5]: this message's record key.
 # ARGV[1]: this run's lease token; ARGV[2]: runs at once allowed; ARGV[3]: the keys' TTL
 # (ms); ARGV[4]: ms after its last try that a message in line stops holding its place.
 # Returns {1} when the run may go (it is in the runs HASH, out of the line), else {0, runs
@@ -240,7 +240,7 @@ if redis.call('HEXISTS', KEYS[1], KEYS[2]) == 0 then
   local going = redis.call('HLEN', KEYS[1])
   if going + ahead >= tonumber(ARGV[2]) then
     if not mine then
-      redis.call('ZADD', KEYS[3], now, KEYS[5])
+      redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[6]), KEYS[5])
     end
     redis.call('HSET', KEYS[4], KEYS[5], now)
     redis.call('PEXPIRE', KEYS[3], ARGV[3])
@@ -299,7 +299,7 @@ class SenderRuns:
         keys = [
             k.sender_runs_key(sender), k.lease_key(message.session_key),
             k.sender_line_key(sender), k.sender_line_seen_key(sender),
-            k.message_key(message.session_key, message.message_id),
+            k.message_key(message.session_key, message.message_id), k.SENDER_LINE_SEQ,
         ]  # fmt: skip
         args = [token, config.quotas.max_runs_per_sender, RUNS_TTL_MS, int(stale_sec * 1000)]
         granted, *busy = self._acquire(keys=keys, args=args)

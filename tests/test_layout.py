@@ -26,6 +26,7 @@ INGRESS_ALLOWED = {
     "claw_worker.config.gateway",
     "claw_worker.config.tools",
     "claw_worker.config.quotas",
+    "claw_worker.config.texts",
     "claw_worker.config.fields",
     "claw_worker.config.jsontext",
     "claw_worker.config.store",
