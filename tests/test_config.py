@@ -60,6 +60,31 @@ def test_empty_object_is_all_defaults() -> None:
             "'wiki lan' is not a host name, address or network",
         ),
         ('{"agents": {"defaults": {"memory": {"search": "semantic"}}}}', "memory.search"),
+        # URLs that start right but could never be reached, refused when read
+        (
+            '{"providers": {"proxy": {"api_base": "http://"}}}',
+            "providers.proxy.api_base: must be a URL with a host",
+        ),
+        ('{"providers": {"proxy": {"api_base": "http://h:99999/v1"}}}', "has a bad port"),
+        (
+            '{"channels": {"whatsapp": {"bridge_url": "http://127.0.0.1:3001"}}}',
+            "channels.whatsapp.bridge_url: must start with ws:// or wss://",
+        ),
+        (
+            '{"channels": {"telegram": {"webhook_url": "https:// bot.example.com"}}}',
+            "channels.telegram.webhook_url: must be a URL with a host and no spaces",
+        ),
+        (
+            '{"tools": {"web_search": {"searxng_url": "searx.lan:8888"}}}',
+            "tools.web_search.searxng_url: must start with http:// or https://",
+        ),
+        ('{"channels": {"qq": {"token_url": ""}}}', "channels.qq.token_url: token_url must be set"),
+        # admins that could never match a sender
+        (
+            '{"gateway": {"admins": ["123456789"]}}',
+            "gateway.admins: '123456789' is not <channel>:<sender_id>",
+        ),
+        ('{"gateway": {"admins": ["openai:bob"]}}', "'openai:bob' is not <channel>:<sender_id>"),
         # %-templates that would fail only when their reply is due (a failure reply lost)
         (
             '{"agents": {"defaults": {"texts": {"sender_busy": "busy, try later"}}}}',

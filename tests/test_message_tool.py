@@ -22,7 +22,7 @@ from tests.llm_server import LLMServer, error, text, tool_call
 
 CHANNELS = {
     "telegram": {"enabled": True, "token": "123:abc"},  # can deliver
-    "whatsapp": {"enabled": True, "bridge_url": "http://bridge.local"},  # can deliver
+    "whatsapp": {"enabled": True, "bridge_url": "ws://bridge.local"},  # can deliver
     "discord": {"enabled": True},  # no token
     "feishu": {"app_id": "a", "app_secret": "s"},  # credentials, but not enabled
     "dingtalk": {"enabled": True, "client_id": "c"},  # no client_secret

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from claw_worker.config.fields import secret
+from claw_worker.config.fields import check_url, secret
 
 
 class ChannelConfig(BaseModel):
@@ -37,9 +37,7 @@ class ChannelConfig(BaseModel):
     @field_validator("api_base")
     @classmethod
     def _check_api_base(cls, value: str) -> str:
-        if value and not value.startswith(("http://", "https://", "ws://", "wss://")):
-            raise ValueError("api_base must start with http://, https://, ws:// or wss://")
-        return value.rstrip("/")
+        return check_url(value, ("http", "https", "ws", "wss")).rstrip("/")
 
 
 class TelegramConfig(ChannelConfig):
@@ -66,9 +64,7 @@ class TelegramConfig(ChannelConfig):
     @field_validator("webhook_url")
     @classmethod
     def _check_webhook_url(cls, value: str) -> str:
-        if value and not value.startswith(("https://", "http://")):
-            raise ValueError("webhook_url must be an https:// URL (http:// for a local Bot API)")
-        return value
+        return check_url(value)  # https:// (http:// for a local Bot API server)
 
     @field_validator("webhook_secret")
     @classmethod
@@ -133,6 +129,11 @@ class WhatsAppConfig(ChannelConfig):
             return {**data, "mode": "bridge"}
         return data
 
+    @field_validator("bridge_url")
+    @classmethod
+    def _check_bridge_url(cls, value: str) -> str:
+        return check_url(value, ("ws", "wss"))
+
     def missing(self) -> list[str]:
         """The settings this mode cannot work without that are not set."""
         if self.mode == "bridge":
@@ -158,9 +159,9 @@ class QQConfig(ChannelConfig):
     @field_validator("token_url")
     @classmethod
     def _check_token_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("token_url must start with http:// or https://")
-        return value
+        if not value:
+            raise ValueError("token_url must be set (https://bots.qq.com/app/getAppAccessToken)")
+        return check_url(value)
 
 
 class DingTalkConfig(ChannelConfig):

@@ -1,4 +1,5 @@
-"""Field helpers shared by the config models: the sections' base and the secret marker.
+"""Field helpers shared by the config models: the sections' base, the secret marker and the
+URL check.
 
 A field made with :func:`secret` holds a credential. Masking (``config get``, ``/config
 get``, the answer of ``config set``) and log redaction find secrets by this marker in the
@@ -8,6 +9,7 @@ schema and by their configured values, never by guessing from a field's name.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,3 +25,23 @@ class Section(BaseModel):
 def secret(description: str = "") -> Any:
     """A string field holding a credential (default empty)."""
     return Field("", description=description or None, json_schema_extra={SECRET_MARK: True})
+
+
+def check_url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    """``value`` when empty or an absolute URL of one of ``schemes`` with a host; else a
+    ValueError saying what is wrong. A URL that starts right but has no host (``http://``),
+    spaces or a bad port would otherwise fail only when first used. The message never
+    repeats the value: it may carry a password."""
+    if not value:
+        return value
+    example = f"{schemes[-1]}://host:port/path"
+    parts = urlsplit(value)
+    if parts.scheme not in schemes:
+        raise ValueError(f"must start with {' or '.join(f'{s}://' for s in schemes)}")
+    if not parts.hostname or any(c.isspace() for c in value):
+        raise ValueError(f"must be a URL with a host and no spaces, like {example}")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f"has a bad port: give a number from 1 to 65535, like {example}") from None
+    return value

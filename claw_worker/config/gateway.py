@@ -8,6 +8,7 @@ import re
 
 from pydantic import Field, field_validator
 
+from claw_worker.config.channels import ChannelsConfig
 from claw_worker.config.fields import Section, secret
 
 
@@ -123,6 +124,22 @@ class GatewayConfig(Section):
         for entry in entries:
             parse_proxy_network(entry)  # raises, naming the entry and the fix
         return [entry.strip() for entry in entries]
+
+    @field_validator("admins")
+    @classmethod
+    def _check_admins(cls, admins: list[str]) -> list[str]:
+        # An entry that can never match (no channel, a channel that names no sender) would
+        # leave the operator believing someone is an admin who is not.
+        channels = [*ChannelsConfig.model_fields, "api"]
+        for entry in admins:
+            channel, _, sender = entry.partition(":")
+            if channel not in channels or not sender or sender != sender.strip():
+                raise ValueError(
+                    f"{entry!r} is not <channel>:<sender_id> (e.g. telegram:123456789, "
+                    f"api:ops), with a channel whose messages name their sender: "
+                    f"{', '.join(channels)}"
+                )
+        return admins
 
     @field_validator("allowed_origins")
     @classmethod

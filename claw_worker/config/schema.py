@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from claw_worker.config.channels import ChannelsConfig
-from claw_worker.config.fields import Section, secret
+from claw_worker.config.fields import Section, check_url, secret
 from claw_worker.config.gateway import GatewayConfig, RateLimitConfig
 from claw_worker.config.quotas import QuotasConfig
 from claw_worker.config.texts import TextsConfig
@@ -131,11 +131,10 @@ class ProxyConfig(Section):
     supports_responses_compact: bool = False
     stream: bool = False  # ask for a streamed answer ("stream": true, SSE), any protocol
 
-    @model_validator(mode="after")
-    def _check_base(self) -> ProxyConfig:
-        if self.api_base and not self.api_base.startswith(("http://", "https://")):
-            raise ValueError("api_base must start with http:// or https://")
-        return self
+    @field_validator("api_base")
+    @classmethod
+    def _check_base(cls, value: str) -> str:
+        return check_url(value)
 
 
 class ProvidersConfig(Section):

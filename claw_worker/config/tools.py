@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from claw_worker.config.fields import Section, secret
+from claw_worker.config.fields import Section, check_url, secret
 
 
 class ExecToolConfig(Section):
@@ -57,6 +57,11 @@ class WebSearchConfig(Section):
     searxng_url: str = ""  # e.g. http://127.0.0.1:8888 (the instance must allow format=json)
     max_results: int = Field(5, ge=1, le=20)
     timeout_sec: float = Field(15.0, gt=0)
+
+    @field_validator("brave_api_base", "searxng_url")
+    @classmethod
+    def _check_urls(cls, value: str) -> str:
+        return check_url(value)
 
 
 class WebFetchConfig(Section):
