@@ -112,6 +112,22 @@ def test_lone_surrogate_is_refused_and_config_set_can_replace_it(claw_home: Claw
     assert json.loads(claw_home.config_file.read_text())["agents"]["defaults"]["model"] == "gpt"
 
 
+def test_config_set_on_a_file_invalid_elsewhere_says_to_fix_the_file(claw_home: ClawHome) -> None:
+    # Two problems, as a hand edit (or a setting an upgrade checks more strictly) leaves them.
+    claw_home.write_config({"tools": {"exec": {"deny_patterns": [""]}},
+                            "channels": {"telegram": {"allow_from": [" 12"]}}})  # fmt: skip
+    before = claw_home.config_file.read_bytes()
+    result = claw_home.clawctl("config", "set", "channels.telegram.allow_from", '["12"]')
+    refused(result, "tools.exec.deny_patterns: '' matches the empty text",
+            "config.json was already invalid before this change: edit the file")  # fmt: skip
+    assert claw_home.config_file.read_bytes() == before
+    # One problem of a valid file: no such note.
+    claw_home.write_config({})
+    result = claw_home.clawctl("config", "set", "channels.telegram.allow_from", '[" 12"]')
+    refused(result, "' 12' has spaces around it: write '12'")
+    assert "already invalid" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("9" * 5000, "a number with 5000 digits"), ("[" * 50_000 + "]" * 50_000, "nested too deeply")],

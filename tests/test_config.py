@@ -79,6 +79,11 @@ def test_empty_object_is_all_defaults() -> None:
             "tools.web_search.searxng_url: must start with http:// or https://",
         ),
         ('{"channels": {"qq": {"token_url": ""}}}', "channels.qq.token_url: token_url must be set"),
+        # names that could never match, patterns that match every command
+        ('{"channels": {"telegram": {"allow_from": [" 12"]}}}', "' 12' has spaces around it"),
+        ('{"providers": {"proxy": {"models": ["", "m"]}}}', "an entry is empty"),
+        ('{"agents": {"defaults": {"model": "gpt-4o "}}}', "agents.defaults.model: 'gpt-4o '"),
+        ('{"tools": {"exec": {"deny_patterns": ["rm|"]}}}', "'rm|' matches the empty text"),
         # admins that could never match a sender
         (
             '{"gateway": {"admins": ["123456789"]}}',

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from claw_worker.config.fields import check_url, secret
+from claw_worker.config.fields import check_names, check_url, secret
 
 
 class ChannelConfig(BaseModel):
@@ -33,6 +33,11 @@ class ChannelConfig(BaseModel):
     def missing(self) -> list[str]:
         """The required settings that are not set (a mode may need others: override)."""
         return [name for name in self.required if not str(getattr(self, name)).strip()]
+
+    @field_validator("allow_from")
+    @classmethod
+    def _check_allow_from(cls, values: list[str]) -> list[str]:
+        return check_names(values)
 
     @field_validator("api_base")
     @classmethod

@@ -1,5 +1,5 @@
-"""Field helpers shared by the config models: the sections' base, the secret marker and the
-URL check.
+"""Field helpers shared by the config models: the sections' base, the secret marker, and the
+checks of URLs and of names (ids, models).
 
 A field made with :func:`secret` holds a credential. Masking (``config get``, ``/config
 get``, the answer of ``config set``) and log redaction find secrets by this marker in the
@@ -45,3 +45,21 @@ def check_url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
     except ValueError:
         raise ValueError(f"has a bad port: give a number from 1 to 65535, like {example}") from None
     return value
+
+
+def check_name(value: str) -> str:
+    """``value`` when empty (unset) or a name without spaces around it: " 12" would never
+    match the sender 12, nor " gpt-4o" a model."""
+    if value != value.strip():
+        raise ValueError(f"{value!r} has spaces around it: write {value.strip()!r}")
+    return value
+
+
+def check_names(values: list[str]) -> list[str]:
+    """Each of ``values`` a name (:func:`check_name`), none empty: an empty entry matches
+    nothing and is most likely a slip."""
+    for value in values:
+        if not value.strip():
+            raise ValueError("an entry is empty: remove it")
+        check_name(value)
+    return values

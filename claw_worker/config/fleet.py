@@ -131,7 +131,10 @@ def change_config(path: Path, dotted: str, raw: str) -> ChangeResult:
     parts = check_schema_path(dotted)
     dotted = ".".join(parts)
     existed = path.exists()
-    value, candidate = choose_value(read_raw_data(path), dotted, raw)
+    try:
+        value, candidate = choose_value(read_raw_data(path), dotted, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}{_already_invalid(path)}") from None
     config = save_config_data(path, candidate)
     shown = json.dumps(mask_secrets(value, dotted), ensure_ascii=False)
     backup = f"; previous version in {path.name}.bak" if existed else ""
@@ -148,6 +151,20 @@ def change_config(path: Path, dotted: str, raw: str) -> ChangeResult:
         restored = f"{path} restored from {path.name}.bak" if existed else f"{path} removed"
         return ChangeResult(False, f"{dotted} not changed. {outcome.describe()}\n{restored}.")
     return ChangeResult(not outcome.failed, f"{done}\n{outcome.describe()}")
+
+
+def _already_invalid(path: Path) -> str:
+    """A note for a change refused because the file was invalid before it (a hand edit, a
+    setting an upgrade checks more strictly): each ``config set`` must leave a valid file,
+    so such problems are fixed in the file itself."""
+    try:
+        load_config(path)
+    except ConfigError:
+        return (
+            f"\n{path.name} was already invalid before this change: edit the file to fix the "
+            "problems above (`clawctl config check` lists them all), then set again."
+        )
+    return ""
 
 
 def reload_config(path: Path) -> ChangeResult:

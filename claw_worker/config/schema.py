@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from claw_worker.config.channels import ChannelsConfig
-from claw_worker.config.fields import Section, check_url, secret
+from claw_worker.config.fields import Section, check_name, check_names, check_url, secret
 from claw_worker.config.gateway import GatewayConfig, RateLimitConfig
 from claw_worker.config.quotas import QuotasConfig
 from claw_worker.config.texts import TextsConfig
@@ -116,6 +116,16 @@ class AgentDefaults(Section):
     memory: MemoryConfig = MemoryConfig()
     runtime_control: RuntimeControlConfig = RuntimeControlConfig()
 
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        return check_name(value)
+
+    @field_validator("model_fallbacks")
+    @classmethod
+    def _check_fallbacks(cls, values: list[str]) -> list[str]:
+        return check_names(values)
+
 
 class AgentsConfig(Section):
     defaults: AgentDefaults = AgentDefaults()
@@ -135,6 +145,11 @@ class ProxyConfig(Section):
     @classmethod
     def _check_base(cls, value: str) -> str:
         return check_url(value)
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, values: list[str]) -> list[str]:
+        return check_names(values)
 
 
 class ProvidersConfig(Section):

@@ -46,6 +46,8 @@ class ExecToolConfig(Section):
                 re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"{pattern!r} is not a valid regular expression ({exc})") from None
+            if re.search(pattern, ""):  # "", "x*", "^": found in every command
+                raise ValueError(f"{pattern!r} matches the empty text, so every command")
         return patterns
 
 
