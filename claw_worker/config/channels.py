@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from claw_worker.config.fields import check_names, check_url, secret
+from claw_worker.config.fields import Names, check_url, secret
 
 
 class ChannelConfig(BaseModel):
@@ -20,7 +20,7 @@ class ChannelConfig(BaseModel):
     # sent a one-time code); open: anyone. Refused senders are logged, never answered by
     # the agent.
     dm_policy: Literal["allowlist", "pairing", "open"] = "pairing"
-    allow_from: list[str] = []
+    allow_from: Names = []
     # Outbound token bucket: sustained messages per second and burst size.
     rate_per_sec: float = Field(1.0, gt=0)
     burst: int = Field(5, ge=1)
@@ -33,11 +33,6 @@ class ChannelConfig(BaseModel):
     def missing(self) -> list[str]:
         """The required settings that are not set (a mode may need others: override)."""
         return [name for name in self.required if not str(getattr(self, name)).strip()]
-
-    @field_validator("allow_from")
-    @classmethod
-    def _check_allow_from(cls, values: list[str]) -> list[str]:
-        return check_names(values)
 
     @field_validator("api_base")
     @classmethod

@@ -8,10 +8,10 @@ schema and by their configured values, never by guessing from a field's name.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 SECRET_MARK = "secret"
 
@@ -63,3 +63,8 @@ def check_names(values: list[str]) -> list[str]:
             raise ValueError("an entry is empty: remove it")
         check_name(value)
     return values
+
+
+# Field types of names: ``model: Name = ""``, ``allow_from: Names = []``.
+Name = Annotated[str, AfterValidator(check_name)]
+Names = Annotated[list[str], AfterValidator(check_names)]

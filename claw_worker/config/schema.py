@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from claw_worker.config.channels import ChannelsConfig
-from claw_worker.config.fields import Section, check_name, check_names, check_url, secret
+from claw_worker.config.fields import Name, Names, Section, check_url, secret
 from claw_worker.config.gateway import GatewayConfig, RateLimitConfig
 from claw_worker.config.quotas import QuotasConfig
 from claw_worker.config.texts import TextsConfig
@@ -105,8 +105,8 @@ class MemoryConfig(Section):
 
 class AgentDefaults(Section):
     workspace: str = ""  # empty: $CLAW_HOME/workspace
-    model: str = ""  # empty: the first of providers.proxy.models
-    model_fallbacks: list[str] = []
+    model: Name = ""  # empty: the first of providers.proxy.models
+    model_fallbacks: Names = []
     max_tokens: int = Field(4096, ge=1)
     temperature: float = Field(0.7, ge=0, le=2)
     max_tool_iterations: int = Field(20, ge=1, le=500)
@@ -115,16 +115,6 @@ class AgentDefaults(Section):
     context_compaction: ContextCompactionConfig = ContextCompactionConfig()
     memory: MemoryConfig = MemoryConfig()
     runtime_control: RuntimeControlConfig = RuntimeControlConfig()
-
-    @field_validator("model")
-    @classmethod
-    def _check_model(cls, value: str) -> str:
-        return check_name(value)
-
-    @field_validator("model_fallbacks")
-    @classmethod
-    def _check_fallbacks(cls, values: list[str]) -> list[str]:
-        return check_names(values)
 
 
 class AgentsConfig(Section):
@@ -136,7 +126,7 @@ class ProxyConfig(Section):
     api_key: str = secret("empty: $CLAW_API_KEY, else $OPENAI_API_KEY")
     auth: Literal["bearer", "api-key", "none"] = "bearer"
     timeout_sec: float = Field(120.0, gt=0)
-    models: list[str] = []
+    models: Names = []
     protocol: Literal["chat_completions", "responses", "anthropic"] = "chat_completions"
     supports_responses_compact: bool = False
     stream: bool = False  # ask for a streamed answer ("stream": true, SSE), any protocol
@@ -145,11 +135,6 @@ class ProxyConfig(Section):
     @classmethod
     def _check_base(cls, value: str) -> str:
         return check_url(value)
-
-    @field_validator("models")
-    @classmethod
-    def _check_models(cls, values: list[str]) -> list[str]:
-        return check_names(values)
 
 
 class ProvidersConfig(Section):
