@@ -106,12 +106,9 @@ def test_long_text_goes_out_in_order_in_parts_with_code_fences_kept(redis_server
         assert all(len(p) <= RecordingChannel.max_text for p in parts)
         assert all(p.count("```") % 2 == 0 for p in parts), parts  # each renders as code
         assert "".join(parts).replace("```\n```py\n", "").count("x29 = 29") == 1
-        assert await client.xpending(k.OUTBOUND_STREAM, k.OUTBOUND_GROUP) == {
-            "pending": 0,
-            "min": None,
-            "max": None,
-            "consumers": [],
-        }
+        # Acknowledged once marked done: waited for, as the two are separate Redis calls.
+        pending = await until(lambda: _acknowledged(client))
+        assert pending == {"pending": 0, "min": None, "max": None, "consumers": []}
         await delivery.stop()
 
     run(redis_server, body)
@@ -151,6 +148,11 @@ def test_a_permanent_refusal_is_not_retried(redis_server) -> None:
 async def _done(client: aioredis.Redis, mid: str) -> dict[str, str] | None:
     state = await client.hgetall(k.delivered_key(mid))
     return state if state.get("done") else None
+
+
+async def _acknowledged(client: aioredis.Redis) -> dict[str, Any] | None:
+    pending = await client.xpending(k.OUTBOUND_STREAM, k.OUTBOUND_GROUP)
+    return pending if pending["pending"] == 0 else None
 
 
 def test_two_replicas_send_each_entry_once_and_in_order(redis_server) -> None:
