@@ -132,6 +132,8 @@ def run_as_uid(home: Path, commands: list[str]) -> dict[str, Any]:
         as_uid(child, home.parent / "keep"), env=env, cwd=home, capture_output=True,
         text=True, timeout=300,
     )  # fmt: skip
+    if done.returncode != 0 and "unshare failed" in done.stderr:  # no CAP_SYS_ADMIN here
+        pytest.skip(f"cannot make a mount namespace here: {done.stderr.strip()}")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 
