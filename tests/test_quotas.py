@@ -218,7 +218,7 @@ def test_a_senders_sessions_take_turns_for_its_run_slot(fleet_factory, llm_serve
     session's message, waiting since before, runs next."""
     fleet = fleet_factory(quotas__max_runs_per_sender=1, quotas__sender_busy_retry_sec=0.2,
                           **NO_RATE_LIMIT)  # fmt: skip
-    llm_server.reply("slow answer", when="kim-a-first", delay=3)
+    llm_server.reply("slow answer", when="kim-a-first", delay=4)
     fleet.start_ingress()
     fleet.start_worker()
     with fleet.client() as http:
