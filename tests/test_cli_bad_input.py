@@ -112,6 +112,29 @@ def test_lone_surrogate_is_refused_and_config_set_can_replace_it(claw_home: Claw
     assert json.loads(claw_home.config_file.read_text())["agents"]["defaults"]["model"] == "gpt"
 
 
+def test_config_set_takes_pairs_together_and_refuses_a_broken_list(claw_home: ClawHome) -> None:
+    claw_home.write_config({"agents": {"defaults": {"heartbeat": {"every_sec": 600}}}})
+    before = claw_home.config_file.read_bytes()
+    channel, chat = (
+        "agents.defaults.heartbeat.target_channel",
+        "agents.defaults.heartbeat.target_chat_id",
+    )
+    # Valid only together: one alone is refused, saying how to set both.
+    refused(claw_home.clawctl("config", "set", channel, "telegram"),
+            "set both target_channel and target_chat_id", f"{channel} telegram {chat}")  # fmt: skip
+    refused(claw_home.clawctl("config", "set", channel, "telegram", chat),
+            f"{chat!r} has no value")  # fmt: skip
+    refused(claw_home.clawctl("config", "set", channel, "telegram", channel, "discord"),
+            f"{channel} is given twice")  # fmt: skip
+    refused(claw_home.clawctl("config", "set", "gateway.port", "-1"),  # a value, not an option
+            "gateway.port: Input should be greater than or equal to 1")  # fmt: skip
+    assert claw_home.config_file.read_bytes() == before
+    done = claw_home.clawctl("config", "set", channel, "telegram", chat, "42")
+    assert done.returncode == 0, done.stderr
+    heartbeat = json.loads(claw_home.config_file.read_text())["agents"]["defaults"]["heartbeat"]
+    assert heartbeat == {"every_sec": 600, "target_channel": "telegram", "target_chat_id": "42"}
+
+
 def test_config_set_on_a_file_invalid_elsewhere_says_to_fix_the_file(claw_home: ClawHome) -> None:
     # Two problems, as a hand edit (or a setting an upgrade checks more strictly) leaves them.
     claw_home.write_config({"tools": {"exec": {"deny_patterns": [""]}},

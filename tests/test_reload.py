@@ -95,15 +95,19 @@ def test_set_reaches_both_hosts_takes_effect_and_a_rejection_rolls_back(
     assert ask(base, "before", "api:r1")["reply"] == "echo: before"
     assert "exec" not in tool_names(llm_server.requests[-1])
 
-    # 1. Applied everywhere, persisted on B, in effect at the next message: no restart.
-    out = clawctl(a, "config", "set", "tools.exec.enabled", "true")
+    # 1. Applied everywhere, persisted on B, in effect at the next message: no restart. Two
+    # settings in one command go together.
+    out = clawctl(a, "config", "set", "tools.exec.enabled", "true",
+                  "agents.defaults.temperature", "0.25")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "Applied by 3 process(es)" in out.stdout, out.stdout
     assert out.stdout.count("worker worker-") == 2 and "ingress ingress-" in out.stdout
     assert b.read_config()["tools"]["exec"]["enabled"] is True
+    assert b.read_config()["agents"]["defaults"]["temperature"] == 0.25
     for n in range(4):  # whichever host's worker takes it
         ask(base, f"after {n}", f"api:r2-{n}")
         assert "exec" in tool_names(llm_server.requests[-1])
+        assert llm_server.requests[-1]["temperature"] == 0.25
 
     # 2. B cannot create the new log directory: nothing applied anywhere, A's file restored.
     (b.home / "blocked").write_text("a file where B's log directory would go")

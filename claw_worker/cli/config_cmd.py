@@ -56,15 +56,24 @@ def get_cmd(dotted: str) -> None:
     click.echo(Redactor().scrub(shown))
 
 
-@config.command("set")
-@click.argument("dotted", metavar="PATH")
-@click.argument("raw", metavar="VALUE")
-def set_cmd(dotted: str, raw: str) -> None:
+@config.command("set", context_settings={"ignore_unknown_options": True})  # VALUE may be -1
+@click.argument("pairs", metavar="PATH VALUE [PATH VALUE]...", nargs=-1, required=True)
+def set_cmd(pairs: tuple[str, ...]) -> None:
     """Set PATH to VALUE (JSON when it parses as JSON, else a string) in the file and in
-    every running process of the fleet; if one rejects it, the file is restored."""
+    every running process of the fleet; if one rejects it, the file is restored. Several
+    pairs are set together, for settings valid only together (a heartbeat's target
+    channel and chat)."""
+    if len(pairs) % 2:
+        raise CliError(
+            f"config set takes PATH VALUE pairs; {pairs[-1]!r} has no value "
+            "(quote a value with spaces: config set PATH 'two words')"
+        )
     path = current_path()
-    _report(lambda: change_config(path, dotted, raw), f"{path} was not changed.")
-    warn_inactive(load_config(path), ".".join(split_path(dotted)))
+    changes = list(zip(pairs[::2], pairs[1::2], strict=True))
+    _report(lambda: change_config(path, changes), f"{path} was not changed.")
+    config = load_config(path)
+    for dotted, _ in changes:
+        warn_inactive(config, ".".join(split_path(dotted)))
 
 
 @config.command("reload")

@@ -27,7 +27,7 @@ async def _config(ctx: CommandContext, args: list[str]) -> str:
             return json.dumps(masked, ensure_ascii=False, indent=2)
         if len(args) >= 3 and args[0] == "set":
             # Writes the file and waits for every process's answer: off the event loop.
-            result = await asyncio.to_thread(change_config, path, args[1], " ".join(args[2:]))
+            result = await asyncio.to_thread(change_config, path, [(args[1], " ".join(args[2:]))])
             return result.message
     except ConfigError as exc:
         return f"Not changed: {exc}"

@@ -79,23 +79,38 @@ def _problems(data: dict[str, Any]) -> str | None:
     return None
 
 
-def choose_value(data: dict[str, Any], dotted: str, raw: str) -> tuple[Any, dict[str, Any]]:
-    """The value ``raw`` means at ``dotted`` and the whole new data; ConfigError if invalid.
+def choose_values(
+    data: dict[str, Any], pairs: list[tuple[str, str]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The values the ``(dotted, raw)`` pairs mean, set together, and the whole new data;
+    ConfigError if the result is invalid. Together, because some settings are valid only in
+    pairs (a heartbeat's target channel and chat), so no single step could set them.
 
     ``raw`` is JSON when it parses as JSON, else a string; but ``config set gateway.token
     12345`` means the string "12345" to anyone typing it, so a JSON value the schema refuses
-    is tried as text before giving up.
+    is tried as text, and kept as text when that leaves fewer problems.
     """
-    value = parse_value(raw)
-    candidate = set_path(data, dotted, value)
-    problems = _problems(candidate)
-    if problems and not isinstance(value, str):
-        as_text = set_path(data, dotted, raw)
-        if _problems(as_text) is None:
-            return raw, as_text
+    values: dict[str, Any] = {}
+    for dotted, raw in pairs:
+        if dotted in values:
+            raise ConfigError(f"{dotted} is given twice: set each path once")
+        values[dotted] = parse_value(raw)
+    problems = _problems(_with(data, values))
+    for dotted, raw in pairs:
+        if problems and not isinstance(values[dotted], str):
+            as_text = {**values, dotted: raw}
+            found = _problems(_with(data, as_text))
+            if found is None or found.count("\n") < problems.count("\n"):
+                values, problems = as_text, found
     if problems:
-        raise ConfigError(f"cannot set {dotted}:\n{problems}")
-    return value, candidate
+        raise ConfigError(f"cannot set {', '.join(values)}:\n{problems}")
+    return values, _with(data, values)
+
+
+def _with(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    for dotted, value in values.items():
+        data = set_path(data, dotted, value)
+    return data
 
 
 def fleet_client(config: Config) -> redis.Redis | None:
@@ -126,30 +141,32 @@ def reload_running(config: Config, changes: dict[str, Any] | None) -> ReloadOutc
         conn.close()
 
 
-def change_config(path: Path, dotted: str, raw: str) -> ChangeResult:
-    """Set ``dotted`` to ``raw`` in the file at ``path`` and in every running process."""
-    parts = check_schema_path(dotted)
-    dotted = ".".join(parts)
+def change_config(path: Path, pairs: list[tuple[str, str]]) -> ChangeResult:
+    """Set each ``(dotted, raw)`` of ``pairs`` in the file at ``path`` and in every running
+    process, all together or none."""
+    pairs = [(".".join(check_schema_path(dotted)), raw) for dotted, raw in pairs]
     existed = path.exists()
     try:
-        value, candidate = choose_value(read_raw_data(path), dotted, raw)
+        values, candidate = choose_values(read_raw_data(path), pairs)
     except ConfigError as exc:
         raise ConfigError(f"{exc}{_already_invalid(path)}") from None
     config = save_config_data(path, candidate)
-    shown = json.dumps(mask_secrets(value, dotted), ensure_ascii=False)
+    shown = [f"{dotted} = {json.dumps(mask_secrets(value, dotted), ensure_ascii=False)}"
+             for dotted, value in values.items()]  # fmt: skip
     backup = f"; previous version in {path.name}.bak" if existed else ""
-    done = f"{dotted} = {shown}  ({path}{backup})"
+    done = "\n".join(shown) + f"  ({path}{backup})"
+    names = ", ".join(values)
     try:
-        outcome = reload_running(config, {dotted: value})
+        outcome = reload_running(config, values)
     except ReloadBusy as exc:
         restore_backup(path, existed=existed)
-        return ChangeResult(False, f"{dotted} not changed: {exc}.")
+        return ChangeResult(False, f"{names} not changed: {exc}.")
     if outcome is None:
         return ChangeResult(True, f"{done}\nNo running fleet reached: it applies at start.")
     if not outcome.applied:
         restore_backup(path, existed=existed)
         restored = f"{path} restored from {path.name}.bak" if existed else f"{path} removed"
-        return ChangeResult(False, f"{dotted} not changed. {outcome.describe()}\n{restored}.")
+        return ChangeResult(False, f"{names} not changed. {outcome.describe()}\n{restored}.")
     return ChangeResult(not outcome.failed, f"{done}\n{outcome.describe()}")
 
 

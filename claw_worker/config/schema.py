@@ -57,7 +57,9 @@ class HeartbeatConfig(Section):
     def _check_target(self) -> HeartbeatConfig:
         if bool(self.target_channel) != bool(self.target_chat_id):
             raise ValueError(
-                "set both target_channel and target_chat_id, or neither (the last active chat)"
+                "set both target_channel and target_chat_id, or neither (the last active "
+                "chat), in one command: clawctl config set agents.defaults.heartbeat."
+                "target_channel telegram agents.defaults.heartbeat.target_chat_id 123456789"
             )
         known = sorted({*ChannelsConfig.model_fields, "ws"})
         if self.target_channel and self.target_channel not in known:
