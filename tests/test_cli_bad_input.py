@@ -133,6 +133,10 @@ def test_config_set_takes_pairs_together_and_refuses_a_broken_list(claw_home: Cl
     assert done.returncode == 0, done.stderr
     heartbeat = json.loads(claw_home.config_file.read_text())["agents"]["defaults"]["heartbeat"]
     assert heartbeat == {"every_sec": 600, "target_channel": "telegram", "target_chat_id": "42"}
+    # A section written whole replaces it; what it leaves out is named, not lost silently.
+    whole = claw_home.clawctl("config", "set", "agents.defaults.heartbeat", '{"enabled": false}')
+    assert whole.returncode == 0, whole.stderr
+    assert "(dropped from the file: every_sec, target_channel, target_chat_id)" in whole.stdout
 
 
 def test_config_set_on_a_file_invalid_elsewhere_says_to_fix_the_file(claw_home: ClawHome) -> None:

@@ -146,13 +146,14 @@ def change_config(path: Path, pairs: list[tuple[str, str]]) -> ChangeResult:
     process, all together or none."""
     pairs = [(".".join(check_schema_path(dotted)), raw) for dotted, raw in pairs]
     existed = path.exists()
+    data = read_raw_data(path)
     try:
-        values, candidate = choose_values(read_raw_data(path), pairs)
+        values, candidate = choose_values(data, pairs)
     except ConfigError as exc:
         raise ConfigError(f"{exc}{_already_invalid(path)}") from None
     config = save_config_data(path, candidate)
     shown = [f"{dotted} = {json.dumps(mask_secrets(value, dotted), ensure_ascii=False)}"
-             for dotted, value in values.items()]  # fmt: skip
+             f"{_left_out(data, dotted, value)}" for dotted, value in values.items()]  # fmt: skip
     backup = f"; previous version in {path.name}.bak" if existed else ""
     done = "\n".join(shown) + f"  ({path}{backup})"
     names = ", ".join(values)
@@ -168,6 +169,18 @@ def change_config(path: Path, pairs: list[tuple[str, str]]) -> ChangeResult:
         restored = f"{path} restored from {path.name}.bak" if existed else f"{path} removed"
         return ChangeResult(False, f"{names} not changed. {outcome.describe()}\n{restored}.")
     return ChangeResult(not outcome.failed, f"{done}\n{outcome.describe()}")
+
+
+def _left_out(data: dict[str, Any], dotted: str, value: Any) -> str:
+    """A note naming the fields a section written whole drops from the file (they return to
+    their defaults), so that replacing a section is never a silent loss."""
+    node: Any = data
+    for part in split_path(dotted):
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or not isinstance(value, dict):
+        return ""
+    dropped = sorted(set(node) - set(value))
+    return f"  (dropped from the file: {', '.join(dropped)})" if dropped else ""
 
 
 def _already_invalid(path: Path) -> str:
