@@ -125,7 +125,9 @@ def update(
     client: redis.Redis, config: Config, pipeline_id: str, change: Callable[[Pipeline], Changes]
 ) -> tuple[Pipeline, Changes]:
     """Apply ``change`` to the stored pipeline atomically (again if another writer won);
-    ``change`` may raise PipelineError, which leaves the pipeline as it was."""
+    ``change`` may raise PipelineError, which leaves the pipeline as it was. A change that
+    stamps times reads the clock itself, on each try: a time taken before a lost race would
+    date this change before the winner's (a task finished after its dependent started)."""
     key = k.pipeline_key(pipeline_id)
     with client.pipeline() as pipe:
         for _ in range(MAX_TRIES):
@@ -177,8 +179,7 @@ def start(client: redis.Redis, config: Config, pipeline: Pipeline, tasks: list[T
 def dispatch(client: redis.Redis, config: Config, pipeline_id: str) -> tuple[Pipeline, list[Task]]:
     """Start every task whose dependencies are done; returns the pipeline and those started."""
     reconcile(client, config, load(client, pipeline_id))
-    now = time.time()
-    pipeline, changes = update(client, config, pipeline_id, lambda p: claim_ready(p, now))
+    pipeline, changes = update(client, config, pipeline_id, lambda p: claim_ready(p, time.time()))
     start(client, config, pipeline, changes.started)
     return pipeline, changes.started
 
@@ -187,10 +188,10 @@ def claim_for_spawn(
     client: redis.Redis, config: Config, pipeline_id: str, task_id: str, session: str, mid: str
 ) -> tuple[Pipeline, Task]:
     """A ready task, claimed for a sub-agent's run in ``session`` with message ``mid``."""
-    now, claimed = time.time(), []
+    claimed: list[Task] = []
 
     def change(p: Pipeline) -> Changes:
-        claimed[:] = [claim_task(p, task_id, now, session, mid)]
+        claimed[:] = [claim_task(p, task_id, time.time(), session, mid)]
         return Changes(changed=True)
 
     pipeline, _ = update(client, config, pipeline_id, change)
@@ -208,10 +209,10 @@ def task_finished(
     text: str,
 ) -> Changes:
     """A task's run is over: record it, start what became ready, report what must be."""
-    now, bounds = time.time(), limits(config)
+    bounds = limits(config)
     pipeline, changes = update(
         client, config, pipeline_id,
-        lambda p: finish(p, task_id, attempt, ok=ok, text=text, limits=bounds, now=now),
+        lambda p: finish(p, task_id, attempt, ok=ok, text=text, limits=bounds, now=time.time()),
     )  # fmt: skip
     start(client, config, pipeline, changes.started)
     report(client, config, pipeline, changes)
