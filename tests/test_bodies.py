@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from claw_ingress.bodies import MAX_DEPTH, BodyError, loads_bounded, nesting_depth
+from claw_ingress.bodies import (
+    MAX_DEPTH,
+    MAX_NUMBER_DIGITS,
+    BodyError,
+    loads_bounded,
+    nesting_depth,
+)
 
 
 def nested(depth: int) -> bytes:
@@ -27,8 +33,10 @@ def test_the_depth_limit_counts_every_level_and_not_brackets_in_strings() -> Non
     assert len(loads_bounded(wide)["x"]) == 10 * MAX_DEPTH
 
 
+# Integers within the body's digit limit (a longer one is refused on its own, MAX_NUMBER_DIGITS).
+small_ints = st.integers(-(10**MAX_NUMBER_DIGITS) + 1, 10**MAX_NUMBER_DIGITS - 1)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab', max_size=8),
+    st.none() | st.booleans() | small_ints | st.text(alphabet='[]{}"\\ab', max_size=8),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
     ),
