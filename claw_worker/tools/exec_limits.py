@@ -58,9 +58,20 @@ def limits_for(cfg: ExecToolConfig) -> ExecLimits:
     )
 
 
+NO_PROCESS_LIMIT = "none: root without a writable cgroup v1 pids hierarchy"
+
+
+def process_limit() -> str:
+    """How ``max_processes`` is enforced here: "RLIMIT_NPROC" (not root), "pids cgroup"
+    (root with one), else NO_PROCESS_LIMIT."""
+    if os.getuid() != 0:
+        return "RLIMIT_NPROC"
+    return "pids cgroup" if _pids_parent() is not None else NO_PROCESS_LIMIT
+
+
 def process_limit_holds() -> bool:
     """Whether ``max_processes`` is enforced here: not root, or root with a pids cgroup."""
-    return os.getuid() != 0 or _pids_parent() is not None
+    return process_limit() != NO_PROCESS_LIMIT
 
 
 @contextlib.contextmanager

@@ -8,10 +8,8 @@ runs a command but bwrap's own probe, which the first ``exec`` would run anyway 
 
 from __future__ import annotations
 
-import os
-
 from claw_worker.config.schema import ExecToolConfig
-from claw_worker.tools.exec_limits import process_limit_holds
+from claw_worker.tools.exec_limits import process_limit
 from claw_worker.tools.sandbox import find_bwrap
 
 BWRAP = "bwrap"
@@ -29,15 +27,9 @@ def exec_posture(cfg: ExecToolConfig) -> dict[str, str | int | bool]:
             sandbox = BWRAP
         else:
             sandbox = f"{'refused' if cfg.sandbox == 'bwrap' else 'none'}: {problem}"
-    if os.getuid() != 0:
-        limit = "RLIMIT_NPROC"
-    elif process_limit_holds():
-        limit = "pids cgroup"
-    else:
-        limit = "none: root without a writable cgroup v1 pids hierarchy"
     return {
         "sandbox": sandbox,
-        "process_limit": limit,
+        "process_limit": process_limit(),
         "max_processes": cfg.max_processes,
         "network": cfg.allow_network,
     }
