@@ -160,11 +160,13 @@ class TokenBudget:
         now = self.clock()
         day = utc_day(now)
         used = self.redis.mget([key(day) for _, _, key in self._limits])
+        left = []
         for (who, limit, _), value in zip(self._limits, used, strict=True):
             spent = int(value or 0)
             if spent >= limit:
                 return self.texts.token_budget_used_up % (who, limit, spent, reset_text(now))
-            self._left = min(limit - spent, self._left or limit)
+            left.append(limit - spent)
+        self._left = min(left)
         return None
 
     def cap(self, max_tokens: int) -> int:

@@ -71,9 +71,7 @@ def set_cmd(pairs: tuple[str, ...]) -> None:
     path = current_path()
     changes = list(zip(pairs[::2], pairs[1::2], strict=True))
     _report(lambda: change_config(path, changes), f"{path} was not changed.")
-    config = load_config(path)
-    for dotted, _ in changes:
-        warn_inactive(config, ".".join(split_path(dotted)))
+    warn_inactive(load_config(path), *(".".join(split_path(dotted)) for dotted, _ in changes))
 
 
 @config.command("reload")
@@ -111,14 +109,12 @@ def check_cmd() -> None:
     click.echo(f"OK {path}")
 
 
-def warn_inactive(config: Config, under: str = "") -> None:
-    """A warning on stderr for each setting (at or below ``under``) that is set but has no
-    effect yet (config/inactive.py)."""
+def warn_inactive(config: Config, *unders: str) -> None:
+    """A warning on stderr for each setting (at or below one of ``unders``; all without
+    them) that is set but has no effect yet (config/inactive.py)."""
     for dotted, reason in inactive_settings(config):
-        if (
-            not under
-            or dotted == under
-            or dotted.startswith(under + ".")
-            or under.startswith(dotted + ".")
+        if not unders or any(
+            dotted == under or dotted.startswith(under + ".") or under.startswith(dotted + ".")
+            for under in unders
         ):
             click.echo(f"warning: {dotted} is set but has no effect yet: {reason}", err=True)

@@ -95,16 +95,18 @@ def choose_values(
         if dotted in values:
             raise ConfigError(f"{dotted} is given twice: set each path once")
         values[dotted] = parse_value(raw)
-    problems = _problems(_with(data, values))
+    candidate = _with(data, values)
+    problems = _problems(candidate)
     for dotted, raw in pairs:
         if problems and not isinstance(values[dotted], str):
             as_text = {**values, dotted: raw}
-            found = _problems(_with(data, as_text))
+            trial = _with(data, as_text)
+            found = _problems(trial)
             if found is None or found.count("\n") < problems.count("\n"):
-                values, problems = as_text, found
+                values, candidate, problems = as_text, trial, found
     if problems:
         raise ConfigError(f"cannot set {', '.join(values)}:\n{problems}")
-    return values, _with(data, values)
+    return values, candidate
 
 
 def _with(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
@@ -150,7 +152,7 @@ def change_config(path: Path, pairs: list[tuple[str, str]]) -> ChangeResult:
     try:
         values, candidate = choose_values(data, pairs)
     except ConfigError as exc:
-        raise ConfigError(f"{exc}{_already_invalid(path)}") from None
+        raise ConfigError(f"{exc}{_already_invalid(path, data)}") from None
     config = save_config_data(path, candidate)
     shown = [f"{dotted} = {json.dumps(mask_secrets(value, dotted), ensure_ascii=False)}"
              f"{_left_out(data, dotted, value)}" for dotted, value in values.items()]  # fmt: skip
@@ -183,18 +185,16 @@ def _left_out(data: dict[str, Any], dotted: str, value: Any) -> str:
     return f"  (dropped from the file: {', '.join(dropped)})" if dropped else ""
 
 
-def _already_invalid(path: Path) -> str:
-    """A note for a change refused because the file was invalid before it (a hand edit, a
-    setting an upgrade checks more strictly): each ``config set`` must leave a valid file,
-    so such problems are fixed in the file itself."""
-    try:
-        load_config(path)
-    except ConfigError:
-        return (
-            f"\n{path.name} was already invalid before this change: edit the file to fix the "
-            "problems above (`clawctl config check` lists them all), then set again."
-        )
-    return ""
+def _already_invalid(path: Path, data: dict[str, Any]) -> str:
+    """A note for a change refused because the file's ``data`` was invalid before it (a
+    hand edit, a setting an upgrade checks more strictly): each ``config set`` must leave a
+    valid file, so such problems are fixed in the file itself."""
+    if _problems(data) is None:
+        return ""
+    return (
+        f"\n{path.name} was already invalid before this change: edit the file to fix the "
+        "problems above (`clawctl config check` lists them all), then set again."
+    )
 
 
 def reload_config(path: Path) -> ChangeResult:
