@@ -40,11 +40,16 @@ from claw_worker.contract import InboundMessage
 CONNECTION_TTL_SEC = 60  # a held connection's mark; renewed every third of this
 
 
-def within_clock_skew(epoch_sec: float, window_sec: float) -> bool:
-    """Whether a platform's timestamp (epoch seconds) is within ``window_sec`` of now; one
-    further off is refused as a replay (or a clock far wrong). Each channel's window is its
-    ``max_clock_skew_sec``."""
-    return abs(time.time() - epoch_sec) <= window_sec
+def within_clock_skew(epoch: float | str, window_sec: float, *, per_sec: int = 1) -> bool:
+    """Whether a platform's timestamp is within ``window_sec`` of now; one further off, or
+    text that is not a whole number, is refused as a replay (or a clock far wrong). Text
+    counts ``per_sec`` units a second (DingTalk's milliseconds: 1000). Each channel's window
+    is its ``max_clock_skew_sec``."""
+    if isinstance(epoch, str):
+        if not epoch.isdigit():
+            return False
+        epoch = int(epoch) / per_sec
+    return abs(time.time() - epoch) <= window_sec
 
 
 class ChannelError(Exception):

@@ -155,7 +155,7 @@ class QQChannel(Channel):
         signature = headers.get("x-signature-ed25519", "")
         if not timestamp.isdigit() or not signature:
             return "missing X-Signature-Timestamp or X-Signature-Ed25519"
-        if not within_clock_skew(int(timestamp), self.config.max_clock_skew_sec):
+        if not within_clock_skew(timestamp, self.config.max_clock_skew_sec):
             return f"X-Signature-Timestamp {timestamp} is too far from now"
         app_id = headers.get("x-bot-appid")
         if app_id is not None and app_id != self.config.app_id:

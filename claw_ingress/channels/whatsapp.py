@@ -189,7 +189,7 @@ class WhatsAppChannel(Channel):
         """Whether a message's own ``timestamp`` is missing or outside the replay window
         (``max_clock_skew_sec``): then it is dropped, said in the log."""
         stamp = str(msg.get("timestamp", ""))
-        if stamp.isdigit() and within_clock_skew(int(stamp), self.config.max_clock_skew_sec):
+        if within_clock_skew(stamp, self.config.max_clock_skew_sec):
             return False
         log.warning("whatsapp message dropped: its timestamp is missing or too far from now "
                     "(a replay?)", channel=self.name, timestamp=stamp[:20],
