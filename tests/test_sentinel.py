@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from typing import Any
 
 import redis
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
 
 from claw_worker import constants as k
 from claw_worker.config import workspace_dir
 from claw_worker.workspace import create_missing
 from tests.fixtures.procs import wait_for
+from tests.fixtures.ws_chat import WsChat
 from tests.test_sentinel_checks import prepare, run, with_settings
 
 
@@ -76,35 +74,6 @@ def test_alerts_are_deduplicated_and_a_recovery_is_noted_once(fleet_factory) -> 
 # -- the whole path: beat -> worker -> alert delivered; clawctl status, /status ----------------
 
 
-class Frames:
-    """A WebSocket client on its own thread, keeping every frame it receives."""
-
-    def __init__(self, url: str) -> None:
-        self.ws = connect(url)
-        self.frames: list[dict[str, Any]] = []
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        try:
-            while True:
-                self.frames.append(json.loads(self.ws.recv()))
-        except ConnectionClosed:
-            return
-
-    def send(self, text: str) -> None:
-        self.ws.send(json.dumps({"type": "message", "text": text, "session": "ops"}))
-
-    def replies(self, marker: str) -> list[str]:
-        return [
-            f["text"] for f in list(self.frames) if f["type"] == "reply" and marker in f["text"]
-        ]
-
-    def close(self) -> None:
-        self.ws.close()
-        self._thread.join(timeout=10)
-
-
 def test_beat_runs_the_sentinel_on_a_worker_and_the_alert_reaches_a_chat(fleet_factory) -> None:
     fleet = fleet_factory(
         sentinel__interval_sec=5, sentinel__min_free_mb=0,
@@ -115,7 +84,7 @@ def test_beat_runs_the_sentinel_on_a_worker_and_the_alert_reaches_a_chat(fleet_f
     create_missing(fleet.home.workspace)
     fleet.start_ingress()
     fleet.start_worker("w1")
-    client = Frames(f"ws://127.0.0.1:{fleet.port}/ws")
+    client = WsChat(f"ws://127.0.0.1:{fleet.port}/ws", "ops")
     try:
         client.send("hold this chat open")
         wait_for(lambda: client.replies("echo: hold this chat open"), timeout=30, what="echo")
