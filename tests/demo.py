@@ -10,14 +10,18 @@ Each scene makes something happen through the interfaces a user has (clawctl, a 
 chat, the HTTP API, the agent's tools), waits for it with a deadline, checks it, and prints
 what a user would see:
 
-1. a cron job added with ``clawctl cron add`` is delivered to a chat, and keeps its slots
+1. ``clawctl config set`` is applied by every process on both hosts, and a value one
+   process rejects is applied nowhere;
+2. a cron job added with ``clawctl cron add`` is delivered to a chat, and keeps its slots
    when the active beat is killed with ``kill -9`` and the standby beat takes over;
-2. a heartbeat reads HEARTBEAT.md and its reply reaches the last active chat;
-3. the Sentinel finds workspace files deleted on purpose, recreates them and says so;
-4. a pipeline with a diamond of tasks runs on the fleet and the chat is told;
-5. a sub-agent reports back to its chat;
-6. two tasks declaring the same resource key take turns;
-7. the agent runs commands on nodes, p2p and through the relay.
+3. a heartbeat reads HEARTBEAT.md and its reply reaches the last active chat;
+4. the Sentinel finds workspace files deleted on purpose, recreates them and says so;
+5. a pipeline with a diamond of tasks runs on the fleet and the chat is told;
+6. a sub-agent reports back to its chat;
+7. two tasks declaring the same resource key take turns;
+8. the agent runs commands on nodes, p2p and through the relay;
+9. host a's worker is killed with ``kill -9`` mid-run and host b answers every message
+   once, in order.
 
     python -m tests.demo > docs/demo.md
 """
@@ -47,9 +51,25 @@ BACKUP_NOTE = "The nightly backup has not run since Sunday: /var/backups holds n
 class Demo(DemoFleet):
     """The scenes, in the order main() plays them."""
 
+    def config_on_the_fleet(self) -> None:
+        self.out.scene(
+            "1. Config on the fleet",
+            "`clawctl config set` on host a reaches every running process on both hosts "
+            "(each re-reads, validates and acknowledges over Redis) and is written into host "
+            "b's file too. A value that one process rejects (host b cannot create that log "
+            "directory: a file is in the way) is applied nowhere and host a's file is "
+            "restored.",
+        )
+        self.clawctl("config", "set", "agents.defaults.temperature", "0.3")
+        assert self.b.read_config()["agents"]["defaults"]["temperature"] == 0.3
+        (self.b.home / "blocked").write_text("a file where host b's log directory would go")
+        before = self.a.config_file.read_text()
+        said = self.clawctl("config", "set", "logging.dir", "~/blocked/logs", code=1)
+        assert "Rejected, nothing was applied" in said and self.a.config_file.read_text() == before
+
     def cron_and_failover(self, team: WsChat) -> None:
         self.out.scene(
-            "1. A cron job, through a beat failover",
+            "2. A cron job, through a beat failover",
             "A job every 3 s, delivered to the WebSocket chat `team`. After two deliveries "
             "the active beat is killed with `kill -9`; the other host's standby takes "
             "RedBeat's lock and the job goes on: no slot fired twice.",
@@ -93,6 +113,53 @@ class Demo(DemoFleet):
         self.out.chat("agent, in chat team (each delivery)", team.replies("Standup:")[-1])
         self.clawctl("cron", "remove", job_id)
 
+    def host_dies(self) -> None:
+        self.out.scene(
+            "9. A host dies mid-run",
+            "Six sessions of three messages each, with the model taking 1 s per answer. "
+            "While host a's worker is running one of them it is killed with `kill -9`. "
+            "Its lease runs out, host b takes the message over, and every message is "
+            "answered once, in order.",
+        )
+        self.llm.default_delay = 1.0
+        sent = {f"api:order-{n}": [f"order {n} #{i}" for i in range(3)] for n in range(6)}
+        with self.http() as http:
+            ids = {s: [post(http, words, s)["message_id"] for words in sent[s]] for s in sent}
+
+        def records() -> dict[str, dict[str, str]]:
+            return {m: self.r.hgetall(k.message_key(s, m)) for s in ids for m in ids[s]}
+
+        def on_a_now() -> bool:
+            return any(rec.get("status") == "running" and self.r.hget(k.run_key(rec["run_id"]),
+                       "worker") == self.workers["a"] for rec in records().values())  # fmt: skip
+
+        wait_for(on_a_now, timeout=60, what="host a's worker to be running a message")
+        self.a.kill("worker")
+        self.out.write(f"{self.out.clock()} `kill -9` host a's worker ({self.workers['a']}) "
+                       "in the middle of a run.\n")  # fmt: skip
+        wait_for(lambda: all(r.get("status") == "done" for r in records().values()), timeout=120,
+                 interval=0.3, what="every message to be answered")  # fmt: skip
+        self.llm.default_delay = 0.0
+        self.out.write(f"{self.out.clock()} every message answered.\n")
+        done = records()
+        published: dict[str, int] = {}
+        for _, fields in self.r.xrange(k.OUTBOUND_STREAM):
+            mid = json.loads(fields["data"])["message_id"]
+            published[mid] = published.get(mid, 0) + 1
+        rows = []
+        for session, mids in ids.items():
+            history = [json.loads(m) for m in self.r.lrange(k.history_key(session), 0, -1)]
+            assert [m["content"] for m in history if m["role"] == "user"] == sent[session]
+            for words, mid in zip(sent[session], mids, strict=True):
+                rec = done[mid]
+                assert rec["reply"] == f"echo: {words}" and published.get(mid) == 1
+                worker = self.r.hget(k.run_key(rec["run_id"]), "worker")
+                rows.append(f"{session:12} {words:12} attempts {rec['attempts']}  "
+                            f"replies sent {published[mid]}  answered by {worker}")  # fmt: skip
+        retried = sum(int(rec["attempts"]) > 1 for rec in done.values())
+        assert retried, "no run was cut off on host a"
+        self.out.block("\n".join(rows), f"Each message ({retried} taken over from host a)")
+
     def fires(self, job_id: str) -> list[tuple[int, float]]:
         """(due time, when it reached the mailbox) of each fire of the job."""
         keys = self.r.scan_iter(match=k.message_key(f"cron:{job_id}", "*"))
@@ -101,7 +168,7 @@ class Demo(DemoFleet):
 
     def heartbeat(self, team: WsChat) -> None:
         self.out.scene(
-            "2. A heartbeat",
+            "3. A heartbeat",
             "HEARTBEAT.md holds one open item. Every 4 s (heartbeat.every_sec) the agent "
             "reads it in session `heartbeat:main`; answers of HEARTBEAT_OK are dropped. Now "
             "the model finds something, and the reply goes to the last chat a user wrote in.",
@@ -117,7 +184,7 @@ class Demo(DemoFleet):
 
     def sentinel(self, ops: WsChat) -> None:
         self.out.scene(
-            "3. A Sentinel heal",
+            "4. A Sentinel heal",
             "`AGENTS.md` and the `memory/` directory are deleted from the shared workspace. "
             "Within one round (sentinel.interval_sec 5) the Sentinel, run by beat on a "
             "worker, finds them missing, recreates them from the templates, and alerts the "
@@ -137,7 +204,7 @@ class Demo(DemoFleet):
 
     def pipeline(self, team: WsChat) -> None:
         self.out.scene(
-            "4. A pipeline",
+            "5. A pipeline",
             "The agent plans four tasks, A, then B and C, then D (a diamond), with shared "
             "state, and dispatches them. Each task runs as an agent run of its own session "
             "`pipeline:diamond:<task>`, with its role in the system prompt and what it "
@@ -173,7 +240,7 @@ class Demo(DemoFleet):
 
     def spawn(self, team: WsChat) -> None:
         self.out.scene(
-            "5. A sub-agent",
+            "6. A sub-agent",
             "The agent starts a sub-agent (`spawn`) with a role; it runs in its own session "
             "and its result comes back to the parent session as a new message, which the "
             "agent answers in the chat.",
@@ -191,7 +258,7 @@ class Demo(DemoFleet):
 
     def lock_conflict(self) -> None:
         self.out.scene(
-            "6. A resource-lock conflict",
+            "7. A resource-lock conflict",
             "Two tasks declare the same key (`[keys: repo:backup-scripts]`), from two "
             "sessions. The second waits in `resource_lock` (shown by `/status`) and runs "
             "when the first has released the key.",
@@ -221,7 +288,7 @@ class Demo(DemoFleet):
 
     def node_round_trip(self) -> None:
         self.out.scene(
-            "7. Nodes",
+            "8. Nodes",
             "Two `claw-node` agents register with the gateway (its token required): `desk` "
             "serves HTTP (p2p), `phone` keeps a WebSocket to the ingress (relay). The agent's "
             "`nodes` tool runs a command on each; every dispatch is audited.",
@@ -265,6 +332,7 @@ def main() -> int:
         team = demo.chat("team")
         stack.callback(team.close)
         try:
+            demo.config_on_the_fleet()
             demo.cron_and_failover(team)
             demo.heartbeat(team)
             demo.sentinel(ops)
@@ -272,7 +340,8 @@ def main() -> int:
             demo.spawn(team)
             demo.lock_conflict()
             demo.node_round_trip()
-            out.scene("8. The fleet afterwards", "One screen for the operator.")
+            demo.host_dies()
+            out.scene("10. The fleet afterwards", "One screen for the operator.")
             demo.clawctl("status")
         except BaseException:
             for host in (demo.a, demo.b):

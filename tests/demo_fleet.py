@@ -66,6 +66,7 @@ class DemoFleet:
         self.a = Host("a", root / "host-a", self.redis.url)
         self.b = Host("b", root / "host-b", self.redis.url)
         self.nodes: list[subprocess.Popen] = []
+        self.workers: dict[str, str] = {}  # host name -> its worker's node name
         for host in (self.a, self.b):
             host.root.mkdir()
             stack.callback(host.stop)
@@ -110,7 +111,7 @@ class DemoFleet:
             host.start("beat", CLAW_GATEWAY_TOKEN=TOKEN)
         wait_for(lambda: httpx.get(f"{self.base_url}/health").status_code == 200, timeout=60,
                  what="the ingress")  # fmt: skip
-        names = [host.wait_worker_ready() for host in (self.a, self.b)]
+        self.workers = {host.name: host.wait_worker_ready() for host in (self.a, self.b)}
         wait_for(lambda: self.a.beat_is_active() or self.b.beat_is_active(), timeout=30,
                  what="a beat to take RedBeat's lock")  # fmt: skip
         commands = "\n".join(
@@ -120,7 +121,7 @@ class DemoFleet:
         )
         self.out.block(commands, "Started, as compose.yaml runs them")
         active, standby = self.beats()
-        self.out.write(f"Workers ready: {', '.join(names)}. Host {active.name}'s beat took "
+        self.out.write(f"Workers ready: {', '.join(self.workers.values())}. Host {active.name}'s beat took "
                        f"RedBeat's lock; host {standby.name}'s waits as a standby.\n")  # fmt: skip
 
     def beats(self) -> tuple[Host, Host]:
@@ -141,7 +142,8 @@ class DemoFleet:
         chat.wait_replies(f"echo: hello from {session}")
         return chat
 
-    def clawctl(self, *args: str, show: bool = True) -> str:
+    def clawctl(self, *args: str, show: bool = True, code: int = 0) -> str:
+        """Run clawctl on host a, expecting exit ``code``; what it printed (both streams)."""
         result = subprocess.run(
             [str(BIN / "clawctl"), *args],
             env=self.a.env("ingress", CLAW_GATEWAY_TOKEN=TOKEN),
@@ -151,11 +153,13 @@ class DemoFleet:
             text=True,
             timeout=60,
         )
-        if result.returncode != 0 or "Traceback" in result.stderr:
-            raise AssertionError(f"clawctl {' '.join(args)}: {result.stderr}")
+        said = result.stdout + result.stderr
+        if result.returncode != code or "Traceback" in said:
+            raise AssertionError(f"clawctl {' '.join(args)} exited {result.returncode}: {said}")
         if show:
-            self.out.block(f"$ {shlex.join(['clawctl', *args])}\n{result.stdout}")
-        return result.stdout
+            exit_note = f"(exit {code})\n" if code else ""
+            self.out.block(f"$ {shlex.join(['clawctl', *args])}\n{said}{exit_note}")
+        return said
 
     def say(self, chat: WsChat, words: str, until: str, timeout: float = 60) -> list[str]:
         """Say ``words`` in the chat and print the conversation until a reply has ``until``."""

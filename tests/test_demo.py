@@ -1,6 +1,7 @@
-"""docs/demo.md is the output of ``python -m tests.demo``: the scenes it records (a cron job
-through a beat failover, a heartbeat, a Sentinel heal, a pipeline, a sub-agent, a lock
-conflict, nodes) must still happen, on two hosts started with compose.yaml's commands."""
+"""docs/demo.md is the output of ``python -m tests.demo``: the scenes it records (config set
+across hosts, a cron job through a beat failover, a heartbeat, a Sentinel heal, a pipeline, a
+sub-agent, a lock conflict, nodes, a host killed mid-run) must still happen, on two hosts
+started with compose.yaml's commands."""
 
 from __future__ import annotations
 
@@ -31,4 +32,4 @@ def test_the_recorded_demo_still_runs_scene_for_scene() -> None:
     assert demo.returncode == 0, f"{out[-3000:]}\n{err[-6000:]}"
     recorded = (ROOT / "docs" / "demo.md").read_text()
     assert scenes(out) == scenes(recorded)
-    assert len(scenes(recorded)) == 9
+    assert len(scenes(recorded)) == 11
