@@ -6,9 +6,9 @@ gives user units. ``test_units_run_the_fleet`` runs the units' own commands for 
 from __future__ import annotations
 
 import os
+import pwd
 import shlex
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.fixtures.claw_home import ClawHome
-from tests.fixtures.procs import free_port, stop_process, wait_for
+from tests.fixtures.procs import free_port, wait_for
 from tests.fixtures.systemd import SystemdStandIn, parse_unit
 
 BIN = Path(sys.executable).absolute().parent
@@ -105,7 +105,8 @@ def test_system_units_are_written_enabled_and_hold_no_secret(systemd: SystemdSta
 def test_user_units(systemd: SystemdStandIn) -> None:
     result = systemd.clawctl("gateway", env=systemd.env(CLAW_SYSTEMD_SCOPE="user"))
     assert result.returncode == 0, result.stderr
-    assert "loginctl enable-linger" in result.stdout
+    # Named even where $USER is unset (the stand-in's environment has none).
+    assert f"loginctl enable-linger {pwd.getpwuid(os.getuid()).pw_name}`" in result.stdout
     written = units(systemd)
     assert written["clawfleet.target"]["Install"]["WantedBy"] == ["default.target"]
     for name in SERVICES:
@@ -293,10 +294,6 @@ def test_bad_input_is_refused_cleanly(systemd: SystemdStandIn) -> None:
     assert systemd.calls() == [] and not systemd.units.exists()
 
 
-def _unit_command(line: str, host: str) -> list[str]:
-    return [w.replace("$$", "$").replace("%H", host).replace("%%", "%") for w in shlex.split(line)]
-
-
 def test_units_run_the_fleet(systemd: SystemdStandIn, llm_server) -> None:
     """What systemd would run: each unit's ExecStart (and the Redis unit's ExecStartPost)
     with the unit's Environment= and EnvironmentFile=, in the target's order."""
@@ -309,23 +306,8 @@ def test_units_run_the_fleet(systemd: SystemdStandIn, llm_server) -> None:
     assert systemd.clawctl("gateway", env=env).returncode == 0
     (systemd.home.path / "clawfleet.env").write_text("CLAW_API_KEY=from-env-file\n")
     host = socket.gethostname()
-    procs: list[subprocess.Popen[bytes]] = []
     try:
-        for name in SERVICES:
-            svc = service(systemd, name)
-            unit_env = {k: v for k, v in os.environ.items() if not k.startswith("CLAW_")}
-            unit_env["CLAW_API_KEY"] = "from-env-file"
-            unit_env.update(
-                dict(w.split("=", 1) for w in _unit_command(svc["Environment"][0], host))
-            )
-            log = open(systemd.root / f"{name}.log", "wb")  # noqa: SIM115
-            procs.append(subprocess.Popen(
-                _unit_command(svc["ExecStart"][0], host), env=unit_env, cwd=svc["WorkingDirectory"][0],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            ))  # fmt: skip
-            for post in svc.get("ExecStartPost", []):
-                done = subprocess.run(_unit_command(post, host), env=unit_env, timeout=60)
-                assert done.returncode == 0
+        systemd.start_units(SERVICES)
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: httpx.get(f"{base}/health").status_code == 200, timeout=60,
                  what="the ingress unit's /health")  # fmt: skip
@@ -336,8 +318,4 @@ def test_units_run_the_fleet(systemd: SystemdStandIn, llm_server) -> None:
         logs = systemd.home.path / "logs"
         assert (logs / f"worker@{host}.log").exists() and (logs / f"ingress@{host}.log").exists()
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in reversed(procs):
-            stop_process(proc, timeout=60)
+        systemd.stop_units()

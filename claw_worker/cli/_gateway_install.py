@@ -8,6 +8,7 @@ units no longer wanted (Flower dropped, fewer workers) are stopped, disabled and
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import stat
 from pathlib import Path
@@ -106,12 +107,21 @@ def install(*, flower: bool, flower_port: int, workers: int) -> None:
         )
     apply(sd, units)
     if sd.user:
-        user = os.environ.get("USER") or str(os.getuid())
+        user = _login_name()
         if not Path("/var/lib/systemd/linger", user).exists():
             click.echo(
                 f"To keep them running after you log out, and start them at boot: "
                 f"`loginctl enable-linger {user}`"
             )
+
+
+def _login_name() -> str:
+    """This user's name for loginctl (its uid when the account has no name, as in some
+    containers; loginctl takes either)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
 
 
 def apply(sd: Systemd, units: list[Unit]) -> None:
