@@ -42,7 +42,6 @@ from pathlib import Path
 from claw_worker import constants as k
 from tests.demo_fleet import HEARTBEAT, DemoFleet, Transcript, finished, post
 from tests.fixtures.procs import free_port, wait_for
-from tests.fixtures.ws_chat import WsChat
 from tests.llm_server import text, tool_call
 
 BACKUP_NOTE = "The nightly backup has not run since Sunday: /var/backups holds nothing newer."
@@ -67,7 +66,8 @@ class Demo(DemoFleet):
         said = self.clawctl("config", "set", "logging.dir", "~/blocked/logs", code=1)
         assert "Rejected, nothing was applied" in said and self.a.config_file.read_text() == before
 
-    def cron_and_failover(self, team: WsChat) -> None:
+    def cron_and_failover(self) -> None:
+        team = self.team
         self.out.scene(
             "2. A cron job, through a beat failover",
             "A job every 3 s, delivered to the WebSocket chat `team`. After two deliveries "
@@ -112,6 +112,10 @@ class Demo(DemoFleet):
         )
         self.out.chat("agent, in chat team (each delivery)", team.replies("Standup:")[-1])
         self.clawctl("cron", "remove", job_id)
+
+    def afterwards(self) -> None:
+        self.out.scene("10. The fleet afterwards", "One screen for the operator.")
+        self.clawctl("status")
 
     def host_dies(self) -> None:
         self.out.scene(
@@ -166,7 +170,8 @@ class Demo(DemoFleet):
         found = [(int(key.rsplit("-", 1)[1]), float(self.r.hget(key, "queued_at"))) for key in keys]
         return sorted(found)
 
-    def heartbeat(self, team: WsChat) -> None:
+    def heartbeat(self) -> None:
+        team = self.team
         self.out.scene(
             "3. A heartbeat",
             "HEARTBEAT.md holds one open item. Every 4 s (heartbeat.every_sec) the agent "
@@ -182,7 +187,8 @@ class Demo(DemoFleet):
                        f"({before} before this scene, all answered HEARTBEAT_OK and not "
                        "delivered).\n")  # fmt: skip
 
-    def sentinel(self, ops: WsChat) -> None:
+    def sentinel(self) -> None:
+        ops = self.ops
         self.out.scene(
             "4. A Sentinel heal",
             "`AGENTS.md` and the `memory/` directory are deleted from the shared workspace. "
@@ -202,7 +208,8 @@ class Demo(DemoFleet):
         line = next(x for x in status.splitlines() if x.startswith("sentinel "))
         self.out.block(f"$ clawctl status | grep ^sentinel\n{line}")
 
-    def pipeline(self, team: WsChat) -> None:
+    def pipeline(self) -> None:
+        team = self.team
         self.out.scene(
             "5. A pipeline",
             "The agent plans four tasks, A, then B and C, then D (a diamond), with shared "
@@ -238,7 +245,8 @@ class Demo(DemoFleet):
         assert [session for session, _ in ran] == [f"pipeline:diamond:{t}" for t in "ABCD"]
         self.out.block("\n".join(f"{s:22} ran on {w}" for s, w in ran), "Where each task ran")
 
-    def spawn(self, team: WsChat) -> None:
+    def spawn(self) -> None:
+        team = self.team
         self.out.scene(
             "6. A sub-agent",
             "The agent starts a sub-agent (`spawn`) with a role; it runs in its own session "
@@ -325,31 +333,13 @@ def main() -> int:
               "LLM server of the tests, on loopback: what it answers is set by each scene.\n")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="claw-demo-") as root, ExitStack() as stack:
         demo = Demo(Path(root), stack, out)
-        out.scene("0. The fleet", "Two hosts sharing one external redis-server and a workspace.")
-        demo.start()
-        ops = demo.chat("ops")
-        stack.callback(ops.close)
-        team = demo.chat("team")
-        stack.callback(team.close)
-        try:
-            demo.config_on_the_fleet()
-            demo.cron_and_failover(team)
-            demo.heartbeat(team)
-            demo.sentinel(ops)
-            demo.pipeline(team)
-            demo.spawn(team)
-            demo.lock_conflict()
-            demo.node_round_trip()
-            demo.host_dies()
-            out.scene("10. The fleet afterwards", "One screen for the operator.")
-            demo.clawctl("status")
-        except BaseException:
-            for host in (demo.a, demo.b):
-                for name in host.procs:
-                    tail = "\n".join(host.output(name).splitlines()[-40:])
-                    print(f"--- host {host.name} {name} ---\n{tail}", file=sys.stderr)
-            raise
-    out.write(f"Finished in {out.clock()[1:]}.")
+        out.play(
+            [demo.start, demo.config_on_the_fleet, demo.cron_and_failover, demo.heartbeat,
+             demo.sentinel, demo.pipeline, demo.spawn, demo.lock_conflict,
+             demo.node_round_trip, demo.host_dies, demo.afterwards],
+            lambda: {f"host {h.name} {name}": h.output(name) for h in (demo.a, demo.b)
+                     for name in h.procs},
+        )  # fmt: skip
     return 0
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -50,10 +52,26 @@ class Transcript:
     def clock(self) -> str:
         return f"+{time.monotonic() - self.started:.1f}s"
 
+    def play(
+        self, scenes: list[Callable[[], object]], outputs: Callable[[], dict[str, str]]
+    ) -> None:
+        """Run the scenes in order. When one fails, the tail of each process's output (by
+        label, from ``outputs``) goes to stderr before the error."""
+        try:
+            for scene in scenes:
+                scene()
+        except BaseException:
+            for label, text in outputs().items():
+                tail = "\n".join(text.splitlines()[-40:])
+                print(f"--- {label} ---\n{tail}", file=sys.stderr)
+            raise
+        self.write(f"Finished in {self.clock()[1:]}.")
+
 
 class DemoFleet:
     def __init__(self, root: Path, stack: ExitStack, out: Transcript) -> None:
         self.out = out
+        self.stack = stack
         data = root / "redis-data"
         data.mkdir()
         self.redis = RedisServer.launch(data)
@@ -67,6 +85,8 @@ class DemoFleet:
         self.b = Host("b", root / "host-b", self.redis.url)
         self.nodes: list[subprocess.Popen] = []
         self.workers: dict[str, str] = {}  # host name -> its worker's node name
+        self.ops: WsChat  # the chats start() opens: the Sentinel's, and the team's
+        self.team: WsChat
         for host in (self.a, self.b):
             host.root.mkdir()
             stack.callback(host.stop)
@@ -96,6 +116,10 @@ class DemoFleet:
         }
 
     def start(self) -> None:
+        """The fleet, and two chats held open: ``ops`` (the Sentinel's) and ``team``."""
+        self.out.scene(
+            "0. The fleet", "Two hosts sharing one external redis-server and a workspace."
+        )
         for host in (self.a, self.b):
             host.write_config(self.config())
             host.home.mkdir()
@@ -121,6 +145,8 @@ class DemoFleet:
         )
         self.out.block(commands, "Started, as compose.yaml runs them")
         active, standby = self.beats()
+        self.ops = self.chat("ops")
+        self.team = self.chat("team")
         self.out.write(f"Workers ready: {', '.join(self.workers.values())}. Host {active.name}'s beat took "
                        f"RedBeat's lock; host {standby.name}'s waits as a standby.\n")  # fmt: skip
 
@@ -138,6 +164,7 @@ class DemoFleet:
 
     def chat(self, session: str) -> WsChat:
         chat = WsChat(f"ws://127.0.0.1:{self.port}/ws", session, token=TOKEN)
+        self.stack.callback(chat.close)
         chat.send(f"hello from {session}")
         chat.wait_replies(f"echo: hello from {session}")
         return chat

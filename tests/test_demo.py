@@ -1,7 +1,9 @@
-"""docs/demo.md is the output of ``python -m tests.demo``: the scenes it records (config set
+"""docs/demo.md and docs/demo-ops.md are the output of ``python -m tests.demo`` and
+``python -m tests.demo_ops``: the scenes they record must still happen. demo: config set
 across hosts, a cron job through a beat failover, a heartbeat, a Sentinel heal, a pipeline, a
-sub-agent, a lock conflict, nodes, a host killed mid-run) must still happen, on two hosts
-started with compose.yaml's commands."""
+sub-agent, a lock conflict, nodes and a host killed mid-run, on two hosts started with
+compose.yaml's commands; demo_ops: systemd units written, driven and run, a skill installed
+and run and a malicious one refused, metrics scraped, uninstall."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE_SEC = 420
@@ -18,9 +22,11 @@ def scenes(markdown: str) -> list[str]:
     return re.findall(r"^## (.+)$", markdown, flags=re.MULTILINE)
 
 
-def test_the_recorded_demo_still_runs_scene_for_scene() -> None:
+@pytest.mark.parametrize(("module", "record", "count"),
+                         [("tests.demo", "demo.md", 11), ("tests.demo_ops", "demo-ops.md", 4)])  # fmt: skip
+def test_the_recorded_demo_still_runs_scene_for_scene(module: str, record: str, count: int) -> None:
     demo = subprocess.Popen(
-        [sys.executable, "-m", "tests.demo"], cwd=ROOT, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", module], cwd=ROOT, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -28,8 +34,8 @@ def test_the_recorded_demo_still_runs_scene_for_scene() -> None:
     except subprocess.TimeoutExpired:
         demo.terminate()  # SIGTERM: the demo stops every process it started
         out, err = demo.communicate(timeout=60)
-        raise AssertionError(f"the demo took over {DEADLINE_SEC} s:\n{out}\n{err}") from None
+        raise AssertionError(f"{module} took over {DEADLINE_SEC} s:\n{out}\n{err}") from None
     assert demo.returncode == 0, f"{out[-3000:]}\n{err[-6000:]}"
-    recorded = (ROOT / "docs" / "demo.md").read_text()
+    recorded = (ROOT / "docs" / record).read_text()
     assert scenes(out) == scenes(recorded)
-    assert len(scenes(recorded)) == 11
+    assert len(scenes(recorded)) == count
