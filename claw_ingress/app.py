@@ -279,9 +279,14 @@ def _join_control(
 
     gateway = live.config.gateway
     host, port = bind or (gateway.host, gateway.port)
+    # Whether /metrics wants the token is the ingress's to say: it may come from the
+    # environment (CLAW_GATEWAY_TOKEN, as the systemd units and compose give it), which a
+    # clawctl reading only the config file cannot see.
+    metrics: dict[str, object] = {"host": host, "port": port, "path": "/metrics",
+                                  "token": bool(gateway.token)}  # fmt: skip
     info: dict[str, object] = {
         "config": str(config_path()),
-        "metrics": {"host": host, "port": port, "path": "/metrics"},
+        "metrics": metrics,
         "channels": {},  # present from the start: the heartbeat thread reads the dict
     }
     redis_client = sync_client(url)
@@ -289,6 +294,7 @@ def _join_control(
 
     def apply(new: Config) -> None:
         old = live.swap(new)
+        metrics["token"] = bool(new.gateway.token)
         if old.logging != new.logging or config_secrets(old) != config_secrets(new):
             setup_logging(new, identity().log_name)
         on_reload()  # channels enabled, disabled or changed by the reload

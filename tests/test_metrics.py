@@ -146,3 +146,22 @@ def test_a_taken_port_moves_the_worker_up_and_zero_turns_it_off(fleet_factory) -
     shown = [t["process"] for t in report["metrics"]]
     assert any(p.startswith("worker w1@") for p in shown), shown
     assert not any(p.startswith("worker w2@") for p in shown), shown
+
+
+def test_the_ingress_says_its_metrics_want_the_token_given_in_its_environment(
+    fleet_factory,
+) -> None:
+    """As the systemd units and compose give it: CLAW_GATEWAY_TOKEN, not in the config file
+    that clawctl reads. The ingress's registry record says so, and a reload keeps it."""
+    fleet = fleet_factory()
+    fleet.start_ingress(CLAW_GATEWAY_TOKEN=TOKEN)
+    [target] = wait_for(lambda: scrape_targets(fleet), timeout=30, what="the ingress's target")
+    assert target["process"].startswith("ingress ") and target["token"] is True, target
+    assert httpx.get(target["url"], timeout=10).status_code == 401
+    assert (
+        "claw_ingress_messages_total"
+        in httpx.get(target["url"], headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).text
+    )
+    reloaded = fleet.home.clawctl("config", "reload")
+    assert reloaded.returncode == 0 and "Applied by 1 process(es)" in reloaded.stdout
+    assert [t["token"] for t in scrape_targets(fleet)] == [True]

@@ -272,6 +272,8 @@ def _scrape_targets(config: Config, records: list[dict[str, Any]]) -> list[dict[
         targets.append({
             "process": f"{record.get('role')} {record.get('name')}",
             "url": f"http://{host}:{where['port']}{where.get('path') or '/metrics'}",
-            "token": record.get("role") == "ingress" and bool(config.gateway.token),
+            # As the ingress said; an ingress that does not say: as this config says.
+            "token": bool(where.get("token", record.get("role") == "ingress"
+                                             and bool(config.gateway.token))),
         })  # fmt: skip
     return targets
