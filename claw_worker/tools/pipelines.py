@@ -160,7 +160,7 @@ class PipelineStateSetTool(Tool[StateSetParams]):
         try:
             pipeline, _ = pipelines.update(
                 ctx.redis, ctx.config, pipeline_id,
-                lambda p: set_state(p, params.key, params.value, bounds),
+                lambda p, _now: set_state(p, params.key, params.value, bounds),
             )  # fmt: skip
         except PipelineError as exc:
             raise ToolError(f"shared state not changed: {exc}") from None

@@ -122,23 +122,27 @@ def create(client: redis.Redis, config: Config, pipeline: Pipeline) -> None:
 
 
 def update(
-    client: redis.Redis, config: Config, pipeline_id: str, change: Callable[[Pipeline], Changes]
+    client: redis.Redis,
+    config: Config,
+    pipeline_id: str,
+    change: Callable[[Pipeline, float], Changes],
 ) -> tuple[Pipeline, Changes]:
-    """Apply ``change`` to the stored pipeline atomically (again if another writer won);
-    ``change`` may raise PipelineError, which leaves the pipeline as it was. A change that
-    stamps times reads the clock itself, on each try: a time taken before a lost race would
-    date this change before the winner's (a task finished after its dependent started)."""
+    """Apply ``change(pipeline, now)`` to the stored pipeline atomically (again if another
+    writer won); ``change`` may raise PipelineError, which leaves the pipeline as it was.
+    ``now`` is read on each try: a time taken before a lost race would date this change
+    before the winner's (a task finished after its dependent started)."""
     key = k.pipeline_key(pipeline_id)
     with client.pipeline() as pipe:
         for _ in range(MAX_TRIES):
             try:
                 pipe.watch(key)
                 pipeline = _parse(pipe.get(key), pipeline_id)
-                changes = change(pipeline)
+                now = time.time()
+                changes = change(pipeline, now)
                 if not changes.changed:
                     pipe.unwatch()
                     return pipeline, changes
-                pipeline.updated_at = time.time()
+                pipeline.updated_at = now
                 pipe.multi()
                 pipe.set(key, pipeline.model_dump_json(), ex=config.work.pipeline_ttl_sec)
                 if pipeline.finished:
@@ -179,7 +183,7 @@ def start(client: redis.Redis, config: Config, pipeline: Pipeline, tasks: list[T
 def dispatch(client: redis.Redis, config: Config, pipeline_id: str) -> tuple[Pipeline, list[Task]]:
     """Start every task whose dependencies are done; returns the pipeline and those started."""
     reconcile(client, config, load(client, pipeline_id))
-    pipeline, changes = update(client, config, pipeline_id, lambda p: claim_ready(p, time.time()))
+    pipeline, changes = update(client, config, pipeline_id, claim_ready)
     start(client, config, pipeline, changes.started)
     return pipeline, changes.started
 
@@ -190,8 +194,8 @@ def claim_for_spawn(
     """A ready task, claimed for a sub-agent's run in ``session`` with message ``mid``."""
     claimed: list[Task] = []
 
-    def change(p: Pipeline) -> Changes:
-        claimed[:] = [claim_task(p, task_id, time.time(), session, mid)]
+    def change(p: Pipeline, now: float) -> Changes:
+        claimed[:] = [claim_task(p, task_id, now, session, mid)]
         return Changes(changed=True)
 
     pipeline, _ = update(client, config, pipeline_id, change)
@@ -212,7 +216,7 @@ def task_finished(
     bounds = limits(config)
     pipeline, changes = update(
         client, config, pipeline_id,
-        lambda p: finish(p, task_id, attempt, ok=ok, text=text, limits=bounds, now=time.time()),
+        lambda p, now: finish(p, task_id, attempt, ok=ok, text=text, limits=bounds, now=now),
     )  # fmt: skip
     start(client, config, pipeline, changes.started)
     report(client, config, pipeline, changes)
