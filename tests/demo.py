@@ -40,9 +40,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from claw_worker import constants as k
-from tests.demo_fleet import HEARTBEAT, DemoFleet, Transcript, finished, post
+from tests.demo_fleet import HEARTBEAT, DemoFleet, Transcript
 from tests.fixtures.procs import free_port, wait_for
 from tests.llm_server import text, tool_call
+from tests.test_cron import fires as cron_fires
+from tests.test_locks import done, post, waiting_for_keys
+from tests.test_multihost import (
+    all_done,
+    records,
+    replies_published,
+    run_workers,
+    running_on,
+)
+from tests.test_nodes import ask_agent
 
 BACKUP_NOTE = "The nightly backup has not run since Sunday: /var/backups holds nothing newer."
 
@@ -89,7 +99,7 @@ class Demo(DemoFleet):
         delivered = len(team.replies("Standup:"))
         team.wait_replies("Standup:", delivered + 2, timeout=30)
         self.clawctl("cron", "list")
-        fires = self.fires(job_id)
+        fires = cron_fires(self.r, job_id)
         dues = [due for due, _ in fires]
         assert len(set(dues)) == len(dues), f"a slot fired twice: {dues}"
         assert all((due - dues[0]) % 3 == 0 for due in dues), f"off the 3 s grid: {dues}"
@@ -130,45 +140,30 @@ class Demo(DemoFleet):
         with self.http() as http:
             ids = {s: [post(http, words, s)["message_id"] for words in sent[s]] for s in sent}
 
-        def records() -> dict[str, dict[str, str]]:
-            return {m: self.r.hgetall(k.message_key(s, m)) for s in ids for m in ids[s]}
-
-        def on_a_now() -> bool:
-            return any(rec.get("status") == "running" and self.r.hget(k.run_key(rec["run_id"]),
-                       "worker") == self.workers["a"] for rec in records().values())  # fmt: skip
-
-        wait_for(on_a_now, timeout=60, what="host a's worker to be running a message")
+        wait_for(lambda: running_on(self.r, ids, self.workers["a"]), timeout=60,
+                 what="host a's worker to be running a message")  # fmt: skip
         self.a.kill("worker")
         self.out.write(f"{self.out.clock()} `kill -9` host a's worker ({self.workers['a']}) "
                        "in the middle of a run.\n")  # fmt: skip
-        wait_for(lambda: all(r.get("status") == "done" for r in records().values()), timeout=120,
-                 interval=0.3, what="every message to be answered")  # fmt: skip
+        wait_for(lambda: all_done(self.r, ids), timeout=120, interval=0.3,
+                 what="every message to be answered")  # fmt: skip
         self.llm.default_delay = 0.0
         self.out.write(f"{self.out.clock()} every message answered.\n")
-        done = records()
-        published: dict[str, int] = {}
-        for _, fields in self.r.xrange(k.OUTBOUND_STREAM):
-            mid = json.loads(fields["data"])["message_id"]
-            published[mid] = published.get(mid, 0) + 1
+        answered = records(self.r, ids)
+        workers = run_workers(self.r, answered)
+        published = replies_published(self.r)
         rows = []
         for session, mids in ids.items():
             history = [json.loads(m) for m in self.r.lrange(k.history_key(session), 0, -1)]
             assert [m["content"] for m in history if m["role"] == "user"] == sent[session]
             for words, mid in zip(sent[session], mids, strict=True):
-                rec = done[mid]
+                rec = answered[mid]
                 assert rec["reply"] == f"echo: {words}" and published.get(mid) == 1
-                worker = self.r.hget(k.run_key(rec["run_id"]), "worker")
                 rows.append(f"{session:12} {words:12} attempts {rec['attempts']}  "
-                            f"replies sent {published[mid]}  answered by {worker}")  # fmt: skip
-        retried = sum(int(rec["attempts"]) > 1 for rec in done.values())
+                            f"replies sent {published[mid]}  answered by {workers[mid]}")  # fmt: skip
+        retried = sum(int(rec["attempts"]) > 1 for rec in answered.values())
         assert retried, "no run was cut off on host a"
         self.out.block("\n".join(rows), f"Each message ({retried} taken over from host a)")
-
-    def fires(self, job_id: str) -> list[tuple[int, float]]:
-        """(due time, when it reached the mailbox) of each fire of the job."""
-        keys = self.r.scan_iter(match=k.message_key(f"cron:{job_id}", "*"))
-        found = [(int(key.rsplit("-", 1)[1]), float(self.r.hget(key, "queued_at"))) for key in keys]
-        return sorted(found)
 
     def heartbeat(self) -> None:
         team = self.team
@@ -277,12 +272,12 @@ class Demo(DemoFleet):
             one = post(http, "[keys: repo:backup-scripts] TASK-ONE patch it", "api:lock-one")
             wait_for(lambda: self.llm.requests_for("TASK-ONE"), timeout=30, what="task one")
             two = post(http, "[keys: repo:backup-scripts] TASK-TWO test it", "api:lock-two")
-            wait_for(lambda: self.r.hget(k.run_key(two["run_id"]), "status") == "resource_lock",
-                     timeout=30, what="task two to wait for the key")  # fmt: skip
+            waiting_for_keys(self.r, two)
             status = post(http, "/status", "api:lock-two")["reply"]
             self.out.block(status, "`/status` in session api:lock-two while it waits")
-            first = finished(self.r, "api:lock-one", one["message_id"])
-            second = finished(self.r, "api:lock-two", two["message_id"])
+            first = done(self.r, "api:lock-one", one["message_id"])
+            second = done(self.r, "api:lock-two", two["message_id"])
+        assert first["status"] == second["status"] == "done"
         assert float(second["started_at"]) >= float(first["finished_at"])
         zero = float(first["started_at"])
         self.out.block(
@@ -310,12 +305,7 @@ class Demo(DemoFleet):
                 ("[[DESK]]", {"action": "run", "node": "desk", "command": "echo on the desk"}),
                 ("[[PHONE]]", {"action": "run", "node": "phone", "command": "echo on the phone"}),
             ):  # fmt: skip
-                self.llm.reply_tool_call("nodes", args, when=marker)
-                self.llm.reply(f"Done {marker}", when=marker)
-                answer = http.post("/api/message", json={"text": f"run it {marker}",
-                                   "session": "ops", "wait": True, "timeout": 60})  # fmt: skip
-                assert answer.json()["reply"] == f"Done {marker}", answer.text
-                envelope = json.loads(self.llm.requests_for(marker)[-1]["messages"][-1]["content"])
+                envelope = ask_agent(http, self.llm, marker, args)
                 assert envelope["ok"], envelope
                 self.out.block(json.dumps(envelope, indent=1),
                                f"What the `nodes` tool answered the model for {args}")  # fmt: skip

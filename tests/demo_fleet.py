@@ -22,6 +22,7 @@ from tests.fixtures.procs import free_port, stop_process, wait_for
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.ws_chat import WsChat
 from tests.llm_server import LLMServer
+from tests.test_reload import clawctl
 
 TOKEN = "demo-gateway-token-0123456789abcdef"
 HEARTBEAT = "## HEARTBEAT.md"  # in every heartbeat's message to the model
@@ -51,6 +52,23 @@ class Transcript:
 
     def clock(self) -> str:
         return f"+{time.monotonic() - self.started:.1f}s"
+
+    def command(
+        self,
+        argv: list[str],
+        result: subprocess.CompletedProcess[str],
+        *,
+        code: int = 0,
+        show: bool = True,
+    ) -> str:
+        """What a command that ran printed (both streams), shown as typed unless ``show`` is
+        off; an exit other than ``code`` fails the demo."""
+        said = result.stdout + result.stderr
+        assert result.returncode == code, f"{shlex.join(argv)} exited {result.returncode}: {said}"
+        if show:
+            exit_note = f"(exit {code})\n" if code else ""
+            self.block(f"$ {shlex.join(argv)}\n{said}{exit_note}")
+        return said
 
     def play(
         self, scenes: list[Callable[[], object]], outputs: Callable[[], dict[str, str]]
@@ -171,22 +189,8 @@ class DemoFleet:
 
     def clawctl(self, *args: str, show: bool = True, code: int = 0) -> str:
         """Run clawctl on host a, expecting exit ``code``; what it printed (both streams)."""
-        result = subprocess.run(
-            [str(BIN / "clawctl"), *args],
-            env=self.a.env("ingress", CLAW_GATEWAY_TOKEN=TOKEN),
-            cwd=self.a.home,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        said = result.stdout + result.stderr
-        if result.returncode != code or "Traceback" in said:
-            raise AssertionError(f"clawctl {' '.join(args)} exited {result.returncode}: {said}")
-        if show:
-            exit_note = f"(exit {code})\n" if code else ""
-            self.out.block(f"$ {shlex.join(['clawctl', *args])}\n{said}{exit_note}")
-        return said
+        result = clawctl(self.a, *args, CLAW_GATEWAY_TOKEN=TOKEN)
+        return self.out.command(["clawctl", *args], result, code=code, show=show)
 
     def say(self, chat: WsChat, words: str, until: str, timeout: float = 60) -> list[str]:
         """Say ``words`` in the chat and print the conversation until a reply has ``until``."""
@@ -216,17 +220,3 @@ class DemoFleet:
         if "--relay" in args:
             wait_for(lambda: self.r.exists(k.node_connection_key(node_id)), timeout=30,
                      what=f"node {node_id}'s relay connection")  # fmt: skip
-
-
-def post(http: httpx.Client, words: str, session: str) -> dict[str, Any]:
-    answer = http.post("/api/message", json={"text": words, "session": session})
-    assert answer.status_code in (200, 202), answer.text
-    return answer.json()
-
-
-def finished(r: Any, session: str, message_id: str) -> dict[str, str]:
-    return wait_for(
-        lambda: (m := r.hgetall(k.message_key(session, message_id))).get("status") == "done" and m,
-        timeout=60,
-        what=f"{message_id} in {session} to finish",
-    )

@@ -80,13 +80,7 @@ class OpsDemo:
 
     def clawctl(self, *args: str, code: int = 0) -> str:
         result = self.sd.clawctl(*args, env=self.env)
-        said = result.stdout + result.stderr
-        assert result.returncode == code, (
-            f"clawctl {' '.join(args)} exited {result.returncode}: {said}"
-        )
-        exit_note = f"(exit {code})\n" if code else ""
-        self.out.block(f"$ clawctl {' '.join(args)}\n{said}{exit_note}")
-        return said
+        return self.out.command(["clawctl", *args], result, code=code)
 
     def calls(self) -> None:
         shown = "\n".join("systemctl " + " ".join(call) for call in self.sd.calls())

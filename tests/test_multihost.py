@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import time
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -94,6 +95,21 @@ def run_workers(redis_client: Any, recs: dict[str, dict[str, str]]) -> dict[str,
     return dict(zip(recs, pipe.execute(), strict=True))
 
 
+def running_on(redis_client: Any, ids: dict[str, list[str]], worker: str) -> bool:
+    """Whether the worker named ``worker`` is running one of the messages now."""
+    recs = records(redis_client, ids)
+    return any(
+        rec.get("status") == "running" and ran_on == worker
+        for rec, ran_on in zip(recs.values(), run_workers(redis_client, recs).values(), strict=True)
+    )
+
+
+def replies_published(redis_client: Any) -> dict[str, int]:
+    """message id -> how many replies to it are on the outbound stream."""
+    entries = redis_client.xrange(k.OUTBOUND_STREAM)
+    return Counter(json.loads(fields["data"])["message_id"] for _, fields in entries)
+
+
 def test_two_hosts_share_the_work_and_host_b_finishes_after_kill_9_of_host_a(
     make_host, redis_server, llm_server, tmp_path
 ) -> None:
@@ -122,14 +138,8 @@ def test_two_hosts_share_the_work_and_host_b_finishes_after_kill_9_of_host_a(
     texts = {f"api:ordered-{n}": [f"ordered {n} #{i}" for i in range(4)] for n in range(8)}
     second = send_all(urls, texts)
 
-    def a_is_running_one() -> bool:
-        recs = records(redis_client, second)
-        return any(
-            r.get("status") == "running" and w == a_worker
-            for (mid, r), w in zip(recs.items(), run_workers(redis_client, recs).values(), strict=True)
-        )  # fmt: skip
-
-    wait_for(a_is_running_one, timeout=30, what="host A to be running a message")
+    wait_for(lambda: running_on(redis_client, second, a_worker), timeout=30,
+             what="host A to be running a message")  # fmt: skip
     a.kill("worker")
     a.kill("beat")
     killed_at = time.time()
@@ -143,10 +153,7 @@ def test_two_hosts_share_the_work_and_host_b_finishes_after_kill_9_of_host_a(
     assert any(int(r["attempts"]) > 1 for r in recs.values()), "a run was cut off on A"
 
     # Exactly once: one reply per message on the outbound stream, the right one ...
-    published: dict[str, int] = {}
-    for _id, fields in redis_client.xrange(k.OUTBOUND_STREAM):
-        mid = json.loads(fields["data"])["message_id"]
-        published[mid] = published.get(mid, 0) + 1
+    published = replies_published(redis_client)
     for session, mids in second.items():
         for text, mid in zip(texts[session], mids, strict=True):
             assert published.get(mid) == 1, (session, text)
