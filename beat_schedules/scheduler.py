@@ -11,9 +11,14 @@ control channel, so a config reload reaches beat too: the static entries of
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import structlog
 from redbeat import RedBeatScheduler
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import LockError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from beat_schedules.schedule import beat_schedule
 from claw_worker import constants as k
@@ -24,6 +29,9 @@ from claw_worker.process import identity, set_identity
 from claw_worker.redis_conn import client, redis_url
 
 SELFCHECK_QUIET_SEC = 600  # a beat taking over within this of the last start: no new check
+REDIS_RETRY_SEC = 1.0  # while Redis is away, how often the active beat tries it again
+
+log = structlog.get_logger(__name__)
 
 
 class FleetScheduler(RedBeatScheduler):
@@ -34,6 +42,7 @@ class FleetScheduler(RedBeatScheduler):
         url = redis_url(config, start_embedded=not config.redis.url)
         self.live = LiveConfig(config)
         self._selfcheck_sent = False
+        self._redis_down_since: float | None = None
         super().__init__(app, *args, **kwargs)  # writes the static entries into Redis
         self.control: ControlListener = process_listener(
             client(url), identity(), config=str(config_path())
@@ -47,10 +56,41 @@ class FleetScheduler(RedBeatScheduler):
         ).attach(self.control)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        if not self._selfcheck_sent and self.lock is not None:  # this beat is the active one
-            self._selfcheck_sent = True
-            self._send_selfcheck()
-        return super().tick(*args, **kwargs)
+        """RedBeat's tick, riding out a Redis restart: Celery's beat service ends the process
+        on any error from here, and RedBeat's lock calls are not retried (only its plain
+        commands are), so one tick during an outage would otherwise kill the active beat."""
+        try:
+            if not self._selfcheck_sent and self.lock is not None:  # this beat is active
+                self._send_selfcheck()
+                self._selfcheck_sent = True
+            interval = super().tick(*args, **kwargs)
+        except LockError:
+            self._take_lock_again()
+            return 0.0
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if self._redis_down_since is None:
+                self._redis_down_since = time.monotonic()
+                log.warning("beat: redis unavailable, retrying", error=str(exc),
+                            retry_sec=REDIS_RETRY_SEC)  # fmt: skip
+            return REDIS_RETRY_SEC
+        if self._redis_down_since is not None:
+            log.info("beat: redis is back",
+                     away_sec=round(time.monotonic() - self._redis_down_since, 1))  # fmt: skip
+            self._redis_down_since = None
+        return float(interval)
+
+    def _take_lock_again(self) -> None:
+        """Redis was away longer than the lock's timeout (or lost it), so this beat no longer
+        holds the one-active-beat lock: wait for it as a standby does, never run beside
+        another active beat."""
+        log.warning("beat: lost the active-beat lock; waiting to take it again")
+        while True:
+            try:
+                if self.lock.acquire():  # blocks, polling, until the lock is free
+                    break
+            except (RedisConnectionError, RedisTimeoutError):
+                time.sleep(REDIS_RETRY_SEC)
+        log.info("beat: holds the active-beat lock again")
 
     def _send_selfcheck(self) -> None:
         """The start-up self-check, once per gateway start: not again when a standby takes
@@ -88,4 +128,8 @@ class FleetScheduler(RedBeatScheduler):
 
     def close(self) -> None:
         self.control.stop()
-        super().close()
+        try:
+            super().close()  # releases the lock: needs Redis
+        except RedisError as exc:
+            log.warning("beat: could not release the lock; it expires on its own",
+                        error=str(exc))  # fmt: skip

@@ -7,7 +7,6 @@ waits poll with deadlines.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -15,12 +14,14 @@ import time
 from typing import Any
 
 import httpx
-import redis.asyncio as aioredis
+import redis
 
 from claw_worker import constants as k
 from claw_worker.config.schema import Config
 from claw_worker.contract import InboundMessage
-from claw_worker.session.enqueue import AsyncMailbox
+from claw_worker.session import scripts as lua
+from claw_worker.session.enqueue import enqueue_call
+from claw_worker.session.runs import new_run_id
 from tests.fixtures.procs import pid_alive, wait_for
 from tests.llm_server import error, text
 
@@ -76,17 +77,21 @@ def history_user_texts(r: Any, session: str) -> list[str]:
 
 
 def store_without_wake_up(url: str, session: str, text_: str) -> InboundMessage:
-    """What the ingress does before dispatching, and nothing more (it "died" right after)."""
+    """A message stored whose wake-up was lost (the drain task never reached the queue, as
+    when Redis restarts without it or a broker message is dropped): the ingress's own
+    ENQUEUE script, with a throwaway list in place of the Celery queue, so only the
+    sweeper can find the message."""
     message = InboundMessage(channel="api", chat_id=session, session_key=session, text=text_)
-
-    async def store() -> bool:
-        client = aioredis.Redis.from_url(url, decode_responses=True)
-        try:
-            return (await AsyncMailbox(client).enqueue(message)).stored
-        finally:
-            await client.aclose()
-
-    assert asyncio.run(store()) is True
+    keys, args = enqueue_call(message, new_run_id(), ttl_sec=3600, run_ttl_sec=3600,
+                              run_max=1000)  # fmt: skip
+    assert keys[4] == k.QUEUE_SESSIONS
+    keys[4] = "test:lost-wake-ups"
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        stored, _run = client.eval(lua.ENQUEUE, len(keys), *keys, *args)
+        assert stored == 1 and client.llen("test:lost-wake-ups") == 1
+    finally:
+        client.close()
     return message
 
 
@@ -203,6 +208,11 @@ def test_redis_restart_under_a_running_worker(fleet_factory, llm_server, redis_s
         wait_for(lambda: llm_server.requests_for("SLOW-R"), timeout=30, what="slow run started")
         redis_server.stop()
         assert_503_while_down(http, session, slow_id)
+        # Down for at least one of beat's ticks (each is at most 1 s apart): beat must ride
+        # it out, not exit on the error of that tick.
+        wait_for(lambda: "beat: redis unavailable" in fleet.output("beat"), timeout=30,
+                 what="beat to tick while Redis is down")  # fmt: skip
+        assert beat.poll() is None, fleet.output("beat")[-3000:]
         redis_server.start()
         after_id = post_until_accepted(http, "after restart", session)
         r = redis_server.client()
@@ -222,6 +232,29 @@ def test_redis_restart_under_a_running_worker(fleet_factory, llm_server, redis_s
     for mid in (slow_id, behind_id, after_id):
         assert len(outbound_for(r, mid)) == 1
     assert record(r, session, slow_id)["reply"] == "slow reply"
+
+
+def test_beat_that_lost_its_lock_waits_for_it_and_then_carries_on(
+    fleet_factory, llm_server, redis_server
+) -> None:
+    """Another holder of the one-active-beat lock (a standby that took over while this beat
+    could not reach Redis): the beat neither exits nor runs beside it; it waits and, once
+    the lock is free, is the active beat again (its sweeper finds an orphaned message)."""
+    fleet = fleet_factory()
+    beat = fleet.start_beat()
+    fleet.start_worker()
+    r = redis_server.client()
+    wait_for(lambda: r.get(k.BEAT_LOCK_KEY), timeout=30, what="beat to take its lock")
+    r.set(k.BEAT_LOCK_KEY, "another-beat", ex=60)
+    wait_for(lambda: "beat: lost the active-beat lock" in fleet.output("beat"), timeout=30,
+             what="beat to notice it lost the lock")  # fmt: skip
+    assert beat.poll() is None, fleet.output("beat")[-3000:]
+    assert r.get(k.BEAT_LOCK_KEY) == "another-beat"  # waited: did not take it over
+    r.delete(k.BEAT_LOCK_KEY)  # the other beat is gone
+    orphan = store_without_wake_up(redis_server.url, "api:lock-orphan", "orphan after lock loss")
+    wait_status(r, "api:lock-orphan", orphan.message_id, "done", timeout=RECOVERY_DEADLINE)
+    assert "beat: holds the active-beat lock again" in fleet.output("beat")
+    assert beat.poll() is None
 
 
 # -- 3. the ingress died between storing and sending the wake-up ------------------------------
