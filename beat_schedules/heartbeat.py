@@ -34,10 +34,12 @@ from claw_worker.autonomy_state import Chat, last_active
 from claw_worker.config import Config, workspace_dir
 from claw_worker.config.schema import HeartbeatConfig
 from claw_worker.contract import InboundMessage, Origin
+from claw_worker.fsutil import read_workspace_text
 from claw_worker.session.mailbox import Mailbox
 from claw_worker.session.submit import submit
 
 HEARTBEAT_FILE = "HEARTBEAT.md"
+MAX_HEARTBEAT_BYTES = 256 * 1024  # a checklist; more is not read
 CHANNEL = Origin.HEARTBEAT.value  # never delivered: replies go where "deliver" says
 SESSION_KEY = f"{CHANNEL}:main"
 MAX_FILE_CHARS = 8000  # of the file, in the message
@@ -69,10 +71,7 @@ def open_items(text: str) -> list[str]:
 def read_heartbeat(workspace: Path) -> str | None:
     """The text of HEARTBEAT.md, or None when there is no such file (or it cannot be read:
     a tick must not fail over it, and the detail it records says so)."""
-    try:
-        return (workspace / HEARTBEAT_FILE).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
+    return read_workspace_text(workspace, HEARTBEAT_FILE, MAX_HEARTBEAT_BYTES)
 
 
 def target(client: redis.Redis, config: HeartbeatConfig) -> Chat | None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from claw_worker.config.schema import AgentDefaults
 from claw_worker.contract import InboundMessage, Origin
+from claw_worker.fsutil import read_workspace_text
 from claw_worker.memory.index import index_for
 from claw_worker.providers.base import COMPACTION
 from claw_worker.skills.prompt import skills_section
@@ -39,11 +40,8 @@ def read_bootstrap(workspace: Path) -> list[tuple[str, str]]:
     """(name, text) for each bootstrap file present and non-empty, in a fixed order."""
     found = []
     for name in BOOTSTRAP_FILES:
-        path = workspace / name
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace").strip()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            continue
+        text = read_workspace_text(workspace, name, MAX_BOOTSTRAP_CHARS * 4)
+        text = (text or "").strip()
         if text:
             if len(text) > MAX_BOOTSTRAP_CHARS:
                 text = text[:MAX_BOOTSTRAP_CHARS] + "\n... [truncated]"

@@ -33,12 +33,14 @@ import logging
 import os
 import re
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from claw_worker.config.paths import cache_dir
+from claw_worker.fsutil import read_text
 from claw_worker.memory import embeddings
 from claw_worker.memory.sql import BM25, SNIPPET, Hit, write_transaction
 from claw_worker.memory.store import INDEX_FILE, LAYERS, NOTES_DIR, memory_dir
@@ -57,6 +59,7 @@ CHUNK_MAX = 1000  # ...and split before here, so one huge file is not one giant 
 SNIPPET_TOKENS = 24
 CJK_SNIPPET_TOKENS = 48  # one token per character there
 BUSY_TIMEOUT_MS = 10_000
+MAX_INDEXED_BYTES = 8 * 1024 * 1024  # of one memory file (store.MAX_LAYER_BYTES)
 # Hybrid mode: a search embeds new chunks for at most about this long (in groups of this
 # many chunks, each committed); a large backlog is worked off over the following searches.
 EMBED_BUDGET_SEC = 2.0
@@ -122,16 +125,22 @@ def scan(workspace: Path) -> dict[str, str]:
     """
     root = memory_dir(workspace)
     found: dict[str, str] = {}
+    # Regular files only, never followed: a layer the agent's exec made a link (to the
+    # worker's config, say) or a FIFO is not indexed.
     for name in (INDEX_FILE, *LAYERS.values()):
         with contextlib.suppress(OSError):  # a layer not written yet
-            found[f"memory/{name}"] = _signature(os.stat(root / name))
+            st = os.stat(root / name, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode):
+                found[f"memory/{name}"] = _signature(st)
     try:
         with os.scandir(root / NOTES_DIR) as entries:
             for entry in entries:
                 if entry.name.endswith(".md") and not entry.name.startswith("."):
                     try:
-                        if entry.is_file():
-                            found[f"memory/{NOTES_DIR}/{entry.name}"] = _signature(entry.stat())
+                        if entry.is_file(follow_symlinks=False):
+                            found[f"memory/{NOTES_DIR}/{entry.name}"] = _signature(
+                                entry.stat(follow_symlinks=False)
+                            )
                     except OSError:
                         pass  # removed while scanning
     except OSError:
@@ -241,6 +250,7 @@ class MemoryIndex:
             # Recomputed under the write lock: another process may have just done the work.
             recorded = dict(conn.execute("SELECT path, sig FROM files").fetchall())
             changed = 0
+            within = Path(os.path.realpath(self.workspace))
             for rel in recorded.keys() - current.keys():
                 conn.execute("DELETE FROM chunks WHERE path = ?", (rel,))
                 conn.execute("DELETE FROM files WHERE path = ?", (rel,))
@@ -248,10 +258,9 @@ class MemoryIndex:
             for rel, sig in current.items():
                 if recorded.get(rel) == sig:
                     continue
-                try:
-                    text = (self.workspace / rel).read_text(encoding="utf-8", errors="replace")
-                except OSError:
-                    continue  # deleted between the scan and now; the next refresh drops it
+                text = read_text(self.workspace / rel, MAX_INDEXED_BYTES, within)
+                if text is None:
+                    continue  # gone or replaced since the scan; the next refresh sees it
                 conn.execute("DELETE FROM chunks WHERE path = ?", (rel,))
                 conn.executemany(
                     "INSERT INTO chunks (path, heading, body) VALUES (?, ?, ?)",

@@ -12,6 +12,7 @@ lose each other's note.
 from __future__ import annotations
 
 import fcntl
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from claw_worker.fsutil import atomic_write_bytes
+from claw_worker.fsutil import open_append, read_regular, write_atomic
 
 Layer = Literal["profile", "project", "procedures", "note"]
 LAYERS: dict[str, str] = {
@@ -31,6 +32,7 @@ TITLES = {"profile": "Profile", "project": "Projects", "procedures": "Procedures
 INDEX_FILE = "MEMORY.md"
 NOTES_DIR = "notes"
 LOCK_FILE = ".lock"
+MAX_LAYER_BYTES = 8 * 1024 * 1024  # one layer file; appends to a larger one are refused
 
 
 def memory_dir(workspace: Path) -> Path:
@@ -48,25 +50,29 @@ def layer_path(workspace: Path, layer: str, *, now: float | None = None) -> Path
         raise ValueError(f"unknown memory layer {layer!r}") from None
 
 
+def _within(workspace: Path) -> Path:
+    """The workspace resolved: memory files are read and written only inside it (the
+    agent's exec could make ``memory/`` or a layer a link to the worker's config)."""
+    return Path(os.path.realpath(workspace))
+
+
 @contextmanager
 def _locked(workspace: Path) -> Iterator[None]:
-    root = memory_dir(workspace)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOCK_FILE, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    fd = open_append(memory_dir(workspace) / LOCK_FILE, _within(workspace))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
 
 
 def ensure_index(workspace: Path) -> None:
     """Write MEMORY.md (the layer list) if the workspace has none yet."""
     path = memory_dir(workspace) / INDEX_FILE
-    if not path.exists():
+    if not os.path.lexists(path):
         # The same text `clawctl onboard` seeds, so both paths give one layout.
         text = (resources.files("claw_worker") / "templates" / INDEX_FILE).read_bytes()
-        atomic_write_bytes(path, text)
+        write_atomic(path, text, _within(workspace))
 
 
 def append(workspace: Path, layer: str, text: str, *, now: float | None = None) -> Path:
@@ -82,11 +88,25 @@ def append(workspace: Path, layer: str, text: str, *, now: float | None = None) 
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
     with _locked(workspace):
         ensure_index(workspace)
-        try:
-            old = path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
+        old = _read_layer(path, workspace)
+        if old is None:
             title = f"Notes {path.stem}" if layer == "note" else TITLES[layer]
             old = f"# {title}\n"
         new = old.rstrip("\n") + f"\n\n## {stamp}\n\n{text}\n"
-        atomic_write_bytes(path, new.encode("utf-8"))
+        write_atomic(path, new.encode("utf-8"), _within(workspace))
     return path
+
+
+def _read_layer(path: Path, workspace: Path) -> str | None:
+    """A layer file's text; None when it does not exist yet. Anything else in its place (a
+    link leading out of the workspace, a FIFO) or a file too large to rewrite whole is an
+    error: appending would replace it."""
+    if not os.path.lexists(path):
+        return None
+    found = read_regular(path, MAX_LAYER_BYTES + 1, _within(workspace))
+    rel = path.relative_to(workspace).as_posix()
+    if found is None:
+        raise ValueError(f"{rel} is not a regular file inside the workspace; not appended")
+    if found[1] > MAX_LAYER_BYTES:
+        raise ValueError(f"{rel} is larger than {MAX_LAYER_BYTES // 2**20} MiB; not appended")
+    return found[0].decode("utf-8", errors="replace")

@@ -20,6 +20,7 @@ from pathlib import Path
 import redis
 
 from claw_worker import constants as k
+from claw_worker.fsutil import open_append
 from claw_worker.nodes.stats import ACTION_FIELD
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,7 @@ def record(client: redis.Redis | None, workspace: Path, entry: DispatchRecord) -
     line = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **asdict(entry)}
     path = audit_path(workspace)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = open_append(path, Path(os.path.realpath(workspace)))  # never through a link
         try:
             os.write(fd, (json.dumps(line, ensure_ascii=False) + "\n").encode())
         finally:

@@ -25,10 +25,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from claw_worker.fsutil import read_regular
 
 SKILL_FILE = "SKILL.md"
 MAX_SKILL_MD_BYTES = 256 * 1024
@@ -68,15 +69,14 @@ def valid_name(name: str) -> bool:
 
 def read_skill_md(path: Path) -> SkillMeta:
     """Parse the ``SKILL.md`` at ``path`` (a regular file of at most 256 KiB)."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open
-            raise SkillError(f"{SKILL_FILE} is not a regular file")
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_SKILL_MD_BYTES + 1)
-    except FileNotFoundError:
-        raise SkillError(f"no {SKILL_FILE}") from None
-    except OSError as exc:
-        raise SkillError(f"cannot read {SKILL_FILE}: {exc.strerror or exc}") from None
+    if not os.path.lexists(path):
+        raise SkillError(f"no {SKILL_FILE}")
+    # A regular file inside its skill's folder: not a FIFO (it would block the open), not a
+    # link leading out (to the worker's config, say).
+    found = read_regular(path, MAX_SKILL_MD_BYTES + 1, Path(os.path.realpath(path.parent)))
+    if found is None:
+        raise SkillError(f"{SKILL_FILE} is not a regular file inside its skill's folder")
+    data = found[0]
     if len(data) > MAX_SKILL_MD_BYTES:
         raise SkillError(f"{SKILL_FILE} is larger than {MAX_SKILL_MD_BYTES // 1024} KiB")
     try:

@@ -13,8 +13,9 @@ from pathlib import Path
 import re2
 from pydantic import Field
 
+from claw_worker.fsutil import read_regular
 from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
-from claw_worker.tools.files import WalkBudget, read_regular, resolve_path
+from claw_worker.tools.files import WalkBudget, resolve_path
 from claw_worker.tools.search import walk_files
 
 MAX_FILE_BYTES = 512 * 1024
@@ -63,13 +64,13 @@ class RepoMapTool(Tool[RepoMapParams]):
                 break
             files += 1
             out.append(path.relative_to(root).as_posix())
-            out.extend("  " + d for d in _definitions(path, suffix))
+            out.extend("  " + d for d in _definitions(path, suffix, budget.within))
         out.extend(budget.notes())  # symlink loops skipped, or the limit that cut it short
         return "\n".join(out) if out else f"No source files under {params.path}"
 
 
-def _definitions(path: Path, suffix: str) -> list[str]:
-    read = read_regular(path, MAX_FILE_BYTES + 1)  # never blocks on a FIFO swapped in
+def _definitions(path: Path, suffix: str, within: Path | None) -> list[str]:
+    read = read_regular(path, MAX_FILE_BYTES + 1, within)  # never blocks on a FIFO swapped in
     if read is None:
         return ["(unreadable, or no longer a regular file)"]
     data = read[0]

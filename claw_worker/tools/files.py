@@ -17,14 +17,13 @@ import contextlib
 import errno
 import itertools
 import os
-import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydantic import Field
 
-from claw_worker.fsutil import atomic_write_bytes
+from claw_worker.fsutil import OutsideWorkspace, read_regular, write_atomic
 from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
 
 MAX_READ_BYTES = 512 * 1024
@@ -61,22 +60,10 @@ def _shown(path: Path, ctx: ToolContext) -> str:
     return str(path.relative_to(workspace)) if path.is_relative_to(workspace) else str(path)
 
 
-def read_regular(path: Path, limit: int) -> tuple[bytes, int] | None:
-    """The first ``limit`` bytes of ``path`` and its size, or None if it is not a readable
-    regular file. Opened non-blocking and checked once open: a FIFO swapped in after a
-    check would block the reader forever."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        try:
-            return fh.read(limit), info.st_size
-        except OSError:
-            return None
+def confine_to(ctx: ToolContext) -> Path | None:
+    """The directory file access must stay in: the workspace, unless
+    ``tools.restrict_to_workspace`` is off."""
+    return ctx.workspace.resolve() if ctx.config.tools.restrict_to_workspace else None
 
 
 class WalkBudget:
@@ -86,6 +73,7 @@ class WalkBudget:
         self, ctx: ToolContext, *, max_entries: int = MAX_WALK_ENTRIES,
         max_bytes: int = MAX_WALK_BYTES,
     ) -> None:  # fmt: skip
+        self.within = confine_to(ctx)  # the files read must stay in it
         self.timeout = ctx.config.tools.search_timeout_sec
         self.deadline = time.monotonic() + self.timeout
         self.should_stop = ctx.should_stop
@@ -207,9 +195,9 @@ class ReadFileTool(Tool[ReadFileParams]):
             raise ToolError(f"file not found: {params.path}")
         if not path.is_file():
             raise ToolError(f"not a file: {params.path}")
-        read = read_regular(path, MAX_READ_BYTES)
-        if read is None:
-            raise ToolError(f"cannot read {params.path}")
+        read = read_regular(path, MAX_READ_BYTES, confine_to(ctx))
+        if read is None:  # changed since resolve_path looked (a link or FIFO swapped in)
+            raise ToolError(f"cannot read {params.path}: not a regular file in the workspace")
         data, size = read
         text = data.decode("utf-8", errors="replace")
         if size > MAX_READ_BYTES:
@@ -236,7 +224,7 @@ class WriteFileTool(Tool[WriteFileParams]):
         if path.is_dir():
             raise ToolError(f"{params.path} is a directory")
         data = params.content.encode("utf-8")
-        atomic_write_bytes(path, data)
+        _write(path, data, params.path, ctx)
         return f"Wrote {len(data)} bytes to {_shown(path, ctx)}"
 
 
@@ -295,10 +283,13 @@ class EditFileTool(Tool[EditFileParams]):
         path = resolve_path(params.path, ctx)
         if not path.is_file():
             raise ToolError(f"file not found: {params.path}")
-        if path.stat().st_size > MAX_READ_BYTES:
+        read = read_regular(path, MAX_READ_BYTES + 1, confine_to(ctx))
+        if read is None:
+            raise ToolError(f"cannot read {params.path}: not a regular file in the workspace")
+        if read[1] > MAX_READ_BYTES:
             raise ToolError(f"{params.path} is larger than {MAX_READ_BYTES} bytes; not edited")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read[0].decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ToolError(f"{params.path} is not UTF-8 text; not edited") from exc
         count = text.count(params.old_string)
@@ -312,6 +303,21 @@ class EditFileTool(Tool[EditFileParams]):
                 "make it unique, or set replace_all"
             )
         data = text.replace(params.old_string, params.new_string).encode("utf-8")
-        atomic_write_bytes(path, data)
+        _write(path, data, params.path, ctx)
         times = "1 occurrence" if count == 1 else f"{count} occurrences"
         return f"Replaced {times} in {_shown(path, ctx)}"
+
+
+def _write(path: Path, data: bytes, shown: str, ctx: ToolContext) -> None:
+    """Replace the resolved ``path`` atomically; refused if a link swapped in since it was
+    resolved now leads out of the workspace (the write never follows one)."""
+    try:
+        write_atomic(path, data, confine_to(ctx))
+    except OutsideWorkspace as exc:
+        raise ToolError(f"path {shown!r} is outside the workspace; access refused") from exc
+    except NotADirectoryError as exc:
+        raise ToolError(f"cannot write {shown!r}: a parent is not a directory") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a directory on the way became a symlink
+            raise ToolError(f"cannot write {shown!r}: the path changed while writing") from exc
+        raise

@@ -60,5 +60,8 @@ class MemoryWriteTool(Tool[MemoryWriteParams]):
     def execute(self, params: MemoryWriteParams, ctx: ToolContext) -> str:
         if not params.text.strip():
             raise ToolError("text is blank")
-        path = store.append(ctx.workspace, params.layer, params.text)
+        try:
+            path = store.append(ctx.workspace, params.layer, params.text)
+        except (ValueError, OSError) as exc:  # a layer file replaced by a link, a FIFO, ...
+            raise ToolError(f"not saved: {exc}") from exc
         return f"Saved to {path.relative_to(ctx.workspace).as_posix()}"

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from claw_worker.fsutil import write_atomic
 from claw_worker.nodes.dispatch import Request, dispatch
 from claw_worker.nodes.envelope import ACTIONS
 from claw_worker.nodes.registry import get_node, list_nodes
@@ -163,8 +164,13 @@ def _keep_image(answer: dict[str, Any], ctx: ToolContext, node: str) -> None:
         payload.setdefault("meta", {})["image_error"] = "not kept: not base64, or too large"
         return
     folder = ctx.workspace / "media" / "nodes"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{node}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.{ext}"
-    path.write_bytes(data)
+    name = f"{node}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.{ext}"
+    path = folder / name.replace("/", "_")
+    try:  # never through a link the agent made of media/ (it could lead out)
+        write_atomic(path, data, ctx.workspace.resolve())
+    except OSError as exc:
+        payload["storage"] = "none"
+        payload.setdefault("meta", {})["image_error"] = f"not kept: {exc}"
+        return
     payload["storage"] = "path"
     payload["path"] = str(path.relative_to(ctx.workspace))

@@ -21,8 +21,9 @@ from typing import Any
 import re2
 from pydantic import Field
 
+from claw_worker.fsutil import read_regular
 from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
-from claw_worker.tools.files import MAX_PATH_CHARS, WalkBudget, read_regular, resolve_path, walk
+from claw_worker.tools.files import MAX_PATH_CHARS, WalkBudget, resolve_path, walk
 
 # Directories that are never what the model is looking for and are often huge.
 SKIP_DIRS = frozenset(
@@ -245,7 +246,7 @@ def _grep(
 def _read_text(path: Path, budget: WalkBudget) -> bytes | None:
     """The first MAX_GREP_BYTES_PER_FILE bytes as UTF-8 (invalid bytes replaced), or None
     for binary, unreadable and non-regular files."""
-    read = read_regular(path, MAX_GREP_BYTES_PER_FILE)
+    read = read_regular(path, MAX_GREP_BYTES_PER_FILE, budget.within)
     if read is None:
         return None
     data = read[0]
