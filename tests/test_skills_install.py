@@ -121,6 +121,11 @@ HOSTILE = {
                     ["symlink", "outside the skill"]),
     "symlink-absolute": ([*good_entries(), ("symlink", "skills/hello/p", "/etc/passwd")],
                          ["symlink", "outside the skill"]),
+    # Each link alone stays inside; through "up" (the skill's root), "esc" leads out.
+    "symlink-chain-out": ([*good_entries(), ("dir", "skills/hello/a"), ("dir", "skills/hello/a/b"),
+                           ("symlink", "skills/hello/a/b/up", "../.."),
+                           ("symlink", "skills/hello/esc", "a/b/up/../../../etc/hostname")],
+                          ["symlink", "through another symlink"]),
     "hardlink-out": ([*good_entries(), ("hardlink", "skills/hello/h", "README.md")],
                      ["hard link", "outside"]),
     "device": ([*good_entries(), ("chr", "skills/hello/null")], ["device"]),

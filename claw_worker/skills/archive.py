@@ -9,7 +9,8 @@ one top directory (GitHub's ``<repo>-<ref>/``); a name seen twice; more than
 bomb, counted on the gzip stream below tarfile, which reads pax headers whole); and inside
 the skill: devices, FIFOs, a symlink that leads out of the skill, a hard link to anything
 but a file of the skill, more than ``MAX_SKILL_FILES`` files or ``max_skill_bytes`` of
-content. Entries outside the requested path are skipped. Files are created with ``O_EXCL | O_NOFOLLOW``
+content, a symlink that leads out through another one. Entries outside the requested path
+are skipped. Files are created with ``O_EXCL | O_NOFOLLOW``
 and modes 0644/0755 (no setuid, no archive owners); symlinks are made last, in
 directories that are not symlinks themselves.
 """
@@ -151,6 +152,42 @@ class _Extraction:
                 os.symlink(target, path)
             except FileExistsError:
                 raise SkillError(f"the archive holds {'/'.join(inner)} twice") from None
+        # Each target was checked alone; through one another, links can still lead out
+        # (``up -> ../..`` at the skill's root, then ``esc -> up/../../etc/passwd``).
+        for inner, target in self.links:
+            if not _stays_inside(self.dest, inner[:-1], target):
+                raise SkillError(
+                    f"the symlink {'/'.join(inner)} -> {target} leads outside the skill "
+                    "through another symlink"
+                )
+
+
+_MAX_LINK_HOPS = 40  # as the kernel's ELOOP
+
+
+def _stays_inside(root: Path, where: tuple[str, ...], target: str, hops: int = 0) -> bool:
+    """Whether following ``target`` from the directory ``where`` (inside ``root``) never
+    leaves ``root`` at any step, links met on the way followed the same way."""
+    if hops > _MAX_LINK_HOPS or target.startswith("/"):
+        return False
+    current = list(where)
+    for name in target.split("/"):
+        if name in ("", "."):
+            continue
+        if name == "..":
+            if not current:
+                return False
+            current.pop()
+            continue
+        path = root.joinpath(*current, name)
+        if path.is_symlink():
+            if not _stays_inside(root, tuple(current), os.readlink(path), hops + 1):
+                return False
+            # Where the link leads is inside: continue from there, as the kernel does.
+            current = list(Path(os.path.realpath(path)).relative_to(os.path.realpath(root)).parts)
+        else:
+            current.append(name)
+    return True
 
 
 def member_parts(name: str) -> tuple[str, ...]:
