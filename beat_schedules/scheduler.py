@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 from redbeat import RedBeatScheduler
+from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, get_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -40,6 +41,7 @@ class FleetScheduler(RedBeatScheduler):
         if identity().role != "beat":
             set_identity("beat")
         url = redis_url(config, start_embedded=not config.redis.url)
+        _wait_for_redis(url)  # RedBeat's start-up would give up after 30 s and end beat
         self.live = LiveConfig(config)
         self._selfcheck_sent = False
         self._redis_down_since: float | None = None
@@ -60,12 +62,14 @@ class FleetScheduler(RedBeatScheduler):
         on any error from here, and RedBeat's lock calls are not retried (only its plain
         commands are), so one tick during an outage would otherwise kill the active beat."""
         try:
+            if self.lock_key and self.lock is None:  # RedBeat's start-up attempt failed
+                self._wait_for_lock("beat: waiting for the active-beat lock")
             if not self._selfcheck_sent and self.lock is not None:  # this beat is active
                 self._send_selfcheck()
                 self._selfcheck_sent = True
             interval = super().tick(*args, **kwargs)
-        except LockError:
-            self._take_lock_again()
+        except LockError:  # Redis was away longer than the lock's timeout, or lost it
+            self._wait_for_lock("beat: lost the active-beat lock; waiting to take it again")
             return 0.0
         except (RedisConnectionError, RedisTimeoutError) as exc:
             if self._redis_down_since is None:
@@ -79,18 +83,22 @@ class FleetScheduler(RedBeatScheduler):
             self._redis_down_since = None
         return float(interval)
 
-    def _take_lock_again(self) -> None:
-        """Redis was away longer than the lock's timeout (or lost it), so this beat no longer
-        holds the one-active-beat lock: wait for it as a standby does, never run beside
-        another active beat."""
-        log.warning("beat: lost the active-beat lock; waiting to take it again")
+    def _wait_for_lock(self, why: str) -> None:
+        """Wait for the one-active-beat lock as a standby does (never run beside another
+        active beat), Redis outages included; the lock made as RedBeat makes its own."""
+        log.warning(why)
+        if self.lock is None:
+            redis = get_redis(self.app)
+            lock = redis.lock(self.lock_key, timeout=self.lock_timeout, sleep=self.max_interval)
+            lock.lua_extend = redis.register_script(LUA_EXTEND_TO_SCRIPT)
+            self.lock = lock
         while True:
             try:
                 if self.lock.acquire():  # blocks, polling, until the lock is free
                     break
             except (RedisConnectionError, RedisTimeoutError):
                 time.sleep(REDIS_RETRY_SEC)
-        log.info("beat: holds the active-beat lock again")
+        log.info("beat: holds the active-beat lock")
 
     def _send_selfcheck(self) -> None:
         """The start-up self-check, once per gateway start: not again when a standby takes
@@ -133,3 +141,21 @@ class FleetScheduler(RedBeatScheduler):
         except RedisError as exc:
             log.warning("beat: could not release the lock; it expires on its own",
                         error=str(exc))  # fmt: skip
+
+
+def _wait_for_redis(url: str) -> None:
+    """Block until Redis answers (a host that boots before it, a restart), saying so once."""
+    probe = client(url)
+    delay, waited = 0.5, False
+    while True:
+        try:
+            probe.ping()
+            break
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if not waited:
+                log.warning("beat: waiting for redis", error=str(exc))
+                waited = True
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    if waited:
+        log.info("beat: redis is reachable")

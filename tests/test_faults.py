@@ -253,8 +253,54 @@ def test_beat_that_lost_its_lock_waits_for_it_and_then_carries_on(
     r.delete(k.BEAT_LOCK_KEY)  # the other beat is gone
     orphan = store_without_wake_up(redis_server.url, "api:lock-orphan", "orphan after lock loss")
     wait_status(r, "api:lock-orphan", orphan.message_id, "done", timeout=RECOVERY_DEADLINE)
-    assert "beat: holds the active-beat lock again" in fleet.output("beat")
+    assert "beat: holds the active-beat lock" in fleet.output("beat")
     assert beat.poll() is None
+
+
+def test_beat_started_while_redis_is_down_waits_for_it(
+    fleet_factory, llm_server, redis_server
+) -> None:
+    """A beat (active or standby) that starts before Redis is up waits for it, rather than
+    dying after RedBeat's retries, and then runs: its sweeper finds an orphaned message."""
+    fleet = fleet_factory()
+    redis_server.stop()
+    beat = fleet.start_beat()
+    wait_for(lambda: "beat: waiting for redis" in fleet.output("beat"), timeout=30,
+             what="beat to wait for Redis")  # fmt: skip
+    assert beat.poll() is None, fleet.output("beat")[-3000:]
+    redis_server.start()
+    fleet.start_worker()
+    r = redis_server.client()
+    orphan = store_without_wake_up(redis_server.url, "api:late-redis", "orphan, late redis")
+    wait_status(r, "api:late-redis", orphan.message_id, "done", timeout=RECOVERY_DEADLINE)
+    assert beat.poll() is None
+
+
+def test_standby_beat_rides_out_a_redis_restart_and_takes_over(
+    fleet_factory, llm_server, redis_server
+) -> None:
+    """The standby waits on the lock inside RedBeat's start-up handler, whose error Celery
+    swallows when Redis goes away; it must keep waiting, and take over when the active
+    beat dies after Redis is back."""
+    fleet = fleet_factory(beat__lock_timeout_sec=6)
+    active = fleet.start_beat()
+    r = redis_server.client()
+    wait_for(lambda: r.get(k.BEAT_LOCK_KEY), timeout=30, what="the first beat to take the lock")
+    standby = fleet.start_beat("beat-b")
+    wait_for(lambda: "beat: Starting..." in fleet.output("beat-b"), timeout=30,
+             what="the standby to start")  # fmt: skip
+    redis_server.stop()
+    wait_for(lambda: "beat: waiting for the active-beat lock" in fleet.output("beat-b"),
+             timeout=30, what="the standby to wait again after the outage")  # fmt: skip
+    redis_server.start()
+    r = redis_server.client()
+    assert active.poll() is None and standby.poll() is None
+    kill9(active)
+    fleet.start_worker()
+    orphan = store_without_wake_up(redis_server.url, "api:standby", "orphan for the standby")
+    wait_status(r, "api:standby", orphan.message_id, "done", timeout=RECOVERY_DEADLINE + 6)
+    assert "beat: holds the active-beat lock" in fleet.output("beat-b")
+    assert standby.poll() is None
 
 
 # -- 3. the ingress died between storing and sending the wake-up ------------------------------
