@@ -17,6 +17,7 @@ import pytest
 
 from tests.fixtures.claw_home import ClawHome
 from tests.fixtures.procs import pid_alive
+from tests.fixtures.pty_session import PtySession
 from tests.fixtures.systemd import SystemdStandIn
 
 SERVICES = ["clawfleet-redis.service", "clawfleet-worker.service", "clawfleet-beat.service",
@@ -97,12 +98,22 @@ def test_purge_answered_no_removes_nothing(systemd: SystemdStandIn) -> None:
     home = systemd.home.path
     before = sorted(p.name for p in home.iterdir())
     unit_files = sorted(p.name for p in systemd.units.iterdir())
-    for stdin in ("n\n", None):  # "n", and no answer at all (stdin closed)
+    for stdin in ("n\n", None):  # piped input, and none at all: no terminal to ask on
         result = systemd.clawctl("uninstall", "--purge", stdin=stdin)
-        assert result.returncode == 1 and "Aborted" in result.stderr
+        assert result.returncode == 1
+        assert "pass --yes to remove it (stdin is not a terminal" in result.stderr
+        assert "Aborted" not in result.stderr
         assert (
             "--purge removes, for good:" in result.stdout and f"CLAW_HOME {home}" in result.stdout
         )
+    # At a terminal: asked, and "n" is a clear no.
+    argv = [sys.executable, "-m", "claw_worker.cli", "uninstall", "--purge"]
+    with PtySession(argv, env=systemd.env(), cwd=home) as session:
+        session.expect("Remove all of this? [y/N]: ")
+        session.sendline("n")
+        assert session.wait() == 1
+        assert "not confirmed; nothing was changed" in session.transcript
+        assert "Aborted" not in session.transcript
     assert sorted(p.name for p in home.iterdir()) == before
     assert sorted(p.name for p in systemd.units.iterdir()) == unit_files
     assert systemd.calls() == []

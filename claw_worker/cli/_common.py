@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -89,6 +90,21 @@ def argument_problem(args: Sequence[str], *, path_options: Sequence[str] = ()) -
             name = f"argument {index + 1}"
         return f"{name} is not UTF-8 text ({raw_bytes(value)}); pass it as UTF-8"
     return None
+
+
+def confirm(question: str, *, no_terminal: str) -> None:
+    """Ask ``question`` (yes/no) on the terminal; a CliError when there is none to ask on
+    (``no_terminal`` says what to pass instead) or the answer is no."""
+    if not sys.stdin.isatty():
+        raise CliError(f"{no_terminal} (stdin is not a terminal, so nothing can be asked); "
+                       "nothing was changed")  # fmt: skip
+    try:
+        yes = click.confirm(question, default=False)
+    except click.Abort:  # Ctrl-C or end of input: the line was not ended
+        click.echo(err=True)
+        yes = False
+    if not yes:
+        raise CliError("not confirmed; nothing was changed")
 
 
 def current_path() -> Path:

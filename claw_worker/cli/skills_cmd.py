@@ -9,14 +9,13 @@ command's environment: a worker started elsewhere checks its own.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from claw_worker.cli._common import CliError, load
+from claw_worker.cli._common import CliError, confirm, load
 from claw_worker.config.paths import workspace_dir
 from claw_worker.skills.catalog import BUILTIN_ROOT, Skill, discover, find, search, skills_root
 from claw_worker.skills.skillfile import MAX_SKILL_MD_BYTES, SKILL_FILE, SkillError
@@ -199,9 +198,10 @@ def remove_cmd(name: str, yes: bool) -> None:
     if skill is None:
         raise CliError(f"no skill {name!r} is installed (see `clawctl skills list`)")
     if not yes:
-        if not sys.stdin.isatty():
-            raise CliError(f"pass --yes to remove {skill.path} (no terminal to ask on)")
-        click.confirm(f"Remove the skill {name} ({skill.path})?", abort=True)
+        confirm(
+            f"Remove the skill {name} ({skill.path})?",
+            no_terminal=f"pass --yes to remove {skill.path}",
+        )
     with _errors():
         path = remove(workspace, name)
     click.echo(f"removed {name} ({path})")

@@ -2,8 +2,8 @@
 
 Stops and disables the fleet's services and removes their unit files; ``--purge`` also
 removes CLAW_HOME (config, workspace, logs, data) after listing it and asking (``--yes``
-does not ask); ``--remove-bin`` removes this virtualenv's ``clawctl``, ``claw-ingress`` and
-``claw-node`` commands. Each step says what it did; a step that fails says so in one line
+does not ask, and without a terminal it must be given); ``--remove-bin`` removes this
+virtualenv's ``clawctl``, ``claw-ingress`` and ``claw-node`` commands. Each step says what it did; a step that fails says so in one line
 and the others still run.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from claw_worker.cli._common import CliError, load
+from claw_worker.cli._common import CliError, confirm, load
 from claw_worker.cli._systemd import NOT_AVAILABLE, TARGET, Systemd, available
 from claw_worker.config import Config
 
@@ -57,7 +57,7 @@ def uninstall(purge: bool, yes: bool, remove_bin: bool) -> None:
         else:
             click.echo(plan.describe())
             if not yes:
-                click.confirm("Remove all of this?", default=False, abort=True)
+                confirm("Remove all of this?", no_terminal="pass --yes to remove it")
 
     failures += remove_services(sd)
     if plan is not None and config is not None:
