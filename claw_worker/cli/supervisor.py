@@ -4,8 +4,12 @@ Starts the embedded Redis (when ``redis.url`` is empty), the ingress, one worker
 (and Flower on request), each in its own process group with output in the logs directory;
 restarts a child that dies, with exponential backoff, and stops the fleet with the child's
 last output when one keeps dying right after it starts; on SIGINT/SIGTERM stops them all —
-ingress first so nothing new arrives, Redis last — and leaves no process behind. A taken
-port or an unreachable Redis is reported before anything starts.
+ingress first so nothing new arrives, Redis last — and leaves no process behind (a second
+signal kills them at once). It owns the embedded Redis it started: restarts it when it dies
+and, on exit, stops whichever server then serves CLAW_HOME's socket, even one another
+process started meanwhile. One ``gateway run`` per CLAW_HOME (a lock in its run directory).
+A taken port, an unusable directory or an unreachable Redis is reported before anything
+starts.
 """
 
 from __future__ import annotations
@@ -24,13 +28,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from claw_worker import constants as k
+from claw_worker.cli import _run_lock
+from claw_worker.cli._listeners import clawfleet_listener
 from claw_worker.config import Config
-from claw_worker.config.paths import logs_dir, run_dir
-from claw_worker.embedded_redis import EmbeddedRedis, ensure_embedded, is_alive
+from claw_worker.config.paths import claw_home, logs_dir, run_dir
+from claw_worker.embedded_redis import (
+    EmbeddedRedis,
+    ensure_embedded,
+    is_alive,
+    serving_pid,
+    shutdown_serving,
+    socket_problem,
+)
 from claw_worker.process import ENV_NODE_NAME
 from claw_worker.redis_conn import redis_url
 
 STOP_TIMEOUT_SEC = 15.0
+QUIET_STOP_SEC = 1.0  # children still running after this: say what the stop waits for
 MAX_BACKOFF_SEC = 30.0
 STABLE_AFTER_SEC = 30.0  # a child that ran this long has its backoff reset
 # A child that dies before STABLE_AFTER_SEC this many restarts in a row cannot start (a
@@ -58,8 +72,11 @@ class Child:
     def start(self, env: dict[str, str]) -> None:
         # A stable node name (so the log file keeps its name across restarts).
         env = {**env, ENV_NODE_NAME: f"{self.name}@{socket.gethostname()}"}
-        with open(self.log_path, "ab") as log:
-            self.log_offset = log.tell()
+        # 0600 like the *.log files: the output holds message previews.
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)
+        with open(fd, "ab") as log:
+            self.log_offset = log.seek(0, os.SEEK_END)
             self.process = subprocess.Popen(
                 self.args,
                 env=env,
@@ -85,14 +102,8 @@ class Child:
             return []
         return data.decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
 
-    def wait(self, timeout: float) -> bool:
-        if self.process is None:
-            return True
-        try:
-            self.process.wait(timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
 
 @dataclass
@@ -103,7 +114,10 @@ class Supervisor:
     echo: Callable[[str], None] = print
     children: list[Child] = field(default_factory=list)
     redis: EmbeddedRedis | None = None
+    owns_redis: bool = False  # it started the embedded Redis: it keeps it up and stops it
     _stop: threading.Event = field(default_factory=threading.Event)
+    _force: threading.Event = field(default_factory=threading.Event)
+    _lock: object = None  # the open lock file of _run_lock, while this fleet runs
 
     def plan(self) -> list[Child]:
         py = sys.executable
@@ -129,7 +143,18 @@ class Supervisor:
 
     def preflight(self) -> None:
         """What would make the fleet fail at once, checked before anything is started: a
-        configured Redis that does not answer, a port already taken."""
+        directory it cannot create, another ``gateway run`` on this CLAW_HOME, a configured
+        Redis that does not answer, a port already taken."""
+        self._check_dirs()
+        self._lock = _run_lock.hold()
+        if self._lock is None:
+            pid = _run_lock.holder() or 0
+            raise SupervisorError(
+                f"another `clawctl gateway run` (pid {pid or 'unknown'}) is already running on "
+                f"this CLAW_HOME ({claw_home()}); {_run_lock.how_to_stop(pid)}, or use that one"
+            )
+        if not self.config.redis.url and socket_problem():
+            raise SupervisorError(socket_problem())
         if self.config.redis.url and not is_alive(self.config.redis.url):
             raise SupervisorError(
                 f"Redis at redis.url is not reachable: {_safe_url(self.config.redis.url)}"
@@ -144,15 +169,36 @@ class Supervisor:
         for host, port, name, fix in ports:
             problem = port_problem(host, port)
             if problem:
-                raise SupervisorError(f"{name}: {problem}; stop that program or use `{fix}`")
+                raise SupervisorError(f"{name}: {problem} or use `{fix}`")
+
+    def _check_dirs(self) -> None:
+        """CLAW_HOME's run directory and the logs directory can be created; else say which
+        setting to change."""
+        home_fix = (
+            f"CLAW_HOME is {claw_home()}; set CLAW_HOME to a directory you can write (it holds "
+            "config.json, the workspace, logs and the embedded Redis's files)"
+        )
+        logs_fix = home_fix
+        if self.config.logging.dir:
+            logs_fix = (
+                f"logging.dir is {self.config.logging.dir}; set a directory you can write with "
+                "`clawctl config set logging.dir DIR` (or '' for CLAW_HOME/logs)"
+            )
+        for path, fix in ((run_dir(), home_fix), (logs_dir(self.config), logs_fix)):
+            try:
+                path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise SupervisorError(
+                    f"cannot create {path} ({exc.strerror or exc}): {fix}"
+                ) from None
 
     def start(self) -> None:
-        logs_dir(self.config).mkdir(parents=True, exist_ok=True)
         if self.config.redis.url:
             self.echo(f"redis     {_safe_url(self.config.redis.url)} (configured)")
         else:
             self.redis = ensure_embedded(daemonize=False)
-            owner = "started" if self.redis.process else "already running"
+            self.owns_redis = self.redis.process is not None
+            owner = "started" if self.owns_redis else "already running"
             self.echo(
                 f"redis     {self.redis.url} (embedded, {owner}, AOF in {run_dir().parent / 'data'})"
             )
@@ -170,6 +216,7 @@ class Supervisor:
         when one keeps dying right after it starts (see MAX_QUICK_RESTARTS)."""
         while not self._stop.wait(poll_interval):
             now = time.monotonic()
+            self._watch_redis()
             for child in self.children:
                 proc = child.process
                 if proc is None or proc.poll() is None:
@@ -191,21 +238,69 @@ class Supervisor:
                     child.start(self._env)
                     self.echo(f"{child.name:<9} pid {child.process.pid:<7} restarted")
 
+    def _watch_redis(self) -> None:
+        """The embedded Redis this supervisor started is up: restarted when it died (or
+        taken over when another process restarted it first, so it is still stopped here)."""
+        if not self.owns_redis or self.redis is None:
+            return
+        proc = self.redis.process
+        if proc is not None and proc.poll() is None:
+            return
+        if proc is None and is_alive(self.redis.url):
+            return
+        if proc is not None:
+            self.echo(f"redis exited with {proc.returncode}; restarting")
+        self.redis = ensure_embedded(daemonize=False)
+        if self.redis.process is not None:
+            self.echo(f"{'redis':<9} pid {self.redis.process.pid:<7} restarted")
+        else:
+            self.echo(f"{'redis':<9} pid {serving_pid() or '?':<7} restarted by another "
+                      "process; stopped with the fleet")  # fmt: skip
+
     def request_stop(self, *_: object) -> None:
+        if self._stop.is_set():
+            self._force.set()  # a second Ctrl-C: do not wait for anything
         self._stop.set()
 
+    def started(self) -> bool:
+        return self.redis is not None or any(c.process for c in self.children)
+
     def stop(self) -> None:
-        """Stop children in order (ingress first, Redis last); kill what does not stop."""
+        """Stop children in order (ingress first, Redis last); kill what does not stop in
+        time, or everything at once on a second signal (a message in flight is not lost:
+        the mailbox runs it again)."""
         ingress, rest = self.children[:1], self.children[1:]
         for group in (ingress, rest):
             for child in group:
                 child.signal(signal.SIGTERM)
-            for child in group:
-                if not child.wait(STOP_TIMEOUT_SEC):
-                    child.signal(signal.SIGKILL)
-                    child.wait(5)
-        if self.redis is not None:
-            self.redis.stop()
+            self._wait(group)
+        if self._force.is_set():
+            self.echo("forced: killed what was still running")
+        if self.redis is not None and self.owns_redis:
+            shutdown_serving()  # the one serving CLAW_HOME now, whoever started it
+            if self.redis.process is not None:
+                self.redis.process.poll()  # reaped, if it was our child
+        if self._lock is not None:
+            self._lock.close()  # type: ignore[attr-defined]
+
+    def _wait(self, group: list[Child]) -> None:
+        deadline = time.monotonic() + STOP_TIMEOUT_SEC
+        told = False
+        while any(c.running() for c in group) and not self._force.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if not told and STOP_TIMEOUT_SEC - left >= QUIET_STOP_SEC:
+                names = ", ".join(c.name for c in group if c.running())
+                self.echo(f"waiting up to {left:.0f} s for {names} to stop (runs in progress "
+                          "finish first); Ctrl-C again to force")  # fmt: skip
+                told = True
+            self._force.wait(0.05)
+        for child in group:
+            if child.running():
+                child.signal(signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.process.wait(5)  # type: ignore[union-attr]
 
 
 def port_problem(host: str, port: int) -> str | None:
@@ -225,9 +320,14 @@ def port_problem(host: str, port: int) -> str | None:
             try:
                 sock.bind(address)
             except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    return f"port {port} on {host} is already in use by another program"
-                return f"cannot listen on {host}:{port} ({exc.strerror})"
+                if exc.errno != errno.EADDRINUSE:
+                    return f"cannot listen on {host}:{port} ({exc.strerror});"
+                ours = clawfleet_listener(port)
+                if ours:
+                    return (f"port {port} on {host} is already in use by {ours}: stop that "
+                            "fleet (Ctrl-C in its `clawctl gateway run`, or `clawctl gateway "
+                            "stop`)")  # fmt: skip
+                return f"port {port} on {host} is already in use by another program: stop it"
     return None
 
 
@@ -257,17 +357,19 @@ def run(
     echo: Callable[[str], None] = print,
 ) -> int:
     sup = Supervisor(config, with_flower=with_flower, flower_port=flower_port, echo=echo)
-    sup.preflight()  # nothing started yet: an error here leaves nothing to stop
     signal.signal(signal.SIGTERM, sup.request_stop)
     signal.signal(signal.SIGINT, sup.request_stop)
     try:
+        sup.preflight()  # nothing started yet: an error here leaves nothing to stop
         sup.start()
         echo("fleet running; Ctrl-C stops it")
         sup.run_forever()
     finally:
-        echo("stopping the fleet ...")
+        if sup.started():
+            echo("stopping the fleet ...")
         sup.stop()
-        echo("stopped")
+        if sup.started():
+            echo("stopped")
     return 0
 
 

@@ -2,9 +2,10 @@
 
 Stops and disables the fleet's services and removes their unit files; ``--purge`` also
 removes CLAW_HOME (config, workspace, logs, data) after listing it and asking (``--yes``
-does not ask, and without a terminal it must be given); ``--remove-bin`` removes this
-virtualenv's ``clawctl``, ``claw-ingress`` and ``claw-node`` commands. Each step says what it did; a step that fails says so in one line
-and the others still run.
+does not ask, and without a terminal it must be given), and refuses while a ``clawctl
+gateway run`` runs on CLAW_HOME; ``--remove-bin`` removes this virtualenv's ``clawctl``,
+``claw-ingress`` and ``claw-node`` commands. Each step says what it did; a step that fails
+says so in one line and the others still run.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def uninstall(purge: bool, yes: bool, remove_bin: bool) -> None:
             note = adopt_sudo_home(service_account())
             if note:
                 click.echo(note)
+        _refuse_under_a_running_fleet()
         config = _config_or_defaults()
         plan = _purge.plan(config)
         if not plan.targets:
@@ -76,6 +78,22 @@ def uninstall(purge: bool, yes: bool, remove_bin: bool) -> None:
         failures += remove_commands()
     if failures:
         raise CliError(f"uninstall incomplete: {len(failures)} step(s) failed (see above)")
+
+
+def _refuse_under_a_running_fleet() -> None:
+    """A ``clawctl gateway run`` on this CLAW_HOME: refuse rather than stop it. It runs in
+    the user's terminal, maybe with runs in progress; stopping it from here would end them
+    behind the user's back, and removing its files under it leaves it crash-looping."""
+    from claw_worker.cli._run_lock import holder, how_to_stop
+    from claw_worker.config.paths import claw_home
+
+    pid = holder()
+    if pid is not None:
+        raise CliError(
+            f"`clawctl gateway run` (pid {pid or 'unknown'}) is running on this CLAW_HOME "
+            f"({claw_home()}): {how_to_stop(pid)}, then run `clawctl uninstall --purge` again; "
+            "nothing was changed"
+        )
 
 
 def remove_services(sd: Systemd) -> list[str]:
