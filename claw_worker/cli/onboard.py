@@ -15,10 +15,11 @@ from pathlib import Path
 import click
 
 from claw_worker.cli._common import CliError, current_path, describe_error
-from claw_worker.config import ConfigError, load_config, workspace_dir
+from claw_worker.config import Config, ConfigError, apply_env_overrides, load_config, workspace_dir
 from claw_worker.config.jsontext import JsonTextError, decode
 from claw_worker.config.paths import claw_home
 from claw_worker.config.store import atomic_write_text
+from claw_worker.embedded_redis import socket_problem
 from claw_worker.workspace import MANAGED_FILES, SEED_FILES, WORKSPACE_DIRS, template
 
 BLOCK_START = "<!-- CLAWFLEET MANAGED BLOCK START -->"
@@ -113,11 +114,31 @@ def ensure_config(path: Path) -> tuple[str, Path]:
     return "created", workspace_dir(load_config(path))
 
 
+def _redis_url(path: Path) -> str:
+    """redis.url as the fleet will see it (the file, if any, then CLAW_REDIS_URL)."""
+    try:
+        config = load_config(path) if path.exists() else Config()
+        return apply_env_overrides(config).redis.url
+    except ConfigError:
+        return ""  # ensure_config reports a broken file
+
+
 @click.command()
 def onboard() -> None:
     """Create the config file and the workspace (safe to re-run)."""
-    claw_home().mkdir(parents=True, exist_ok=True, mode=0o700)
+    home = claw_home()
     path = current_path()
+    problem = socket_problem()
+    if problem and not _redis_url(path):
+        raise CliError(f"{problem} Nothing was created.")
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise CliError(
+            f"cannot create CLAW_HOME {home} ({exc.strerror or exc}): set CLAW_HOME to a "
+            "directory you can write (it holds config.json, the workspace, logs and the "
+            "embedded Redis's files)"
+        ) from None
     config_state, workspace = ensure_config(path)
     click.echo(f"config     {path} ({config_state})")
 
