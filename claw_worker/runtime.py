@@ -134,6 +134,7 @@ class Runtime:
             on_finished=self.on_finished,
             locks=self.locks,
             sender_runs=self.sender_runs,
+            shutting_down=worker_shutting_down,
         )
 
     def on_finished(self, message: InboundMessage, status: Any, text: str, error: str) -> None:
@@ -192,3 +193,10 @@ def announce_metrics() -> None:
 def stop_control() -> None:
     if _runtime is not None:
         _runtime.control.stop()
+
+
+def worker_shutting_down() -> bool:
+    """Whether this Celery worker is stopping (warm or cold shutdown asked by a signal)."""
+    from celery.worker import state
+
+    return state.should_stop is not None or state.should_terminate is not None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import signal
 import time
 from collections import Counter
 from typing import Any
@@ -167,3 +168,49 @@ def test_two_hosts_share_the_work_and_host_b_finishes_after_kill_9_of_host_a(
     wait_for(b.beat_is_active, timeout=30, what="host B's beat to take over")
     # Each host wrote its own logs, named by node name, in its own directory.
     assert (a.logs / f"{a_worker}.log").exists() and (b.logs / f"{b_worker}.log").exists()
+
+
+def running_set(redis_client: Any, ids: dict[str, list[str]], worker: str) -> set[str]:
+    recs = records(redis_client, ids)
+    ran_on = run_workers(redis_client, recs)
+    return {mid for mid, rec in recs.items() if rec.get("status") == "running"
+            and ran_on[mid] == worker}  # fmt: skip
+
+
+def test_a_worker_stopped_warmly_finishes_its_turns_and_hands_the_sessions_over(
+    make_host, redis_server, llm_server, tmp_path
+) -> None:
+    """``docker compose stop`` (SIGTERM): host A's worker finishes the message under way in
+    each session it drains, then leaves the rest to host B, instead of draining on (one
+    session's whole backlog could outlast the stop grace period and end in SIGKILL)."""
+    workspace = str(tmp_path / "shared-workspace")
+    a, b = make_host("a"), make_host("b")
+    redis_client = redis_server.client()
+    a_worker = start_host(a, llm_server.base_url, workspace)
+    b_worker = start_host(b, llm_server.base_url, workspace)
+    llm_server.default_delay = 1.0
+    texts = {f"api:warm-{n}": [f"warm {n} #{i}" for i in range(4)] for n in range(4)}
+    sent = send_all([base_url(a), base_url(b)], texts)
+    wait_for(lambda: running_set(redis_client, sent, a_worker), timeout=30,
+             what="host A to be running a message")  # fmt: skip
+    under_way = running_set(redis_client, sent, a_worker)
+    a.procs["worker"].send_signal(signal.SIGTERM)  # what compose's stop sends to PID 1
+    stopped_at = time.time()
+    under_way |= running_set(redis_client, sent, a_worker)
+
+    wait_for(lambda: a.procs["worker"].poll() is not None, timeout=60,
+             what="host A's worker to stop")  # fmt: skip
+    wait_for(lambda: all_done(redis_client, sent), timeout=90, interval=0.3,
+             what="host B to finish the rest")  # fmt: skip
+    recs = records(redis_client, sent)
+    ran_on = run_workers(redis_client, recs)
+    on_a_after = {mid for mid, r in recs.items()
+                  if ran_on[mid] == a_worker and float(r["finished_at"]) > stopped_at}  # fmt: skip
+    assert on_a_after <= under_way, "host A started new turns after SIGTERM"
+    assert all(int(r["attempts"]) == 1 for r in recs.values())  # none cut off and re-run
+    assert any(ran_on[mid] == b_worker for mid in recs)
+    published = replies_published(redis_client)
+    assert all(published.get(mid) == 1 for mid in recs)
+    for session, wanted in texts.items():
+        history = [json.loads(m) for m in redis_client.lrange(k.history_key(session), 0, -1)]
+        assert [m["content"] for m in history if m["role"] == "user"] == wanted

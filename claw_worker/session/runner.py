@@ -96,6 +96,9 @@ class DrainContext:
     on_finished: Callable[[InboundMessage, MessageStatus, str, str], None] | None = None
     locks: ResourceLocks | None = None  # None: resource keys are not taken
     sender_runs: SenderRuns | None = None  # None: quotas.max_runs_per_sender is not applied
+    # True once the worker is stopping (warm shutdown): the message under way finishes,
+    # and the rest of the session goes to another worker instead of holding this one up.
+    shutting_down: Callable[[], bool] = lambda: False
 
 
 def backoff_sec(attempt: int) -> float:
@@ -140,7 +143,7 @@ def drain_session(ctx: DrainContext, session_key: str) -> int:
     lease = ctx.leases.hold(session_key, token)
     finished, retry_in = 0, 0.0
     try:
-        while finished < MAX_BATCH and not lease.lost.is_set():
+        while finished < MAX_BATCH and not lease.lost.is_set() and not ctx.shutting_down():
             taken = ctx.mailbox.take(session_key, token)
             if taken is None:
                 break
