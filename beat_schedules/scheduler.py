@@ -68,6 +68,8 @@ class FleetScheduler(RedBeatScheduler):
                 self._send_selfcheck()
                 self._selfcheck_sent = True
             interval = super().tick(*args, **kwargs)
+            if self.lock is not None:  # who the active beat is, for clawctl status
+                self.control.redis.set(k.BEAT_ACTIVE, identity().name, ex=int(self.lock_timeout))
         except LockError:  # Redis was away longer than the lock's timeout, or lost it
             self._wait_for_lock("beat: lost the active-beat lock; waiting to take it again")
             return 0.0

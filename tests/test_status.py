@@ -18,8 +18,8 @@ from tests.llm_wire import text
 
 BOT_TOKEN = "7000000002:AAH-status-test-token-abcdefghijk"
 LINES = ("config", "workspace", "model", "provider", "logs", "redis", "workers", "processes",
-         "queues", "sessions", "channels", "cron", "autonomy", "breakers", "sentinel", "nodes",
-         "exec", "metrics")  # fmt: skip
+         "queues", "sessions", "channels", "beat", "cron", "autonomy", "breakers", "sentinel",
+         "nodes", "exec", "metrics")  # fmt: skip
 
 
 def status(fleet: Any) -> tuple[dict[str, Any], float]:
@@ -122,6 +122,15 @@ def test_the_whole_fleet_on_one_screen(fleet_factory, llm_server, redis_server) 
     bound = 3 * startup(fleet.home) + 2.0
     assert took < bound, f"clawctl status took {took:.2f}s (start-up bound {bound:.2f}s)"
 
+    # No beat yet: said plainly, since nothing then fires. Once one runs, it names itself.
+    assert report["beat"] == {"active": None, "processes": []}
+    assert shown["beat"].startswith("(!) none running: cron, heartbeat")
+    fleet.start_beat()
+    active = wait_for(lambda: status(fleet)[0]["beat"]["active"], timeout=30,
+                      what="the beat to say it is the active one")  # fmt: skip
+    assert status(fleet)[0]["beat"]["processes"] == [active]
+    assert f"beat       active {active}" in fleet.home.clawctl("status").stdout
+
 
 def test_status_with_redis_down_is_fast_and_says_unknown(claw_home) -> None:
     claw_home.write_config({"redis": {"url": f"redis://127.0.0.1:{free_port()}/0"}})
@@ -130,7 +139,7 @@ def test_status_with_redis_down_is_fast_and_says_unknown(claw_home) -> None:
     took = time.monotonic() - started
     assert result.returncode == 1
     shown = dict(line.split(None, 1) for line in result.stdout.splitlines())
-    for name in ("workers", "queues", "sessions", "cron", "autonomy", "breakers", "sentinel",
+    for name in ("workers", "queues", "sessions", "beat", "cron", "autonomy", "breakers", "sentinel",
                  "nodes", "exec", "metrics"):  # fmt: skip
         assert shown[name] == "unknown", (name, shown[name])
     assert shown["channels"].startswith("none enabled")

@@ -99,6 +99,7 @@ def _fleet(config: Config, conn: redis.Redis | None) -> dict[str, Any]:
         "sessions_waiting": read(lambda: conn.zcard(k.DIRTY_SESSIONS)),
         "sessions": read(lambda: _sessions(conn)),
         "channels": _channels(config, records),
+        "beat": read(lambda: _beat(conn, records or [])),
         "cron": read(lambda: _cron(config, conn)),
         "autonomy": read(lambda: _autonomy(conn)),
         "breakers": read(lambda: _breakers(config, conn)),
@@ -198,6 +199,16 @@ def _cron(config: Config, conn: redis.Redis) -> dict[str, Any]:
         "jobs_enabled": sum(1 for job, _ in rows if job.enabled),
         "next": nxt,
         "failing": failing,
+    }
+
+
+def _beat(conn: redis.Redis, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The active beat (it names itself while it holds RedBeat's lock) and every beat
+    process registered: with none, nothing fires (cron, heartbeat, sweeper, Sentinel)."""
+    active = conn.get(k.BEAT_ACTIVE) if conn.exists(k.BEAT_LOCK_KEY) else None
+    return {
+        "active": active,
+        "processes": sorted(r["name"] for r in records if r.get("role") == "beat"),
     }
 
 

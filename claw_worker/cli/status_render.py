@@ -42,6 +42,7 @@ def render(report: dict[str, Any]) -> list[str]:
     lines.append(f"queues     {shown}")
     lines.append(_sessions(report.get("sessions")))
     lines.append(_channels(report.get("channels") or {}))
+    lines.append(_beat(report.get("beat")))
     lines.append(_cron(report.get("cron")))
     lines.append(_autonomy(report.get("autonomy")))
     lines.append(_breakers(report.get("breakers")))
@@ -97,6 +98,18 @@ def _channels(channels: dict[str, Any]) -> str:
         else:
             shown.append(f"{name} {'started' if facts['started'] else 'starting'}")
     return "channels   " + ", ".join(shown)
+
+
+def _beat(facts: dict[str, Any] | None) -> str:
+    if facts is None:
+        return f"beat       {UNKNOWN}"
+    standby = [name for name in facts["processes"] if name != facts["active"]]
+    if facts["active"]:
+        shown = f"beat       active {facts['active']}"
+        return shown + (f"; standby {', '.join(standby)}" if standby else "")
+    if standby:
+        return f"beat       (!) no active beat yet; waiting: {', '.join(standby)}"
+    return "beat       (!) none running: cron, heartbeat, the sweeper and the Sentinel are stopped"
 
 
 def _cron(facts: dict[str, Any] | None) -> str:
