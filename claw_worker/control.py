@@ -29,6 +29,8 @@ HEARTBEAT_SEC = 5.0
 # A process whose heartbeat is older than this is taken for gone (killed, host down).
 PROC_TTL_SEC = 3 * HEARTBEAT_SEC
 
+RESUBSCRIBE_MAX_SEC = 5.0  # the longest wait between two tries while Redis is away
+
 Handler = Callable[[dict[str, Any]], None]
 
 
@@ -50,6 +52,7 @@ class ControlListener:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.subscribed = threading.Event()  # set once the first SUBSCRIBE is confirmed
+        self.failed_tries = 0  # to subscribe, in a row (Redis away): logged once, backed off
 
     def on(self, op: str, handler: Handler) -> None:
         with self._lock:
@@ -94,6 +97,9 @@ class ControlListener:
             try:
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=False)
                 pubsub.subscribe(k.CONTROL_CHANNEL)
+                if self.failed_tries:
+                    log.info("control channel back", failed_tries=self.failed_tries)
+                    self.failed_tries = 0
                 next_beat = 0.0
                 while not self._stopping.is_set():
                     if time.monotonic() >= next_beat:
@@ -108,8 +114,10 @@ class ControlListener:
                         self._dispatch(item.get("data"))
                 pubsub.close()
             except redis.RedisError as exc:
-                log.warning("control channel lost, resubscribing", error=str(exc))
-                self._stopping.wait(1.0)
+                self.failed_tries += 1
+                if self.failed_tries == 1:
+                    log.warning("control channel lost, resubscribing", error=str(exc))
+                self._stopping.wait(min(RESUBSCRIBE_MAX_SEC, 0.5 * 2**self.failed_tries))
 
     def _dispatch(self, data: object) -> None:
         try:
