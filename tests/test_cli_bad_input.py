@@ -167,6 +167,19 @@ def test_config_set_refuses_unusable_values(claw_home: ClawHome, value: str, exp
     assert claw_home.config_file.read_bytes() == before
 
 
+def test_config_set_refuses_an_object_or_array_where_text_is_wanted(claw_home: ClawHome) -> None:
+    claw_home.write_config({"gateway": {"token": "before-123456"}})
+    before = claw_home.config_file.read_bytes()
+    for value, kind in (('{"a":1}', "a JSON object"), ('["x"]', "a JSON array")):
+        result = claw_home.clawctl("config", "set", "gateway.token", value)
+        refused(result, "gateway.token: Input should be a valid string",
+                f"gateway.token: the value given is {kind}", "write it as a JSON string")  # fmt: skip
+        assert claw_home.config_file.read_bytes() == before
+    # A number is still taken as the text it was typed as.
+    assert claw_home.clawctl("config", "set", "gateway.token", "123456789").returncode == 0
+    assert json.loads(claw_home.config_file.read_text())["gateway"]["token"] == "123456789"
+
+
 def test_environment_override_that_is_not_utf8_is_named(claw_home: ClawHome) -> None:
     env = claw_home.env(CLAW_REDIS_URL="redis://\udcff")  # the byte 0xff, as Python sees it
     for args in (("status",), ("agent", "-m", "hi")):

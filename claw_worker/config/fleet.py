@@ -87,8 +87,10 @@ def choose_values(
     pairs (a heartbeat's target channel and chat), so no single step could set them.
 
     ``raw`` is JSON when it parses as JSON, else a string; but ``config set gateway.token
-    12345`` means the string "12345" to anyone typing it, so a JSON value the schema refuses
-    is tried as text, and kept as text when that leaves fewer problems.
+    12345`` means the string "12345" to anyone typing it, so a JSON number, true/false or
+    null the schema refuses is tried as text, and kept as text when that leaves fewer
+    problems. An object or an array never is: typed where text is wanted, it is a slip (or
+    needs quoting as a JSON string), and the error says which type was given.
     """
     values: dict[str, Any] = {}
     for dotted, raw in pairs:
@@ -98,15 +100,28 @@ def choose_values(
     candidate = _with(data, values)
     problems = _problems(candidate)
     for dotted, raw in pairs:
-        if problems and not isinstance(values[dotted], str):
+        if problems and not isinstance(values[dotted], str | dict | list):
             as_text = {**values, dotted: raw}
             trial = _with(data, as_text)
             found = _problems(trial)
             if found is None or found.count("\n") < problems.count("\n"):
                 values, candidate, problems = as_text, trial, found
     if problems:
-        raise ConfigError(f"cannot set {', '.join(values)}:\n{problems}")
+        raise ConfigError(f"cannot set {', '.join(values)}:\n{problems}{_typed(values)}")
     return values, candidate
+
+
+def _typed(values: dict[str, Any]) -> str:
+    """A note for each value given as a JSON object or array, where the schema may want
+    text (never repeating the value: it may be a secret)."""
+    kinds = {dict: "a JSON object", list: "a JSON array"}
+    notes = [
+        f"\n{dotted}: the value given is {kinds[type(value)]}; to set text that looks like "
+        """JSON, write it as a JSON string, e.g. '"{\\"a\\": 1}"'"""
+        for dotted, value in values.items()
+        if type(value) in kinds
+    ]
+    return "".join(notes)
 
 
 def _with(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
