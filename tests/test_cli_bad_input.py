@@ -180,6 +180,35 @@ def test_config_set_refuses_an_object_or_array_where_text_is_wanted(claw_home: C
     assert json.loads(claw_home.config_file.read_text())["gateway"]["token"] == "123456789"
 
 
+def test_config_set_refuses_a_string_too_long_without_echoing_it(claw_home: ClawHome) -> None:
+    claw_home.write_config({})
+    before = claw_home.config_file.read_bytes()
+    result = claw_home.clawctl("config", "set", "agents.defaults.model", "m" * 100_000)
+    text = refused(result, "agents.defaults.model: String should have at most 256 characters")
+    assert len(text) < 1000 and claw_home.config_file.read_bytes() == before
+
+
+def test_every_string_setting_has_a_length_limit() -> None:
+    """Each text field of the schema refuses 100,000 characters, naming itself (by its
+    length limit, or for a closed set of words or a URL, by its own check)."""
+    from claw_worker.config.store import ConfigError, set_path, validate_config_data
+
+    def strings(node: object, path: str) -> Iterator[tuple[str, object]]:
+        if isinstance(node, dict):
+            for key, child in node.items():
+                yield from strings(child, f"{path}.{key}" if path else key)
+        elif isinstance(node, str):
+            yield path, "x" * 100_000
+        elif isinstance(node, list) and all(isinstance(v, str) for v in node):
+            yield path, ["x" * 100_000]
+
+    found = list(strings(Config().model_dump(mode="json"), ""))
+    assert len(found) > 50
+    for dotted, value in found:
+        with pytest.raises(ConfigError, match="\n" + re.escape(dotted) + r"(\.0)?: "):
+            validate_config_data(set_path({}, dotted, value), "c")
+
+
 def test_environment_override_that_is_not_utf8_is_named(claw_home: ClawHome) -> None:
     env = claw_home.env(CLAW_REDIS_URL="redis://\udcff")  # the byte 0xff, as Python sees it
     for args in (("status",), ("agent", "-m", "hi")):

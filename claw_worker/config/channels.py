@@ -6,13 +6,13 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from claw_worker.config.fields import Names, check_url, secret
+from claw_worker.config.fields import SECTION_CONFIG, Names, check_url, secret
 
 
 class ChannelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = SECTION_CONFIG
 
     enabled: bool = False
     # Who may talk to the agent. allowlist: only allow_from; pairing: allow_from, plus
@@ -187,7 +187,7 @@ class MaixCamConfig(ChannelConfig):
 
 
 class ChannelsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = SECTION_CONFIG
 
     telegram: TelegramConfig = TelegramConfig()
     discord: DiscordConfig = DiscordConfig()

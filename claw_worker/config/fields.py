@@ -16,10 +16,21 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 SECRET_MARK = "secret"
 
 
+# Longest text of any string field unless the field says otherwise: room for a path
+# (PATH_MAX), a URL, a token or a pattern, but not for a pasted file by mistake.
+MAX_TEXT_CHARS = 4096
+MAX_NAME_CHARS = 256  # a model name, an id, a sender
+MAX_PROSE_CHARS = 16_000  # texts the agent writes or is prompted with
+
+# The model config of every section: unknown keys refused, types strict, frozen once
+# loaded, strings at most MAX_TEXT_CHARS.
+SECTION_CONFIG = ConfigDict(extra="forbid", strict=True, frozen=True, str_max_length=MAX_TEXT_CHARS)
+
+
 class Section(BaseModel):
     """A config section: unknown keys refused, types strict, frozen once loaded."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = SECTION_CONFIG
 
 
 def secret(description: str = "") -> Any:
@@ -66,5 +77,5 @@ def check_names(values: list[str]) -> list[str]:
 
 
 # Field types of names: ``model: Name = ""``, ``allow_from: Names = []``.
-Name = Annotated[str, AfterValidator(check_name)]
-Names = Annotated[list[str], AfterValidator(check_names)]
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS), AfterValidator(check_name)]
+Names = Annotated[list[Name], AfterValidator(check_names)]

@@ -17,7 +17,7 @@ from typing import Any, get_args, get_origin
 import redis
 from pydantic import BaseModel, ValidationError
 
-from claw_worker.config import apply_env_overrides
+from claw_worker.config import apply_env_overrides, jsontext
 from claw_worker.config.reload import ReloadBusy, ReloadOutcome, reload_fleet
 from claw_worker.config.schema import Config
 from claw_worker.config.store import (
@@ -72,6 +72,9 @@ def check_schema_path(dotted: str) -> list[str]:
 
 
 def _problems(data: dict[str, Any]) -> str | None:
+    not_text = jsontext.problems(data)  # first: the schema cannot even read such a string
+    if not_text:
+        return "\n".join(not_text)
     try:
         Config.model_validate(data)
     except ValidationError as exc:

@@ -12,7 +12,14 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from claw_worker.config.channels import ChannelsConfig
-from claw_worker.config.fields import Name, Names, Section, check_url, secret
+from claw_worker.config.fields import (
+    MAX_PROSE_CHARS,
+    Name,
+    Names,
+    Section,
+    check_url,
+    secret,
+)
 from claw_worker.config.gateway import GatewayConfig, RateLimitConfig
 from claw_worker.config.quotas import QuotasConfig
 from claw_worker.config.texts import TextsConfig
@@ -48,6 +55,7 @@ class HeartbeatConfig(Section):
         "Read HEARTBEAT.md if it exists (workspace context). Follow it strictly. Do not infer "
         "or repeat old tasks from prior chats. If nothing needs attention, reply HEARTBEAT_OK.",
         min_length=1,
+        max_length=MAX_PROSE_CHARS,
     )
     # Where other replies go: both empty means the chat whose user wrote last.
     target_channel: str = Field("", max_length=64)

@@ -6,9 +6,9 @@ take its values would otherwise fail only when its reply is due.
 
 from __future__ import annotations
 
-from pydantic import ValidationInfo, field_validator
+from pydantic import ConfigDict, ValidationInfo, field_validator
 
-from claw_worker.config.fields import Section
+from claw_worker.config.fields import MAX_PROSE_CHARS, Section
 
 # The texts filled in with %: (sample values, what the placeholders receive).
 TEMPLATE_VALUES: dict[str, tuple[tuple[object, ...], str]] = {
@@ -27,6 +27,8 @@ TEMPLATE_VALUES: dict[str, tuple[tuple[object, ...], str]] = {
 
 
 class TextsConfig(Section):
+    model_config = ConfigDict(str_max_length=MAX_PROSE_CHARS)
+
     no_response_fallback: str = "I've completed processing but have no response to give."
     think_only_fallback: str = "Thinking process completed."
     memory_recall_keywords: list[str] = [
