@@ -522,6 +522,13 @@ def test_config_under_a_file_is_named(claw_home: ClawHome) -> None:
     refused(result, f"{claw_home.path / 'plain'} is a file, not a directory")
 
 
+def test_config_set_in_a_directory_that_does_not_exist_is_refused(claw_home: ClawHome) -> None:
+    missing = claw_home.path / "nonexistent" / "c.json"
+    result = claw_home.clawctl("--config", str(missing), "config", "set", "gateway.port", "9000")
+    refused(result, f"the directory {missing.parent} does not exist", "clawctl onboard")
+    assert not missing.parent.exists()
+
+
 # ---- settings that have no effect yet -------------------------------------------------------
 
 

@@ -165,6 +165,11 @@ def change_config(path: Path, pairs: list[tuple[str, str]]) -> ChangeResult:
     """Set each ``(dotted, raw)`` of ``pairs`` in the file at ``path`` and in every running
     process, all together or none."""
     pairs = [(".".join(check_schema_path(dotted)), raw) for dotted, raw in pairs]
+    if not path.parent.exists():  # a typo in --config: never make directories for it
+        raise ConfigError(
+            f"{path}: the directory {path.parent} does not exist: give the path of a config "
+            "file in an existing directory (`clawctl onboard` creates a new $CLAW_HOME)"
+        )
     existed = path.exists()
     data = read_raw_data(path)
     try:
