@@ -129,12 +129,13 @@ class FleetScheduler(RedBeatScheduler):
         """A reloaded config: rewrite the static entries (their intervals follow it)."""
         from claw_worker.logs import setup_logging
 
-        old = self.live.swap(config)
+        # What can fail first, so that a failure leaves the old config in effect whole.
+        if self.live.config.logging != config.logging:
+            setup_logging(config, identity().log_name)
         schedule = beat_schedule(config)
+        self.live.swap(config)
         self.app.conf.beat_schedule = schedule
         self.update_from_dict(schedule)
-        if old.logging != config.logging:
-            setup_logging(config, identity().log_name)
 
     def close(self) -> None:
         self.control.stop()

@@ -49,7 +49,10 @@ def main(config_file: str | None, host: str | None, port: int | None, http: str)
         os.environ["CLAW_CONFIG"] = config_file
     try:
         config = current_config()
+        from claw_worker.config.local import check_local
         from claw_worker.logs import setup_logging
+
+        check_local(config, "ingress")  # its log directory
         from claw_worker.process import set_identity
 
         setup_logging(config, set_identity("ingress").log_name)

@@ -293,10 +293,12 @@ def _join_control(
     listener = ControlListener(redis_client, identity(), info=info)
 
     def apply(new: Config) -> None:
-        old = live.swap(new)
-        metrics["token"] = bool(new.gateway.token)
+        old = live.config
+        # What can fail first, so that a failure leaves the old config in effect whole.
         if old.logging != new.logging or config_secrets(old) != config_secrets(new):
             setup_logging(new, identity().log_name)
+        live.swap(new)
+        metrics["token"] = bool(new.gateway.token)
         on_reload()  # channels enabled, disabled or changed by the reload
 
     ReloadParticipant(

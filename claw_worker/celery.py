@@ -66,12 +66,18 @@ def _name_worker(sender: str, instance: Any, **_: Any) -> None:
 def _setup_logging(**_: Any) -> None:
     """Celery's processes log through clawfleet's structlog setup (JSON file + console),
     each to its own file named by its node name."""
+    from claw_worker.config.local import check_local
     from claw_worker.logs import setup_logging
 
     role = next((r for r in ("beat", "flower", "worker") if r in sys.argv), "worker")
     if identity().role != role:
         set_identity(role)
-    setup_logging(current_config(), identity().log_name)
+    config = current_config()
+    try:
+        check_local(config, role)  # its log directory, a worker's workspace
+    except ConfigError as exc:
+        raise SystemExit(f"clawfleet: {exc}") from None  # Celery would print a traceback
+    setup_logging(config, identity().log_name)
 
 
 def _start_worker(sender: Any = None, **_: Any) -> None:

@@ -103,13 +103,15 @@ class Runtime:
         RESTART_PATHS["worker"] keep their start-up values until a restart)."""
         from claw_worker.logs import config_secrets, setup_logging
 
+        old = self.live.config
+        # What can fail first, so that a failure leaves the old config in effect whole.
+        if old.logging != config.logging or config_secrets(old) != config_secrets(config):
+            setup_logging(config, identity().log_name)  # new file, level or secrets to redact
         snapshot = self._make_snapshot(config)
-        old = self.live.swap(config)
+        self.live.swap(config)
         self._snapshot = snapshot
         if old.tools.exec != config.tools.exec:  # shown by clawctl status from the next beat
             self.control.info = {**self.control.info, "exec": exec_posture(config.tools.exec)}
-        if old.logging != config.logging or config_secrets(old) != config_secrets(config):
-            setup_logging(config, identity().log_name)  # new file, level or secrets to redact
 
     def send_drain(self, session_key: str, countdown: float = 0.0) -> None:
         from celery import current_app  # this worker's app, without importing its module

@@ -529,6 +529,25 @@ def test_config_set_in_a_directory_that_does_not_exist_is_refused(claw_home: Cla
     assert not missing.parent.exists()
 
 
+def test_directories_this_host_cannot_make_are_named_by_their_field(claw_home: ClawHome) -> None:
+    # Root may write anywhere by the permission bits, yet nothing can be made under /proc.
+    claw_home.write_config({"logging": {"dir": "/proc/nope/logs"},
+                            "agents": {"defaults": {"workspace": "/proc/foo"}},
+                            "providers": {"proxy": {"api_base": "http://127.0.0.1:9/v1",
+                                                   "models": ["m"]}}})  # fmt: skip
+    wanted = ("logging.dir: cannot create the log directory /proc/nope/logs",
+              "agents.defaults.workspace: cannot create the workspace /proc/foo")  # fmt: skip
+    refused(claw_home.clawctl("config", "check"), *wanted)
+    refused(claw_home.clawctl("agent", "-m", "hi"), *wanted)
+    refused(claw_home.clawctl("gateway", "run"), *wanted)
+    claw_home.write_config({})
+    for field, value in (("logging.dir", "/proc/nope/logs"),
+                         ("agents.defaults.workspace", "/proc/foo")):  # fmt: skip
+        refused(claw_home.clawctl("config", "set", field, value), f"{field}: cannot create")
+        assert json.loads(claw_home.config_file.read_text()) == {}
+    assert sorted(p.name for p in claw_home.path.iterdir()) == ["config.json"]  # no probe left
+
+
 # ---- settings that have no effect yet -------------------------------------------------------
 
 

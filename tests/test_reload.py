@@ -82,13 +82,19 @@ def registered(redis_server: Any, count: int) -> None:
              what=f"{count} processes in the registry")  # fmt: skip
 
 
+def two_hosts(make_host: Any, redis_server: Any, llm_url: str) -> tuple[Host, Host]:
+    """Host A running an ingress and a worker, host B a worker, all three registered."""
+    a, b = make_host("a"), make_host("b")
+    start(a, llm_url, "ingress", "worker")
+    start(b, llm_url, "worker")
+    registered(redis_server, 3)
+    return a, b
+
+
 def test_set_reaches_both_hosts_takes_effect_and_a_rejection_rolls_back(
     make_host, redis_server, llm_server
 ) -> None:
-    a, b = make_host("a"), make_host("b")
-    start(a, llm_server.base_url, "ingress", "worker")
-    start(b, llm_server.base_url, "worker")
-    registered(redis_server, 3)
+    a, b = two_hosts(make_host, redis_server, llm_server.base_url)
     status = clawctl(a, "status").stdout
     assert "processes  3: ingress ingress-" in status and status.count("worker worker-") == 2
     base = f"http://127.0.0.1:{a.read_config()['gateway']['port']}"
@@ -212,3 +218,33 @@ def test_a_read_only_config_file_gets_a_clear_answer(make_host, redis_server, ll
                         json={"text": "/reload", "sender_id": "ops"}).json()  # fmt: skip
     assert reload["reply"].startswith("Applied by 1 process(es)"), reload
     assert json.loads(host.config_file.read_text()) == json.loads(before)
+
+
+def test_a_directory_no_process_can_make_is_refused_everywhere_and_later_sets_apply(
+    make_host, redis_server, llm_server
+) -> None:
+    a, b = two_hosts(make_host, redis_server, llm_server.base_url)
+    before = a.config_file.read_text()
+    # Root passes any permission check, yet nothing can be made under /proc: refused at
+    # set, naming the field, and the file left as it was.
+    for field, value in (("logging.dir", "/proc/nope/logs"),
+                         ("agents.defaults.workspace", "/proc/foo")):  # fmt: skip
+        out = clawctl(a, "config", "set", field, value)
+        assert out.returncode == 1 and f"{field}: cannot create" in out.stderr, out.stderr
+        assert a.config_file.read_text() == before
+    assert clawctl(a, "config", "check").returncode == 0
+    # Host B's file edited by hand: B's worker refuses it in the prepare phase, so no
+    # process takes the reload.
+    original = b.read_config()
+    b.write_config(original | {"agents": {"defaults": {"workspace": "/proc/foo"}}})
+    out = clawctl(a, "config", "reload")
+    assert out.returncode == 1 and "Rejected, nothing was applied" in out.stderr, out.stderr
+    assert "agents.defaults.workspace: cannot create the workspace /proc/foo" in out.stderr
+    b.write_config(original)
+    # The next change applies everywhere, and in effect.
+    out = clawctl(a, "config", "set", "gateway.token", "next-token-12345678")
+    assert out.returncode == 0 and "Applied by 3 process(es)" in out.stdout, out.stderr
+    base = f"http://127.0.0.1:{a.read_config()['gateway']['port']}"
+    resp = httpx.post(f"{base}/api/message", json={"text": "x"},
+                      headers={"Authorization": "Bearer next-token-12345678"})  # fmt: skip
+    assert resp.status_code == 202, resp.text

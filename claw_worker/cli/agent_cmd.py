@@ -17,9 +17,10 @@ from pathlib import Path
 
 import click
 
-from claw_worker.cli._common import CliError, load, raw_bytes
-from claw_worker.config import Config
+from claw_worker.cli._common import CliError, describe_error, load, raw_bytes
+from claw_worker.config import Config, ConfigError
 from claw_worker.config.jsontext import is_text
+from claw_worker.config.local import check_local
 from claw_worker.config.paths import claw_home
 from claw_worker.contract import InboundMessage
 from claw_worker.embedded_redis import ensure_embedded
@@ -149,6 +150,10 @@ def agent(ctx: click.Context, message: str | None, session: str) -> None:
         raise CliError(f"--session must be 1 to {MAX_SESSION_KEY} characters, e.g. cli:local")
     if not provider_configured(config):
         raise CliError(config.agents.defaults.texts.provider_not_configured)
+    try:
+        check_local(config)  # the workspace and log directory it names, on this host
+    except ConfigError as exc:
+        raise CliError(describe_error(exc)) from None
     debug = bool(ctx.obj and ctx.obj.get("debug"))
 
     from claw_worker.agent import Agent

@@ -16,6 +16,7 @@ import click
 from claw_worker.cli._common import CliError, current_path, describe_error, load
 from claw_worker.config.fleet import ChangeResult, change_config, reload_config
 from claw_worker.config.inactive import inactive_settings
+from claw_worker.config.local import check_local
 from claw_worker.config.schema import Config
 from claw_worker.config.store import (
     ConfigError,
@@ -100,6 +101,8 @@ def check_cmd() -> None:
     try:
         text = read_config_text(path)
         config = None if text is None else parse_config_text(text, str(path))
+        if config is not None:
+            check_local(config)  # the directories it names, on this host
     except ConfigError as exc:
         raise CliError(describe_error(exc)) from None
     if config is None:

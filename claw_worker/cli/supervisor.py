@@ -30,7 +30,8 @@ from pathlib import Path
 from claw_worker import constants as k
 from claw_worker.cli import _run_lock
 from claw_worker.cli._listeners import clawfleet_listener
-from claw_worker.config import Config
+from claw_worker.config import Config, ConfigError
+from claw_worker.config.local import check_local
 from claw_worker.config.paths import claw_home, logs_dir, run_dir
 from claw_worker.embedded_redis import (
     EmbeddedRedis,
@@ -143,8 +144,13 @@ class Supervisor:
 
     def preflight(self) -> None:
         """What would make the fleet fail at once, checked before anything is started: a
-        directory it cannot create, another ``gateway run`` on this CLAW_HOME, a configured
-        Redis that does not answer, a port already taken."""
+        directory it cannot create (the log directory and workspace named by their field),
+        another ``gateway run`` on this CLAW_HOME, a configured Redis that does not answer, a
+        port already taken."""
+        try:
+            check_local(self.config)
+        except ConfigError as exc:
+            raise SupervisorError(str(exc)) from None
         self._check_dirs()
         self._lock = _run_lock.hold()
         if self._lock is None:

@@ -18,6 +18,7 @@ import redis
 from pydantic import BaseModel, ValidationError
 
 from claw_worker.config import apply_env_overrides, jsontext
+from claw_worker.config.local import check_local
 from claw_worker.config.reload import ReloadBusy, ReloadOutcome, reload_fleet
 from claw_worker.config.schema import Config
 from claw_worker.config.store import (
@@ -31,6 +32,7 @@ from claw_worker.config.store import (
     save_config_data,
     set_path,
     split_path,
+    validate_config_data,
 )
 from claw_worker.redis_conn import client, redis_url
 
@@ -176,6 +178,7 @@ def change_config(path: Path, pairs: list[tuple[str, str]]) -> ChangeResult:
         values, candidate = choose_values(data, pairs)
     except ConfigError as exc:
         raise ConfigError(f"{exc}{_already_invalid(path, data)}") from None
+    check_local(validate_config_data(candidate, str(path)))  # a path this host cannot use
     config = save_config_data(path, candidate)
     shown = [f"{dotted} = {json.dumps(mask_secrets(value, dotted), ensure_ascii=False)}"
              f"{_left_out(data, dotted, value)}" for dotted, value in values.items()]  # fmt: skip
@@ -189,8 +192,8 @@ def change_config(path: Path, pairs: list[tuple[str, str]]) -> ChangeResult:
         return ChangeResult(False, f"{names} not changed: {exc}.")
     if outcome is None:
         return ChangeResult(True, f"{done}\nNo running fleet reached: it applies at start.")
-    if not outcome.applied:
-        restore_backup(path, existed=existed)
+    if not outcome.applied or (outcome.failed and not outcome.committed):
+        restore_backup(path, existed=existed)  # no process took it: nor does the file
         restored = f"{path} restored from {path.name}.bak" if existed else f"{path} removed"
         return ChangeResult(False, f"{names} not changed. {outcome.describe()}\n{restored}.")
     return ChangeResult(not outcome.failed, f"{done}\n{outcome.describe()}")

@@ -30,7 +30,7 @@ import structlog
 
 from claw_worker import constants as k
 from claw_worker.config import apply_env_overrides
-from claw_worker.config.paths import logs_dir, workspace_dir
+from claw_worker.config.local import check_local
 from claw_worker.config.schema import Config
 from claw_worker.config.store import (
     ConfigError,
@@ -207,34 +207,6 @@ def _collect(
 
 
 # -- the process side ------------------------------------------------------------------------
-
-
-def check_local(config: Config, role: str) -> None:
-    """What this process needs on its own host to run with ``config``; ConfigError if not.
-    Creates nothing: a rejected config leaves no trace."""
-    dirs = []
-    if config.logging.enabled:
-        dirs.append(("log directory", logs_dir(config)))
-    if role == "worker":
-        dirs.append(("workspace", workspace_dir(config)))
-    for what, path in dirs:
-        problem = _cannot_use_dir(path)
-        if problem:
-            raise ConfigError(f"cannot create the {what} {path}: {problem}")
-
-
-def _cannot_use_dir(path: Path) -> str:
-    """Why ``path`` cannot be (made into) a writable directory, or "" if it can."""
-    existing = path
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is not a directory"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable"
-    return ""
 
 
 def _with_changes(path: Path, changes: dict[str, Any]) -> tuple[dict[str, Any], bool]:
