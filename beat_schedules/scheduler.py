@@ -47,7 +47,7 @@ class FleetScheduler(RedBeatScheduler):
         self._redis_down_since: float | None = None
         super().__init__(app, *args, **kwargs)  # writes the static entries into Redis
         self.control: ControlListener = process_listener(
-            client(url), identity(), config=str(config_path())
+            client(url), identity(), config=str(config_path().absolute())
         )
         ReloadParticipant(
             self.control.redis,

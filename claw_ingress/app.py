@@ -285,7 +285,7 @@ def _join_control(
     metrics: dict[str, object] = {"host": host, "port": port, "path": "/metrics",
                                   "token": bool(gateway.token)}  # fmt: skip
     info: dict[str, object] = {
-        "config": str(config_path()),
+        "config": str(config_path().absolute()),
         "metrics": metrics,
         "channels": {},  # present from the start: the heartbeat thread reads the dict
     }

@@ -72,7 +72,7 @@ class Runtime:
         self.locks = ResourceLocks(self.redis, ttl_ms=config.worker.lease_sec * 1000)
         self.sender_runs = SenderRuns(self.redis)  # quotas.max_runs_per_sender
         self.control: ControlListener = process_listener(
-            self.redis, identity(), config=str(config_path()), metrics=metrics.target(),
+            self.redis, identity(), config=str(config_path().absolute()), metrics=metrics.target(),
             exec=exec_posture(config.tools.exec),
         )  # fmt: skip
         self.cancels = CancelListener(self.redis, self.control)

@@ -9,17 +9,21 @@ read-only config file (as compose mounts it) gets a clear answer, never a 500.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.fixtures.claw_home import ClawHome
 from tests.fixtures.hosts import Host
-from tests.fixtures.procs import free_port, wait_for
+from tests.fixtures.procs import free_port, stop_process, wait_for
 
 # /reload and /config set over the API are for admins: a listed sender_id with the token.
 TOKEN = "reload-token-abcdefgh"
@@ -248,3 +252,53 @@ def test_a_directory_no_process_can_make_is_refused_everywhere_and_later_sets_ap
     resp = httpx.post(f"{base}/api/message", json={"text": "x"},
                       headers={"Authorization": "Bearer next-token-12345678"})  # fmt: skip
     assert resp.status_code == 202, resp.text
+
+
+@contextlib.contextmanager
+def one_box_fleet(claw_home: ClawHome, llm_url: str) -> Iterator[None]:
+    """``clawctl gateway run`` in ``claw_home``: a fleet on the embedded Redis, registered."""
+    claw_home.write_config({"providers": {"proxy": {"api_base": llm_url, "models": ["m"]}},
+                            "gateway": {"port": free_port()}, "worker": {"concurrency": 4}})  # fmt: skip
+    with open(claw_home.path / "gateway.out", "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "claw_worker.cli", "gateway", "run"],
+                                env=claw_home.env(), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    try:
+        wait_for(lambda: "processes  3:" in claw_home.clawctl("status").stdout, timeout=60,
+                 what="the fleet registered")  # fmt: skip
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        stop_process(proc)
+
+
+def test_set_reaches_the_fleet_on_the_redis_it_runs_on(claw_home: ClawHome, llm_server) -> None:
+    with one_box_fleet(claw_home, llm_server.base_url):
+        # The new Redis is taken at restart: said so, through the Redis the fleet is on.
+        dead = f"redis://127.0.0.1:{free_port()}/0"
+        out = claw_home.clawctl("config", "set", "redis.url", dead)
+        assert out.returncode == 0 and "Applied by 3 process(es)" in out.stdout, out.stdout
+        assert out.stdout.count("(restart needed for redis.url)") == 3, out.stdout
+        assert "the one the running fleet is on (unix://" in out.stdout
+        # ... and later changes still reach it, until it restarts.
+        out = claw_home.clawctl("config", "set", "agents.defaults.temperature", "0.3")
+        assert out.returncode == 0 and "Applied by 3 process(es)" in out.stdout, out.stdout
+        status = claw_home.clawctl("status").stdout
+        assert "unreachable" in status and "but the running fleet is on unix://" in status
+        assert "processes  3:" in status
+
+
+def test_set_in_another_config_file_leaves_the_running_fleet(
+    claw_home: ClawHome, llm_server
+) -> None:
+    with one_box_fleet(claw_home, llm_server.base_url):
+        before = claw_home.config_file.read_text()
+        other = claw_home.path / "other.json"
+        out = claw_home.clawctl("--config", str(other), "config", "set",
+                                "agents.defaults.model", "x")  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert ("Not applied to the running fleet: its processes on this host run on "
+                f"{claw_home.config_file}, not {other}.") in out.stdout  # fmt: skip
+        assert json.loads(other.read_text()) == {"agents": {"defaults": {"model": "x"}}}
+        assert claw_home.config_file.read_text() == before

@@ -24,6 +24,7 @@ from claw_worker.config import (
     logs_dir,
     workspace_dir,
 )
+from claw_worker.config.running import find_fleet
 from claw_worker.config.store import mask_secret, resolve_api_key
 from claw_worker.control import live_processes
 from claw_worker.queues import queue_depths
@@ -69,8 +70,14 @@ def collect() -> dict[str, Any]:
         report["redis"]["reachable"] = True
     except (redis.RedisError, OSError) as exc:
         report["redis"]["error"] = str(exc) or type(exc).__name__
+        # A fleet still on the Redis it started with (redis.url changed since): show it.
+        found = find_fleet(config)
+        if found is not None:
+            conn.close()
+            report["redis"]["fleet_url"], conn = mask_url(found[0]), found[1]
     try:
-        report.update(_fleet(config, conn if report["redis"]["reachable"] else None))
+        reached = report["redis"]["reachable"] or "fleet_url" in report["redis"]
+        report.update(_fleet(config, conn if reached else None))
     finally:
         conn.close()
     return report

@@ -35,6 +35,9 @@ def render(report: dict[str, Any]) -> list[str]:
     kind = "embedded" if rds["embedded"] else "external"
     reach = "reachable" if rds["reachable"] else f"unreachable ({rds['error']})"
     lines.append(f"redis      {rds['url']} ({kind}) {reach}")
+    if rds.get("fleet_url"):
+        lines.append(f"           but the running fleet is on {rds['fleet_url']}: the config "
+                     "names another Redis (restart the fleet to move it)")  # fmt: skip
     lines.append(f"workers    {_listed(report['workers'])}")
     lines.append(f"processes  {_listed(report['processes'])}")
     queues = report["queues"]

@@ -14,18 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-import redis
 from pydantic import BaseModel, ValidationError
 
 from claw_worker.config import apply_env_overrides, jsontext
 from claw_worker.config.local import check_local
 from claw_worker.config.reload import ReloadBusy, ReloadOutcome, reload_fleet
+from claw_worker.config.running import find_fleet, other_config_files
 from claw_worker.config.schema import Config
 from claw_worker.config.store import (
     ConfigError,
     format_validation_error,
     load_config,
     mask_secrets,
+    mask_url_password,
     parse_value,
     read_raw_data,
     restore_backup,
@@ -34,10 +35,7 @@ from claw_worker.config.store import (
     split_path,
     validate_config_data,
 )
-from claw_worker.redis_conn import client, redis_url
-
-CONNECT_TIMEOUT_SEC = 1.0
-READ_TIMEOUT_SEC = 10.0
+from claw_worker.redis_conn import redis_url
 
 
 @dataclass(frozen=True)
@@ -135,32 +133,38 @@ def _with(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def fleet_client(config: Config) -> redis.Redis | None:
-    """A client of the fleet's Redis, or None when it does not answer (no fleet running).
-    Never starts the embedded Redis."""
-    conn = client(
-        redis_url(apply_env_overrides(config)),
-        socket_timeout=READ_TIMEOUT_SEC,  # above the 1 s BLPOP slices of the reload
-        socket_connect_timeout=CONNECT_TIMEOUT_SEC,
-        health_check_interval=0,
-    )
-    try:
-        conn.ping()
-    except (redis.RedisError, OSError):
-        conn.close()
-        return None
-    return conn
+class FleetElsewhere(Exception):
+    """The fleet running on this host runs on other config files than the one changed."""
 
 
-def reload_running(config: Config, changes: dict[str, Any] | None) -> ReloadOutcome | None:
-    """Reload every running process (None: no fleet's Redis answers)."""
-    conn = fleet_client(config)
-    if conn is None:
+def reload_running(
+    config: Config, changes: dict[str, Any] | None, path: Path, *before: Config
+) -> ReloadOutcome | None:
+    """Reload every running process (None: no fleet's Redis answers), through the Redis the
+    fleet is on (``running.find_fleet``: ``before`` is the config before a change). Refused
+    with FleetElsewhere when the fleet on this host runs on other files than ``path``."""
+    found = find_fleet(config, *before)
+    if found is None:
         return None
+    url, conn = found
     try:
-        return reload_fleet(conn, changes)
+        others = other_config_files(conn, path)
+        if others:
+            raise FleetElsewhere(
+                f"Not applied to the running fleet: its processes on this host run on "
+                f"{', '.join(others)}, not {path}."
+            )
+        outcome = reload_fleet(conn, changes)
     finally:
         conn.close()
+    configured = redis_url(apply_env_overrides(config))
+    if url != configured:
+        outcome.note = (
+            f"The config names another Redis ({mask_url_password(configured)}) than "
+            f"the one the running fleet is on ({mask_url_password(url)}): restart the "
+            "fleet to move it."
+        )
+    return outcome
 
 
 def change_config(path: Path, pairs: list[tuple[str, str]]) -> ChangeResult:
@@ -179,6 +183,8 @@ def change_config(path: Path, pairs: list[tuple[str, str]]) -> ChangeResult:
     except ConfigError as exc:
         raise ConfigError(f"{exc}{_already_invalid(path, data)}") from None
     check_local(validate_config_data(candidate, str(path)))  # a path this host cannot use
+    # The config before the change: its Redis is the one a running fleet is on.
+    before = () if _problems(data) else (validate_config_data(data, str(path)),)
     config = save_config_data(path, candidate)
     shown = [f"{dotted} = {json.dumps(mask_secrets(value, dotted), ensure_ascii=False)}"
              f"{_left_out(data, dotted, value)}" for dotted, value in values.items()]  # fmt: skip
@@ -186,10 +192,12 @@ def change_config(path: Path, pairs: list[tuple[str, str]]) -> ChangeResult:
     done = "\n".join(shown) + f"  ({path}{backup})"
     names = ", ".join(values)
     try:
-        outcome = reload_running(config, values)
+        outcome = reload_running(config, values, path, *before)
     except ReloadBusy as exc:
         restore_backup(path, existed=existed)
         return ChangeResult(False, f"{names} not changed: {exc}.")
+    except FleetElsewhere as exc:
+        return ChangeResult(True, f"{done}\n{exc} It applies where {path} is used, at start.")
     if outcome is None:
         return ChangeResult(True, f"{done}\nNo running fleet reached: it applies at start.")
     if not outcome.applied or (outcome.failed and not outcome.committed):
@@ -227,9 +235,11 @@ def reload_config(path: Path) -> ChangeResult:
     """Ask every running process to re-read its config file (checked here first)."""
     config = load_config(path)
     try:
-        outcome = reload_running(config, None)
+        outcome = reload_running(config, None, path)
     except ReloadBusy as exc:
         return ChangeResult(False, f"Not reloaded: {exc}.")
+    except FleetElsewhere as exc:
+        return ChangeResult(False, f"Not reloaded. {exc}")
     if outcome is None:
         return ChangeResult(
             False, "No running fleet reached (its Redis does not answer): nothing to reload."

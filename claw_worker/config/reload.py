@@ -120,6 +120,7 @@ class ReloadOutcome:
     committed: list[Answer] = field(default_factory=list)  # applied it
     failed: list[Answer] = field(default_factory=list)  # accepted, then could not apply
     silent: list[str] = field(default_factory=list)  # registered, never answered
+    note: str = ""  # said after the answers (the fleet is on another Redis than configured)
 
     def describe(self) -> str:
         if not self.applied:
@@ -134,6 +135,7 @@ class ReloadOutcome:
                 lines.append(f"  {a.who}" + (later if a.restart_needed else ""))
             lines += [f"  FAILED {a.who}: {a.error}" for a in self.failed]
         lines += [f"  no answer from {name} (stopped?)" for name in self.silent]
+        lines += [self.note] if self.note else []
         return "\n".join(lines)
 
 
