@@ -239,6 +239,44 @@ def test_filling_the_disk_stops_at_the_file_size_limit(home: ClawHome) -> None:
     tally("exec: fill the disk", results)
 
 
+def free_mb(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize // (1024 * 1024)
+
+
+def test_a_command_is_not_run_and_is_stopped_when_the_disk_runs_low(home: ClawHome) -> None:
+    """Many files each under max_file_mb still fill a disk: the guard refuses to start a
+    command when free space is below tools.exec.min_free_disk_mb, and stops one whose writes
+    take it below (here the floor sits 60 MB under what is free, and the command writes
+    100 MB and then waits: only the guard can end it before its timeout)."""
+    ws = home.workspace
+    refused = run(
+        exec_ctx(ws, sandbox="auto", min_free_disk_mb=free_mb(ws) + 1000), "touch started"
+    )
+    assert refused.startswith("Error: command not run: the disk holding the workspace has ")
+    assert not (ws / "started").exists()
+    ctx = exec_ctx(ws, sandbox="auto", min_free_disk_mb=max(1, free_mb(ws) - 60),
+                   max_file_mb=128, timeout_sec=60)  # fmt: skip
+    began = time.monotonic()
+    out = run(ctx, "head -c 100000000 /dev/zero > big && echo written && sleep 50")
+    took = time.monotonic() - began
+    (ws / "big").unlink(missing_ok=True)
+    assert out.startswith("Error: command stopped: the disk holding the workspace has "), out
+    assert "written" in out and took < 50, (out, took)
+    record("exec: disk below tools.exec.min_free_disk_mb", tried=2, rejected=2)
+
+
+@needs_bwrap
+def test_the_sandbox_tmp_is_capped_so_it_cannot_eat_memory(home: ClawHome) -> None:
+    """/tmp in the sandbox is tmpfs (RAM): capped at tools.exec.tmpfs_mb, whatever the
+    per-file limit allows."""
+    ctx = exec_ctx(home.workspace, tmpfs_mb=8, max_file_mb=64)
+    out = run(ctx, "for i in 1 2 3; do head -c 5000000 /dev/zero > /tmp/f$i || exit 9; done; "
+                   "du -sm /tmp")  # fmt: skip
+    assert "No space left on device" in out and "[exit code 9]" in out, out
+    record("exec: fill the sandbox's /tmp (RAM)", tried=1, rejected=1)
+
+
 @needs_bwrap
 def test_cpu_burn_is_killed_at_the_cpu_limit(home: ClawHome) -> None:
     ctx = exec_ctx(home.workspace, cpu_sec=1, timeout_sec=30)

@@ -33,6 +33,14 @@ class ExecToolConfig(Section):
     memory_mb: int = Field(1024, ge=128, le=1024 * 1024)  # the reaper (Python) needs ~64
     max_processes: int = Field(256, ge=8, le=65536)
     max_file_mb: int = Field(256, ge=1, le=1024 * 1024)
+    # Under bwrap, /tmp, /run and the hidden directories are tmpfs, which live in memory:
+    # each is capped at this, so what a command writes there cannot eat the host's RAM.
+    tmpfs_mb: int = Field(256, ge=1, le=64 * 1024)
+    # The host's disk: a command is not started while the filesystem holding the workspace
+    # has less free than this, and is stopped if it falls below while the command runs (a
+    # fast writer can outrun the check by about half a second: a guard for the host, not a
+    # quota). 0: off.
+    min_free_disk_mb: int = Field(512, ge=0, le=1024 * 1024)
     deny_patterns: list[str] = [
         r"\brm\s+-[a-z]*r[a-z]*f?\s+/(\s|$)", r"\bmkfs\b", r"\bdd\s+if=", r":\(\)\s*\{",
         r"\bshutdown\b", r"\breboot\b", r"\bpoweroff\b",

@@ -12,6 +12,11 @@ pids cgroup (cgroup v1's ``pids`` hierarchy, where it is mounted and writable) w
 ``pids.max = max_processes``: a fork bomb then fails to fork, and the deadline ends it.
 Where neither holds (root without a writable pids cgroup), ``process_limit_holds`` says so
 and one warning is logged per process.
+
+The disk is guarded, not limited: RLIMIT_FSIZE bounds one file, not how many; so
+``DiskGuard`` keeps a command from starting, and stops it, while the filesystem holding the
+workspace has less than ``tools.exec.min_free_disk_mb`` free (Redis's append-only file and
+the logs usually share that disk).
 """
 
 from __future__ import annotations
@@ -154,3 +159,34 @@ def _tasks_of_uid(uid: int) -> int:
             if int(values["Uid"].split()[0]) == uid:
                 count += int(values["Threads"])
     return count
+
+
+class DiskGuard:
+    """Free space on the filesystem holding ``path``, read (statvfs) at most every
+    ``CHECK_SEC``: ``low()`` is called on every step of following a command."""
+
+    CHECK_SEC = 0.25
+
+    def __init__(self, path: Path, min_free_mb: int) -> None:
+        self.path = path
+        self.min_free_mb = min_free_mb
+        self.free_mb: int | None = None
+        self._next_check = 0.0
+
+    def low(self) -> bool:
+        if not self.min_free_mb:
+            return False
+        now = time.monotonic()
+        if now < self._next_check:
+            return False
+        self._next_check = now + self.CHECK_SEC
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return False
+        self.free_mb = st.f_bavail * st.f_frsize // MB
+        return self.free_mb < self.min_free_mb
+
+    def describe(self) -> str:
+        return (f"the disk holding the workspace has {self.free_mb} MB free, below "
+                f"tools.exec.min_free_disk_mb ({self.min_free_mb} MB)")  # fmt: skip

@@ -8,7 +8,7 @@ per process) or "none". Under bubblewrap a command gets:
 - no network unless ``tools.exec.allow_network``: no Redis, no metadata service, and no
   abstract unix sockets of the host;
 - the system read-only (``--ro-bind / /``), fresh /tmp, /dev and /run (no host sockets
-  such as docker.sock), $CLAW_HOME and the user's home (~/.ssh ...) hidden under empty
+  such as docker.sock; the tmpfs ones capped at ``tools.exec.tmpfs_mb``: RAM), $CLAW_HOME and the user's home (~/.ssh ...) hidden under empty
   tmpfs and a config file
   elsewhere ($CLAW_CONFIG) hidden behind /dev/null; the workspace, bound back read-write,
   is the only writable place that lasts;
@@ -47,7 +47,7 @@ def sandbox_prefix(
     bwrap = sandbox_program(cfg)
     if bwrap is None:
         return None
-    return bwrap_prefix(bwrap, cwd, workspace, env, cfg.allow_network)
+    return bwrap_prefix(bwrap, cwd, workspace, env, cfg.allow_network, cfg.tmpfs_mb)
 
 
 def sandbox_program(cfg: ExecToolConfig) -> str | None:
@@ -77,12 +77,18 @@ def find_bwrap() -> tuple[str | None, str]:
 
 
 def bwrap_prefix(
-    bwrap: str, cwd: Path, workspace: Path, env: Mapping[str, str], allow_network: bool
-) -> list[str]:
+    bwrap: str, cwd: Path, workspace: Path, env: Mapping[str, str], allow_network: bool,
+    tmpfs_mb: int,
+) -> list[str]:  # fmt: skip
     workspace = workspace.resolve()
     home = claw_home().expanduser().resolve()
+
+    def tmpfs(path: Path) -> list[str]:  # capped where bwrap can (--size: bwrap >= 0.6)
+        size = ["--size", str(tmpfs_mb * 1024 * 1024)] if _bwrap_has_size(bwrap) else []
+        return [*size, "--tmpfs", str(path)]
+
     argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            *(arg for d in FRESH_DIRS for arg in ("--tmpfs", str(d))), "--unshare-pid", "--unshare-ipc",
+            *(arg for d in FRESH_DIRS for arg in tmpfs(d)), "--unshare-pid", "--unshare-ipc",
             "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL"]  # fmt: skip
     if not allow_network:
@@ -98,10 +104,10 @@ def bwrap_prefix(
     around = [h for h in hidden if not h.is_relative_to(workspace)]
     inside = [h for h in hidden if h.is_relative_to(workspace)]
     for path in around:
-        argv += ["--tmpfs", str(path)]
+        argv += tmpfs(path)
     argv += ["--bind", str(workspace), str(workspace)]
     for path in inside:
-        argv += ["--tmpfs", str(path)]
+        argv += tmpfs(path)
     # The interpreter and the reaper script run inside: they may live in a hidden home
     # (pyenv, a venv in ~) or under /tmp (a checkout there): bound back, read-only.
     covered = [*hidden, *FRESH_DIRS]
@@ -121,6 +127,21 @@ def _interpreter_paths() -> list[Path]:
     prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     paths = {Path(p).resolve() for p in prefixes} | {Path(sys.executable).resolve().parent}
     return sorted(paths | {REAPER_SCRIPT.resolve()})
+
+
+@lru_cache(maxsize=4)
+def _bwrap_has_size(bwrap: str) -> bool:
+    """Whether this bwrap caps a tmpfs (``--size``, bubblewrap 0.6); said once if not."""
+    try:
+        shown = subprocess.run([bwrap, "--help"], capture_output=True, timeout=_PROBE_TIMEOUT_SEC,
+                               stdin=subprocess.DEVNULL).stdout  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        shown = b""
+    if b"--size" in shown:
+        return True
+    log.warning("exec: this bwrap has no --size (bubblewrap < 0.6): the sandbox's /tmp is "
+                "not capped by tools.exec.tmpfs_mb")  # fmt: skip
+    return False
 
 
 @lru_cache(maxsize=4)

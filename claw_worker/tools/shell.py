@@ -37,7 +37,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
-from claw_worker.tools.exec_limits import limits_for, pids_cgroup
+from claw_worker.tools.exec_limits import DiskGuard, limits_for, pids_cgroup
 from claw_worker.tools.sandbox import REAPER_SCRIPT, sandbox_prefix
 from claw_worker.tools.shell_guard import CommandDenied, check_command
 
@@ -143,17 +143,21 @@ def run_guarded(
     ``ToolError`` for a timeout, a stop or a sandbox that cannot be had. Shared by ``exec``
     and ``skill_exec``."""
     cfg = ctx.config.tools.exec
+    disk = DiskGuard(cwd, cfg.min_free_disk_mb)
+    if disk.low():
+        raise ToolError(f"command not run: {disk.describe()}; free some space first")
     token = uuid.uuid4().hex
     command_env = {**child_env(), **(env or {}), EXEC_ID_ENV: token}
     sandbox = sandbox_prefix(cwd, ctx.workspace, command_env, cfg)
     with pids_cgroup(token, cfg.max_processes) as cgroup_procs:
         return _run(command, sandbox, cwd, command_env, token, timeout, max_output_chars,
-                    ctx, limits_for(cfg).as_argument(), str(cgroup_procs or ""))  # fmt: skip
+                    ctx, limits_for(cfg).as_argument(), str(cgroup_procs or ""), disk)  # fmt: skip
 
 
 def _run(
     command: str, sandbox: list[str] | None, cwd: Path, env: dict[str, str], token: str,
     timeout: int, max_output_chars: int, ctx: ToolContext, limits: str, cgroup_procs: str,
+    disk: DiskGuard,
 ) -> str:  # fmt: skip
     report, report_w = os.pipe()
     reaper = [sys.executable or "python3", "-I", "-S", str(REAPER)]
@@ -183,7 +187,8 @@ def _run(
     output = _Output(max_output_chars * 4)
     assert proc.stdout is not None
     try:
-        outcome = _follow(proc, proc.stdout.fileno(), output, time.monotonic() + timeout, ctx)
+        deadline = time.monotonic() + timeout
+        outcome = _follow(proc, proc.stdout.fileno(), output, deadline, ctx, disk)
     finally:
         if proc.poll() is None:
             _end(proc, token)
@@ -191,6 +196,9 @@ def _run(
             _kill_marked(token)
         proc.stdout.close()
         killed = _read_report(report)
+    if outcome == "disk":
+        raise ToolError(f"command stopped: {disk.describe()}; every process it started was "
+                        f"killed. Output so far:\n{_shown(output, max_output_chars)}")  # fmt: skip
     body = _format(proc, output, outcome, timeout, max_output_chars)
     if killed:
         body += f"\n[{killed} background process(es) still running when it ended were killed]"
@@ -198,9 +206,11 @@ def _run(
 
 
 def _follow(
-    proc: subprocess.Popen[bytes], fd: int, output: _Output, deadline: float, ctx: ToolContext
-) -> str:
-    """Read the output until the reaper exits: "exited", "timeout" or "cancelled"."""
+    proc: subprocess.Popen[bytes], fd: int, output: _Output, deadline: float, ctx: ToolContext,
+    disk: DiskGuard,
+) -> str:  # fmt: skip
+    """Read the output until the reaper exits: "exited", "timeout", "cancelled" or "disk"
+    (the host's disk ran low)."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     eof = False
@@ -208,6 +218,8 @@ def _follow(
     while True:
         if ctx.should_stop():
             return "cancelled"
+        if disk.low():
+            return "disk"
         now = time.monotonic()
         if now >= deadline:
             return "timeout"
@@ -271,14 +283,20 @@ def _kill_marked(token: str) -> None:
         time.sleep(_POLL_SEC)
 
 
-def _format(
-    proc: subprocess.Popen[bytes], output: _Output, outcome: str, timeout: int, limit: int
-) -> str:
+def _shown(output: _Output, limit: int) -> str:
+    """The output as text, cut at ``limit`` characters (and saying so)."""
     text = output.data.decode("utf-8", errors="replace")
     cut = len(text) > limit or output.total > len(output.data)
     text = text[:limit]
     if cut:
         text += f"\n... [output truncated at {limit} characters; {output.total} bytes in all]"
+    return text
+
+
+def _format(
+    proc: subprocess.Popen[bytes], output: _Output, outcome: str, timeout: int, limit: int
+) -> str:
+    text = _shown(output, limit)
     if outcome == "timeout":
         raise ToolError(
             f"command timed out after {timeout}s; its process group was killed, with every "
