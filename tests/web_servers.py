@@ -7,7 +7,8 @@ Routes:
   /redirect?to=<url>               302 to <url>
   /slow/<id>[/search]              sleeps ``slow_sec``, records (id, start, end); JSON when
                                    the path ends in /search (so SearXNG can point at it)
-  any path in ``pages``            (status, content type, body)
+  any path in ``pages``            (status, content type, body), with the path's
+                                   ``page_headers`` (e.g. Content-Encoding) if any
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class _Handler(Handler):
             self._slow(parts.path)
         elif parts.path in self.web.pages:
             status, ctype, body = self.web.pages[parts.path]
-            self.send_body(status, ctype, body)
+            self.send_body(status, ctype, body, self.web.page_headers.get(parts.path))
         else:
             self.send_body(404, "text/plain", b"not found")
 
@@ -99,6 +100,7 @@ class _Handler(Handler):
 class WebServer(LoopbackHTTP):
     handler = _Handler
     pages: dict[str, tuple[int, str, bytes]] = field(default_factory=dict)
+    page_headers: dict[str, dict[str, str]] = field(default_factory=dict)  # e.g. encodings
     slow_sec: float = 0.5
     intervals: list[Interval] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)

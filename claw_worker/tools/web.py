@@ -15,6 +15,7 @@ import httpx
 from pydantic import Field
 
 from claw_worker.config.schema import WebFetchConfig, WebSearchConfig
+from claw_worker.http_body import ACCEPT_ENCODING, BodyError, read_limited
 from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
 from claw_worker.tools.html_text import html_to_text
 from claw_worker.tools.url_guard import UrlGuard
@@ -175,21 +176,18 @@ def _download(url: str, cfg: WebFetchConfig) -> tuple[bytes, str, str]:
                 timeout=_timeout(timeout),
                 follow_redirects=True,
                 max_redirects=5,
-                headers={"User-Agent": USER_AGENT},
+                headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING},
                 event_hooks={"request": [check]},
             ) as client,
             client.stream("GET", url) as response,
         ):
             if not response.is_success:
                 raise ToolError(f"HTTP {response.status_code} {response.reason_phrase} from {url}")
-            data = bytearray()
-            for chunk in response.iter_bytes():
-                data += chunk
-                if len(data) >= max_bytes:
-                    del data[max_bytes:]
-                    break
+            data = read_limited(response, max_bytes)  # decoded within the cap: no bombs
             ctype = response.headers.get("content-type", "").lower()
-            return bytes(data), ctype, str(response.url)
+            return data, ctype, str(response.url)
+    except BodyError as exc:
+        raise ToolError(f"fetching {url} failed: {exc}") from exc
     except httpx.TimeoutException as exc:
         raise ToolError(f"fetching {url} timed out after {timeout:g}s") from exc
     except httpx.InvalidURL as exc:  # not an HTTPError: "0177.0.0.1", a bad port, ...
