@@ -21,6 +21,7 @@ from claw_worker.config.schema import Config, SkillsConfig
 from claw_worker.skills.github import download, parse_spec
 from claw_worker.skills.skillfile import SkillError
 from claw_worker.tools import ToolContext, default_tools
+from claw_worker.tools.url_guard import UrlGuard
 from tests.campaign import record
 from tests.codeload_server import CodeloadServer
 from tests.web_servers import WebServer
@@ -51,6 +52,15 @@ def targets(port: int) -> list[str]:
         f"http://[::ffff:127.0.0.1]:{port}/secret",  # IPv4-mapped IPv6
         f"http://[::ffff:7f00:1]:{port}/secret",
         f"http://[0:0:0:0:0:ffff:127.0.0.1]:{port}/secret",
+        # IPv6 forms that embed an IPv4 address, which Python 3.11 calls global:
+        f"http://[::7f00:1]:{port}/secret",  # IPv4-compatible (::/96)
+        f"http://[::127.0.0.1]:{port}/secret",
+        f"http://[64:ff9b::7f00:1]:{port}/secret",  # NAT64 (64:ff9b::/96)
+        f"http://[64:ff9b::169.254.169.254]:{port}/secret",
+        f"http://[64:ff9b:1::a00:1]:{port}/secret",  # local-use NAT64 (64:ff9b:1::/48)
+        f"http://[2002:7f00:1::]:{port}/secret",  # 6to4 (2002::/16)
+        f"http://[2002:a9fe:a9fe::1]:{port}/secret",
+        f"http://[2001:0:4136:e378:8000:63bf:80ff:fffe]:{port}/secret",  # Teredo, client 127.0.0.1
         f"http://2130706433:{port}/secret",  # decimal
         f"http://0x7f000001:{port}/secret",  # hex
         f"http://0x7f.1:{port}/secret",
@@ -116,6 +126,15 @@ def test_the_allow_list_lets_one_through(web: WebServer, tmp_path: Path) -> None
     # Allowing the network does not allow the metadata address or the LAN.
     for url in ("http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/"):
         assert refused(fetch(url, tmp_path, allowed_hosts=["127.0.0.0/8"])), url
+
+
+def test_public_addresses_in_ipv6_forms_pass() -> None:
+    """The embedded address decides: a public one in the same forms is not refused."""
+    guard = UrlGuard([])
+    for host in ("64:ff9b::808:808", "2002:808:808::1", "::ffff:8.8.8.8", "2606:4700::1111"):
+        guard.check(host, 80)  # raises ToolError if refused
+    # The allow-list matches the embedded address too.
+    UrlGuard(["127.0.0.0/8"]).check("64:ff9b::7f00:1", 80)
 
 
 # -- skill downloads ----------------------------------------------------------------------
