@@ -70,7 +70,7 @@ function request()
   local k = (n * 7 + tid) % sessions
   local text = string.format(TEXT, id)
   if route == "api" then
-    local body = string.format('{"text":"%s","session":"bench:api:%d"}', text, k)
+    local body = string.format('{"text":"%s","session":"api:bench-%d"}', text, k)
     return wrk.format("POST", "/api/message", {
       ["Content-Type"] = "application/json",
       ["Authorization"] = "Bearer " .. token,

@@ -134,7 +134,7 @@ def whatsapp_sender(i: int) -> str:
 def session_keys(route: str, sessions: int) -> list[str]:
     """The ingress's session keys for the messages accept.lua sends on ``route``."""
     if route == "api":
-        return [f"bench:api:{i}" for i in range(sessions)]
+        return [f"api:bench-{i}" for i in range(sessions)]
     if route == "chat":
         return [f"openai:bench-{i}" for i in range(sessions)]
     return [f"whatsapp:{whatsapp_sender(i)}" for i in range(sessions)]
@@ -242,7 +242,7 @@ def check_answers(urls: dict[str, str]) -> None:
     """One message per target before wrk runs, so a wrong answer is named (wrk only counts
     the answers that are not 2xx or 3xx; those are checked per measurement)."""
     for target, url in urls.items():
-        resp = httpx.post(url + "/api/message", json={"text": "hi", "session": "bench:api:0"},
+        resp = httpx.post(url + "/api/message", json={"text": "hi", "session": "api:bench-0"},
                           headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
         if resp.status_code != 202:
             raise RuntimeError(f"{target}: /api/message answered {resp.status_code}: {resp.text}")

@@ -31,7 +31,7 @@ def marker(prefix: str, session: int, index: int) -> str:
 
 
 def session_key(prefix: str, session: int) -> str:
-    return f"bench:{prefix}:s{session}"
+    return f"api:bench-{prefix}-s{session}"
 
 
 @dataclass

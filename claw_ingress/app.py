@@ -38,12 +38,13 @@ from claw_ingress.bodies import BodyError, MessageBody, parse_body, read_json
 from claw_ingress.cancel import stop_if_cancelled
 from claw_ingress.channels.base import ChannelContext
 from claw_ingress.channels.manager import ChannelManager
-from claw_ingress.channels.websocket import ws_endpoint
+from claw_ingress.channels.websocket import WS_CHANNEL, ws_endpoint
 from claw_ingress.connections import quiet_resource_errors
 from claw_ingress.delivery import Delivery
 from claw_ingress.guards import RequestGuard
 from claw_ingress.inbox import Inbox
 from claw_ingress.nodes import node_routes
+from claw_ingress.openai_api import CHANNEL as OPENAI_CHANNEL
 from claw_ingress.openai_api import chat_completions, list_models, wait_for_reply
 from claw_ingress.openapi import openapi_json
 from claw_ingress.outbound import OutboundReader
@@ -53,7 +54,7 @@ from claw_worker import metrics
 from claw_worker.commands import API_CHANNEL
 from claw_worker.config import Config, config_path
 from claw_worker.config.reload import LiveConfig, ReloadParticipant
-from claw_worker.contract import InboundMessage, MessageStatus
+from claw_worker.contract import InboundMessage, MessageStatus, session_name_error
 from claw_worker.control import ControlListener
 from claw_worker.process import identity
 from claw_worker.redis_conn import client as sync_client
@@ -66,6 +67,9 @@ log = structlog.get_logger(__name__)
 RETRY_AFTER_SEC = "2"
 # Behind gateway.token when one is set (Prometheus sends it as a bearer token too).
 PROTECTED_PREFIXES = ("/api/", "/v1/", "/ws", "/nodes/", "/metrics", "/openapi.json")
+# The namespaces of the gateway's own clients (all behind the one gateway.token): each may
+# name sessions in its own only, and stop the runs of these (never a chat channel's).
+OWN_SESSIONS = tuple(f"{ns}:" for ns in (API_CHANNEL, WS_CHANNEL, OPENAI_CHANNEL))
 CHANNELS_EVERY_SEC = 1.0  # the channels' states are copied into the registry record this often
 
 
@@ -177,8 +181,11 @@ async def get_message(request: Request) -> JSONResponse:
 
 async def stop_session(request: Request) -> JSONResponse:
     session_key = request.path_params["session"]
-    if not session_key or len(session_key) > 256:
-        return JSONResponse({"error": "session must be 1 to 256 characters"}, status_code=422)
+    error = session_name_error(session_key)
+    if error is None and not session_key.startswith(OWN_SESSIONS):  # no chat's runs
+        error = "only the sessions of the gateway's own clients (api:, ws:, openai:) stop here"
+    if error is not None:
+        return JSONResponse({"error": error}, status_code=422)
     try:
         await request_stop(request.app.state.redis, session_key)
     except RedisError as exc:

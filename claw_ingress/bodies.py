@@ -15,8 +15,11 @@ import math
 import re
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.requests import Request
+
+from claw_worker.commands import API_CHANNEL
+from claw_worker.contract import SESSION_NAME_MAX, session_name_error, session_name_pattern
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -45,10 +48,24 @@ class MessageBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     text: str = Field(min_length=1, max_length=200_000)
-    session: str = Field("api:default", min_length=1, max_length=256, pattern=r"^[^\s{}]+$")
+    session: str = Field(f"{API_CHANNEL}:default", max_length=SESSION_NAME_MAX,
+                         pattern=session_name_pattern(API_CHANNEL))  # fmt: skip
     sender_id: str = Field("", max_length=256)
     wait: bool = False
     timeout: float = Field(120.0, gt=0, le=3600)
+
+    _session = field_validator("session", mode="before")(
+        lambda value: in_namespace(value, API_CHANNEL)
+    )
+
+
+def in_namespace(value: Any, namespace: str) -> Any:
+    """A session field's check, before pydantic's own (whose message would only quote the
+    pattern): the caller's own namespace only (``contract.session_name_error``)."""
+    error = session_name_error(value, namespace=namespace) if isinstance(value, str) else None
+    if error is not None:
+        raise ValueError(error)
+    return value
 
 
 def nesting_depth(raw: bytes) -> int:

@@ -3,9 +3,10 @@
 OpenAI clients (the ``openai`` SDK, chat UIs) talk to the agent as if it were a model. The
 session lives in clawfleet: a request sends only its last user message to the agent (earlier
 messages in ``messages`` are not replayed; the session's history already holds them), in the
-session named by the ``X-Claw-Session`` header (a clawfleet session key, as is), else by
-``user`` (``openai:<user>``), else a new session of its own. The requested model name is
-echoed; the agent answers with the fleet's configured models.
+session named by the ``X-Claw-Session`` header (a key beginning with ``openai:``: another
+channel's session is not this caller's to use), else by ``user`` (``openai:<user>``), else a
+new session of its own. The requested model name is echoed; the agent answers with the
+fleet's configured models.
 
 The reply is waited for like ``/api/message``'s ``wait`` (:func:`wait_for_reply`): the
 outbound stream, with the message record polled as a fallback. ``stream: true`` answers
@@ -36,7 +37,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from claw_ingress.bodies import BodyError, parse_body, read_json
 from claw_worker.config import Config
-from claw_worker.contract import InboundMessage, MessageStatus
+from claw_worker.contract import InboundMessage, MessageStatus, session_name_error
 from claw_worker.session.runs import read_run
 
 log = structlog.get_logger(__name__)
@@ -49,7 +50,6 @@ MAX_TIMEOUT_SEC = 3600.0
 KEEPALIVE_SEC = 10.0
 CHUNK_CHARS = 2000  # content per streamed chunk
 MAX_TEXT = 200_000
-SESSION_RE = re.compile(r"[^\s{}]{1,256}")
 USER_RE = re.compile(r"[^\s{}]{1,200}")
 NO_RETRY = {"x-should-retry": "false"}
 STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # no proxy buffering
@@ -180,9 +180,9 @@ def user_text(body: ChatCompletionRequest) -> str:
 def session_of(request: Request, body: ChatCompletionRequest) -> str:
     named = request.headers.get("x-claw-session")
     if named is not None:
-        if not SESSION_RE.fullmatch(named):
-            raise OpenAIError(400, "X-Claw-Session must be 1 to 256 characters without spaces "
-                              "or braces", param="X-Claw-Session")  # fmt: skip
+        error = session_name_error(named, namespace=CHANNEL)
+        if error is not None:
+            raise OpenAIError(400, f"X-Claw-Session: {error}", param="X-Claw-Session")
         return named
     if body.user:
         if USER_RE.fullmatch(body.user):

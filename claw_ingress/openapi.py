@@ -128,6 +128,12 @@ def _path_param(name: str, description: str, **schema: Any) -> dict[str, Any]:
             "schema": {"type": "string", **schema}}  # fmt: skip
 
 
+OWN_SESSION_PARAM = _path_param(
+    "session", "a session of the gateway's own clients (api:, ws:, openai:)",
+    minLength=1, maxLength=256, pattern=r"^(api|ws|openai):[^\s{}]+$",
+)  # fmt: skip
+
+
 def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     for model in (MessageBody, ChatCompletionRequest, RegisterBody, HeartbeatBody):
@@ -196,7 +202,7 @@ def document() -> dict[str, Any]:
             "post": _operation(
                 "stop a session's run",
                 {"200": _json("stop requested", {"type": "object", "required": ["session_key"]})},
-                parameters=[_path_param("session", "a session key", minLength=1, maxLength=256)],
+                parameters=[OWN_SESSION_PARAM],
             )
         },
         "/v1/chat/completions": {

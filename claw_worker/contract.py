@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from enum import StrEnum
 from typing import Any
@@ -12,6 +13,32 @@ from pydantic import BaseModel, ConfigDict, Field
 
 def new_message_id() -> str:
     return os.urandom(16).hex()  # 128 random bits (uuid4 has 122), 4x cheaper than uuid4
+
+
+# A session a caller names (the HTTP API, /ws, /v1, ``clawctl agent --session``): 1 to 256
+# characters, no whitespace or braces. Keys the fleet makes itself may be longer (512).
+SESSION_NAME_MAX = 256
+_SESSION_NAME = re.compile(r"[^\s{}]{1,256}")
+
+
+def session_name_error(name: str, *, namespace: str = "") -> str | None:
+    """Why ``name`` cannot be a session a caller names, or None.
+
+    With ``namespace`` (the caller's channel: ``api``, ``ws``, ``openai``) it must also begin
+    with ``<namespace>:``: a session of another namespace is another channel's conversation
+    (``telegram:123``), whose history the run would read and whose reply would go back to
+    this caller. Like the API's sender ids, a caller's choice of session proves nothing."""
+    if not _SESSION_NAME.fullmatch(name):
+        return f"session must be 1 to {SESSION_NAME_MAX} characters without spaces or braces"
+    if namespace and not name.startswith(f"{namespace}:"):
+        return (f"session must begin with {namespace}: (e.g. {namespace}:default); the "
+                "sessions of other channels are not this caller's to use")  # fmt: skip
+    return None
+
+
+def session_name_pattern(namespace: str) -> str:
+    """``session_name_error``'s rule as a JSON-schema pattern (the OpenAPI document)."""
+    return rf"^{re.escape(namespace)}:[^\s{{}}]+$"
 
 
 class MessageStatus(StrEnum):

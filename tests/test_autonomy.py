@@ -93,7 +93,7 @@ def test_rounds_come_at_the_interval_in_the_chat_session_and_stop_at_the_limit(
     rounds = llm_server.requests_for(ROUND)
     assert [last_user(req)[:18] for req in rounds] == [f"[autonomy round {n}]" for n in (1, 2, 3)]
     for req in rounds:  # the chat's own session, with its history
-        assert "session: auto-a" in req["messages"][0]["content"]
+        assert "session: ws:auto-a" in req["messages"][0]["content"]
         assert req["messages"][1]["content"] == "we are writing a report"
     assert any("[autonomy round 2]" in str(m.get("content")) for m in rounds[2]["messages"])
     now = state(r)
@@ -214,12 +214,12 @@ def test_clawctl_gateway_autonomy(fleet_factory: Any, redis_server: Any, claw_ho
         "been away 1 s")  # fmt: skip
     now = state(r)
     assert (now.enabled, now.session_key, now.chat_id, now.interval_sec) == (
-        True, "cli-chat", "cli-chat", 1800)  # fmt: skip
+        True, "ws:cli-chat", "cli-chat", 1800)  # fmt: skip
     code, out = clawctl("status")
     assert code == 0 and out.startswith(
         "Autonomous mode: on for ws:cli-chat, a round at most every 30 min"
     )
-    assert clawctl("on", "--session", "cli-chat", "--every", "2h")[0] == 0
+    assert clawctl("on", "--session", "ws:cli-chat", "--every", "2h")[0] == 0
     assert state(r).interval_sec == 7200
     assert clawctl("off") == (0, "autonomous mode off")
     assert clawctl("off") == (0, "autonomous mode is already off")
@@ -239,7 +239,7 @@ def test_natural_language_and_who_may_switch(fleet_factory: Any, redis_server: A
             on = await say(ws, "nl-chat", "start autonomous mode, check every 30 minutes")
             assert on["text"].startswith("Autonomous mode on for this chat")
             assert (state(r).enabled, state(r).interval_sec, state(r).session_key) == (
-                True, 1800, "nl-chat")  # fmt: skip
+                True, 1800, "ws:nl-chat")  # fmt: skip
             assert (await say(ws, "nl-chat", "stop autonomous mode"))[
                 "text"
             ] == "Autonomous mode off."
@@ -258,7 +258,7 @@ def test_natural_language_and_who_may_switch(fleet_factory: Any, redis_server: A
     with fleet.client(TOKEN) as http:
 
         def ask(words: str) -> str:
-            body = {"text": words, "session": "ops", "sender_id": "ops"}
+            body = {"text": words, "session": "api:ops", "sender_id": "ops"}
             return http.post("/api/message", json=body).json()["reply"]
 
         assert ask("start auto-learning every 10 minutes").startswith("Auto-learning on")
@@ -291,7 +291,7 @@ def test_autolearn_saves_procedures_and_stops_after_its_rounds(
             with fleet.client(TOKEN) as http:
                 body = {
                     "text": "/autolearn on every 1 second",
-                    "session": "ops",
+                    "session": "api:ops",
                     "sender_id": "ops",
                 }
                 assert (
@@ -315,7 +315,7 @@ def test_autolearn_saves_procedures_and_stops_after_its_rounds(
     learns = llm_server.requests_for(LEARN)
     assert len(learns) == 4  # two rounds, each a tool call and its answer
     first = last_user(learns[0])
-    assert first.startswith("[autolearn round 1]") and "- session learn-chat:" in first
+    assert first.startswith("[autolearn round 1]") and "- session ws:learn-chat:" in first
     assert ": done, 1 LLM call(s), 0 tool step(s)" in first  # the chat's runs, digested
     assert learns[1]["messages"][-1]["content"].startswith("Saved to memory/")
     assert len(learns[2]["messages"]) == 2  # round 2 starts afresh: system, its digest

@@ -259,3 +259,8 @@ def test_agent_rejects_empty_message_and_bad_session(claw_home: ClawHome) -> Non
     assert "empty" in clawctl(claw_home, "agent", "-m", "  ").stderr
     result = clawctl(claw_home, "agent", "--session", "", "-m", "x")
     assert result.returncode != 0 and "--session" in result.stderr
+    # The HTTP API's rule (contract.session_name_error): no whitespace, at most 256.
+    for bad in ("has space", "tab\there", "x" * 257, "{brace}"):
+        result = clawctl(claw_home, "agent", "--session", bad, "-m", "x")
+        assert result.returncode != 0, bad
+        assert "--session must be 1 to 256 characters without spaces" in result.stderr, bad

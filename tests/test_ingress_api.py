@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
 import sys
 
 import httpx
+from websockets.asyncio.client import connect
 
+from tests.campaign import record
 from tests.fixtures.procs import wait_for
 
 TOKEN = "gw-token-abcdefghijkl"
@@ -102,3 +106,53 @@ def test_unknown_route_is_404(fleet_factory) -> None:
     fleet = fleet_factory()
     fleet.start_ingress()
     assert httpx.get(f"{fleet.base_url}/nope").status_code == 404
+
+
+def test_callers_use_only_their_own_sessions(fleet_factory) -> None:
+    """An API caller (any local process when no token is set) naming another channel's
+    session would have its history read and the reply handed back: /api and /v1 refuse a
+    session outside their namespace, /ws keys every name in ws: (the name is its chat id
+    too), and the stop route takes only the gateway clients' sessions."""
+    fleet = fleet_factory()
+    fleet.start_ingress()
+    foreign = ["telegram:123", "discord:42", "cli:local", "ws:x", "openai:x", "ops", "api"]
+    outcomes: dict[str, int | str] = {}
+    with fleet.client() as http:
+        for session in foreign:
+            resp = http.post("/api/message", json={"text": "a", "session": session})
+            outcomes[f"/api {session}"] = resp.status_code
+            if resp.status_code == 422:
+                assert "session must begin with api:" in resp.text, resp.text
+        for session in [s for s in foreign if not s.startswith("openai:")]:
+            resp = http.post("/v1/chat/completions", json={"model": "m", "messages": [
+                {"role": "user", "content": "a"}]}, headers={"X-Claw-Session": session,
+                "X-Claw-Timeout": "2"})  # fmt: skip
+            outcomes[f"/v1 {session}"] = resp.status_code
+            if resp.status_code == 400:
+                assert "must begin with openai:" in resp.json()["error"]["message"], resp.text
+        for session in ["telegram:123", "cli:local", "cron:x"]:
+            resp = http.post(f"/api/sessions/{session}/stop")
+            outcomes[f"stop {session}"] = resp.status_code
+        # Their own namespaces still work.
+        assert (
+            http.post("/api/message", json={"text": "a", "session": "api:mine"}).status_code == 202
+        )
+        assert http.post("/api/sessions/ws:abc/stop").status_code == 200
+
+    async def over_ws() -> None:  # /ws maps a name into ws: (it is the chat's id too)
+        async with connect(f"ws://127.0.0.1:{fleet.port}/ws") as ws:
+            for session in ["telegram:123", "cli:local", "ws:own"]:
+                await ws.send(json.dumps({"type": "message", "text": "a", "session": session}))
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                assert frame["status"] == "queued" and frame["session"] == session, frame
+
+    asyncio.run(over_ws())
+    r = fleet.redis.client()
+    mailboxes = {key.split("{", 1)[1].rstrip("}") for key in r.scan_iter("claw:mbox:*")}
+    assert {"ws:telegram:123", "ws:cli:local", "ws:own", "api:mine"} <= mailboxes, mailboxes
+    stored = mailboxes & {"telegram:123", "discord:42", "cli:local", "ops", "api"}
+    accepted = {name: status for name, status in outcomes.items() if status not in (400, 422)}
+    tried = len(outcomes) + 2  # and the two foreign names over /ws
+    record("sessions: another channel's (API, /v1, /ws, stop)", tried=tried,
+           rejected=tried - len(accepted) - len(stored), escapes=len(accepted) + len(stored))  # fmt: skip
+    assert not accepted and not stored, (accepted, stored)

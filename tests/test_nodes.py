@@ -146,7 +146,7 @@ def ask_agent(http: httpx.Client, llm_server: Any, marker: str, args: dict[str, 
     model got back."""
     llm_server.reply_tool_call("nodes", args, when=marker)
     llm_server.reply(f"done {marker}", when=marker)
-    answer = http.post("/api/message", json={"text": f"please {marker}", "session": "ops",
+    answer = http.post("/api/message", json={"text": f"please {marker}", "session": "api:ops",
                                              "wait": True, "timeout": 60})  # fmt: skip
     assert answer.status_code == 200 and answer.json()["reply"] == f"done {marker}", answer.text
     tool_result = llm_server.requests_for(marker)[-1]["messages"][-1]
@@ -217,7 +217,7 @@ def test_the_agent_reaches_nodes_p2p_and_by_relay_with_fallback_audit_and_figure
                            "command": "shutdown -h now"})  # fmt: skip
         assert denied["code"] == "denied" and "deny pattern" in denied["error"], denied
 
-        status = http.post("/api/message", json={"text": "/status", "session": "ops"}).json()
+        status = http.post("/api/message", json={"text": "/status", "session": "api:ops"}).json()
     expected = "9 dispatches (ok 5, fail 4), avg "
     assert f"nodes: {expected}" in status["reply"] and "top action run" in status["reply"]
 
@@ -234,7 +234,7 @@ def test_the_agent_reaches_nodes_p2p_and_by_relay_with_fallback_audit_and_figure
     assert {tuple(sorted(a)) for a in audit} == {
         ("action", "code", "message_id", "mode", "ms", "node", "ok", "session", "time")
     }
-    assert all(a["session"] == "ops" and isinstance(a["ms"], int) for a in audit)
+    assert all(a["session"] == "api:ops" and isinstance(a["ms"], int) for a in audit)
 
     shown = claw_home.clawctl("status")
     line = next(x for x in shown.stdout.splitlines() if x.startswith("nodes "))

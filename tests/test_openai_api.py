@@ -105,11 +105,11 @@ def test_x_claw_session_names_the_session(fleet_factory) -> None:
     fleet = start_fleet(fleet_factory)
     client = sdk(fleet)
     done = client.chat.completions.create(
-        model="m", messages=[user("named")], extra_headers={"X-Claw-Session": "desk:42"}
+        model="m", messages=[user("named")], extra_headers={"X-Claw-Session": "openai:desk-42"}
     )
     message_id = done.id.removeprefix("chatcmpl-")
     record = httpx.get(f"{fleet.base_url}/api/messages/{message_id}").json()
-    assert record["session_key"] == "desk:42" and record["reply"] == "echo: named"
+    assert record["session_key"] == "openai:desk-42" and record["reply"] == "echo: named"
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(
             model="m", messages=[user("x")], extra_headers={"X-Claw-Session": "has space"}
@@ -211,10 +211,10 @@ def test_a_reply_the_stream_reader_missed_is_found_in_the_record(
     with ThreadPoolExecutor(2) as pool:
         chat = pool.submit(lambda: httpx.post(
             f"{fleet.base_url}/v1/chat/completions", timeout=30,
-            headers={"X-Claw-Session": "oa:missed", "X-Claw-Timeout": "20"},
+            headers={"X-Claw-Session": "openai:missed", "X-Claw-Timeout": "20"},
             json={"model": "m", "messages": [user("anyone there?")]},
         ))  # fmt: skip
-        finish_when_queued("oa:missed", "found in the record")
+        finish_when_queued("openai:missed", "found in the record")
         answer = chat.result()
         assert answer.status_code == 200, answer.text
         assert answer.json()["choices"][0]["message"]["content"] == "found in the record"

@@ -55,7 +55,7 @@ def test_unfinished_work_is_looked_at_once_with_two_workers(
     checks = llm_server.requests_for(MARK)
     assert len(checks) == 1
     prompt = checks[0]["messages"][-1]["content"]
-    assert "- session sc-chat:\n  - run-" in prompt
+    assert "- session ws:sc-chat:\n  - run-" in prompt
     assert ' ago): failed, error: "the LLM refused the request' in prompt  # the run's error
     assert "sc-done" not in prompt  # finished work is not listed
     assert "- [ ] renew the certificate" in prompt and "- [x] old" not in prompt

@@ -63,11 +63,11 @@ def test_a_sub_agent_reports_back_to_its_chat_within_its_limits(
     llm_server.push(tool_call("spawn", {"task": "again [[SUB4]]"}),
                     text("The researcher found 42."), when="sub result 42")  # fmt: skip
 
-    replies = chat(fleet.port, "ws-boss", "look into it [[BOSS]]", until="found 42")
+    replies = chat(fleet.port, "ws:boss", "look into it [[BOSS]]", until="found 42")
     assert replies == ["I asked a researcher.", "The researcher found 42."]
 
     started, refused = tool_results(llm_server, "[[BOSS]]")
-    assert started == ("Started sub-agent spawn:ws-boss:1 (researcher). Its result will come "
+    assert started == ("Started sub-agent spawn:ws:boss:1 (researcher). Its result will come "
                        "back to this session as a new message.")  # fmt: skip
     assert refused == (
         "Error: sub-agent not started: this session has 1 sub-agent(s) running, the limit "
@@ -88,12 +88,12 @@ def test_a_sub_agent_reports_back_to_its_chat_within_its_limits(
     assert "You are a sub-agent working as researcher" in child["messages"][0]["content"]
     assert not any(m.get("role") == "assistant" for m in child["messages"])  # fresh session
     report = llm_server.requests_for("sub result 42")[0]["messages"][-1]["content"]
-    assert report.startswith("[sub-agent spawn:ws-boss:1 (researcher) finished: done]")
+    assert report.startswith("[sub-agent spawn:ws:boss:1 (researcher) finished: done]")
     assert "The job you gave it: find the answer [[SUB]]" in report
-    record = r.hgetall(k.spawn_key("spawn:ws-boss:1"))
+    record = r.hgetall(k.spawn_key("spawn:ws:boss:1"))
     assert (record["status"], record["depth"], record["result"]) == ("done", "1", "sub result 42")
-    assert r.zcard(k.spawn_active_key("ws-boss")) == 0
-    history = [json.loads(m) for m in r.lrange(k.history_key("ws-boss"), 0, -1)]
+    assert r.zcard(k.spawn_active_key("ws:boss")) == 0
+    history = [json.loads(m) for m in r.lrange(k.history_key("ws:boss"), 0, -1)]
     assert history[-1] == {"role": "assistant", "content": "The researcher found 42."}
 
     # The slot is free again; a sub-agent runs a task of a pipeline (a pending task refused):
@@ -111,19 +111,19 @@ def test_a_sub_agent_reports_back_to_its_chat_within_its_limits(
     )  # fmt: skip
     llm_server.reply("T1 result: numbers", when="[[ST1]]")
     llm_server.reply("Noted the analysis.", when="T1 result: numbers")
-    replies = chat(fleet.port, "ws-boss", "split it [[PIPE]]", until="Noted the analysis")
+    replies = chat(fleet.port, "ws:boss", "split it [[PIPE]]", until="Noted the analysis")
     assert replies == ["A sub-agent took T1.", "Noted the analysis."]
     _, too_early, took = tool_results(llm_server, "[[PIPE]]")
     assert too_early == ("Error: sub-agent not started: task T2 of pipeline sp is pending, not "
                          "ready: it waits for T1")  # fmt: skip
-    assert took.startswith("Started sub-agent spawn:ws-boss:3 (analyst) for task T1 of pipeline sp")
+    assert took.startswith("Started sub-agent spawn:ws:boss:3 (analyst) for task T1 of pipeline sp")
     [t1_request] = llm_server.requests_for("[[ST1]]")
     t1_text = t1_request["messages"][-1]["content"]
     assert "Instructions from the agent that started you: be thorough" in t1_text
     pipeline = json.loads(r.get(k.pipeline_key("sp")))
     t1, t2 = pipeline["tasks"]
     assert (t1["state"], t1["result"], t1["session_key"]) == (
-        "done", "T1 result: numbers", "spawn:ws-boss:3"
+        "done", "T1 result: numbers", "spawn:ws:boss:3"
     )  # fmt: skip
     assert t2["state"] == "ready" and not llm_server.requests_for("[[ST2]]")
-    wait_for(lambda: r.zcard(k.spawn_active_key("ws-boss")) == 0, what="the slot to be free")
+    wait_for(lambda: r.zcard(k.spawn_active_key("ws:boss")) == 0, what="the slot to be free")

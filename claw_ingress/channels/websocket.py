@@ -1,7 +1,9 @@
 """``GET /ws``: the gateway's own WebSocket, a chat channel for browsers and scripts.
 
 Frames are JSON text. In: ``{"type": "message", "text": ..., "session": ...}`` (the session
-defaults to one of the connection's own, ``ws:<uuid>``) and ``{"type": "ping"}``. Out:
+defaults to one of the connection's own, ``ws:<uuid>``; a named one is also the chat's id,
+and its session key is in the ``ws:`` namespace whatever it is named: :func:`key`) and
+``{"type": "ping"}``. Out:
 ``{"type": "status", "status": "queued", "message_id", "run_id", "session"}`` once a message
 is accepted (a slash command's status is ``command``), ``{"type": "reply", "message_id",
 "text", "session"}`` when the reply comes (through ``delivery.py``, which calls :meth:`send`
@@ -39,7 +41,7 @@ from claw_ingress.channels.base import Channel, ChannelContext, SendError
 from claw_ingress.guards import arrived_on_loopback, host_allowed, origin_allowed
 from claw_worker.config.channels import ChannelConfig
 from claw_worker.config.schema import GatewayConfig
-from claw_worker.contract import InboundMessage, new_message_id
+from claw_worker.contract import SESSION_NAME_MAX, InboundMessage, new_message_id
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +56,7 @@ MAX_BAD_FRAMES = 20  # in a row: then the client is closed (1008)
 MAX_SESSIONS = 100  # sessions one connection may speak in
 SEND_TIMEOUT_SEC = 10.0  # a client that does not read is closed
 PREVIEW_CHARS = 80
+WS_CHANNEL = "ws"  # the channel's name, and its sessions' namespace (ws:...)
 
 
 class MessageFrame(BaseModel):
@@ -61,13 +64,22 @@ class MessageFrame(BaseModel):
 
     type: Literal["message"]
     text: str = Field(min_length=1, max_length=200_000)
-    session: str | None = Field(None, min_length=1, max_length=256, pattern=r"^[^\s{}]+$")
+    session: str | None = Field(None, min_length=1, max_length=SESSION_NAME_MAX,
+                                pattern=r"^[^\s{}]+$")  # fmt: skip
+
+
+def key(session: str) -> str:
+    """The session key of a session named on this channel: always in the ``ws:`` namespace,
+    like every chat channel's ``<channel>:<chat_id>``. The name is also the chat (where
+    replies go), so it is mapped rather than refused: ``nl-chat`` is ``ws:nl-chat``, and
+    ``telegram:123`` is ``ws:telegram:123``, never Telegram's conversation."""
+    return session if session.startswith(f"{WS_CHANNEL}:") else f"{WS_CHANNEL}:{session}"
 
 
 class _Connection:
     def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
-        self.session = f"ws:{uuid.uuid4().hex}"  # the default one
+        self.session = f"{WS_CHANNEL}:{uuid.uuid4().hex}"  # the default one
         self.sessions: set[str] = set()
         self.lock = asyncio.Lock()  # replies (delivery) and answers (the reader) interleave
 
@@ -114,7 +126,7 @@ def refusal(websocket: WebSocket, gateway: GatewayConfig) -> str | None:
 
 
 class WebSocketChannel(Channel):
-    name = "ws"
+    name = WS_CHANNEL
     max_text = 100_000  # a frame of at most ~600 KB even with every character escaped
     connection_bound = True
 
@@ -244,7 +256,7 @@ class WebSocketChannel(Channel):
             return {"error": f"at most {MAX_SESSIONS} sessions per connection"}
         message_id = new_message_id()
         inbound = InboundMessage(
-            message_id=message_id, channel=self.name, chat_id=session, session_key=session,
+            message_id=message_id, channel=self.name, chat_id=session, session_key=key(session),
             text=message.text, metadata={"platform_message_id": message_id},
         )  # fmt: skip
         try:

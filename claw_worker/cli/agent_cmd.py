@@ -22,14 +22,13 @@ from claw_worker.config import Config, ConfigError
 from claw_worker.config.jsontext import is_text
 from claw_worker.config.local import check_local
 from claw_worker.config.paths import claw_home
-from claw_worker.contract import InboundMessage
+from claw_worker.contract import InboundMessage, session_name_error
 from claw_worker.embedded_redis import ensure_embedded
 from claw_worker.redis_conn import client
 
 EXIT_WORDS = frozenset({"exit", "quit", "/exit", "/quit"})
 HISTORY_LENGTH = 1000
 PROMPT = "you> "
-MAX_SESSION_KEY = 512  # InboundMessage.session_key's limit
 
 
 def provider_configured(config: Config) -> bool:
@@ -146,8 +145,9 @@ def agent(ctx: click.Context, message: str | None, session: str) -> None:
     config = load()
     if message is not None and not message.strip():
         raise CliError("the message is empty; pass some text with -m")
-    if not session.strip() or len(session) > MAX_SESSION_KEY:
-        raise CliError(f"--session must be 1 to {MAX_SESSION_KEY} characters, e.g. cli:local")
+    error = session_name_error(session)  # the same rule as the HTTP API's (any namespace)
+    if error is not None:
+        raise CliError(f"--{error}, e.g. cli:local")
     if not provider_configured(config):
         raise CliError(config.agents.defaults.texts.provider_not_configured)
     try:
