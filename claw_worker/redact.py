@@ -4,9 +4,10 @@ claw_worker/reply_filter.py on everything that leaves towards users).
 Values of fields named as credentials (``api_key``, ``token``, ``*_secret``, ``password``,
 ``authorization``: see ``SECRET_FIELD``) are masked whole; strings are scrubbed of the
 literal secrets given (the config's) and of the shapes in ``claw_worker/secret_shapes.py``:
-API keys (OpenAI, Anthropic, GitHub, AWS, Slack, Google), bearer tokens, JWTs, Telegram bot
-tokens, private key blocks, passwords in URLs, ``key=value`` and ``password: value`` pairs,
-and card numbers that pass the Luhn check.
+API keys and tokens (OpenAI, Anthropic, GitHub, GitLab, AWS, Slack, Google, Stripe, Hugging
+Face, npm), bearer and ``Authorization: token`` credentials, JWTs, Telegram bot tokens,
+private key blocks, passwords in URLs, ``key=value`` and ``token: value`` pairs, and
+``password: value`` to the end of the line, and card numbers that pass the Luhn check.
 
 All of it runs on RE2 (google-re2: linear time whatever the text, so hostile text cannot
 make a log line or a reply take quadratic time). Most strings hold no secret: one search

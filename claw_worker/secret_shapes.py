@@ -65,11 +65,15 @@ def _card_number(found: str) -> bool:
 
 
 # Names that hold a secret in a "name: value" pair (JSON, YAML, a config dump), possibly
-# with a prefix: "password", "db_password", "aws_secret_access_key", "openai_api_key".
+# with a prefix: "password", "db_password", "aws_secret_access_key", "openai_api_key",
+# "token", "bot_token". Not "tokens" or "max_tokens" (a count): the name must end there.
+_PASSWORD_NAMES = r"(?:[A-Za-z0-9]+[_-])*(?:password|passwd|passphrase)"
 _SECRET_NAMES = (
-    r"(?:[A-Za-z0-9]+[_-])*(?:password|passwd|passphrase|secret|secret[_-]access[_-]key"
-    r"|api[_-]?key|private[_-]?key|access[_-]?token|auth[_-]?token|refresh[_-]?token)"
+    r"(?:[A-Za-z0-9]+[_-])*(?:secret|secret[_-]access[_-]key"
+    r"|api[_-]?key|private[_-]?key|token)"
 )
+# A "name: value" pair's value: quoted (the quotes kept), or one word.
+_QUOTED = r"\"[^\"\n]{1,256}\"|'[^'\n]{1,256}'"
 
 CARD = Shape(
     "card",
@@ -95,6 +99,12 @@ SHAPES: tuple[Shape, ...] = (
         keeps_prefix=True,
     ),
     Shape(
+        "auth_token_header",  # "Authorization: token <t>" (GitHub's older scheme)
+        r"(\b(?i:authorization)[\"']?[ \t]{0,8}[:=][ \t]{0,8}[\"']?(?i:token)[ \t]+)"
+        r"[A-Za-z0-9._~+/=-]{6,}",
+        keeps_prefix=True,
+    ),
+    Shape(
         "auth_header",
         r"\b((?i:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{6,}",
         keeps_prefix=True,
@@ -105,7 +115,11 @@ SHAPES: tuple[Shape, ...] = (
     Shape("github_token", r"\b(gh[pousr]_)[A-Za-z0-9]{36,}", keeps_prefix=True),
     Shape("github_pat", r"\b(github_pat_)[A-Za-z0-9_]{22,}", keeps_prefix=True),
     Shape("aws_access_key", r"\b(AKIA|ASIA)[0-9A-Z]{16}\b", keeps_prefix=True),
-    Shape("slack_token", r"\b(xox[abpr]-)[A-Za-z0-9-]{10,}", keeps_prefix=True),
+    Shape("slack_token", r"\b(xox[a-z]-|xapp-)[A-Za-z0-9-]{10,}", keeps_prefix=True),
+    Shape("gitlab_token", r"\b(glpat-)[A-Za-z0-9_-]{20,}", keeps_prefix=True),
+    Shape("stripe_key", r"\b([sr]k_(?:live|test)_)[A-Za-z0-9]{10,}", keeps_prefix=True),
+    Shape("huggingface_token", r"\b(hf_)[A-Za-z0-9]{30,}", keeps_prefix=True),
+    Shape("npm_token", r"\b(npm_)[A-Za-z0-9]{36,}", keeps_prefix=True),
     Shape("google_api_key", r"\b(AIza)[0-9A-Za-z_-]{35}", keeps_prefix=True),
     Shape("telegram_bot_url", r"\b((?i:bot))[0-9]{5,}:[A-Za-z0-9_-]{30,}", keeps_prefix=True),
     Shape("telegram_token", r"\b[0-9]{5,}:[A-Za-z0-9_-]{30,}"),
@@ -115,16 +129,26 @@ SHAPES: tuple[Shape, ...] = (
         keeps_prefix=True,
     ),
     Shape(
+        "password_pair",
+        # "password": "x y", or password: x y to the end of the line (a passphrase has
+        # spaces: "correct horse battery staple"). A quoted value keeps its quotes.
+        rf"(\b(?i:{_PASSWORD_NAMES})[\"']?[ \t]{{0,8}}[:=][ \t]{{0,8}})"
+        rf"(?:{_QUOTED}|[^\s\"'][^\n]{{0,255}})",
+        keeps_prefix=True,
+    ),
+    Shape(
         "secret_pair",
-        # "password": "x y", password: x, 'api_key': 'x'. A quoted value keeps its quotes.
+        # "token": "x", api_key: x, 'api_key': 'x'.
         rf"(\b(?i:{_SECRET_NAMES})[\"']?[ \t]{{0,8}}[:=][ \t]{{0,8}})"
-        r"(?:\"[^\"\n]{1,256}\"|'[^'\n]{1,256}'|[^\s\"',;{}]{1,256})",
+        rf"(?:{_QUOTED}|[^\s\"',;{{}}]{{1,256}})",
         keeps_prefix=True,
     ),
     Shape(
         "url_password",
-        # The scheme is bounded: a long word before "://" costs nothing more.
-        r"(?i:(\b[a-z][a-z0-9+.-]{0,15}://[^:/\s@]*:))[^@\s/]+@",
+        # The scheme is bounded: a long word before "://" costs nothing more. The password
+        # runs to the last "@" of the word ("p@ss/w0rd@host"), unless it is all digits
+        # before a "/": that is a port and a path ("host:8080/path@v2").
+        r"(?i:(\b[a-z][a-z0-9+.-]{0,15}://[^:/\s@]*:))(?:[^@\s/]*[^@\s/0-9][^\s]*|[^@\s/]+)@",
         suffix="@",
         keeps_prefix=True,
     ),

@@ -53,6 +53,18 @@ MASKED = [
     ("https://amy:s3cret@example.com/x", "s3cret", "https://amy:****@example.com/x"),
     ("GET /x?api_key=abc123&page=2", "abc123", "GET /x?api_key=****&page=2"),
     ("tg 123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw1", "AAHdq", "tg ****"),
+    ('{"token": "9f8e7d6c5b4a"}', "9f8e7d", '{"token": "****"}'),
+    ("bot_token: 123abc456def", "123abc", "bot_token: ****"),
+    ("Authorization: token 9f8e7d6c5b4a3210", "9f8e7d", "Authorization: token ****"),
+    ("xoxs-1234567890-abcdef", "1234567890", "xoxs-****"),
+    ("xapp-1-A0123-4567890123-abcdef", "4567890123", "xapp-****"),
+    ("https://admin:pa/ssw0rd@host/x", "ssw0rd", "https://admin:****@host/x"),
+    ("redis://default:p@ssw0rd-Secret@host", "Secret", "redis://default:****@host"),
+    ("password: correct horse battery staple\nnext", "horse", "password: ****\nnext"),
+    ("glpat-abcdefghij0123456789", "abcdefghij", "glpat-****"),
+    ("sk_live_abcdefghij0123 rk_live_abcdefghij0123", "abcdefghij", "sk_live_**** rk_live_****"),
+    ("hf_abcdefghijklmnopqrstuvwxyz012345", "abcdefghij", "hf_****"),
+    ("npm_abcdefghijklmnopqrstuvwxyz0123456789", "abcdefghij", "npm_****"),
     # Card numbers: 13 to 19 digits, spaces or dashes, the Luhn check passing.
     ("pay 4111 1111 1111 1111 now", "4111 1111 1111 1111", "pay ****1111 now"),
     ("card 5555-5555-5555-4444", "5555-5555", "card ****4444"),
@@ -69,6 +81,8 @@ UNCHANGED = [
     "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkq\n-----END PUBLIC KEY-----",
     "eyJhbGciOiJIUzI1NiJ9 alone",
     "tokens: 12345, total_tokens: 99",
+    "max_tokens: 100 and the token is here",  # a count, and the word
+    "xoxo hugs, xapp and hf_short",
     "the password field is empty",
     "https://example.com:8080/path@v2",
     "order 4111 1111 1111 1112",  # 16 digits, Luhn fails
