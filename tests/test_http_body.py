@@ -9,9 +9,11 @@ import gzip
 import json
 import subprocess
 import sys
+import threading
 import zlib
 from collections.abc import Iterator
 from functools import cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +129,55 @@ def test_encodings_that_cannot_be_bounded_are_refused(web: WebServer, tmp_path: 
     record("web_fetch: compression bombs", tried=len(outcomes),
            rejected=len(outcomes) - len(not_refused), escapes=len(not_refused))  # fmt: skip
     assert not not_refused, outcomes
+
+
+class _BombNode(BaseHTTPRequestHandler):
+    """A compromised node: every answer is the bomb."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Encoding", "gzip, gzip")
+        self.send_header("Content-Length", str(len(bomb())))
+        self.end_headers()
+        self.wfile.write(bomb())
+
+
+NODE_CHILD = """
+import json, resource, sys
+from claw_worker.config.schema import Config
+from claw_worker.nodes.dispatch import p2p
+from claw_worker.nodes.registry import NodeInfo
+node = NodeInfo(id="cam", name="cam", url=sys.argv[1], capabilities=("run",), token="t",
+                ttl_sec=60, registered_at=0.0, seen_ago=0.0, status="", relay=False)
+body = {"action": "invoke", "command": "x", "params": {}}
+config = Config()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+answer, _ = p2p(config, node, body, 30)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"growth_kib": after - before, "answer": answer}))
+"""
+
+
+def test_a_node_answering_a_compression_bomb_is_read_within_its_cap() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _BombNode)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        child = subprocess.run([sys.executable, "-c", NODE_CHILD, url], capture_output=True,
+                               text=True, timeout=120, check=True, cwd=ROOT)  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    outcome = json.loads(child.stdout)
+    assert outcome["answer"]["code"] == "bad_response", outcome["answer"]
+    assert "larger than" in outcome["answer"]["error"]
+    growth_mib = outcome["growth_kib"] / 1024  # the cap is nodes.max_response_bytes, 8 MiB
+    escaped = growth_mib > 48
+    record("nodes: compression bomb in an answer", tried=1, rejected=int(not escaped),
+           escapes=int(escaped))  # fmt: skip
+    assert not escaped, f"the dispatch grew the process by {growth_mib:.0f} MiB"

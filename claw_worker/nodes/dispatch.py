@@ -29,6 +29,7 @@ import httpx
 import redis
 
 from claw_worker.config.schema import Config
+from claw_worker.http_body import ACCEPT_ENCODING, BodyError, read_limited
 from claw_worker.nodes import relay
 from claw_worker.nodes.audit import DispatchRecord, record
 from claw_worker.nodes.envelope import (
@@ -134,26 +135,27 @@ def p2p(
         return envelope(TRANSPORT, error="the node's URL is not http(s); not called"), False
     cfg = config.nodes
     limits = httpx.Timeout(timeout, connect=min(cfg.connect_timeout_sec, timeout))
-    headers = {"Authorization": f"Bearer {node.token}"}
+    headers = {"Authorization": f"Bearer {node.token}", "Accept-Encoding": ACCEPT_ENCODING}
     try:
         with (
             httpx.Client(timeout=limits, trust_env=False, follow_redirects=False) as http,
             http.stream("POST", url, json=body, headers=headers) as response,
         ):
-            raw = bytearray()
-            for chunk in response.iter_bytes():
-                raw += chunk
-                if len(raw) > cfg.max_response_bytes:
-                    return envelope(BAD_RESPONSE, error=f"the node's answer is larger than "
-                                    f"{cfg.max_response_bytes} bytes"), False  # fmt: skip
+            # Decoded with a bound: a compressed answer cannot inflate past the cap.
+            raw = read_limited(response, cfg.max_response_bytes + 1)
+            if len(raw) > cfg.max_response_bytes:
+                return envelope(BAD_RESPONSE, error=f"the node's answer is larger than "
+                                f"{cfg.max_response_bytes} bytes"), False  # fmt: skip
             status = response.status_code
+    except BodyError as exc:
+        return envelope(BAD_RESPONSE, error=f"the node's answer: {exc}"), False
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         return envelope(TRANSPORT, error=f"cannot connect to {url}: {_reason(exc)}"), True
     except httpx.TimeoutException:
         return envelope(TIMEOUT, error=f"no answer from {url} within {timeout:g}s"), False
     except httpx.HTTPError as exc:
         return envelope(TRANSPORT, error=f"{url}: {_reason(exc)}"), False
-    return _from_response(status, bytes(raw)), False
+    return _from_response(status, raw), False
 
 
 def _from_response(status: int, raw: bytes) -> dict[str, Any]:
