@@ -24,6 +24,12 @@ REQUIRED_DIRS = WORKSPACE_DIRS
 REQUIRED_FILES = MANAGED_FILES
 
 
+def make_workspace(workspace: Path) -> None:
+    """Create the workspace if missing, private (0700): exec can leave set-id files in it
+    (docs/security.md, threat model), so other local users must not reach them."""
+    workspace.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def template(name: str) -> str:
     return (resources.files("claw_worker") / "templates" / name).read_text(encoding="utf-8")
 
@@ -43,7 +49,7 @@ def create_missing(workspace: Path) -> list[str]:
     where a directory belongs) is an ``OSError``."""
     created: list[str] = []
     if not workspace.is_dir():
-        workspace.mkdir(parents=True, exist_ok=True)
+        make_workspace(workspace)
     for name in REQUIRED_DIRS:
         path = workspace / name
         if not path.is_dir():

@@ -31,6 +31,7 @@ def test_onboard_creates_config_and_workspace(claw_home: ClawHome) -> None:
     assert stat.S_IMODE(claw_home.config_file.stat().st_mode) == 0o600
     json.loads(claw_home.config_file.read_text())
     ws = claw_home.workspace
+    assert stat.S_IMODE(ws.stat().st_mode) == 0o700  # exec may leave set-id files there
     for name in ("AGENTS.md", "SOUL.md", "USER.md"):
         text = (ws / name).read_text()
         assert text.count(START) == 1 and text.count(END) == 1

@@ -32,6 +32,7 @@ from claw_worker.providers.registry import build_provider, resolve_model
 from claw_worker.quotas import TokenBudget
 from claw_worker.tools.base import ToolContext
 from claw_worker.tools.registry import ToolRegistry, default_tools
+from claw_worker.workspace import make_workspace
 
 Message = dict[str, Any]
 T = TypeVar("T")
@@ -139,7 +140,7 @@ class Agent:
         refusal = budget.refusal()
         if refusal is not None:
             return AgentReply(text=refusal, over_budget=True)
-        self.workspace.mkdir(parents=True, exist_ok=True)
+        make_workspace(self.workspace)
 
         history = History(self.redis, message.session_key)
         # Before loading: an over-long history is summarised first (a failure keeps it as is).

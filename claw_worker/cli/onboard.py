@@ -20,7 +20,13 @@ from claw_worker.config.jsontext import JsonTextError, decode
 from claw_worker.config.paths import claw_home
 from claw_worker.config.store import atomic_write_text
 from claw_worker.embedded_redis import socket_problem
-from claw_worker.workspace import MANAGED_FILES, SEED_FILES, WORKSPACE_DIRS, template
+from claw_worker.workspace import (
+    MANAGED_FILES,
+    SEED_FILES,
+    WORKSPACE_DIRS,
+    make_workspace,
+    template,
+)
 
 BLOCK_START = "<!-- CLAWFLEET MANAGED BLOCK START -->"
 BLOCK_END = "<!-- CLAWFLEET MANAGED BLOCK END -->"
@@ -143,7 +149,7 @@ def onboard() -> None:
     click.echo(f"config     {path} ({config_state})")
 
     changes, kept = plan_workspace(workspace)
-    workspace.mkdir(parents=True, exist_ok=True)
+    make_workspace(workspace)
     for change in changes:
         if change.text is None:
             change.path.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
 from claw_worker.tools.exec_limits import DiskGuard, limits_for, pids_cgroup
 from claw_worker.tools.sandbox import REAPER_SCRIPT, sandbox_prefix
 from claw_worker.tools.shell_guard import CommandDenied, check_command
+from claw_worker.workspace import make_workspace
 
 # The fleet's own settings (the Redis URL carries its password; CLAW_* name the config and
 # home the command has no business with) never reach a command.
@@ -120,7 +121,7 @@ class ExecTool(Tool[ExecParams]):
         cfg = ctx.config.tools.exec
         check_denied(params.command, cfg.deny_patterns)
         timeout = min(params.timeout_sec or cfg.timeout_sec, cfg.timeout_sec)
-        ctx.workspace.mkdir(parents=True, exist_ok=True)
+        make_workspace(ctx.workspace)
         return run_guarded(params.command, ctx.workspace, timeout, cfg.max_output_chars, ctx)
 
 
