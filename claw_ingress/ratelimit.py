@@ -3,7 +3,7 @@
 Two kinds of token bucket (``gateway.rate_limit``):
 
 - **per client address** (the peer's, or behind ``gateway.trusted_proxies`` the one they
-  forward: ``client_addr.py``), on every HTTP request and WebSocket handshake but ``/health``
+  forward: ``client_addr.py``; an IPv6 address counts as its /64, ``address_bucket``), on every HTTP request and WebSocket handshake but ``/health``
   (:class:`IpRateLimit`, in front of every other check, so a flood of wrong tokens or
   foreign Origins counts too): over it, 429 with ``Retry-After`` (seconds); a WebSocket
   handshake gets the same 429 (or, where the server cannot answer a handshake with a
@@ -23,6 +23,7 @@ the message anyway, with its own clear 503.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import math
 import time
@@ -110,6 +111,21 @@ class RateLimiter:
                                limits.per_sender_burst)  # fmt: skip
 
 
+def address_bucket(address: str) -> str:
+    """Whose bucket a client address draws on: an IPv6 address its /64 (one host or site
+    gets a whole /64, so per exact address it would have endless buckets), an IPv4-mapped
+    one its IPv4 address, anything else itself."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 def too_many_payload(retry_after_sec: int, what: str) -> dict[str, object]:
     return {"error": f"too many {what}; retry after {retry_after_sec}s (gateway.rate_limit)",
             "retry_after_sec": retry_after_sec}  # fmt: skip
@@ -155,7 +171,7 @@ class IpRateLimit:
             await self.app(scope, receive, send)
             return
         limits = gateway.rate_limit
-        verdict = await limiter.take("ip", client, limits.per_ip_per_min,
+        verdict = await limiter.take("ip", address_bucket(client), limits.per_ip_per_min,
                                      limits.per_ip_burst)  # fmt: skip
         if verdict.allowed:
             await self.app(scope, receive, send)

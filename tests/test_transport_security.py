@@ -354,6 +354,28 @@ def test_the_per_address_limit_holds_in_total_across_two_replicas(fleet_factory)
     assert not tracebacks(fleet) and not tracebacks(fleet, "ingress2")
 
 
+def test_an_ipv6_client_cannot_multiply_its_allowance_across_its_64(fleet_factory) -> None:
+    """A host holds a whole /64: counted per exact address, each new address would bring a
+    fresh bucket. Behind a trusted proxy the forwarded addresses stand for the clients."""
+    burst = 4
+    fleet = fleet_factory(
+        gateway__trusted_proxies=["127.0.0.1"],
+        gateway__rate_limit={"per_ip_per_min": 1, "per_ip_burst": burst, "per_sender_per_min": 0},
+    )
+    fleet.start_ingress()
+    statuses = []
+    with httpx.Client(base_url=fleet.base_url, timeout=30) as http:
+        for n in range(1, 13):  # twelve addresses of one /64
+            resp = http.get("/v1/models", headers={"X-Forwarded-For": f"2001:db8:7:7::{n:x}"})
+            statuses.append(resp.status_code)
+        other = http.get("/v1/models", headers={"X-Forwarded-For": "2001:db8:7:8::1"})
+    assert statuses[:burst] == [200] * burst and set(statuses[burst:]) == {429}, statuses
+    assert other.status_code == 200  # another /64 has its own bucket
+    limited = statuses.count(429)
+    record("rate limit: one IPv6 /64, many addresses", tried=len(statuses), rejected=limited,
+           escapes=len(statuses) - burst - limited)  # fmt: skip
+
+
 def test_the_per_sender_limit_holds_on_the_apis_and_ws_across_replicas(fleet_factory) -> None:
     burst, per_min = 3, 6  # one message every 10 s after the burst
     fleet = fleet_factory(gateway__rate_limit={"per_ip_per_min": 0, "per_sender_per_min": per_min,
