@@ -134,6 +134,23 @@ def test_the_users_home_is_hidden_too(
 
 
 @needs_bwrap
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a home under /home")
+def test_other_users_homes_are_hidden(home: ClawHome) -> None:
+    """A root worker could read every home; under bwrap /home and /root are empty."""
+    other = Path("/home") / f"claw-test-{uuid.uuid4().hex[:8]}"
+    (other / ".ssh").mkdir(parents=True)
+    try:
+        (other / ".ssh" / "id_ed25519").write_text(API_KEY)
+        attempts = [f"cat {other}/.ssh/id_ed25519", f"grep -r {API_KEY[:8]} /home /root",
+                    "ls -la /home"]  # fmt: skip
+        tally_secret("exec: read other users' homes", exec_ctx(home.workspace), attempts,
+                     API_KEY)  # fmt: skip
+        assert other.name not in run(exec_ctx(home.workspace), "ls -a /home")
+    finally:
+        shutil.rmtree(other)
+
+
+@needs_bwrap
 def test_no_network_no_redis_no_metadata_service(home: ClawHome, redis_server) -> None:
     ctx = exec_ctx(home.workspace, timeout_sec=20)
     port = redis_server.port

@@ -8,10 +8,10 @@ per process) or "none". Under bubblewrap a command gets:
 - no network unless ``tools.exec.allow_network``: no Redis, no metadata service, and no
   abstract unix sockets of the host;
 - the system read-only (``--ro-bind / /``), fresh /tmp, /dev and /run (no host sockets
-  such as docker.sock; the tmpfs ones capped at ``tools.exec.tmpfs_mb``: RAM), $CLAW_HOME and the user's home (~/.ssh ...) hidden under empty
-  tmpfs and a config file
-  elsewhere ($CLAW_CONFIG) hidden behind /dev/null; the workspace, bound back read-write,
-  is the only writable place that lasts;
+  such as docker.sock; the tmpfs ones capped at ``tools.exec.tmpfs_mb``: RAM),
+  $CLAW_HOME and every user's home (/home, /root: ~/.ssh ...) hidden under empty tmpfs,
+  a config file elsewhere ($CLAW_CONFIG) hidden behind /dev/null; the workspace, bound
+  back read-write, is the only writable place that lasts;
 - ``--die-with-parent`` (it dies with the reaper), ``--new-session`` (no terminal
   injection), ``--cap-drop ALL``, and ``--clearenv`` then exactly the cleaned environment.
 """
@@ -33,6 +33,8 @@ from claw_worker.tools.base import ToolError
 log = logging.getLogger(__name__)
 
 FRESH_DIRS = (Path("/tmp"), Path("/run"))  # empty tmpfs in the sandbox
+# Every user's home, hidden too: a root worker could read them all (~/.ssh, tokens).
+OTHER_HOMES = (Path("/home"), Path("/root"))
 REAPER_SCRIPT = Path(__file__).with_name("_reaper.py")  # runs inside too (shell.py)
 
 _PROBE_TIMEOUT_SEC = 10.0
@@ -99,7 +101,8 @@ def bwrap_prefix(
     # worker user's home (~/.ssh, cloud credentials). A hidden directory that holds the
     # workspace is hidden first and the workspace bound back into it; one inside the
     # workspace is hidden after the bind.
-    hidden = sorted({h for h in (home, Path.home().resolve()) if h.is_dir() and h != workspace},
+    homes = (home, Path.home().resolve(), *OTHER_HOMES)
+    hidden = sorted({h for h in homes if h.is_dir() and h != workspace},
                     key=lambda h: len(h.parts))  # fmt: skip
     around = [h for h in hidden if not h.is_relative_to(workspace)]
     inside = [h for h in hidden if h.is_relative_to(workspace)]
