@@ -19,6 +19,7 @@ import redis
 from claw_worker import constants as k
 from claw_worker.config.schema import Config
 from claw_worker.contract import InboundMessage
+from claw_worker.control import live_processes
 from claw_worker.session import scripts as lua
 from claw_worker.session.enqueue import enqueue_call
 from claw_worker.session.runs import new_run_id
@@ -287,8 +288,10 @@ def test_standby_beat_rides_out_a_redis_restart_and_takes_over(
     r = redis_server.client()
     wait_for(lambda: r.get(k.BEAT_LOCK_KEY), timeout=30, what="the first beat to take the lock")
     standby = fleet.start_beat("beat-b")
-    wait_for(lambda: "beat: Starting..." in fleet.output("beat-b"), timeout=30,
-             what="the standby to start")  # fmt: skip
+    # Registered: its scheduler is made, and RedBeat's start-up handler (which follows at
+    # once) waits on the lock the first beat holds.
+    wait_for(lambda: len([p for p in live_processes(r) if p["role"] == "beat"]) == 2,
+             timeout=30, what="the standby to register")  # fmt: skip
     redis_server.stop()
     wait_for(lambda: "beat: waiting for the active-beat lock" in fleet.output("beat-b"),
              timeout=30, what="the standby to wait again after the outage")  # fmt: skip

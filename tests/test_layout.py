@@ -32,6 +32,8 @@ INGRESS_ALLOWED = {
     "claw_worker.config.store",
     "claw_worker.config.reload",
     "claw_worker.config.fleet",
+    "claw_worker.config.running",  # where the running fleet is (config set from a chat)
+    "claw_worker.config.local",  # the directories a config names, usable on this host
     "claw_worker.session",  # the enqueue side of the session package
     "claw_worker.session.enqueue",
     "claw_worker.session.scripts",

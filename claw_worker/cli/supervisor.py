@@ -147,11 +147,11 @@ class Supervisor:
         directory it cannot create (the log directory and workspace named by their field),
         another ``gateway run`` on this CLAW_HOME, a configured Redis that does not answer, a
         port already taken."""
+        self._check_dirs()  # CLAW_HOME's run directory first: it names CLAW_HOME
         try:
             check_local(self.config)
         except ConfigError as exc:
             raise SupervisorError(str(exc)) from None
-        self._check_dirs()
         self._lock = _run_lock.hold()
         if self._lock is None:
             pid = _run_lock.holder() or 0
