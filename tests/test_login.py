@@ -105,6 +105,27 @@ def test_login_without_a_terminal_needs_the_options(claw_home: ClawHome) -> None
     result = clawctl(claw_home, "login", "--api-base", "ftp://x", "--api-key", "k", "--model", "m")
     assert result.returncode != 0 and "http://" in result.stderr
     assert not claw_home.config_file.exists()
+    result = clawctl(claw_home, "login", "--api-base", "http://127.0.0.1:9/v1", "--api-key", "k",
+                     "--model", "", "--no-check")  # fmt: skip
+    assert result.returncode != 0 and "--model: the model name is empty" in result.stderr
+
+
+def test_login_with_an_empty_key_says_there_is_none(claw_home: ClawHome) -> None:
+    """An endpoint without a key (a local server) is fine, but not "from the environment"
+    when the environment has none."""
+    result = claw_home.clawctl(
+        "login",
+        "--api-base",
+        "http://127.0.0.1:9/v1",
+        "--api-key",
+        "",
+        "--model",
+        "m",
+        "--no-check",
+    )  # the environment has no key
+    assert result.returncode == 0, result.stderr
+    assert "key (none: the endpoint must take requests without one)" in result.stdout
+    assert "from the environment" not in result.stdout
 
 
 # -- interactive: the prompts answered on a pseudo-terminal ------------------------------------

@@ -167,6 +167,8 @@ def login(
     key_label = "API key (Enter keeps the saved one)" if saved_key else "API key"
     key = _ask(key, key_label, "--api-key", hide=True, default=saved_key)
     names = split_models(models)
+    if models and not names:  # given, but only blanks: asking would hide the mistake
+        raise CliError("--model: the model name is empty; give one, e.g. --model gpt-4o-mini")
     if not names:
         saved_models = ", ".join(str(m) for m in current.get("models") or [])
         answer = _ask(
@@ -203,5 +205,6 @@ def login(
         save_config_data(path, candidate)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
-    shown = MASK if key else "(from the environment)"
+    shown = MASK if key else ("(from the environment)" if env_key else "(none: the endpoint "
+                              "must take requests without one)")  # fmt: skip
     click.echo(f"saved {path}: {base} ({chosen}), models {', '.join(names)}, key {shown}")
