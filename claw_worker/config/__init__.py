@@ -42,6 +42,16 @@ def apply_env_overrides(config: Config) -> Config:
     return validate_config_data(data, "environment (" + ", ".join(ENV_OVERRIDES) + ")")
 
 
+def env_overridden() -> dict[str, str]:
+    """Dotted path -> the variable of this process's environment that overrides it (set and
+    not empty): a change to such a path reaches the file, never this process."""
+    return {
+        f"{section}.{name}": var
+        for var, (section, name) in ENV_OVERRIDES.items()
+        if os.environ.get(var)
+    }
+
+
 def current_config() -> Config:
     """The config of this process: --config / $CLAW_CONFIG / $CLAW_HOME/config.json, with
     the environment overrides above applied."""

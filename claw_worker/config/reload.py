@@ -29,7 +29,7 @@ import redis
 import structlog
 
 from claw_worker import constants as k
-from claw_worker.config import apply_env_overrides
+from claw_worker.config import apply_env_overrides, env_overridden
 from claw_worker.config.local import check_local
 from claw_worker.config.schema import Config
 from claw_worker.config.store import (
@@ -107,6 +107,8 @@ class Answer:
     ok: bool
     error: str = ""
     restart_needed: tuple[str, ...] = ()
+    # Changed settings this process's environment overrides (path -> variable): not taken.
+    overridden: dict[str, str] = field(default_factory=dict)
 
     @property
     def who(self) -> str:
@@ -129,14 +131,29 @@ class ReloadOutcome:
         elif not (self.committed or self.failed):
             lines = ["No running clawfleet process: the config applies when they start."]
         else:
-            lines = [f"Applied by {len(self.committed)} process(es):"]
-            for a in self.committed:
-                later = f" (restart needed for {', '.join(a.restart_needed)})"
-                lines.append(f"  {a.who}" + (later if a.restart_needed else ""))
+            full = [a for a in self.committed if not a.overridden]
+            lines = [f"Applied by {len(full)} process(es):"]
+            lines += [f"  {a.who}{_restart_note(a)}" for a in full]
             lines += [f"  FAILED {a.who}: {a.error}" for a in self.failed]
+            overridden = [a for a in self.committed if a.overridden]
+            if overridden:
+                lines.append(f"Not applied by {len(overridden)} process(es) for these settings:")
+            for a in overridden:
+                lines += [
+                    f"  {a.who}: {path} overridden by {var} in this process's environment: "
+                    "not applied"
+                    for path, var in a.overridden.items()
+                ]
+                needed = ", ".join(a.restart_needed)
+                lines += [f"  {a.who}: restart needed for {needed}"] if needed else []
         lines += [f"  no answer from {name} (stopped?)" for name in self.silent]
         lines += [self.note] if self.note else []
         return "\n".join(lines)
+
+
+def _restart_note(answer: Answer) -> str:
+    needed = answer.restart_needed
+    return f" (restart needed for {', '.join(needed)})" if needed else ""
 
 
 # -- the coordinator -------------------------------------------------------------------------
@@ -237,7 +254,10 @@ class ReloadParticipant:
         self.config_file = config_file
         self.current = current
         self.apply = apply
-        self._pending: dict[str, Config] = {}
+        self._pending: dict[str, tuple[Config, Config]] = {}
+        # What the file said when this process last took it (before the environment's
+        # overrides): a reload's changes are what differs from it.
+        self._from_file: Config | None = _file_config(config_file())
 
     def attach(self, listener: ControlListener) -> None:
         listener.on("reload", self.on_event)
@@ -256,29 +276,47 @@ class ReloadParticipant:
                 self._answer(reload_id, phase, ok=True)
         elif phase == "commit":
             try:
-                candidate = self._pending.pop(reload_id, None)
-                if candidate is None:  # started after the prepare: take it now
-                    candidate = self._candidate(changes, check_write=True)
+                pending = self._pending.pop(reload_id, None)
+                if pending is None:  # started after the prepare: take it now
+                    pending = self._candidate(changes, check_write=True)
+                candidate, from_file = pending
                 self._persist(changes)
                 restart = self._restart_needed(candidate)
+                overridden = self._overridden(from_file)
                 self.apply(candidate)
+                self._from_file = from_file
             except (ConfigError, OSError) as exc:
                 log.error("config reload failed to apply", error=str(exc))
                 self._answer(reload_id, phase, ok=False, error=str(exc))
             else:
-                log.info("config reloaded", restart_needed=restart)
-                self._answer(reload_id, phase, ok=True, restart_needed=restart)
+                log.info("config reloaded", restart_needed=restart, overridden=overridden)
+                self._answer(reload_id, phase, ok=True, restart_needed=restart,
+                             overridden=overridden)  # fmt: skip
         elif phase == "abort":
             self._pending.pop(reload_id, None)
 
-    def _candidate(self, changes: dict[str, Any], *, check_write: bool) -> Config:
+    def _candidate(self, changes: dict[str, Any], *, check_write: bool) -> tuple[Config, Config]:
+        """The config to run (the environment's overrides applied) and the file's part."""
         path = self.config_file()
         data, missing = _with_changes(path, changes)
         if missing and check_write and not _writable(path):
             raise ConfigError(read_only_message(path, OSError(30, "read-only")))
-        config = apply_env_overrides(validate_config_data(data, str(path)))
+        from_file = validate_config_data(data, str(path))
+        config = apply_env_overrides(from_file)
         check_local(config, self.ident.role)
-        return config
+        return config, from_file
+
+    def _overridden(self, from_file: Config) -> dict[str, str]:
+        """Path -> variable for each setting the change gives a value that this process's
+        environment overrides with another: the file has it, this process never takes it
+        (nor at a restart, while the variable is set)."""
+        before = self._from_file
+        return {
+            path: var
+            for path, var in env_overridden().items()
+            if os.environ[var] != get_path(from_file, path)
+            and (before is None or get_path(before, path) != get_path(from_file, path))
+        }
 
     def _persist(self, changes: dict[str, Any]) -> None:
         """Write ``changes`` into this host's file unless it has them (the origin's has)."""
@@ -306,6 +344,13 @@ class ReloadParticipant:
             pipe.rpush(acks, ack)
             pipe.expire(acks, ACKS_TTL_SEC)
             pipe.execute()
+
+
+def _file_config(path: Path) -> Config | None:
+    try:
+        return validate_config_data(read_raw_data(path), str(path))
+    except (ConfigError, OSError):
+        return None
 
 
 def _writable(path: Path) -> bool:
