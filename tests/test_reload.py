@@ -3,8 +3,9 @@
 Two hosts (own config files, shared Redis): ``clawctl config set`` on host A is applied by
 A's ingress and worker and B's worker, written into B's file, and takes effect in the next
 message without a restart; a value one process rejects is applied nowhere and A's file is
-restored from its backup; ``clawctl config reload`` and ``/reload`` re-read the files; a
-read-only config file (as compose mounts it) gets a clear answer, never a 500.
+restored from its backup; ``clawctl config reload`` and ``/reload`` make every host take the
+file they were run on (written into the others' files, so no host keeps a config of its
+own); a read-only config file (as compose mounts it) gets a clear answer, never a 500.
 """
 
 from __future__ import annotations
@@ -131,23 +132,31 @@ def test_set_reaches_both_hosts_takes_effect_and_a_rejection_rolls_back(
     assert not (a.home / "blocked").exists()  # A never applied it either
     ask(base, "still fine", "api:r3")
 
-    # 3. A hand edit on each host, then reload (CLI and in chat): each re-reads its own file.
-    for host, word in ((a, "Halted A."), (b, "Halted B.")):
+    # 3. Files edited by hand on both hosts, then reload on A (CLI and in chat): the whole
+    # fleet takes A's file, B's file is written to match it, and says where it differed.
+    for host, temperature in ((a, 0.7), (b, 0.4)):
         data = host.read_config()
-        data.setdefault("agents", {}).setdefault("defaults", {})["texts"] = {"run_stopped": word}
+        data["agents"]["defaults"]["temperature"] = temperature
         host.write_config(data)
     out = clawctl(a, "config", "reload")
     assert out.returncode == 0 and "Applied by 3 process(es)" in out.stdout, out.stderr
+    assert out.stdout.count("its config file differed") == 1, out.stdout
+    # B's own gateway.port (each host's file was written with a port of its own) too.
+    assert (f"(pid {b.procs['worker'].pid}): its config file differed from the reloaded one "
+            "at gateway.port, agents.defaults.temperature; written to match it") in out.stdout  # fmt: skip
+    assert b.read_config() == a.read_config()
+    for n in range(4):  # whichever host's worker takes it
+        ask(base, f"reloaded {n}", f"api:r4-{n}")
+        assert llm_server.requests[-1]["temperature"] == 0.7
     reply = ask(base, "/reload", "api:r4")["reply"]
-    assert reply.startswith("Applied by 3 process(es)"), reply
+    assert reply.startswith("Applied by 3 process(es)") and "differed" not in reply, reply
     # A reload that one process rejects: nothing applied, the file is left for the user.
-    data = b.read_config()
-    data["logging"] = {"dir": "~/blocked/again"}
-    b.write_config(data)
+    edited = a.read_config()
+    a.write_config(edited | {"logging": {"dir": "~/blocked/again"}})  # B cannot make it
     out = clawctl(a, "config", "reload")
     assert out.returncode == 1 and "Rejected, nothing was applied" in out.stderr
-    assert "fix it and reload again" in out.stderr
-    b.write_config(host_config(llm_server.base_url))
+    assert "fix it and reload again" in out.stderr and "logging" not in b.read_config()
+    a.write_config(edited)
 
     # 4. A process killed with kill -9 is still registered for a few seconds: the reload
     # does not wait for it forever, applies on the others and says who did not answer.
@@ -237,14 +246,15 @@ def test_a_directory_no_process_can_make_is_refused_everywhere_and_later_sets_ap
         assert out.returncode == 1 and f"{field}: cannot create" in out.stderr, out.stderr
         assert a.config_file.read_text() == before
     assert clawctl(a, "config", "check").returncode == 0
-    # Host B's file edited by hand: B's worker refuses it in the prepare phase, so no
-    # process takes the reload.
-    original = b.read_config()
-    b.write_config(original | {"agents": {"defaults": {"workspace": "/proc/foo"}}})
+    # A's file edited by hand: the workers refuse it in the prepare phase, so no process
+    # takes the reload, and B's file is left as it was.
+    original, b_file = a.read_config(), b.config_file.read_text()
+    a.write_config(original | {"agents": {"defaults": {"workspace": "/proc/foo"}}})
     out = clawctl(a, "config", "reload")
     assert out.returncode == 1 and "Rejected, nothing was applied" in out.stderr, out.stderr
     assert "agents.defaults.workspace: cannot create the workspace /proc/foo" in out.stderr
-    b.write_config(original)
+    assert b.config_file.read_text() == b_file
+    a.write_config(original)
     # The next change applies everywhere, and in effect.
     out = clawctl(a, "config", "set", "gateway.token", "next-token-12345678")
     assert out.returncode == 0 and "Applied by 3 process(es)" in out.stdout, out.stderr

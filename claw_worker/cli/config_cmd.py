@@ -77,8 +77,9 @@ def set_cmd(pairs: tuple[str, ...]) -> None:
 
 @config.command("reload")
 def reload_cmd() -> None:
-    """Make every running process of the fleet (all hosts) re-read its config file; report
-    which applied it. If one rejects it, none applies it."""
+    """Make every running process of the fleet (all hosts) take this config file, written
+    into each host's file where that differs; report which applied it. If one rejects it,
+    none applies it."""
     _report(lambda: reload_config(current_path()), "Nothing was reloaded.")
 
 

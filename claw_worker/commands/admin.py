@@ -34,7 +34,7 @@ async def _config(ctx: CommandContext, args: list[str]) -> str:
     return usage
 
 
-@command("/reload", "/reload", "re-read the config file in every running process", admin=True)
+@command("/reload", "/reload", "make every running process take this config file", admin=True)
 async def _reload(ctx: CommandContext, args: list[str]) -> str:
     if args:
         return f"Usage: {COMMANDS['/reload'].usage}"

@@ -138,11 +138,16 @@ class FleetElsewhere(Exception):
 
 
 def reload_running(
-    config: Config, changes: dict[str, Any] | None, path: Path, *before: Config
+    config: Config,
+    changes: dict[str, Any] | None,
+    path: Path,
+    *before: Config,
+    document: dict[str, Any] | None = None,
 ) -> ReloadOutcome | None:
     """Reload every running process (None: no fleet's Redis answers), through the Redis the
-    fleet is on (``running.find_fleet``: ``before`` is the config before a change). Refused
-    with FleetElsewhere when the fleet on this host runs on other files than ``path``."""
+    fleet is on (``running.find_fleet``: ``before`` is the config before a change), with
+    ``changes`` (a set) or ``document`` (a reload: the whole file). Refused with
+    FleetElsewhere when the fleet on this host runs on other files than ``path``."""
     found = find_fleet(config, *before)
     if found is None:
         return None
@@ -154,7 +159,7 @@ def reload_running(
                 f"Not applied to the running fleet: its processes on this host run on "
                 f"{', '.join(others)}, not {path}."
             )
-        outcome = reload_fleet(conn, changes)
+        outcome = reload_fleet(conn, changes, document=document)
     finally:
         conn.close()
     configured = redis_url(apply_env_overrides(config))
@@ -232,10 +237,14 @@ def _already_invalid(path: Path, data: dict[str, Any]) -> str:
 
 
 def reload_config(path: Path) -> ChangeResult:
-    """Ask every running process to re-read its config file (checked here first)."""
+    """Make every running process, on every host, take the config file at ``path`` (checked
+    here first) and write it into its own file where that differs, as ``set`` does with
+    one value: a hand edit on one host reaches the fleet, never leaving hosts on files that
+    differ. A host that cannot take it (its log directory, a read-only file) rejects it
+    for all."""
     config = load_config(path)
     try:
-        outcome = reload_running(config, None, path)
+        outcome = reload_running(config, None, path, document=read_raw_data(path))
     except ReloadBusy as exc:
         return ChangeResult(False, f"Not reloaded: {exc}.")
     except FleetElsewhere as exc:

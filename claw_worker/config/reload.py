@@ -1,14 +1,16 @@
 """Config reload across the fleet: two phases over the control channel, an answer per process.
 
 The coordinator (``clawctl config set|reload``, ``/config set``, ``/reload``) takes the
-fleet-wide reload lock and broadcasts ``prepare`` with the changes (dotted path -> value;
-none for a plain reload). Every registered process (workers, beat, ingress, on every host)
-reads its own config file, applies the changes on top, validates the result and checks
-what it needs locally (its log directory, a worker's workspace), and answers. If any
-process rejects, the coordinator broadcasts ``abort`` and nothing is applied anywhere;
-otherwise ``commit``: each process writes the changes into its own file when that file
-does not have them yet (another host's), swaps its config snapshot in one assignment and
-answers again, naming the settings it can only take at its next restart.
+fleet-wide reload lock and broadcasts ``prepare`` with the changes (dotted path -> value)
+or, for a reload, the whole file it was run on. Every registered process (workers, beat,
+ingress, on every host) reads its own config file, applies the changes on top (or takes
+the reloaded file instead), validates the result and checks what it needs locally (its log
+directory, a worker's workspace), and answers. If any process rejects, the coordinator
+broadcasts ``abort`` and nothing is applied anywhere; otherwise ``commit``: each process
+writes the change into its own file when that file does not have it yet (another host's),
+swaps its config snapshot in one assignment and answers again, naming the settings it can
+only take at its next restart, those its environment overrides, and (a reload) where its
+file differed.
 
 Keys: ``claw:reload:lock`` (one reload at a time), ``claw:reload:<id>:acks`` (the answers,
 a list with a TTL), and the registry of ``claw_worker/control.py``.
@@ -109,6 +111,8 @@ class Answer:
     restart_needed: tuple[str, ...] = ()
     # Changed settings this process's environment overrides (path -> variable): not taken.
     overridden: dict[str, str] = field(default_factory=dict)
+    # A reload: the settings where this process's file differed from the reloaded one.
+    file_differed: tuple[str, ...] = ()
 
     @property
     def who(self) -> str:
@@ -134,6 +138,12 @@ class ReloadOutcome:
             full = [a for a in self.committed if not a.overridden]
             lines = [f"Applied by {len(full)} process(es):"]
             lines += [f"  {a.who}{_restart_note(a)}" for a in full]
+            lines += [
+                f"  {a.who}: its config file differed from the reloaded one at "
+                f"{', '.join(a.file_differed)}; written to match it"
+                for a in self.committed
+                if a.file_differed
+            ]
             lines += [f"  FAILED {a.who}: {a.error}" for a in self.failed]
             overridden = [a for a in self.committed if a.overridden]
             if overridden:
@@ -163,24 +173,27 @@ def reload_fleet(
     client: redis.Redis,
     changes: dict[str, Any] | None = None,
     *,
+    document: dict[str, Any] | None = None,
     prepare_timeout: float = PREPARE_TIMEOUT_SEC,
     commit_timeout: float = COMMIT_TIMEOUT_SEC,
 ) -> ReloadOutcome:
-    """Ask every running process to take the config (with ``changes`` applied)."""
+    """Ask every running process to take the config: its own file with ``changes`` applied
+    (a set), or ``document``, the whole file a reload was run on, then written into its own
+    file when that differs, so that every host runs and keeps one config."""
     token = uuid.uuid4().hex
     if not client.set(k.RELOAD_LOCK, token, nx=True, px=LOCK_TTL_MS):
         raise ReloadBusy("another config reload is under way; try again in a few seconds")
     try:
         reload_id = uuid.uuid4().hex
         expected = {p["key"]: p["name"] for p in live_processes(client)}
-        _broadcast(client, reload_id, "prepare", changes)
+        _broadcast(client, reload_id, "prepare", changes, document)
         prepared = _collect(client, reload_id, "prepare", set(expected), prepare_timeout)
         rejected = [a for a in prepared.values() if not a.ok]
         silent = [name for key, name in expected.items() if key not in prepared]
         if rejected:
-            _broadcast(client, reload_id, "abort", changes)
+            _broadcast(client, reload_id, "abort", changes, None)
             return ReloadOutcome(False, rejected=rejected, silent=silent)
-        _broadcast(client, reload_id, "commit", changes)
+        _broadcast(client, reload_id, "commit", changes, document)
         done = _collect(client, reload_id, "commit", set(prepared), commit_timeout)
         silent += [prepared[key].who for key in prepared if key not in done]
         return ReloadOutcome(
@@ -200,8 +213,12 @@ return 0
 """
 
 
-def _broadcast(client: redis.Redis, reload_id: str, phase: str, changes: Any) -> None:
+def _broadcast(
+    client: redis.Redis, reload_id: str, phase: str, changes: Any, document: Any
+) -> None:
     event = {"op": "reload", "id": reload_id, "phase": phase, "changes": changes or {}}
+    if document is not None:
+        event["document"] = document
     client.publish(k.CONTROL_CHANNEL, json.dumps(event))
 
 
@@ -228,13 +245,27 @@ def _collect(
 # -- the process side ------------------------------------------------------------------------
 
 
-def _with_changes(path: Path, changes: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """The file's data with ``changes`` applied, and whether the file lacks any of them."""
+def _taken(
+    path: Path, changes: dict[str, Any], document: dict[str, Any] | None
+) -> tuple[dict[str, Any], list[str]]:
+    """The data to take (``document`` if given, else the file's) with ``changes`` applied,
+    and the settings where the file differs from it (empty: the file has it already)."""
     data = read_raw_data(path)
-    new = data
+    new = data if document is None else document
     for dotted, value in changes.items():
         new = set_path(new, dotted, value)
-    return new, new != data
+    return new, _differing(data, new)
+
+
+def _differing(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted paths of the leaves (values that are not objects) that differ."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [prefix or "(the whole file)"]
+    return [
+        found
+        for name in dict.fromkeys([*old, *new])
+        for found in _differing(old.get(name), new.get(name), f"{prefix}.{name}".lstrip("."))
+    ]
 
 
 class ReloadParticipant:
@@ -265,11 +296,12 @@ class ReloadParticipant:
     def on_event(self, event: dict[str, Any]) -> None:
         reload_id, phase = str(event.get("id")), event.get("phase")
         changes = event.get("changes") or {}
+        document = event.get("document")  # a reload: the file it was run on, whole
         if phase == "prepare":
             while len(self._pending) >= MAX_PENDING:  # a coordinator died between phases
                 self._pending.pop(next(iter(self._pending)))
             try:
-                self._pending[reload_id] = self._candidate(changes, check_write=True)
+                self._pending[reload_id] = self._candidate(changes, document)
             except ConfigError as exc:
                 self._answer(reload_id, phase, ok=False, error=str(exc))
             else:
@@ -278,9 +310,9 @@ class ReloadParticipant:
             try:
                 pending = self._pending.pop(reload_id, None)
                 if pending is None:  # started after the prepare: take it now
-                    pending = self._candidate(changes, check_write=True)
+                    pending = self._candidate(changes, document)
                 candidate, from_file = pending
-                self._persist(changes)
+                differed = self._persist(changes, document)
                 restart = self._restart_needed(candidate)
                 overridden = self._overridden(from_file)
                 self.apply(candidate)
@@ -289,17 +321,20 @@ class ReloadParticipant:
                 log.error("config reload failed to apply", error=str(exc))
                 self._answer(reload_id, phase, ok=False, error=str(exc))
             else:
-                log.info("config reloaded", restart_needed=restart, overridden=overridden)
+                log.info("config reloaded", restart_needed=restart, overridden=overridden,
+                         file_differed=differed)  # fmt: skip
                 self._answer(reload_id, phase, ok=True, restart_needed=restart,
-                             overridden=overridden)  # fmt: skip
+                             overridden=overridden, file_differed=differed)  # fmt: skip
         elif phase == "abort":
             self._pending.pop(reload_id, None)
 
-    def _candidate(self, changes: dict[str, Any], *, check_write: bool) -> tuple[Config, Config]:
+    def _candidate(
+        self, changes: dict[str, Any], document: dict[str, Any] | None
+    ) -> tuple[Config, Config]:
         """The config to run (the environment's overrides applied) and the file's part."""
         path = self.config_file()
-        data, missing = _with_changes(path, changes)
-        if missing and check_write and not _writable(path):
+        data, missing = _taken(path, changes, document)
+        if missing and not _writable(path):
             raise ConfigError(read_only_message(path, OSError(30, "read-only")))
         from_file = validate_config_data(data, str(path))
         config = apply_env_overrides(from_file)
@@ -318,15 +353,18 @@ class ReloadParticipant:
             and (before is None or get_path(before, path) != get_path(from_file, path))
         }
 
-    def _persist(self, changes: dict[str, Any]) -> None:
-        """Write ``changes`` into this host's file unless it has them (the origin's has)."""
-        if not changes:
-            return
+    def _persist(self, changes: dict[str, Any], document: dict[str, Any] | None) -> tuple[str, ...]:
+        """Write the change into this host's file unless it has it (the origin's has); for
+        a reload, the settings where the file differed (the first process of a host to take
+        the lock writes it, and says so)."""
+        if not changes and document is None:
+            return ()
         path = self.config_file()
         with file_lock(path):
-            data, missing = _with_changes(path, changes)
+            data, missing = _taken(path, changes, document)
             if missing:
                 save_config_data(path, data)
+        return tuple(missing) if document is not None else ()
 
     def _restart_needed(self, candidate: Config) -> tuple[str, ...]:
         old = self.current()
