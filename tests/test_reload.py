@@ -34,7 +34,13 @@ ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 def host_config(llm_url: str, **tools: Any) -> dict[str, Any]:
     return {
         "providers": {"proxy": {"api_base": llm_url, "api_key": "sk-x-123456789", "models": ["m"]}},
-        "gateway": {"port": free_port(), "token": TOKEN, "admins": ["api:ops"]},
+        # One admin sender asks every message: a burst above the tests' count of them.
+        "gateway": {
+            "port": free_port(),
+            "token": TOKEN,
+            "admins": ["api:ops"],
+            "rate_limit": {"per_sender_burst": 100},
+        },
         "worker": {"concurrency": 8, "lease_sec": 3, "sweep_interval_sec": 1},
         "tools": {"exec": {"enabled": False}},
     }
