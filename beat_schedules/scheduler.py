@@ -27,7 +27,7 @@ from claw_worker.config import Config, config_path, current_config
 from claw_worker.config.reload import LiveConfig, ReloadParticipant
 from claw_worker.control import ControlListener, process_listener
 from claw_worker.process import identity, set_identity
-from claw_worker.redis_conn import client, redis_url
+from claw_worker.redis_conn import client, record_url, redis_url
 
 SELFCHECK_QUIET_SEC = 600  # a beat taking over within this of the last start: no new check
 REDIS_RETRY_SEC = 1.0  # while Redis is away, how often the active beat tries it again
@@ -42,6 +42,7 @@ class FleetScheduler(RedBeatScheduler):
             set_identity("beat")
         url = redis_url(config, start_embedded=not config.redis.url)
         _wait_for_redis(url)  # RedBeat's start-up would give up after 30 s and end beat
+        record_url(url)  # for clawctl (config/running.py)
         self.live = LiveConfig(config)
         self._selfcheck_sent = False
         self._redis_down_since: float | None = None

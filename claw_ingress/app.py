@@ -58,7 +58,7 @@ from claw_worker.contract import InboundMessage, MessageStatus, session_name_err
 from claw_worker.control import ControlListener
 from claw_worker.process import identity
 from claw_worker.redis_conn import client as sync_client
-from claw_worker.redis_conn import redis_url
+from claw_worker.redis_conn import record_url, redis_url
 from claw_worker.session.enqueue import AsyncMailbox
 from claw_worker.session.stop import request_stop
 
@@ -297,6 +297,7 @@ def _join_control(
         "channels": {},  # present from the start: the heartbeat thread reads the dict
     }
     redis_client = sync_client(url)
+    record_url(url)  # for clawctl (config/running.py)
     listener = ControlListener(redis_client, identity(), info=info)
 
     def apply(new: Config) -> None:

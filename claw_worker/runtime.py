@@ -27,7 +27,7 @@ from claw_worker.contract import InboundMessage, Origin
 from claw_worker.control import ControlListener, process_listener
 from claw_worker.process import identity
 from claw_worker.quotas import SenderRuns
-from claw_worker.redis_conn import client, redis_url
+from claw_worker.redis_conn import client, record_url, redis_url
 from claw_worker.session.leases import LeaseKeeper
 from claw_worker.session.mailbox import Mailbox
 from claw_worker.session.runner import DrainContext
@@ -62,9 +62,9 @@ class Snapshot:
 
 class Runtime:
     def __init__(self, config: Config) -> None:
-        self.redis: redis.Redis = client(
-            redis_url(config), max_connections=4 * config.worker.concurrency + 64
-        )
+        url = redis_url(config)
+        self.redis: redis.Redis = client(url, max_connections=4 * config.worker.concurrency + 64)
+        record_url(url)  # for clawctl (config/running.py)
         self.live = LiveConfig(config)
         self._snapshot = self._make_snapshot(config)
         self.mailbox = Mailbox(self.redis, lease_ms=config.worker.lease_sec * 1000)

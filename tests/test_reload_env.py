@@ -2,10 +2,15 @@
 (``CLAW_REDIS_URL``, ``CLAW_GATEWAY_TOKEN``) overrides the file, and clawctl may not have it.
 
 A change to a setting a process's environment overrides is named per process as not applied
-(a token rotation that did not happen must not read as done).
+(a token rotation that did not happen must not read as done); a clawctl whose config and
+shell name no Redis finds the fleet through the URL its processes recorded, or says where it
+looked and how to point it at the fleet.
 """
 
 from __future__ import annotations
+
+import os
+import stat
 
 import httpx
 
@@ -54,3 +59,30 @@ def test_a_change_the_environment_overrides_is_named_not_applied(
     assert out.returncode == 0 and "Applied by 2 process(es)" in out.stdout, out.stdout
     assert "(restart needed for worker.concurrency)" in out.stdout
     assert "overridden" not in out.stdout
+
+
+def test_clawctl_finds_a_fleet_given_its_redis_only_in_its_environment(
+    make_host, redis_server, llm_server
+) -> None:
+    a = make_host("a")
+    start(a, llm_server.base_url, "worker")  # no redis.url in the file: compose gives it
+    registered(redis_server, 1)
+    recorded = a.claw_home / "run" / "redis-url"
+    assert recorded.read_text() == redis_server.url
+    assert stat.S_IMODE(os.stat(recorded).st_mode) == 0o600  # the URL may hold a password
+    assert stat.S_IMODE(os.stat(recorded.parent).st_mode) == 0o700
+
+    # clawctl in a shell without CLAW_REDIS_URL: the file names no Redis (embedded).
+    out = clawctl(a, "config", "set", "agents.defaults.temperature", "0.3", CLAW_REDIS_URL="")
+    assert out.returncode == 0 and "Applied by 1 process(es)" in out.stdout, out.stdout
+    assert f"Reached the fleet on {redis_server.url}, the Redis its processes" in out.stdout
+    assert "restart the fleet" not in out.stdout  # a restart would not move it
+    out = clawctl(a, "config", "reload", CLAW_REDIS_URL="")
+    assert out.returncode == 0 and "Applied by 1 process(es)" in out.stdout, out.stdout
+
+    # Nothing recorded: said plainly where it looked and how to reach the fleet.
+    recorded.unlink()
+    out = clawctl(a, "config", "set", "agents.defaults.temperature", "0.4", CLAW_REDIS_URL="")
+    assert out.returncode == 0, out.stderr
+    assert f"No running fleet found on unix://{a.claw_home}/run/redis.sock: " in out.stdout
+    assert "run clawctl with the same CLAW_REDIS_URL" in out.stdout, out.stdout

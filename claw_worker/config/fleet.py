@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from claw_worker.config import apply_env_overrides, jsontext
 from claw_worker.config.local import check_local
 from claw_worker.config.reload import ReloadBusy, ReloadOutcome, reload_fleet
-from claw_worker.config.running import find_fleet, other_config_files
+from claw_worker.config.running import find_fleet, fleet_urls, other_config_files
 from claw_worker.config.schema import Config
 from claw_worker.config.store import (
     ConfigError,
@@ -35,7 +35,7 @@ from claw_worker.config.store import (
     split_path,
     validate_config_data,
 )
-from claw_worker.redis_conn import redis_url
+from claw_worker.redis_conn import recorded_url, redis_url
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,19 @@ def _with(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+# How to reach a fleet that clawctl did not find where it looked.
+POINT_AT_FLEET = (
+    "If the fleet runs with CLAW_REDIS_URL in its environment (compose, a systemd unit), "
+    "run clawctl with the same CLAW_REDIS_URL to reach it."
+)
+
+
+def no_fleet_found(config: Config, *before: Config) -> str:
+    """Where the fleet was looked for (passwords masked), as the start of a sentence."""
+    tried = ", ".join(mask_url_password(url) for url in fleet_urls(config, *before))
+    return f"No running fleet found on {tried}"
+
+
 class FleetElsewhere(Exception):
     """The fleet running on this host runs on other config files than the one changed."""
 
@@ -162,8 +175,16 @@ def reload_running(
         outcome = reload_fleet(conn, changes, document=document)
     finally:
         conn.close()
-    configured = redis_url(apply_env_overrides(config))
-    if url != configured:
+    configured, *named_before = (redis_url(apply_env_overrides(c)) for c in (config, *before))
+    if not (outcome.committed or outcome.failed or outcome.rejected or outcome.silent):
+        outcome.note = f"{no_fleet_found(config, *before)}. {POINT_AT_FLEET}"
+    elif url not in (configured, *named_before) and url == recorded_url():
+        outcome.note = (
+            f"Reached the fleet on {mask_url_password(url)}, the Redis its processes on "
+            "this host recorded: neither the config nor CLAW_REDIS_URL here names it (the "
+            "fleet's own environment gives it)."
+        )
+    elif url != configured:
         outcome.note = (
             f"The config names another Redis ({mask_url_password(configured)}) than "
             f"the one the running fleet is on ({mask_url_password(url)}): restart the "
@@ -204,7 +225,11 @@ def change_config(path: Path, pairs: list[tuple[str, str]]) -> ChangeResult:
     except FleetElsewhere as exc:
         return ChangeResult(True, f"{done}\n{exc} It applies where {path} is used, at start.")
     if outcome is None:
-        return ChangeResult(True, f"{done}\nNo running fleet reached: it applies at start.")
+        return ChangeResult(
+            True,
+            f"{done}\n{no_fleet_found(config, *before)}: the change applies when its "
+            f"processes start. {POINT_AT_FLEET}",
+        )
     if not outcome.applied or (outcome.failed and not outcome.committed):
         restore_backup(path, existed=existed)  # no process took it: nor does the file
         restored = f"{path} restored from {path.name}.bak" if existed else f"{path} removed"
@@ -250,9 +275,7 @@ def reload_config(path: Path) -> ChangeResult:
     except FleetElsewhere as exc:
         return ChangeResult(False, f"Not reloaded. {exc}")
     if outcome is None:
-        return ChangeResult(
-            False, "No running fleet reached (its Redis does not answer): nothing to reload."
-        )
+        return ChangeResult(False, f"{no_fleet_found(config)}: nothing to reload. {POINT_AT_FLEET}")
     if not outcome.applied:
         return ChangeResult(
             False,

@@ -1,9 +1,12 @@
 """Finding the running fleet from outside it: the Redis it is on, the config file it runs on.
 
 The config file names a Redis, but a running fleet stays on the one it started with until it
-restarts: after ``config set redis.url ...`` the two differ. So the fleet is looked for on
-the Redis the config names, then on those it named before a change, then on this home's
-embedded Redis if that is running; the first with live processes is the fleet's.
+restarts: after ``config set redis.url ...`` the two differ; and a fleet given
+``CLAW_REDIS_URL`` by compose or a systemd unit runs on a Redis neither the file nor
+clawctl's shell names. So the fleet is looked for on the Redis the config names, then on
+those it named before a change, then on the one this home's fleet processes recorded
+(``$CLAW_HOME/run/redis-url``), then on this home's embedded Redis if that is running; the
+first with live processes is the fleet's.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from claw_worker.config import apply_env_overrides
 from claw_worker.config.schema import Config
 from claw_worker.control import live_processes
 from claw_worker.embedded_redis import embedded_url
-from claw_worker.redis_conn import client, redis_url
+from claw_worker.redis_conn import client, recorded_url, redis_url
 
 CONNECT_TIMEOUT_SEC = 1.0
 READ_TIMEOUT_SEC = 10.0  # above the 1 s BLPOP slices of a reload
@@ -38,9 +41,8 @@ def connect(url: str) -> redis.Redis | None:
 def find_fleet(config: Config, *before: Config) -> tuple[str, redis.Redis] | None:
     """The URL and a client of the Redis the running fleet is on (see the module's text);
     with no live process anywhere, the first Redis that answers; None if none does."""
-    urls = [redis_url(apply_env_overrides(c)) for c in (config, *before)] + [embedded_url()]
     found: list[tuple[str, redis.Redis]] = []
-    for url in dict.fromkeys(urls):
+    for url in fleet_urls(config, *before):
         conn = connect(url)
         if conn is None:
             continue
@@ -54,6 +56,12 @@ def find_fleet(config: Config, *before: Config) -> tuple[str, redis.Redis] | Non
     for _, conn in found[1:]:
         conn.close()
     return found[0] if found else None
+
+
+def fleet_urls(config: Config, *before: Config) -> list[str]:
+    """Where the fleet is looked for, in order (see the module's text)."""
+    urls = [redis_url(apply_env_overrides(c)) for c in (config, *before)]
+    return list(dict.fromkeys([*urls, recorded_url() or urls[0], embedded_url()]))
 
 
 def other_config_files(conn: redis.Redis, path: Path) -> list[str]:
