@@ -36,8 +36,8 @@ def test_gateway_run_with_an_unusable_logging_dir_names_it(claw_home: ClawHome) 
     )
     result = claw_home.clawctl("gateway", "run")
     assert result.returncode == 1
-    assert f"logging.dir is {UNCREATABLE}/logs" in result.stderr
-    assert "clawctl config set logging.dir" in result.stderr
+    assert f"logging.dir: cannot create the log directory {UNCREATABLE}/logs" in result.stderr
+    assert "set logging.dir to a directory this host can create and write" in result.stderr
     assert "stopping" not in result.stdout and "stopped" not in result.stdout
     assert not (claw_home.path / "run" / "redis.sock").exists()
 

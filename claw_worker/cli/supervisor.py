@@ -31,7 +31,7 @@ from claw_worker import constants as k
 from claw_worker.cli import _run_lock
 from claw_worker.cli._listeners import clawfleet_listener
 from claw_worker.config import Config, ConfigError
-from claw_worker.config.local import check_local
+from claw_worker.config.local import check_local, dir_problem
 from claw_worker.config.paths import claw_home, logs_dir, run_dir
 from claw_worker.embedded_redis import (
     EmbeddedRedis,
@@ -147,11 +147,7 @@ class Supervisor:
         directory it cannot create (the log directory and workspace named by their field),
         another ``gateway run`` on this CLAW_HOME, a configured Redis that does not answer, a
         port already taken."""
-        self._check_dirs()  # CLAW_HOME's run directory first: it names CLAW_HOME
-        try:
-            check_local(self.config)
-        except ConfigError as exc:
-            raise SupervisorError(str(exc)) from None
+        self._check_dirs()
         self._lock = _run_lock.hold()
         if self._lock is None:
             pid = _run_lock.holder() or 0
@@ -178,25 +174,24 @@ class Supervisor:
                 raise SupervisorError(f"{name}: {problem} or use `{fix}`")
 
     def _check_dirs(self) -> None:
-        """CLAW_HOME's run directory and the logs directory can be created; else say which
-        setting to change."""
-        home_fix = (
-            f"CLAW_HOME is {claw_home()}; set CLAW_HOME to a directory you can write (it holds "
-            "config.json, the workspace, logs and the embedded Redis's files)"
-        )
-        logs_fix = home_fix
-        if self.config.logging.dir:
-            logs_fix = (
-                f"logging.dir is {self.config.logging.dir}; set a directory you can write with "
-                "`clawctl config set logging.dir DIR` (or '' for CLAW_HOME/logs)"
+        """CLAW_HOME, then the config's log directory and workspace (named by their field),
+        tried without leaving anything behind; then the run and log directories made."""
+        problem = dir_problem(claw_home())
+        if problem:
+            raise SupervisorError(
+                f"cannot use {claw_home()} ({problem}): CLAW_HOME is {claw_home()}; set "
+                "CLAW_HOME to a directory you can write (it holds config.json, the workspace, "
+                "logs and the embedded Redis's files)"
             )
-        for path, fix in ((run_dir(), home_fix), (logs_dir(self.config), logs_fix)):
+        try:
+            check_local(self.config)
+        except ConfigError as exc:
+            raise SupervisorError(str(exc)) from None
+        for path in (run_dir(), logs_dir(self.config)):
             try:
                 path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            except OSError as exc:
-                raise SupervisorError(
-                    f"cannot create {path} ({exc.strerror or exc}): {fix}"
-                ) from None
+            except OSError as exc:  # found makeable a moment ago: raced, or a full disk
+                raise SupervisorError(f"cannot create {path}: {exc.strerror or exc}") from None
 
     def start(self) -> None:
         if self.config.redis.url:
