@@ -103,8 +103,33 @@ def test_config_and_lang_commands(fleet_factory, claw_home) -> None:
         assert say(http, "/config", sender_id="op")["reply"].startswith("Usage: /config")
 
         assert say(http, "/lang zh-CN")["reply"] == "Language preference updated to zh-CN"
-        assert say(http, "/lang ???")["reply"] == "Invalid language code."
         assert say(http, "/lang")["reply"] == "Usage: /lang <code>"
+
+
+def test_lang_takes_known_language_tags_only(fleet_factory) -> None:
+    fleet = fleet_factory()
+    fleet.start_ingress()
+    with fleet.client() as http:
+        for tag, kept in (("pt-br", "pt-BR"), ("zh_hant_tw", "zh-Hant-TW"), ("yue", "yue"),
+                          ("es-419", "es-419"), ("DE", "de")):  # fmt: skip
+            assert say(http, f"/lang {tag}")["reply"] == f"Language preference updated to {kept}"
+        for bad in ("xx-nonsense", "en-nonsense", "xx", "???", "english", "en-US-x-private"):
+            refused = say(http, f"/lang {bad}")["reply"]
+            assert refused.startswith(f'"{bad}": not a language code.'), refused
+            assert "pt-BR" in refused, refused  # what a good one looks like
+
+
+def test_an_admin_command_refusal_says_what_the_command_does(fleet_factory) -> None:
+    fleet = fleet_factory()
+    fleet.start_ingress()
+    with fleet.client() as http:
+        learn = say(http, "/autolearn on")["reply"]
+        assert learn.startswith("/autolearn is for admins only: it starts or stops autonomous "
+                                "learning"), learn  # fmt: skip
+        assert "configuration" not in learn, learn
+        config = say(http, "/config get gateway.port")["reply"]
+        assert config.startswith("/config is for admins only: it reads or changes the fleet's "
+                                 "configuration."), config  # fmt: skip
 
 
 def test_local_agent_answers_slash_commands_with_the_same_registry(

@@ -44,6 +44,7 @@ INGRESS_ALLOWED = {
     "claw_worker.commands.registry",
     "claw_worker.commands.intents",
     "claw_worker.commands.session",
+    "claw_worker.commands._lang_tag",  # /lang's check of a language tag (pure)
     "claw_worker.commands.admin",
     "claw_worker.commands.autonomy",
     "claw_worker.commands.pipelines",  # /pipeline: the store runs in a thread

@@ -3,8 +3,8 @@ they never wait behind the session's queue (``/stop`` ends the reply the queue i
 on; ``/status`` must answer while a run is busy). One registry (``registry.py``): a new
 command is one ``@command`` function in one of this package's modules.
 
-Commands that read or change the fleet's config (``/config``, ``/reload``) are registered
-``admin=True`` and run only for an admin (:attr:`CommandContext.admin`): the operator at
+Commands that reach beyond the sender's own session (``/config``, ``/reload``,
+``/autolearn``) are registered with ``admin="<why>"`` and run only for an admin (:attr:`CommandContext.admin`): the operator at
 ``clawctl agent``, or a sender :func:`is_admin` accepts. Everything else acts on the
 sender's own session only (another session's runs are shown to admins only).
 Natural-language requests are mapped onto these commands by :func:`match_intent`.

@@ -10,12 +10,14 @@ from claw_worker.config import ConfigError, config_path
 from claw_worker.config import store as config_store
 from claw_worker.config.fleet import change_config, reload_config
 
+CONFIG_REASON = "it reads or changes the fleet's configuration"
+
 
 @command(
     "/config",
     "/config get <path> | /config set <path> <value>",
     "read or change the config",
-    admin=True,
+    admin=CONFIG_REASON,
 )
 async def _config(ctx: CommandContext, args: list[str]) -> str:
     usage = f"Usage: {COMMANDS['/config'].usage}"
@@ -34,7 +36,8 @@ async def _config(ctx: CommandContext, args: list[str]) -> str:
     return usage
 
 
-@command("/reload", "/reload", "make every running process take this config file", admin=True)
+@command("/reload", "/reload", "make every running process take this config file",
+         admin=CONFIG_REASON)  # fmt: skip
 async def _reload(ctx: CommandContext, args: list[str]) -> str:
     if args:
         return f"Usage: {COMMANDS['/reload'].usage}"

@@ -70,7 +70,9 @@ async def _autonomy(ctx: CommandContext, args: list[str]) -> str:
 
 
 @command("/autolearn", "/autolearn on [every <N> minutes] | off | status",
-         "review recent runs on my own and save procedures to memory", admin=True)  # fmt: skip
+         "review recent runs on my own and save procedures to memory",
+         admin="it starts or stops autonomous learning, which reads every session's runs and "
+               "writes the shared memory")  # fmt: skip
 async def _autolearn(ctx: CommandContext, args: list[str]) -> str:
     sub = args[0].lower() if args else "status"
     if sub not in ("on", "off", "status") or (sub != "on" and len(args) > 1):

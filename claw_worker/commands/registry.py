@@ -57,14 +57,16 @@ class Command:
     usage: str
     summary: str
     handler: Handler
-    admin: bool  # reads or changes the fleet's config: admins only
+    # Why only admins may run it, as the refusal says it ("it reads or changes ..."); "" for
+    # a command anyone may run.
+    admin: str
 
 
 COMMANDS: dict[str, Command] = {}
 
 
 def command(
-    name: str, usage: str, summary: str, *, admin: bool = False
+    name: str, usage: str, summary: str, *, admin: str = ""
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         COMMANDS[name] = Command(name, usage, summary, handler, admin)
@@ -81,14 +83,14 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-def admin_refusal(ctx: CommandContext, name: str) -> str:
+def admin_refusal(ctx: CommandContext, found: Command) -> str:
     """The answer to an admin command from someone who is not one: why, and how to allow it."""
+    name = found.name
     sender = f"{ctx.channel}:{ctx.sender_id}" if ctx.channel and ctx.sender_id else ""
     example = shlex.quote(json.dumps([sender or f"{ctx.channel or API_CHANNEL}:alice"]))
     lines = [
-        f"{name} is for admins only: it reads or changes the fleet's configuration.",
-        "Run it in `clawctl agent` on a fleet host (the operator there is an admin), or use "
-        "`clawctl config`.",
+        f"{name} is for admins only: {found.admin}.",
+        "Run it in `clawctl agent` on a fleet host (the operator there is an admin).",
         f"To let {'this sender' if sender else 'a named sender'} run it, add it to "
         f"gateway.admins: clawctl config set gateway.admins {example}",
     ]
@@ -125,6 +127,6 @@ async def run_command(ctx: CommandContext, text: str) -> str | None:
     if found is None:
         return f"Unknown command {name}.\n{help_text()}"
     if found.admin and not ctx.admin:
-        return admin_refusal(ctx, name)
+        return admin_refusal(ctx, found)
     # /status, /config get, /pipeline ...: what they show may hold a secret (an error text).
     return filter_reply(ctx.config, await found.handler(ctx, args))

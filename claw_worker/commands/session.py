@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 
 from claw_worker import constants as k
+from claw_worker.commands._lang_tag import normalize_lang_tag
 from claw_worker.commands.registry import COMMANDS, CommandContext, command, help_text
 from claw_worker.nodes.stats import describe as describe_dispatches
 from claw_worker.nodes.stats import summarize as summarize_dispatches
@@ -16,7 +16,6 @@ from claw_worker.session.stop import request_stop
 
 WAIT_DEFAULT_SEC = 60.0
 WAIT_MAX_SEC = 600.0
-LANG_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
 
 
 @command("/help", "/help", "this list")
@@ -122,7 +121,8 @@ async def _lang(ctx: CommandContext, args: list[str]) -> str:
     texts = ctx.config.agents.defaults.texts
     if len(args) != 1:
         return texts.lang_usage
-    if not LANG_CODE.match(args[0]):
-        return texts.lang_invalid
-    await ctx.redis.set(k.lang_key(ctx.session_key), args[0])
-    return texts.lang_updated_template % args[0]
+    tag = normalize_lang_tag(args[0])
+    if tag is None:
+        return f'"{args[0][:64]}": {texts.lang_invalid}'
+    await ctx.redis.set(k.lang_key(ctx.session_key), tag)
+    return texts.lang_updated_template % tag

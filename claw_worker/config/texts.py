@@ -35,7 +35,10 @@ class TextsConfig(Section):
         "remember", "记得", "上次", "之前", "偏好", "preference", "todo", "待办", "决定", "decision",
     ]  # fmt: skip
     lang_usage: str = "Usage: /lang <code>"
-    lang_invalid: str = "Invalid language code."
+    lang_invalid: str = (
+        "not a language code. Use a language tag such as en, de, pt-BR, zh-CN or zh-Hant "
+        "(an ISO 639 language code, then optionally a script and a region)."
+    )
     lang_updated_template: str = "Language preference updated to %s"
     subagents_none: str = "No subagents."
     sessions_none: str = "No sessions."
