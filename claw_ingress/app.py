@@ -129,8 +129,9 @@ async def post_message(request: Request) -> JSONResponse:
         return JSONResponse({"error": result.reply, "field": "text"}, status_code=413)
     if result.status == "limited":
         return too_many_response(result.retry_after_sec, "messages from this sender")
-    if result.status == "command":
-        return JSONResponse({"session_key": body.session, "status": "done", "reply": result.reply})
+    if result.status == "command":  # answered at once: nothing stored, so no message, no run
+        return JSONResponse({"message_id": None, "session_key": body.session, "run_id": None,
+                             "status": "done", "reply": result.reply})  # fmt: skip
     accepted = {
         "message_id": message.message_id,
         "session_key": message.session_key,

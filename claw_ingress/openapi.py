@@ -55,7 +55,7 @@ _ACCEPTED = {
     "type": "object",
     "required": ["session_key", "status"],
     "properties": {
-        "message_id": {"type": "string"},
+        "message_id": {"type": ["string", "null"]},  # null: a slash command, answered at once
         "session_key": {"type": "string"},
         "run_id": {"type": ["string", "null"]},
         "status": {"type": "string"},

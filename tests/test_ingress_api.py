@@ -90,6 +90,25 @@ def test_wait_returns_the_reply_or_504_naming_the_message(fleet_factory, llm_ser
         )  # fmt: skip
         assert done["reply"] == "late answer"
 
+        # A run that fails is answered, not timed out: 200, "status": "failed", the reason.
+        llm_server.reply_error(400, {"error": {"message": "bad request body"}}, when="refused")
+        resp = http.post("/api/message", json={"text": "refused", "wait": True, "timeout": 60})
+        assert resp.status_code == 200 and resp.json()["status"] == "failed", resp.text
+        assert resp.json()["run_id"] and resp.json()["reply"], resp.text
+
+
+def test_a_slash_command_answer_has_the_same_fields_as_a_reply(fleet_factory) -> None:
+    fleet = fleet_factory()
+    fleet.start_ingress()
+    with fleet.client() as http:
+        for wait in (True, False):
+            resp = http.post("/api/message", json={"text": "/help", "wait": wait})
+            assert resp.status_code == 200, resp.text
+            body = resp.json()
+            assert set(body) == {"message_id", "session_key", "run_id", "status", "reply"}, body
+            # Answered at once and stored nowhere: no message to look up, no run.
+            assert (body["message_id"], body["run_id"], body["status"]) == (None, None, "done")
+
 
 def test_ingress_never_imports_the_agent_runtime() -> None:
     code = (
