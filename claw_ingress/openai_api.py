@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
@@ -131,10 +132,19 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field("", max_length=256)
-    messages: list[ChatMessage] = Field(min_length=1)
+    # minItems in the schema; the check is the validator's, to say it in words.
+    messages: list[ChatMessage] = Field(json_schema_extra={"minItems": 1})
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=4096)
+    n: int = Field(1, json_schema_extra={"maximum": 1})  # the agent gives one answer
+
+    @field_validator("messages")
+    @classmethod
+    def _some_messages(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        if not messages:
+            raise PydanticCustomError("too_short", "must hold at least one message")
+        return messages
 
 
 class OpenAIError(Exception):
@@ -161,7 +171,11 @@ class OpenAIError(Exception):
 
 
 def user_text(body: ChatCompletionRequest) -> str:
-    """The last user message's text (its text parts, joined)."""
+    """The last user message's text (its text parts, joined); refuses what the agent cannot
+    give (more than one choice)."""
+    if body.n != 1:
+        raise OpenAIError(400, f"n: the agent gives one answer per request, not {body.n}; "
+                          "leave n out or set it to 1", param="n")  # fmt: skip
     last = next((m for m in reversed(body.messages) if m.role == "user"), None)
     if last is None:
         raise OpenAIError(400, "messages needs a message with role 'user'", param="messages")
@@ -216,8 +230,11 @@ async def read_request(request: Request, config: Config) -> ChatCompletionReques
         return parse_body(ChatCompletionRequest, data)
     except BodyError as exc:
         status = 413 if exc.status == 413 else 400
-        detail = exc.payload.get("detail") or [{}]
-        raise OpenAIError(status, exc.payload["error"], param=detail[0].get("field")) from None
+        detail = exc.payload.get("detail") or []
+        # The SDK shows only the message: it says what is wrong with each field.
+        said = "; ".join(f"{d['field']}: {d['message']}" for d in detail) or exc.payload["error"]
+        param = detail[0]["field"] if detail else None
+        raise OpenAIError(status, said, param=param) from None
 
 
 # -- the routes --------------------------------------------------------------------------
@@ -274,12 +291,11 @@ async def chat_completions(request: Request) -> Any:
                                     session_key=session, disconnected=disconnected)  # fmt: skip
 
     async def usage() -> dict[str, int]:
-        total = 0
-        if accepted.run_id:
-            with contextlib.suppress(RedisError, ValueError):
+        run: dict[str, str] = {}
+        if accepted.run_id:  # a command has no run: it used no tokens
+            with contextlib.suppress(RedisError):
                 run = await read_run(state.redis, accepted.run_id) or {}
-                total = int(run.get("total_tokens") or 0)
-        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": total}
+        return run_usage(run)
 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -296,6 +312,19 @@ async def chat_completions(request: Request) -> Any:
     if problem is not None:
         return problem.response()
     return JSONResponse(answer.completion(reply.text, await usage()))
+
+
+def run_usage(run: dict[str, str]) -> dict[str, int]:
+    """OpenAI's usage from a run's record: the tokens of all its LLM calls (a provider that
+    reports only a total: the total alone)."""
+
+    def count(name: str) -> int:
+        value = run.get(name) or "0"
+        return int(value) if value.isdigit() else 0
+
+    prompt, completion = count("prompt_tokens"), count("completion_tokens")
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": count("total_tokens") or prompt + completion}  # fmt: skip
 
 
 def failure(reply: Reply, message_id: str, timeout: float) -> OpenAIError | None:

@@ -42,6 +42,9 @@ def test_completion_stream_and_models_with_the_sdk(fleet_factory) -> None:
     assert done.choices[0].finish_reason == "stop"
     assert done.object == "chat.completion" and done.model == "gpt-4o"
     assert done.id.startswith("chatcmpl-") and done.usage is not None
+    # The run's tokens, as the scripted LLM counted them: the parts add up to the total.
+    assert done.usage.prompt_tokens > 0 and done.usage.completion_tokens > 0, done.usage
+    assert done.usage.total_tokens == done.usage.prompt_tokens + done.usage.completion_tokens
 
     chunks = list(client.chat.completions.create(
         model="clawfleet", messages=[user("stream me")], user="s1", stream=True,
@@ -52,6 +55,7 @@ def test_completion_stream_and_models_with_the_sdk(fleet_factory) -> None:
     assert chunks[0].choices[0].delta.role == "assistant"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage is not None and not chunks[-1].choices
+    assert chunks[-1].usage.prompt_tokens > 0 and chunks[-1].usage.completion_tokens > 0
     assert {c.id for c in chunks} == {chunks[0].id}
 
     # Text parts of a list content are joined; other parts are ignored.
@@ -131,18 +135,28 @@ def test_token_is_the_api_key(fleet_factory) -> None:
 def test_bad_requests_get_openai_errors(fleet_factory) -> None:
     fleet = start_fleet(fleet_factory)
     url = f"{fleet.base_url}/v1/chat/completions"
-    for body, param in [
-        ({"model": "m", "messages": []}, "messages"),
-        ({"model": "m", "messages": "hi"}, "messages"),
-        ({"model": "m", "messages": [{"role": "system", "content": "only"}]}, "messages"),
-        ({"model": "m", "messages": [user("  ")]}, "messages"),
-        ({"model": "m", "messages": [user("x")], "stream": "yes"}, "stream"),
-    ]:
+    for body, param, said in [
+        ({"model": "m", "messages": []}, "messages",
+         "messages: must hold at least one message"),
+        ({"model": "m", "messages": "hi"}, "messages", "messages: Input should be a valid list"),
+        ({"model": "m", "messages": [{"content": "no role"}]}, "messages.0.role",
+         "messages.0.role: Field required"),
+        ({"model": "m", "messages": [{"role": "system", "content": "only"}]}, "messages",
+         "messages needs a message with role 'user'"),
+        ({"model": "m", "messages": [user("  ")]}, "messages", "the last user message has no text"),
+        ({"model": "m", "messages": [user("x")], "stream": "yes"}, "stream",
+         "stream: Input should be a valid boolean"),
+        ({"model": "m", "messages": [user("x")], "n": 2}, "n",
+         "n: the agent gives one answer per request, not 2; leave n out or set it to 1"),
+    ]:  # fmt: skip
         resp = httpx.post(url, json=body)
         assert resp.status_code == 400, resp.text
         error = resp.json()["error"]
         assert error["type"] == "invalid_request_error" and error["param"] == param, error
+        assert error["message"] == said, error
         assert set(error) == {"message", "type", "param", "code"}
+    with pytest.raises(openai.BadRequestError, match="not 2"):
+        sdk(fleet).chat.completions.create(model="m", messages=[user("two")], n=2)
     resp = httpx.post(url, content=b"{nope", headers={"content-type": "application/json"})
     assert resp.status_code == 400 and "JSON" in resp.json()["error"]["message"]
     resp = httpx.post(url, json={"messages": [user("x" * 600_000)]})

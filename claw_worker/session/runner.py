@@ -359,6 +359,8 @@ def _run_counts(reply: HandlerReply) -> dict[str, int]:
     return {
         "llm_calls": getattr(reply, "llm_calls", 0),
         "tool_steps": getattr(reply, "tool_steps", 0),
+        "prompt_tokens": int(usage.get("prompt_tokens", 0)),
+        "completion_tokens": int(usage.get("completion_tokens", 0)),
         "total_tokens": int(usage.get("total_tokens", 0)),
     }
 
