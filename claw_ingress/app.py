@@ -45,10 +45,11 @@ from claw_ingress.guards import RequestGuard
 from claw_ingress.inbox import Inbox
 from claw_ingress.nodes import node_routes
 from claw_ingress.openai_api import CHANNEL as OPENAI_CHANNEL
-from claw_ingress.openai_api import chat_completions, list_models, wait_for_reply
+from claw_ingress.openai_api import chat_completions, list_models
 from claw_ingress.openapi import openapi_json
 from claw_ingress.outbound import OutboundReader
 from claw_ingress.ratelimit import IpRateLimit, too_many_response
+from claw_ingress.replies import wait_for_reply
 from claw_ingress.webhooks import WebhookRouter
 from claw_worker import metrics
 from claw_worker.commands import API_CHANNEL

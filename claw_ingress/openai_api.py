@@ -8,8 +8,7 @@ channel's session is not this caller's to use), else by ``user`` (``openai:<user
 new session of its own. The requested model name is echoed; the agent answers with the
 fleet's configured models.
 
-The reply is waited for like ``/api/message``'s ``wait`` (:func:`wait_for_reply`): the
-outbound stream, with the message record polled as a fallback. ``stream: true`` answers
+The reply is waited for like ``/api/message``'s ``wait`` (``replies.py``). ``stream: true`` answers
 server-sent ``chat.completion.chunk`` events (the role, the content, ``finish_reason``,
 ``[DONE]``) with keep-alive comments while the agent works. The wait is ``REPLY_TIMEOUT_SEC``
 or the ``X-Claw-Timeout`` header. Errors are OpenAI's JSON; the ones after which a retry
@@ -37,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from claw_ingress.bodies import BodyError, parse_body, read_json
+from claw_ingress.replies import Reply, wait_for_reply
 from claw_worker.config import Config
 from claw_worker.contract import InboundMessage, MessageStatus, session_name_error
 from claw_worker.session.runs import read_run
@@ -45,7 +45,6 @@ log = structlog.get_logger(__name__)
 
 CHANNEL = "openai"
 ALIAS = "clawfleet"  # a model name that always means "the agent, whatever it runs on"
-STATUS_POLL_SEC = 1.0  # fallback poll of the record while waiting for a reply
 REPLY_TIMEOUT_SEC = 300.0  # below the openai SDK's 600 s, so the client hears why
 MAX_TIMEOUT_SEC = 3600.0
 KEEPALIVE_SEC = 10.0
@@ -54,52 +53,6 @@ MAX_TEXT = 200_000
 USER_RE = re.compile(r"[^\s{}]{1,200}")
 NO_RETRY = {"x-should-retry": "false"}
 STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # no proxy buffering
-
-
-# -- waiting for a reply (also /api/message's wait) ----------------------------------------
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: str  # done | failed | cancelled (the message's), or timeout | disconnected
-    text: str = ""
-
-
-async def wait_for_reply(
-    state: Any,
-    message_id: str,
-    waiter: asyncio.Future[Any],
-    timeout: float,
-    *,
-    session_key: str,
-    disconnected: Callable[[], Awaitable[bool]] | None = None,
-) -> Reply:
-    """The reply to ``message_id`` of ``session_key``: from ``waiter``
-    (``state.outbound.expect``), or from the message record when the stream reader missed
-    it (a reconnect); forgets the waiter. The record is read every ``STATUS_POLL_SEC``, and
-    at the deadline only when the reader had a gap meanwhile (else the reply, had it come,
-    would be in ``waiter``: a short wait costs no extra Redis call). ``disconnected`` is
-    asked after each poll while time is left."""
-    deadline = time.monotonic() + timeout
-    try:
-        while (remaining := deadline - time.monotonic()) > 0:
-            # (asyncio.wait leaves the waiter be: no shield and no task, as wait_for needs)
-            if (await asyncio.wait((waiter,), timeout=min(remaining, STATUS_POLL_SEC)))[0]:
-                reply = waiter.result()
-                return Reply(reply.status.value, reply.text)
-            if remaining < STATUS_POLL_SEC and not state.outbound.may_have_missed(message_id):
-                break  # the deadline, and every reply since the request came was handed over
-            with contextlib.suppress(RedisError):
-                found = await state.mailbox.outcome(message_id, session_key)
-                if found and MessageStatus(found[0]).finished:
-                    return Reply(*found)
-            if deadline <= time.monotonic():
-                break
-            if disconnected is not None and await disconnected():
-                return Reply("disconnected")
-    finally:
-        state.outbound.forget(message_id, waiter)
-    return Reply("timeout")
 
 
 # -- the request -------------------------------------------------------------------------
