@@ -39,7 +39,12 @@ UNITS = {
     **dict.fromkeys(("s", "sec", "secs", "second", "seconds", "秒", "秒钟"), 1),
     **dict.fromkeys(("m", "min", "mins", "minute", "minutes", "分", "分钟"), 60),
     **dict.fromkeys(("h", "hr", "hrs", "hour", "hours", "小时", "个小时", "钟头"), 3600),
+    **dict.fromkeys(("d", "day", "days", "天"), 86400),
+    **dict.fromkeys(("w", "wk", "wks", "week", "weeks", "周", "星期", "个星期"), 7 * 86400),
 }
+# Units always longer than MAX_INTERVAL_SEC: known, so the answer says "too long".
+LONG_UNITS = frozenset(("mo", "mon", "month", "months", "月", "个月",
+                        "y", "yr", "yrs", "year", "years", "年"))  # fmt: skip
 _INTERVAL = re.compile(r"^(?:every\s*|each\s*|每隔?\s*)?(\d{1,7})\s*([a-z]+|[^\x00-\x7f]+)$")
 
 
@@ -91,15 +96,18 @@ def parse_interval(words: Sequence[str]) -> int:
         return 0
     found = _INTERVAL.match(text)
     unit = UNITS.get(found.group(2)) if found else None
+    bounds = f"the interval must be between 1 second and {MAX_INTERVAL_SEC // 86400} days"
+    if found is not None and found.group(2) in LONG_UNITS:
+        raise ValueError(f"{bounds}: '{text[:40]}' is too long")
     if found is None or unit is None:
         raise ValueError(
             f"'{text[:40]}' is not an interval: say for example 'every 30 minutes', '2h' or '90s'"
         )
     seconds = int(found.group(1)) * unit
-    if not 1 <= seconds <= MAX_INTERVAL_SEC:
-        raise ValueError(
-            f"the interval must be between 1 second and {MAX_INTERVAL_SEC // 86400} days"
-        )
+    if seconds > MAX_INTERVAL_SEC:
+        raise ValueError(f"{bounds}: '{text[:40]}' is too long")
+    if seconds < 1:
+        raise ValueError(f"{bounds}: '{text[:40]}' is too short")
     return seconds
 
 

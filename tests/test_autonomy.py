@@ -323,3 +323,28 @@ def test_autolearn_saves_procedures_and_stops_after_its_rounds(
     wait_ticks(fleet, 4)  # ticks went on past the interval: no learning round came
     assert len(llm_server.requests_for(LEARN)) == 4
     assert not Autolearn.from_hash(r.hgetall(k.AUTONOMY)).enabled
+
+
+def test_clawctl_autonomy_refuses_an_empty_session_and_too_long_an_interval(
+    redis_server: Any, claw_home: Any
+) -> None:
+    claw_home.write_config({"redis": {"url": redis_server.url}})
+    # A chat wrote last: an empty --session must not fall back to it.
+    chat = {"channel": "telegram", "chat_id": "42", "session_key": "telegram:42", "at": 1}
+    redis_server.client().set(k.LAST_ACTIVE, json.dumps(chat))
+
+    def clawctl(*args: str) -> tuple[int, str]:
+        result = claw_home.clawctl("gateway", "autonomy", "on", *args)
+        return result.returncode, (result.stdout + result.stderr).strip()
+
+    for empty in ("", "  "):
+        code, out = clawctl("--session", empty)
+        assert code == 1 and out.startswith("Error: --session: empty; give a session key"), out
+    for long in ("30 years", "2 months", "8 days", "2 weeks", "9999999 minutes"):
+        code, out = clawctl("--every", long)
+        assert code == 1 and out == (
+            f"Error: --every: the interval must be between 1 second and 7 days: '{long}' is "
+            "too long"), out  # fmt: skip
+    assert redis_server.client().hgetall(k.AUTONOMY) == {}  # nothing written
+    assert parse_interval(["every", "2", "days"]) == 2 * 86400
+    assert parse_interval(["1w"]) == 7 * 86400

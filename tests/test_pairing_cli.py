@@ -55,3 +55,15 @@ def test_pairing_with_redis_down_is_one_clear_line(claw_home: ClawHome) -> None:
     claw_home.write_config({"redis": {"url": f"redis://127.0.0.1:{free_port()}/0"}})
     result = claw_home.clawctl("pairing", "list")
     assert result.returncode == 1 and "Redis" in result.stderr
+
+
+def test_pairing_approve_refuses_an_empty_code(
+    claw_home: ClawHome, redis_server: RedisServer
+) -> None:
+    claw_home.write_config({"redis": {"url": redis_server.url}})
+    ask_for_code(redis_server, "1002")
+    for empty in ("", "   "):
+        result = claw_home.clawctl("pairing", "approve", empty)
+        assert result.returncode == 1 and result.stderr.startswith(
+            "Error: the pairing code is empty: give the code the sender was sent"
+        ), result.stderr

@@ -66,16 +66,21 @@ def status_cmd() -> None:
 @click.option("--every", "every", default="", metavar="INTERVAL",
               help="at most one round this often: 30m, 2h, 90s, '45 minutes' "
                    "(default: runtime_control.autonomy_min_run_interval_sec)")  # fmt: skip
-@click.option("--session", "session", default="", metavar="KEY",
+@click.option("--session", "session", default=None, metavar="KEY",
               help="the session to work for (default: the chat whose user wrote last)")  # fmt: skip
-def on_cmd(every: str, session: str) -> None:
+def on_cmd(every: str, session: str | None) -> None:
     """Turn autonomous mode on (again, with its counts reset)."""
     try:
         interval = parse_interval(every.split())
     except ValueError as exc:
         raise CliError(f"--every: {exc}") from None
-    session = session.strip()
-    if len(session) > MAX_SESSION_CHARS:
+    session = None if session is None else session.strip()
+    if session == "":
+        raise CliError(
+            "--session: empty; give a session key (a chat's /status shows it, e.g. "
+            "telegram:123456789), or leave --session out for the chat whose user wrote last"
+        )
+    if session and len(session) > MAX_SESSION_CHARS:
         raise CliError(f"--session: at most {MAX_SESSION_CHARS} characters")
     config = load()
     conn = _redis(config)

@@ -66,8 +66,11 @@ def list_cmd() -> None:
 @click.argument("code")
 def approve_cmd(code: str) -> None:
     """Let in the sender who was given CODE."""
-    conn = _redis()
     code = code.strip().upper()
+    if not code:
+        raise CliError("the pairing code is empty: give the code the sender was sent "
+                       "(`clawctl pairing list` shows the pending ones)")  # fmt: skip
+    conn = _redis()
     found = dict(_pending(conn)).get(code)
     if found is None:
         raise CliError(f"no pending pairing code {code} (codes expire after an hour); "
