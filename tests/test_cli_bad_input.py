@@ -401,11 +401,11 @@ def no_leftovers(claw_home: ClawHome) -> Iterator[None]:
             os.kill(pid, signal.SIGKILL)
 
 
-def gateway_run(home: ClawHome, out_path: Path) -> subprocess.Popen[bytes]:
+def gateway_run(home: ClawHome, out_path: Path, **env: str) -> subprocess.Popen[bytes]:
     with open(out_path, "wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "claw_worker.cli", "gateway", "run"],
-            env=home.env(),
+            env=home.env(**env),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -432,6 +432,36 @@ def test_gateway_run_with_its_port_taken_says_so_once_and_stops(
     assert " pid " not in text and "restarting" not in text  # nothing was started
     assert processes_of(claw_home.path) == []
     assert not (claw_home.path / "run" / "redis.sock").exists()
+
+
+def test_gateway_run_takes_its_port_from_claw_gateway_port(
+    claw_home: ClawHome, no_leftovers: None
+) -> None:
+    """CLAW_GATEWAY_PORT overrides gateway.port (./scripts/fleet on another port); a taken
+    or a bad one is named as such."""
+    for value, said in (("abc", "CLAW_GATEWAY_PORT must be a whole number, not 'abc'"),
+                        ("70000", "environment (CLAW_GATEWAY_PORT): invalid config")):  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "claw_worker.cli", "gateway", "run"],
+            env=claw_home.env(CLAW_GATEWAY_PORT=value), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 1 and said in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        claw_home.write_config({"gateway": {"port": free_port()}})
+        out_path = claw_home.path / "gateway.out"
+        proc = gateway_run(claw_home, out_path, CLAW_GATEWAY_PORT=str(port))
+        try:
+            assert proc.wait(timeout=30) == 1
+        finally:
+            stop_process(proc)
+    text = out_path.read_text()
+    assert f"CLAW_GATEWAY_PORT: port {port} on 127.0.0.1 is already in use" in text, text
+    assert "or use `CLAW_GATEWAY_PORT=N`" in text, text
+    assert processes_of(claw_home.path) == []
 
 
 def test_gateway_run_stops_when_a_child_keeps_dying(

@@ -8,10 +8,11 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 from websockets.asyncio.client import connect
 
 from tests.campaign import record
-from tests.fixtures.procs import wait_for
+from tests.fixtures.procs import free_port, wait_for
 
 TOKEN = "gw-token-abcdefghijkl"
 
@@ -108,6 +109,17 @@ def test_a_slash_command_answer_has_the_same_fields_as_a_reply(fleet_factory) ->
             assert set(body) == {"message_id", "session_key", "run_id", "status", "reply"}, body
             # Answered at once and stored nowhere: no message to look up, no run.
             assert (body["message_id"], body["run_id"], body["status"]) == (None, None, "done")
+
+
+def test_claw_gateway_port_overrides_the_configured_port(fleet_factory) -> None:
+    fleet = fleet_factory()
+    configured = fleet.port
+    fleet.port = free_port()  # where the fixture looks for it
+    fleet.start_ingress(CLAW_GATEWAY_PORT=str(fleet.port))
+    with fleet.client() as http:
+        assert http.get("/health").json() == {"status": "ok"}
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{configured}/health", timeout=5)
 
 
 def test_ingress_never_imports_the_agent_runtime() -> None:

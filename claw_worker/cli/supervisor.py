@@ -166,6 +166,8 @@ class Supervisor:
         if exposure:  # the ingress would refuse to start, and be restarted in a loop
             raise SupervisorError(exposure)
         ports = [(gateway.host, gateway.port, "gateway.port", "clawctl config set gateway.port N")]
+        if os.environ.get("CLAW_GATEWAY_PORT"):  # the port came from there
+            ports = [(gateway.host, gateway.port, "CLAW_GATEWAY_PORT", "CLAW_GATEWAY_PORT=N")]
         if self.with_flower:
             ports.append(("127.0.0.1", self.flower_port, "--flower-port", "--flower-port N"))
         for host, port, name, fix in ports:

@@ -23,23 +23,30 @@ __all__ = [
 ENV_OVERRIDES = {
     "CLAW_REDIS_URL": ("redis", "url"),
     "CLAW_GATEWAY_HOST": ("gateway", "host"),
+    "CLAW_GATEWAY_PORT": ("gateway", "port"),
     "CLAW_GATEWAY_TOKEN": ("gateway", "token"),
 }
 
 
 def apply_env_overrides(config: Config) -> Config:
     data = config.model_dump()
-    changed = False
+    given = []
     for var, (section, name) in ENV_OVERRIDES.items():
-        value = os.environ.get(var)
-        if value:
-            data[section][name] = value
-            changed = True
-    if not changed:
+        value: object = os.environ.get(var)
+        if not value:
+            continue
+        if isinstance(data[section][name], int):  # a number in the file: one here too
+            try:
+                value = int(str(value))
+            except ValueError:
+                raise ConfigError(f"{var} must be a whole number, not {value!r}") from None
+        data[section][name] = value
+        given.append(var)
+    if not given:
         return config
     from claw_worker.config.store import validate_config_data
 
-    return validate_config_data(data, "environment (" + ", ".join(ENV_OVERRIDES) + ")")
+    return validate_config_data(data, "environment (" + ", ".join(given) + ")")
 
 
 def env_overridden() -> dict[str, str]:
