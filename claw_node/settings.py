@@ -153,6 +153,7 @@ def from_args(args: argparse.Namespace, env: dict[str, str]) -> Settings:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="claw-node",
+        usage="%(prog)s --gateway URL --id ID (--listen HOST:PORT | --relay | both) [options]",
         description="Run this device as a clawfleet node: register with the gateway, renew, "
         "and serve run, invoke, location_get and agent_task.",
     )

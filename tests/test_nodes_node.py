@@ -133,6 +133,12 @@ def test_options_and_registrations_it_refuses(desk: Any) -> None:
         result = node(*args)
         assert result.returncode == 2 and problem in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
+    # The synopsis says that one of --listen and --relay is needed.
+    usage = node("--help").stdout.splitlines()[0]
+    assert (
+        usage
+        == "usage: claw-node --gateway URL --id ID (--listen HOST:PORT | --relay | both) [options]"
+    )
     wrong = node("--id", "x", "--relay", token="not-the-gateway-token")
     assert wrong.returncode == 2 and "HTTP 401" in wrong.stderr, wrong.stderr
     too_long = node("--id", "x", "--relay", "--ttl", "86400")
