@@ -127,6 +127,10 @@ def test_the_embedded_redis_is_stopped_whoever_restarted_it(
         second = wait_for(lambda: serving_pid(claw_home) != first and serving_pid(claw_home),
                           timeout=20, what="a new embedded redis")  # fmt: skip
         pids.append(second)
+        # The supervisor saw it (at its next look): restarted by itself, or by the other
+        # process first.
+        wait_for(lambda: re.search(r"^redis\s+pid \d+\s+restarted", out_path.read_text(), re.M),
+                 timeout=30, what="the supervisor to see the new redis")  # fmt: skip
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0, out_path.read_text()
         for pid in pids:
@@ -134,8 +138,6 @@ def test_the_embedded_redis_is_stopped_whoever_restarted_it(
         found = subprocess.run(["pgrep", "-f", f"{claw_home.path}/run/redis.sock"],
                                capture_output=True, text=True)  # fmt: skip
         assert found.stdout.split() == []
-        # The supervisor saw it: restarted by itself, or by the other process first.
-        assert re.search(r"^redis\s+pid \d+\s+restarted", out_path.read_text(), re.M)
     finally:
         stop_process(proc)
         kill_all(pids)
