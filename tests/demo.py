@@ -255,7 +255,9 @@ class Demo(DemoFleet):
         self.llm.reply("The researcher found the last good backup: Saturday 02:00 UTC.",
                        when="Last success: Saturday")  # fmt: skip
         self.say(team, "When did the backup last work? [[BOSS]]", "The researcher found")
-        record = self.r.hgetall(k.spawn_key("spawn:team:1"))
+        record = self.r.hgetall(
+            k.spawn_key("spawn:ws:team:1")
+        )  # /ws keys session "team" as ws:team
         self.out.block(json.dumps({key: record[key] for key in ("status", "depth", "role",
                                    "result")}, indent=1), "The sub-agent's record")  # fmt: skip
 
