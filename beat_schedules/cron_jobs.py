@@ -71,7 +71,7 @@ class Job(BaseModel):
 
     @property
     def session_key(self) -> str:
-        return f"cron:{self.id}"
+        return f"{k.CRON_SESSION_PREFIX}{self.id}"
 
 
 def entry_name(job_id: str) -> str:

@@ -204,6 +204,7 @@ def channel_state_key(channel: str, kind: str, ref: str) -> str:
 # -- time-driven work (beat_schedules/) --------------------------------------------------------
 
 CRON_JOBS = f"{PREFIX}:cron:jobs"  # HASH job id -> JSON job (beat_schedules/cron.py)
+CRON_SESSION_PREFIX = "cron:"  # a cron job's session: cron:<id> (callers cannot name one)
 CRON_ENTRY_PREFIX = "cron:"  # RedBeat entry name of a job: cron:<id> (key claw:beat:cron:<id>)
 LAST_ACTIVE = f"{PREFIX}:last_active"  # STRING JSON {channel, chat_id, at}: the last user chat
 HEARTBEAT_STATE = f"{PREFIX}:heartbeat"  # HASH last tick, what it did

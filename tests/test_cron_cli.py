@@ -177,3 +177,36 @@ def test_the_cron_tool_and_its_guards(redis_server: Any, workspace: Path) -> Non
     own = run({"action": "remove", "job_id": other}, origin="cron", session=f"cron:{other}")
     assert own == f"Removed job {other} (water)."
     assert r.hkeys(k.CRON_JOBS) == [operator.id]
+
+
+def test_work_a_cron_run_starts_cannot_add_jobs_either(redis_server: Any, workspace: Path) -> None:
+    """The guard holds down the chain: a cron run's sub-agent, a task of a pipeline it made,
+    and its own answer to a sub-agent's report (origin spawn, in the job's session)."""
+    config = Config.model_validate({"work": {"max_depth": 3}})
+    r, tools = redis_server.client(), default_tools(config)
+
+    def run(name: str, args: dict[str, Any], session: str, origin: str) -> str:
+        return tools.run(name, args, ToolContext(workspace, session, config, redis=r,
+                                                 origin=origin))  # fmt: skip
+
+    job, _ = add_job(r, config, name="ops", message="m", schedule=every(60, now=time.time()))
+    mine = f"cron:{job.id}"
+    add = {"action": "add", "name": "more", "message": "more of me", "every_sec": 60}
+    refused = "Error: a run started by a cron job cannot create jobs"
+    started = run("spawn", {"task": "look around"}, mine, "cron")
+    child = started.split()[2].rstrip(".")
+    assert started.startswith("Started sub-agent spawn:") and child.startswith("spawn:")
+    grandchild = run("spawn", {"task": "deeper"}, child, "spawn").split()[2].rstrip(".")
+    made = run("pipeline_create", {"goal": "g", "tasks": [{"id": "a", "role": "r",
+                                                           "goal": "g"}]}, mine, "cron")  # fmt: skip
+    task_session = f"pipeline:{made.split()[2]}:a"
+    for session, origin in [(child, "spawn"), (grandchild, "spawn"), (mine, "spawn"),
+                            (task_session, "pipeline")]:  # fmt: skip
+        assert run("cron", add, session, origin) == refused, (session, origin)
+    assert r.hkeys(k.CRON_JOBS) == [job.id]
+    # A sub-agent of a person's chat still schedules.
+    helper = run("spawn", {"task": "remind"}, "ws:me", "user").split()[2].rstrip(".")
+    assert run("cron", add, helper, "spawn").startswith("Added job ")
+    [other] = [j for j in r.hkeys(k.CRON_JOBS) if j != job.id]
+    removed = run("cron", {"action": "remove", "job_id": other}, child, "spawn")
+    assert removed == "Error: a run started by a cron job may remove only its own job"

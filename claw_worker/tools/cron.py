@@ -3,7 +3,8 @@
 The same jobs as ``clawctl cron`` (``beat_schedules/cron_jobs.py``). A job's replies go to
 the chat the agent was asked in, unless told otherwise. Guards: a run that a cron job
 started cannot add jobs (a job must not schedule more of itself), and may remove only its
-own job; the agent removes only jobs it made (the operator's are removed with clawctl);
+own job, and so for the work it started (its sub-agents, the tasks of a pipeline it made,
+its answers to their reports: all of them have the job's session at their root); the agent removes only jobs it made (the operator's are removed with clawctl);
 it has at most ``cron.max_agent_jobs`` at once.
 """
 
@@ -31,6 +32,7 @@ from beat_schedules.cron_schedule import ScheduleError, format_time
 from claw_worker import constants as k
 from claw_worker.contract import Origin
 from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
+from claw_worker.work.origin import root_session
 
 PREVIEW_CHARS = 60
 
@@ -100,7 +102,7 @@ class CronTool(Tool[CronParams]):
 
     def _add(self, params: CronParams, ctx: ToolContext) -> str:
         assert ctx.redis is not None and params.name and params.message
-        if ctx.origin == Origin.CRON.value:
+        if _cron_root(ctx):
             raise ToolError("a run started by a cron job cannot create jobs")
         now = time.time()
         at_time = params.at
@@ -157,10 +159,21 @@ class CronTool(Tool[CronParams]):
     def _remove(self, params: CronParams, ctx: ToolContext) -> str:
         assert ctx.redis is not None and params.job_id
         job = find(ctx.redis, params.job_id)
-        if ctx.origin == Origin.CRON.value and ctx.session_key != job.session_key:
+        root = _cron_root(ctx)
+        if root and root != job.session_key:
             raise ToolError("a run started by a cron job may remove only its own job")
         if job.created_by != "agent":
             raise ToolError(f"job {job.id} was made by the operator; only `clawctl cron "
                             "remove` removes it")  # fmt: skip
         remove_job(ctx.redis, job.id)
         return f"Removed job {job.id} ({job.name})."
+
+
+def _cron_root(ctx: ToolContext) -> str:
+    """The session of the cron job whose run started this one ("" none): the run itself, or
+    a sub-agent, a pipeline task or a report's answer at the end of a chain it started."""
+    assert ctx.redis is not None
+    root = root_session(ctx.redis, ctx.session_key)
+    if root.startswith(k.CRON_SESSION_PREFIX):
+        return root
+    return ctx.session_key if ctx.origin == Origin.CRON.value else ""

@@ -20,6 +20,7 @@ from claw_worker.contract import INTERNAL_CHANNEL, InboundMessage, Origin
 from claw_worker.work.model import PipelineError, parse_session
 from claw_worker.work.pipelines import load
 
+MAX_CHAIN = 64  # steps up from a session to its root (work.max_depth is far less)
 ANNOUNCE_PREFIX = "spawn-result-"  # message ids of sub-agents' reports to their parents
 # Channels of internal messages (cron, heartbeat, ...): nobody reads them; a message's
 # ``deliver`` target says where its replies go.
@@ -72,6 +73,27 @@ def run_origin(client: redis.Redis, session_key: str, message_id: str, origin: s
     if channel in INTERNAL_CHANNELS:  # a cron job's run, a heartbeat: where its replies go
         chat = _deliver_target(client, session_key, message_id) or chat
     return RunOrigin(session_key, message_id, channel, chat_id, *chat, 0)
+
+
+def root_session(client: redis.Redis, session_key: str) -> str:
+    """The session whose run started the work done in ``session_key``: up a sub-agent's
+    parents and a pipeline task's creator to a session nobody started (a chat's, a cron
+    job's, a heartbeat's). A task of an expired pipeline, or a pipeline made outside a
+    session, is its own root."""
+    seen: set[str] = set()
+    while session_key not in seen and len(seen) < MAX_CHAIN:
+        seen.add(session_key)
+        parent = client.hget(k.spawn_key(session_key), "parent_session")
+        task = parse_session(session_key) if not parent else None
+        if task is not None:
+            try:
+                parent = load(client, task[0]).creator.session_key
+            except PipelineError:
+                parent = None
+        if not parent:
+            break
+        session_key = parent
+    return session_key
 
 
 def _deliver_target(
