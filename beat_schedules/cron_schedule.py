@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 HORIZON_DAYS = 9 * 366  # far enough for Feb 29 across a non-leap 2100
 MAX_EVERY_SEC = 366 * 86400
+MAX_AT_YEARS = 100  # an --at further ahead is a typo (and past 9999 cannot be shown)
 MAX_SHIFT = timedelta(hours=3)  # more than any UTC offset change
 
 MACROS = {
@@ -197,7 +198,8 @@ def cron(expr: str, *, tz: str, now: float) -> Schedule:
 
 def at(text: str, *, tz: str, now: float) -> Schedule:
     """One time, ISO-8601 (``2025-06-01T09:00``, with or without an offset; without one it
-    is a wall time in ``tz``). It must be in the future and, as a wall time, exist."""
+    is a wall time in ``tz``). It must be in the future, at most ``MAX_AT_YEARS`` ahead, and,
+    as a wall time, exist."""
     where = zone(tz)
     try:
         when = datetime.fromisoformat(text.strip())
@@ -219,6 +221,8 @@ def at(text: str, *, tz: str, now: float) -> Schedule:
         raise ScheduleError(
             f"{text} is in the past (now it is {format_time(now, tz)}); give a future time"
         )
+    if instant > now + MAX_AT_YEARS * 366 * 86400:
+        raise ScheduleError(f"{text} is more than {MAX_AT_YEARS} years ahead; give a nearer time")
     return Schedule(kind="at", at=instant, tz=tz)
 
 

@@ -89,6 +89,8 @@ def test_add_list_and_the_next_run_in_the_jobs_time_zone(cli: Any, redis_server:
         (["-n", "x", "-m", "y", "-c", "0 9 * *"], "has 4 fields, needs 5"),
         (["-n", "x", "-m", "y", "--at", "2001-01-01T00:00Z"], "is in the past"),
         (["-n", "x", "-m", "y", "--at", "next tuesday"], "is not an ISO-8601 time"),
+        (["-n", "x", "-m", "y", "--at", "9999-12-31T23:59:59-12:00"],
+         "is more than 100 years ahead"),
         (["-n", "x", "-m", "y", "--at", "2099-03-29T02:30", "--tz", "Europe/Paris"],
          "does not exist in Europe/Paris"),
         (["-n", "x", "-m", "y", "-c", "@daily", "--tz", "Moon/Base"], "unknown time zone"),
