@@ -6,7 +6,7 @@ Switched with ``/autonomy`` (or "start autonomous mode, check every 30 minutes")
 ``runtime_control.autonomy_tick_interval_sec`` and does nothing while the mode is off:
 
 - a user message in the chat since the last look (LAST_ACTIVE names the chat, or the
-  session's newest run is not a round) resets the rounds without the user and the stalls;
+  session's newest run is neither a round nor the answer to a sub-agent's report) resets the rounds without the user and the stalls;
 - while a round is queued or running, each ``autonomy_max_pending_duration_sec`` it has
   waited counts as a stall;
 - otherwise, once ``max(autonomy_min_run_interval_sec, the asked interval)`` has passed
@@ -44,11 +44,13 @@ from claw_worker.config import Config
 from claw_worker.contract import InboundMessage, MessageStatus, Origin
 from claw_worker.session.mailbox import Mailbox
 from claw_worker.session.submit import submit
+from claw_worker.work.origin import ANNOUNCE_PREFIX
 
 if TYPE_CHECKING:
     from claw_worker.config.schema import RuntimeControlConfig
 
 ROUND_PREFIX = "autonomy-"  # message ids of rounds: autonomy-<start ms>-<n>
+NOT_USER = (ROUND_PREFIX, ANNOUNCE_PREFIX)  # runs in the chat's session nobody wrote
 ROUND_TEXT = (
     "[autonomy round {n}] Autonomous mode: the user is away. Continue the unfinished work of "
     "this conversation on your own: take the next useful step with your tools, then report "
@@ -94,7 +96,7 @@ def user_activity(client: redis.Redis, state: Autonomy) -> float:
     seen = chat.at if chat is not None and chat.session_key == state.session_key else 0.0
     if latest:
         message_id, queued = client.hmget(k.run_key(latest), "message_id", "queued_at")
-        if message_id and not message_id.startswith(ROUND_PREFIX) and queued:
+        if message_id and not message_id.startswith(NOT_USER) and queued:
             seen = max(seen, float(queued))
     return seen
 

@@ -348,3 +348,43 @@ def test_clawctl_autonomy_refuses_an_empty_session_and_too_long_an_interval(
     assert redis_server.client().hgetall(k.AUTONOMY) == {}  # nothing written
     assert parse_interval(["every", "2", "days"]) == 2 * 86400
     assert parse_interval(["1w"]) == 7 * 86400
+
+
+REPORT = "Round report: the build was checked."  # longer than a quiet ack
+
+
+def started(fleet_factory: Any, **control: Any) -> Any:
+    """A fleet (worker, ingress, beat) with FAST and these ``runtime_control`` settings."""
+    fleet = fleet_factory(**FAST, **{f"agents__defaults__runtime_control__{key}": value
+                                     for key, value in control.items()})  # fmt: skip
+    for start in (fleet.start_worker, fleet.start_ingress, fleet.start_beat):
+        start()
+    return fleet
+
+
+def test_a_sub_agents_report_is_not_the_user_coming_back(
+    fleet_factory: Any, llm_server: Any, redis_server: Any
+) -> None:
+    """Each round starts a sub-agent whose report is answered in the chat's session: that
+    answer is no user message, so the rounds without the user still reach their limit."""
+    for _ in range(4):
+        llm_server.reply_tool_call("spawn", {"task": "SUBTASK check the build"}, when=ROUND)
+        llm_server.reply(REPORT, when=ROUND)
+    llm_server.add_rule(ROUND, REPORT)
+    fleet = started(fleet_factory, autonomy_max_rounds_without_user=2)
+    r = redis_server.client()
+
+    async def scenario() -> list[str]:
+        async with connect(f"ws://127.0.0.1:{fleet.port}/ws") as ws:
+            assert (await say(ws, "auto-s", "/autonomy on"))["text"].startswith("Autonomous")
+            frames: list[str] = []
+            while not any("mode stopped" in f for f in frames):
+                frames.append((await recv(ws))["text"])
+                if frames.count(REPORT) > 3:  # it would go on for ever
+                    break
+            return frames
+
+    frames = run(fleet, r, scenario())
+    assert frames.count(REPORT) == 2, frames
+    assert "2 round(s) without hearing from you" in frames[-1], frames
+    assert len(llm_server.requests_for(ROUND)) == 4  # 2 rounds, each a tool call and a reply
