@@ -206,6 +206,9 @@ def test_work_a_cron_run_starts_cannot_add_jobs_either(redis_server: Any, worksp
                             (task_session, "pipeline")]:  # fmt: skip
         assert run("cron", add, session, origin) == refused, (session, origin)
     assert r.hkeys(k.CRON_JOBS) == [job.id]
+    # A late run of a task whose pipeline expired cannot be traced back: refused as well.
+    r.delete(k.pipeline_key(made.split()[2]))
+    assert run("cron", add, task_session, "pipeline") == refused
     # A sub-agent of a person's chat still schedules.
     helper = run("spawn", {"task": "remind"}, "ws:me", "user").split()[2].rstrip(".")
     assert run("cron", add, helper, "spawn").startswith("Added job ")

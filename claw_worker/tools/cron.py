@@ -32,6 +32,7 @@ from beat_schedules.cron_schedule import ScheduleError, format_time
 from claw_worker import constants as k
 from claw_worker.contract import Origin
 from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
+from claw_worker.work.model import parse_session
 from claw_worker.work.origin import root_session
 
 PREVIEW_CHARS = 60
@@ -176,4 +177,6 @@ def _cron_root(ctx: ToolContext) -> str:
     root = root_session(ctx.redis, ctx.session_key)
     if root.startswith(k.CRON_SESSION_PREFIX):
         return root
+    if parse_session(root) is not None:  # a task of an expired pipeline: its start is lost,
+        return root  # so it may have been a cron job's: treated as one (refused)
     return ctx.session_key if ctx.origin == Origin.CRON.value else ""
