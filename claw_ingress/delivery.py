@@ -275,7 +275,7 @@ class Delivery:
         state = await self.redis.hgetall(key)
         if state.get("done"):
             return True
-        parts = split_text(message.text or " ", channel.max_text)
+        parts = split_text(message.text or " ", channel.max_text, length=channel.text_length)
         sent = int(state.get("parts") or 0)
         bound = log.bind(channel=channel.name, chat_id=message.chat_id,
                          session_key=message.session_key, message_id=message.message_id)  # fmt: skip

@@ -48,6 +48,12 @@ def _render(match: re.Match[str]) -> str:
     return _text(match.group(0))  # not reached: every branch names a group
 
 
+def utf16_length(text: str) -> int:
+    """``text``'s length as Telegram counts it (its 4096 limit, entity offsets): UTF-16 code
+    units, two for a character outside the BMP (most emoji)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
 def to_markdown_v2(text: str) -> str:
     out: list[str] = []
     at = 0

@@ -107,8 +107,14 @@ class ChannelContext:
 
 class Channel(ABC):
     name: ClassVar[str]
-    max_text: ClassVar[int] = 4000  # one message's limit on the platform, in characters
+    max_text: ClassVar[int] = 4000  # one message's limit on the platform (see text_length)
     connection_bound: ClassVar[bool] = False
+
+    @staticmethod
+    def text_length(text: str) -> int:
+        """``text``'s size as the platform counts it against ``max_text``: characters,
+        unless an adapter says otherwise."""
+        return len(text)
 
     def __init__(self, ctx: ChannelContext) -> None:
         self.ctx = ctx
@@ -143,7 +149,8 @@ class Channel(ABC):
 
     @abstractmethod
     async def send(self, chat_id: str, text: str, *, reply_to: str | None = None) -> None:
-        """Send one part (at most ``max_text`` characters); raise :class:`SendError`."""
+        """Send one part (at most ``max_text``, as ``text_length`` counts); raise
+        :class:`SendError`."""
 
     async def receive(self, message: InboundMessage) -> Accepted:
         """Hand a platform event, made an ``InboundMessage``, to the fleet."""

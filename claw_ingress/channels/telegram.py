@@ -46,7 +46,7 @@ from telegram.warnings import PTBDeprecationWarning
 
 from claw_ingress.bodies import BodyError, read_json
 from claw_ingress.cancel import stop_if_cancelled
-from claw_ingress.channels._telegram_markdown import to_markdown_v2
+from claw_ingress.channels._telegram_markdown import to_markdown_v2, utf16_length
 from claw_ingress.channels._telegram_messages import to_inbound
 from claw_ingress.channels.base import (
     Channel,
@@ -82,7 +82,8 @@ class _Typing:
 
 class TelegramChannel(Channel):
     name = "telegram"
-    max_text = 4096
+    max_text = 4096  # UTF-16 code units of the text as shown (after MarkdownV2 is parsed)
+    text_length = staticmethod(utf16_length)
 
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)

@@ -66,7 +66,7 @@ async def _direct(config: Config, name: str, chat_id: str, text: str) -> str:
         try:
             adapter.check_config()
             await adapter.start_sending()
-            parts = split_text(text, adapter.max_text)
+            parts = split_text(text, adapter.max_text, length=adapter.text_length)
             for part in parts:
                 await adapter.send(chat_id, part)
         except ChannelError as exc:
