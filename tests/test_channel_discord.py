@@ -15,6 +15,7 @@ import pytest
 
 from claw_ingress.channels import builtin_channels
 from tests.fixtures.procs import wait_for
+from tests.fixtures.redis_server import RedisServer
 from tests.llm_server import LLMServer, last_user_text
 from tests.platforms.discord_api import BOT_ID, BOT_NAME, BOT_TOKEN, DiscordAPI, Post, snowflake
 
@@ -217,6 +218,31 @@ def test_resume_after_a_drop_a_reconnect_request_and_a_zombie_connection(
     api.message_create(DM, "in a new session")
     answered(api, DM, "echo: in a new session")
     assert len(replies(api, DM)) == 4  # each once, the replayed one included
+
+
+@pytest.mark.parametrize("discord_api", [600_000], indirect=True)  # heartbeats 10 min apart
+def test_a_message_that_could_not_be_stored_is_replayed_by_a_resume(
+    fleet_factory: Any, discord_api: DiscordAPI, redis_server: RedisServer
+) -> None:
+    api = discord_api
+    fleet = start_fleet(fleet_factory, api)
+    wait_for(lambda: api.connected, timeout=30, what="the bot to identify")
+    session = api.session_id
+
+    # Redis is away when the message arrives: it cannot be stored. It must not be counted
+    # as handled (its sequence number acknowledged): the bot resumes from before it, and
+    # Discord replays it once Redis is back.
+    redis_server.stop()
+    api.message_create(DM, "while redis was away")
+    tried = ("discord message not accepted", "discord event not stored; resuming so that "
+             "Discord replays it")  # fmt: skip
+    wait_for(lambda: any(e.get("event") in tried for e in log_events(fleet)), timeout=15,
+             what="the store to fail")  # fmt: skip
+    redis_server.start()
+    answered(api, DM, "echo: while redis was away", timeout=60)
+    assert api.resumes[0] == {"token": BOT_TOKEN, "session_id": session, "seq": 1}
+    assert len(api.identifies) == 1  # resumed, never a new session
+    assert len(replies(api, DM)) == 1
 
 
 def test_a_long_reply_is_sent_as_parts_of_at_most_2000_characters(

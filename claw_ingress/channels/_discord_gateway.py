@@ -9,7 +9,9 @@ session; Ready gives its ``session_id``, ``resume_gateway_url`` and the bot's ow
 After a drop or a Reconnect (op 7) the client reconnects to ``resume_gateway_url`` and
 sends Resume (op 6: session_id, last sequence): Discord replays what was missed. Invalid
 Session (op 9) with ``d`` false, or a close code that ends the session, means a new
-Identify. Close codes no retry can fix (bad token, disallowed intents, ...) are logged with
+Identify. The sequence number moves past a dispatch only once it was handled: one the
+handler could not store (:class:`NotHandled`, e.g. Redis is away) closes the connection and
+resumes from before it, so Discord replays it. Close codes no retry can fix (bad token, disallowed intents, ...) are logged with
 what to do and retried only after ``FATAL_RETRY_SEC``: Discord resets a bot's token after
 1000 Identify calls in a day.
 """
@@ -57,6 +59,11 @@ CLOSE_TIMEOUT_SEC = 3.0
 MAX_EVENT_BYTES = 16 * 2**20
 
 OnDispatch = Callable[[str, Any], Awaitable[None]]
+
+
+class NotHandled(Exception):
+    """Raised by the dispatch handler for an event it could not handle now (its store is
+    away): the gateway resumes from before the event, so that Discord sends it again."""
 
 
 class GatewayFatal(Exception):
@@ -110,6 +117,10 @@ class Gateway:
                          resume=bool(self.session_id), retry_in=round(wait, 2))  # fmt: skip
             except asyncio.CancelledError:
                 raise
+            except NotHandled as exc:
+                self.state, wait = "disconnected", delay
+                log.warning("discord event not stored; resuming so that Discord replays it",
+                            channel="discord", error=str(exc), retry_in=wait)  # fmt: skip
             except GatewayFatal as exc:
                 self.state, wait, self.url = "refused", FATAL_RETRY_SEC, ""
                 self._forget_session()
@@ -142,10 +153,10 @@ class Gateway:
                 async for raw in ws:
                     event = json.loads(raw)
                     op, data = event.get("op"), event.get("d")
-                    if op == DISPATCH:
+                    if op == DISPATCH:  # handled first: NotHandled keeps the old seq
+                        ready = await self._dispatch(event.get("t"), data) or ready
                         if event.get("s") is not None:
                             self.seq = event["s"]
-                        ready = await self._dispatch(event.get("t"), data) or ready
                     elif op == HELLO:
                         hello_due.reschedule(None)
                         interval = float(data["heartbeat_interval"]) / 1000

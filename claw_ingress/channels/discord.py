@@ -6,7 +6,8 @@ to the manager as a ``ChannelError``). MESSAGE_CREATE becomes an ``InboundMessag
 (this one included) are ignored; a DM (no ``guild_id``) always goes on to the access policy;
 a guild message only when it mentions the bot (``mentions``, or ``<@id>``/``<@!id>`` in the
 text, which is cut out) or replies to one of its messages. The message id is derived from
-Discord's, so an event replayed by a Resume is stored once.
+Discord's, so an event replayed by a Resume is stored once; one that could not be stored
+(Redis away) is not acknowledged, and the Gateway resumes so that Discord replays it.
 
 Replies: ``POST /channels/{chat_id}/messages`` with ``allowed_mentions.parse = []`` (the
 agent's text can never ping @everyone, a role or a user) and a ``message_reference`` to the
@@ -23,8 +24,9 @@ from typing import Any
 
 import httpx
 import structlog
+from redis.exceptions import RedisError
 
-from claw_ingress.channels._discord_gateway import Gateway
+from claw_ingress.channels._discord_gateway import Gateway, NotHandled
 from claw_ingress.channels.base import Channel, ChannelContext, ChannelError, SendError
 from claw_worker.contract import InboundMessage
 
@@ -114,7 +116,9 @@ class DiscordChannel(Channel):
             message = self._inbound(data)
             if message is not None:
                 await self.receive(message)
-        except Exception as exc:  # Redis trouble, a malformed event: never the gateway
+        except (RedisError, OSError) as exc:  # not stored: resumed and replayed later
+            raise NotHandled(repr(exc)) from exc
+        except Exception as exc:  # a malformed event, a bug: never the gateway
             log.error("discord message not accepted", channel=self.name,
                       chat_id=str(data.get("channel_id")), error=repr(exc))  # fmt: skip
 
