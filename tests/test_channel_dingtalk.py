@@ -148,3 +148,16 @@ def test_group_needs_an_at_mention_and_a_message_is_handled_once(fleet_factory, 
     wait_texts(api, ["echo: only once", "echo: then this"])
     assert len(llm_server.requests) == 2
     assert {c["kind"] for c in api.sent()} == {"session"}
+
+
+def test_a_captured_sign_with_a_body_nested_too_deep_is_refused_not_a_traceback(fleet_factory, api):
+    # The sign covers the timestamp only: whoever saw one request may send any body with
+    # it for an hour. One nested 100,000 deep made json.loads raise RecursionError: a 500
+    # and a traceback.
+    fleet = start_fleet(fleet_factory, api)
+    _, headers = ding.callback({})
+    answer = httpx.post(f"{fleet.base_url}/webhooks/dingtalk/", content=b"[" * 100_000,
+                        headers=headers, timeout=10)  # fmt: skip
+    assert answer.status_code == 400, answer.text
+    assert post(fleet, {}).status_code == 200
+    assert "RecursionError" not in fleet.output("ingress")

@@ -136,6 +136,22 @@ def test_encrypted_event_answered_and_forgeries_refused(fleet_factory, api, llm_
     assert "feishu pushes are not signed" not in fleet.output("ingress")
 
 
+@pytest.mark.parametrize("encrypt_key", ["", lark.ENCRYPT_KEY], ids=["plain", "encrypted"])
+def test_a_body_nested_too_deep_is_refused_not_a_traceback(fleet_factory, api, encrypt_key):
+    # The body is read before anything vouches for it (the token is inside it; a push
+    # without X-Lark-Signature may be a url_verification): json.loads recursed once per
+    # bracket and raised RecursionError, a 500 with a traceback for anyone who asked.
+    fleet = start_fleet(fleet_factory, api, encrypt_key=encrypt_key, worker=False)
+    url, json_type = f"{fleet.base_url}/webhooks/feishu/", {"Content-Type": "application/json"}
+    for body in (b"[" * 100_000, b'{"encrypt": ' + b"[" * 50_000 + b"}"):
+        answer = httpx.post(url, content=body, headers=json_type, timeout=10)
+        assert answer.status_code in (400, 401), answer.text
+    assert post(fleet, lark.url_verification("still-up"), encrypt_key=encrypt_key or None
+                ).json() == {"challenge": "still-up"}  # fmt: skip
+    assert "Traceback" not in fleet.output("ingress")
+    assert "RecursionError" not in fleet.output("ingress")
+
+
 def test_duplicated_event_handled_once(fleet_factory, api, llm_server):
     fleet = start_fleet(fleet_factory, api)
     event = lark.message_event("only once", event_id=uuid.uuid4().hex)

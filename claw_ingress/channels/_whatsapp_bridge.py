@@ -28,6 +28,7 @@ import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
+from claw_ingress.bodies import BodyError, loads_bounded
 from claw_ingress.cancel import stop_if_cancelled
 from claw_ingress.channels.base import ChannelError, SendError
 from claw_worker.config.channels import WhatsAppConfig
@@ -150,7 +151,7 @@ class WhatsAppBridge:
 
     async def _on_frame(self, frame: str | bytes) -> None:
         try:
-            data = json.loads(frame)
+            data = loads_bounded(frame.encode() if isinstance(frame, str) else frame)
             kind = data.get("type")
             if kind == "message":
                 message = bridge_message(data)
@@ -164,7 +165,7 @@ class WhatsAppBridge:
                 )
             elif kind == "error":
                 log.warning("whatsapp bridge error", channel=CHANNEL, error=str(data.get("error")))
-        except (ValueError, AttributeError, TypeError) as exc:
+        except (ValueError, AttributeError, TypeError, BodyError) as exc:
             log.warning("bad frame from the whatsapp bridge", channel=CHANNEL, error=repr(exc))
         except Exception as exc:  # Redis trouble, a bug: one frame lost, never the loop
             log.exception("whatsapp bridge frame failed", channel=CHANNEL, error=repr(exc))

@@ -43,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from claw_ingress.bodies import BodyError, loads_bounded
 from claw_ingress.channels._http import json_object
 from claw_ingress.channels.base import (
     Channel,
@@ -126,8 +127,8 @@ class DingTalkChannel(Channel):
         if not within_clock_skew(timestamp, cfg.max_clock_skew_sec, per_sec=1000):
             return self._refuse(401, "timestamp outside the allowed window")
         try:
-            payload = json.loads(await request.body())
-        except ValueError:
+            payload = loads_bounded(await request.body())
+        except BodyError:
             return self._refuse(400, "body is not JSON")
         try:
             message = self._inbound(payload) if isinstance(payload, dict) else None

@@ -46,6 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from claw_ingress.bodies import BodyError, loads_bounded
 from claw_ingress.channels._http import json_object
 from claw_ingress.channels.base import (
     Channel,
@@ -155,12 +156,12 @@ class FeishuChannel(Channel):
         if signed and not within_clock_skew(stamp, cfg.max_clock_skew_sec):
             return self._refuse(401, "X-Lark-Request-Timestamp is too far from now (a replay?)")
         try:
-            payload = json.loads(body)
+            payload = loads_bounded(body)  # read before anything vouches for it: bounded
             if isinstance(payload, dict) and "encrypt" in payload:
                 if not cfg.encrypt_key:
                     return self._refuse(400, "an encrypted push, and no encrypt_key is set")
-                payload = json.loads(decrypt(cfg.encrypt_key, payload["encrypt"]))
-        except ValueError:
+                payload = loads_bounded(decrypt(cfg.encrypt_key, payload["encrypt"]))
+        except (ValueError, BodyError):
             return self._refuse(401 if cfg.encrypt_key else 400, "not a Feishu push")
         if not isinstance(payload, dict):
             return self._refuse(400, "not a Feishu push")
@@ -301,8 +302,8 @@ def _send_error(response: httpx.Response, code: Any, msg: str) -> SendError:
 def _content(kind: Any, raw: Any, message_id: str) -> tuple[str, list[str]]:
     """(text, media references) of a received message's ``content`` JSON."""
     try:
-        content = json.loads(raw) if isinstance(raw, str) else {}
-    except ValueError:
+        content = loads_bounded(raw.encode()) if isinstance(raw, str) else {}
+    except BodyError:
         content = {}
     if not isinstance(content, dict):
         return "", []

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from typing import Any
 
 import httpx
@@ -38,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from claw_ingress.bodies import BodyError, loads_bounded
 from claw_ingress.channels._http import retry_after
 from claw_ingress.channels.base import (
     Channel,
@@ -130,7 +130,7 @@ class QQChannel(Channel):
             log.warning("qq callback refused", channel=self.name, error=problem)
             return JSONResponse({"error": "bad signature"}, status_code=401)
         try:
-            payload = json.loads(body)
+            payload = loads_bounded(body)
             op, data = payload.get("op"), payload.get("d")
             if op == 13:
                 plain, event_ts = str(data["plain_token"]), str(data["event_ts"])
@@ -139,7 +139,7 @@ class QQChannel(Channel):
                 return JSONResponse({"plain_token": plain, "signature": signature})
             if op == 0:
                 await self._dispatch(str(payload.get("t", "")), data, str(payload.get("id", "")))
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, BodyError) as exc:
             log.warning("bad qq callback", channel=self.name, error=repr(exc))
             return JSONResponse({"error": "not a QQ callback"}, status_code=400)
         except RedisError as exc:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from typing import Any
 
 import httpx
@@ -28,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from claw_ingress.bodies import BodyError, loads_bounded
 from claw_ingress.channels._http import retry_after
 from claw_ingress.channels._whatsapp_bridge import WhatsAppBridge, whatsapp_message
 from claw_ingress.channels.base import (
@@ -141,14 +141,14 @@ class WhatsAppChannel(Channel):
             )
             return JSONResponse({"error": "bad signature"}, status_code=401)
         try:
-            payload = json.loads(body)
+            payload = loads_bounded(body)
             values = [
                 change["value"]
                 for entry in payload.get("entry", [])
                 for change in entry.get("changes", [])
                 if change.get("field") == "messages"
             ]
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except (ValueError, TypeError, KeyError, AttributeError, BodyError):
             return JSONResponse({"error": "not a WhatsApp notification"}, status_code=400)
         try:
             for value in values:
