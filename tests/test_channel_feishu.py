@@ -184,6 +184,15 @@ def test_group_messages_only_when_the_bot_is_mentioned(fleet_factory, api, llm_s
     assert sent["body"]["receive_id"] == group
     assert len(llm_server.requests) == 1
 
+    # Ten people mentioned: the bot's key @_user_1 is the start of @_user_10, whose name
+    # must still show (cutting @_user_1 everywhere left "ask 0 about it").
+    people = [lark.bot_mention(f"@_user_{n}", open_id=f"ou_person_{n:02d}") for n in range(2, 11)]
+    people[-1]["name"] = "Dora"
+    busy = lark.message_event("@_user_1 ask @_user_10 about it", chat_id=group,
+                              chat_type="group", mentions=[lark.bot_mention(), *people])  # fmt: skip
+    assert post(fleet, busy).status_code == 200
+    wait_texts(api, ["echo: what time is it", "echo: ask @Dora about it"])
+
 
 def test_token_refreshed_when_expired_and_rate_limit_retried(fleet_factory, api, llm_server):
     fleet = start_fleet(fleet_factory, api)

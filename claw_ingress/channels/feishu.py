@@ -35,6 +35,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -217,11 +218,7 @@ class FeishuChannel(Channel):
             return None  # a group message for someone else
         message_id = str(message.get("message_id") or "")
         text, media = _content(message.get("message_type"), message.get("content"), message_id)
-        for mention in mentions:
-            key = str(mention.get("key") or "")
-            if key:
-                text = text.replace(key, "" if key in bot_keys else f"@{mention.get('name', '')}")
-        text = text.strip()
+        text = _replace_mentions(text, mentions, bot_keys).strip()
         if not text and not media:
             return None
         return InboundMessage(
@@ -297,6 +294,17 @@ def _send_error(response: httpx.Response, code: Any, msg: str) -> SendError:
     if response.status_code >= 500 or code is None or code in TOKEN_INVALID_CODES:
         return SendError(what)
     return SendError(what, permanent=True)
+
+
+def _replace_mentions(text: str, mentions: list[dict[str, Any]], bot_keys: list[Any]) -> str:
+    """``text`` with each mention's key (``@_user_1``) cut (the bot's) or made ``@name``, in
+    one pass, longest key first: ``@_user_1`` is the start of ``@_user_10``."""
+    names = {str(m.get("key")): str(m.get("name") or "") for m in mentions if m.get("key")}
+    if not names:
+        return text
+    keys = sorted(names, key=len, reverse=True)
+    pattern = re.compile("|".join(re.escape(key) for key in keys))
+    return pattern.sub(lambda m: "" if m[0] in bot_keys else f"@{names[m[0]]}", text)
 
 
 def _content(kind: Any, raw: Any, message_id: str) -> tuple[str, list[str]]:
