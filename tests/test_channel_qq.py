@@ -139,6 +139,27 @@ def test_c2c_and_group_messages_get_passive_replies_with_one_token(
     assert SECRET not in logs and tokens.pop() not in logs
 
 
+def test_a_refused_strangers_message_is_not_what_later_parts_answer(
+    fleet, qq: QQAPI, llm_server
+) -> None:
+    """QQ's passive replies name a message: the second part of a long answer names the
+    chat's latest one. A stranger (not in allow_from) writing in the group meanwhile is
+    refused, and must not become the message the member's answer quotes."""
+    llm_server.reply("y" * 2500, when="long for the group", delay=2)
+    asked = group_at_message(GROUP, MEMBER, "long for the group")
+    assert post(fleet, asked).status_code == 200
+    wait_for(lambda: llm_server.requests_for("long for the group"), timeout=60,
+             what="the member's run at the LLM")  # fmt: skip
+    stranger = group_at_message(GROUP, "0" * 32, "me too")
+    assert post(fleet, stranger).status_code == 200
+    path = f"/v2/groups/{GROUP}/messages"
+    parts = wait_for(lambda: len(qq.delivered(path)) >= 2 and qq.delivered(path), timeout=60,
+                     what="both parts")  # fmt: skip
+    assert [p["body"]["msg_id"] for p in parts] == [asked["d"]["id"]] * 2, parts
+    assert "".join(p["body"]["content"] for p in parts) == "y" * 2500
+    assert not llm_server.requests_for("me too")
+
+
 def test_forged_or_stale_callbacks_get_401_and_never_reach_the_agent(
     fleet, qq: QQAPI, llm_server
 ) -> None:

@@ -63,6 +63,15 @@ RATE_CODES = {22009, 20028}  # sending too often
 PERMANENT_CODES = {304003, 304026, 304027, 304028, 50006}
 
 
+# KEYS: the chat's reply pointer   ARGV: the message id set, the one it replaced ("" none),
+# ttl_sec. Puts the replaced id back, unless another message moved the pointer meanwhile.
+RESTORE_POINTER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
+return redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+"""
+
+
 def reply_key(chat_id: str) -> str:
     """STRING: the platform id of the chat's latest message (TTL: the reply window)."""
     return k.channel_state_key("qq", "reply", chat_id)
@@ -182,12 +191,15 @@ class QQChannel(Channel):
         if not msg_id or not sender or chat_id.endswith(":") or not (text or media):
             log.info("qq message ignored", channel=self.name, chat_id=chat_id, sender_id=sender)
             return
-        await self.ctx.redis.set(reply_key(chat_id), msg_id, ex=REPLY_WINDOW_SEC[kind])
+        # Later parts of a long reply, and replies nothing quotes, answer the chat's latest
+        # message (set first: a command's answer may go out before receive returns).
+        pointer, ttl = reply_key(chat_id), REPLY_WINDOW_SEC[kind]
+        previous = await self.ctx.redis.set(pointer, msg_id, ex=ttl, get=True)
         stable = f"qq:{msg_id}"  # a callback QQ sends again is stored once
         if len(stable) > 128:
             stable = "qq:" + hashlib.sha256(msg_id.encode()).hexdigest()
         metadata = {"platform_message_id": msg_id, "event_id": event_id}
-        await self.receive(
+        accepted = await self.receive(
             InboundMessage(
                 message_id=stable,
                 channel=self.name,
@@ -198,6 +210,8 @@ class QQChannel(Channel):
                 metadata=metadata,
             )
         )
+        if accepted.status not in ("queued", "command"):  # a refused stranger's, a duplicate
+            await self.ctx.redis.eval(RESTORE_POINTER, 1, pointer, msg_id, previous or "", ttl)
 
     # -- replies out ---------------------------------------------------------------------
 
