@@ -293,8 +293,9 @@ def test_standby_beat_rides_out_a_redis_restart_and_takes_over(
     wait_for(lambda: len([p for p in live_processes(r) if p["role"] == "beat"]) == 2,
              timeout=30, what="the standby to register")  # fmt: skip
     redis_server.stop()
+    # RedBeat's handler may retry its calls for its retry_period (30 s) before it gives up.
     wait_for(lambda: "beat: waiting for the active-beat lock" in fleet.output("beat-b"),
-             timeout=30, what="the standby to wait again after the outage")  # fmt: skip
+             timeout=60, what="the standby to wait again after the outage")  # fmt: skip
     redis_server.start()
     r = redis_server.client()
     assert active.poll() is None and standby.poll() is None
