@@ -69,8 +69,9 @@ class FleetScheduler(RedBeatScheduler):
                 self._send_selfcheck()
                 self._selfcheck_sent = True
             interval = super().tick(*args, **kwargs)
-            if self.lock is not None:  # who the active beat is, for clawctl status
-                self.control.redis.set(k.BEAT_ACTIVE, identity().name, ex=int(self.lock_timeout))
+            # Whether this beat is the active one rides on its registry record (no write
+            # of its own each tick): clawctl status reads it.
+            self.control.info["active"] = self.lock is not None
         except LockError:  # Redis was away longer than the lock's timeout, or lost it
             self._wait_for_lock("beat: lost the active-beat lock; waiting to take it again")
             return 0.0
@@ -90,6 +91,7 @@ class FleetScheduler(RedBeatScheduler):
         """Wait for the one-active-beat lock as a standby does (never run beside another
         active beat), Redis outages included; the lock made as RedBeat makes its own."""
         log.warning(why)
+        self.control.info["active"] = False
         if self.lock is None:
             redis = get_redis(self.app)
             lock = redis.lock(self.lock_key, timeout=self.lock_timeout, sleep=self.max_interval)

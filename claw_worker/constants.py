@@ -95,7 +95,6 @@ def reply_sent_key(message_id: str) -> str:
 # <prefix>:schedule (ZSET of due times) and <prefix>:statics (SET of static entry names).
 BEAT_KEY_PREFIX = f"{PREFIX}:beat:"
 BEAT_LOCK_KEY = f"{BEAT_KEY_PREFIX}:lock"  # STRING token of the one active beat (TTL)
-BEAT_ACTIVE = f"{BEAT_KEY_PREFIX}:active"  # STRING name of the beat holding the lock (TTL)
 
 # The fleet's processes, for config reload (claw_worker/control.py, config/reload.py).
 PROCS = f"{PREFIX}:procs"  # HASH process key -> JSON {role, name, host, pid, config}

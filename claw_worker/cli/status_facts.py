@@ -210,13 +210,12 @@ def _cron(config: Config, conn: redis.Redis) -> dict[str, Any]:
 
 
 def _beat(conn: redis.Redis, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The active beat (it names itself while it holds RedBeat's lock) and every beat
-    process registered: with none, nothing fires (cron, heartbeat, sweeper, Sentinel)."""
-    active = conn.get(k.BEAT_ACTIVE) if conn.exists(k.BEAT_LOCK_KEY) else None
-    return {
-        "active": active,
-        "processes": sorted(r["name"] for r in records if r.get("role") == "beat"),
-    }
+    """The active beat (its registry record says so while it holds RedBeat's lock) and every
+    beat process registered: with none, nothing fires (cron, heartbeat, sweeper, Sentinel)."""
+    beats = [r for r in records if r.get("role") == "beat"]
+    held = conn.exists(k.BEAT_LOCK_KEY)
+    active = next((r["name"] for r in beats if r.get("active")), None) if held else None
+    return {"active": active, "processes": sorted(r["name"] for r in beats)}
 
 
 def _autonomy(conn: redis.Redis) -> dict[str, Any]:
