@@ -130,10 +130,7 @@ def read_workspace_text(workspace: Path, name: str, limit: int) -> str | None:
 def _target(path: Path, within: Path | None) -> Path:
     """Where a write to ``path`` lands: its directory resolved and checked (the file itself
     is never followed: a symlink there is replaced, not written through)."""
-    parent = Path(os.path.realpath(path.parent))
-    if within is not None and not parent.is_relative_to(within):
-        raise OutsideWorkspace(f"{path} leads outside {within}")
-    return parent / path.name
+    return confined(path.parent, within) / path.name
 
 
 def write_atomic(path: Path, data: bytes, within: Path | None, mode: int | None = None) -> None:
