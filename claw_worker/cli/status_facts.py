@@ -71,7 +71,7 @@ def collect() -> dict[str, Any]:
     except (redis.RedisError, OSError) as exc:
         report["redis"]["error"] = str(exc) or type(exc).__name__
         # A fleet still on the Redis it started with (redis.url changed since): show it.
-        found = find_fleet(config)
+        found = find_fleet(config, tried=(url,))
         if found is not None:
             conn.close()
             report["redis"]["fleet_url"], conn = mask_url(found[0]), found[1]

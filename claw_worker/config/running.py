@@ -38,11 +38,16 @@ def connect(url: str) -> redis.Redis | None:
     return conn
 
 
-def find_fleet(config: Config, *before: Config) -> tuple[str, redis.Redis] | None:
+def find_fleet(
+    config: Config, *before: Config, tried: tuple[str, ...] = ()
+) -> tuple[str, redis.Redis] | None:
     """The URL and a client of the Redis the running fleet is on (see the module's text);
-    with no live process anywhere, the first Redis that answers; None if none does."""
+    with no live process anywhere, the first Redis that answers; None if none does. URLs in
+    ``tried`` (the caller found them down) are not asked again."""
     found: list[tuple[str, redis.Redis]] = []
     for url in fleet_urls(config, *before):
+        if url in tried:
+            continue
         conn = connect(url)
         if conn is None:
             continue
