@@ -107,6 +107,14 @@ def confirm(question: str, *, no_terminal: str) -> None:
         raise CliError("not confirmed; nothing was changed")
 
 
+def unusable_home(home: Path, why: str) -> str:
+    """What ``onboard`` and ``gateway run`` say when CLAW_HOME cannot be made or written."""
+    return (
+        f"cannot create CLAW_HOME {home} ({why}): set CLAW_HOME to a directory you can write "
+        "(it holds config.json, the workspace, logs and the embedded Redis's files)"
+    )
+
+
 def current_path() -> Path:
     """The config file in use: --config / $CLAW_CONFIG / $CLAW_HOME/config.json."""
     return config_path()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from claw_worker.cli._common import CliError, current_path, describe_error
+from claw_worker.cli._common import CliError, current_path, describe_error, unusable_home
 from claw_worker.config import Config, ConfigError, apply_env_overrides, load_config, workspace_dir
 from claw_worker.config.jsontext import JsonTextError, decode
 from claw_worker.config.paths import claw_home
@@ -140,11 +140,7 @@ def onboard() -> None:
     try:
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
-        raise CliError(
-            f"cannot create CLAW_HOME {home} ({exc.strerror or exc}): set CLAW_HOME to a "
-            "directory you can write (it holds config.json, the workspace, logs and the "
-            "embedded Redis's files)"
-        ) from None
+        raise CliError(unusable_home(home, str(exc.strerror or exc))) from None
     config_state, workspace = ensure_config(path)
     click.echo(f"config     {path} ({config_state})")
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from claw_worker import constants as k
 from claw_worker.cli import _run_lock
+from claw_worker.cli._common import unusable_home
 from claw_worker.cli._listeners import clawfleet_listener
 from claw_worker.config import Config, ConfigError
 from claw_worker.config.local import check_local, dir_problem
@@ -180,11 +181,7 @@ class Supervisor:
         tried without leaving anything behind; then the run and log directories made."""
         problem = dir_problem(claw_home())
         if problem:
-            raise SupervisorError(
-                f"cannot use {claw_home()} ({problem}): CLAW_HOME is {claw_home()}; set "
-                "CLAW_HOME to a directory you can write (it holds config.json, the workspace, "
-                "logs and the embedded Redis's files)"
-            )
+            raise SupervisorError(unusable_home(claw_home(), problem))
         try:
             check_local(self.config)
         except ConfigError as exc:
