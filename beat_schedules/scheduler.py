@@ -12,11 +12,12 @@ control channel, so a config reload reaches beat too: the static entries of
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import structlog
 from redbeat import RedBeatScheduler
-from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, get_redis
+from redbeat.schedulers import acquire_distributed_beat_lock
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -89,18 +90,15 @@ class FleetScheduler(RedBeatScheduler):
 
     def _wait_for_lock(self, why: str) -> None:
         """Wait for the one-active-beat lock as a standby does (never run beside another
-        active beat), Redis outages included; the lock made as RedBeat makes its own."""
+        active beat), Redis outages included: RedBeat's own start-up wait, tried again
+        until Redis answers."""
         log.warning(why)
         self.control.info["active"] = False
-        if self.lock is None:
-            redis = get_redis(self.app)
-            lock = redis.lock(self.lock_key, timeout=self.lock_timeout, sleep=self.max_interval)
-            lock.lua_extend = redis.register_script(LUA_EXTEND_TO_SCRIPT)
-            self.lock = lock
+        self.lock = None
         while True:
-            try:
-                if self.lock.acquire():  # blocks, polling, until the lock is free
-                    break
+            try:  # makes the lock as RedBeat does, then blocks, polling, until it is free
+                acquire_distributed_beat_lock(sender=SimpleNamespace(scheduler=self))
+                break
             except (RedisConnectionError, RedisTimeoutError):
                 time.sleep(REDIS_RETRY_SEC)
         log.info("beat: holds the active-beat lock")
