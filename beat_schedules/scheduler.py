@@ -47,6 +47,7 @@ class FleetScheduler(RedBeatScheduler):
         self.live = LiveConfig(config)
         self._selfcheck_sent = False
         self._redis_down_since: float | None = None
+        self._url = url
         super().__init__(app, *args, **kwargs)  # writes the static entries into Redis
         self.control: ControlListener = process_listener(
             client(url), identity(), config=str(config_path().absolute())
@@ -58,6 +59,21 @@ class FleetScheduler(RedBeatScheduler):
             current=lambda: self.live.config,
             apply=self.apply,
         ).attach(self.control)
+        if not kwargs.get("lazy"):  # not the banner's instance: the schedule is in Redis
+            self.control.info.setdefault("active", False)
+
+    def setup_schedule(self) -> None:
+        """RedBeat's set-up (the static entries written to Redis), waiting out an outage:
+        it writes them in pipelines, which redis-py does not retry, and an error here would
+        end beat before it ever ticks. Writing them again is harmless."""
+        while True:
+            try:
+                super().setup_schedule()
+                return
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                log.warning("beat: redis went away while writing the schedule",
+                            error=str(exc))  # fmt: skip
+                _wait_for_redis(self._url)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """RedBeat's tick, riding out a Redis restart: Celery's beat service ends the process

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -288,10 +289,11 @@ def test_standby_beat_rides_out_a_redis_restart_and_takes_over(
     r = redis_server.client()
     wait_for(lambda: r.get(k.BEAT_LOCK_KEY), timeout=30, what="the first beat to take the lock")
     standby = fleet.start_beat("beat-b")
-    # Registered: its scheduler is made, and RedBeat's start-up handler (which follows at
-    # once) waits on the lock the first beat holds.
-    wait_for(lambda: len([p for p in live_processes(r) if p["role"] == "beat"]) == 2,
-             timeout=30, what="the standby to register")  # fmt: skip
+    # Its schedule set up (the record says so: the banner's lazy scheduler registers the
+    # process before that), so RedBeat's start-up handler is waiting on the lock.
+    wait_for(lambda: [p for p in live_processes(r) if p["role"] == "beat"
+                      and p["pid"] == standby.pid and "active" in p],
+             timeout=30, what="the standby to set up its schedule")  # fmt: skip
     redis_server.stop()
     # RedBeat's handler may retry its calls for its retry_period (30 s) before it gives up.
     wait_for(lambda: "beat: waiting for the active-beat lock" in fleet.output("beat-b"),
@@ -305,6 +307,47 @@ def test_standby_beat_rides_out_a_redis_restart_and_takes_over(
     wait_status(r, "api:standby", orphan.message_id, "done", timeout=RECOVERY_DEADLINE + 6)
     assert "beat: holds the active-beat lock" in fleet.output("beat-b")
     assert standby.poll() is None
+
+
+# RedBeat's set-up (the static entries written to Redis) with Redis gone in the middle: a
+# real scheduler on the fleet's config, made lazily (as Celery's banner makes it), whose
+# set-up starts once Redis no longer answers.
+SETUP_IN_AN_OUTAGE = """
+import redis
+from beat_schedules.scheduler import FleetScheduler
+from claw_worker.celery import app
+scheduler = FleetScheduler(app=app, lazy=True)
+print("scheduler made", flush=True)
+probe = redis.Redis.from_url(app.conf.redbeat_redis_url)
+while True:
+    try:
+        probe.ping()
+    except redis.ConnectionError:
+        break
+scheduler.setup_schedule()
+print("schedule written", flush=True)
+"""
+
+
+def test_beat_whose_redis_goes_away_while_it_writes_the_schedule_waits(
+    fleet_factory, redis_server
+) -> None:
+    """Before, the error ended beat before its first tick (a standby started during a
+    Redis restart crashed); now it waits for Redis and writes the entries."""
+    fleet = fleet_factory()
+    setup = fleet._spawn("setup", [sys.executable, "-c", SETUP_IN_AN_OUTAGE])
+    wait_for(lambda: "scheduler made" in fleet.output("setup"), timeout=30,
+             what="the scheduler to be made")  # fmt: skip
+    redis_server.stop()
+    # RedBeat retries its plain commands for its retry_period (30 s) before giving up.
+    wait_for(lambda: setup.poll() is not None
+             or "redis went away while writing the schedule" in fleet.output("setup"),
+             timeout=60, what="the set-up to fail")  # fmt: skip
+    assert setup.poll() is None, fleet.output("setup")[-3000:]
+    redis_server.start()
+    wait_for(lambda: "schedule written" in fleet.output("setup"), timeout=30,
+             what="the set-up to finish once Redis is back")  # fmt: skip
+    assert redis_server.client().zcard(k.BEAT_SCHEDULE) > 0
 
 
 # -- 3. the ingress died between storing and sending the wake-up ------------------------------
