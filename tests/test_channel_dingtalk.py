@@ -71,6 +71,20 @@ def test_signed_callback_answered_through_the_session_webhook(fleet_factory, api
     assert not [c for c in api.calls if c["kind"] in ("single", "group")]
 
 
+def test_a_long_reply_of_emoji_is_split_by_utf8_bytes(fleet_factory, api, llm_server):
+    """DingTalk counts a text's 20,000 bytes, not characters: 6,000 emoji (4 bytes each) in
+    one part were refused before, on the session webhook and the open API alike."""
+    fleet = start_fleet(fleet_factory, api)
+    question = "\U0001f600" * 6000
+    answer = post(fleet, ding.robot_message(question, session_webhook=api.session_webhook()))
+    assert answer.status_code == 200
+    wait_for(lambda: "".join(api.texts()) == "echo: " + question, timeout=60,
+             what="the whole reply in parts")  # fmt: skip
+    assert len(api.texts()) == 2
+    assert all(len(part.encode()) <= ding.MAX_TEXT_BYTES for part in api.texts())
+    assert [c for c in api.calls if c["kind"] == "session"] == api.sent()  # none refused
+
+
 def test_expired_session_webhook_falls_back_to_the_open_api(fleet_factory, api, llm_server):
     fleet = start_fleet(fleet_factory, api)
     expired = int(time.time() * 1000) - 1000

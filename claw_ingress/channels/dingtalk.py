@@ -90,7 +90,11 @@ def _answer(status: int, error: str = "") -> JSONResponse:
 
 class DingTalkChannel(Channel):
     name = "dingtalk"
-    max_text = 6000  # a text message may be 20000 bytes
+    max_text = 20000  # a text message's content: UTF-8 bytes, not characters
+
+    @staticmethod
+    def text_length(text: str) -> int:
+        return len(text.encode("utf-8"))
 
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)

@@ -41,6 +41,8 @@ CLIENT_SECRET = "dingtalk-app-secret-Zx81pQ"
 ROBOT_USER = "$:LWCP_v1:$robot0000000000"
 TOKEN_EXPIRE_SEC = 7200
 INVALID_TOKEN = {"code": "InvalidAuthentication", "message": "不合法的access_token"}
+MAX_TEXT_BYTES = 20000  # a text message's content, counted in UTF-8 bytes
+TOO_LONG = {"errcode": 460101, "errmsg": "message too long, exceed 20000 bytes"}
 THROTTLED = {"code": "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi",
              "message": "调用该接口次数过多，请求被暂时限流了"}  # fmt: skip
 
@@ -81,7 +83,8 @@ class DingTalkAPI(LoopbackHTTP):
     def sent(self) -> list[dict[str, Any]]:
         """Messages DingTalk accepted, in order: {"via", "text", "to", "token", ...}."""
         with self._lock:
-            return [c for c in self.calls if c["status"] == 200 and c["kind"] != "token"]
+            return [c for c in self.calls if c["status"] == 200 and c["kind"] != "token"
+                    and c["answer"].get("errcode", 0) == 0]  # fmt: skip
 
     def texts(self) -> list[str]:
         return [c["text"] for c in self.sent()]
@@ -95,8 +98,12 @@ class DingTalkAPI(LoopbackHTTP):
             text = (
                 (body.get("text") or {}).get("content") if body.get("msgtype") == "text" else None
             )
-            status, answer = (200, {"errcode": 0, "errmsg": "ok"}) if text else (
-                400, {"errcode": 40035, "errmsg": "缺少参数 json"})  # fmt: skip
+            if not text:
+                status, answer = 400, {"errcode": 40035, "errmsg": "缺少参数 json"}
+            elif len(text.encode()) > MAX_TEXT_BYTES:
+                status, answer = 200, TOO_LONG  # DingTalk answers errors with HTTP 200
+            else:
+                status, answer = 200, {"errcode": 0, "errmsg": "ok"}
             token = ""
         elif path in ("/v1.0/robot/oToMessages/batchSend", "/v1.0/robot/groupMessages/send"):
             kind = "single" if "oToMessages" in path else "group"
@@ -134,6 +141,8 @@ class DingTalkAPI(LoopbackHTTP):
                 return 403, THROTTLED
         if body.get("robotCode") != CLIENT_ID or body.get("msgKey") != "sampleText" or not text:
             return 400, {"code": "invalidParameter", "message": "robotCode/msgKey/msgParam"}
+        if len(text.encode()) > MAX_TEXT_BYTES:
+            return 400, {"code": "invalidParameter.msgParam.tooLong", "message": TOO_LONG["errmsg"]}
         if kind == "single":
             return 200, {"processQueryKey": uuid.uuid4().hex, "invalidStaffIdList": [],
                          "flowControlledStaffIdList": []}  # fmt: skip
