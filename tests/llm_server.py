@@ -36,6 +36,7 @@ from tests.llm_wire import (
     answer_body,
     error,
     last_user_text,
+    raw_answer,
     script_to_dict,
     text,
     tool_call,
@@ -50,6 +51,7 @@ __all__ = [
     "error",
     "last_user_text",
     "main",
+    "raw_answer",
     "script_to_dict",
     "text",
     "tool_call",
@@ -313,7 +315,7 @@ class _Handler(BaseHTTPRequestHandler):
         if script.disconnect:
             self.close_connection = True
             return
-        if script.status != 200:
+        if script.status != 200 or script.body:
             self._send(script.status, script.body.encode(), script.content_type, script.headers)
         elif body.get("stream") and not script.ignore_stream:
             self._stream(protocol, body, script)

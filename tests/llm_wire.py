@@ -29,12 +29,13 @@ ROUTES = {
 
 @dataclass(frozen=True)
 class Script:
-    """One scripted answer. ``status`` other than 200 makes it an HTTP error with ``body``."""
+    """One scripted answer. ``status`` other than 200 makes it an HTTP error with ``body``;
+    a ``body`` with status 200 is sent verbatim as the answer (see ``raw_answer``)."""
 
     text: str | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # {id?, name, arguments}
     status: int = 200
-    body: str = ""  # the error body, sent verbatim (JSON or HTML)
+    body: str = ""  # the error body (or a raw 200 answer), sent verbatim (JSON or HTML)
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
@@ -84,6 +85,13 @@ def error(
         raw = body
         ctype = content_type or ("text/html" if body.lstrip().startswith("<") else "text/plain")
     return Script(status=status, body=raw, content_type=ctype, headers=headers or {}, delay=delay)
+
+
+def raw_answer(body: dict[str, Any] | list[Any] | str) -> Script:
+    """A 200 whose body is exactly ``body`` (JSON unless a str): an answer of a shape the
+    scripted replies never take, such as a proxy's error reported with status 200."""
+    raw = body if isinstance(body, str) else json.dumps(body)
+    return Script(status=200, body=raw, content_type="application/json")
 
 
 def _parts_text(content: Any) -> str:

@@ -22,10 +22,11 @@ from tests.llm_server import LLMServer
 USER = [{"role": "user", "content": "hello"}]
 
 
-def make_config(a: LLMServer, b: LLMServer | None = None, **defaults: Any) -> Config:
-    providers: dict[str, Any] = {
-        "proxy": {"api_base": a.base_url, "api_key": "sk-a", "models": ["m1", "m2"]}
-    }
+def make_config(
+    a: LLMServer, b: LLMServer | None = None, *, stream: bool = False, **defaults: Any
+) -> Config:
+    proxy = {"api_base": a.base_url, "api_key": "sk-a", "models": ["m1", "m2"], "stream": stream}
+    providers: dict[str, Any] = {"proxy": proxy}
     if b is not None:
         providers["proxies"] = {"b": {"api_base": b.base_url, "api_key": "sk-b", "models": ["b1"]}}
         providers["proxy_fallbacks"] = ["b"]
@@ -138,6 +139,58 @@ def test_other_client_errors_are_raised(
         ask(chain)
     assert info.value.status == 422 and info.value.kind == "invalid_request"
     assert llm_server_b.requests == []
+
+
+# OpenRouter (and proxies like it) report a failure that arises after they accepted the
+# request with status 200 and the error in the body; its numeric code is the HTTP status.
+CONTEXT_IN_200 = {
+    "error": {
+        "code": 400,
+        "message": "This endpoint's maximum context length is 8192 tokens. However, you "
+        "requested about 9100 tokens. Please reduce the length of the messages.",
+    }
+}
+DOWN_IN_200 = {"error": {"code": 502, "message": "upstream provider disconnected"}}
+CHOICE_ERROR_IN_200 = {
+    "id": "gen-1",
+    "object": "chat.completion",
+    "choices": [
+        {
+            "index": 0,
+            "finish_reason": "error",
+            "error": {"code": 502, "message": "provider returned error"},
+            "message": {"role": "assistant", "content": ""},
+        }
+    ],
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream-request"])
+def test_an_error_in_a_200_body_is_classified_by_its_code(
+    llm_server: LLMServer, llm_server_b: LLMServer, stream: bool
+) -> None:
+    chain = build_provider(make_config(llm_server, llm_server_b, stream=stream))
+    assert isinstance(chain, FailoverProvider)
+    try:
+        # A context too long: raised for compaction (before: "HTTP 200 without a chat
+        # completion", a wrong api_base, so the next model, and the history never compacted).
+        llm_server.push(llm.raw_answer(CONTEXT_IN_200), when_model="m1")
+        with pytest.raises(ContextTooLong):
+            ask(chain)
+        assert models(llm_server) == ["m1"] and llm_server_b.requests == []
+        # An error in the choice: the next model (before: "" taken for the answer).
+        llm_server.push(llm.raw_answer(CHOICE_ERROR_IN_200), when_model="m1")
+        llm_server.reply("from m2", when_model="m2")
+        assert ask(chain) == "from m2"
+        # Every model down: worth asking again later (before: failed at once).
+        llm_server.add_rule("", llm.raw_answer(DOWN_IN_200))
+        llm_server_b.add_rule("", llm.raw_answer(DOWN_IN_200))
+        with pytest.raises(ProviderError) as info:
+            ask(chain)
+        assert info.value.kind == "transient" and info.value.retryable
+        assert "upstream provider disconnected" in str(info.value)
+    finally:
+        chain.close()
 
 
 def test_everything_failing_summarizes_each_attempt(

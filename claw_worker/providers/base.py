@@ -132,6 +132,33 @@ def error_fields(data: Any) -> tuple[str, list[str]]:
     return (str(message) if message else ""), codes
 
 
+def reported_kind(detail: Any) -> tuple[str, ErrorKind]:
+    """(message, kind) of an error an answer reports in its body while its HTTP status is
+    200: mid-stream, or, as OpenRouter does for a failure after it accepted the request, as
+    the whole JSON body ``{"error": {"code": 502, "message": ...}}``. A numeric ``code`` is
+    the HTTP status it stands for and is classified as that status would be; otherwise the
+    error may pass (transient) unless its code or text says it is a refusal."""
+    text, codes = error_fields(detail)
+    holder = detail.get("error") if isinstance(detail, dict) else None
+    holder = holder if isinstance(holder, dict) else detail
+    status = holder.get("code") if isinstance(holder, dict) else None
+    text = text or str(detail)
+    if isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599:
+        return text, classify(status, text, codes)
+    return text, classify_stream_failure(text, codes)
+
+
+def reported_error(url: str, data: Any) -> ProviderError | None:
+    """The failure a 200 answer's JSON reports (an ``error`` object beside or instead of
+    the answer), or None when it reports none."""
+    if not isinstance(data, dict) or not data.get("error"):
+        return None
+    text, kind = reported_kind(data)
+    return provider_error(
+        f"LLM API {url} answered HTTP 200 with an error: {text[:500]}", kind, status=200
+    )
+
+
 class ProviderError(Exception):
     """A failed LLM call, typed so callers decide on retries without parsing text.
 

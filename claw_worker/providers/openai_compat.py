@@ -15,6 +15,7 @@ from claw_worker.providers.base import (
     ToolCall,
     ToolSchema,
     build_response,
+    reported_error,
     without_compaction,
 )
 from claw_worker.providers.http import HttpPool, malformed
@@ -82,6 +83,9 @@ def _parse(url: str, data: Any) -> LLMResponse:
         message = choice["message"]
     except (KeyError, IndexError, TypeError) as exc:
         raise malformed(url, "a chat completion", data, exc) from exc
+    failure = reported_error(url, choice)  # OpenRouter: {"finish_reason": "error", "error"}
+    if failure is not None:
+        raise failure
     calls = []
     for index, raw in enumerate(message.get("tool_calls") or []):
         function = raw.get("function") or {}

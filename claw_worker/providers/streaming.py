@@ -33,9 +33,9 @@ from claw_worker.providers.base import (
     ToolCall,
     body_preview,
     build_response,
-    classify_stream_failure,
-    error_fields,
     provider_error,
+    reported_error,
+    reported_kind,
 )
 from claw_worker.providers.http import HttpPool, http_error, non_json_200, transport_error
 
@@ -84,12 +84,10 @@ class StreamAccumulator:
 
     def fail(self, detail: Any) -> NoReturn:
         """An error reported mid-stream: transient, asking again may succeed; unless its
-        code says otherwise (``rate_limit_exceeded``, ...) or it is a context-length refusal
-        (``response.failed`` with ``context_length_exceeded``), which the agent answers by
-        compacting, as for the same refusal as an HTTP 400."""
-        text, codes = error_fields(detail)
-        text = text or str(detail)
-        kind = classify_stream_failure(text, codes)
+        code says otherwise (``rate_limit_exceeded``, a numeric HTTP status, ...) or it is a
+        context-length refusal (``response.failed`` with ``context_length_exceeded``), which
+        the agent answers by compacting, as for the same refusal as an HTTP 400."""
+        text, kind = reported_kind(detail)
         raise provider_error(f"LLM API {self.url} failed mid-stream: {text[:500]}", kind)
 
     def take_usage(self, usage: Any) -> None:
@@ -124,6 +122,8 @@ class ChatAccumulator(StreamAccumulator):
         for choice in data.get("choices") or []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
+            if choice.get("error"):  # OpenRouter: {"finish_reason": "error", "error": {...}}
+                self.fail(choice)
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
             delta = choice.get("delta") or {}
@@ -159,8 +159,18 @@ def post_answer(
     """POST ``payload`` and parse the answer: one JSON body, or, with ``stream_with``, the
     events of a streamed answer put together by that protocol's accumulator."""
     if stream_with is None:
-        return parse_json(url, pool.post_json(url, payload))
+        return parse_answer(url, pool.post_json(url, payload), parse_json)
     return stream_answer(pool, url, {**payload, "stream": True}, stream_with(url), parse_json)
+
+
+def parse_answer(url: str, data: Any, parse_json: JsonParser) -> LLMResponse:
+    """A 200's JSON body as an answer; an error it reports instead (some proxies send a
+    failure that arises after they accepted the request with status 200) is raised as that
+    error, so a context too long is compacted and a transient failure retried."""
+    failure = reported_error(url, data)
+    if failure is not None:
+        raise failure
+    return parse_json(url, data)
 
 
 def stream_answer(
@@ -185,7 +195,7 @@ def stream_answer(
                     data = response.json()
                 except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
                     raise non_json_200(url, response) from exc
-                return parse_json(url, data)
+                return parse_answer(url, data, parse_json)
             _read_events(response.iter_lines(), acc)
     except httpx.TransportError as exc:  # includes timeouts
         raise transport_error(url, exc, "stream from") from exc
