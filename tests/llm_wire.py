@@ -87,11 +87,14 @@ def error(
     return Script(status=status, body=raw, content_type=ctype, headers=headers or {}, delay=delay)
 
 
-def raw_answer(body: dict[str, Any] | list[Any] | str) -> Script:
+def raw_answer(
+    body: dict[str, Any] | list[Any] | str, content_type: str = "application/json"
+) -> Script:
     """A 200 whose body is exactly ``body`` (JSON unless a str): an answer of a shape the
-    scripted replies never take, such as a proxy's error reported with status 200."""
+    scripted replies never take, such as a proxy's error reported with status 200, or
+    (``text/event-stream``) a stream with events of the wrong shape."""
     raw = body if isinstance(body, str) else json.dumps(body)
-    return Script(status=200, body=raw, content_type="application/json")
+    return Script(status=200, body=raw, content_type=content_type)
 
 
 def _parts_text(content: Any) -> str:

@@ -193,6 +193,42 @@ def test_an_error_in_a_200_body_is_classified_by_its_code(
         chain.close()
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        llm.raw_answer({"choices": [{"index": 0, "message": "hi"}]}),
+        llm.raw_answer({"choices": [{"message": {"content": "x", "tool_calls": ["read_file"]}}]}),
+        llm.raw_answer({"choices": [{"message": {"content": [{"text": 5}]}}]}),
+        llm.raw_answer({"choices": [{"message": {"content": "x"}}], "usage": [1, 2]}),
+        llm.raw_answer(
+            'data: {"choices": [{"index": 0, "delta": "oops"}]}\n\ndata: [DONE]\n\n',
+            content_type="text/event-stream",
+        ),
+    ],
+    ids=["message-str", "call-str", "part-int", "usage-list", "stream-delta-str"],
+)
+def test_an_answer_of_the_wrong_shape_fails_over_to_the_next_model(
+    llm_server: LLMServer, llm_server_b: LLMServer, answer: llm.Script
+) -> None:
+    # Before: AttributeError or TypeError out of the parser, past the failover (no other
+    # model tried) and into the run as an unexpected error, with its traceback.
+    chain = build_provider(make_config(llm_server, llm_server_b, stream=True))
+    assert isinstance(chain, FailoverProvider)
+    try:
+        llm_server.push(answer, when_model="m1")
+        llm_server.reply("from m2", when_model="m2")
+        assert ask(chain) == "from m2"
+        assert models(llm_server) == ["m1", "m2"]
+        # Nothing else answers: a bad response, with what was wrong.
+        llm_server.add_rule("", answer)
+        llm_server_b.add_rule("", answer)
+        with pytest.raises(ProviderError) as info:
+            ask(chain)
+        assert info.value.kind == "bad_response" and "without a well-formed" in str(info.value)
+    finally:
+        chain.close()
+
+
 def test_everything_failing_summarizes_each_attempt(
     llm_server: LLMServer, llm_server_b: LLMServer, chain: FailoverProvider
 ) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 
@@ -37,9 +37,28 @@ from claw_worker.providers.base import (
     reported_error,
     reported_kind,
 )
-from claw_worker.providers.http import HttpPool, http_error, non_json_200, transport_error
+from claw_worker.providers.http import (
+    HttpPool,
+    http_error,
+    malformed,
+    non_json_200,
+    transport_error,
+)
 
 JsonParser = Callable[[str, Any], LLMResponse]  # a non-streamed body -> LLMResponse
+T = TypeVar("T")
+# What reading a field of another type than the protocol's raises (a string where an
+# object belongs, a list for the usage, ...): the answer is malformed, not our bug to crash on.
+_SHAPE_ERRORS = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
+def read_shaped(url: str, what: str, data: Any, read: Callable[[], T]) -> T:
+    """``read()``, its shape errors raised as a malformed answer (bad_response: the next
+    model or proxy is tried) instead of a traceback that skips the failover."""
+    try:
+        return read()
+    except _SHAPE_ERRORS as exc:
+        raise malformed(url, what, data, exc) from exc
 
 
 @dataclass
@@ -63,6 +82,7 @@ class StreamAccumulator:
         self.finish_reason = ""
         self.usage: dict[str, int] = {}
         self.model = ""
+        self.final_event: Any = None  # the last event read, shown when it is malformed
 
     def feed(self, event: str, data: str) -> None:
         """One ``data:`` payload; ``event`` is the name from its ``event:`` line, if any."""
@@ -77,7 +97,14 @@ class StreamAccumulator:
                 kind=ErrorKind.TRANSIENT,
             ) from exc
         if isinstance(payload, dict):
-            self.on_event(str(payload.get("type") or event), payload)
+            self.final_event = payload
+            name = str(payload.get("type") or event)
+            read_shaped(
+                self.url,
+                "a well-formed stream event",
+                payload,
+                lambda: self.on_event(name, payload),
+            )
 
     def on_event(self, name: str, data: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -170,7 +197,7 @@ def parse_answer(url: str, data: Any, parse_json: JsonParser) -> LLMResponse:
     failure = reported_error(url, data)
     if failure is not None:
         raise failure
-    return parse_json(url, data)
+    return read_shaped(url, "a well-formed answer", data, lambda: parse_json(url, data))
 
 
 def stream_answer(
@@ -204,7 +231,7 @@ def stream_answer(
             f"LLM stream from {url} ended before {acc.terminal} (connection lost mid-answer)",
             kind=ErrorKind.TRANSIENT,
         )
-    return acc.result()
+    return read_shaped(url, "a well-formed answer", acc.final_event, acc.result)
 
 
 def _read_events(lines: Any, acc: StreamAccumulator) -> None:
