@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -141,6 +142,42 @@ def valid_request(protocol: str, body: Any) -> str | None:
         return "request body must be a JSON object with a 'messages' list"
     if protocol == ANTHROPIC and not isinstance(body.get("max_tokens"), int):
         return "max_tokens: field required"
+    return tool_exchange_problem(body["messages"]) if protocol == CHAT else None
+
+
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+def tool_exchange_problem(messages: list[Any]) -> str | None:
+    """What OpenAI's chat completions refuse (HTTP 400) in the tool calls of a history: a
+    function name outside its pattern, a tool message that answers no call of the assistant
+    message before it, a call left without its tool message."""
+    open_ids: list[str] = []  # calls of the last assistant message not yet answered
+    for index, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role == "tool":
+            if message.get("tool_call_id") not in open_ids:
+                return (
+                    f"Invalid parameter: messages[{index}]: messages with role 'tool' must be "
+                    "a response to a preceeding message with 'tool_calls'."
+                )
+            open_ids.remove(message["tool_call_id"])
+            continue
+        if open_ids:
+            return (
+                "An assistant message with 'tool_calls' must be followed by tool messages "
+                "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                f"response messages: {', '.join(open_ids)}"
+            )
+        for number, call in enumerate(message.get("tool_calls") or [] if role else []):
+            name = (call.get("function") or {}).get("name")
+            if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+                return (
+                    f"Invalid 'messages[{index}].tool_calls[{number}].function.name': string "
+                    "does not match pattern. Expected a string that matches the pattern "
+                    "'^[a-zA-Z0-9_-]+$'."
+                )
+            open_ids.append(call.get("id"))
     return None
 
 

@@ -150,6 +150,30 @@ def test_bad_tool_arguments_go_back_to_the_model(
     assert results[1]["content"].startswith("Error: unknown tool 'no_such_tool'")
 
 
+def test_a_tool_name_the_api_refuses_does_not_fail_the_turn(
+    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer
+) -> None:
+    # Names a model may write (in a <function_call> block, or through a loose proxy) that
+    # OpenAI refuses in a history: before, the call was replayed as is and the next request
+    # was a 400 (invalid_request), failing the message.
+    long_name = "read_file" * 30
+    llm_server.push(
+        llm.tool_calls([("functions.read_file", {"path": "a"}), ("", {}), (long_name, {})])
+    )
+    agent = Agent(make_config(llm_server, redis_server), client)
+    assert agent.handle(msg("go")).text == "echo: go"
+
+    sent = llm_server.requests[-1]["messages"]
+    names = [c["function"]["name"] for c in sent[-4]["tool_calls"]]
+    assert names == ["functions_read_file", "unnamed_tool", long_name[:64]]
+    results = [m["content"] for m in sent[-3:]]
+    assert results[0].startswith("Error: unknown tool 'functions.read_file'")
+    assert results[1].startswith("Error: unknown tool ''")
+    assert results[2].startswith(f"Error: unknown tool '{long_name[:64]}…'")
+    # The saved turn is a valid history for the next message.
+    assert agent.handle(msg("again")).text == "echo: again"
+
+
 def test_provider_error_propagates_and_saves_nothing(
     claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer
 ) -> None:

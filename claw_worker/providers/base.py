@@ -236,12 +236,29 @@ class ToolCall:
         return cls(id, name, value, raw)
 
     def to_message(self) -> dict[str, Any]:
-        """This call as it appears in an assistant message's ``tool_calls``."""
+        """This call as it appears in an assistant message's ``tool_calls``, its name as the
+        APIs accept it there (see ``wire_name``)."""
         return {
             "id": self.id,
             "type": "function",
-            "function": {"name": self.name, "arguments": self.raw_arguments},
+            "function": {"name": wire_name(self.name), "arguments": self.raw_arguments},
         }
+
+
+_WIRE_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+_NOT_WIRE = re.compile(r"[^a-zA-Z0-9_-]+")
+
+
+def wire_name(name: str) -> str:
+    """A tool name OpenAI and Anthropic accept in a history (``^[a-zA-Z0-9_-]{1,64}$``).
+
+    A model may call a tool by any name (``functions.read_file``, ``read file``, "" in a
+    ``<function_call>`` block or from a loose proxy); it gets "unknown tool" back, but the
+    call is replayed on the next request, and a name outside the pattern makes that request
+    a 400, failing the turn the model could have corrected. Registered names are unchanged."""
+    if _WIRE_NAME.fullmatch(name):
+        return name
+    return _NOT_WIRE.sub("_", name).strip("_")[:64] or "unnamed_tool"
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,8 @@ class ToolRegistry:
         tool = self._tools.get(name)
         if tool is None:
             known = ", ".join(sorted(self._tools)) or "none"
-            return f"Error: unknown tool {name!r}; available tools: {known}"
+            shown = name if len(name) <= 64 else name[:64] + "…"  # the model's text: bounded
+            return f"Error: unknown tool {shown!r}; available tools: {known}"
         try:
             args = _decode(raw_args)
             params = tool.Params.model_validate(args)
