@@ -213,12 +213,22 @@ def test_replace_refuses_when_history_changed(client: redis.Redis) -> None:
     assert history.load() == [{"role": "user", "content": "x"}]
 
 
+@pytest.mark.parametrize(
+    ("turns", "content", "keep"),
+    [(6, "", 4), (3, "log line " * 300, 20)],
+    ids=["more-than-kept", "fewer-than-kept"],
+)
 def test_context_too_long_compacts_then_retries_once(
-    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer
-) -> None:
+    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer,
+    turns: int, content: str, keep: int,
+) -> None:  # fmt: skip
     # Thresholds far above the history: only the provider's refusal triggers compaction.
-    config = make_config(llm_server, redis_server, trigger_messages=500, keep_recent_messages=4)
-    history = seed(client, 6)
+    # fewer-than-kept: a small context window (a local model) and large tool outputs, the
+    # history shorter than keep_recent_messages. Before, the forced compaction found nothing
+    # to fold and the message failed; the failed turn changed nothing, so every later
+    # message of the session failed the same way. Now all but the last turn are folded.
+    config = make_config(llm_server, redis_server, trigger_messages=500, keep_recent_messages=keep)
+    history = seed(client, turns, content)
     too_long = {"error": {"message": "This model's maximum context length is 8192 tokens",
                           "code": "context_length_exceeded"}}  # fmt: skip
     llm_server.reply_error(400, too_long)
@@ -228,11 +238,13 @@ def test_context_too_long_compacts_then_retries_once(
 
     assert reply.text == "echo: after the refusal"
     refused, summariser, retried = llm_server.requests
-    assert len(refused["messages"]) == 1 + 24 + 1
+    assert len(refused["messages"]) == 1 + 4 * turns + 1
     assert "FACTS:" in summariser["messages"][0]["content"]
     assert len(retried["messages"]) == 1 + 4 + 1
     stored, _ = history.load_all()
     assert stored[0]["role"] == "system" and len(stored) == 1 + 4 + 2
+    assert stored[1] == tool_turn(turns - 1, content)[0]  # the last turn, verbatim
+    assert_tool_pairs_intact(stored)
 
 
 def test_context_too_long_twice_propagates_and_keeps_history(
@@ -249,6 +261,20 @@ def test_context_too_long_twice_propagates_and_keeps_history(
         Agent(config, client).handle(msg("hello"))
     stored, _ = History(client, SESSION).load_all()
     assert len(stored) == 24, "a failed compaction never loses history"
+
+
+def test_size_trigger_folds_a_history_shorter_than_the_kept_tail(
+    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer
+) -> None:
+    # Over max_transcript_chars with fewer messages than keep_recent_messages: before, the
+    # size trigger fired and folded nothing, so the context grew until the provider refused.
+    config = make_config(llm_server, redis_server, max_transcript_chars=1000)
+    history = seed(client, 3, content="x" * 400)  # 12 messages, ~1300 chars
+    llm_server.reply(SUMMARY)
+    Agent(config, client).handle(msg("go"))
+    stored, _ = history.load_all()
+    assert stored[0]["role"] == "system" and len(stored) == 1 + 4 + 2
+    assert_tool_pairs_intact(stored)
 
 
 def test_lang_preference_reaches_the_system_prompt(

@@ -99,6 +99,11 @@ def split_point(messages: Sequence[Message], keep: int) -> int:
     return cut
 
 
+def _nothing_to_fold(old: Sequence[Message]) -> bool:
+    """Whether ``old`` holds nothing beyond the previous summary."""
+    return not old or (len(old) == 1 and old[0].get("role") == "system")
+
+
 def transcript(messages: Sequence[Message]) -> str:
     lines = []
     for m in messages:
@@ -213,9 +218,15 @@ def compact_history(
     if not force and not needs_compaction(messages, config):
         return None
     cut = split_point(messages, cfg.keep_recent_messages)
+    if _nothing_to_fold(messages[:cut]):
+        # Fewer messages than keep_recent_messages, yet over max_transcript_chars or refused
+        # by the provider (large tool outputs, a small context window): keep only the last
+        # turn (or its last message). Keeping them all left a session the provider refused
+        # on every message, since a refused turn is never saved to change the history.
+        cut = split_point(messages, 1)
     old, recent = messages[:cut], messages[cut:]
-    if not old or (len(old) == 1 and old[0].get("role") == "system"):
-        return None  # nothing beyond the previous summary to fold in
+    if _nothing_to_fold(old):
+        return None
     mode = effective_mode(config, provider)
     try:
         summary, facts, native = _summarise(config, provider, model, old, mode, spend)
