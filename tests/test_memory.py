@@ -256,6 +256,28 @@ def test_concurrent_appends_lose_nothing(tmp_path: Path) -> None:
     assert not [p for p in (tmp_path / "memory" / "notes").iterdir() if p.suffix == ".tmp"]
 
 
+def test_an_append_keeps_the_bytes_of_a_file_edited_in_another_encoding(tmp_path: Path) -> None:
+    # A profile written by hand in Latin-1 (é is the byte 0xE9, not UTF-8). Before, an
+    # append decoded it with errors="replace" and wrote it back: every such byte became
+    # U+FFFD for good.
+    profile = store.layer_path(tmp_path, "profile")
+    profile.parent.mkdir(parents=True)
+    hand_written = "# Profile\n\nName: Renée, owns a café\n".encode("latin-1")
+    profile.write_bytes(hand_written)
+    tools, ctx = _ctx(tmp_path)
+
+    assert tools.run("memory_write", {"layer": "profile", "text": "Likes thé vert."}, ctx) == (
+        "Saved to memory/profile.md"
+    )
+
+    data = profile.read_bytes()
+    assert data.startswith(hand_written.rstrip(b"\n") + b"\n\n## ")
+    assert data.endswith("\n\nLikes thé vert.\n".encode())
+    assert "\ufffd".encode() not in data
+    found = tools.run("memory_search", {"query": "vert"}, ctx)
+    assert found.startswith("1. [memory/profile.md") and "Likes thé vert" in found
+
+
 def _ctx(workspace: Path) -> tuple[Any, ToolContext]:
     config = Config()
     return default_tools(config), ToolContext(workspace, "test:1", config)

@@ -91,14 +91,16 @@ def append(workspace: Path, layer: str, text: str, *, now: float | None = None) 
         old = _read_layer(path, workspace)
         if old is None:
             title = f"Notes {path.stem}" if layer == "note" else TITLES[layer]
-            old = f"# {title}\n"
-        new = old.rstrip("\n") + f"\n\n## {stamp}\n\n{text}\n"
-        write_atomic(path, new.encode("utf-8"), _within(workspace))
+            old = f"# {title}\n".encode()
+        # Bytes, not text: a file edited by hand in another encoding (Latin-1, say) keeps
+        # its bytes; decoding and re-encoding it replaced each of them with U+FFFD for good.
+        new = old.rstrip(b"\n") + f"\n\n## {stamp}\n\n{text}\n".encode()
+        write_atomic(path, new, _within(workspace))
     return path
 
 
-def _read_layer(path: Path, workspace: Path) -> str | None:
-    """A layer file's text; None when it does not exist yet. Anything else in its place (a
+def _read_layer(path: Path, workspace: Path) -> bytes | None:
+    """A layer file's bytes; None when it does not exist yet. Anything else in its place (a
     link leading out of the workspace, a FIFO) or a file too large to rewrite whole is an
     error: appending would replace it."""
     if not os.path.lexists(path):
@@ -109,4 +111,4 @@ def _read_layer(path: Path, workspace: Path) -> str | None:
         raise ValueError(f"{rel} is not a regular file inside the workspace; not appended")
     if found[1] > MAX_LAYER_BYTES:
         raise ValueError(f"{rel} is larger than {MAX_LAYER_BYTES // 2**20} MiB; not appended")
-    return found[0].decode("utf-8", errors="replace")
+    return found[0]
