@@ -171,12 +171,16 @@ async def _wait_for_reply(
 
 
 async def get_message(request: Request) -> JSONResponse:
+    """The record of a message the gateway's own clients sent (api:, ws:, openai:). Another
+    channel's is unknown here, like a session it may not name: chat message ids are made
+    from the platform's (``telegram-<chat>-<n>``), so they are guessed easily, and the
+    record holds the agent's reply to that chat."""
     message_id = request.path_params["message_id"]
     try:
         record = await request.app.state.mailbox.get_message(message_id)
     except RedisError as exc:
         return unavailable(exc)
-    if record is None:
+    if record is None or not record["session_key"].startswith(OWN_SESSIONS):
         return JSONResponse({"error": f"unknown message_id {message_id}"}, status_code=404)
     return JSONResponse(record)
 

@@ -11,8 +11,11 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from claw_worker.contract import InboundMessage, MessageStatus
+from claw_worker.session.mailbox import Mailbox
 from tests.campaign import record
 from tests.fixtures.procs import free_port, wait_for
+from tests.test_mailbox import enqueue_each
 
 TOKEN = "gw-token-abcdefghijkl"
 
@@ -187,3 +190,27 @@ def test_callers_use_only_their_own_sessions(fleet_factory) -> None:
     record("sessions: another channel's (API, /v1, /ws, stop)", tried=tried,
            rejected=tried - len(accepted) - len(stored), escapes=len(accepted) + len(stored))  # fmt: skip
     assert not accepted and not stored, (accepted, stored)
+
+
+def test_another_channels_message_record_is_not_the_callers_to_read(fleet_factory) -> None:
+    """A chat's message ids are made from the platform's (``telegram-<chat>-<n>``: easily
+    guessed), and its record holds the agent's reply to that chat: the API shows the records
+    of its own clients' messages only, and another's is as unknown as a made-up id."""
+    fleet = fleet_factory()
+    fleet.start_worker()
+    fleet.start_ingress()
+    chat = InboundMessage(message_id="telegram-5551234-42", channel="telegram",
+                          chat_id="5551234", text="my PIN is 1234, remember it")  # fmt: skip
+    assert enqueue_each(fleet.redis, [chat])[0].stored  # as the Telegram adapter stores it
+    box = Mailbox(fleet.redis.client())  # and as a worker answers it
+    assert box.acquire(chat.session_key, "tok")
+    taken = box.take(chat.session_key, "tok")
+    assert taken is not None
+    box.complete(taken.message, "tok", MessageStatus.DONE, "Noted: your PIN is 1234")
+    with fleet.client() as http:
+        resp = http.get(f"/api/messages/{chat.message_id}")
+        assert resp.status_code == 404, resp.text
+        assert resp.json() == {"error": f"unknown message_id {chat.message_id}"}
+        own = http.post("/api/message", json={"text": "mine", "wait": True}).json()
+        record = http.get(f"/api/messages/{own['message_id']}").json()
+        assert record["reply"] == "echo: mine" and record["session_key"] == "api:default"
