@@ -41,6 +41,7 @@ from claw_ingress.channels.manager import ChannelManager
 from claw_ingress.channels.websocket import WS_CHANNEL, ws_endpoint
 from claw_ingress.connections import quiet_resource_errors
 from claw_ingress.delivery import Delivery
+from claw_ingress.errors import error_payload
 from claw_ingress.guards import RequestGuard
 from claw_ingress.inbox import Inbox
 from claw_ingress.nodes import node_routes
@@ -86,10 +87,13 @@ def unavailable(exc: Exception) -> JSONResponse:
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     """Starlette's own 404/405 (no route matched; say a path with a newline) as the JSON
-    error every other refusal is, not a text/plain page."""
+    error every other refusal is (OpenAI's under /v1: ``errors.py``), not a text/plain
+    page."""
     assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"},
-                        status_code=exc.status_code, headers=exc.headers)  # fmt: skip
+    path = request.url.path
+    said = f"{exc.detail}: {request.method} {path}"
+    return JSONResponse(error_payload(path, exc.status_code, said), status_code=exc.status_code,
+                        headers=exc.headers)  # fmt: skip
 
 
 async def health(request: Request) -> JSONResponse:
@@ -129,7 +133,8 @@ async def post_message(request: Request) -> JSONResponse:
     if result.status == "too_large":  # quotas.max_message_chars
         return JSONResponse({"error": result.reply, "field": "text"}, status_code=413)
     if result.status == "limited":
-        return too_many_response(result.retry_after_sec, "messages from this sender")
+        return too_many_response(request.url.path, result.retry_after_sec,
+                                 "messages from this sender")  # fmt: skip
     if result.status == "command":  # answered at once: nothing stored, so no message, no run
         return JSONResponse({"message_id": None, "session_key": body.session, "run_id": None,
                              "status": "done", "reply": result.reply})  # fmt: skip

@@ -11,6 +11,7 @@ import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from claw_ingress.errors import error_payload
 from claw_worker.config.reload import LiveConfig
 
 
@@ -25,14 +26,8 @@ class BearerAuth:
         if token and scope["type"] == "http" and scope["path"].startswith(self.prefixes):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, f"Bearer {token}".encode()):
-                error = "missing or wrong bearer token"
-                if scope["path"].startswith("/v1/"):  # OpenAI clients read their own shape
-                    body = json.dumps({"error": {
-                        "message": error, "type": "invalid_request_error", "param": None,
-                        "code": "invalid_api_key",
-                    }}).encode()  # fmt: skip
-                else:
-                    body = json.dumps({"error": error}).encode()
+                body = json.dumps(error_payload(scope["path"], 401, "missing or wrong bearer token",
+                                                code="invalid_api_key")).encode()  # fmt: skip
                 await send(
                     {
                         "type": "http.response.start",

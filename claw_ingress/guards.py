@@ -35,6 +35,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from claw_ingress.connections import BODY_RECEIVED, DROPPED
+from claw_ingress.errors import error_payload
 from claw_worker.config.reload import LiveConfig
 from claw_worker.config.schema import GatewayConfig
 
@@ -189,7 +190,7 @@ class RequestGuard:
             status, error = refusal
             log.info("request refused", status=status, error=error, path=scope["path"],
                      method=scope["method"])  # fmt: skip
-            await respond(send, status, {"error": error}, [])
+            await respond(send, status, error_payload(scope["path"], status, error), [])
             return
         if origin is not None:  # an allowed origin (others were refused)
             cors = [
@@ -253,11 +254,13 @@ class RequestGuard:
         except BodyTooLarge as exc:
             log.info("request body too large", path=scope["path"], limit=gateway.max_body_bytes)
             if not started:
-                await respond(send, 413, {"error": str(exc)}, [(b"connection", b"close")])
+                await respond(send, 413, error_payload(scope["path"], 413, str(exc)),
+                              [(b"connection", b"close")])  # fmt: skip
         except BodyTimeout as exc:
             log.info("request body timed out", path=scope["path"], timeout_sec=timeout)
             if not started:
-                await respond(send, 408, {"error": str(exc)}, [(b"connection", b"close")])
+                await respond(send, 408, error_payload(scope["path"], 408, str(exc)),
+                              [(b"connection", b"close")])  # fmt: skip
         except ClientDisconnect:
             if not scope.get(DROPPED):  # else the connection guard closed it, and said so
                 log.info("client disconnected", path=scope["path"], method=scope["method"],

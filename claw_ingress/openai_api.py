@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from claw_ingress.bodies import BodyError, parse_body, read_json
+from claw_ingress.errors import openai_error
 from claw_ingress.replies import Reply, wait_for_reply
 from claw_worker.config import Config
 from claw_worker.contract import InboundMessage, MessageStatus, session_name_error
@@ -106,7 +107,7 @@ class OpenAIError(Exception):
         status: int,
         message: str,
         *,
-        kind: str = "invalid_request_error",
+        kind: str | None = None,  # OpenAI's type for the status (errors.openai_error)
         param: str | None = None,
         code: str | None = None,
         retry: bool = True,
@@ -115,8 +116,8 @@ class OpenAIError(Exception):
         self.status, self.kind, self.param, self.code, self.retry = status, kind, param, code, retry
 
     def payload(self) -> dict[str, Any]:
-        return {"error": {"message": str(self), "type": self.kind, "param": self.param,
-                          "code": self.code}}  # fmt: skip
+        return {"error": openai_error(str(self), self.status, kind=self.kind, param=self.param,
+                                      code=self.code)}  # fmt: skip
 
     def response(self) -> JSONResponse:
         headers = {} if self.retry else NO_RETRY
@@ -260,7 +261,7 @@ async def chat_completions(request: Request) -> Any:
     if reply.status == "disconnected":
         log.info("client disconnected", path=request.url.path, message_id=message.message_id,
                  during="wait for reply")  # fmt: skip
-        return JSONResponse({"error": {"message": "client disconnected"}}, status_code=499)
+        return OpenAIError(499, "client disconnected").response()  # (nobody reads it)
     problem = failure(reply, message.message_id, timeout)
     if problem is not None:
         return problem.response()

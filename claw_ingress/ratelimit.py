@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from claw_ingress.client_addr import scope_client_address
+from claw_ingress.errors import error_payload
 from claw_worker import constants as k
 from claw_worker.config.reload import LiveConfig
 
@@ -126,20 +127,21 @@ def address_bucket(address: str) -> str:
     return str(ip)
 
 
-def too_many_payload(retry_after_sec: int, what: str) -> dict[str, object]:
-    return {"error": f"too many {what}; retry after {retry_after_sec}s (gateway.rate_limit)",
-            "retry_after_sec": retry_after_sec}  # fmt: skip
+def too_many_payload(path: str, retry_after_sec: int, what: str) -> dict[str, object]:
+    said = f"too many {what}; retry after {retry_after_sec}s (gateway.rate_limit)"
+    return error_payload(path, 429, said, code="rate_limit_exceeded",
+                         retry_after_sec=retry_after_sec)  # fmt: skip
 
 
-def too_many_response(retry_after_sec: int, what: str) -> JSONResponse:
+def too_many_response(path: str, retry_after_sec: int, what: str) -> JSONResponse:
     """A route's 429."""
-    return JSONResponse(too_many_payload(retry_after_sec, what), status_code=429,
+    return JSONResponse(too_many_payload(path, retry_after_sec, what), status_code=429,
                         headers={"Retry-After": str(retry_after_sec)})  # fmt: skip
 
 
-def too_many(retry_after_sec: int, what: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+def too_many(path: str, retry_after_sec: int, what: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """The body and headers of a 429, for pure ASGI."""
-    body = json.dumps(too_many_payload(retry_after_sec, what)).encode()
+    body = json.dumps(too_many_payload(path, retry_after_sec, what)).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -178,7 +180,8 @@ class IpRateLimit:
             return
         log.info("rate limited", kind="ip", client=client, path=scope["path"],
                  retry_after_sec=verdict.retry_after_sec)  # fmt: skip
-        body, headers = too_many(verdict.retry_after_sec, "requests from this address")
+        body, headers = too_many(scope["path"], verdict.retry_after_sec,
+                                 "requests from this address")  # fmt: skip
         if scope["type"] == "http":
             await send({"type": "http.response.start", "status": 429, "headers": headers})
             await send({"type": "http.response.body", "body": body})

@@ -108,7 +108,9 @@ def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket(fleet_f
             codes = [http.get("/v1/models", headers=headers).status_code for _ in range(BURST)]
             assert codes == [200] * BURST, (client, codes)
             over = http.get("/v1/models", headers=headers)
-            assert over.status_code == 429 and "gateway.rate_limit" in over.json()["error"]
+            assert (
+                over.status_code == 429 and "gateway.rate_limit" in over.json()["error"]["message"]
+            )
         # The proxy itself (no header) still has its own, untouched bucket.
         assert http.get("/v1/models").status_code == 200
     assert not tracebacks(fleet)

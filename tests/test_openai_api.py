@@ -4,6 +4,7 @@ and the scripted LLM."""
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -241,3 +242,44 @@ def test_a_reply_the_stream_reader_missed_is_found_in_the_record(
         answer = api.result()
         assert answer.status_code == 200, answer.text
         assert answer.json()["reply"] == "also in the record"
+
+
+def test_refusals_before_the_route_are_openai_errors_too(fleet_factory) -> None:
+    """The guards, the rate limit and the router answer a /v1 request before the route
+    runs: with OpenAI's error object too, which the SDK reads into ``type`` and ``code`` (a
+    client that validates the shape loses the reason to a string). /api keeps its own."""
+    fleet = start_fleet(fleet_factory, gateway__rate_limit={
+        "per_ip_per_min": 1, "per_ip_burst": 10, "per_sender_per_min": 0})  # fmt: skip
+    url = f"{fleet.base_url}/v1/chat/completions"
+    body = {"model": "m", "messages": [user("x")]}
+    refusals = {
+        415: httpx.post(url, content=json.dumps(body), headers={"content-type": "text/plain"}),
+        403: httpx.post(url, json=body, headers={"origin": "https://evil.example"}),
+        404: httpx.post(f"{fleet.base_url}/v1/embeddings", json=body),
+        405: httpx.get(url),
+        413: httpx.post(url, json={**body, "pad": "x" * 600_000}),
+    }
+    for status, resp in refusals.items():
+        assert resp.status_code == status, resp.text
+        error = resp.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}, resp.text
+        assert error["type"] == "invalid_request_error" and error["message"], resp.text
+    assert "Content-Type must be application/json" in refusals[415].json()["error"]["message"]
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk(fleet).embeddings.create(model="m", input="x")
+    assert missing.value.type == "invalid_request_error", missing.value.body  # type: ignore[attr-defined]
+    assert "POST /v1/embeddings" in missing.value.message
+    own = httpx.post(f"{fleet.base_url}/api/message", content="{}",
+                     headers={"content-type": "text/plain"})  # fmt: skip
+    assert own.status_code == 415 and isinstance(own.json()["error"], str)
+
+    def limited() -> openai.RateLimitError | None:
+        try:
+            sdk(fleet).models.list()
+        except openai.RateLimitError as exc:
+            return exc
+        return None
+
+    over = wait_for(limited, timeout=20, what="the address's rate limit")
+    assert over.code == "rate_limit_exceeded" and over.type == "rate_limit_error", over.body  # type: ignore[attr-defined]
+    assert "gateway.rate_limit" in over.message and over.response.headers["retry-after"]
