@@ -46,7 +46,7 @@ from claw_ingress.guards import RequestGuard
 from claw_ingress.inbox import Inbox
 from claw_ingress.nodes import node_routes
 from claw_ingress.openai_api import CHANNEL as OPENAI_CHANNEL
-from claw_ingress.openai_api import chat_completions, list_models
+from claw_ingress.openai_api import chat_completions, get_model, list_models
 from claw_ingress.openapi import openapi_json
 from claw_ingress.outbound import OutboundReader
 from claw_ingress.ratelimit import IpRateLimit, too_many_response
@@ -267,6 +267,7 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
         Mount("/webhooks", app=WebhookRouter()),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),  # ids may hold a "/"
         Route("/openapi.json", openapi_json, methods=["GET"]),
         WebSocketRoute("/ws", ws_endpoint),
         *node_routes(live),  # /nodes/register, /nodes/heartbeat, /nodes/connect

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible API: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+"""The OpenAI-compatible API: ``POST /v1/chat/completions`` and ``GET /v1/models[/{model}]``.
 
 OpenAI clients (the ``openai`` SDK, chat UIs) talk to the agent as if it were a model. The
 session lives in clawfleet: a request sends only its last user message to the agent (earlier
@@ -194,10 +194,23 @@ async def read_request(request: Request, config: Config) -> ChatCompletionReques
 # -- the routes --------------------------------------------------------------------------
 
 
+def model_object(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": ALIAS}
+
+
 async def list_models(request: Request) -> JSONResponse:
     models = [ALIAS, *configured_models(request.app.state.live.config)]
-    data = [{"id": m, "object": "model", "created": 0, "owned_by": ALIAS} for m in models]
-    return JSONResponse({"object": "list", "data": data})
+    return JSONResponse({"object": "list", "data": [model_object(m) for m in models]})
+
+
+async def get_model(request: Request) -> JSONResponse:
+    """``GET /v1/models/{model}`` (the SDK's ``models.retrieve``, which clients call to check
+    a configured name): one of the listed models, else OpenAI's 404 ``model_not_found``."""
+    name = request.path_params["model"]
+    if name not in (ALIAS, *configured_models(request.app.state.live.config)):
+        return OpenAIError(404, f"The model {name!r} does not exist; GET /v1/models lists them",
+                           param="model", code="model_not_found").response()  # fmt: skip
+    return JSONResponse(model_object(name))
 
 
 async def chat_completions(request: Request) -> Any:

@@ -226,6 +226,13 @@ def document() -> dict[str, Any]:
         "/v1/models": {
             "get": _operation("OpenAI-compatible model list", {"200": _json("the models", _MODELS)})
         },
+        "/v1/models/{model}": {
+            "get": _operation(
+                "one OpenAI-compatible model (404 when not listed)",
+                {"200": _json("the model", _MODELS["properties"]["data"]["items"])},
+                parameters=[_path_param("model", "a model id from GET /v1/models", minLength=1)],
+            )
+        },
         "/nodes/register": {
             "post": _operation(
                 "register a node (claw-node)",

@@ -283,3 +283,20 @@ def test_refusals_before_the_route_are_openai_errors_too(fleet_factory) -> None:
     over = wait_for(limited, timeout=20, what="the address's rate limit")
     assert over.code == "rate_limit_exceeded" and over.type == "rate_limit_error", over.body  # type: ignore[attr-defined]
     assert "gateway.rate_limit" in over.message and over.response.headers["retry-after"]
+
+
+def test_a_listed_model_can_be_retrieved(fleet_factory) -> None:
+    """``models.retrieve`` (clients call it to check the name they were configured with):
+    each listed model, ids with a slash included; another is OpenAI's model_not_found."""
+    fleet = start_fleet(fleet_factory, providers__proxy__models=["test-model", "vendor/model-x"],
+                        gateway__token=TOKEN)  # fmt: skip
+    client = sdk(fleet, TOKEN)
+    for name in [m.id for m in client.models.list()]:
+        model = client.models.retrieve(name)
+        assert (model.id, model.object, model.owned_by) == (name, "model", "clawfleet")
+    assert {"clawfleet", "test-model", "vendor/model-x"} <= {m.id for m in client.models.list()}
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("gpt-nope")
+    assert missing.value.code == "model_not_found" and "gpt-nope" in missing.value.message  # type: ignore[attr-defined]
+    with pytest.raises(openai.AuthenticationError):
+        sdk(fleet, "wrong").models.retrieve("clawfleet")
