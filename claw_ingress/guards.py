@@ -10,9 +10,10 @@
   naming it, never ``*``.
 - **Content-Type**: a request with a body must send ``application/json`` (UTF-8): else 415.
   An HTML form or a ``text/plain`` fetch cannot send that cross-site without a preflight.
-- **Body size**: no request body over ``gateway.max_body_bytes``, on any route (webhooks
-  included, which read their raw body themselves): 413 from the Content-Length, or as soon
-  as a streamed body passes the limit (and the connection is closed).
+- **Body size**: no request body over ``gateway.max_body_bytes`` (:func:`body_limit`: the
+  OpenAI chat route's is larger), on any route (webhooks included, which read their raw
+  body themselves): 413 from the Content-Length, or as soon as a streamed body passes the
+  limit (and the connection is closed).
 - **Body deadline**: the body must arrive within ``gateway.body_timeout_sec`` (408, and the
   connection is closed). A client that goes away mid-request is one log line, not a
   traceback.
@@ -49,11 +50,23 @@ CORS_ALLOW_HEADERS = "authorization, content-type"
 CORS_MAX_AGE_SEC = "600"
 
 
-class BodyTooLarge(Exception):
-    """The client sent more body than ``gateway.max_body_bytes``."""
+OPENAI_CHAT_PATH = "/v1/chat/completions"
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body is larger than {limit} bytes (gateway.max_body_bytes)")
+
+class BodyTooLarge(Exception):
+    """The client sent more body than :func:`body_limit`."""
+
+    def __init__(self, limit: tuple[int, str]) -> None:
+        size, setting = limit
+        super().__init__(f"request body is larger than {size} bytes (gateway.{setting})")
+
+
+def body_limit(path: str, gateway: GatewayConfig) -> tuple[int, str]:
+    """The largest body taken on ``path``, and the setting that says so: the OpenAI chat
+    route's clients resend the whole conversation (``max_openai_body_bytes``)."""
+    if path == OPENAI_CHAT_PATH and gateway.max_openai_body_bytes > gateway.max_body_bytes:
+        return gateway.max_openai_body_bytes, "max_openai_body_bytes"
+    return gateway.max_body_bytes, "max_body_bytes"
 
 
 class BodyTimeout(Exception):
@@ -233,14 +246,16 @@ class RequestGuard:
         if problem is not None:
             return 415, problem
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > gateway.max_body_bytes:
-            return 413, str(BodyTooLarge(gateway.max_body_bytes))
+        limit = body_limit(scope["path"], gateway)
+        if declared.isdigit() and int(declared) > limit[0]:
+            return 413, str(BodyTooLarge(limit))
         return None
 
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, gateway: GatewayConfig
     ) -> None:
         started, timeout = False, gateway.body_timeout_sec
+        limit = body_limit(scope["path"], gateway)
 
         async def tracked_send(message: Message) -> None:
             nonlocal started
@@ -249,10 +264,10 @@ class RequestGuard:
 
         try:
             timed = _body_deadline(scope, receive, timeout)
-            capped = _body_cap(timed, gateway.max_body_bytes)
+            capped = _body_cap(timed, limit)
             await self.app(scope, capped, tracked_send)
         except BodyTooLarge as exc:
-            log.info("request body too large", path=scope["path"], limit=gateway.max_body_bytes)
+            log.info("request body too large", path=scope["path"], limit=limit[0])
             if not started:
                 await respond(send, 413, error_payload(scope["path"], 413, str(exc)),
                               [(b"connection", b"close")])  # fmt: skip
@@ -294,9 +309,9 @@ def _body_deadline(scope: Scope, receive: Receive, timeout: float) -> Receive:
     return timed_receive
 
 
-def _body_cap(receive: Receive, limit: int) -> Receive:
-    """``receive`` that raises BodyTooLarge once the body passed ``limit`` bytes (a chunked
-    body has no Content-Length to refuse up front)."""
+def _body_cap(receive: Receive, limit: tuple[int, str]) -> Receive:
+    """``receive`` that raises BodyTooLarge once the body passed ``limit`` (bytes, setting;
+    a chunked body has no Content-Length to refuse up front)."""
     size = 0
 
     async def capped_receive() -> Message:
@@ -304,7 +319,7 @@ def _body_cap(receive: Receive, limit: int) -> Receive:
         message = await receive()
         if message["type"] == "http.request":
             size += len(message.get("body", b""))
-            if size > limit:
+            if size > limit[0]:
                 raise BodyTooLarge(limit)
         return message
 

@@ -37,6 +37,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from claw_ingress.bodies import BodyError, parse_body, read_json
 from claw_ingress.errors import openai_error
+from claw_ingress.guards import body_limit
 from claw_ingress.replies import Reply, wait_for_reply
 from claw_worker.config import Config
 from claw_worker.contract import InboundMessage, MessageStatus, session_name_error
@@ -180,7 +181,7 @@ def configured_models(config: Config) -> list[str]:
 
 async def read_request(request: Request, config: Config) -> ChatCompletionRequest:
     try:
-        data = await read_json(request, config.gateway.max_body_bytes)
+        data = await read_json(request, body_limit(request.url.path, config.gateway)[0])
         return parse_body(ChatCompletionRequest, data)
     except BodyError as exc:
         status = 413 if exc.status == 413 else 400

@@ -4,7 +4,9 @@ and the scripted LLM."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -161,7 +163,8 @@ def test_bad_requests_get_openai_errors(fleet_factory) -> None:
     resp = httpx.post(url, content=b"{nope", headers={"content-type": "application/json"})
     assert resp.status_code == 400 and "JSON" in resp.json()["error"]["message"]
     resp = httpx.post(url, json={"messages": [user("x" * 600_000)]})
-    assert resp.status_code == 413 and "error" in resp.json()
+    assert resp.status_code == 400, resp.text
+    assert "longer than 200000 characters" in resp.json()["error"]["message"]
     # Unknown fields (OpenAI clients send many) are accepted.
     resp = httpx.post(url, json={"model": "m", "messages": [user("extras")], "temperature": 0.2,
                                  "tools": [], "seed": 1, "n": 1}, timeout=60)  # fmt: skip
@@ -257,7 +260,7 @@ def test_refusals_before_the_route_are_openai_errors_too(fleet_factory) -> None:
         403: httpx.post(url, json=body, headers={"origin": "https://evil.example"}),
         404: httpx.post(f"{fleet.base_url}/v1/embeddings", json=body),
         405: httpx.get(url),
-        413: httpx.post(url, json={**body, "pad": "x" * 600_000}),
+        413: httpx.post(f"{fleet.base_url}/v1/embeddings", json={**body, "pad": "x" * 600_000}),
     }
     for status, resp in refusals.items():
         assert resp.status_code == status, resp.text
@@ -300,3 +303,29 @@ def test_a_listed_model_can_be_retrieved(fleet_factory) -> None:
     assert missing.value.code == "model_not_found" and "gpt-nope" in missing.value.message  # type: ignore[attr-defined]
     with pytest.raises(openai.AuthenticationError):
         sdk(fleet, "wrong").models.retrieve("clawfleet")
+
+
+def test_a_long_conversation_with_a_pasted_image_is_taken(fleet_factory) -> None:
+    """OpenAI clients resend the whole conversation each turn, an image pasted into it as a
+    data URL: one screenshot was over gateway.max_body_bytes (512 KiB), and that turn and
+    every later one of the conversation got 413. The chat route takes up to
+    gateway.max_openai_body_bytes (16 MiB; the agent reads the last user message); the
+    other routes keep max_body_bytes."""
+    fleet = start_fleet(fleet_factory)
+    client = sdk(fleet)
+    screenshot = "data:image/png;base64," + base64.b64encode(os.urandom(1_200_000)).decode()
+    pasted = [{"type": "text", "text": "what is on it?"},
+              {"type": "image_url", "image_url": {"url": screenshot}}]  # fmt: skip
+    history = [user(pasted), {"role": "assistant", "content": "a login form"}]
+    done = client.chat.completions.create(model="m", messages=[*history, user("and now?")])
+    assert done.choices[0].message.content == "echo: and now?"
+    chunks = client.chat.completions.create(model="m", messages=[*history, user("streamed")],
+                                            stream=True)  # fmt: skip
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "echo: streamed"
+    with pytest.raises(openai.APIStatusError) as over:
+        client.chat.completions.create(model="m", messages=[user("x"), {"role": "assistant",
+                                       "content": "y" * (17 << 20)}, user("z")])  # fmt: skip
+    assert over.value.status_code == 413
+    assert "gateway.max_openai_body_bytes" in over.value.message
+    resp = httpx.post(f"{fleet.base_url}/api/message", json={"text": "x" * 600_000})
+    assert resp.status_code == 413 and "gateway.max_body_bytes" in resp.json()["error"]

@@ -64,6 +64,11 @@ class GatewayConfig(Section):
     port: int = Field(18790, ge=1, le=65535)
     token: str = secret("Authorization: Bearer <token> on /api/* when set")
     max_body_bytes: int = Field(512 * 1024, ge=1024)
+    # POST /v1/chat/completions (when larger than max_body_bytes): OpenAI clients resend the
+    # whole conversation each turn, images pasted into it as data URLs, of which the agent
+    # reads the last user message; at 512 KiB a chat UI's conversation ended for good at
+    # its first screenshot (every later turn carries it).
+    max_openai_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     # Browser origins (scheme://host[:port]) whose pages may call the API; a request
     # carrying any other Origin is refused.
     allowed_origins: list[str] = []
