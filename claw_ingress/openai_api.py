@@ -89,10 +89,12 @@ class ChatCompletionRequest(BaseModel):
     model: str = Field("", max_length=256)
     # minItems in the schema; the check is the validator's, to say it in words.
     messages: list[ChatMessage] = Field(json_schema_extra={"minItems": 1})
-    stream: bool = False
+    # null as OpenAI's schema allows for stream, n and stream_options (its default: clients
+    # that build the body from optional fields send it).
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=4096)
-    n: int = Field(1, json_schema_extra={"maximum": 1})  # the agent gives one answer
+    n: int | None = Field(1, json_schema_extra={"maximum": 1})  # the agent gives one answer
 
     @field_validator("messages")
     @classmethod
@@ -128,7 +130,7 @@ class OpenAIError(Exception):
 def user_text(body: ChatCompletionRequest) -> str:
     """The last user message's text (its text parts, joined); refuses what the agent cannot
     give (more than one choice)."""
-    if body.n != 1:
+    if body.n not in (None, 1):
         raise OpenAIError(400, f"n: the agent gives one answer per request, not {body.n}; "
                           "leave n out or set it to 1", param="n")  # fmt: skip
     last = next((m for m in reversed(body.messages) if m.role == "user"), None)

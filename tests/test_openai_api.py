@@ -329,3 +329,19 @@ def test_a_long_conversation_with_a_pasted_image_is_taken(fleet_factory) -> None
     assert "gateway.max_openai_body_bytes" in over.value.message
     resp = httpx.post(f"{fleet.base_url}/api/message", json={"text": "x" * 600_000})
     assert resp.status_code == 413 and "gateway.max_body_bytes" in resp.json()["error"]
+
+
+def test_null_where_openais_schema_allows_it(fleet_factory) -> None:
+    """OpenAI's schema makes stream, n and stream_options nullable (null: the default), and
+    clients that build the body from optional fields send null: taken, as OpenAI does."""
+    fleet = start_fleet(fleet_factory)
+    url = f"{fleet.base_url}/v1/chat/completions"
+    nulls = {"stream": None, "n": None, "stream_options": None, "user": None}
+    resp = httpx.post(url, json={"model": "m", "messages": [user("nulls")], **nulls}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["message"]["content"] == "echo: nulls"
+    body = {"model": "m", "messages": [user("null options")], **nulls, "stream": True}
+    with httpx.stream("POST", url, json=body, timeout=60) as streamed:
+        lines = [line for line in streamed.iter_lines() if line]
+    assert streamed.status_code == 200 and lines[-1] == "data: [DONE]", lines
+    assert '"content": "echo: null options"' in "".join(lines)
