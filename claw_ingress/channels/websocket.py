@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from claw_ingress.auth import bearer_token
 from claw_ingress.bodies import BodyError, loads_bounded, parse_body
 from claw_ingress.channels.base import Channel, ChannelContext, SendError
 from claw_ingress.guards import arrived_on_loopback, host_allowed, origin_allowed
@@ -117,10 +118,9 @@ def refusal(websocket: WebSocket, gateway: GatewayConfig) -> str | None:
     if refused is not None:
         return refused
     if gateway.token:
-        header = websocket.headers.get("authorization", "")
-        given = header[7:] if header[:7].lower() == "bearer " else ""
-        given = given or websocket.query_params.get("token", "")
-        if not hmac.compare_digest(given.encode(), gateway.token.encode()):
+        given = bearer_token(websocket.headers.get("authorization", "").encode())
+        given = given or websocket.query_params.get("token", "").encode()
+        if not hmac.compare_digest(given, gateway.token.encode()):
             return "missing or wrong token"
     return None
 
