@@ -174,6 +174,24 @@ def test_a_tool_name_the_api_refuses_does_not_fail_the_turn(
     assert agent.handle(msg("again")).text == "echo: again"
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_half_a_surrogate_pair_from_the_model_is_replaced_not_a_failed_turn(
+    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer,
+    stream: bool,
+) -> None:  # fmt: skip
+    """JSON may carry half of a surrogate pair alone ("\\ud800"); decoded as is, the first
+    write (the file, the history in Redis) raised UnicodeEncodeError and the message failed
+    after its retries."""
+    llm_server.reply_tool_call("write_file", {"path": "cut.txt", "content": "a\ud83d b"})
+    llm_server.reply("done \udc00 here, and whole: \U0001f600")
+    config = make_config(llm_server, redis_server).model_dump()
+    config["providers"]["proxy"]["stream"] = stream
+    agent = Agent(Config.model_validate(config), client)
+    assert agent.handle(msg("go")).text == "done \ufffd here, and whole: \U0001f600"
+    assert (claw_home.workspace / "cut.txt").read_text() == "a\ufffd b"
+    assert agent.handle(msg("again")).text == "echo: again"  # the saved turn is readable
+
+
 def test_provider_error_propagates_and_saves_nothing(
     claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer
 ) -> None:

@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from claw_worker.providers import wire_json
 from claw_worker.providers.base import (
     LLMResponse,
     Message,
@@ -31,7 +32,7 @@ def _input_of(raw: Any) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
     try:
-        value = json.loads(raw or "{}")
+        value = wire_json.loads(raw or "{}")
     except (ValueError, RecursionError):  # RecursionError: nested too deep
         return {}
     return value if isinstance(value, dict) else {}

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from claw_worker.providers import wire_json
+
 Message = dict[str, Any]  # one chat message in OpenAI's shape (role, content, tool_calls, ...)
 ToolSchema = dict[str, Any]  # {"type": "function", "function": {name, description, parameters}}
 
@@ -228,11 +230,13 @@ class ToolCall:
         if not raw.strip():  # some models send "" for a tool without parameters
             return cls(id, name, {}, raw or "{}")
         try:
-            value = json.loads(raw)
+            value = wire_json.loads(raw)
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             return cls(id, name, {}, raw, f"arguments are not valid JSON ({exc})")
         if not isinstance(value, dict):
             return cls(id, name, {}, raw, f"arguments must be a JSON object, got {raw[:80]!r}")
+        if wire_json.may_hold_surrogates(raw):  # the tools (and the next request) read these
+            raw = json.dumps(value, ensure_ascii=False)
         return cls(id, name, value, raw)
 
     def to_message(self) -> dict[str, Any]:

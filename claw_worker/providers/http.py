@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from claw_worker.providers import wire_json
 from claw_worker.providers.base import (
     ErrorKind,
     ProviderError,
@@ -72,7 +73,7 @@ class HttpPool:
         if response.status_code != 200:
             raise http_error(url, response)
         try:
-            return response.json()
+            return wire_json.loads(response.content)
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise non_json_200(url, response) from exc
 

@@ -26,6 +26,7 @@ from typing import Any, NoReturn, TypeVar
 
 import httpx
 
+from claw_worker.providers import wire_json
 from claw_worker.providers.base import (
     ErrorKind,
     LLMResponse,
@@ -90,7 +91,7 @@ class StreamAccumulator:
             self.done = True
             return
         try:
-            payload = json.loads(data)
+            payload = wire_json.loads(data)
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise ProviderError(
                 f"LLM API {self.url} streamed a non-JSON chunk: {body_preview(data)}",
@@ -219,7 +220,7 @@ def stream_answer(
             if response.headers.get("content-type", "").startswith("application/json"):
                 response.read()
                 try:
-                    data = response.json()
+                    data = wire_json.loads(response.content)
                 except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
                     raise non_json_200(url, response) from exc
                 return parse_answer(url, data, parse_json)
