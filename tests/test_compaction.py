@@ -28,12 +28,18 @@ SUMMARY = (
 Message = dict[str, Any]
 
 
-def make_config(llm_server: LLMServer, redis_server: RedisServer, **compaction: Any) -> Config:
+def make_config(
+    llm_server: LLMServer,
+    redis_server: RedisServer,
+    *,
+    defaults: dict[str, Any] | None = None,
+    **compaction: Any,
+) -> Config:
     return Config.model_validate(
         {
             "providers": {"proxy": {"api_base": llm_server.base_url, "models": ["test-model"]}},
             "redis": {"url": redis_server.url},
-            "agents": {"defaults": {"context_compaction": compaction}},
+            "agents": {"defaults": {**(defaults or {}), "context_compaction": compaction}},
         }
     )
 
@@ -326,3 +332,58 @@ def test_load_after_load_all_matches_a_fresh_read(
     assert not fresh or fresh[0]["role"] in ("system", "user")
     snapshot.append([{"role": "user", "content": "new"}])  # a write drops the snapshot
     assert snapshot.load(limit)[-1]["content"] == "new"
+
+
+def test_context_too_long_mid_turn_continues_the_turn(
+    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer
+) -> None:
+    # The refusal comes after a tool call of this turn has run. Before, the turn restarted
+    # from the user's message after compaction: the call and its result were dropped from
+    # what was sent and saved, so the model would run it again (side effects twice).
+    config = make_config(llm_server, redis_server, trigger_messages=500, keep_recent_messages=4)
+    history = seed(client, 6)
+    llm_server.reply_tool_call("exec", {"command": "echo ran >> ran.log"})
+    llm_server.reply_error(400, {"error": {"message": "maximum context length exceeded"}})
+    llm_server.reply(SUMMARY)
+    llm_server.reply("appended once")
+
+    reply = Agent(config, client).handle(msg("append a line"))
+
+    assert reply.text == "appended once" and reply.tool_steps == 1
+    assert (claw_home.workspace / "ran.log").read_text() == "ran\n"
+    _, refused, summariser, continued = llm_server.requests
+    assert "FACTS:" in summariser["messages"][0]["content"]
+    sent = continued["messages"]
+    assert [m["role"] for m in sent] == [
+        "system", "user", "assistant", "tool", "assistant", "user", "assistant", "tool",
+    ]  # fmt: skip
+    assert sent[-3]["content"] == "append a line"
+    assert sent[-2]["tool_calls"][0]["function"]["name"] == "exec"
+    assert sent[-1]["tool_call_id"] == sent[-2]["tool_calls"][0]["id"]
+    assert sent[-1] == refused["messages"][-1]  # the same result, not a second run
+    stored, _ = history.load_all()
+    assert [m["role"] for m in stored[-4:]] == ["user", "assistant", "tool", "assistant"]
+    assert stored[-1]["content"] == "appended once"
+    assert_tool_pairs_intact(stored)
+
+
+def test_a_turn_continued_after_compaction_keeps_its_tool_iterations(
+    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer
+) -> None:
+    # Before, the turn restarted after the refusal with a fresh max_tool_iterations: a model
+    # looping on a tool got its iterations again (and ran the calls again).
+    config = make_config(
+        llm_server, redis_server, trigger_messages=500, keep_recent_messages=4,
+        defaults={"max_tool_iterations": 2},
+    )  # fmt: skip
+    seed(client, 6)
+    append = llm.tool_call("exec", {"command": "echo ran >> ran.log"})
+    llm_server.push(append, llm.error(400, {"error": {"message": "maximum context length"}}))
+    llm_server.reply(SUMMARY)
+    llm_server.push(append, append, llm.text("never asked"))
+
+    reply = Agent(config, client).handle(msg("append lines"))
+
+    assert reply.exhausted and reply.llm_calls == 2 and reply.tool_steps == 2
+    assert (claw_home.workspace / "ran.log").read_text() == "ran\n" * 2
+    assert llm_server.pending() == 2

@@ -93,6 +93,11 @@ class _Turn:
         self.messages.append(message)
         self.new.append(message)
 
+    def rebase(self, start: list[Message]) -> None:
+        """Send ``start`` (system, history, the user's message) then this turn's messages
+        after the user's so far: the turn continues on a history compacted under it."""
+        self.messages = [*start, *self.new[1:]]
+
     def count(self, response: LLMResponse) -> None:
         self.llm_calls += 1
         for key, value in response.usage.items():
@@ -157,8 +162,11 @@ class Agent:
             self.workspace, message, memory=recall, language=language or ""
         )
         user = user_message(message)
-        past = history.load(MINIMAL_HISTORY) if minimal else history.load()
-        turn = _Turn(build_messages(system_prompt, past, user), new=[user])
+
+        def load_past() -> list[Message]:
+            return history.load(MINIMAL_HISTORY) if minimal else history.load()
+
+        turn = _Turn(build_messages(system_prompt, load_past(), user), new=[user])
         ctx = ToolContext(
             self.workspace,
             message.session_key,
@@ -174,21 +182,21 @@ class Agent:
             reply = self._loop(provider, turn, ctx, stop, budget)
         except ContextTooLong:
             # The provider's window is smaller than our thresholds assumed: compact whatever
-            # the thresholds say, then retry the turn once (a second refusal propagates).
-            if (
-                compact_history(
-                    self.config,
-                    provider,
-                    self.model,
-                    history,
-                    self.workspace,
-                    force=True,
-                    spend=budget.spend,
-                )
-                is None
-            ):
+            # the thresholds say, then go on once (a second refusal propagates).
+            compacted = compact_history(
+                self.config,
+                provider,
+                self.model,
+                history,
+                self.workspace,
+                force=True,
+                spend=budget.spend,
+            )
+            if compacted is None:
                 raise
-            turn = _Turn(build_messages(system_prompt, history.load(), user), new=[user])
+            # The turn goes on where it was refused: the tool calls it already ran, and
+            # their results, follow the compacted history, so none of them runs twice.
+            turn.rebase(build_messages(system_prompt, load_past(), user))
             reply = self._loop(provider, turn, ctx, stop, budget)
         # Saved only once the turn is over: a ProviderError propagates before this, and the
         # retried message then starts from the same history instead of a duplicate user turn;
@@ -206,7 +214,9 @@ class Agent:
     ) -> AgentReply:
         defaults = self.config.agents.defaults
         schemas = self.tools.schemas()
-        for _ in range(defaults.max_tool_iterations):
+        # Counted by the turn's model answers, not per call of this method: a turn continued
+        # after a forced compaction keeps the iterations it already used.
+        while turn.llm_calls < defaults.max_tool_iterations:
             if stop():
                 return self._reply(turn, "", cancelled=True)
             refusal = budget.refusal()
