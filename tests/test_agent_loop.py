@@ -20,8 +20,15 @@ from tests.fixtures.redis_server import RedisServer
 from tests.llm_server import LLMServer
 
 
-def make_config(llm_server: LLMServer | None, redis_server: RedisServer, **defaults: Any) -> Config:
+def make_config(
+    llm_server: LLMServer | None,
+    redis_server: RedisServer,
+    *,
+    proxy_options: dict[str, Any] | None = None,
+    **defaults: Any,
+) -> Config:
     proxy = {"api_base": llm_server.base_url, "models": ["test-model"]} if llm_server else {}
+    proxy.update(proxy_options or {})
     return Config.model_validate(
         {
             "providers": {"proxy": proxy},
@@ -148,6 +155,37 @@ def test_bad_tool_arguments_go_back_to_the_model(
     results = [m for m in llm_server.requests[-1]["messages"] if m["role"] == "tool"]
     assert results[0]["content"].startswith("Error: invalid arguments for write_file")
     assert results[1]["content"].startswith("Error: unknown tool 'no_such_tool'")
+
+
+@pytest.mark.parametrize(
+    ("protocol", "finish", "stream"),
+    [("chat_completions", "length", False), ("chat_completions", "length", True),
+     ("anthropic", "max_tokens", False), ("anthropic", "max_tokens", True)],
+)  # fmt: skip
+def test_a_tool_call_cut_off_at_the_output_limit_is_not_run_and_said_so(
+    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer,
+    protocol: str, finish: str, stream: bool,
+) -> None:  # fmt: skip
+    # The answer ends at max_tokens inside its second call. Before, the cut call was run
+    # with what arrived and the model read "arguments are not valid JSON" (or, on Anthropic,
+    # "path: Field required"), so it wrote the same large call again until
+    # max_tool_iterations; now it is not run and the model reads that it was cut off.
+    cut = '{"path": "big.txt", "content": "' + "x" * 200
+    calls = [{"name": "write_file", "arguments": {"path": "a.txt", "content": "a"}},
+             {"name": "write_file", "arguments": cut}]  # fmt: skip
+    llm_server.push(llm.Script(tool_calls=calls, finish_reason=finish))
+    options = {"protocol": protocol, "stream": stream}
+    config = make_config(llm_server, redis_server, proxy_options=options, max_tokens=300)
+    reply = Agent(config, client).handle(msg("write a big file"))
+    assert llm_server.requests[0].get("stream", False) is stream
+    assert reply.text == "echo: write a big file" and reply.tool_steps == 1
+    assert (claw_home.workspace / "a.txt").read_text() == "a"  # complete: run
+    assert not (claw_home.workspace / "big.txt").exists()
+    stored = History(client, "test:42").load()
+    results = [m["content"] for m in stored if m["role"] == "tool"]
+    assert results[0] == "Wrote 1 bytes to a.txt"
+    assert "cut off at the output-token limit (max_tokens 300)" in results[1]
+    assert "smaller" in results[1] and "not valid JSON" not in results[1]
 
 
 def test_a_tool_name_the_api_refuses_does_not_fail_the_turn(

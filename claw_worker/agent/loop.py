@@ -11,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, TypeVar
 
 import redis
@@ -37,6 +38,15 @@ from claw_worker.workspace import make_workspace
 Message = dict[str, Any]
 T = TypeVar("T")
 CANCELLED_TOOL_RESULT = "Error: not run, the user asked to stop."
+# The answer ended at max_tokens while writing this call (finish_reason "length"): its
+# arguments are incomplete. Said as such, or the model reads "not valid JSON", takes it for
+# a typo and writes the same oversized call again until max_tool_iterations.
+CUT_OFF_TOOL_RESULT = (
+    "Error: not run: your answer was cut off at the output-token limit (max_tokens %d) "
+    "while writing this call, so its arguments are incomplete. Write smaller pieces: split "
+    "large content over several smaller calls (e.g. write a first part, then add the rest "
+    "in further calls), each well under the limit."
+)
 
 
 @dataclass(frozen=True)
@@ -223,12 +233,14 @@ class Agent:
             if refusal is not None:  # used up during this run: stop before the next call
                 turn.add({"role": "assistant", "content": refusal})
                 return self._reply(turn, refusal, over_budget=True)
+            max_tokens = budget.cap(defaults.max_tokens)
             response = abandonable(
-                lambda: provider.chat(
+                partial(
+                    provider.chat,
                     turn.messages,
                     schemas,
                     model=self.model,
-                    max_tokens=budget.cap(defaults.max_tokens),
+                    max_tokens=max_tokens,
                     temperature=defaults.temperature,
                 ),
                 stop,
@@ -248,16 +260,25 @@ class Agent:
                     "tool_calls": [call.to_message() for call in response.tool_calls],
                 }
             )
-            if not self._run_tools(turn, response.tool_calls, ctx, stop):
+            held: dict[int, str] = {}  # call index -> why it is not run
+            if response.finish_reason == "length":  # the output limit cut the last call
+                held[len(response.tool_calls) - 1] = CUT_OFF_TOOL_RESULT % max_tokens
+            if not self._run_tools(turn, response.tool_calls, held, ctx, stop):
                 return self._reply(turn, "", cancelled=True)
         text = defaults.texts.tool_iterations_exhausted % defaults.max_tool_iterations
         turn.add({"role": "assistant", "content": text})
         return self._reply(turn, text, exhausted=True)
 
     def _run_tools(
-        self, turn: _Turn, calls: list[ToolCall], ctx: ToolContext, stop: Callable[[], bool]
+        self,
+        turn: _Turn,
+        calls: list[ToolCall],
+        held: dict[int, str],
+        ctx: ToolContext,
+        stop: Callable[[], bool],
     ) -> bool:
-        """Run the calls; False if stopped. Calls to tools named in
+        """Run the calls but those ``held`` (by index: the result saying why not); False
+        if stopped. Calls to tools named in
         ``runtime_control.tool_parallel_safe_names`` run side by side (at most
         ``tool_max_parallel_calls`` at once); any other call waits for those and runs alone.
         Results are added in the calls' order, and every call gets one, because the API
@@ -265,7 +286,7 @@ class Agent:
         control = self.config.agents.defaults.runtime_control
         safe = set(control.tool_parallel_safe_names)
         width = control.tool_max_parallel_calls
-        results: list[str] = [CANCELLED_TOOL_RESULT] * len(calls)
+        results = [held.get(index, CANCELLED_TOOL_RESULT) for index in range(len(calls))]
         running: dict[int, Future[str]] = {}  # call index -> its result, in flight
 
         def settle(keep: int) -> None:
@@ -277,6 +298,8 @@ class Agent:
 
         stopped = False
         for index, call in enumerate(calls):
+            if index in held:
+                continue
             parallel = width > 1 and call.name in safe
             settle(width - 1 if parallel else 0)
             stopped = stopped or stop()

@@ -358,7 +358,9 @@ def build_response(
     return LLMResponse(
         content=content,
         tool_calls=calls,
-        finish_reason="tool_calls" if calls else text_finish,
+        # "length" is kept with tool calls: the last call was then cut off at max_tokens
+        # and must not be run (the agent loop says so to the model).
+        finish_reason="tool_calls" if calls and text_finish != "length" else text_finish,
         usage=counts,
         model=str(model or ""),
     )
