@@ -188,6 +188,30 @@ def test_a_tool_call_cut_off_at_the_output_limit_is_not_run_and_said_so(
     assert "smaller" in results[1] and "not valid JSON" not in results[1]
 
 
+@pytest.mark.parametrize("cap", [None, 3], ids=["default", "configured"])
+def test_tool_calls_past_the_cap_of_one_answer_are_not_run(
+    claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer,
+    cap: int | None,
+) -> None:  # fmt: skip
+    # One answer asking for 40 calls: before, all ran (each result up to max_output_chars
+    # into the next request); now those past the cap are answered "not run" unrun, and
+    # every call id still gets its tool message (OpenAI refuses the next request without).
+    calls = [("write_file", {"path": f"f{i:02}.txt", "content": "x"}) for i in range(40)]
+    llm_server.push(llm.tool_calls(calls))
+    control = {} if cap is None else {"tool_max_calls_per_answer": cap}
+    config = make_config(llm_server, redis_server, runtime_control=control)
+    reply = Agent(config, client).handle(msg("write many files"))
+    assert reply.text == "echo: write many files"  # the next request was accepted
+    results = [m["content"] for m in llm_server.requests[-1]["messages"] if m["role"] == "tool"]
+    ran = [r for r in results if r.startswith("Wrote")]
+    assert len(results) == 40
+    assert len(ran) == len(list(claw_home.workspace.glob("f*.txt"))) < 40
+    limit = config.agents.defaults.runtime_control.tool_max_calls_per_answer
+    assert reply.tool_steps == len(ran) == limit and ran == results[:limit]
+    assert results[limit].startswith(f"Error: not run: one answer may ask for at most {limit}")
+    assert results[-1].endswith("ask for the rest in your next answer.")
+
+
 def test_a_tool_name_the_api_refuses_does_not_fail_the_turn(
     claw_home: ClawHome, redis_server: RedisServer, client: redis.Redis, llm_server: LLMServer
 ) -> None:

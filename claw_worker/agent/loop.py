@@ -47,6 +47,12 @@ CUT_OFF_TOOL_RESULT = (
     "large content over several smaller calls (e.g. write a first part, then add the rest "
     "in further calls), each well under the limit."
 )
+# Past runtime_control.tool_max_calls_per_answer in one answer: said, so the model asks again.
+OVER_CAP_TOOL_RESULT = (
+    "Error: not run: one answer may ask for at most %d tool calls "
+    "(runtime_control.tool_max_calls_per_answer) and this was call %d of %d; read the "
+    "results of the first ones, then ask for the rest in your next answer."
+)
 
 
 @dataclass(frozen=True)
@@ -260,14 +266,22 @@ class Agent:
                     "tool_calls": [call.to_message() for call in response.tool_calls],
                 }
             )
-            held: dict[int, str] = {}  # call index -> why it is not run
-            if response.finish_reason == "length":  # the output limit cut the last call
-                held[len(response.tool_calls) - 1] = CUT_OFF_TOOL_RESULT % max_tokens
+            held = self._held_back(response, max_tokens)
             if not self._run_tools(turn, response.tool_calls, held, ctx, stop):
                 return self._reply(turn, "", cancelled=True)
         text = defaults.texts.tool_iterations_exhausted % defaults.max_tool_iterations
         turn.add({"role": "assistant", "content": text})
         return self._reply(turn, text, exhausted=True)
+
+    def _held_back(self, response: LLMResponse, max_tokens: int) -> dict[int, str]:
+        """The calls of ``response`` not to run, by index, each with the result saying why:
+        those past the per-answer cap, and the last one when the output limit cut it."""
+        calls = response.tool_calls
+        cap = self.config.agents.defaults.runtime_control.tool_max_calls_per_answer
+        held = {i: OVER_CAP_TOOL_RESULT % (cap, i + 1, len(calls)) for i in range(cap, len(calls))}
+        if response.finish_reason == "length":  # cut off: its result says so, past the cap too
+            held[len(calls) - 1] = CUT_OFF_TOOL_RESULT % max_tokens
+        return held
 
     def _run_tools(
         self,

@@ -102,6 +102,10 @@ class RuntimeControlConfig(Section):
         "memory_search", "web_search", "web_fetch", "repo_map", "system_info",
     ]  # fmt: skip
     tool_max_parallel_calls: int = Field(2, ge=1)
+    # Calls of one model answer that are run; the rest are answered "not run" (a runaway
+    # answer of hundreds of calls, each result up to tools.max_output_chars, would flood
+    # the next request). The model asks for them again after reading the first results.
+    tool_max_calls_per_answer: int = Field(16, ge=1)
 
 
 class MemoryConfig(Section):
