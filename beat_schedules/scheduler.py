@@ -143,7 +143,10 @@ class FleetScheduler(RedBeatScheduler):
         return reserved
 
     def apply(self, config: Config) -> None:
-        """A reloaded config: rewrite the static entries (their intervals follow it)."""
+        """A reloaded config: rewrite the static entries (their intervals follow it), and
+        drop those it no longer has (``sentinel.enabled false``): RedBeat's
+        ``update_from_dict`` only adds, so a switched-off Sentinel went on checking,
+        healing and alerting until beat restarted."""
         from claw_worker.logs import setup_logging
 
         # What can fail first, so that a failure leaves the old config in effect whole.
@@ -152,7 +155,10 @@ class FleetScheduler(RedBeatScheduler):
         schedule = beat_schedule(config)
         self.live.swap(config)
         self.app.conf.beat_schedule = schedule
-        self.update_from_dict(schedule)
+        # RedBeat's start-up sync, not ours: an outage fails the reload instead of blocking
+        # the control listener. It deletes the static entries missing from ``schedule``,
+        # writes the others and records their names, so a restart drops them too.
+        RedBeatScheduler.setup_schedule(self)
 
     def close(self) -> None:
         self.control.stop()

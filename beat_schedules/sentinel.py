@@ -87,6 +87,8 @@ def summarize(results: list[dict[str, str]]) -> tuple[str, str]:
 def check(client: redis.Redis, config: Config) -> str:
     """One Sentinel round: check, heal (with auto_heal), keep the report, alert."""
     settings = config.sentinel
+    if not settings.enabled:  # sent just before a reload switched it off
+        return "sentinel disabled"
     probe = Probe(client, config, heal=settings.auto_heal)
     results = run_checks(probe)
     worst, summary = summarize(results)

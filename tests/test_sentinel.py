@@ -127,3 +127,33 @@ def test_beat_runs_the_sentinel_on_a_worker_and_the_alert_reaches_a_chat(fleet_f
     data = json.loads(fleet.home.clawctl("status", "--json").stdout)["sentinel"]
     assert data["enabled"] and data["report"]["process"].startswith("w1@")
     assert {x["check"] for x in data["report"]["results"]} >= {"workspace", "beat", "workers"}
+
+
+def test_switched_off_by_a_reload_it_stops_and_switched_on_again_it_runs(fleet_factory) -> None:
+    """`config set sentinel.enabled false` on a running fleet removes beat's entry: before,
+    RedBeat kept it and the Sentinel went on checking, healing and alerting until beat
+    restarted."""
+    fleet = fleet_factory(
+        sentinel__interval_sec=5, sentinel__min_free_mb=0,
+        agents__defaults__heartbeat__every_sec=2,
+    )  # fmt: skip
+    r = fleet.redis.client()
+    entry = f"{k.BEAT_KEY_PREFIX}sentinel"
+    fleet.start_worker("w1")
+    fleet.start_beat()
+    wait_for(lambda: r.get(k.SENTINEL_REPORT), timeout=40, what="the first report")
+
+    said = fleet.home.clawctl("config", "set", "sentinel.enabled", "false")
+    assert "Applied by" in said.stdout and "beat" in said.stdout, said.stdout + said.stderr
+    wait_for(lambda: not r.exists(entry), timeout=10, what="the entry removed")
+    assert "sentinel" not in r.smembers(f"{k.BEAT_KEY_PREFIX}:statics")
+    r.delete(k.SENTINEL_REPORT)
+    # A window longer than two Sentinel intervals, measured by beat's own heartbeat ticks.
+    ticks = int(r.hget(k.HEARTBEAT_STATE, "ticks") or 0)
+    wait_for(lambda: int(r.hget(k.HEARTBEAT_STATE, "ticks") or 0) >= ticks + 6, timeout=40,
+             what="six more heartbeat ticks")  # fmt: skip
+    assert r.get(k.SENTINEL_REPORT) is None
+
+    fleet.home.clawctl("config", "set", "sentinel.enabled", "true")
+    wait_for(lambda: r.get(k.SENTINEL_REPORT), timeout=40, what="a report once on again")
+    assert "sentinel" in r.smembers(f"{k.BEAT_KEY_PREFIX}:statics")  # known to a restart
