@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import json
 import stat
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from beat_schedules.sentinel import check
+from claw_worker import constants as k
 from claw_worker.config import Config, ConfigError, current_config, load_config
+from claw_worker.config.fields import MAX_PERIOD_SEC
 from claw_worker.config.paths import config_path, logs_dir, workspace_dir
 from claw_worker.config.store import (
     atomic_write_text,
@@ -25,6 +30,7 @@ from claw_worker.config.store import (
     split_path,
 )
 from tests.fixtures.claw_home import ClawHome
+from tests.fixtures.procs import wait_for
 
 
 def config_error(text: str) -> str:
@@ -292,3 +298,56 @@ def test_paths_follow_claw_home_and_claw_config(
     assert current_config().gateway.port == 2222
     custom = Config.model_validate({"agents": {"defaults": {"workspace": str(tmp_path / "ws")}}})
     assert workspace_dir(custom) == tmp_path / "ws"
+
+
+# Periods time drives: beat's intervals, TTLs and quiet times in Redis.
+PERIODS = [
+    "sentinel.interval_sec",
+    "sentinel.alert_quiet_sec",
+    "sentinel.stuck_run_sec",
+    "agents.defaults.heartbeat.every_sec",
+    "agents.defaults.runtime_control.autonomy_tick_interval_sec",
+    "agents.defaults.runtime_control.autonomy_min_run_interval_sec",
+    "agents.defaults.runtime_control.autonomy_idle_threshold_sec",
+    "agents.defaults.runtime_control.autonomy_max_pending_duration_sec",
+    "agents.defaults.runtime_control.run_state_ttl_seconds",
+    "worker.sweep_interval_sec",
+]
+
+
+def _nested(dotted: str, value: int) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    node = data
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return data
+
+
+@pytest.mark.parametrize("dotted", PERIODS)
+def test_a_period_past_a_year_is_refused(claw_home: ClawHome, dotted: str) -> None:
+    """10**12 s passed `config check`; then beat died at start (OverflowError: an interval
+    ending after the year 9999) and Redis refused the TTLs ("invalid expire time")."""
+    claw_home.write_config(_nested(dotted, 10**12))
+    result = claw_home.clawctl("config", "check")
+    assert result.returncode == 1, result.stdout
+    assert dotted in result.stderr and "less than or equal to 31622400" in result.stderr
+
+
+def test_every_period_at_its_longest_is_usable(fleet_factory: Any) -> None:
+    """The bound itself is safe: beat schedules each interval, Redis takes each TTL."""
+    fleet = fleet_factory(**{dotted.replace(".", "__"): MAX_PERIOD_SEC for dotted in PERIODS})
+    r = fleet.redis.client()
+    beat = fleet.start_beat()
+    started = time.time()
+    keys = [f"{k.BEAT_KEY_PREFIX}{name}" for name in
+            ("sentinel", "heartbeat", "autonomy-tick", "session-sweeper")]  # fmt: skip
+    # RedBeat runs an entry first one interval after it is written.
+    due = wait_for(lambda: all(r.zscore(k.BEAT_SCHEDULE, key) for key in keys) and
+                   [r.zscore(k.BEAT_SCHEDULE, key) for key in keys], timeout=30,
+                   what="beat's entries")  # fmt: skip
+    assert all(at >= started + MAX_PERIOD_SEC - 60 for at in due), due
+    check(r, load_config(fleet.home.config_file))  # no workspace: an alert, quiet a year
+    assert r.ttl(k.sentinel_alert_key("workspace")) > MAX_PERIOD_SEC - 60
+    assert beat.poll() is None, fleet.output("beat")

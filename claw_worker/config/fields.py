@@ -21,6 +21,11 @@ SECRET_MARK = "secret"
 MAX_TEXT_CHARS = 4096
 MAX_NAME_CHARS = 256  # a model name, an id, a sender
 MAX_PROSE_CHARS = 16_000  # texts the agent writes or is prompted with
+# Longest period of anything time drives (an interval, a quiet time, a TTL). Past it a
+# value is a typo, and not a harmless one: beat cannot schedule an interval that ends
+# after the year 9999 (OverflowError at start, no cron, sweeper or heartbeat), and Redis
+# refuses a TTL past 2**63 ms ("invalid expire time": every enqueue or alert fails).
+MAX_PERIOD_SEC = 366 * 86400
 
 # The model config of every section: unknown keys refused, types strict, frozen once
 # loaded, strings at most MAX_TEXT_CHARS.

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from claw_worker.config.channels import ChannelsConfig
 from claw_worker.config.fields import (
+    MAX_PERIOD_SEC,
     MAX_PROSE_CHARS,
     Name,
     Names,
@@ -49,7 +50,7 @@ class HeartbeatConfig(Section):
     """The periodic look at HEARTBEAT.md (beat_schedules/heartbeat.py)."""
 
     enabled: bool = True
-    every_sec: int = Field(1800, ge=2)
+    every_sec: int = Field(1800, ge=2, le=MAX_PERIOD_SEC)
     ack_max_chars: int = Field(64, ge=0)  # replies this short (or HEARTBEAT_OK) are not sent
     prompt_template: str = Field(
         "Read HEARTBEAT.md if it exists (workspace context). Follow it strictly. Do not infer "
@@ -88,14 +89,14 @@ class ContextCompactionConfig(Section):
 
 class RuntimeControlConfig(Section):
     intent_max_input_chars: int = Field(1200, ge=1)
-    autonomy_tick_interval_sec: int = Field(20, ge=1)
-    autonomy_min_run_interval_sec: int = Field(20, ge=1)
-    autonomy_idle_threshold_sec: int = Field(20, ge=1)
+    autonomy_tick_interval_sec: int = Field(20, ge=1, le=MAX_PERIOD_SEC)
+    autonomy_min_run_interval_sec: int = Field(20, ge=1, le=MAX_PERIOD_SEC)
+    autonomy_idle_threshold_sec: int = Field(20, ge=1, le=MAX_PERIOD_SEC)
     autonomy_max_rounds_without_user: int = Field(120, ge=1)
-    autonomy_max_pending_duration_sec: int = Field(180, ge=1)
+    autonomy_max_pending_duration_sec: int = Field(180, ge=1, le=MAX_PERIOD_SEC)
     autonomy_max_consecutive_stalls: int = Field(3, ge=1)
     autolearn_max_rounds_without_user: int = Field(200, ge=1)
-    run_state_ttl_seconds: int = Field(1800, ge=1)
+    run_state_ttl_seconds: int = Field(1800, ge=1, le=MAX_PERIOD_SEC)
     run_state_max: int = Field(500, ge=1)
     tool_parallel_safe_names: list[str] = [
         "read_file", "list_files", "find_files", "grep_files",
@@ -193,7 +194,7 @@ class WorkerConfig(Section):
     pool: Literal["threads", "prefork", "solo"] = "threads"
     concurrency: int = Field(200, ge=1, le=5000)
     lease_sec: int = Field(30, ge=2)
-    sweep_interval_sec: int = Field(15, ge=1)
+    sweep_interval_sec: int = Field(15, ge=1, le=MAX_PERIOD_SEC)
     max_attempts: int = Field(3, ge=1, le=50)
     message_ttl_sec: int = Field(7 * 24 * 3600, ge=60)
     # A task refused its resource keys ([keys: ...], claw_worker/work/locks.py) waits in
@@ -230,19 +231,21 @@ class SentinelConfig(Section):
     whether it repairs, and where its alerts go."""
 
     enabled: bool = True
-    interval_sec: int = Field(60, ge=5)
+    interval_sec: int = Field(60, ge=5, le=MAX_PERIOD_SEC)
     auto_heal: bool = True
     # Alerts go to a channel name (telegram, discord, ..., "ws") and a chat there; without a
     # channel they are only logged.
     notify_channel: str = ""
     notify_chat_id: str = ""
-    alert_quiet_sec: int = Field(3600, ge=1)  # the same check's alert not repeated within this
+    # The same check's alert is not repeated within this.
+    alert_quiet_sec: int = Field(3600, ge=1, le=MAX_PERIOD_SEC)
     logs_max_mb: int = Field(500, ge=1)  # the logs directory; over it, rotated files are pruned
     min_free_mb: int = Field(1024, ge=0)  # free disk: warn below this, fail below half of it
     redis_latency_warn_ms: int = Field(200, ge=1)  # a PING round trip slower than this
     redis_memory_warn_pct: int = Field(80, ge=1, le=100)  # used_memory / maxmemory
     max_queue_depth: int = Field(1000, ge=1)  # tasks waiting on one queue
-    stuck_run_sec: int = Field(1800, ge=10)  # a run going on longer than this is reported
+    # A run going on longer than this is reported.
+    stuck_run_sec: int = Field(1800, ge=10, le=MAX_PERIOD_SEC)
 
     @model_validator(mode="after")
     def _check_notify(self) -> SentinelConfig:
