@@ -148,3 +148,26 @@ def test_a_slow_heartbeat_is_not_piled_up_and_a_set_target_gets_the_reply(
     started = time.monotonic()
     asyncio.run(scenario())
     assert time.monotonic() - started < 60
+
+
+def test_heartbeats_never_compact_their_session(
+    fleet_factory: Any, llm_server: Any, redis_server: Any, claw_home: Any
+) -> None:
+    """A heartbeat reads only the last few messages of its session, so summarising its older
+    turns is an LLM call for nothing (and its summary went into every later heartbeat, its
+    facts into memory). Before: with a long checklist, from the 11th heartbeat on (over 20
+    messages and 20,000 characters) each one made a summary call as well."""
+    claw_home.workspace.mkdir(parents=True, exist_ok=True)
+    checklist = "".join(f"- [ ] check service {n:04d} and its queue\n" for n in range(220))
+    (claw_home.workspace / "HEARTBEAT.md").write_text(checklist)  # ~8,000 characters
+    llm_server.add_rule(MARK, "HEARTBEAT_OK")
+    llm_server.add_rule(SELFCHECK, "HEARTBEAT_OK")
+    fleet = fleet_factory(**EVERY_2S)
+    fleet.start_worker()
+    fleet.start_beat()
+    r = redis_server.client()
+    looks = wait_for(lambda: len(llm_server.requests_for(MARK)) >= 14 and
+                     llm_server.requests_for(MARK), timeout=90, what="14 heartbeats")  # fmt: skip
+    summaries = [x for x in looks if "session: heartbeat:main" not in x["messages"][0]["content"]]
+    assert summaries == [], f"{len(summaries)} summary call(s) in {len(looks)}"
+    assert r.llen(k.history_key("heartbeat:main")) <= 6  # no more kept than a look reads

@@ -23,7 +23,7 @@ from claw_worker.agent.context import (
     memory_recall,
     user_message,
 )
-from claw_worker.agent.history import History
+from claw_worker.agent.history import MAX_ENTRIES, History
 from claw_worker.config.paths import workspace_dir
 from claw_worker.config.schema import Config
 from claw_worker.constants import lang_key
@@ -163,15 +163,19 @@ class Agent:
             return AgentReply(text=refusal, over_budget=True)
         make_workspace(self.workspace)
 
-        history = History(self.redis, message.session_key)
-        # Before loading: an over-long history is summarised first (a failure keeps it as is).
-        compact_history(
-            self.config, provider, self.model, history, self.workspace,
-            startup=self._first_turn_since_start(message.session_key), spend=budget.spend,
-        )  # fmt: skip
         # A heartbeat looks at HEARTBEAT.md with minimal context: no memory recall and only
         # the last few messages of its own session, so a check costs a few hundred tokens.
+        # Its session keeps no more than that, and is never compacted: a summary of turns
+        # it does not read would be an LLM call (and memory facts) for nothing.
         minimal = message.origin is Origin.HEARTBEAT
+        history = History(self.redis, message.session_key,
+                          max_entries=MINIMAL_HISTORY if minimal else MAX_ENTRIES)  # fmt: skip
+        if not minimal:
+            # Before loading: an over-long history is summarised first (a failure keeps it).
+            compact_history(
+                self.config, provider, self.model, history, self.workspace,
+                startup=self._first_turn_since_start(message.session_key), spend=budget.spend,
+            )  # fmt: skip
         recall = "" if minimal else memory_recall(self.workspace, message.text, defaults)
         language = self.redis.get(lang_key(message.session_key))
         system_prompt = build_system_prompt(
