@@ -14,7 +14,8 @@ but blank ones, headings (``#``), rules (``---``), empty list items and checked-
 (``- [x] ...``). Any other line (``- [ ] check the deploy``, plain text) is an open item.
 
 A reply of ``HEARTBEAT_OK``, or no longer than ``ack_max_chars``, is not delivered
-(``quiet_ack``); another goes to ``target_channel``/``target_chat_id`` when set, else to the
+(``quiet_ack``), nor is a failure when the previous heartbeat failed too (``quiet_failure``:
+a provider down for hours is told once, not at every tick); another goes to ``target_channel``/``target_chat_id`` when set, else to the
 chat whose user wrote last (``constants.LAST_ACTIVE``), else nowhere. Every tick is
 recorded in the hash ``constants.HEARTBEAT_STATE``: when, what it did and why, and a count
 per action.
@@ -33,7 +34,7 @@ from claw_worker import metrics
 from claw_worker.autonomy_state import Chat, last_active
 from claw_worker.config import Config, workspace_dir
 from claw_worker.config.schema import HeartbeatConfig
-from claw_worker.contract import InboundMessage, Origin
+from claw_worker.contract import InboundMessage, MessageStatus, Origin
 from claw_worker.fsutil import read_workspace_text
 from claw_worker.session.mailbox import Mailbox
 from claw_worker.session.submit import submit
@@ -96,6 +97,9 @@ def tick(client: redis.Redis, config: Config) -> str:
     chat = target(client, settings)
     metadata: dict[str, object] = {"origin": Origin.HEARTBEAT.value,
                                    "quiet_ack": settings.ack_max_chars}  # fmt: skip
+    again = _previous_failed(client)
+    if again:
+        metadata["quiet_failure"] = True
     if chat is not None:
         metadata["deliver"] = {"channel": chat.channel, "chat_id": chat.chat_id}
     shown = without_comments(text).strip()[:MAX_FILE_CHARS]
@@ -105,8 +109,20 @@ def tick(client: redis.Redis, config: Config) -> str:
     )  # fmt: skip
     submit(client, config, message)
     where = f"{chat.channel}:{chat.chat_id}" if chat else "no chat (nobody has written yet)"
-    return _record(client, "submitted", f"{len(items)} open item(s); a reply goes to {where}",
-                   message_id=message.message_id)  # fmt: skip
+    detail = f"{len(items)} open item(s); a reply goes to {where}"
+    if again:
+        detail += " (a failure would not: the previous heartbeat failed)"
+    return _record(client, "submitted", detail, message_id=message.message_id)
+
+
+def _previous_failed(client: redis.Redis) -> bool:
+    """Whether the last heartbeat submitted failed (its message record; a tick submits only
+    once the previous heartbeat has finished)."""
+    previous = client.hget(k.HEARTBEAT_STATE, "message_id")
+    if not previous:
+        return False
+    status = client.hget(k.message_key(SESSION_KEY, previous), "status")
+    return status == MessageStatus.FAILED.value
 
 
 def _record(client: redis.Redis, action: str, detail: str, *, message_id: str = "") -> str:

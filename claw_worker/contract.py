@@ -104,9 +104,13 @@ def reply_route(message: InboundMessage, status: MessageStatus, text: str) -> tu
     The message's own chat, unless its metadata says otherwise: ``deliver`` ({"channel",
     "chat_id"}: a cron job's --deliver target, the heartbeat's chat), and ``quiet_ack``
     (a number: a successful reply that is ``HEARTBEAT_OK`` or no longer than that many
-    characters is an acknowledgement nobody needs to see, routed to INTERNAL_CHANNEL).
+    characters is an acknowledgement nobody needs to see, routed to INTERNAL_CHANNEL), and
+    ``quiet_failure`` (true: a failure is routed there too; the heartbeat sets it when the
+    previous heartbeat failed, so a long outage is told once, not at every tick).
     """
     meta = message.metadata
+    if meta.get("quiet_failure") is True and status is MessageStatus.FAILED:
+        return INTERNAL_CHANNEL, message.chat_id
     quiet = meta.get("quiet_ack")
     if quiet is not None and status is MessageStatus.DONE:
         stripped = text.strip()

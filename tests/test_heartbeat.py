@@ -17,6 +17,7 @@ from claw_worker.config import Config
 from claw_worker.contract import INTERNAL_CHANNEL
 from tests.fixtures.procs import wait_for
 from tests.llm_server import text
+from tests.llm_wire import error
 
 MARK = "## HEARTBEAT.md"  # in every heartbeat message
 LONG = "The nightly deploy failed at the migration step; the error log is in deploy.log."
@@ -38,6 +39,20 @@ async def say(ws: ClientConnection, session: str, words: str) -> dict[str, Any]:
 def heartbeat_outbound(r: Any) -> list[dict[str, Any]]:
     entries = [json.loads(fields["data"]) for _, fields in r.xrange(k.OUTBOUND_STREAM)]
     return [e for e in entries if e.get("metadata", {}).get("origin") == "heartbeat"]
+
+
+def heartbeat_fleet(
+    fleet_factory: Any, llm_server: Any, claw_home: Any, checklist: str, **overrides: Any
+) -> Any:
+    """A fleet with a worker (beat not started) heartbeating every 2 s over ``checklist``;
+    heartbeats and the start-up check answer HEARTBEAT_OK unless pushed otherwise."""
+    claw_home.workspace.mkdir(parents=True, exist_ok=True)
+    (claw_home.workspace / "HEARTBEAT.md").write_text(checklist)
+    llm_server.add_rule(MARK, "HEARTBEAT_OK")
+    llm_server.add_rule(SELFCHECK, "HEARTBEAT_OK")
+    fleet = fleet_factory(**EVERY_2S, **overrides)
+    fleet.start_worker()
+    return fleet
 
 
 def test_what_counts_as_actionable() -> None:
@@ -120,14 +135,10 @@ def test_ok_is_dropped_and_a_real_reply_reaches_the_last_active_chat(
 def test_a_slow_heartbeat_is_not_piled_up_and_a_set_target_gets_the_reply(
     fleet_factory: Any, llm_server: Any, redis_server: Any, claw_home: Any
 ) -> None:
-    claw_home.workspace.mkdir(parents=True, exist_ok=True)
-    (claw_home.workspace / "HEARTBEAT.md").write_text("- [ ] summarise the queue\n")
     llm_server.push(text(LONG, delay=8), when=MARK)  # four ticks long
-    llm_server.add_rule(MARK, "HEARTBEAT_OK")
-    llm_server.add_rule(SELFCHECK, "HEARTBEAT_OK")
-    fleet = fleet_factory(**EVERY_2S, agents__defaults__heartbeat__target_channel="ws",
-                          agents__defaults__heartbeat__target_chat_id="hb-target")  # fmt: skip
-    fleet.start_worker()
+    fleet = heartbeat_fleet(fleet_factory, llm_server, claw_home, "- [ ] summarise the queue\n",
+                            agents__defaults__heartbeat__target_channel="ws",
+                            agents__defaults__heartbeat__target_chat_id="hb-target")  # fmt: skip
     fleet.start_ingress()
     r = redis_server.client()
 
@@ -157,13 +168,8 @@ def test_heartbeats_never_compact_their_session(
     turns is an LLM call for nothing (and its summary went into every later heartbeat, its
     facts into memory). Before: with a long checklist, from the 11th heartbeat on (over 20
     messages and 20,000 characters) each one made a summary call as well."""
-    claw_home.workspace.mkdir(parents=True, exist_ok=True)
     checklist = "".join(f"- [ ] check service {n:04d} and its queue\n" for n in range(220))
-    (claw_home.workspace / "HEARTBEAT.md").write_text(checklist)  # ~8,000 characters
-    llm_server.add_rule(MARK, "HEARTBEAT_OK")
-    llm_server.add_rule(SELFCHECK, "HEARTBEAT_OK")
-    fleet = fleet_factory(**EVERY_2S)
-    fleet.start_worker()
+    fleet = heartbeat_fleet(fleet_factory, llm_server, claw_home, checklist)  # ~8,000 chars
     fleet.start_beat()
     r = redis_server.client()
     looks = wait_for(lambda: len(llm_server.requests_for(MARK)) >= 14 and
@@ -171,3 +177,29 @@ def test_heartbeats_never_compact_their_session(
     summaries = [x for x in looks if "session: heartbeat:main" not in x["messages"][0]["content"]]
     assert summaries == [], f"{len(summaries)} summary call(s) in {len(looks)}"
     assert r.llen(k.history_key("heartbeat:main")) <= 6  # no more kept than a look reads
+
+
+REVOKED = {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                     "code": "invalid_api_key"}}  # fmt: skip
+
+
+def test_a_heartbeat_failing_tick_after_tick_is_told_once(
+    fleet_factory: Any, llm_server: Any, redis_server: Any, claw_home: Any
+) -> None:
+    """A provider refusing every call (a revoked key): before, each heartbeat's failure went
+    to the chat, one message per tick for as long as it lasted. Now the first failure of a
+    streak is delivered; the rest are recorded only, until a heartbeat succeeds."""
+    revoked = error(401, REVOKED)
+    # Two failures in a row, a success, two more (three would open the provider's breaker).
+    llm_server.push(revoked, revoked, text(LONG), revoked, revoked, when=MARK)
+    fleet = heartbeat_fleet(fleet_factory, llm_server, claw_home, "- [ ] check the deploy\n",
+                            agents__defaults__heartbeat__target_channel="ws",
+                            agents__defaults__heartbeat__target_chat_id="ops")  # fmt: skip
+    fleet.start_beat()
+    r = redis_server.client()
+    sent = wait_for(lambda: len(found := heartbeat_outbound(r)) >= 5 and found, timeout=60,
+                    what="five heartbeats")  # fmt: skip
+    told = [o["text"] for o in sent[:5] if o["channel"] == "ws"]
+    assert len(told) == 3, told  # before: all five
+    assert "Incorrect API key" in told[0] and told[1] == LONG and "Incorrect API key" in told[2]
+    assert [o["channel"] for o in sent[:5]].count(INTERNAL_CHANNEL) == 2
