@@ -104,10 +104,18 @@ def check(client: redis.Redis, config: Config) -> str:
         "actions": [f"{r['check']}: {r['healed']}" for r in results if r["healed"]],
         "results": results,
     }
-    client.set(k.SENTINEL_REPORT, json.dumps(report, ensure_ascii=False))
+    # Logged before anything is written: a Redis that refuses writes must not silence it.
     bound = log.bind(worst=worst, failing=report["failing"], actions=report["actions"])
     (bound.info if worst == "ok" else bound.warning)("sentinel report", summary=summary)
-    sent = send_alerts(client, config, results, host=me.host)
+    try:
+        client.set(k.SENTINEL_REPORT, json.dumps(report, ensure_ascii=False))
+        sent = send_alerts(client, config, results, host=me.host)
+    except redis.ResponseError as exc:  # full (OOM with noeviction), read-only, ...
+        # Alerts travel through Redis too: the log is all that can say what was found.
+        found = [f"{r['check']}: {r['detail']}" for r in results if r["state"] != "ok"]
+        log.error("sentinel: redis refused the report and its alerts", error=str(exc),
+                  findings=found)  # fmt: skip
+        return f"{summary}; not stored, no alert sent: redis refused writes ({exc})"
     return f"{summary}; {sent} alert(s) sent" if sent else summary
 
 

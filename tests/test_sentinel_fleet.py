@@ -10,6 +10,7 @@ import json
 import shutil
 import time
 
+from beat_schedules.sentinel import check
 from claw_worker import constants as k
 from claw_worker.contract import InboundMessage
 from claw_worker.control import ControlListener
@@ -44,6 +45,23 @@ def test_redis_latency_and_memory(fleet_factory, redis_server) -> None:
     r.config_set("maxmemory", "0")
     r.config_set("maxmemory-policy", "noeviction")
     assert run(r, config)["by"]["redis_memory"]["state"] == "ok"
+
+
+def test_a_full_redis_is_reported_though_it_refuses_the_report(fleet_factory, capsys) -> None:
+    """Redis at maxmemory with noeviction refuses writes: before, storing the report raised
+    (OOM), so the one round that found "writes are refused" ended in a Celery traceback
+    and said nothing of it. Now the finding is logged and the round ends cleanly."""
+    _, config, r = prepare(fleet_factory, notify_channel="ws", notify_chat_id="ops")
+    r.config_set("maxmemory", "1")  # far under what is used: every write is refused
+    try:
+        said = check(r, config)
+    finally:
+        r.config_set("maxmemory", "0")
+    assert "redis_memory (fail)" in said and "redis refused" in said, said
+    assert r.get(k.SENTINEL_REPORT) is None  # nothing could be written
+    logged = capsys.readouterr().out  # this process's log (no file logging set up here)
+    assert "sentinel report" in logged and "redis_memory (fail)" in logged, logged
+    assert "redis_memory: " in logged and "writes are refused" in logged, logged
 
 
 def test_redis_persistence_off_and_failing(fleet_factory, redis_server) -> None:
