@@ -197,7 +197,6 @@ def test_another_channels_message_record_is_not_the_callers_to_read(fleet_factor
     guessed), and its record holds the agent's reply to that chat: the API shows the records
     of its own clients' messages only, and another's is as unknown as a made-up id."""
     fleet = fleet_factory()
-    fleet.start_worker()
     fleet.start_ingress()
     chat = InboundMessage(message_id="telegram-5551234-42", channel="telegram",
                           chat_id="5551234", text="my PIN is 1234, remember it")  # fmt: skip
@@ -207,6 +206,7 @@ def test_another_channels_message_record_is_not_the_callers_to_read(fleet_factor
     taken = box.take(chat.session_key, "tok")
     assert taken is not None
     box.complete(taken.message, "tok", MessageStatus.DONE, "Noted: your PIN is 1234")
+    fleet.start_worker()  # only now: it would have taken the chat's message first
     with fleet.client() as http:
         resp = http.get(f"/api/messages/{chat.message_id}")
         assert resp.status_code == 404, resp.text
