@@ -6,9 +6,7 @@ The fleet's checks (Redis, queues, processes, sessions) are in ``sentinel_fleet.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -26,11 +24,10 @@ from claw_worker.config import (
     logs_dir,
     workspace_dir,
 )
+from claw_worker.log_files import LogsDir
 from claw_worker.workspace import create_missing, missing_entries
 
 MB = 1024 * 1024
-ROTATED_LOG = re.compile(r".+\.log\.\d+")  # <name>.log.<n>: a rotated file nobody writes to
-LOG_FILE = re.compile(r".+\.log(\.\d+)?")
 RELOAD_GRACE_SEC = 60  # a config file newer than this may be in the middle of a reload
 
 
@@ -101,21 +98,12 @@ def check_workspace(p: Probe) -> Finding:
     return fail(detail, healed=f"recreated {', '.join(created) or 'the workspace'}")
 
 
-def _log_files(directory: Path) -> list[tuple[Path, os.stat_result]]:
-    found = []
-    for path in directory.iterdir():
-        if LOG_FILE.fullmatch(path.name):
-            try:
-                found.append((path, path.stat()))
-            except FileNotFoundError:  # rotated or pruned meanwhile
-                continue
-    return found
-
-
 def check_logs(p: Probe) -> Finding:
-    """The logs directory exists (when file logging is on) and holds at most logs_max_mb;
-    over it, rotated files (``<name>.log.<n>``) are pruned oldest first. A live
-    ``<name>.log`` is never touched: its process writes to it."""
+    """The logs directory exists (when file logging is on) and clawfleet's files there hold
+    at most logs_max_mb; over it, rotated files (``<name>.log.<n>``) are pruned oldest first.
+    A live ``<name>.log`` is never touched: its process writes to it. Only clawfleet's own
+    files are counted or pruned (``claw_worker/log_files.py``): the directory may be shared
+    with other programs' logs."""
     directory, limit = logs_dir(p.config), p.config.sentinel.logs_max_mb * MB
     if directory.exists() and not directory.is_dir():
         return fail(f"{directory} is not a directory (move it away; nothing was changed)")
@@ -127,23 +115,20 @@ def check_logs(p: Probe) -> Finding:
             return fail(detail)
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         return fail(detail, healed=f"recreated {directory}")
-    files = _log_files(directory)
-    total = sum(st.st_size for _, st in files)
-    if total <= limit:
-        return ok(f"{directory}: {total / MB:.1f} MB of {limit / MB:.0f} MB")
-    detail = f"{directory} holds {total / MB:.1f} MB, over {limit / MB:.0f} MB"
-    if not p.heal:
-        return warn(detail)
-    pruned, freed = 0, 0
-    rotated = sorted(
-        (f for f in files if ROTATED_LOG.fullmatch(f[0].name)), key=lambda f: f[1].st_mtime
-    )
-    for path, st in rotated:
-        if total - freed <= limit:
-            break
-        with contextlib.suppress(FileNotFoundError):  # another pruner came first
-            path.unlink()
-        pruned, freed = pruned + 1, freed + st.st_size
+    with LogsDir(directory) as logs:
+        files = logs.own_logs()
+        total = sum(f.size for f in files)
+        if total <= limit:
+            return ok(f"{directory}: {total / MB:.1f} MB of {limit / MB:.0f} MB")
+        detail = f"{directory} holds {total / MB:.1f} MB of logs, over {limit / MB:.0f} MB"
+        if not p.heal:
+            return warn(detail)
+        pruned, freed = 0, 0
+        for log in sorted((f for f in files if f.rotated), key=lambda f: f.mtime):
+            if total - freed <= limit:
+                break
+            if logs.remove(log):  # False: gone or replaced since it was found
+                pruned, freed = pruned + 1, freed + log.size
     if not pruned:
         return warn(f"{detail}; no rotated file to prune: the live logs fill it")
     left = "" if total - freed <= limit else f" (still {(total - freed) / MB:.1f} MB: live logs)"

@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
-import re
 import sys
 import time
 from collections.abc import MutableMapping
@@ -43,6 +42,7 @@ import structlog
 from claw_worker.config.paths import logs_dir
 from claw_worker.config.schema import Config
 from claw_worker.config.store import secret_values
+from claw_worker.log_files import LogsDir
 from claw_worker.redact import MASK, Redactor, is_secret_field
 
 __all__ = ["MASK", "Redactor", "is_secret_field", "setup_console", "setup_logging"]
@@ -177,7 +177,9 @@ def _formatter(renderer: Any, redactor: Redactor, process_name: str = "") -> log
 
     def add_process(_l: Any, _m: str, event_dict: MutableMapping[str, Any]) -> Any:
         if process_name:
-            event_dict.setdefault("process", process_name)
+            # Always this process's name, whatever an event passed: it is what marks a file
+            # in the logs directory as clawfleet's own (log_files.py).
+            event_dict["process"] = process_name
             event_dict.setdefault("pid", os.getpid())  # per call: prefork children differ
         return event_dict
 
@@ -227,23 +229,19 @@ def setup_console(*, debug: bool = False) -> None:
 
 
 def remove_expired(directory: Path, process_name: str, retention_days: int) -> list[Path]:
-    """Delete logs not written to for the retention period: rotated files, and the files of
-    processes long gone (node names carry the pid, so every restart starts a new file).
+    """Delete clawfleet's logs not written to for the retention period: rotated files, and
+    the files of processes long gone (node names carry the pid, so every restart starts a
+    new file). Only clawfleet's own files (``log_files.py``): the directory may be shared.
 
     A live process's file is written to all the time (a worker logs its sweeps), and if an
     idle one is removed anyway, its handler reopens it on the next record.
     """
     cutoff = time.time() - retention_days * 86400
     removed = []
-    for path in directory.glob("*.log*"):
-        if re.fullmatch(r".+\.log(\.\d+)?", path.name) is None:
-            continue
-        try:
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-                removed.append(path)
-        except FileNotFoundError:  # another process removed it first
-            continue
+    with LogsDir(directory) as logs:
+        for log in logs.own_logs():
+            if log.mtime < cutoff and logs.remove(log):
+                removed.append(directory / log.name)
     return removed
 
 

@@ -16,7 +16,8 @@ import pytest
 import structlog
 
 from claw_worker.config import Config
-from claw_worker.logs import BACKUP_COUNT, Redactor, setup_logging
+from claw_worker.logs import BACKUP_COUNT, Redactor, remove_expired, setup_logging
+from tests.fixtures.log_dirs import age, snapshot, write_foreign_files, write_own_logs
 
 API_KEY = "sk-live-abcdefghijklmnopqrstuvwxyz"
 TELEGRAM_TOKEN = "123456789:AAEhBP0av28KfjG3sV8qFD1dLr8cw7qk0a2"
@@ -132,12 +133,12 @@ def test_redactor_scrubs_patterns_and_literals() -> None:
 @pytest.mark.usefixtures("restore_logging")
 def test_rotation_and_retention(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
-    logs.mkdir()
     old = time.time() - 3 * 86400
     # A restarted process has a new pid, so a new file: the old one ages out like rotations.
     expired = [logs / "worker.log.3", logs / "beat.log.1", logs / "beat-41@gone.log"]
-    for path in [*expired, logs / "worker.log.1", logs / "beat-42@live.log", logs / "notes.txt"]:
-        path.write_text("{}\n")
+    names = [*expired, logs / "worker.log.1", logs / "beat-42@live.log"]
+    write_own_logs(logs, {path.name: 1 for path in names})
+    (logs / "notes.txt").write_text("{}\n")
     for path in [*expired, logs / "notes.txt"]:
         os.utime(path, (old, old))
 
@@ -160,6 +161,28 @@ def test_rotation_and_retention(tmp_path: Path) -> None:
     assert log_file.stat().st_size <= 1024 * 1024
     assert (logs / "worker.log.2").exists()  # rotated: the old .1 moved up
     read_lines(log_file)  # what remains still parses line by line
+
+
+def test_retention_in_a_shared_directory_removes_only_clawfleets_own_files(
+    tmp_path: Path,
+) -> None:
+    """``logging.dir`` may be shared (/var/log, an operator's directory): before, every idle
+    ``*.log`` / ``*.log.<n>`` there went, syslog's rotations, an operator's notes and a
+    symlink to a file elsewhere included."""
+    logs, elsewhere = tmp_path / "logs", tmp_path / "elsewhere"
+    own = ["w1@h.log.3", "w1@h.log.2", "beat-41@gone.log", "ingress-7.log"]
+    write_own_logs(logs, {name: 2 for name in [*own, "w1@h.log.1"]})
+    write_foreign_files(logs, elsewhere, kb=2)
+    age([*logs.iterdir(), *elsewhere.iterdir()], days=3)
+    age([logs / "w1@h.log.1"], days=0.5)  # written within the retention window
+    before = snapshot(logs, elsewhere)
+
+    removed = remove_expired(logs, "worker", retention_days=2)
+    assert sorted(path.name for path in removed) == sorted(own)
+    after = snapshot(logs, elsewhere)
+    assert {path.name for path in set(before) - set(after)} == set(own)
+    assert all(after[path] == content for path, content in before.items() if path in after)
+    assert (logs / "w1@h.log.1").exists()
 
 
 @pytest.mark.usefixtures("restore_logging")

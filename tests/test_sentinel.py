@@ -17,6 +17,7 @@ import redis
 from claw_worker import constants as k
 from claw_worker.config import workspace_dir
 from claw_worker.workspace import create_missing
+from tests.fixtures.log_dirs import age, snapshot, write_foreign_files, write_own_logs
 from tests.fixtures.procs import wait_for
 from tests.fixtures.ws_chat import WsChat
 from tests.test_sentinel_checks import prepare, run, with_settings
@@ -157,3 +158,46 @@ def test_switched_off_by_a_reload_it_stops_and_switched_on_again_it_runs(fleet_f
     fleet.home.clawctl("config", "set", "sentinel.enabled", "true")
     wait_for(lambda: r.get(k.SENTINEL_REPORT), timeout=40, what="a report once on again")
     assert "sentinel" in r.smembers(f"{k.BEAT_KEY_PREFIX}:statics")  # known to a restart
+
+
+def test_in_a_shared_logs_directory_the_fleet_removes_only_its_own_files(
+    fleet_factory, tmp_path
+) -> None:
+    """``logging.dir`` shared with other programs: retention at a process's start and the
+    Sentinel's pruning (beat sends it, a worker runs it) remove clawfleet's expired and
+    rotated files and nothing else. Before, syslog's rotations, an operator's notes, another
+    program's JSON log and a symlink to a file elsewhere were deleted too."""
+    shared, elsewhere = tmp_path / "shared-logs", tmp_path / "elsewhere"
+    expired = ["beat-41@gone.log", "beat-41@gone.log.1"]  # idle past retention_days
+    write_own_logs(shared, {**dict.fromkeys(expired, 2), "w9@gone.log": 2,
+                            "w9@gone.log.1": 700, "w9@gone.log.2": 700})  # fmt: skip
+    write_foreign_files(shared, elsewhere, kb=700)
+    ours = {*expired, "w9@gone.log", "w9@gone.log.1", "w9@gone.log.2"}
+    age([p for p in shared.iterdir() if p.name not in ours] + [shared / n for n in expired], 3)
+    age([shared / "w9@gone.log.2"], days=0.2)  # the oldest rotation: the one pruned
+    age([shared / "w9@gone.log.1"], days=0.1)
+    before = snapshot(shared, elsewhere)
+
+    fleet = fleet_factory(
+        logging__dir=str(shared), logging__retention_days=1,
+        sentinel__interval_sec=5, sentinel__min_free_mb=0, sentinel__logs_max_mb=1,
+    )  # fmt: skip
+    r = fleet.redis.client()
+    fleet.start_worker("w1")
+    fleet.start_beat()
+
+    def pruned() -> dict[str, Any] | None:
+        raw = r.get(k.SENTINEL_REPORT)
+        report = json.loads(raw) if raw else None
+        return (
+            report
+            if report and any(a.startswith("logs: pruned") for a in report["actions"])
+            else None
+        )
+
+    report = wait_for(pruned, timeout=60, what="the Sentinel pruning the logs")
+    assert "logs: pruned 1 rotated log file(s)" in " ".join(report["actions"]), report
+    after = snapshot(shared, elsewhere)
+    gone = {path.name for path in set(before) - set(after)}
+    assert gone == {*expired, "w9@gone.log.2"}
+    assert all(after[path] == content for path, content in before.items() if path in after)

@@ -18,6 +18,8 @@ from beat_schedules.sentinel import check
 from claw_worker import constants as k
 from claw_worker.config import Config, load_config, logs_dir, workspace_dir
 from claw_worker.workspace import create_missing, template
+from tests.fixtures.log_dirs import age as aged
+from tests.fixtures.log_dirs import snapshot, write_foreign_files, write_own_logs
 
 KB = 1024
 
@@ -74,33 +76,40 @@ def test_workspace_files_found_missing_and_recreated_from_the_templates(fleet_fa
     assert run(r, config)["by"]["workspace"]["state"] == "ok"
 
 
-def test_logs_over_the_limit_lose_their_oldest_rotated_files_never_a_live_one(
-    fleet_factory,
+def test_logs_over_the_limit_lose_their_oldest_rotated_files_never_a_live_or_foreign_one(
+    fleet_factory, tmp_path
 ) -> None:
+    """Only clawfleet's own files count and are pruned: before, a shared logs directory
+    lost syslog's rotations and a symlink named like a rotation, oldest first."""
     _, config, r = prepare(fleet_factory, auto_heal=False, logs_max_mb=1)
-    logs = logs_dir(config)
-    logs.mkdir(parents=True, exist_ok=True)
+    logs, elsewhere = logs_dir(config), tmp_path / "elsewhere"
     files = {"w1.log": 600, "w1.log.1": 400, "w1.log.2": 400, "w1.log.3": 400, "beat.log": 10}
-    for age, (name, size) in enumerate(reversed(files.items())):  # w1.log.3 is the oldest
-        (logs / name).write_bytes(b"x" * size * KB)
+    write_own_logs(logs, files)
+    for age, name in enumerate(reversed(files)):  # w1.log.3 is the oldest
         os.utime(logs / name, (time.time() - 1000 + age, time.time() - 1000 + age))
     (logs / "notes.txt").write_bytes(b"x" * 10 * KB)  # not a log: never touched
+    write_foreign_files(logs, elsewhere, kb=300)
+    foreign = sorted(set(os.listdir(logs)) - set(files))
+    aged([logs / name for name in foreign], days=30)  # older than any of ours
+    before = snapshot(logs, elsewhere)
 
     found = run(r, config)["by"]["logs"]
     assert found["state"] == "warn" and "over 1 MB" in found["detail"] and found["healed"] == ""
-    assert sorted(p.name for p in logs.iterdir()) == sorted([*files, "notes.txt"])
+    assert snapshot(logs, elsewhere) == before
 
     found = run(r, with_settings(config, auto_heal=True))["by"]["logs"]
     assert found["state"] == "warn" and found["healed"].startswith("pruned 2 rotated log file(s)")
-    assert sorted(p.name for p in logs.iterdir()) == ["beat.log", "notes.txt", "w1.log", "w1.log.1"]
+    assert sorted(os.listdir(logs)) == sorted(["beat.log", "w1.log", "w1.log.1", *foreign])
+    assert all(before[path] == content for path, content in snapshot(logs, elsewhere).items())
     assert run(r, config)["by"]["logs"]["state"] == "ok"
 
     # Only live files over the limit: nothing may go.
-    (logs / "w1.log").write_bytes(b"x" * 1200 * KB)
+    write_own_logs(logs, {"w1.log": 1200})
     (logs / "w1.log.1").unlink()
+    size = (logs / "w1.log").stat().st_size
     found = run(r, with_settings(config, auto_heal=True))["by"]["logs"]
     assert found["state"] == "warn" and "no rotated file to prune" in found["detail"]
-    assert (logs / "w1.log").stat().st_size == 1200 * KB
+    assert (logs / "w1.log").stat().st_size == size
 
     shutil.rmtree(logs)  # processes could not reopen their files
     logs.write_text("a file in its place")
