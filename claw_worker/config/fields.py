@@ -26,6 +26,10 @@ MAX_PROSE_CHARS = 16_000  # texts the agent writes or is prompted with
 # after the year 9999 (OverflowError at start, no cron, sweeper or heartbeat), and Redis
 # refuses a TTL past 2**63 ms ("invalid expire time": every enqueue or alert fails).
 MAX_PERIOD_SEC = 366 * 86400
+# Longest wait on one network request (an LLM answer, a download). Python refuses a socket
+# timeout past about 3e9 s (OverflowError at every call), and an hour is already far past
+# any answer worth waiting for.
+MAX_REQUEST_SEC = 3600
 
 # The model config of every section: unknown keys refused, types strict, frozen once
 # loaded, strings at most MAX_TEXT_CHARS.

@@ -15,6 +15,7 @@ from claw_worker.config.channels import ChannelsConfig
 from claw_worker.config.fields import (
     MAX_PERIOD_SEC,
     MAX_PROSE_CHARS,
+    MAX_REQUEST_SEC,
     Name,
     Names,
     Section,
@@ -140,7 +141,7 @@ class ProxyConfig(Section):
     api_base: str = ""
     api_key: str = secret("empty: $CLAW_API_KEY, else $OPENAI_API_KEY")
     auth: Literal["bearer", "api-key", "none"] = "bearer"
-    timeout_sec: float = Field(120.0, gt=0)
+    timeout_sec: float = Field(120.0, gt=0, le=MAX_REQUEST_SEC)
     models: Names = []
     protocol: Literal["chat_completions", "responses", "anthropic"] = "chat_completions"
     supports_responses_compact: bool = False
@@ -193,10 +194,12 @@ class RedisConfig(Section):
 class WorkerConfig(Section):
     pool: Literal["threads", "prefork", "solo"] = "threads"
     concurrency: int = Field(200, ge=1, le=5000)
-    lease_sec: int = Field(30, ge=2)
+    # Renewed while a session runs; a dead worker's sessions wait this long to be taken
+    # over, so past a day it is a typo (and a huge one Redis refuses: "invalid expire time").
+    lease_sec: int = Field(30, ge=2, le=86400)
     sweep_interval_sec: int = Field(15, ge=1, le=MAX_PERIOD_SEC)
     max_attempts: int = Field(3, ge=1, le=50)
-    message_ttl_sec: int = Field(7 * 24 * 3600, ge=60)
+    message_ttl_sec: int = Field(7 * 24 * 3600, ge=60, le=MAX_PERIOD_SEC)
     # A task refused its resource keys ([keys: ...], claw_worker/work/locks.py) waits in
     # resource_lock and tries again after this long; the keys' TTL is lease_sec.
     resource_lock_retry_sec: float = Field(30.0, gt=0, le=3600)
@@ -270,7 +273,8 @@ class LoggingConfig(Section):
     dir: str = ""  # empty: $CLAW_HOME/logs
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_size_mb: int = Field(20, ge=1)
-    retention_days: int = Field(7, ge=1)
+    # Ten years at most: a larger one overflows the cutoff (time.time() - days * 86400).
+    retention_days: int = Field(7, ge=1, le=3660)
 
 
 class CronConfig(Section):
@@ -284,8 +288,8 @@ class CronConfig(Section):
     timezone: str = "UTC"
     # A failed run is retried after base * 2**(n-1) s (n: failures in a row), at most max;
     # after that many retries fail too, the job is disabled and an alert sent.
-    retry_backoff_base_sec: int = Field(30, ge=1)
-    retry_backoff_max_sec: int = Field(3600, ge=1)
+    retry_backoff_base_sec: int = Field(30, ge=1, le=MAX_PERIOD_SEC)
+    retry_backoff_max_sec: int = Field(3600, ge=1, le=MAX_PERIOD_SEC)
     max_consecutive_failure_retries: int = Field(5, ge=0)
 
     @model_validator(mode="after")
@@ -337,7 +341,8 @@ class WorkConfig(Section):
     max_active_pipelines: int = Field(50, ge=1, le=10_000)  # not yet finished, fleet-wide
     max_result_chars: int = Field(4000, ge=100, le=100_000)  # a task's result, kept and passed on
     max_shared_state_chars: int = Field(16000, ge=100, le=1_000_000)  # a pipeline's shared_state
-    pipeline_ttl_sec: int = Field(7 * 86400, ge=3600)  # kept this long after its last change
+    # Kept this long after its last change.
+    pipeline_ttl_sec: int = Field(7 * 86400, ge=3600, le=MAX_PERIOD_SEC)
 
 
 class SecurityConfig(Section):

@@ -66,7 +66,7 @@ class WebSearchConfig(Section):
     brave_api_base: str = "https://api.search.brave.com"
     searxng_url: str = ""  # e.g. http://127.0.0.1:8888 (the instance must allow format=json)
     max_results: int = Field(5, ge=1, le=20)
-    timeout_sec: float = Field(15.0, gt=0)
+    timeout_sec: float = Field(15.0, gt=0, le=600)
 
     @field_validator("brave_api_base", "searxng_url")
     @classmethod
@@ -77,7 +77,7 @@ class WebSearchConfig(Section):
 class WebFetchConfig(Section):
     max_chars: int = Field(50000, ge=100)
     max_bytes: int = Field(2 * 1024 * 1024, ge=1024)  # downloaded before conversion
-    timeout_sec: float = Field(20.0, gt=0)
+    timeout_sec: float = Field(20.0, gt=0, le=600)
     # Loopback, private and link-local addresses are refused (see tools/url_guard.py),
     # except these hosts: names, addresses or networks ("wiki.lan", "10.0.0.0/8").
     block_private_addresses: bool = True
