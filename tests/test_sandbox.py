@@ -279,7 +279,9 @@ def test_a_command_is_not_run_and_is_stopped_when_the_disk_runs_low(home: ClawHo
     took = time.monotonic() - began
     (ws / "big").unlink(missing_ok=True)
     assert out.startswith("Error: command stopped: the disk holding the workspace has "), out
-    assert "written" in out and took < 50, (out, took)
+    # Stopped before its timeout (whether before or after "written": the disk is shared, and
+    # other writers on it may take it below the floor first).
+    assert took < 50, (out, took)
     record("exec: disk below tools.exec.min_free_disk_mb", tried=2, rejected=2)
 
 
