@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from beat_schedules import autolearn
+from beat_schedules.selfcheck import CONTINUE_PREFIX
 from claw_worker import constants as k
 from claw_worker.autonomy_state import (
     IDLE_WORD,
@@ -50,7 +51,8 @@ if TYPE_CHECKING:
     from claw_worker.config.schema import RuntimeControlConfig
 
 ROUND_PREFIX = "autonomy-"  # message ids of rounds: autonomy-<start ms>-<n>
-NOT_USER = (ROUND_PREFIX, ANNOUNCE_PREFIX)  # runs in the chat's session nobody wrote
+# Runs in the chat's session nobody wrote: rounds, answers to reports, start-up continuations.
+NOT_USER = (ROUND_PREFIX, ANNOUNCE_PREFIX, CONTINUE_PREFIX)
 ROUND_TEXT = (
     "[autonomy round {n}] Autonomous mode: the user is away. Continue the unfinished work of "
     "this conversation on your own: take the next useful step with your tools, then report "
