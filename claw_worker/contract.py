@@ -66,6 +66,16 @@ class Origin(StrEnum):
     SPAWN = "spawn"  # a sub-agent started by another run
 
 
+# The fleet's own time-driven work: runs nobody asked for in a message. What they may do is
+# bounded (e.g. they add no cron jobs), and so is the work they start.
+FLEET_ORIGINS = frozenset(
+    {Origin.CRON, Origin.HEARTBEAT, Origin.AUTONOMY, Origin.AUTOLEARN, Origin.SELFCHECK}
+)
+# Work another run started (a sub-agent, a pipeline task, the answer to a sub-agent's
+# report): its message carries who started that run (``metadata[STARTED_BY_META]``).
+CARRIED_ORIGINS = frozenset({Origin.SPAWN, Origin.PIPELINE})
+STARTED_BY_META = "started_by"
+
 # Replies to internal messages that nobody should receive go to this channel (never sent).
 INTERNAL_CHANNEL = "internal"
 
@@ -94,6 +104,19 @@ class InboundMessage(BaseModel):
     def origin(self) -> Origin:
         try:
             return Origin(self.metadata.get("origin") or Origin.USER)
+        except ValueError:
+            return Origin.USER
+
+    @property
+    def started_by(self) -> Origin:
+        """Who started the work this message belongs to: its own origin, or for a sub-agent's
+        or pipeline task's message (and a report's), the one carried from the run that
+        started it, down any depth (a user when none is carried). Only the worker sets
+        metadata, as for ``origin``."""
+        if self.origin not in CARRIED_ORIGINS:
+            return self.origin
+        try:
+            return Origin(self.metadata.get(STARTED_BY_META) or Origin.USER)
         except ValueError:
             return Origin.USER
 

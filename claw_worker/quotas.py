@@ -49,7 +49,7 @@ import structlog
 from claw_worker import constants as k
 from claw_worker.commands.registry import is_admin
 from claw_worker.config.schema import Config
-from claw_worker.contract import InboundMessage, Origin
+from claw_worker.contract import CARRIED_ORIGINS, InboundMessage, Origin
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +59,6 @@ RUNS_TTL_MS = DAY_SEC * 1000  # a sender's runs HASH, idle this long, goes away
 
 
 SENDER_META = "sender"  # metadata: the person a sub-agent's / pipeline task's run costs
-CARRIED_ORIGINS = frozenset({Origin.SPAWN, Origin.PIPELINE})  # work a user's run started
 
 
 def sender_of(message: InboundMessage) -> str | None:

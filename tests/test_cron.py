@@ -16,7 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from claw_worker import constants as k
 from tests.fixtures.procs import wait_for
-from tests.llm_server import error, last_user_text
+from tests.llm_server import error, last_user_text, text, tool_call
 
 
 def beat_active(fleet: Any, name: str = "beat") -> bool:
@@ -218,3 +218,60 @@ def test_failures_back_off_then_disable_the_job_with_an_alert(
     assert row(claw_home, job_id).endswith("no")
     assert r.zscore(k.BEAT_SCHEDULE, f"{k.BEAT_KEY_PREFIX}cron:{job_id}") is None
     quiet_for(3.0, lambda: len(llm_server.requests_for("FLAKY-JOB")))
+
+
+def test_the_fleets_own_runs_cannot_add_jobs_but_a_users_message_can(
+    fleet_factory: Any, claw_home: Any, redis_server: Any, llm_server: Any
+) -> None:
+    """A heartbeat run, an autonomous round, the round's sub-agent and the round's answer to
+    that sub-agent's report (in the user's own session: only the start its messages carry
+    tells it apart from the user's work) are refused; the user's own message is not."""
+    claw_home.workspace.mkdir(parents=True, exist_ok=True)
+    (claw_home.workspace / "HEARTBEAT.md").write_text("- [ ] renew the certificate\n")
+    heartbeat, round_, helper = "## HEARTBEAT.md", "[autonomy round", "SUB-AUTO"
+
+    def add(name: str) -> Any:
+        return tool_call("cron", {"action": "add", "name": name, "every_sec": 3600,
+                                  "message": f"{name}: look again"})  # fmt: skip
+
+    llm_server.push(add("mine"), text("Scheduled."), when="SCHEDULE-IT")
+    llm_server.push(add("beat"), text("HEARTBEAT_OK"), when=heartbeat)
+    llm_server.add_rule(heartbeat, "HEARTBEAT_OK")
+    llm_server.add_rule("[start-up self-check]", "HEARTBEAT_OK")
+    llm_server.push(add("round"), tool_call("spawn", {"task": f"{helper} plan the report"}),
+                    text("Started a helper."), when=round_)  # fmt: skip
+    llm_server.add_rule(round_, "AUTONOMY_IDLE")
+    # The sub-agent's run, then the round's session answering its report (which quotes it).
+    llm_server.push(add("sub-agent"), text("Planned."), add("report"), text("Done."),
+                    when=helper)  # fmt: skip
+    fleet = fleet_factory(agents__defaults__heartbeat__every_sec=2,
+                          agents__defaults__runtime_control__autonomy_tick_interval_sec=1,
+                          agents__defaults__runtime_control__autonomy_min_run_interval_sec=1,
+                          agents__defaults__runtime_control__autonomy_idle_threshold_sec=1)  # fmt: skip
+    start_fleet(fleet, ingress=True)
+    r = redis_server.client()
+
+    async def chat() -> None:
+        async with connect(f"ws://127.0.0.1:{fleet.port}/ws") as ws:
+            for words, says in [("SCHEDULE-IT hourly", "Scheduled."),
+                                ("start autonomous mode, check every 2 seconds", "Autonomous")]:  # fmt: skip
+                await ws.send(json.dumps({"type": "message", "text": words, "session": "me"}))
+                await recv_reply(ws, says)
+
+    asyncio.run(chat())
+    wait_for(lambda: len(llm_server.requests_for(helper)) >= 4 and
+             len(llm_server.requests_for(heartbeat)) >= 2, timeout=60,
+             what="the heartbeat, the round, its sub-agent and the report's answer")  # fmt: skip
+
+    def told(marker: str, nth: int) -> str:
+        """What the cron tool said to the ``nth`` request's call (the next request's end)."""
+        said = llm_server.requests_for(marker)[nth + 1]["messages"][-1]
+        assert said["role"] == "tool", said
+        return str(said["content"])
+
+    users = llm_server.requests_for("SCHEDULE-IT")[1]["messages"][-1]["content"]
+    assert users.startswith("Added job "), users
+    assert told(heartbeat, 0) == "Error: a run started by the heartbeat cannot create jobs"
+    for marker, nth in [(round_, 0), (helper, 0), (helper, 2)]:
+        assert told(marker, nth) == "Error: a run started by autonomous mode cannot create jobs"
+    assert [job(r, j)["name"] for j in r.hkeys(k.CRON_JOBS)] == ["mine"]

@@ -18,6 +18,7 @@ from beat_schedules.cron_jobs import add_job
 from beat_schedules.cron_schedule import every
 from claw_worker import constants as k
 from claw_worker.config import Config
+from claw_worker.contract import InboundMessage, Origin
 from claw_worker.tools import ToolContext, default_tools
 from tests.fixtures.procs import free_port
 
@@ -215,3 +216,29 @@ def test_work_a_cron_run_starts_cannot_add_jobs_either(redis_server: Any, worksp
     [other] = [j for j in r.hkeys(k.CRON_JOBS) if j != job.id]
     removed = run("cron", {"action": "remove", "job_id": other}, child, "spawn")
     assert removed == "Error: a run started by a cron job may remove only its own job"
+
+
+def test_an_autonomous_round_hands_its_start_down(redis_server: Any, workspace: Path) -> None:
+    """A round runs in the user's own session, so the chain up from its sub-agents and its
+    pipeline's tasks ends at the user's: their messages carry who started them instead, and
+    their runs are refused jobs as the round is."""
+    config = Config()
+    r, tools = redis_server.client(), default_tools(config)
+    add = {"action": "add", "name": "more", "message": "more", "every_sec": 60}
+    refused = "Error: a run started by autonomous mode cannot create jobs"
+    round_ = ToolContext(workspace, "ws:me", config, redis=r, origin="autonomy",
+                         started_by="autonomy")  # fmt: skip
+    assert tools.run("cron", add, round_) == refused
+    child = tools.run("spawn", {"task": "look around"}, round_).split()[2].rstrip(".")
+    made = tools.run("pipeline_create", {"goal": "g", "tasks": [{"id": "a", "role": "r",
+                                                                 "goal": "g"}]}, round_)  # fmt: skip
+    pipeline_id = made.split()[2]
+    tools.run("pipeline_dispatch", {"pipeline_id": pipeline_id}, round_)
+    for session in (child, f"pipeline:{pipeline_id}:a"):
+        [raw] = r.lrange(k.mailbox_key(session), 0, -1)
+        message = InboundMessage.model_validate_json(raw)
+        assert message.started_by is Origin.AUTONOMY, session
+        ctx = ToolContext(workspace, session, config, redis=r, origin=message.origin.value,
+                          started_by=message.started_by.value)  # fmt: skip
+        assert tools.run("cron", add, ctx) == refused
+    assert r.hlen(k.CRON_JOBS) == 0

@@ -195,6 +195,7 @@ class Agent:
             redis=self.redis,
             message_id=message.message_id,
             origin=message.origin.value,
+            started_by=message.started_by.value,
             sender=budget.carried_sender,
         )
 

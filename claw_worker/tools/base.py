@@ -50,8 +50,12 @@ class ToolContext:
     # The message this run answers: the same through retries and crash recovery, so a tool
     # that must act once per message keys its marks with it ("" outside a message's run).
     message_id: str = ""
-    # Who started the run (contract.Origin): a run a cron job started cannot add jobs.
+    # Who put the run's message in the mailbox (contract.Origin).
     origin: str = "user"
+    # Who started the work the run belongs to (``InboundMessage.started_by``): a cron job,
+    # the heartbeat, ... for the fleet's own work and all it starts, which add no cron jobs;
+    # the sub-agents and pipeline tasks this run starts carry it on.
+    started_by: str = "user"
     # The sender (``channel:sender_id``) whose daily token budget this run is charged to
     # (claw_worker/quotas.py); the sub-agents and pipeline tasks it starts carry it on.
     sender: str = ""

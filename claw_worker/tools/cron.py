@@ -1,11 +1,15 @@
 """``cron``: the agent schedules, lists and removes cron jobs (reminders, periodic checks).
 
 The same jobs as ``clawctl cron`` (``beat_schedules/cron_jobs.py``). A job's replies go to
-the chat the agent was asked in, unless told otherwise. Guards: a run that a cron job
-started cannot add jobs (a job must not schedule more of itself), and may remove only its
-own job, and so for the work it started (its sub-agents, the tasks of a pipeline it made,
-its answers to their reports: all of them have the job's session at their root); the agent removes only jobs it made (the operator's are removed with clawctl);
-it has at most ``cron.max_agent_jobs`` at once.
+the chat the agent was asked in, unless told otherwise. Guards: only a person's message
+starts work that adds jobs. A run the fleet started by itself (a cron job, the heartbeat,
+autonomous mode, auto-learning, the start-up self-check: ``contract.FLEET_ORIGINS``) cannot
+add any, and so for the work it started (its sub-agents, the tasks of a pipeline it made,
+its answers to their reports: their messages carry who started it,
+``InboundMessage.started_by``, and their chain leads up to its session): else a job could
+schedule more of itself, or an open item of HEARTBEAT.md add a job at every heartbeat. A
+run a cron job started may remove only its own job; the agent removes only jobs it made
+(the operator's are removed with clawctl); it has at most ``cron.max_agent_jobs`` at once.
 """
 
 from __future__ import annotations
@@ -30,12 +34,17 @@ from beat_schedules.cron_jobs import (
 )
 from beat_schedules.cron_schedule import ScheduleError, format_time
 from claw_worker import constants as k
-from claw_worker.contract import Origin
+from claw_worker.contract import FLEET_ORIGINS, Origin
 from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
 from claw_worker.work.model import parse_session
 from claw_worker.work.origin import root_session
 
 PREVIEW_CHARS = 60
+STARTERS = {  # the fleet's own work, as the refusal names it
+    Origin.CRON: "a cron job", Origin.HEARTBEAT: "the heartbeat",
+    Origin.AUTONOMY: "autonomous mode", Origin.AUTOLEARN: "auto-learning",
+    Origin.SELFCHECK: "the start-up self-check",
+}  # fmt: skip
 
 
 class CronParams(ToolParams):
@@ -103,8 +112,9 @@ class CronTool(Tool[CronParams]):
 
     def _add(self, params: CronParams, ctx: ToolContext) -> str:
         assert ctx.redis is not None and params.name and params.message
-        if _cron_root(ctx):
-            raise ToolError("a run started by a cron job cannot create jobs")
+        starter, _ = _started(ctx)
+        if starter is not None:
+            raise ToolError(f"a run started by {STARTERS[starter]} cannot create jobs")
         now = time.time()
         at_time = params.at
         if params.in_sec is not None:
@@ -160,7 +170,7 @@ class CronTool(Tool[CronParams]):
     def _remove(self, params: CronParams, ctx: ToolContext) -> str:
         assert ctx.redis is not None and params.job_id
         job = find(ctx.redis, params.job_id)
-        root = _cron_root(ctx)
+        _, root = _started(ctx)
         if root and root != job.session_key:
             raise ToolError("a run started by a cron job may remove only its own job")
         if job.created_by != "agent":
@@ -170,13 +180,21 @@ class CronTool(Tool[CronParams]):
         return f"Removed job {job.id} ({job.name})."
 
 
-def _cron_root(ctx: ToolContext) -> str:
-    """The session of the cron job whose run started this one ("" none): the run itself, or
-    a sub-agent, a pipeline task or a report's answer at the end of a chain it started."""
+def _started(ctx: ToolContext) -> tuple[Origin | None, str]:
+    """Which of the fleet's own work started this run (None: a person's message), and the
+    session of the cron job that did ("" none). Known from the run's message (its origin,
+    or the start a sub-agent's, task's or report's message carries) and from the session
+    at the root of its chain (a cron job's ``cron:<id>``, ``heartbeat:main``, ...), which
+    also covers work started before messages carried their start."""
     assert ctx.redis is not None
     root = root_session(ctx.redis, ctx.session_key)
     if root.startswith(k.CRON_SESSION_PREFIX):
-        return root
+        return Origin.CRON, root
     if parse_session(root) is not None:  # a task of an expired pipeline: its start is lost,
-        return root  # so it may have been a cron job's: treated as one (refused)
-    return ctx.session_key if ctx.origin == Origin.CRON.value else ""
+        return Origin.CRON, root  # so it may have been a cron job's: treated as one (refused)
+    if ctx.origin == Origin.CRON.value:
+        return Origin.CRON, ctx.session_key
+    for started in (ctx.started_by, root.partition(":")[0]):  # fleet sessions: <origin>:...
+        if started in FLEET_ORIGINS:
+            return Origin(started), ""
+    return None, ""

@@ -102,7 +102,8 @@ class PipelineCreateTool(Tool[PipelineCreateParams]):
                 goal=params.goal, tasks=[t.model_dump() for t in params.tasks],
                 auto_dispatch=params.auto_dispatch, depth=origin.depth,
                 creator=Creator(session_key=ctx.session_key, channel=origin.chat_channel,
-                                chat_id=origin.chat_chat_id, sender=ctx.sender),
+                                chat_id=origin.chat_chat_id, sender=ctx.sender,
+                                started_by=ctx.started_by),
                 limits=pipelines.limits(ctx.config), now=time.time(),
             )  # fmt: skip
             pipelines.create(ctx.redis, ctx.config, pipeline)

@@ -41,6 +41,7 @@ class SpawnTool(Tool[SpawnParams]):
                 ctx.redis, ctx.config, parent, task=params.task.strip(),
                 role=(params.role or "").strip(), pipeline_id=params.pipeline_id or "",
                 task_id=params.task_id or "", sender=ctx.sender,
+                started_by=ctx.started_by,
             )  # fmt: skip
         except SpawnError as exc:
             raise ToolError(f"sub-agent not started: {exc}") from None

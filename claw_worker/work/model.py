@@ -67,6 +67,7 @@ class Creator(BaseModel):
     channel: str = ""
     chat_id: str = ""
     sender: str = ""  # whose daily token budget the tasks' runs are charged to (quotas.py)
+    started_by: str = ""  # who started the creator's work (InboundMessage.started_by)
 
 
 class Pipeline(BaseModel):

@@ -30,7 +30,13 @@ import redis
 
 from claw_worker import constants as k
 from claw_worker.config.schema import Config
-from claw_worker.contract import InboundMessage, MessageStatus, Origin, OutboundMessage
+from claw_worker.contract import (
+    STARTED_BY_META,
+    InboundMessage,
+    MessageStatus,
+    Origin,
+    OutboundMessage,
+)
 from claw_worker.reply_filter import filter_reply
 from claw_worker.session import scripts as lua
 from claw_worker.session.submit import submit
@@ -157,6 +163,9 @@ def update(
 def task_message(pipeline: Pipeline, task: Task) -> InboundMessage:
     """The run of a task in its own session (channel ``pipeline``: the reply is recorded,
     never delivered to a chat)."""
+    creator = pipeline.creator  # whose budget, whose start: carried on from its run
+    pairs = (("sender", creator.sender), (STARTED_BY_META, creator.started_by))
+    carried = {key: value for key, value in pairs if value}
     return InboundMessage(
         message_id=task.message_id,
         channel=Origin.PIPELINE.value,
@@ -168,7 +177,7 @@ def task_message(pipeline: Pipeline, task: Task) -> InboundMessage:
             "origin": Origin.PIPELINE.value, "pipeline_id": pipeline.id, "task_id": task.id,
             "role": task.role, "attempt": task.attempt, "depth": pipeline.depth + 1,
             "goal": task.goal,  # the task's own words (its text also quotes other tasks)
-            **({"sender": pipeline.creator.sender} if pipeline.creator.sender else {}),
+            **carried,
         },
     )  # fmt: skip
 

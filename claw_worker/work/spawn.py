@@ -26,7 +26,13 @@ import structlog
 
 from claw_worker import constants as k
 from claw_worker.config.schema import Config
-from claw_worker.contract import INTERNAL_CHANNEL, InboundMessage, MessageStatus, Origin
+from claw_worker.contract import (
+    INTERNAL_CHANNEL,
+    STARTED_BY_META,
+    InboundMessage,
+    MessageStatus,
+    Origin,
+)
 from claw_worker.session.submit import submit
 from claw_worker.work import prompts
 from claw_worker.work.model import Pipeline, PipelineError
@@ -77,9 +83,12 @@ def spawn(
     pipeline_id: str = "",
     task_id: str = "",
     sender: str = "",
+    started_by: str = "",
 ) -> Spawned:
     """Start a sub-agent of ``parent``; ``sender`` (``channel:sender_id``, "" none) is the
-    person whose daily token budget the parent run is charged to, and the child's is too."""
+    person whose daily token budget the parent run is charged to, and the child's is too;
+    ``started_by`` (``InboundMessage.started_by``) who started the parent's work, and so the
+    child's."""
     work = config.work
     if parent.announcement:
         raise SpawnError("this run answers a sub-agent's report, and a report may not start "
@@ -129,13 +138,14 @@ def spawn(
         "root_chat_id": parent.chat_chat_id, "depth": depth, "role": role,
         "pipeline_id": pipeline_id, "task_id": task_id, "attempt": attempt,
         "message_id": mid, "task": task[:2000], "status": "running", "started_at": now,
-        "sender": sender,
+        "sender": sender, STARTED_BY_META: started_by,
     }  # fmt: skip
     with client.pipeline(transaction=False) as pipe:
         pipe.hset(k.spawn_key(child), mapping=record)
         pipe.expire(k.spawn_key(child), config.worker.message_ttl_sec)
         pipe.execute()
-    carried = ("parent_session", "depth", "role", "pipeline_id", "task_id", "attempt", "sender")
+    carried = ("parent_session", "depth", "role", "pipeline_id", "task_id", "attempt", "sender",
+               STARTED_BY_META)  # fmt: skip
     metadata = {key: record[key] for key in carried if record[key]}
     submit(client, config, InboundMessage(
         message_id=mid, channel=Origin.SPAWN.value, chat_id=_fit(child, 256),
@@ -178,8 +188,9 @@ def child_finished(
         report_id = ANNOUNCE_PREFIX + hashlib.sha256(message_id.encode()).hexdigest()[:40]
     parent, channel = record["parent_session"], record.get("parent_channel") or INTERNAL_CHANNEL
     metadata = {"origin": Origin.SPAWN.value, "kind": "result", "child_session": session}
-    if record.get("sender"):  # the parent's answer to the report costs the same person
-        metadata["sender"] = record["sender"]
+    for carried in ("sender", STARTED_BY_META):  # the parent's answer: the same person's,
+        if record.get(carried):  # the same start's
+            metadata[carried] = record[carried]
     # A cron job's run (say) answers the report in its chat; a sub-agent or a pipeline task
     # answers it in its own session (a sub-agent's answer goes up to its parent in turn).
     root = record.get("root_channel"), record.get("root_chat_id")
