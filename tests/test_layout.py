@@ -63,6 +63,7 @@ INGRESS_ALLOWED = {
     "claw_worker.embedded_redis",  # the one-box Redis, started by the ingress when needed
     "claw_worker.fsutil",  # atomic writes (config set)
     "claw_worker.logs",  # structured, redacted logging
+    "claw_worker.log_files",  # which files in the log directory are clawfleet's (retention)
     "claw_worker.redact",  # ... its redactor (also scrubs the channels' errors for status)
     "claw_worker.secret_shapes",  # ... the shapes of secrets it masks
     "claw_worker.reply_filter",  # commands' answers and pipeline reports, scrubbed
