@@ -158,6 +158,9 @@ def content_type_problem(method: str, headers: dict[str, str]) -> str | None:
     """Why a request's Content-Type is refused, or None (``headers``: lower-case names)."""
     if method in SAFE_METHODS:
         return None
+    encoding = headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):  # else read as "not UTF-8 JSON", the cause unsaid
+        return f"Content-Encoding {encoding!r} is not accepted: send the body uncompressed"
     given = headers.get("content-type")
     if given is None:
         has_body = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
@@ -174,7 +177,7 @@ def content_type_problem(method: str, headers: dict[str, str]) -> str | None:
 # The request headers the guard reads (the first of each, as Starlette's Headers.get).
 _READ = frozenset(
     {b"host", b"origin", b"content-type", b"content-length", b"transfer-encoding",
-     b"access-control-request-method"}
+     b"content-encoding", b"access-control-request-method"}
 )  # fmt: skip
 
 

@@ -8,6 +8,7 @@ traceback.
 
 from __future__ import annotations
 
+import gzip
 import json
 import selectors
 import socket
@@ -66,6 +67,13 @@ def test_a_text_plain_post_is_refused_and_the_config_is_unchanged(fleet_factory,
         resp = http.post("/api/sessions/api:s/stop", content=b"x", headers={"Content-Type": "text/plain"})  # fmt: skip
         assert resp.status_code == 415
         assert claw_home.config_file.read_bytes() == before
+        # A compressed body is refused naming its encoding (it was "not UTF-8 JSON", 422).
+        packed = gzip.compress(json.dumps({"text": "hi"}).encode())
+        for path in ("/api/message", "/v1/chat/completions"):
+            resp = http.post(path, content=packed, headers={"Content-Type": "application/json",
+                                                            "Content-Encoding": "gzip"})  # fmt: skip
+            assert resp.status_code == 415, (path, resp.text)
+            assert "Content-Encoding 'gzip' is not accepted" in resp.text
         # JSON, with or without a charset, is what the API takes.
         ok = {"Content-Type": "application/json; charset=utf-8"}
         resp = http.post("/api/message", content=json.dumps({"text": "/help"}), headers=ok)
