@@ -66,7 +66,10 @@ def test_a_job_fires_on_through_a_beat_failover_never_twice(
     # fell wholly inside the outage are not replayed; then B keeps the 2 s pace.
     first = after[0]
     assert first == before[-1] + 2
-    assert [d for d in after if d > took_over_at] == list(range(after[1], after[-1] + 1, 2))
+    # (took_over_at is when the test saw B hold the lock: a slot due in the same instant
+    # may fall either side of it.)
+    assert after[1:] == list(range(after[1], after[-1] + 1, 2))
+    assert after[1] > took_over_at - 2  # no slot from inside the outage was replayed
     for due, stored in seen:
         if due > took_over_at:
             assert 0 <= stored - due < 2.0, (due, stored)
