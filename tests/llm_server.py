@@ -12,6 +12,9 @@ against it. What it answers is scripted, whatever the protocol:
 - persistent ``rules`` (marker [and model] -> reply, never consumed);
 - otherwise the default: ``"echo: <last user message text>"`` after ``default_delay``.
 
+With ``max_context_chars`` set, a request whose conversation is longer (``request_chars``)
+is refused first as OpenAI does (``context_length_exceeded``), consuming no scripted answer.
+
 Order of choice per request: keyed queue, global queue, rules, default. Every request body
 is recorded. Standalone: ``python -m tests.llm_server --port N [--delay 0.5]``, scripted
 through ``/_control/*`` (see ``_ControlAPI``).
@@ -34,9 +37,11 @@ from tests.llm_wire import (
     ROUTES,
     Script,
     answer_body,
+    context_too_long,
     error,
     last_user_text,
     raw_answer,
+    request_chars,
     script_to_dict,
     text,
     tool_call,
@@ -75,6 +80,7 @@ class LLMServer:
         self.default_delay = default_delay
         self.models = ["test-model", "test-model-mini"]
         self.models_error: Script | None = None  # set: GET /v1/models answers this error
+        self.max_context_chars: int | None = None  # set: longer requests are refused
         self._lock = threading.Lock()
         self._queue: deque[Script] = deque()
         self._keyed: dict[Key, deque[Script]] = {}
@@ -222,6 +228,9 @@ class LLMServer:
             self._paths.append(path)
             self.in_flight += 1
             self.peak_concurrency = max(self.peak_concurrency, self.in_flight)
+            limit = self.max_context_chars
+            if limit is not None and request_chars(body) > limit:
+                return context_too_long(request_chars(body), limit)
             for (marker, for_model), queue in self._keyed.items():
                 if queue and _matches(marker, for_model, user_text, model):
                     return queue.popleft()

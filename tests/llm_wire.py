@@ -88,6 +88,33 @@ def error(
     return Script(status=status, body=raw, content_type=ctype, headers=headers or {}, delay=delay)
 
 
+def request_chars(body: dict[str, Any]) -> int:
+    """A request's conversation size: the characters of its ``messages`` (or Responses
+    ``input``) as JSON, what a size-limited server counts instead of tokens."""
+    items = body.get("messages", body.get("input"))
+    return len(json.dumps(items, ensure_ascii=False))
+
+
+def context_too_long(size: int, limit: int) -> Script:
+    """OpenAI's refusal of a prompt over the model's window: HTTP 400 with
+    ``code: context_length_exceeded``."""
+    message = (
+        f"This model's maximum context length is {limit} tokens. However, your messages "
+        f"resulted in {size} tokens. Please reduce the length of the messages."
+    )
+    return error(
+        400,
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded",
+            }
+        },
+    )
+
+
 def raw_answer(
     body: dict[str, Any] | list[Any] | str, content_type: str = "application/json"
 ) -> Script:

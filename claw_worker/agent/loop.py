@@ -24,6 +24,7 @@ from claw_worker.agent.context import (
     user_message,
 )
 from claw_worker.agent.history import MAX_ENTRIES, History
+from claw_worker.agent.shrink import go_on_cutting
 from claw_worker.config.paths import workspace_dir
 from claw_worker.config.schema import Config
 from claw_worker.constants import lang_key
@@ -199,11 +200,13 @@ class Agent:
             sender=budget.carried_sender,
         )
 
+        run = partial(self._loop, provider, turn, ctx, stop, budget)
         try:
-            reply = self._loop(provider, turn, ctx, stop, budget)
-        except ContextTooLong:
+            reply = run()
+        except ContextTooLong as refused:
             # The provider's window is smaller than our thresholds assumed: compact whatever
-            # the thresholds say, then go on once (a second refusal propagates).
+            # the thresholds say, then go on; if this turn's own tool results are what is
+            # too long (compaction cannot shrink them), they are cut (shrink.py).
             compacted = compact_history(
                 self.config,
                 provider,
@@ -213,12 +216,11 @@ class Agent:
                 force=True,
                 spend=budget.spend,
             )
-            if compacted is None:
-                raise
-            # The turn goes on where it was refused: the tool calls it already ran, and
-            # their results, follow the compacted history, so none of them runs twice.
-            turn.rebase(build_messages(system_prompt, load_past(), user))
-            reply = self._loop(provider, turn, ctx, stop, budget)
+            if compacted is not None:
+                # The turn goes on where it was refused: the tool calls it already ran, and
+                # their results, follow the compacted history, so none of them runs twice.
+                turn.rebase(build_messages(system_prompt, load_past(), user))
+            reply = go_on_cutting(run, turn.new, refused, retry_first=compacted is not None)
         # Saved only once the turn is over: a ProviderError propagates before this, and the
         # retried message then starts from the same history instead of a duplicate user turn;
         # once per message id, for a message re-run after its worker died right after this.
