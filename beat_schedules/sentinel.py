@@ -3,7 +3,10 @@
 
 Each round runs every check (``sentinel_checks.py``: config, workspace, logs, disk;
 ``sentinel_fleet.py``: Redis, queues, workers, beat, sessions); a check that raises is
-reported as failed with its error and never stops the others. With ``sentinel.auto_heal``
+reported as failed with its error and never stops the others, except a Redis that cannot
+be reached: then every fleet check would fail the same way, and the report and its alerts
+could not be written, so the round stops there with one finding, logged in one line, and
+changes no alert mark (no alert per check, no "ok again" flood when Redis is back). With ``sentinel.auto_heal``
 the checks repair what they safely can (recreate workspace files, prune rotated logs,
 clear leases without a TTL, re-wake sessions nobody drains) and say what they did.
 
@@ -41,6 +44,9 @@ ALERT_SESSION = "sentinel"  # the session_key alerts carry on the outbound strea
 # repaired: no note needed), "recovered" (the note was sent).
 OPEN, HEALED, RECOVERED = "open", "healed", "recovered"
 
+# Redis cannot be reached (refused, reset, timed out): nothing else can be checked or kept.
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+
 # In order: Redis first (the other fleet checks need it), then the host, then the fleet.
 CHECKS: dict[str, Callable[[Probe], Finding]] = {
     "redis": fleet.check_redis,
@@ -64,6 +70,8 @@ def run_checks(probe: Probe) -> list[dict[str, str]]:
     for name, run in CHECKS.items():
         try:
             found = run(probe)
+        except UNREACHABLE:
+            raise  # not this check's fault: check() reports it once for the round
         except Exception as exc:  # one broken check must not hide the others
             log.exception("sentinel check crashed", check=name, error=repr(exc))
             found = Finding("fail", f"the check crashed: {type(exc).__name__}: {exc}"[:600])
@@ -90,7 +98,10 @@ def check(client: redis.Redis, config: Config) -> str:
     if not settings.enabled:  # sent just before a reload switched it off
         return "sentinel disabled"
     probe = Probe(client, config, heal=settings.auto_heal)
-    results = run_checks(probe)
+    try:
+        results = run_checks(probe)
+    except UNREACHABLE as exc:
+        return _unreachable(exc)
     worst, summary = summarize(results)
     me = identity()
     report: dict[str, Any] = {
@@ -110,6 +121,8 @@ def check(client: redis.Redis, config: Config) -> str:
     try:
         client.set(k.SENTINEL_REPORT, json.dumps(report, ensure_ascii=False))
         sent = send_alerts(client, config, results, host=me.host)
+    except UNREACHABLE as exc:  # went away after the checks
+        return _unreachable(exc)
     except redis.ResponseError as exc:  # full (OOM with noeviction), read-only, ...
         # Alerts travel through Redis too: the log is all that can say what was found.
         found = [f"{r['check']}: {r['detail']}" for r in results if r["state"] != "ok"]
@@ -117,6 +130,16 @@ def check(client: redis.Redis, config: Config) -> str:
                   findings=found)  # fmt: skip
         return f"{summary}; not stored, no alert sent: redis refused writes ({exc})"
     return f"{summary}; {sent} alert(s) sent" if sent else summary
+
+
+def _unreachable(exc: Exception) -> str:
+    """The round's one finding when Redis cannot be reached. Only logged: the report and
+    the alerts travel through Redis. Not raised either: the task would be retried with a
+    traceback, and the next round checks again anyway."""
+    detail = f"redis unreachable: {type(exc).__name__}: {exc}"[:600]
+    log.error("sentinel: redis unreachable; nothing else checked, stored or alerted",
+              error=detail)  # fmt: skip
+    return f"fail: {detail}"
 
 
 def send_alerts(

@@ -64,6 +64,39 @@ def test_a_full_redis_is_reported_though_it_refuses_the_report(fleet_factory, ca
     assert "redis_memory: " in logged and "writes are refused" in logged, logged
 
 
+def test_a_redis_outage_is_one_finding_with_no_alert_per_check(
+    fleet_factory, redis_server, capsys
+) -> None:
+    """Redis refusing connections: before, every fleet check was reported "crashed:
+    ConnectionError" (a traceback each), then storing the report raised, so Celery retried
+    the round with a traceback; and had Redis been back for the write, each crashed check
+    would have alerted, then noted "OK again". Now the round stops at the first refusal:
+    one finding, one log line, and no alert mark is touched."""
+    _, config, r = prepare(fleet_factory, notify_channel="ws", notify_chat_id="ops")
+    before = run(r, config)  # a normal round, stored
+    alerted = r.xlen(k.OUTBOUND_STREAM)
+    capsys.readouterr()
+    redis_server.stop()
+    try:
+        said = check(r, config)
+    finally:
+        redis_server.start()
+    assert said.startswith("fail: redis unreachable: ConnectionError"), said
+    logged = capsys.readouterr().out
+    assert logged.count("sentinel: redis unreachable") == 1 and "crashed" not in logged, logged
+    assert "Traceback" not in logged, logged
+
+    # Redis is back: the outage left no trace in the report or the alerts, and the next
+    # round alerts nothing new (the same checks fail as before, within the quiet period).
+    wait_for(lambda: r.ping(), what="the test's client reconnected")
+    assert json.loads(r.get(k.SENTINEL_REPORT))["time"] == before["time"]
+    assert r.xlen(k.OUTBOUND_STREAM) == alerted
+    after = run(r, config)
+    assert after["failing"] == before["failing"] and r.xlen(k.OUTBOUND_STREAM) == alerted
+    texts = [json.loads(f["data"])["text"] for _, f in r.xrange(k.OUTBOUND_STREAM)]
+    assert not [t for t in texts if "crashed" in t or "OK again" in t], texts
+
+
 def test_redis_persistence_off_and_failing(fleet_factory, redis_server) -> None:
     _, config, r = prepare(fleet_factory)
     assert run(r, config)["by"]["redis_persistence"]["detail"] == "AOF on"
