@@ -11,11 +11,14 @@ control channel, so a config reload reaches beat too: the static entries of
 
 from __future__ import annotations
 
+import contextlib
 import time
+import uuid
 from types import SimpleNamespace
 from typing import Any
 
 import structlog
+from kombu.exceptions import OperationalError
 from redbeat import RedBeatScheduler
 from redbeat.schedulers import acquire_distributed_beat_lock
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -31,6 +34,12 @@ from claw_worker.process import identity, set_identity
 from claw_worker.redis_conn import client, record_url, redis_url
 
 SELFCHECK_QUIET_SEC = 600  # a beat taking over within this of the last start: no new check
+# The self-check mark is given back only by the beat that set it (another beat's mark means
+# that beat sends, or sent, the check).
+RELEASE_IF_OURS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 REDIS_RETRY_SEC = 1.0  # while Redis is away, how often the active beat tries it again
 
 log = structlog.get_logger(__name__)
@@ -46,6 +55,9 @@ class FleetScheduler(RedBeatScheduler):
         record_url(url)  # for clawctl (config/running.py)
         self.live = LiveConfig(config)
         self._selfcheck_sent = False
+        # Unique to this start: the mark says which beat's start it counts, so this beat
+        # (and only this one) may retry a send that failed after it set the mark.
+        self._selfcheck_token = f"{identity().name}/{uuid.uuid4().hex}"
         self._redis_down_since: float | None = None
         self._url = url
         super().__init__(app, *args, **kwargs)  # writes the static entries into Redis
@@ -83,8 +95,7 @@ class FleetScheduler(RedBeatScheduler):
             if self.lock_key and self.lock is None:  # RedBeat's start-up attempt failed
                 self._wait_for_lock("beat: waiting for the active-beat lock")
             if not self._selfcheck_sent and self.lock is not None:  # this beat is active
-                self._send_selfcheck()
-                self._selfcheck_sent = True
+                self._selfcheck_sent = self._send_selfcheck()
             interval = super().tick(*args, **kwargs)
             # Whether this beat is the active one rides on its registry record (no write
             # of its own each tick): clawctl status reads it.
@@ -119,12 +130,26 @@ class FleetScheduler(RedBeatScheduler):
                 time.sleep(REDIS_RETRY_SEC)
         log.info("beat: holds the active-beat lock")
 
-    def _send_selfcheck(self) -> None:
+    def _send_selfcheck(self) -> bool:
         """The start-up self-check, once per gateway start: not again when a standby takes
-        over within SELFCHECK_QUIET_SEC (a mark in Redis), never once per worker."""
-        client = self.control.redis
-        if client.set(k.SELFCHECK_DONE, identity().name, nx=True, ex=SELFCHECK_QUIET_SEC):
+        over within SELFCHECK_QUIET_SEC (a mark in Redis), never once per worker. True when
+        this start needs no more tries (sent, or another beat's mark is there)."""
+        client, token = self.control.redis, self._selfcheck_token
+        taken = client.set(k.SELFCHECK_DONE, token, nx=True, ex=SELFCHECK_QUIET_SEC)
+        if not taken and client.get(k.SELFCHECK_DONE) != token:
+            return True  # another beat's start counted it: it sends, or sent, the check
+        try:
             self.app.send_task(k.TASK_SELFCHECK, queue=k.QUEUE_CRON)
+        except (OperationalError, RedisConnectionError, RedisTimeoutError) as exc:
+            # Not sent: without this the mark would keep the check from ever being sent
+            # this start. Given back (if still ours) so a beat taking over can send it;
+            # if Redis is too far gone for that, our token lets the next tick retry.
+            log.warning("beat: the start-up self-check was not sent; retrying next tick",
+                        error=str(exc))  # fmt: skip
+            with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
+                client.eval(RELEASE_IF_OURS, 1, k.SELFCHECK_DONE, token)
+            return False
+        return True
 
     def reserve(self, entry: Any) -> Any:
         """A cron job's entry is a one-shot for its next due time: re-arm it as it fires
