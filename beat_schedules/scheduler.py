@@ -31,15 +31,9 @@ from claw_worker.config import Config, config_path, current_config
 from claw_worker.config.reload import LiveConfig, ReloadParticipant
 from claw_worker.control import ControlListener, process_listener
 from claw_worker.process import identity, set_identity
-from claw_worker.redis_conn import client, record_url, redis_url
+from claw_worker.redis_conn import client, delete_if_ours, record_url, redis_url
 
 SELFCHECK_QUIET_SEC = 600  # a beat taking over within this of the last start: no new check
-# The self-check mark is given back only by the beat that set it (another beat's mark means
-# that beat sends, or sent, the check).
-RELEASE_IF_OURS = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 REDIS_RETRY_SEC = 1.0  # while Redis is away, how often the active beat tries it again
 
 log = structlog.get_logger(__name__)
@@ -147,7 +141,7 @@ class FleetScheduler(RedBeatScheduler):
             log.warning("beat: the start-up self-check was not sent; retrying next tick",
                         error=str(exc))  # fmt: skip
             with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
-                client.eval(RELEASE_IF_OURS, 1, k.SELFCHECK_DONE, token)
+                delete_if_ours(client, k.SELFCHECK_DONE, token)
             return False
         return True
 

@@ -38,6 +38,19 @@ def client(url: str, **kwargs: object) -> redis.Redis:
     return redis.Redis.from_url(url, **kwargs)  # type: ignore[arg-type]
 
 
+# KEYS: key   ARGV: token. Deletes the key only while it still holds the token.
+_DELETE_IF_OURS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def delete_if_ours(client: redis.Redis, key: str, token: str) -> bool:
+    """Give back a mark or lock set with ``token`` (SET NX), never one another has taken
+    since it expired."""
+    return bool(client.eval(_DELETE_IF_OURS, 1, key, token))
+
+
 def recorded_url_file() -> Path:
     return run_dir() / "redis-url"
 

@@ -46,6 +46,7 @@ from claw_worker.config.store import (
 )
 from claw_worker.control import ControlListener, live_processes
 from claw_worker.process import ProcessIdentity
+from claw_worker.redis_conn import delete_if_ours
 
 log = structlog.get_logger(__name__)
 
@@ -203,14 +204,7 @@ def reload_fleet(
             silent=silent,
         )
     finally:
-        client.eval(_RELEASE, 1, k.RELOAD_LOCK, token)
-
-
-# KEYS: lock   ARGV: token. Drop the lock only if it is still ours.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+        delete_if_ours(client, k.RELOAD_LOCK, token)
 
 
 def _broadcast(
