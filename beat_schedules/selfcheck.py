@@ -89,7 +89,7 @@ def run(client: redis.Redis, config: Config) -> str:
 def _unfinished(client: redis.Redis) -> list[Unfinished]:
     """The sessions whose newest run did not finish, newest first, with the chat their
     message came from (a session no person reads, or whose chat is forgotten, is left)."""
-    runs = recent_runs(client, limit=RUNS_LOOKED_AT, skip=("cron:",))
+    runs = recent_runs(client, limit=RUNS_LOOKED_AT, skip=(k.CRON_SESSION_PREFIX,))
     latest = [
         run
         for run in latest_per_session(runs).values()
