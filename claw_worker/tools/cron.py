@@ -188,10 +188,10 @@ def _started(ctx: ToolContext) -> tuple[Origin | None, str]:
     also covers work started before messages carried their start."""
     assert ctx.redis is not None
     root = root_session(ctx.redis, ctx.session_key)
-    if root.startswith(k.CRON_SESSION_PREFIX):
+    # A task of an expired pipeline is its own root: its start is lost, so it may have been
+    # a cron job's: treated as one (refused).
+    if root.startswith(k.CRON_SESSION_PREFIX) or parse_session(root) is not None:
         return Origin.CRON, root
-    if parse_session(root) is not None:  # a task of an expired pipeline: its start is lost,
-        return Origin.CRON, root  # so it may have been a cron job's: treated as one (refused)
     if ctx.origin == Origin.CRON.value:
         return Origin.CRON, ctx.session_key
     for started in (ctx.started_by, root.partition(":")[0]):  # fleet sessions: <origin>:...
