@@ -281,8 +281,9 @@ class ReloadParticipant:
         self.apply = apply
         self._pending: dict[str, tuple[Config, Config]] = {}
         # What the file said when this process last took it (before the environment's
-        # overrides): a reload's changes are what differs from it.
-        self._from_file: Config | None = _file_config(config_file())
+        # overrides): a reload's changes are what differs from it. Read only when the
+        # environment overrides something, the one case ``_overridden`` looks at it.
+        self._from_file: Config | None = _file_config(config_file()) if env_overridden() else None
 
     def attach(self, listener: ControlListener) -> None:
         listener.on("reload", self.on_event)
