@@ -23,7 +23,7 @@ from claw_worker.agent.context import (
     memory_recall,
     user_message,
 )
-from claw_worker.agent.history import MAX_ENTRIES, History
+from claw_worker.agent.history import LOAD_LIMIT, MAX_ENTRIES, History
 from claw_worker.agent.shrink import go_on_cutting
 from claw_worker.config.paths import workspace_dir
 from claw_worker.config.schema import Config
@@ -183,11 +183,8 @@ class Agent:
             self.workspace, message, memory=recall, language=language or ""
         )
         user = user_message(message)
-
-        def load_past() -> list[Message]:
-            return history.load(MINIMAL_HISTORY) if minimal else history.load()
-
-        turn = _Turn(build_messages(system_prompt, load_past(), user), new=[user])
+        past_limit = MINIMAL_HISTORY if minimal else LOAD_LIMIT
+        turn = _Turn(build_messages(system_prompt, history.load(past_limit), user), new=[user])
         ctx = ToolContext(
             self.workspace,
             message.session_key,
@@ -219,7 +216,7 @@ class Agent:
             if compacted is not None:
                 # The turn goes on where it was refused: the tool calls it already ran, and
                 # their results, follow the compacted history, so none of them runs twice.
-                turn.rebase(build_messages(system_prompt, load_past(), user))
+                turn.rebase(build_messages(system_prompt, history.load(past_limit), user))
             reply = go_on_cutting(run, turn.new, refused, retry_first=compacted is not None)
         # Saved only once the turn is over: a ProviderError propagates before this, and the
         # retried message then starts from the same history instead of a duplicate user turn;
