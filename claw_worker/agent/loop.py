@@ -166,8 +166,9 @@ class Agent:
 
         # A heartbeat looks at HEARTBEAT.md with minimal context: no memory recall and only
         # the last few messages of its own session, so a check costs a few hundred tokens.
-        # Its session keeps no more than that, and is never compacted: a summary of turns
-        # it does not read would be an LLM call (and memory facts) for nothing.
+        # Its session keeps no more than that, and is not compacted as it grows: a summary of
+        # turns it does not read would be an LLM call (and memory facts) for nothing (only a
+        # "context too long" answer still forces a compaction).
         minimal = message.origin is Origin.HEARTBEAT
         history = History(self.redis, message.session_key,
                           max_entries=MINIMAL_HISTORY if minimal else MAX_ENTRIES)  # fmt: skip
