@@ -38,6 +38,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from claw_ingress.bodies import BodyError, parse_body, read_json
 from claw_ingress.errors import openai_error
 from claw_ingress.guards import body_limit
+from claw_ingress.ratelimit import too_many_response
 from claw_ingress.replies import Reply, wait_for_reply
 from claw_worker.config import Config
 from claw_worker.contract import InboundMessage, MessageStatus, session_name_error
@@ -234,13 +235,10 @@ async def chat_completions(request: Request) -> Any:
         log.warning("redis unavailable", error=str(exc))
         return OpenAIError(503, "message store unavailable, retry later", kind="server_error",
                            code="unavailable").response()  # fmt: skip
-    if accepted.status == "limited":  # OpenAI's own shape for a rate limit
+    if accepted.status == "limited":  # OpenAI's own shape under /v1 (errors.py)
         state.outbound.forget(message.message_id, waiter)
-        limited = OpenAIError(429, f"too many messages from this sender; retry after "
-                              f"{accepted.retry_after_sec}s (gateway.rate_limit)",
-                              kind="rate_limit_error", code="rate_limit_exceeded").response()  # fmt: skip
-        limited.headers["Retry-After"] = str(accepted.retry_after_sec)
-        return limited
+        return too_many_response(request.url.path, accepted.retry_after_sec,
+                                 "messages from this sender")  # fmt: skip
     if accepted.status == "too_large":  # quotas.max_message_chars
         state.outbound.forget(message.message_id, waiter)
         return OpenAIError(413, accepted.reply, param="messages",
