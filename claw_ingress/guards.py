@@ -201,7 +201,8 @@ class RequestGuard:
         gateway = self.live.config.gateway
         headers = _read_headers(scope)
         origin = headers.get("origin")
-        refusal = self._refusal(scope, headers, gateway, origin)
+        limit = body_limit(scope["path"], gateway)
+        refusal = self._refusal(scope, headers, gateway, origin, limit)
         if refusal is not None:
             status, error = refusal
             log.info("request refused", status=status, error=error, path=scope["path"],
@@ -222,10 +223,15 @@ class RequestGuard:
                 ])  # fmt: skip
                 return
             send = _with_headers(send, cors)
-        await self._serve(scope, receive, send, gateway)
+        await self._serve(scope, receive, send, gateway, limit)
 
     def _refusal(
-        self, scope: Scope, headers: dict[str, str], gateway: GatewayConfig, origin: str | None
+        self,
+        scope: Scope,
+        headers: dict[str, str],
+        gateway: GatewayConfig,
+        origin: str | None,
+        limit: tuple[int, str],
     ) -> tuple[int, str] | None:
         host = headers.get("host")
         rebound = (
@@ -249,16 +255,19 @@ class RequestGuard:
         if problem is not None:
             return 415, problem
         declared = headers.get("content-length", "")
-        limit = body_limit(scope["path"], gateway)
         if declared.isdigit() and int(declared) > limit[0]:
             return 413, str(BodyTooLarge(limit))
         return None
 
     async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, gateway: GatewayConfig
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        gateway: GatewayConfig,
+        limit: tuple[int, str],
     ) -> None:
         started, timeout = False, gateway.body_timeout_sec
-        limit = body_limit(scope["path"], gateway)
 
         async def tracked_send(message: Message) -> None:
             nonlocal started
