@@ -233,7 +233,7 @@ async def chat_completions(request: Request) -> Any:
     except RedisError as exc:
         state.outbound.forget(message.message_id, waiter)
         log.warning("redis unavailable", error=str(exc))
-        return OpenAIError(503, "message store unavailable, retry later", kind="server_error",
+        return OpenAIError(503, "message store unavailable, retry later",
                            code="unavailable").response()  # fmt: skip
     if accepted.status == "limited":  # OpenAI's own shape under /v1 (errors.py)
         state.outbound.forget(message.message_id, waiter)
@@ -304,7 +304,7 @@ def failure(reply: Reply, message_id: str, timeout: float) -> OpenAIError | None
             kind="timeout", code="timeout", retry=False,
         )  # fmt: skip
     if reply.status == MessageStatus.FAILED.value:
-        return OpenAIError(502, reply.text or "the agent failed", kind="server_error",
+        return OpenAIError(502, reply.text or "the agent failed",
                            code="agent_failed", retry=False)  # fmt: skip
     return None
 
