@@ -25,11 +25,12 @@ def test_a_change_the_environment_overrides_is_named_not_applied(
 ) -> None:
     a = make_host("a")
     start(a, llm_server.base_url)
-    a.start("ingress", CLAW_GATEWAY_TOKEN="envtok-12345678")
+    env_port = free_port()  # the ingress listens where its environment says, not the file
+    a.start("ingress", CLAW_GATEWAY_TOKEN="envtok-12345678", CLAW_GATEWAY_PORT=str(env_port))
     a.start("worker")
     a.wait_worker_ready()
     registered(redis_server, 2)
-    base = f"http://127.0.0.1:{a.read_config()['gateway']['port']}"
+    base = f"http://127.0.0.1:{env_port}"
 
     out = clawctl(a, "config", "set", "gateway.token", "newtok-12345678")
     assert out.returncode == 0, out.stderr
@@ -59,6 +60,11 @@ def test_a_change_the_environment_overrides_is_named_not_applied(
     assert out.returncode == 0 and "Applied by 2 process(es)" in out.stdout, out.stdout
     assert "(restart needed for worker.concurrency)" in out.stdout
     assert "overridden" not in out.stdout
+    # The file made to agree with the environment: nothing is left not applied (a number
+    # from the environment is compared as the number the process took, not as text).
+    out = clawctl(a, "config", "set", "gateway.port", str(env_port))
+    assert out.returncode == 0, out.stderr
+    assert "overridden" not in out.stdout, out.stdout
 
 
 def test_clawctl_finds_a_fleet_given_its_redis_only_in_its_environment(

@@ -341,10 +341,11 @@ class ReloadParticipant:
         environment overrides with another: the file has it, this process never takes it
         (nor at a restart, while the variable is set)."""
         before = self._from_file
+        taken = apply_env_overrides(from_file)  # as this process parsed them: a port is an int
         return {
             path: var
             for path, var in env_overridden().items()
-            if os.environ[var] != get_path(from_file, path)
+            if get_path(taken, path) != get_path(from_file, path)
             and (before is None or get_path(before, path) != get_path(from_file, path))
         }
 
