@@ -42,11 +42,11 @@ from claw_ingress.channels.websocket import WS_CHANNEL, ws_endpoint
 from claw_ingress.connections import quiet_resource_errors
 from claw_ingress.delivery import Delivery
 from claw_ingress.errors import error_payload
-from claw_ingress.guards import RequestGuard
+from claw_ingress.guards import RequestGuard, TrailingSlash
 from claw_ingress.inbox import Inbox
 from claw_ingress.nodes import node_routes
-from claw_ingress.openai_api import CHANNEL as OPENAI_CHANNEL
 from claw_ingress.openai_api import chat_completions, get_model, list_models
+from claw_ingress.openai_request import CHANNEL as OPENAI_CHANNEL
 from claw_ingress.openapi import openapi_json
 from claw_ingress.outbound import OutboundReader
 from claw_ingress.ratelimit import IpRateLimit, too_many_response
@@ -273,12 +273,14 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
         *node_routes(live),  # /nodes/register, /nodes/heartbeat, /nodes/connect
     ]
     middleware = [
+        Middleware(TrailingSlash),
         Middleware(IpRateLimit, live=live),  # first: floods of refused requests count too
         Middleware(RequestGuard, live=live),
         Middleware(BearerAuth, live=live, protected_prefixes=PROTECTED_PREFIXES),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={HTTPException: http_error})  # fmt: skip
+    app.router.redirect_slashes = False  # TrailingSlash serves both forms; a redirect loops
     app.state.live = live  # before the lifespan: __main__ gives it to the connection guard
     return app
 

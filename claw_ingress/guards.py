@@ -18,6 +18,10 @@
   connection is closed). A client that goes away mid-request is one log line, not a
   traceback.
 
+- **Trailing slash**: ``/v1/chat/completions/`` is served as ``/v1/chat/completions``
+  (:class:`TrailingSlash`), not redirected: Starlette's redirect names ``http://`` and the
+  Host it was given, wrong behind a TLS proxy, and the client sends a POST's body twice.
+
 Connection-level limits (header deadline, connection cap) live in ``connections.py``.
 """
 
@@ -187,6 +191,20 @@ def _read_headers(scope: Scope) -> dict[str, str]:
         if name in _READ:
             found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
     return found
+
+
+class TrailingSlash:
+    """Routes match a path with or without its trailing slashes (outermost: the other
+    guards, the auth and the rate limit see the path the route will)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "/")
+        if scope["type"] in ("http", "websocket") and len(path) > 1 and path.endswith("/"):
+            scope = dict(scope, path=path.rstrip("/") or "/")
+        await self.app(scope, receive, send)
 
 
 class RequestGuard:

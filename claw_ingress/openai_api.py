@@ -2,10 +2,11 @@
 
 OpenAI clients (the ``openai`` SDK, chat UIs) talk to the agent as if it were a model. The
 session lives in clawfleet: a request sends only its last user message to the agent (earlier
-messages in ``messages`` are not replayed; the session's history already holds them), in the
-session named by the ``X-Claw-Session`` header (a key beginning with ``openai:``: another
-channel's session is not this caller's to use), else by ``user`` (``openai:<user>``), else a
-new session of its own. The requested model name is echoed; the agent answers with the
+messages in ``messages`` are not replayed; the session's history already holds them; what
+is read of the body, and refused, is ``openai_request.py``), in the session named by the
+``X-Claw-Session`` header (a key beginning with ``openai:``: another channel's session is
+not this caller's to use), else by ``user`` (``openai:<user>``), else a new session of its
+own. The requested model name is echoed; the agent answers with the
 fleet's configured models.
 
 The reply is waited for like ``/api/message``'s ``wait`` (``replies.py``). ``stream: true`` answers
@@ -19,183 +20,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
-import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_core import PydanticCustomError
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
-from claw_ingress.bodies import BodyError, parse_body, read_json
-from claw_ingress.errors import openai_error
-from claw_ingress.guards import body_limit
+from claw_ingress.openai_request import (
+    CHANNEL,
+    OpenAIError,
+    read_request,
+    session_of,
+    timeout_of,
+    user_turn,
+)
 from claw_ingress.ratelimit import too_many_response
 from claw_ingress.replies import Reply, wait_for_reply
 from claw_worker.config import Config
-from claw_worker.contract import InboundMessage, MessageStatus, session_name_error
+from claw_worker.contract import InboundMessage, MessageStatus
 from claw_worker.session.runs import read_run
 
 log = structlog.get_logger(__name__)
 
-CHANNEL = "openai"
 ALIAS = "clawfleet"  # a model name that always means "the agent, whatever it runs on"
-REPLY_TIMEOUT_SEC = 300.0  # below the openai SDK's 600 s, so the client hears why
-MAX_TIMEOUT_SEC = 3600.0
 KEEPALIVE_SEC = 10.0
 CHUNK_CHARS = 2000  # content per streamed chunk
-MAX_TEXT = 200_000
-USER_RE = re.compile(r"[^\s{}]{1,200}")
-NO_RETRY = {"x-should-retry": "false"}
 STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # no proxy buffering
 
 
-# -- the request -------------------------------------------------------------------------
-
-
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-    text: str | None = None
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    role: str
-    content: str | list[ContentPart] | None = None
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    include_usage: bool = False
-
-
-class ChatCompletionRequest(BaseModel):
-    """What the agent reads of OpenAI's body; the rest (temperature, tools, ...) is allowed
-    and ignored: the fleet's config decides those."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    model: str = Field("", max_length=256)
-    # minItems in the schema; the check is the validator's, to say it in words.
-    messages: list[ChatMessage] = Field(json_schema_extra={"minItems": 1})
-    # null as OpenAI's schema allows for stream, n and stream_options (its default: clients
-    # that build the body from optional fields send it).
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    user: str | None = Field(None, max_length=4096)
-    n: int | None = Field(1, json_schema_extra={"maximum": 1})  # the agent gives one answer
-
-    @field_validator("messages")
-    @classmethod
-    def _some_messages(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
-        if not messages:
-            raise PydanticCustomError("too_short", "must hold at least one message")
-        return messages
-
-
-class OpenAIError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        kind: str | None = None,  # OpenAI's type for the status (errors.openai_error)
-        param: str | None = None,
-        code: str | None = None,
-        retry: bool = True,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.param, self.code, self.retry = status, kind, param, code, retry
-
-    def payload(self) -> dict[str, Any]:
-        return {"error": openai_error(str(self), self.status, kind=self.kind, param=self.param,
-                                      code=self.code)}  # fmt: skip
-
-    def response(self) -> JSONResponse:
-        headers = {} if self.retry else NO_RETRY
-        return JSONResponse(self.payload(), status_code=self.status, headers=headers)
-
-
-def user_text(body: ChatCompletionRequest) -> str:
-    """The last user message's text (its text parts, joined); refuses what the agent cannot
-    give (more than one choice)."""
-    if body.n not in (None, 1):
-        raise OpenAIError(400, f"n: the agent gives one answer per request, not {body.n}; "
-                          "leave n out or set it to 1", param="n")  # fmt: skip
-    last = next((m for m in reversed(body.messages) if m.role == "user"), None)
-    if last is None:
-        raise OpenAIError(400, "messages needs a message with role 'user'", param="messages")
-    if isinstance(last.content, str):
-        text = last.content
-    else:
-        text = "\n".join(p.text or "" for p in last.content or [] if p.type == "text")
-    if not text.strip():
-        raise OpenAIError(400, "the last user message has no text", param="messages")
-    if len(text) > MAX_TEXT:
-        raise OpenAIError(400, f"the last user message is longer than {MAX_TEXT} characters",
-                          param="messages")  # fmt: skip
-    return text
-
-
-def session_of(request: Request, body: ChatCompletionRequest) -> str:
-    named = request.headers.get("x-claw-session")
-    if named is not None:
-        error = session_name_error(named, namespace=CHANNEL)
-        if error is not None:
-            raise OpenAIError(400, f"X-Claw-Session: {error}", param="X-Claw-Session")
-        return named
-    if body.user:
-        if USER_RE.fullmatch(body.user):
-            return f"{CHANNEL}:{body.user}"
-        return f"{CHANNEL}:~{hashlib.sha256(body.user.encode()).hexdigest()[:32]}"
-    return f"{CHANNEL}:{uuid.uuid4().hex}"
-
-
-def timeout_of(request: Request) -> float:
-    given = request.headers.get("x-claw-timeout")
-    if given is None:
-        return REPLY_TIMEOUT_SEC
-    try:
-        timeout = float(given)
-    except ValueError:
-        timeout = -1.0
-    if not 0 < timeout <= MAX_TIMEOUT_SEC:
-        raise OpenAIError(400, f"X-Claw-Timeout must be seconds in (0, {MAX_TIMEOUT_SEC:g}]",
-                          param="X-Claw-Timeout")  # fmt: skip
-    return timeout
+# -- the routes --------------------------------------------------------------------------
 
 
 def configured_models(config: Config) -> list[str]:
     named = [config.agents.defaults.model, *config.providers.proxy.models]
     return [m for m in dict.fromkeys(named) if m]
-
-
-async def read_request(request: Request, config: Config) -> ChatCompletionRequest:
-    try:
-        data = await read_json(request, body_limit(request.url.path, config.gateway)[0])
-        return parse_body(ChatCompletionRequest, data)
-    except BodyError as exc:
-        status = 413 if exc.status == 413 else 400
-        detail = exc.payload.get("detail") or []
-        # The SDK shows only the message: it says what is wrong with each field.
-        said = "; ".join(f"{d['field']}: {d['message']}" for d in detail) or exc.payload["error"]
-        param = detail[0]["field"] if detail else None
-        raise OpenAIError(status, said, param=param) from None
-
-
-# -- the routes --------------------------------------------------------------------------
 
 
 def model_object(name: str) -> dict[str, Any]:
@@ -222,11 +85,13 @@ async def chat_completions(request: Request) -> Any:
     config: Config = state.live.config
     try:
         body = await read_request(request, config)
-        text, session, timeout = user_text(body), session_of(request, body), timeout_of(request)
+        (text, media), session = user_turn(body), session_of(request, body)
+        timeout = timeout_of(request)
     except OpenAIError as exc:
         return exc.response()
     model = body.model or next(iter(configured_models(config)), ALIAS)
-    message = InboundMessage(channel=CHANNEL, chat_id=session, session_key=session, text=text)
+    message = InboundMessage(channel=CHANNEL, chat_id=session, session_key=session, text=text,
+                             media=media)  # fmt: skip
     waiter = state.outbound.expect(message.message_id)
     try:
         accepted = await state.inbox.accept(message)

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 
 from claw_ingress.bodies import MessageBody
 from claw_ingress.nodes import HeartbeatBody, RegisterBody
-from claw_ingress.openai_api import ChatCompletionRequest
+from claw_ingress.openai_request import ChatCompletionRequest
 
 # The channels that push to /webhooks/<channel> (claw_ingress/channels/*: routes()).
 WEBHOOK_CHANNELS = ["dingtalk", "feishu", "qq", "telegram", "whatsapp"]

@@ -61,11 +61,13 @@ def test_completion_stream_and_models_with_the_sdk(fleet_factory) -> None:
     assert chunks[-1].usage.prompt_tokens > 0 and chunks[-1].usage.completion_tokens > 0
     assert {c.id for c in chunks} == {chunks[0].id}
 
-    # Text parts of a list content are joined; other parts are ignored.
+    # Text parts of a list content are joined; an image is an attachment's reference.
     parts = [{"type": "text", "text": "part one"},
              {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]  # fmt: skip
     done = client.chat.completions.create(model="m", messages=[user(parts)])
-    assert done.choices[0].message.content == "echo: part one"
+    assert done.choices[0].message.content == (
+        "echo: part one\n[attachments: image:https://example.com/a.png]"
+    )
 
     # A slash command is answered the same way, streamed or not.
     done = client.chat.completions.create(model="m", messages=[user("/help")], user="s1")
@@ -345,3 +347,72 @@ def test_null_where_openais_schema_allows_it(fleet_factory) -> None:
         lines = [line for line in streamed.iter_lines() if line]
     assert streamed.status_code == 200 and lines[-1] == "data: [DONE]", lines
     assert '"content": "echo: null options"' in "".join(lines)
+
+
+def test_attachments_are_referenced_and_may_come_alone(fleet_factory, llm_server) -> None:
+    """An image, audio or file part is an attachment, as on a chat channel: referenced in the
+    user's turn (an http(s) URL as is; inline data by its type and size, not kept). A
+    message of attachments alone is taken (it was refused "no text"), with a placeholder."""
+    fleet = start_fleet(fleet_factory)
+    client = sdk(fleet)
+    png = "data:image/png;base64," + base64.b64encode(b"\x89PNG" + bytes(1196)).decode()
+    done = client.chat.completions.create(
+        model="m", messages=[user([{"type": "image_url", "image_url": {"url": png}}])]
+    )
+    assert done.choices[0].message.content == (
+        "echo: [image]\n[attachments: image: inline image/png, 1,200 bytes (not kept)]"
+    )
+    sent = str(llm_server.requests[-1]["messages"][-1]["content"])
+    assert "base64" not in sent and "iVBOR" not in sent  # the data itself is not the prompt
+    audio = {"type": "input_audio", "input_audio": {"data": "AAAA" * 100, "format": "wav"}}
+    pdf = {"type": "file", "file": {"filename": "report.pdf", "file_data": "data:..."}}
+    done = client.chat.completions.create(model="m", messages=[user([audio, pdf])])
+    assert done.choices[0].message.content == (
+        "echo: [voice message]\n[attachments: audio: inline audio/wav, 300 bytes (not kept),"
+        " file:report.pdf]"
+    )
+    # Parts of an unknown type or an odd shape are skipped: with no text, the usual 400.
+    resp = httpx.post(f"{fleet.base_url}/v1/chat/completions", json={"model": "m", "messages": [
+        user([{"type": "image_url", "image_url": 7}, {"type": "refusal", "refusal": "x"}])]})  # fmt: skip
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["message"] == "the last user message has no text"
+
+
+def test_a_request_not_ending_with_the_user_is_refused(fleet_factory, llm_server) -> None:
+    """A request ending with the assistant's or a tool's message (a client's own tool loop,
+    continuing an answer) sent the last user message again as a new turn: the agent ran it
+    twice. Refused, naming why; instructions after the user's message are fine."""
+    fleet = start_fleet(fleet_factory)
+    client = sdk(fleet)
+    asked = len(llm_server.requests)
+    calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    for tail in (
+        [{"role": "assistant", "content": "partial answ"}],
+        [{"role": "assistant", "content": None, "tool_calls": calls},
+         {"role": "tool", "tool_call_id": "c1", "content": "42"}],
+    ):  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.chat.completions.create(model="m", messages=[user("do it"), *tail])
+        assert bad.value.param == "messages", bad.value  # type: ignore[attr-defined]
+        assert f"the last message is the {tail[-1]['role']!r} role's" in bad.value.message
+        assert "not supported" in bad.value.message
+    assert len(llm_server.requests) == asked  # nothing reached the agent
+    done = client.chat.completions.create(
+        model="m", messages=[user("fine"), {"role": "system", "content": "be brief"}]
+    )
+    assert done.choices[0].message.content == "echo: fine"
+
+
+def test_a_trailing_slash_is_served_not_redirected(fleet_factory) -> None:
+    """POST /v1/chat/completions/ was redirected (307) to an absolute http:// URL: wrong
+    behind a TLS proxy, and the client sent its body twice. Both forms are served."""
+    fleet = start_fleet(fleet_factory)
+    with httpx.Client(base_url=fleet.base_url, follow_redirects=False, timeout=60) as http:
+        resp = http.post("/v1/chat/completions/", json={"model": "m", "messages": [user("sl")]})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["choices"][0]["message"]["content"] == "echo: sl"
+        resp = http.get("/v1/models/")
+        assert resp.status_code == 200 and resp.json()["object"] == "list", resp.text
+        assert http.post("/api/message/", json={"text": "slash"}).status_code == 202
+        for path in ("/webhooks/", "/webhooks", "/nope/"):  # no redirect, no loop
+            assert http.get(path).status_code == 404, path
