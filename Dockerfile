@@ -37,9 +37,14 @@ FROM ${PYTHON_IMAGE} AS runtime
 # tool (tools.exec.sandbox: auto uses it when it works; as uid 1000 it needs user namespaces,
 # which Docker's default seccomp profile usually refuses: exec then runs unsandboxed, warned
 # once, unless the container may create them).
+# tini is execute-only: a program its user cannot read runs not dumpable, so /proc/1/environ
+# (the container's environment: the API key, the gateway token) is root's, and a command
+# that exec runs without bubblewrap cannot read it (the fleet's own processes hide
+# themselves: claw_worker/process.py).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends tini bubblewrap \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* \
+ && chmod 0111 "$(command -v tini)"
 # uid 1000; $CLAW_HOME and the directories compose and Kubernetes mount volumes on are made
 # here, owned by it, so a fresh named volume starts out writable by the fleet.
 RUN groupadd --gid 1000 claw \

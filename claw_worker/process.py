@@ -10,8 +10,11 @@ run`` sets, so the one-box fleet has stable file names) choose another.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import socket
+import sys
 from dataclasses import dataclass
 
 ROLES = ("worker", "beat", "flower", "ingress", "cli")
@@ -44,11 +47,32 @@ def default_name(role: str) -> str:
 _current: ProcessIdentity | None = None
 
 
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+
+
+def hide_from_same_user() -> bool:
+    """Make this process not dumpable: its ``/proc/<pid>/environ``, ``mem`` and ``fd`` become
+    root's, so another process of the same user cannot read the secrets it holds (the API
+    key, the gateway token, the Redis password in its environment or memory) nor attach to
+    it. It matters where ``exec`` runs without bubblewrap (not installed; a container, where
+    it cannot make namespaces): the command runs as the fleet's user and, before, read the
+    worker's key from ``/proc/$PPID/environ``. Inherited by forked children (a prefork
+    pool), reset by ``execve`` (the commands run stay dumpable). No core dumps, and a
+    debugger needs root. Linux only; elsewhere a no-op (False)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return bool(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0)
+
+
 def set_identity(role: str, name: str | None = None) -> ProcessIdentity:
-    """Name this process (once, at start-up); ``name`` defaults to :func:`default_name`."""
+    """Name this process (once, at start-up); ``name`` defaults to :func:`default_name`.
+    A fleet process (not clawctl) is hidden from its user's other processes."""
     global _current
     if role not in ROLES:
         raise ValueError(f"unknown process role {role!r}")
+    if role != "cli":
+        hide_from_same_user()
     _current = ProcessIdentity(role, name or default_name(role), socket.gethostname(), os.getpid())
     return _current
 

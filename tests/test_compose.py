@@ -5,17 +5,22 @@ it skipped). tests/test_deploy.py runs compose's health checks against real proc
 from __future__ import annotations
 
 import fnmatch
+import json
+import os
 import re
 import shutil
 import subprocess
 import tomllib
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
+from tests.fixtures.fleet import fleet_config
 from tests.fixtures.procs import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,16 +117,31 @@ def test_secrets_only_from_the_environment() -> None:
         assert re.search(rf"^#? ?{var}=", example, re.MULTILINE), var
 
 
-def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
+def compose_command() -> list[str]:
+    """``docker compose`` (v2), else the standalone ``docker-compose`` (v1, Debian's)."""
     docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"],
-                                        capture_output=True).returncode != 0:  # fmt: skip
-        pytest.skip("no `docker compose`: compose.yaml was checked against its shape above")
+    if docker and subprocess.run([docker, "compose", "version"],
+                                 capture_output=True).returncode == 0:  # fmt: skip
+        return [docker, "compose"]
+    standalone = shutil.which("docker-compose")
+    if standalone:
+        return [standalone]
+    pytest.skip("no `docker compose` or `docker-compose`: compose.yaml was checked against "
+                "its shape above")  # fmt: skip
+
+
+def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
+    compose = compose_command()
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CLAW_GATEWAY_TOKEN": "t",
            "FLOWER_BASIC_AUTH": "u:p"}  # fmt: skip
-    out = subprocess.run([docker, "compose", "-f", str(ROOT / "compose.yaml"), "config", "-q"],
+    out = subprocess.run([*compose, "-f", str(ROOT / "compose.yaml"), "config", "-q"],
                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
     assert out.returncode == 0, out.stderr
+    # Without the secrets compose must refuse to start, naming them.
+    del env["CLAW_GATEWAY_TOKEN"]
+    out = subprocess.run([*compose, "-f", str(ROOT / "compose.yaml"), "config", "-q"],
+                         capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert out.returncode != 0 and "CLAW_GATEWAY_TOKEN" in out.stderr, out.stderr
 
 
 # -- the Dockerfile ---------------------------------------------------------------------------
@@ -230,18 +250,51 @@ def container_engine() -> str:
     pytest.skip("no container engine: " + "; ".join(problems))
 
 
-@pytest.mark.timeout(1800)
-def test_the_image_builds_and_runs_as_non_root() -> None:
-    engine = container_engine()
-    tag = f"clawfleet-test:{uuid.uuid4().hex[:12]}"
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+# Where no registry is reachable, a local image standing in for the Dockerfile's base
+# (deploy/README.md says how to make one): passed as its PYTHON_IMAGE argument.
+BASE_IMAGE_VAR = "CLAW_TEST_PYTHON_IMAGE"
 
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run([engine, *args], capture_output=True, text=True, timeout=1500)
+
+def dockerfile_base_image() -> str:
+    found = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert found, "the Dockerfile names its base image in ARG PYTHON_IMAGE"
+    return found.group(1)
+
+
+@dataclass(frozen=True)
+class Image:
+    engine: str
+    tag: str
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run([self.engine, *args], capture_output=True, text=True, timeout=1500)
         assert not check or out.returncode == 0, f"{args}: {out.stdout}\n{out.stderr}"
         return out
 
-    run("build", "-t", tag, str(ROOT))
+
+@pytest.fixture(scope="module")
+def image() -> Iterator[Image]:
+    """The Dockerfile built once for this file's tests (removed after them), or a skip
+    saying why it cannot be: no working engine, or a base image no registry gives."""
+    built = Image(container_engine(), f"clawfleet-test:{uuid.uuid4().hex[:12]}")
+    base = os.environ.get(BASE_IMAGE_VAR) or dockerfile_base_image()
+    if built.run("image", "inspect", base, check=False).returncode != 0:
+        pulled = built.run("pull", base, check=False)
+        if pulled.returncode != 0:  # outside the machine: no registry, or none reachable
+            reason = (pulled.stderr.strip() or pulled.stdout.strip()).splitlines()[-1:]
+            pytest.skip(f"the base image {base} could not be pulled ({''.join(reason)}); set "
+                        f"{BASE_IMAGE_VAR} to a local python:3.11 image")  # fmt: skip
+    built.run("build", "--build-arg", f"PYTHON_IMAGE={base}", "-t", built.tag, str(ROOT))
+    try:
+        yield built
+    finally:
+        built.run("rmi", "-f", built.tag, check=False)
+
+
+@pytest.mark.timeout(1800)
+def test_the_image_builds_and_runs_as_non_root(image: Image) -> None:
+    run, tag = image.run, image.tag
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     name = f"clawfleet-test-{uuid.uuid4().hex[:12]}"
     try:
         assert run("run", "--rm", "--read-only", tag, "id", "-u").stdout.strip() == "1000"
@@ -262,4 +315,66 @@ def test_the_image_builds_and_runs_as_non_root() -> None:
         assert health
     finally:
         run("rm", "-f", name, check=False)
-        run("rmi", "-f", tag, check=False)
+
+
+@pytest.mark.timeout(900)
+def test_the_image_runs_the_fleet_as_compose_does(
+    image: Image, redis_server, llm_server, tmp_path: Path
+) -> None:
+    """compose.yaml's roles from the one image, locked down as compose runs them (all
+    capabilities dropped, no-new-privileges, the config read-only at /etc/claw, the API key
+    and the token from the environment): a message in over HTTP, answered by the scripted
+    LLM through the containers' worker, and each role's health check passes inside it."""
+    port = free_port()
+    config = fleet_config(redis_server.url, llm_server.base_url, port)
+    config["providers"]["proxy"]["api_key"] = ""  # compose gives CLAW_API_KEY
+    config_dir = tmp_path / "etc-claw"
+    config_dir.mkdir(mode=0o755)
+    (config_dir / "config.json").write_text(json.dumps(config))
+    (config_dir / "config.json").chmod(0o644)  # the image's uid 1000 reads it
+    token = "compose-t0ken-123456"
+    common = ["--network", "host", "--cap-drop", "ALL",
+              "--security-opt", "no-new-privileges:true", "-v", f"{config_dir}:/etc/claw:ro",
+              "-e", "CLAW_CONFIG=/etc/claw/config.json",
+              "-e", f"CLAW_REDIS_URL={redis_server.url}"]  # fmt: skip
+    roles = {
+        "worker": ["-e", "CLAW_API_KEY=sk-from-the-environment", image.tag,
+                   "celery", "-A", "claw_worker", "worker"],
+        "beat": [image.tag, "celery", "-A", "claw_worker", "beat"],
+        "ingress": ["-e", f"CLAW_GATEWAY_TOKEN={token}", image.tag, "claw-ingress"],
+    }  # fmt: skip
+    names = {role: f"clawfleet-{role}-{uuid.uuid4().hex[:8]}" for role in roles}
+    try:
+        for role, args in roles.items():
+            image.run("run", "-d", "--name", names[role], *common, *args)
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: httpx.get(f"{base}/health", timeout=2).status_code == 200,
+                 timeout=120, what="the ingress container")  # fmt: skip
+        resp = httpx.post(f"{base}/api/message", json={"text": "from compose", "wait": True},
+                          headers={"Authorization": f"Bearer {token}"}, timeout=120)  # fmt: skip
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["reply"] == "echo: from compose", resp.text
+        sent = llm_server.request_headers[-1]
+        assert sent.get("authorization") == "Bearer sk-from-the-environment", sent
+        # exec in the container: bubblewrap cannot make namespaces under Docker's default
+        # seccomp as uid 1000, so sandbox "auto" runs the command without it (docs/security.md)
+        # but as that user, with the fleet's secrets out of its environment, and no process's
+        # environment readable: tini (PID 1, given the container's) and the worker's were.
+        environs = "for p in /proc/[0-9]*; do cat $p/environ; done 2>/dev/null | tr '\\0' '\\n'"
+        llm_server.reply_tool_call("exec", {"command": f"id -u; env; {environs}"}, when="run id")
+        llm_server.reply("ran it", when="run id")
+        resp = httpx.post(f"{base}/api/message", json={"text": "run id", "wait": True},
+                          headers={"Authorization": f"Bearer {token}"}, timeout=120)  # fmt: skip
+        assert resp.json()["reply"] == "ran it", resp.text
+        result = str(llm_server.requests[-1]["messages"][-1]["content"])
+        assert result.lstrip().startswith("1000\n"), result
+        assert "sk-from-the-environment" not in result and token not in result, result
+        for role in ("worker", "beat"):
+            wait_for(lambda role=role: image.run("exec", names[role], "python", "-m",
+                     "claw_worker.health", role, check=False).returncode == 0,
+                     timeout=120, what=f"compose's health check of {role}")  # fmt: skip
+    finally:
+        for name in names.values():
+            logs = image.run("logs", "--tail", "30", name, check=False)
+            print(f"--- {name}\n{logs.stdout}{logs.stderr}")
+            image.run("rm", "-f", name, check=False)

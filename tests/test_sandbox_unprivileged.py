@@ -121,13 +121,13 @@ def home() -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def run_as_uid(home: Path, commands: list[str]) -> dict[str, Any]:
+def run_as_uid(home: Path, commands: list[str], script: str = CHILD) -> dict[str, Any]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
         "CLAW_HOME": str(home), "CLAW_API_KEY": SECRET, "LANG": "C.UTF-8",
         "PYTHONPATH": str(REPO),
     }  # fmt: skip
-    child = [sys.executable, "-c", CHILD, str(home / "workspace"), json.dumps(commands)]
+    child = [sys.executable, "-c", script, str(home / "workspace"), json.dumps(commands)]
     done = subprocess.run(
         as_uid(child, home.parent / "keep"), env=env, cwd=home, capture_output=True,
         text=True, timeout=300,
@@ -184,3 +184,37 @@ def test_exec_as_an_unprivileged_worker_is_sandboxed_and_its_processes_limited(
         next(outputs) == "(no output)" and (home / "workspace" / "here.txt").read_text() == "kept\n"
     )
     assert redis_server.client().ping()
+
+
+# Runs as UID without a sandbox (bubblewrap missing, or a container where it cannot make
+# namespaces): named as a worker first, as every fleet process names itself at start.
+UNSANDBOXED_CHILD = CHILD.replace(
+    '"sandbox": "bwrap"', '"sandbox": "none"'
+).replace(
+    "assert os.getuid() != 0", "from claw_worker.process import set_identity\n"
+    "set_identity('worker')\nassert os.getuid() != 0"
+)  # fmt: skip
+
+
+def test_without_a_sandbox_a_command_cannot_read_the_workers_environment(home: Path) -> None:
+    """With no sandbox the command runs as the worker's user, and it read the API key from
+    ``/proc/$PPID/environ`` and every fleet process's (a container runs exec this way: its
+    seccomp profile refuses bubblewrap's namespaces). A fleet process is not dumpable, so
+    its environment and memory are root's to read, not its user's."""
+    assert (
+        '"sandbox": "none"' in UNSANDBOXED_CHILD and "set_identity('worker')" in UNSANDBOXED_CHILD
+    )
+    attempts = [
+        "cat /proc/$PPID/environ",
+        "for p in /proc/[0-9]*; do cat $p/environ; done 2>/dev/null",
+        "for p in /proc/[0-9]*; do head -c 100000 $p/mem; done 2>/dev/null | strings",
+    ]
+    own_environment = "cat /proc/self/environ | tr '\\0' '\\n' | grep -c ^PATH="
+    result = run_as_uid(home, [*attempts, own_environment], UNSANDBOXED_CHILD)
+    assert result["posture"]["sandbox"].startswith("none"), result["posture"]
+    *outputs, own = result["outputs"]
+    escapes = sum(SECRET in out for out in outputs)
+    record("exec without a sandbox: the fleet's environment", tried=len(attempts),
+           rejected=len(attempts) - escapes, escapes=escapes)  # fmt: skip
+    assert escapes == 0, outputs
+    assert own.strip() == "1", own  # the command's own environment stays readable to it

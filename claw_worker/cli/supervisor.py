@@ -42,7 +42,7 @@ from claw_worker.embedded_redis import (
     shutdown_serving,
     socket_problem,
 )
-from claw_worker.process import ENV_NODE_NAME
+from claw_worker.process import ENV_NODE_NAME, hide_from_same_user
 from claw_worker.redis_conn import redis_url
 
 STOP_TIMEOUT_SEC = 15.0
@@ -356,6 +356,7 @@ def run(
     flower_port: int = 5555,
     echo: Callable[[str], None] = print,
 ) -> int:
+    hide_from_same_user()  # it holds the environment every fleet process is given
     sup = Supervisor(config, with_flower=with_flower, flower_port=flower_port, echo=echo)
     signal.signal(signal.SIGTERM, sup.request_stop)
     signal.signal(signal.SIGINT, sup.request_stop)
