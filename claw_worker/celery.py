@@ -11,12 +11,15 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import structlog
 from celery import Celery, signals
 
 from beat_schedules.schedule import beat_schedule
 from claw_worker.celery_config import celery_settings
 from claw_worker.config import Config, ConfigError, current_config
 from claw_worker.process import default_name, identity, set_identity
+
+log = structlog.get_logger(__name__)
 
 TASK_MODULES = ["claw_worker.tasks"]
 HOSTNAME_FLAGS = ("-n", "--hostname")
@@ -93,10 +96,29 @@ def _start_worker(sender: Any = None, **_: Any) -> None:
         from claw_worker.redis_conn import redis_url
 
         redis_url(config, start_embedded=True)
+    _fill_workspace(config)
     pool = getattr(sender, "pool_cls", None)
     if not (isinstance(pool, type) and issubclass(pool, PreforkPool)):
         start_metrics()
         start_control()
+
+
+def _fill_workspace(config: Config) -> None:
+    """The workspace's required files and directories, from their templates where missing
+    (never rewritten), as ``clawctl onboard`` makes them: a container's fresh volume, or a
+    host no one onboarded, would otherwise start with none, and the Sentinel's first round
+    would alert about it."""
+    from claw_worker.config.paths import workspace_dir
+    from claw_worker.workspace import create_missing
+
+    workspace = workspace_dir(config)
+    try:
+        created = create_missing(workspace)
+    except OSError as exc:  # the Sentinel reports it; the worker still serves
+        log.warning("workspace files not created", workspace=str(workspace), error=str(exc))
+        return
+    if created:
+        log.info("workspace files created", workspace=str(workspace), created=created)
 
 
 def _start_pool_child(**_: Any) -> None:

@@ -53,9 +53,17 @@ def test_compose_runs_the_plain_commands() -> None:
 def test_plain_worker_takes_pool_concurrency_and_queues_from_the_config(make_host, inspect) -> None:
     host: Host = make_host("a")
     host.write_config(base_config())
+    workspace = host.claw_home / "workspace"  # never onboarded: a user's own AGENTS.md only
+    workspace.mkdir(parents=True, exist_ok=True)
+    (workspace / "AGENTS.md").write_text("my own rules\n")
     host.start("worker")
     name = host.wait_worker_ready()
     assert name.startswith("worker-") and name.endswith(f"@{name.split('@')[1]}")
+    # The worker filled in what onboard would have (a fresh container volume has nothing,
+    # and the Sentinel's first round alerted about it), rewriting nothing.
+    assert (workspace / "AGENTS.md").read_text() == "my own rules\n"
+    assert (workspace / "SOUL.md").is_file() and (workspace / "USER.md").is_file()
+    assert (workspace / "memory").is_dir() and (workspace / "skills").is_dir()
     stats = wait_for(lambda: inspect(name, "stats"), what="worker stats")
     assert stats["pool"]["implementation"] == "celery.concurrency.thread:TaskPool"
     assert stats["pool"]["max-concurrency"] == 7
