@@ -167,7 +167,12 @@ def status_of(http, message_id: str) -> dict:
 @pytest.mark.parametrize(
     ("tool", "args", "expected"),
     [
-        ("grep_files", {"pattern": CATASTROPHIC}, "No matches for '(a+)+$' in 2 files"),
+        # Under d/: the worker fills the workspace's templates in at start (AGENTS.md...).
+        (
+            "grep_files",
+            {"pattern": CATASTROPHIC, "path": "d"},
+            "No matches for '(a+)+$' in 2 files",
+        ),
         ("find_files", {"pattern": "**/" * 50 + "*.py"}, "/".join(["d"] * 12) + "/keep.py"),
     ],
 )
