@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.tools",
     "tests.fixtures.hosts",
     "tests.fixtures.campaign",
+    "tests.fixtures.containers",
 ]

@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import re
-import shutil
 import subprocess
 import tomllib
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
+from tests.fixtures.containers import Image, compose_command
 from tests.fixtures.fleet import fleet_config
 from tests.fixtures.procs import free_port, wait_for
 
@@ -115,19 +112,6 @@ def test_secrets_only_from_the_environment() -> None:
     example = (ROOT / "deploy" / "compose.env.example").read_text()
     for var in set(re.findall(r"\$\{(\w+)", text)):
         assert re.search(rf"^#? ?{var}=", example, re.MULTILINE), var
-
-
-def compose_command() -> list[str]:
-    """``docker compose`` (v2), else the standalone ``docker-compose`` (v1, Debian's)."""
-    docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"],
-                                 capture_output=True).returncode == 0:  # fmt: skip
-        return [docker, "compose"]
-    standalone = shutil.which("docker-compose")
-    if standalone:
-        return [standalone]
-    pytest.skip("no `docker compose` or `docker-compose`: compose.yaml was checked against "
-                "its shape above")  # fmt: skip
 
 
 def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
@@ -232,63 +216,7 @@ def test_dockerfile_keeps_the_extras_argument_and_no_secrets() -> None:
         assert not dockerignore_admits(kept_out), f".dockerignore lets {kept_out} in"
 
 
-# -- the image, when a container engine works -------------------------------------------------
-
-
-def container_engine() -> str:
-    problems = []
-    for engine in ("docker", "podman"):
-        exe = shutil.which(engine)
-        if exe is None:
-            problems.append(f"{engine}: not installed")
-            continue
-        info = subprocess.run([exe, "info"], capture_output=True, text=True, timeout=60)
-        if info.returncode == 0:
-            return exe
-        reason = (info.stderr.strip() or info.stdout.strip()).splitlines()
-        problems.append(f"{engine} info failed: {reason[-1] if reason else info.returncode}")
-    pytest.skip("no container engine: " + "; ".join(problems))
-
-
-# Where no registry is reachable, a local image standing in for the Dockerfile's base
-# (deploy/README.md says how to make one): passed as its PYTHON_IMAGE argument.
-BASE_IMAGE_VAR = "CLAW_TEST_PYTHON_IMAGE"
-
-
-def dockerfile_base_image() -> str:
-    found = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M)
-    assert found, "the Dockerfile names its base image in ARG PYTHON_IMAGE"
-    return found.group(1)
-
-
-@dataclass(frozen=True)
-class Image:
-    engine: str
-    tag: str
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run([self.engine, *args], capture_output=True, text=True, timeout=1500)
-        assert not check or out.returncode == 0, f"{args}: {out.stdout}\n{out.stderr}"
-        return out
-
-
-@pytest.fixture(scope="module")
-def image() -> Iterator[Image]:
-    """The Dockerfile built once for this file's tests (removed after them), or a skip
-    saying why it cannot be: no working engine, or a base image no registry gives."""
-    built = Image(container_engine(), f"clawfleet-test:{uuid.uuid4().hex[:12]}")
-    base = os.environ.get(BASE_IMAGE_VAR) or dockerfile_base_image()
-    if built.run("image", "inspect", base, check=False).returncode != 0:
-        pulled = built.run("pull", base, check=False)
-        if pulled.returncode != 0:  # outside the machine: no registry, or none reachable
-            reason = (pulled.stderr.strip() or pulled.stdout.strip()).splitlines()[-1:]
-            pytest.skip(f"the base image {base} could not be pulled ({''.join(reason)}); set "
-                        f"{BASE_IMAGE_VAR} to a local python:3.11 image")  # fmt: skip
-    built.run("build", "--build-arg", f"PYTHON_IMAGE={base}", "-t", built.tag, str(ROOT))
-    try:
-        yield built
-    finally:
-        built.run("rmi", "-f", built.tag, check=False)
+# -- the image, when a container engine works (tests/fixtures/containers.py) -------------
 
 
 @pytest.mark.timeout(1800)
