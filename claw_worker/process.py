@@ -11,7 +11,6 @@ run`` sets, so the one-box fleet has stable file names) choose another.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import socket
 import sys
@@ -61,7 +60,7 @@ def hide_from_same_user() -> bool:
     debugger needs root. Linux only; elsewhere a no-op (False)."""
     if not sys.platform.startswith("linux"):
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # this process's own symbols: libc's prctl
     return bool(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0)
 
 
