@@ -14,9 +14,10 @@ but blank ones, headings (``#``), rules (``---``), empty list items and checked-
 (``- [x] ...``). Any other line (``- [ ] check the deploy``, plain text) is an open item.
 
 A reply of ``HEARTBEAT_OK``, or no longer than ``ack_max_chars``, is not delivered
-(``quiet_ack``), nor is a failure when the previous heartbeat failed too (``quiet_failure``:
-a provider down for hours is told once, not at every tick); another goes to ``target_channel``/``target_chat_id`` when set, else to the
-chat whose user wrote last (``constants.LAST_ACTIVE``), else nowhere. Every tick is
+(``quiet_ack``), nor is a failure when the previous heartbeat failed too
+(``quiet_failure``: a provider down for hours is told once, not at every tick); another
+goes to ``target_channel``/``target_chat_id`` when set, else to the chat whose user wrote
+last (``constants.LAST_ACTIVE``), else nowhere. Every tick is
 recorded in the hash ``constants.HEARTBEAT_STATE``: when, what it did and why, and a count
 per action.
 """

@@ -17,7 +17,6 @@
 - **Body deadline**: the body must arrive within ``gateway.body_timeout_sec`` (408, and the
   connection is closed). A client that goes away mid-request is one log line, not a
   traceback.
-
 - **Trailing slash**: ``/v1/chat/completions/`` is served as ``/v1/chat/completions``
   (:class:`TrailingSlash`), not redirected: Starlette's redirect names ``http://`` and the
   Host it was given, wrong behind a TLS proxy, and the client sends a POST's body twice.

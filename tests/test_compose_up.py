@@ -90,8 +90,7 @@ def test_compose_yaml_runs_the_fleet(image: Image, host_llm: LLMServer, tmp_path
         """Service -> the health state of each of its containers, joined."""
         ids = run("ps", "-q").stdout.split()
         states: dict[str, list[str]] = {}
-        for cid in ids:
-            info: Any = json.loads(image.run("inspect", cid).stdout)[0]
+        for info in json.loads(image.run("inspect", *ids).stdout) if ids else []:
             service = info["Config"]["Labels"]["com.docker.compose.service"]
             states.setdefault(service, []).append(info["State"].get("Health", {}).get("Status"))
         return {service: ",".join(sorted(s)) for service, s in states.items()}

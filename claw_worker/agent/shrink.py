@@ -68,19 +68,17 @@ def go_on_cutting(
             return run()
         except ContextTooLong as exc:
             refused = exc
-    cut_any = False
     for attempt in range(1, MAX_CUTS + 1):
         cut = cut_tool_results(turn, every=attempt == MAX_CUTS)
         if not cut:
+            if attempt == 1:  # no tool result of this turn is large: nothing here to shrink
+                raise refused
             break
-        cut_any = True
         log.info("context too long: cut %d of this turn's tool results, retrying", cut)
         try:
             return run()
         except ContextTooLong as exc:
             refused = exc
-    if not cut_any:
-        raise refused  # no tool result of this turn is large: nothing here to shrink
     raise ContextTooLong(
         f"still refused with this turn's tool results cut to {HEAD_CHARS} characters each: "
         f"{refused}",

@@ -230,12 +230,12 @@ class ToolCall:
         if not raw.strip():  # some models send "" for a tool without parameters
             return cls(id, name, {}, raw or "{}")
         try:
-            value = wire_json.loads(raw)
+            value, cleaned = wire_json.loads_checked(raw)
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             return cls(id, name, {}, raw, f"arguments are not valid JSON ({exc})")
         if not isinstance(value, dict):
             return cls(id, name, {}, raw, f"arguments must be a JSON object, got {raw[:80]!r}")
-        if wire_json.may_hold_surrogates(raw):  # the tools (and the next request) read these
+        if cleaned:  # the tools (and the next request) read these
             raw = json.dumps(value, ensure_ascii=False)
         return cls(id, name, value, raw)
 

@@ -23,8 +23,16 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def loads(text: str | bytes) -> Any:
     """``json.loads``, with every lone surrogate in a key or string replaced by U+FFFD
     (ValueError and RecursionError as json.loads raises them)."""
+    return loads_checked(text)[0]
+
+
+def loads_checked(text: str | bytes) -> tuple[Any, bool]:
+    """:func:`loads`, and whether ``text`` could hold a surrogate (then its value was
+    cleaned, and a copy of ``text`` kept beside it should be written anew from it)."""
     value = json.loads(text)
-    return _clean(value) if may_hold_surrogates(text) else value
+    if may_hold_surrogates(text):
+        return _clean(value), True
+    return value, False
 
 
 def may_hold_surrogates(text: str | bytes) -> bool:
