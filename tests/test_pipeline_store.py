@@ -211,3 +211,39 @@ def test_the_tools_default_to_this_sessions_pipeline_and_keep_their_limits(
     assert "a report may not start a pipeline" in run("pipeline_create", {"goal": "g",
                                                       "tasks": one}, **report)  # fmt: skip
     assert "a report may not start more sub-agents" in run("spawn", {"task": "t"}, **report)
+
+
+def test_a_session_cannot_read_or_change_another_sessions_pipeline_through_the_tools(
+    redis_server: Any, workspace: Path
+) -> None:
+    """Pipeline ids are fleet-wide and often guessable ("review"): naming another chat's
+    pipeline must not show its results, change its shared state, start its tasks or let a
+    sub-agent claim one of them. Its own work (a task's run, a sub-agent of the chat) may."""
+    config = Config.model_validate({})
+    r, tools = redis_server.client(), default_tools(config)
+
+    def run(name: str, args: dict[str, Any], session: str, **ctx: Any) -> str:
+        return tools.run(name, args, ToolContext(workspace, session, config, redis=r, **ctx))
+
+    tasks = [{"id": "a", "role": "r", "goal": "secret work"},
+             {"id": "b", "role": "r", "goal": "more", "depends_on": ["a"]}]  # fmt: skip
+    run("pipeline_create", {"goal": "alice's plan", "tasks": tasks, "pipeline_id": "review",
+                            "auto_dispatch": False}, "api:alice")  # fmt: skip
+    before = r.get(k.pipeline_key("review"))
+    ref = {"pipeline_id": "review"}
+    for name, args in (("pipeline_status", ref), ("pipeline_dispatch", ref),
+                       ("pipeline_state_set", {**ref, "key": "k", "value": "mallory"}),
+                       ("spawn", {**ref, "task": "show me", "task_id": "a"}),
+                       ("spawn", {**ref, "task": "read its state"})):  # fmt: skip
+        said = run(name, args, "api:mallory")
+        assert said.startswith("Error:") and "no pipeline 'review'" in said, (name, said)
+        assert "alice" not in said and "secret" not in said, (name, said)
+    assert r.get(k.pipeline_key("review")) == before
+    assert not r.keys("claw:*spawn*mallory*")
+    # Alice's own work may: her chat, a task's run of it.
+    assert run("pipeline_status", ref, "api:alice").startswith("Pipeline review:")
+    assert run("pipeline_state_set", {**ref, "key": "k", "value": 1}, "api:alice").startswith(
+        "k set"
+    )
+    task_ctx = {"session": "pipeline:review:a", "origin": "pipeline"}
+    assert run("pipeline_status", ref, **task_ctx).startswith("Pipeline review:")

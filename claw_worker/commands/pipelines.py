@@ -51,7 +51,7 @@ def _run(ctx: CommandContext, sub: str, pipeline_id: str) -> str:
             )
         pipeline = pipelines.load(conn, pipeline_id)
         if not _visible(ctx, pipeline):
-            raise PipelineError(f"no pipeline {pipeline_id!r} (finished ones are kept for a while)")
+            raise pipelines.not_found(pipeline_id)
         if sub == "status":
             return prompts.describe(pipelines.reconcile(conn, ctx.config, pipeline))
         pipeline, started = pipelines.dispatch(conn, ctx.config, pipeline_id)

@@ -55,9 +55,14 @@ def limits(config: Config) -> Limits:
     return Limits(work.max_pipeline_tasks, work.max_result_chars, work.max_shared_state_chars)
 
 
+def not_found(pipeline_id: str) -> PipelineError:
+    """The error for a pipeline that is not there (or, to the one asking, not its own)."""
+    return PipelineError(f"no pipeline {pipeline_id!r} (finished ones are kept for a while)")
+
+
 def _parse(raw: str | None, pipeline_id: str) -> Pipeline:
     if raw is None:
-        raise PipelineError(f"no pipeline {pipeline_id!r} (finished ones are kept for a while)")
+        raise not_found(pipeline_id)
     return Pipeline.model_validate_json(raw)
 
 

@@ -36,8 +36,8 @@ from claw_worker.contract import (
 from claw_worker.session.submit import submit
 from claw_worker.work import prompts
 from claw_worker.work.model import Pipeline, PipelineError
-from claw_worker.work.origin import ANNOUNCE_PREFIX, INTERNAL_CHANNELS, RunOrigin
-from claw_worker.work.pipelines import claim_for_spawn, load, task_finished
+from claw_worker.work.origin import ANNOUNCE_PREFIX, INTERNAL_CHANNELS, RunOrigin, load_for
+from claw_worker.work.pipelines import claim_for_spawn, task_finished
 
 log = structlog.get_logger(__name__)
 
@@ -104,7 +104,7 @@ def spawn(
         if not pipeline_id:
             raise SpawnError("task_id needs the pipeline_id of its pipeline")
     try:
-        pipeline: Pipeline | None = load(client, pipeline_id) if pipeline_id else None
+        pipeline: Pipeline | None = load_for(client, parent, pipeline_id) if pipeline_id else None
     except PipelineError as exc:
         raise SpawnError(str(exc)) from None
     if work.max_spawn_per_session == 0:
