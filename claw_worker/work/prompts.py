@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from claw_worker.contract import REPORT_KIND
 from claw_worker.work.model import Pipeline, Task, TaskState
 
 GOAL_PREVIEW = 160
@@ -70,7 +71,7 @@ def role_section(metadata: Mapping[str, Any]) -> str:
     """The system prompt's part for a pipeline task or a sub-agent ("" for other runs)."""
     origin = metadata.get("origin")
     role = str(metadata.get("role") or "")[:200]
-    if metadata.get("kind") == "result":  # a sub-agent's report, in the parent's session
+    if metadata.get("kind") == REPORT_KIND:  # a sub-agent's report, in the parent's session
         return ""
     if origin == "pipeline":
         return (

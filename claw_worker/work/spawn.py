@@ -28,6 +28,7 @@ from claw_worker import constants as k
 from claw_worker.config.schema import Config
 from claw_worker.contract import (
     INTERNAL_CHANNEL,
+    REPORT_KIND,
     STARTED_BY_META,
     InboundMessage,
     MessageStatus,
@@ -187,7 +188,7 @@ def child_finished(
     if len(report_id) > 128:  # a report of a report of ...: ids would grow with the depth
         report_id = ANNOUNCE_PREFIX + hashlib.sha256(message_id.encode()).hexdigest()[:40]
     parent, channel = record["parent_session"], record.get("parent_channel") or INTERNAL_CHANNEL
-    metadata = {"origin": Origin.SPAWN.value, "kind": "result", "child_session": session}
+    metadata = {"origin": Origin.SPAWN.value, "kind": REPORT_KIND, "child_session": session}
     for carried in ("sender", STARTED_BY_META):  # the parent's answer: the same person's,
         if record.get(carried):  # the same start's
             metadata[carried] = record[carried]
