@@ -48,6 +48,9 @@ def test_cycles_unknown_dependencies_and_bad_ids_are_refused_with_what_is_wrong(
     assert "unique" in refusal([("a", []), ("a", [])])
     assert "task id 'has space'" in refusal([("has space", [])])
     assert "pipeline id 'a:b'" in refusal([("a", [])], pipeline_id="a:b")
+    # A trailing newline is not a different id that looks the same ('$' matches before one).
+    assert "task id 'a\\n'" in refusal([("a", []), ("a\n", [])])
+    assert "pipeline id 'p\\n'" in refusal([("a", [])], pipeline_id="p\n")
     assert "work.max_pipeline_tasks (20)" in refusal([(f"t{i}", []) for i in range(21)])
     made = plan([("a", []), ("b", ["a"]), ("c", ["a", "b"])])
     assert [t.state.value for t in made.tasks] == ["ready", "pending", "pending"]

@@ -135,7 +135,7 @@ def settle(pipeline: Pipeline, now: float) -> bool:
 
 def set_state(pipeline: Pipeline, key: str, value: Any, limits: Limits) -> Changes:
     """Set (or, with None, remove) one key of the shared state, within its size limit."""
-    if not STATE_KEY.match(key):
+    if not STATE_KEY.fullmatch(key):
         raise PipelineError(f"state key {key!r} must be 1 to 64 letters, digits, '.', '-', '_'")
     if pipeline.finished:
         raise PipelineError(f"pipeline {pipeline.id} is finished ({pipeline.status})")
