@@ -250,3 +250,28 @@ def test_a_session_cannot_read_or_change_another_sessions_pipeline_through_the_t
     )
     task_ctx = {"session": "pipeline:review:a", "origin": "pipeline"}
     assert run("pipeline_status", ref, **task_ctx).startswith("Pipeline review:")
+
+
+def test_a_deeply_nested_shared_state_value_is_refused_and_the_pipeline_stays_readable(
+    redis_server: Any, workspace: Path
+) -> None:
+    """JSON nested ~200 deep was stored (json.dumps took it) but pydantic's reader stops at
+    its recursion limit: every later read of the pipeline failed (status, dispatch, each
+    task's finish), so it never finished and its chat was never told."""
+    config = Config.model_validate({})
+    r, tools = redis_server.client(), default_tools(config)
+
+    def run(name: str, args: dict[str, Any]) -> str:
+        return tools.run(name, args, ToolContext(workspace, "api:deep", config, redis=r))
+
+    run("pipeline_create", {"goal": "g", "tasks": [{"id": "a", "role": "r", "goal": "g"}],
+                            "pipeline_id": "deep"})  # fmt: skip
+    for depth in (199, 400):
+        value: Any = 1
+        for _ in range(depth):
+            value = [value]
+        said = run("pipeline_state_set", {"key": "k", "value": value})
+        assert said.startswith("Error: shared state not changed: the value is nested"), said
+    assert run("pipeline_state_set", {"key": "k", "value": {"a": [[{"b": 1}]]}}).startswith("k set")
+    assert run("pipeline_status", {"pipeline_id": "deep"}).startswith("Pipeline deep: pending")
+    assert pipelines.load(r, "deep").shared_state == {"k": {"a": [[{"b": 1}]]}}

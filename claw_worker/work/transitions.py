@@ -24,6 +24,10 @@ from claw_worker.work.model import (
     session_key,
 )
 
+# A shared_state value nested deeper is refused: pydantic reads JSON only to about 200
+# levels, so a deeper one was stored and then made the whole pipeline unreadable.
+MAX_STATE_NESTING = 32
+
 
 @dataclass
 class Changes:
@@ -139,6 +143,11 @@ def set_state(pipeline: Pipeline, key: str, value: Any, limits: Limits) -> Chang
         raise PipelineError(f"state key {key!r} must be 1 to 64 letters, digits, '.', '-', '_'")
     if pipeline.finished:
         raise PipelineError(f"pipeline {pipeline.id} is finished ({pipeline.status})")
+    if _nesting(value) > MAX_STATE_NESTING:
+        raise PipelineError(
+            f"the value is nested more than {MAX_STATE_NESTING} levels deep; keep it flat "
+            "(a summary, a list of paths)"
+        )
     state = dict(pipeline.shared_state)
     if value is None:
         state.pop(key, None)
@@ -152,6 +161,19 @@ def set_state(pipeline: Pipeline, key: str, value: Any, limits: Limits) -> Chang
         )
     pipeline.shared_state = state
     return Changes(changed=True)
+
+
+def _nesting(value: Any) -> int:
+    """How deep lists and objects nest in ``value`` (a scalar: 0), without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            todo += [
+                (inner, level + 1) for inner in (item.values() if isinstance(item, dict) else item)
+            ]
+    return deepest
 
 
 def _cut(text: str, limit: int) -> str:
