@@ -275,3 +275,35 @@ def test_a_deeply_nested_shared_state_value_is_refused_and_the_pipeline_stays_re
     assert run("pipeline_state_set", {"key": "k", "value": {"a": [[{"b": 1}]]}}).startswith("k set")
     assert run("pipeline_status", {"pipeline_id": "deep"}).startswith("Pipeline deep: pending")
     assert pipelines.load(r, "deep").shared_state == {"k": {"a": [[{"b": 1}]]}}
+
+
+def test_a_task_after_many_long_results_gets_a_message_within_the_message_limit(
+    redis_server: Any,
+) -> None:
+    """A plan within every limit (32 dependencies, results of work.max_result_chars, a full
+    shared state) made a message longer than quotas.max_message_chars: the last task failed
+    after all the others' work with "Your message is ... characters long ... Send it in
+    shorter parts". Each quoted part is now cut to a fair share of the limit, saying so."""
+    config = Config.model_validate({"quotas": {"max_message_chars": 20_000},
+                                    "work": {"max_result_chars": 4000,
+                                             "max_shared_state_chars": 30_000}})  # fmt: skip
+    r = redis_server.client()
+    parents = [f"p{i}" for i in range(8)]
+    made = make_pipeline(
+        pipeline_id="wide", goal="g", auto_dispatch=True, depth=0, creator=Creator(),
+        tasks=[*({"id": p, "role": "r", "goal": "g"} for p in parents),
+               {"id": "last", "role": "r", "goal": "combine", "depends_on": parents}],
+        limits=pipelines.limits(config), now=time.time(),
+    )  # fmt: skip
+    made.shared_state = {"notes": "n" * 25_000}
+    pipelines.create(r, config, made)
+    pipelines.dispatch(r, config, "wide")
+    for p in parents[:-1]:
+        pipelines.task_finished(r, config, "wide", p, 1, ok=True, text=f"{p} says " + "x" * 4000)
+    pipelines.task_finished(r, config, "wide", parents[-1], 1, ok=True, text="short one")
+    [queued] = r.lrange(k.mailbox_key("pipeline:wide:last"), 0, -1)
+    message = json.loads(queued)["text"]
+    assert config.quotas.message_too_long(message) is None, len(message)
+    assert all(f"--- {p} (r) ---\n{p} says xxx" in message for p in parents[:-1])
+    assert "--- p7 (r) ---\nshort one\n" in message  # a short one is whole
+    assert "[cut:" in message and "Your task: combine" in message

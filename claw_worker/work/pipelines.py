@@ -165,7 +165,7 @@ def update(
     raise PipelineError(f"pipeline {pipeline_id} is changing too fast; try again")
 
 
-def task_message(pipeline: Pipeline, task: Task) -> InboundMessage:
+def task_message(config: Config, pipeline: Pipeline, task: Task) -> InboundMessage:
     """The run of a task in its own session (channel ``pipeline``: the reply is recorded,
     never delivered to a chat)."""
     creator = pipeline.creator  # whose budget, whose start: carried on from its run
@@ -177,7 +177,7 @@ def task_message(pipeline: Pipeline, task: Task) -> InboundMessage:
         chat_id=f"{pipeline.id}:{task.id}",
         sender_id="pipeline",
         session_key=task.session_key,
-        text=prompts.task_text(pipeline, task),
+        text=prompts.task_text(pipeline, task, limit=config.quotas.max_message_chars),
         metadata={
             "origin": Origin.PIPELINE.value, "pipeline_id": pipeline.id, "task_id": task.id,
             "role": task.role, "attempt": task.attempt, "depth": pipeline.depth + 1,
@@ -191,7 +191,7 @@ def start(client: redis.Redis, config: Config, pipeline: Pipeline, tasks: list[T
     """Submit the runs of claimed tasks (a sub-agent's task is submitted by ``spawn``)."""
     for task in tasks:
         if task.session_key == session_key(pipeline.id, task.id):
-            submit(client, config, task_message(pipeline, task))
+            submit(client, config, task_message(config, pipeline, task))
 
 
 def dispatch(client: redis.Redis, config: Config, pipeline_id: str) -> tuple[Pipeline, list[Task]]:
@@ -257,7 +257,7 @@ def reconcile(client: redis.Redis, config: Config, pipeline: Pipeline) -> Pipeli
             changed = True
         elif status is None and time.time() - task.started_at > RESUBMIT_AFTER_SEC:
             if task.session_key == session_key(pipeline.id, task.id):
-                submit(client, config, task_message(pipeline, task))
+                submit(client, config, task_message(config, pipeline, task))
             else:
                 task_finished(client, config, pipeline.id, task.id, task.attempt, ok=False,
                               text="its sub-agent's run was never stored")  # fmt: skip

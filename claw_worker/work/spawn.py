@@ -123,13 +123,14 @@ def spawn(
             f"(work.max_spawn_per_session); wait until one reports back"
         )
     mid, attempt, goal = f"spawn-{uuid.uuid4().hex}", 0, task
+    room = config.quotas.max_message_chars
     try:
         if task_id:
             pipeline, claimed = claim_for_spawn(client, config, pipeline_id, task_id, child, mid)
-            text = prompts.task_text(pipeline, claimed, instructions=task)
+            text = prompts.task_text(pipeline, claimed, instructions=task, limit=room)
             role, attempt, goal = role or claimed.role, claimed.attempt, f"{claimed.goal}\n{task}"
         else:
-            text, goal = prompts.spawn_text(task, role, pipeline), task
+            text, goal = prompts.spawn_text(task, role, pipeline, limit=room), task
     except PipelineError as exc:
         client.zrem(k.spawn_active_key(parent.session_key), child)
         raise SpawnError(str(exc)) from None
