@@ -12,6 +12,10 @@ from typing import Any
 from websockets.asyncio.client import connect
 
 from claw_worker import constants as k
+from claw_worker.config.schema import Config
+from claw_worker.contract import InboundMessage, MessageStatus
+from claw_worker.work.origin import RunOrigin
+from claw_worker.work.spawn import child_finished, spawn
 from tests.fixtures.procs import wait_for
 from tests.llm_server import text, tool_call, tool_calls
 
@@ -127,3 +131,20 @@ def test_a_sub_agent_reports_back_to_its_chat_within_its_limits(
     )  # fmt: skip
     assert t2["state"] == "ready" and not llm_server.requests_for("[[ST2]]")
     wait_for(lambda: r.zcard(k.spawn_active_key("ws:boss")) == 0, what="the slot to be free")
+
+
+def test_a_long_result_is_reported_within_the_message_limit(redis_server: Any) -> None:
+    """work.max_result_chars may be as large as quotas.max_message_chars: a result of that
+    size made a report over the limit, which the parent's runner failed, so the result was
+    lost. The report cuts it to fit, saying so."""
+    config = Config.model_validate({"quotas": {"max_message_chars": 5000},
+                                    "work": {"max_result_chars": 10_000}})  # fmt: skip
+    client = redis_server.client()
+    parent = RunOrigin("api:long", "m1", "api", "long", "api", "long", 0)
+    child = spawn(client, config, parent, task="write a lot")
+    child_finished(client, config, child.session_key, child.message_id, MessageStatus.DONE,
+                   "y" * 9000)  # fmt: skip
+    [raw] = client.lrange(k.mailbox_key("api:long"), 0, -1)
+    report = InboundMessage.model_validate_json(raw)
+    assert config.quotas.message_too_long(report.text) is None, len(report.text)
+    assert "Its result:\nyyy" in report.text and "more characters]" in report.text

@@ -223,15 +223,22 @@ def failure_notice(pipeline: Pipeline, failed: list[Task]) -> str:
     return "\n".join(lines)
 
 
-def announce_text(child_session: str, role: str, status: str, task: str, result: str) -> str:
-    """The report a sub-agent's parent session gets as a new message."""
+def announce_text(
+    child_session: str, role: str, status: str, task: str, result: str, *, limit: int
+) -> str:
+    """The report a sub-agent's parent session gets as a new message (at most ``limit``
+    characters: the result is cut to fit)."""
     who = f"sub-agent {child_session}{' (' + role + ')' if role else ''}"
-    return "\n".join([
-        f"[{who} finished: {status}]",
-        f"The job you gave it: {_one_line(task, 300)}",
-        "Its result:" if status == "done" else "What went wrong:",
-        result,
-        "",
-        "This is a sub-agent's report, not a message from the user: tell the user what "
-        "matters in it. While answering a report you cannot start sub-agents or pipelines.",
-    ])  # fmt: skip
+
+    def compose(parts: list[str]) -> str:
+        return "\n".join([
+            f"[{who} finished: {status}]",
+            f"The job you gave it: {_one_line(task, 300)}",
+            "Its result:" if status == "done" else "What went wrong:",
+            parts[0],
+            "",
+            "This is a sub-agent's report, not a message from the user: tell the user what "
+            "matters in it. While answering a report you cannot start sub-agents or pipelines.",
+        ])  # fmt: skip
+
+    return compose(fit_parts([result], compose, limit))

@@ -203,7 +203,8 @@ def child_finished(
         chat_id=record.get("parent_chat_id") or _fit(parent, 256), sender_id="spawn",
         session_key=parent,
         text=prompts.announce_text(session, record.get("role", ""), status.value,
-                                   record.get("task", ""), result),
+                                   record.get("task", ""), result,
+                                   limit=config.quotas.max_message_chars),
         metadata=metadata,
     ))  # fmt: skip
 
