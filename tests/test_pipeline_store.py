@@ -17,10 +17,12 @@ from hypothesis import strategies as st
 
 from claw_worker import constants as k
 from claw_worker.config.schema import Config
+from claw_worker.contract import MessageStatus
 from claw_worker.tools.base import ToolContext
 from claw_worker.tools.registry import default_tools
 from claw_worker.work import pipelines
 from claw_worker.work.model import Creator, Limits, PipelineError, make_pipeline
+from claw_worker.work.outcomes import record_work
 
 LIMITS = Limits(max_tasks=20, max_result_chars=4000, max_shared_state_chars=16000)
 
@@ -307,3 +309,27 @@ def test_a_task_after_many_long_results_gets_a_message_within_the_message_limit(
     assert all(f"--- {p} (r) ---\n{p} says xxx" in message for p in parents[:-1])
     assert "--- p7 (r) ---\nshort one\n" in message  # a short one is whole
     assert "[cut:" in message and "Your task: combine" in message
+
+
+def test_a_late_run_of_an_expired_pipeline_does_not_finish_its_namesakes_task(
+    redis_server: Any,
+) -> None:
+    """A pipeline expired while a task of it still ran (or waited for its keys), and a new
+    one took its id: the old run's finish (same task id, same attempt 1) completed the new
+    pipeline's task with the old result. Its message id (the nonce) now has to match."""
+    config = Config.model_validate({})
+    r = redis_server.client()
+    pipelines.create(r, config, plan([("a", [])], pipeline_id="again"))
+    _, [old] = pipelines.dispatch(r, config, "again")
+    old_message = pipelines.task_message(config, pipelines.load(r, "again"), old)
+    r.delete(k.pipeline_key("again"))  # its TTL ran out
+    pipelines.create(r, config, plan([("a", [])], pipeline_id="again"))
+    _, [new] = pipelines.dispatch(r, config, "again")
+    assert (new.attempt, new.message_id != old.message_id) == (1, True)
+    record_work(r, config, old_message, MessageStatus.DONE, "the old result", "")
+    task = pipelines.load(r, "again").task("a")
+    assert (task.state.value, task.result) == ("running", "")
+    new_message = pipelines.task_message(config, pipelines.load(r, "again"), new)
+    record_work(r, config, new_message, MessageStatus.DONE, "the new result", "")
+    task = pipelines.load(r, "again").task("a")
+    assert (task.state.value, task.result) == ("done", "the new result")

@@ -225,12 +225,15 @@ def task_finished(
     *,
     ok: bool,
     text: str,
+    message_id: str = "",
 ) -> Changes:
-    """A task's run is over: record it, start what became ready, report what must be."""
+    """A task's run is over: record it, start what became ready, report what must be.
+    ``message_id``: the run's message, when known (a finish for another is stale)."""
     bounds = limits(config)
     pipeline, changes = update(
         client, config, pipeline_id,
-        lambda p, now: finish(p, task_id, attempt, ok=ok, text=text, limits=bounds, now=now),
+        lambda p, now: finish(p, task_id, attempt, ok=ok, text=text, limits=bounds, now=now,
+                              message_id=message_id),
     )  # fmt: skip
     start(client, config, pipeline, changes.started)
     report(client, config, pipeline, changes)

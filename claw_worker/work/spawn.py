@@ -182,7 +182,7 @@ def child_finished(
             try:
                 task_finished(client, config, record["pipeline_id"], record["task_id"],
                               int(record.get("attempt") or 0), ok=status is MessageStatus.DONE,
-                              text=result)  # fmt: skip
+                              text=result, message_id=message_id)  # fmt: skip
             except PipelineError as exc:
                 log.warning("pipeline task of a sub-agent not recorded", error=str(exc))
     report_id = ANNOUNCE_PREFIX + message_id

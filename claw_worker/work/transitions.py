@@ -84,17 +84,21 @@ def finish(
     text: str,
     limits: Limits,
     now: float,
+    message_id: str = "",
 ) -> Changes:
     """A task's run is over (``text`` is its result, or the error when not ``ok``).
 
-    A finish for a task that is not running, or for another attempt, is stale (a duplicate
-    report) and changes nothing. A done task makes the dependents whose dependencies are all
+    A finish for a task that is not running, or for another attempt (or, when given,
+    another message: a late run of an expired namesake pipeline's task), is stale and
+    changes nothing. A done task makes the dependents whose dependencies are all
     done ready (and, with auto_dispatch, starts them); a failed one blocks everything
     downstream of it. The pipeline finishes once nothing is left to run.
     """
     changes = Changes()
     task = pipeline.task(task_id)
     if task.state is not TaskState.RUNNING or task.attempt != attempt:
+        return changes
+    if message_id and message_id != task.message_id:
         return changes
     changes.changed = True
     task.finished_at = now
