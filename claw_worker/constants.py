@@ -284,6 +284,12 @@ def pipeline_key(pipeline_id: str) -> str:
     return f"{PREFIX}:pipeline:{pipeline_id}"
 
 
+def pipelines_owned_key(owner: str) -> str:
+    """ZSET pipeline id -> created at: the unfinished pipelines of one owner (a person's
+    ``channel:sender_id``, or a session for the fleet's own work; ``Pipeline.owner``)."""
+    return f"{PREFIX}:pipelines:owned:{_tag(owner)}"
+
+
 def latest_pipeline_key(session_key: str) -> str:
     """STRING id of the pipeline a session made last (the tools' default pipeline)."""
     return f"{PREFIX}:pipelines:latest:{_tag(session_key)}"

@@ -333,3 +333,35 @@ def test_a_late_run_of_an_expired_pipeline_does_not_finish_its_namesakes_task(
     record_work(r, config, new_message, MessageStatus.DONE, "the new result", "")
     task = pipelines.load(r, "again").task("a")
     assert (task.state.value, task.result) == ("done", "the new result")
+
+
+def test_one_person_cannot_take_every_pipeline_slot_of_the_fleet(
+    redis_server: Any, workspace: Path
+) -> None:
+    """work.max_active_pipelines is fleet-wide, and a pipeline never dispatched stays
+    unfinished for work.pipeline_ttl_sec (a week): one chat making 50 took every slot, and
+    every other user's pipeline_create was refused for that week. One person (from any of
+    their sessions, sub-agents included) now has work.max_active_pipelines_per_sender."""
+    config = Config.model_validate({"work": {"max_active_pipelines": 5,
+                                             "max_active_pipelines_per_sender": 2}})  # fmt: skip
+    r, tools = redis_server.client(), default_tools(config)
+
+    def create(session: str, sender: str, pid: str) -> str:
+        ctx = ToolContext(workspace, session, config, redis=r, sender=sender)
+        one = [{"id": "a", "role": "r", "goal": "g"}]
+        return tools.run("pipeline_create", {"goal": "g", "tasks": one, "pipeline_id": pid,
+                                             "auto_dispatch": False}, ctx)  # fmt: skip
+
+    assert create("telegram:666", "telegram:666", "m1").startswith("Created pipeline m1")
+    assert create("telegram:-100", "telegram:666", "m2").startswith("Created pipeline m2")
+    refused = create("telegram:-200", "telegram:666", "m3")
+    assert refused == ("Error: pipeline not created: 2 pipelines made for you are still "
+                       "running, the limit (work.max_active_pipelines_per_sender); wait for "
+                       "one to finish")  # fmt: skip
+    assert create("telegram:1", "telegram:1", "a1").startswith("Created pipeline a1")
+    assert create("cron:job", "", "c1").startswith("Created pipeline c1")  # its session's share
+    # A finished one frees its place.
+    pipelines.dispatch(r, config, "m1")
+    pipelines.task_finished(r, config, "m1", "a", 1, ok=True, text="done")
+    assert create("telegram:-200", "telegram:666", "m3").startswith("Created pipeline m3")
+    assert pipelines.load(r, "m3").owner == "telegram:666"

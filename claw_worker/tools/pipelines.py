@@ -17,7 +17,7 @@ from pydantic import Field
 from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
 from claw_worker.work import pipelines, prompts
 from claw_worker.work.model import Creator, PipelineError, make_pipeline
-from claw_worker.work.origin import RunOrigin, load_for, run_origin
+from claw_worker.work.origin import RunOrigin, load_for, root_session, run_origin
 from claw_worker.work.transitions import set_state
 
 PIPELINE_ID_FIELD = Field(
@@ -112,6 +112,7 @@ class PipelineCreateTool(Tool[PipelineCreateParams]):
                                 started_by=ctx.started_by),
                 limits=pipelines.limits(ctx.config), now=time.time(),
             )  # fmt: skip
+            pipeline.owner = ctx.sender or root_session(ctx.redis, ctx.session_key)
             pipelines.create(ctx.redis, ctx.config, pipeline)
         except PipelineError as exc:
             raise ToolError(f"pipeline not created: {exc}") from None

@@ -80,6 +80,7 @@ class Pipeline(BaseModel):
     depth: int = 0  # of the run that made it; its tasks run one deeper
     status: str = "pending"
     creator: Creator = Creator()
+    owner: str = ""  # whose share of work.max_active_pipelines_per_sender it counts toward
     shared_state: dict[str, Any] = {}
     tasks: list[Task]
     created_at: float = 0.0

@@ -87,8 +87,9 @@ def list_pipelines(client: redis.Redis, *, limit: int = LIST_MAX) -> list[Pipeli
     return [Pipeline.model_validate_json(raw) for raw in raws if raw is not None]
 
 
-def _active_count(client: redis.Redis) -> int:
-    ids = client.zrange(k.PIPELINES_ACTIVE, 0, -1)
+def _active_count(client: redis.Redis, index: str) -> int:
+    """How many pipelines of the ``index`` ZSET still exist (the expired ones leave it)."""
+    ids = client.zrange(index, 0, -1)
     if not ids:
         return 0
     with client.pipeline(transaction=False) as pipe:
@@ -97,19 +98,30 @@ def _active_count(client: redis.Redis) -> int:
         alive = pipe.execute()
     gone = [i for i, ok in zip(ids, alive, strict=True) if not ok]
     if gone:
-        client.zrem(k.PIPELINES_ACTIVE, *gone)
+        client.zrem(index, *gone)
     return len(ids) - len(gone)
 
 
-def create(client: redis.Redis, config: Config, pipeline: Pipeline) -> None:
-    """Store a new pipeline (made by ``model.make_pipeline``); an existing id is refused.
-    The task sessions start empty: a history left by an older pipeline of the same id goes."""
-    active, most = _active_count(client), config.work.max_active_pipelines
+def _check_room(client: redis.Redis, config: Config, owner: str) -> None:
+    active, most = _active_count(client, k.PIPELINES_ACTIVE), config.work.max_active_pipelines
     if active >= most:
         raise PipelineError(
             f"{active} pipelines are still running, the limit (work.max_active_pipelines); "
             "wait for one to finish"
         )
+    most = config.work.max_active_pipelines_per_sender
+    if owner and (mine := _active_count(client, k.pipelines_owned_key(owner))) >= most:
+        raise PipelineError(
+            f"{mine} pipelines made for you are still running, the limit "
+            "(work.max_active_pipelines_per_sender); wait for one to finish"
+        )
+
+
+def create(client: redis.Redis, config: Config, pipeline: Pipeline) -> None:
+    """Store a new pipeline (made by ``model.make_pipeline``); an existing id is refused, so
+    is one over the fleet's or its owner's number of unfinished pipelines. The task
+    sessions start empty: a history left by an older pipeline of the same id goes."""
+    _check_room(client, config, pipeline.owner)
     key = k.pipeline_key(pipeline.id)
     with client.pipeline() as pipe:
         try:
@@ -120,6 +132,10 @@ def create(client: redis.Redis, config: Config, pipeline: Pipeline) -> None:
             pipe.set(key, pipeline.model_dump_json(), ex=config.work.pipeline_ttl_sec)
             pipe.zadd(k.PIPELINES, {pipeline.id: pipeline.created_at})
             pipe.zadd(k.PIPELINES_ACTIVE, {pipeline.id: pipeline.created_at})
+            if pipeline.owner:
+                owned = k.pipelines_owned_key(pipeline.owner)
+                pipe.zadd(owned, {pipeline.id: pipeline.created_at})
+                pipe.expire(owned, config.work.pipeline_ttl_sec)
             if pipeline.creator.session_key:
                 pipe.set(k.latest_pipeline_key(pipeline.creator.session_key), pipeline.id,
                          ex=config.work.pipeline_ttl_sec)  # fmt: skip
@@ -158,6 +174,8 @@ def update(
                 pipe.set(key, pipeline.model_dump_json(), ex=config.work.pipeline_ttl_sec)
                 if pipeline.finished:
                     pipe.zrem(k.PIPELINES_ACTIVE, pipeline_id)
+                    if pipeline.owner:
+                        pipe.zrem(k.pipelines_owned_key(pipeline.owner), pipeline_id)
                 pipe.execute()
                 return pipeline, changes
             except redis.WatchError:
