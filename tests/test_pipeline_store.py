@@ -365,3 +365,17 @@ def test_one_person_cannot_take_every_pipeline_slot_of_the_fleet(
     pipelines.task_finished(r, config, "m1", "a", 1, ok=True, text="done")
     assert create("telegram:-200", "telegram:666", "m3").startswith("Created pipeline m3")
     assert pipelines.load(r, "m3").owner == "telegram:666"
+
+
+def test_a_pipeline_whose_task_runs_longer_than_its_ttl_is_kept(redis_server: Any) -> None:
+    """The TTL counted from the last change only: a task running (or waiting for its
+    resource keys) longer than work.pipeline_ttl_sec lost the pipeline under it; its finish
+    was dropped ("not recorded"), its dependents never ran and the chat was never told.
+    The periodic reconcile keeps a pipeline with a running task."""
+    config = Config.model_validate({"work": {"pipeline_ttl_sec": 3600}})
+    r = redis_server.client()
+    pipelines.create(r, config, plan([("a", []), ("b", ["a"])], pipeline_id="slow"))
+    pipelines.dispatch(r, config, "slow")
+    r.expire(k.pipeline_key("slow"), 5)  # an hour of the run has gone by
+    pipelines.reconcile_active(r, config)
+    assert r.ttl(k.pipeline_key("slow")) > 3000

@@ -15,8 +15,8 @@ once when a task fails while others still run).
 
 A worker that dies between finishing a run and reporting it would leave its task running;
 ``reconcile`` (run by every dispatch and status read; ``reconcile_active`` for a periodic
-task) finishes such a task from its message record, and submits again a task whose message
-was never stored.
+task) finishes such a task from its message record, submits again a task whose message
+was never stored, and keeps a pipeline with a running task from expiring.
 
 Imported by the ingress (``/pipeline``), so it imports no agent, provider or tool.
 """
@@ -260,10 +260,16 @@ def task_finished(
 
 def reconcile(client: redis.Redis, config: Config, pipeline: Pipeline) -> Pipeline:
     """Finish running tasks whose run is over but was never reported (a worker died in
-    between), and submit again those whose message was never stored."""
+    between), and submit again those whose message was never stored. A pipeline with a
+    running task is kept another work.pipeline_ttl_sec: a run (or its wait for resource
+    keys) longer than that must not lose the pipeline under it."""
     running = [t for t in pipeline.tasks if t.state is TaskState.RUNNING]
     if not running:
         return pipeline
+    ttl = config.work.pipeline_ttl_sec
+    client.expire(k.pipeline_key(pipeline.id), ttl)
+    if pipeline.owner:
+        client.expire(k.pipelines_owned_key(pipeline.owner), ttl)
     with client.pipeline(transaction=False) as pipe:
         for task in running:
             pipe.hmget(k.message_key(task.session_key, task.message_id), "status", "reply",
