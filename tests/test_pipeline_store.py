@@ -54,6 +54,11 @@ def test_cycles_unknown_dependencies_and_bad_ids_are_refused_with_what_is_wrong(
     assert "task id 'a\\n'" in refusal([("a", []), ("a\n", [])])
     assert "pipeline id 'p\\n'" in refusal([("a", [])], pipeline_id="p\n")
     assert "work.max_pipeline_tasks (20)" in refusal([(f"t{i}", []) for i in range(21)])
+    for blank in ({"goal": " \n "}, {"role": "\t"}):  # a run with nothing to do, or nobody
+        spec = {"id": "a", "role": "r", "goal": "g", **blank}
+        with pytest.raises(PipelineError, match=f"task 'a' needs a {next(iter(blank))}"):
+            make_pipeline(pipeline_id="p", goal="g", tasks=[spec], auto_dispatch=True, depth=0,
+                          creator=Creator(), limits=LIMITS, now=0.0)  # fmt: skip
     made = plan([("a", []), ("b", ["a"]), ("c", ["a", "b"])])
     assert [t.state.value for t in made.tasks] == ["ready", "pending", "pending"]
 

@@ -148,8 +148,11 @@ def make_pipeline(
         if any(t.id == task_id for t in made):
             raise PipelineError(f"two tasks have the id {task_id!r}; task ids must be unique")
         deps = list(dict.fromkeys(str(d) for d in spec.get("depends_on") or []))
-        made.append(Task(id=task_id, role=str(spec["role"]).strip(),
-                         goal=str(spec["goal"]).strip(), depends_on=deps))  # fmt: skip
+        role, task_goal = str(spec["role"]).strip(), str(spec["goal"]).strip()
+        for name, value in (("role", role), ("goal", task_goal)):
+            if not value:
+                raise PipelineError(f"task {task_id!r} needs a {name} (it is blank)")
+        made.append(Task(id=task_id, role=role, goal=task_goal, depends_on=deps))
     ids = [t.id for t in made]
     for task in made:
         for dep in task.depends_on:
