@@ -384,3 +384,43 @@ def test_a_pipeline_whose_task_runs_longer_than_its_ttl_is_kept(redis_server: An
     r.expire(k.pipeline_key("slow"), 5)  # an hour of the run has gone by
     pipelines.reconcile_active(r, config)
     assert r.ttl(k.pipeline_key("slow")) > 3000
+
+
+def test_a_pipeline_task_may_not_hand_its_work_to_a_sub_agent_whose_report_would_be_lost(
+    redis_server: Any, workspace: Path
+) -> None:
+    """A task's final reply is its result. A task run that spawned a helper ended with
+    "I asked a helper": that became the task's result, the dependents started with it,
+    and the helper's report, answered later in the task's session, reached nobody. So a
+    run working for a task may start another ready task of its pipeline (spawn with a
+    task_id), not a free sub-agent; it is told why."""
+    config = Config.model_validate({"work": {"max_depth": 4}})
+    r, tools = redis_server.client(), default_tools(config)
+
+    def run(name: str, args: dict[str, Any], session: str, **ctx: Any) -> str:
+        return tools.run(name, args, ToolContext(workspace, session, config, redis=r, **ctx))
+
+    tasks = [{"id": "a", "role": "r", "goal": "g"}, {"id": "b", "role": "r", "goal": "g"},
+             {"id": "c", "role": "r", "goal": "g"}]  # fmt: skip
+    run("pipeline_create", {"goal": "g", "tasks": tasks, "pipeline_id": "helpers"}, "api:h")
+    pipelines.dispatch(r, config, "helpers")  # a, b, c running
+    refused = run("spawn", {"task": "do my part"}, "pipeline:helpers:a", origin="pipeline")
+    assert refused.startswith(
+        "Error: sub-agent not started: this run works for task a of "
+        "pipeline helpers: its final reply is the task's result"
+    ), refused
+    # A sub-agent running a task (claimed from the chat) is bound the same way.
+    r.delete(k.pipeline_key("helpers"))
+    run("pipeline_create", {"goal": "g", "tasks": tasks, "pipeline_id": "helpers2",
+                            "auto_dispatch": False}, "api:h")  # fmt: skip
+    took = run("spawn", {"task": "go", "pipeline_id": "helpers2", "task_id": "a"}, "api:h")
+    child = took.split()[2]
+    said = run("spawn", {"task": "sub-help"}, child, origin="spawn")
+    assert "this run works for task a of pipeline helpers2" in said, said
+    # Another ready task of its pipeline it may start: that result completes that task.
+    other = run("spawn", {"task": "go", "task_id": "b"}, child, origin="spawn")
+    assert "for task b of pipeline helpers2" in other, other
+    # A chat's sub-agent that only reads a pipeline's shared state is free.
+    assert run("spawn", {"task": "look", "pipeline_id": "helpers2"}, "api:h").startswith(
+        "Started sub-agent"
+    )

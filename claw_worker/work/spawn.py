@@ -11,7 +11,9 @@ A report travels up only: one that reaches a sub-agent's own session is answered
 that answer goes up to its parent in turn.
 
 With ``pipeline_id`` and ``task_id`` the sub-agent runs that (ready) pipeline task: its
-result completes the task, and dependents start as after any task's run.
+result completes the task, and dependents start as after any task's run. A run working for
+a task may start only that kind: its final reply is its task's result, so a free
+sub-agent's report would come after the task is over, to nobody.
 """
 
 from __future__ import annotations
@@ -99,6 +101,13 @@ def spawn(
         raise SpawnError(
             f"a sub-agent here would be at depth {depth}, over work.max_depth "
             f"({work.max_depth}); do this work yourself"
+        )
+    if parent.task_id and not task_id:
+        raise SpawnError(
+            f"this run works for task {parent.task_id} of pipeline {parent.pipeline_id}: its "
+            "final reply is the task's result, and a sub-agent's report would come after it, "
+            "to nobody; do this part yourself, or run another ready task of the pipeline with "
+            "spawn's task_id"
         )
     if task_id and not pipeline_id:
         pipeline_id = parent.pipeline_id
