@@ -318,3 +318,14 @@ def test_a_sub_agents_report_takes_no_keys_from_the_result_it_quotes(redis_serve
                for raw in client.lrange(k.mailbox_key("api:boss"), 0, -1)]  # fmt: skip
     assert [m.metadata["kind"] for m in reports] == ["result", "result"]
     assert [resource_keys(m) for m in reports] == [[], []]
+
+
+def test_inference_takes_linear_time_on_long_path_like_words() -> None:
+    """A name's lazy ``[\\w./-]*?`` was tried to the end of the word at every word boundary:
+    a spawn's 12,000 characters of ``a/a/a/...`` took 2.4 s of regex holding the GIL (every
+    run of that worker process stalled), again at each retry while it waited for its keys.
+    Names are bounded by MAX_VALUE_CHARS, so it is linear."""
+    for word in ("a/", "a-", "a.", "repo a-"):
+        started = time.monotonic()
+        infer_keys(word * 25_000)
+        assert time.monotonic() - started < 1.0, word

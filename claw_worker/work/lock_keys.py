@@ -112,7 +112,7 @@ _EXTENSIONS = frozenset({
 _BARE_FILES = frozenset({"makefile", "dockerfile", "justfile", "procfile", "gemfile"})
 _SEGMENT = re.compile(r"[\w@.+-]+")
 _STRIP = "`'\"()[]{}<>,;:!?*"
-_NAME = r"(?P<q>[`'\"]?)(?P<name>\w[\w./-]*?)(?P=q)"
+_NAME = r"(?P<q>[`'\"]?)(?P<name>\w[\w./-]{0,199}?)(?P=q)"
 _END = r"(?=[\s,;)\]]|[.!?]?$|[.!?]\s)"  # the name ends at a space, a comma, a full stop
 _SURE = r"(?P<sure>:\s*|\s+(?:named|called)\s+)"  # "repo: x", "branch named x"
 _WELL_KNOWN_BRANCHES = ("main", "master", "develop", "dev", "trunk")
