@@ -290,6 +290,13 @@ def pipelines_owned_key(owner: str) -> str:
     return f"{PREFIX}:pipelines:owned:{_tag(owner)}"
 
 
+def pipelines_made_for_key(viewer: str) -> str:
+    """ZSET pipeline id -> created at: the kept pipelines made in a session
+    (``session:<key>``) or for a chat (``chat:<channel>:<chat_id>``), what ``/pipeline list``
+    shows them (work/pipelines.py ``viewers``)."""
+    return f"{PREFIX}:pipelines:for:{_tag(viewer)}"
+
+
 def latest_pipeline_key(session_key: str) -> str:
     """STRING id of the pipeline a session made last (the tools' default pipeline)."""
     return f"{PREFIX}:pipelines:latest:{_tag(session_key)}"

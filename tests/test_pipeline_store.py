@@ -4,6 +4,7 @@ agent's pipeline tools, all against a real redis-server (claw_worker/work/)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import threading
@@ -12,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from claw_worker import constants as k
+from claw_worker.commands.registry import CommandContext, run_command
 from claw_worker.config.schema import Config
 from claw_worker.contract import MessageStatus
 from claw_worker.tools.base import ToolContext
@@ -424,3 +427,43 @@ def test_a_pipeline_task_may_not_hand_its_work_to_a_sub_agent_whose_report_would
     assert run("spawn", {"task": "look", "pipeline_id": "helpers2"}, "api:h").startswith(
         "Started sub-agent"
     )
+
+
+def test_a_chat_lists_its_own_pipelines_however_many_others_made_since(
+    redis_server: Any,
+) -> None:
+    """/pipeline list read the fleet's 50 newest pipelines and kept this chat's: once other
+    chats had made 50 more, a chat's own pipelines were gone from its list ("No pipelines.")
+    while still running. A chat's list now reads the pipelines made for it."""
+    config = Config.model_validate({"redis": {"url": redis_server.url},
+                                    "work": {"max_active_pipelines": 100}})  # fmt: skip
+    r = redis_server.client()
+
+    def make(pid: str, session: str, chat: str, at: float) -> None:
+        made = plan([("a", [])], pipeline_id=pid)
+        made.creator = Creator(session_key=session, channel="api", chat_id=chat)
+        made.created_at = at
+        pipelines.create(r, config, made)
+
+    make("mine", "api:alice", "alice", 1.0)
+    make("by-helper", "spawn:api:alice:1", "alice", 2.0)  # her sub-agent's, for her chat
+    for i in range(60):
+        make(f"bob-{i}", "api:bob", "bob", 10.0 + i)
+
+    def listing(session: str, chat: str) -> str:
+        async def ask() -> str | None:
+            client = aioredis.from_url(redis_server.url, decode_responses=True)
+            try:
+                ctx = CommandContext(client, config, session, channel="api", chat_id=chat)
+                return await run_command(ctx, "/pipeline list")
+            finally:
+                await client.aclose()
+
+        return asyncio.run(ask()) or ""
+
+    mine = listing("api:alice", "alice")
+    assert mine.splitlines()[1:] == ["- by-helper: pending, 0/1 done — a goal",
+                                     "- mine: pending, 0/1 done — a goal"], mine  # fmt: skip
+    theirs = listing("api:bob", "bob").splitlines()
+    assert len(theirs) == 1 + 20 and theirs[1].startswith("- bob-59:")
+    assert listing("api:carol", "carol") == "No pipelines."

@@ -76,14 +76,37 @@ def latest(client: redis.Redis, session: str) -> str | None:
     return pipeline_id if pipeline_id and client.exists(k.pipeline_key(pipeline_id)) else None
 
 
-def list_pipelines(client: redis.Redis, *, limit: int = LIST_MAX) -> list[Pipeline]:
-    """The newest pipelines first; ids whose record expired leave the indexes."""
-    ids = client.zrevrange(k.PIPELINES, 0, limit - 1)
+def viewers(session: str, channel: str, chat_id: str) -> list[str]:
+    """The indexes (``constants.pipelines_made_for_key``) of a session's and a chat's."""
+    made_for = [f"session:{session}"] if session else []
+    return made_for + ([f"chat:{channel}:{chat_id}"] if channel and chat_id else [])
+
+
+def _indexes(pipeline: Pipeline) -> list[str]:
+    """The per-owner and per-viewer indexes holding ``pipeline``, kept as long as it is."""
+    creator = pipeline.creator
+    made_for = viewers(creator.session_key, creator.channel, creator.chat_id)
+    owned = [k.pipelines_owned_key(pipeline.owner)] if pipeline.owner else []
+    return owned + [k.pipelines_made_for_key(v) for v in made_for]
+
+
+def list_pipelines(
+    client: redis.Redis, *, limit: int = LIST_MAX, made_for: list[str] | None = None
+) -> list[Pipeline]:
+    """The newest pipelines first (of the fleet, or made for any of ``made_for``, see
+    ``viewers``); ids whose record expired leave the indexes."""
+    indexes = [k.pipelines_made_for_key(v) for v in made_for] if made_for is not None else [
+        k.PIPELINES
+    ]  # fmt: skip
+    scored: dict[str, float] = {}
+    for index in indexes:
+        scored.update(client.zrevrange(index, 0, limit - 1, withscores=True))
+    ids = sorted(scored, key=scored.__getitem__, reverse=True)[:limit]
     raws = client.mget([k.pipeline_key(i) for i in ids]) if ids else []
     gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
     if gone:
-        client.zrem(k.PIPELINES, *gone)
-        client.zrem(k.PIPELINES_ACTIVE, *gone)
+        for index in {*indexes, k.PIPELINES, k.PIPELINES_ACTIVE}:
+            client.zrem(index, *gone)
     return [Pipeline.model_validate_json(raw) for raw in raws if raw is not None]
 
 
@@ -132,10 +155,9 @@ def create(client: redis.Redis, config: Config, pipeline: Pipeline) -> None:
             pipe.set(key, pipeline.model_dump_json(), ex=config.work.pipeline_ttl_sec)
             pipe.zadd(k.PIPELINES, {pipeline.id: pipeline.created_at})
             pipe.zadd(k.PIPELINES_ACTIVE, {pipeline.id: pipeline.created_at})
-            if pipeline.owner:
-                owned = k.pipelines_owned_key(pipeline.owner)
-                pipe.zadd(owned, {pipeline.id: pipeline.created_at})
-                pipe.expire(owned, config.work.pipeline_ttl_sec)
+            for index in _indexes(pipeline):
+                pipe.zadd(index, {pipeline.id: pipeline.created_at})
+                pipe.expire(index, config.work.pipeline_ttl_sec)
             if pipeline.creator.session_key:
                 pipe.set(k.latest_pipeline_key(pipeline.creator.session_key), pipeline.id,
                          ex=config.work.pipeline_ttl_sec)  # fmt: skip
@@ -172,6 +194,8 @@ def update(
                 pipeline.updated_at = now
                 pipe.multi()
                 pipe.set(key, pipeline.model_dump_json(), ex=config.work.pipeline_ttl_sec)
+                for index in _indexes(pipeline):
+                    pipe.expire(index, config.work.pipeline_ttl_sec)
                 if pipeline.finished:
                     pipe.zrem(k.PIPELINES_ACTIVE, pipeline_id)
                     if pipeline.owner:
@@ -266,10 +290,8 @@ def reconcile(client: redis.Redis, config: Config, pipeline: Pipeline) -> Pipeli
     running = [t for t in pipeline.tasks if t.state is TaskState.RUNNING]
     if not running:
         return pipeline
-    ttl = config.work.pipeline_ttl_sec
-    client.expire(k.pipeline_key(pipeline.id), ttl)
-    if pipeline.owner:
-        client.expire(k.pipelines_owned_key(pipeline.owner), ttl)
+    for key in (k.pipeline_key(pipeline.id), *_indexes(pipeline)):
+        client.expire(key, config.work.pipeline_ttl_sec)
     with client.pipeline(transaction=False) as pipe:
         for task in running:
             pipe.hmget(k.message_key(task.session_key, task.message_id), "status", "reply",
