@@ -450,12 +450,12 @@ def test_a_chat_lists_its_own_pipelines_however_many_others_made_since(
     for i in range(60):
         make(f"bob-{i}", "api:bob", "bob", 10.0 + i)
 
-    def listing(session: str, chat: str) -> str:
+    def listing(session: str, chat: str, command: str = "/pipeline list") -> str:
         async def ask() -> str | None:
             client = aioredis.from_url(redis_server.url, decode_responses=True)
             try:
                 ctx = CommandContext(client, config, session, channel="api", chat_id=chat)
-                return await run_command(ctx, "/pipeline list")
+                return await run_command(ctx, command)
             finally:
                 await client.aclose()
 
@@ -467,3 +467,6 @@ def test_a_chat_lists_its_own_pipelines_however_many_others_made_since(
     theirs = listing("api:bob", "bob").splitlines()
     assert len(theirs) == 1 + 20 and theirs[1].startswith("- bob-59:")
     assert listing("api:carol", "carol") == "No pipelines."
+    # An id of 50,000 characters is not echoed whole.
+    huge = listing("api:carol", "carol", "/pipeline status " + "x" * 50_000)
+    assert huge.startswith("no pipeline 'xxx") and len(huge) < 200, len(huge)

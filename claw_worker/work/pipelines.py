@@ -56,8 +56,10 @@ def limits(config: Config) -> Limits:
 
 
 def not_found(pipeline_id: str) -> PipelineError:
-    """The error for a pipeline that is not there (or, to the one asking, not its own)."""
-    return PipelineError(f"no pipeline {pipeline_id!r} (finished ones are kept for a while)")
+    """The error for a pipeline that is not there (or, to the one asking, not its own); a
+    long id (a chat's ``/pipeline status`` takes any word) is cut."""
+    shown = pipeline_id if len(pipeline_id) <= 60 else pipeline_id[:60] + "…"
+    return PipelineError(f"no pipeline {shown!r} (finished ones are kept for a while)")
 
 
 def _parse(raw: str | None, pipeline_id: str) -> Pipeline:
