@@ -148,3 +148,30 @@ def test_a_long_result_is_reported_within_the_message_limit(redis_server: Any) -
     report = InboundMessage.model_validate_json(raw)
     assert config.quotas.message_too_long(report.text) is None, len(report.text)
     assert "Its result:\nyyy" in report.text and "more characters]" in report.text
+
+
+def test_a_sub_agent_whose_reply_went_out_before_its_worker_died_still_reports(
+    fleet_factory: Any, redis_server: Any
+) -> None:
+    """A worker that died after publishing a sub-agent's reply but before completing its
+    message: the next holder completed it from the record without the finish hooks, so the
+    report never reached the parent (nor was its slot freed) unless the parent spawned
+    again. The recovered message now runs them as a finished run does."""
+    fleet = fleet_factory()
+    fleet.start_ingress()
+    r = redis_server.client()
+    parent = RunOrigin("api:lost", "m0", "api", "api:lost", "api", "api:lost", 0)
+    child = spawn(r, Config(), parent, task="count the files")
+    # The state the dead worker left: the reply staged in the record and published.
+    r.hset(k.message_key(child.session_key, child.message_id),
+           mapping={"reply": "there are 7", "final_status": "done"})  # fmt: skip
+    r.set(k.reply_sent_key(child.message_id), 1)
+    fleet.start_worker()
+    wait_for(lambda: r.hget(k.message_key(child.session_key, child.message_id), "status")
+             == "done", timeout=30, what="the recovered message to be completed")  # fmt: skip
+    report_id = "spawn-result-" + child.message_id
+    report = wait_for(lambda: r.hgetall(k.message_key("api:lost", report_id)), timeout=30,
+                      what="the sub-agent's report in the parent session")  # fmt: skip
+    assert report["channel"] == "api"
+    assert r.zcard(k.spawn_active_key("api:lost")) == 0
+    assert r.hget(k.spawn_key(child.session_key), "result") == "there are 7"
