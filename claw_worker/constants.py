@@ -18,7 +18,7 @@ TASK_SENTINEL = "claw.sentinel.check"
 TASK_AUTONOMY = "claw.autonomy.tick"
 TASK_SELFCHECK = "claw.selfcheck.run"  # once per gateway start
 TASK_RUNS_CLEANUP = "claw.runs.cleanup"
-TASK_WORK_RECONCILE = "claw.work.reconcile"  # pipeline tasks whose worker died unreported
+TASK_WORK_RECONCILE = "claw.work.reconcile"  # pipeline tasks, sub-agents: worker died unreported
 
 # Queues: workers choose with -Q.
 QUEUE_SESSIONS = "sessions"
@@ -305,6 +305,11 @@ def latest_pipeline_key(session_key: str) -> str:
 def spawn_key(session_key: str) -> str:
     """HASH a sub-agent's session: its parent, depth, role, pipeline task, status, result."""
     return f"{PREFIX}:spawn:{_tag(session_key)}"
+
+
+SPAWN_PARENTS = (
+    f"{PREFIX}:spawn:parents"  # ZSET parent session -> last spawn: may have some running
+)
 
 
 def spawn_active_key(parent_session: str) -> str:

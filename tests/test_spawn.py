@@ -15,7 +15,7 @@ from claw_worker import constants as k
 from claw_worker.config.schema import Config
 from claw_worker.contract import InboundMessage, MessageStatus
 from claw_worker.work.origin import RunOrigin
-from claw_worker.work.spawn import child_finished, spawn
+from claw_worker.work.spawn import child_finished, reconcile_spawned, spawn
 from tests.fixtures.procs import wait_for
 from tests.llm_server import text, tool_call, tool_calls
 
@@ -175,3 +175,22 @@ def test_a_sub_agent_whose_reply_went_out_before_its_worker_died_still_reports(
     assert report["channel"] == "api"
     assert r.zcard(k.spawn_active_key("api:lost")) == 0
     assert r.hget(k.spawn_key(child.session_key), "result") == "there are 7"
+
+
+def test_a_sub_agent_whose_worker_died_before_reporting_is_reported_by_the_periodic_check(
+    redis_server: Any,
+) -> None:
+    """A worker that died between completing a sub-agent's message and reporting it: only
+    the parent's next spawn looked for such a child, so a parent that never spawned again
+    never heard the result. The periodic work check (beat's claw.work.reconcile) reports it."""
+    config, r = Config(), redis_server.client()
+    parent = RunOrigin("api:quiet", "m0", "api", "api:quiet", "api", "api:quiet", 0)
+    child = spawn(r, config, parent, task="count the files")
+    r.hset(k.message_key(child.session_key, child.message_id),
+           mapping={"status": "done", "reply": "there are 7"})  # fmt: skip
+    assert reconcile_spawned(r, config) == 1
+    [raw] = r.lrange(k.mailbox_key("api:quiet"), 0, -1)
+    assert "there are 7" in InboundMessage.model_validate_json(raw).text
+    assert r.zcard(k.spawn_active_key("api:quiet")) == 0
+    assert reconcile_spawned(r, config) == 0  # nothing left to look at
+    assert r.llen(k.mailbox_key("api:quiet")) == 1

@@ -126,6 +126,7 @@ def spawn(
         args=[now, now - work.spawn_timeout_sec, work.max_spawn_per_session,
               f"spawn:{_fit(parent.session_key, 480)}:"],
     )  # fmt: skip
+    client.zadd(k.SPAWN_PARENTS, {parent.session_key: now})  # for reconcile_spawned
     if not int(taken):
         raise SpawnError(
             f"this session has {child} sub-agent(s) running, the limit "
@@ -216,6 +217,19 @@ def child_finished(
                                    limit=config.quotas.max_message_chars),
         metadata=metadata,
     ))  # fmt: skip
+
+
+def reconcile_spawned(client: redis.Redis, config: Config) -> int:
+    """``reconcile_children`` of every parent with sub-agents running (for the periodic work
+    check: a parent that never spawns again still hears of a child whose worker died before
+    reporting); returns how many parents were looked at. A parent with none left leaves
+    the index."""
+    parents = client.zrange(k.SPAWN_PARENTS, 0, -1)
+    for parent in parents:
+        reconcile_children(client, config, parent)
+        if not client.zcard(k.spawn_active_key(parent)):
+            client.zrem(k.SPAWN_PARENTS, parent)
+    return len(parents)
 
 
 def reconcile_children(client: redis.Redis, config: Config, parent: str) -> None:
