@@ -18,7 +18,7 @@ TASK_SENTINEL = "claw.sentinel.check"
 TASK_AUTONOMY = "claw.autonomy.tick"
 TASK_SELFCHECK = "claw.selfcheck.run"  # once per gateway start
 TASK_RUNS_CLEANUP = "claw.runs.cleanup"
-TASK_WORK_RECONCILE = "claw.work.reconcile"  # pipeline tasks whose worker died unreported
+TASK_WORK_RECONCILE = "claw.work.reconcile"  # pipeline tasks, sub-agents: worker died unreported
 
 # Queues: workers choose with -Q.
 QUEUE_SESSIONS = "sessions"
@@ -284,6 +284,19 @@ def pipeline_key(pipeline_id: str) -> str:
     return f"{PREFIX}:pipeline:{pipeline_id}"
 
 
+def pipelines_owned_key(owner: str) -> str:
+    """ZSET pipeline id -> created at: the unfinished pipelines of one owner (a person's
+    ``channel:sender_id``, or a session for the fleet's own work; ``Pipeline.owner``)."""
+    return f"{PREFIX}:pipelines:owned:{_tag(owner)}"
+
+
+def pipelines_made_for_key(viewer: str) -> str:
+    """ZSET pipeline id -> created at: the kept pipelines made in a session
+    (``session:<key>``) or for a chat (``chat:<channel>:<chat_id>``), what ``/pipeline list``
+    shows them (work/pipelines.py ``viewers``)."""
+    return f"{PREFIX}:pipelines:for:{_tag(viewer)}"
+
+
 def latest_pipeline_key(session_key: str) -> str:
     """STRING id of the pipeline a session made last (the tools' default pipeline)."""
     return f"{PREFIX}:pipelines:latest:{_tag(session_key)}"
@@ -292,6 +305,11 @@ def latest_pipeline_key(session_key: str) -> str:
 def spawn_key(session_key: str) -> str:
     """HASH a sub-agent's session: its parent, depth, role, pipeline task, status, result."""
     return f"{PREFIX}:spawn:{_tag(session_key)}"
+
+
+SPAWN_PARENTS = (
+    f"{PREFIX}:spawn:parents"  # ZSET parent session -> last spawn: may have some running
+)
 
 
 def spawn_active_key(parent_session: str) -> str:

@@ -75,6 +75,8 @@ FLEET_ORIGINS = frozenset(
 # report): its message carries who started that run (``metadata[STARTED_BY_META]``).
 CARRIED_ORIGINS = frozenset({Origin.SPAWN, Origin.PIPELINE})
 STARTED_BY_META = "started_by"
+# ``metadata["kind"]`` of a sub-agent's report to its parent session (claw_worker/work/spawn.py).
+REPORT_KIND = "result"
 
 # Replies to internal messages that nobody should receive go to this channel (never sent).
 INTERNAL_CHANNEL = "internal"

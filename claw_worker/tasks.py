@@ -103,6 +103,7 @@ def runs_cleanup() -> int:
 @shared_task(name=k.TASK_WORK_RECONCILE, ignore_result=True, autoretry_for=_REDIS_DOWN)
 def work_reconcile() -> str:
     from claw_worker.work.pipelines import reconcile_active
+    from claw_worker.work.spawn import reconcile_spawned
 
     rt = get_runtime()
-    return str(reconcile_active(rt.redis, rt.config))
+    return f"{reconcile_active(rt.redis, rt.config)} {reconcile_spawned(rt.redis, rt.config)}"

@@ -15,7 +15,7 @@ import pytest
 
 from claw_worker import constants as k
 from claw_worker.config.schema import Config
-from claw_worker.contract import InboundMessage, Origin
+from claw_worker.contract import InboundMessage, MessageStatus, Origin
 from claw_worker.session.submit import submit
 from claw_worker.work.lock_keys import (
     MAX_KEYS,
@@ -25,6 +25,8 @@ from claw_worker.work.lock_keys import (
     resource_keys,
 )
 from claw_worker.work.locks import ResourceLocks
+from claw_worker.work.origin import RunOrigin
+from claw_worker.work.spawn import child_finished, spawn
 from tests.fixtures.procs import pid_alive, wait_for
 from tests.llm_server import text
 
@@ -299,3 +301,31 @@ def test_a_task_infers_its_keys_a_chat_does_not_and_a_bad_declaration_fails(
     assert run_of(r, bad)["status"] == "failed"
     assert tasked["status"] == "done"
     assert float(tasked["started_at"]) >= float(held["finished_at"])
+
+
+def test_a_sub_agents_report_takes_no_keys_from_the_result_it_quotes(redis_server: Any) -> None:
+    """A report quotes the sub-agent's job and result: files named there, or a ``[keys: ...]``
+    shown as an example, are not its own words. Inferring from them made a chat wait (its
+    later messages behind it) for a file another sub-agent held; a quoted bad declaration
+    failed the report, so the user never heard the result."""
+    client, config = redis_server.client(), Config()
+    parent = RunOrigin("api:boss", "m1", "api", "boss", "api", "boss", 0)
+    for n, result in enumerate(("I changed src/app.py on branch main", "use [keys: ...] so")):
+        child = spawn(client, config, parent, task=f"job {n} on README.md")
+        child_finished(client, config, child.session_key, child.message_id,
+                       MessageStatus.DONE, result)  # fmt: skip
+    reports = [InboundMessage.model_validate_json(raw)
+               for raw in client.lrange(k.mailbox_key("api:boss"), 0, -1)]  # fmt: skip
+    assert [m.metadata["kind"] for m in reports] == ["result", "result"]
+    assert [resource_keys(m) for m in reports] == [[], []]
+
+
+def test_inference_takes_linear_time_on_long_path_like_words() -> None:
+    """A name's lazy ``[\\w./-]*?`` was tried to the end of the word at every word boundary:
+    a spawn's 12,000 characters of ``a/a/a/...`` took 2.4 s of regex holding the GIL (every
+    run of that worker process stalled), again at each retry while it waited for its keys.
+    Names are bounded by MAX_VALUE_CHARS, so it is linear."""
+    for word in ("a/", "a-", "a.", "repo a-"):
+        started = time.monotonic()
+        infer_keys(word * 25_000)
+        assert time.monotonic() - started < 1.0, word

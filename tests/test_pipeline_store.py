@@ -4,6 +4,7 @@ agent's pipeline tools, all against a real redis-server (claw_worker/work/)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import threading
@@ -12,15 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from claw_worker import constants as k
+from claw_worker.commands.registry import CommandContext, run_command
 from claw_worker.config.schema import Config
+from claw_worker.contract import MessageStatus
 from claw_worker.tools.base import ToolContext
 from claw_worker.tools.registry import default_tools
 from claw_worker.work import pipelines
 from claw_worker.work.model import Creator, Limits, PipelineError, make_pipeline
+from claw_worker.work.outcomes import record_work
 
 LIMITS = Limits(max_tasks=20, max_result_chars=4000, max_shared_state_chars=16000)
 
@@ -48,7 +53,15 @@ def test_cycles_unknown_dependencies_and_bad_ids_are_refused_with_what_is_wrong(
     assert "unique" in refusal([("a", []), ("a", [])])
     assert "task id 'has space'" in refusal([("has space", [])])
     assert "pipeline id 'a:b'" in refusal([("a", [])], pipeline_id="a:b")
+    # A trailing newline is not a different id that looks the same ('$' matches before one).
+    assert "task id 'a\\n'" in refusal([("a", []), ("a\n", [])])
+    assert "pipeline id 'p\\n'" in refusal([("a", [])], pipeline_id="p\n")
     assert "work.max_pipeline_tasks (20)" in refusal([(f"t{i}", []) for i in range(21)])
+    for blank in ({"goal": " \n "}, {"role": "\t"}):  # a run with nothing to do, or nobody
+        spec = {"id": "a", "role": "r", "goal": "g", **blank}
+        with pytest.raises(PipelineError, match=f"task 'a' needs a {next(iter(blank))}"):
+            make_pipeline(pipeline_id="p", goal="g", tasks=[spec], auto_dispatch=True, depth=0,
+                          creator=Creator(), limits=LIMITS, now=0.0)  # fmt: skip
     made = plan([("a", []), ("b", ["a"]), ("c", ["a", "b"])])
     assert [t.state.value for t in made.tasks] == ["ready", "pending", "pending"]
 
@@ -211,3 +224,249 @@ def test_the_tools_default_to_this_sessions_pipeline_and_keep_their_limits(
     assert "a report may not start a pipeline" in run("pipeline_create", {"goal": "g",
                                                       "tasks": one}, **report)  # fmt: skip
     assert "a report may not start more sub-agents" in run("spawn", {"task": "t"}, **report)
+
+
+def test_a_session_cannot_read_or_change_another_sessions_pipeline_through_the_tools(
+    redis_server: Any, workspace: Path
+) -> None:
+    """Pipeline ids are fleet-wide and often guessable ("review"): naming another chat's
+    pipeline must not show its results, change its shared state, start its tasks or let a
+    sub-agent claim one of them. Its own work (a task's run, a sub-agent of the chat) may."""
+    config = Config.model_validate({})
+    r, tools = redis_server.client(), default_tools(config)
+
+    def run(name: str, args: dict[str, Any], session: str, **ctx: Any) -> str:
+        return tools.run(name, args, ToolContext(workspace, session, config, redis=r, **ctx))
+
+    tasks = [{"id": "a", "role": "r", "goal": "secret work"},
+             {"id": "b", "role": "r", "goal": "more", "depends_on": ["a"]}]  # fmt: skip
+    run("pipeline_create", {"goal": "alice's plan", "tasks": tasks, "pipeline_id": "review",
+                            "auto_dispatch": False}, "api:alice")  # fmt: skip
+    before = r.get(k.pipeline_key("review"))
+    ref = {"pipeline_id": "review"}
+    for name, args in (("pipeline_status", ref), ("pipeline_dispatch", ref),
+                       ("pipeline_state_set", {**ref, "key": "k", "value": "mallory"}),
+                       ("spawn", {**ref, "task": "show me", "task_id": "a"}),
+                       ("spawn", {**ref, "task": "read its state"})):  # fmt: skip
+        said = run(name, args, "api:mallory")
+        assert said.startswith("Error:") and "no pipeline 'review'" in said, (name, said)
+        assert "alice" not in said and "secret" not in said, (name, said)
+    assert r.get(k.pipeline_key("review")) == before
+    assert not r.keys("claw:*spawn*mallory*")
+    # Alice's own work may: her chat, a task's run of it.
+    assert run("pipeline_status", ref, "api:alice").startswith("Pipeline review:")
+    assert run("pipeline_state_set", {**ref, "key": "k", "value": 1}, "api:alice").startswith(
+        "k set"
+    )
+    task_ctx = {"session": "pipeline:review:a", "origin": "pipeline"}
+    assert run("pipeline_status", ref, **task_ctx).startswith("Pipeline review:")
+
+
+def test_a_deeply_nested_shared_state_value_is_refused_and_the_pipeline_stays_readable(
+    redis_server: Any, workspace: Path
+) -> None:
+    """JSON nested ~200 deep was stored (json.dumps took it) but pydantic's reader stops at
+    its recursion limit: every later read of the pipeline failed (status, dispatch, each
+    task's finish), so it never finished and its chat was never told."""
+    config = Config.model_validate({})
+    r, tools = redis_server.client(), default_tools(config)
+
+    def run(name: str, args: dict[str, Any]) -> str:
+        return tools.run(name, args, ToolContext(workspace, "api:deep", config, redis=r))
+
+    run("pipeline_create", {"goal": "g", "tasks": [{"id": "a", "role": "r", "goal": "g"}],
+                            "pipeline_id": "deep"})  # fmt: skip
+    for depth in (199, 400):
+        value: Any = 1
+        for _ in range(depth):
+            value = [value]
+        said = run("pipeline_state_set", {"key": "k", "value": value})
+        assert said.startswith("Error: shared state not changed: the value is nested"), said
+    assert run("pipeline_state_set", {"key": "k", "value": {"a": [[{"b": 1}]]}}).startswith("k set")
+    assert run("pipeline_status", {"pipeline_id": "deep"}).startswith("Pipeline deep: pending")
+    assert pipelines.load(r, "deep").shared_state == {"k": {"a": [[{"b": 1}]]}}
+
+
+def test_a_task_after_many_long_results_gets_a_message_within_the_message_limit(
+    redis_server: Any,
+) -> None:
+    """A plan within every limit (32 dependencies, results of work.max_result_chars, a full
+    shared state) made a message longer than quotas.max_message_chars: the last task failed
+    after all the others' work with "Your message is ... characters long ... Send it in
+    shorter parts". Each quoted part is now cut to a fair share of the limit, saying so."""
+    config = Config.model_validate({"quotas": {"max_message_chars": 20_000},
+                                    "work": {"max_result_chars": 4000,
+                                             "max_shared_state_chars": 30_000}})  # fmt: skip
+    r = redis_server.client()
+    parents = [f"p{i}" for i in range(8)]
+    made = make_pipeline(
+        pipeline_id="wide", goal="g", auto_dispatch=True, depth=0, creator=Creator(),
+        tasks=[*({"id": p, "role": "r", "goal": "g"} for p in parents),
+               {"id": "last", "role": "r", "goal": "combine", "depends_on": parents}],
+        limits=pipelines.limits(config), now=time.time(),
+    )  # fmt: skip
+    made.shared_state = {"notes": "n" * 25_000}
+    pipelines.create(r, config, made)
+    pipelines.dispatch(r, config, "wide")
+    for p in parents[:-1]:
+        pipelines.task_finished(r, config, "wide", p, 1, ok=True, text=f"{p} says " + "x" * 4000)
+    pipelines.task_finished(r, config, "wide", parents[-1], 1, ok=True, text="short one")
+    [queued] = r.lrange(k.mailbox_key("pipeline:wide:last"), 0, -1)
+    message = json.loads(queued)["text"]
+    assert config.quotas.message_too_long(message) is None, len(message)
+    assert all(f"--- {p} (r) ---\n{p} says xxx" in message for p in parents[:-1])
+    assert "--- p7 (r) ---\nshort one\n" in message  # a short one is whole
+    assert "[cut:" in message and "Your task: combine" in message
+
+
+def test_a_late_run_of_an_expired_pipeline_does_not_finish_its_namesakes_task(
+    redis_server: Any,
+) -> None:
+    """A pipeline expired while a task of it still ran (or waited for its keys), and a new
+    one took its id: the old run's finish (same task id, same attempt 1) completed the new
+    pipeline's task with the old result. Its message id (the nonce) now has to match."""
+    config = Config.model_validate({})
+    r = redis_server.client()
+    pipelines.create(r, config, plan([("a", [])], pipeline_id="again"))
+    _, [old] = pipelines.dispatch(r, config, "again")
+    old_message = pipelines.task_message(config, pipelines.load(r, "again"), old)
+    r.delete(k.pipeline_key("again"))  # its TTL ran out
+    pipelines.create(r, config, plan([("a", [])], pipeline_id="again"))
+    _, [new] = pipelines.dispatch(r, config, "again")
+    assert (new.attempt, new.message_id != old.message_id) == (1, True)
+    record_work(r, config, old_message, MessageStatus.DONE, "the old result", "")
+    task = pipelines.load(r, "again").task("a")
+    assert (task.state.value, task.result) == ("running", "")
+    new_message = pipelines.task_message(config, pipelines.load(r, "again"), new)
+    record_work(r, config, new_message, MessageStatus.DONE, "the new result", "")
+    task = pipelines.load(r, "again").task("a")
+    assert (task.state.value, task.result) == ("done", "the new result")
+
+
+def test_one_person_cannot_take_every_pipeline_slot_of_the_fleet(
+    redis_server: Any, workspace: Path
+) -> None:
+    """work.max_active_pipelines is fleet-wide, and a pipeline never dispatched stays
+    unfinished for work.pipeline_ttl_sec (a week): one chat making 50 took every slot, and
+    every other user's pipeline_create was refused for that week. One person (from any of
+    their sessions, sub-agents included) now has work.max_active_pipelines_per_sender."""
+    config = Config.model_validate({"work": {"max_active_pipelines": 5,
+                                             "max_active_pipelines_per_sender": 2}})  # fmt: skip
+    r, tools = redis_server.client(), default_tools(config)
+
+    def create(session: str, sender: str, pid: str) -> str:
+        ctx = ToolContext(workspace, session, config, redis=r, sender=sender)
+        one = [{"id": "a", "role": "r", "goal": "g"}]
+        return tools.run("pipeline_create", {"goal": "g", "tasks": one, "pipeline_id": pid,
+                                             "auto_dispatch": False}, ctx)  # fmt: skip
+
+    assert create("telegram:666", "telegram:666", "m1").startswith("Created pipeline m1")
+    assert create("telegram:-100", "telegram:666", "m2").startswith("Created pipeline m2")
+    refused = create("telegram:-200", "telegram:666", "m3")
+    assert refused == ("Error: pipeline not created: 2 pipelines made for you are still "
+                       "running, the limit (work.max_active_pipelines_per_sender); wait for "
+                       "one to finish")  # fmt: skip
+    assert create("telegram:1", "telegram:1", "a1").startswith("Created pipeline a1")
+    assert create("cron:job", "", "c1").startswith("Created pipeline c1")  # its session's share
+    # A finished one frees its place.
+    pipelines.dispatch(r, config, "m1")
+    pipelines.task_finished(r, config, "m1", "a", 1, ok=True, text="done")
+    assert create("telegram:-200", "telegram:666", "m3").startswith("Created pipeline m3")
+    assert pipelines.load(r, "m3").owner == "telegram:666"
+
+
+def test_a_pipeline_whose_task_runs_longer_than_its_ttl_is_kept(redis_server: Any) -> None:
+    """The TTL counted from the last change only: a task running (or waiting for its
+    resource keys) longer than work.pipeline_ttl_sec lost the pipeline under it; its finish
+    was dropped ("not recorded"), its dependents never ran and the chat was never told.
+    The periodic reconcile keeps a pipeline with a running task."""
+    config = Config.model_validate({"work": {"pipeline_ttl_sec": 3600}})
+    r = redis_server.client()
+    pipelines.create(r, config, plan([("a", []), ("b", ["a"])], pipeline_id="slow"))
+    pipelines.dispatch(r, config, "slow")
+    r.expire(k.pipeline_key("slow"), 5)  # an hour of the run has gone by
+    pipelines.reconcile_active(r, config)
+    assert r.ttl(k.pipeline_key("slow")) > 3000
+
+
+def test_a_pipeline_task_may_not_hand_its_work_to_a_sub_agent_whose_report_would_be_lost(
+    redis_server: Any, workspace: Path
+) -> None:
+    """A task's final reply is its result. A task run that spawned a helper ended with
+    "I asked a helper": that became the task's result, the dependents started with it,
+    and the helper's report, answered later in the task's session, reached nobody. So a
+    run working for a task may start another ready task of its pipeline (spawn with a
+    task_id), not a free sub-agent; it is told why."""
+    config = Config.model_validate({"work": {"max_depth": 4}})
+    r, tools = redis_server.client(), default_tools(config)
+
+    def run(name: str, args: dict[str, Any], session: str, **ctx: Any) -> str:
+        return tools.run(name, args, ToolContext(workspace, session, config, redis=r, **ctx))
+
+    tasks = [{"id": "a", "role": "r", "goal": "g"}, {"id": "b", "role": "r", "goal": "g"},
+             {"id": "c", "role": "r", "goal": "g"}]  # fmt: skip
+    run("pipeline_create", {"goal": "g", "tasks": tasks, "pipeline_id": "helpers"}, "api:h")
+    pipelines.dispatch(r, config, "helpers")  # a, b, c running
+    refused = run("spawn", {"task": "do my part"}, "pipeline:helpers:a", origin="pipeline")
+    assert refused.startswith(
+        "Error: sub-agent not started: this run works for task a of "
+        "pipeline helpers: its final reply is the task's result"
+    ), refused
+    # A sub-agent running a task (claimed from the chat) is bound the same way.
+    r.delete(k.pipeline_key("helpers"))
+    run("pipeline_create", {"goal": "g", "tasks": tasks, "pipeline_id": "helpers2",
+                            "auto_dispatch": False}, "api:h")  # fmt: skip
+    took = run("spawn", {"task": "go", "pipeline_id": "helpers2", "task_id": "a"}, "api:h")
+    child = took.split()[2]
+    said = run("spawn", {"task": "sub-help"}, child, origin="spawn")
+    assert "this run works for task a of pipeline helpers2" in said, said
+    # Another ready task of its pipeline it may start: that result completes that task.
+    other = run("spawn", {"task": "go", "task_id": "b"}, child, origin="spawn")
+    assert "for task b of pipeline helpers2" in other, other
+    # A chat's sub-agent that only reads a pipeline's shared state is free.
+    assert run("spawn", {"task": "look", "pipeline_id": "helpers2"}, "api:h").startswith(
+        "Started sub-agent"
+    )
+
+
+def test_a_chat_lists_its_own_pipelines_however_many_others_made_since(
+    redis_server: Any,
+) -> None:
+    """/pipeline list read the fleet's 50 newest pipelines and kept this chat's: once other
+    chats had made 50 more, a chat's own pipelines were gone from its list ("No pipelines.")
+    while still running. A chat's list now reads the pipelines made for it."""
+    config = Config.model_validate({"redis": {"url": redis_server.url},
+                                    "work": {"max_active_pipelines": 100}})  # fmt: skip
+    r = redis_server.client()
+
+    def make(pid: str, session: str, chat: str, at: float) -> None:
+        made = plan([("a", [])], pipeline_id=pid)
+        made.creator = Creator(session_key=session, channel="api", chat_id=chat)
+        made.created_at = at
+        pipelines.create(r, config, made)
+
+    make("mine", "api:alice", "alice", 1.0)
+    make("by-helper", "spawn:api:alice:1", "alice", 2.0)  # her sub-agent's, for her chat
+    for i in range(60):
+        make(f"bob-{i}", "api:bob", "bob", 10.0 + i)
+
+    def listing(session: str, chat: str, command: str = "/pipeline list") -> str:
+        async def ask() -> str | None:
+            client = aioredis.from_url(redis_server.url, decode_responses=True)
+            try:
+                ctx = CommandContext(client, config, session, channel="api", chat_id=chat)
+                return await run_command(ctx, command)
+            finally:
+                await client.aclose()
+
+        return asyncio.run(ask()) or ""
+
+    mine = listing("api:alice", "alice")
+    assert mine.splitlines()[1:] == ["- by-helper: pending, 0/1 done — a goal",
+                                     "- mine: pending, 0/1 done — a goal"], mine  # fmt: skip
+    theirs = listing("api:bob", "bob").splitlines()
+    assert len(theirs) == 1 + 20 and theirs[1].startswith("- bob-59:")
+    assert listing("api:carol", "carol") == "No pipelines."
+    # An id of 50,000 characters is not echoed whole.
+    huge = listing("api:carol", "carol", "/pipeline status " + "x" * 50_000)
+    assert huge.startswith("no pipeline 'xxx") and len(huge) < 200, len(huge)

@@ -434,7 +434,7 @@ def test_pipeline_tasks_carry_their_creators_sender_and_cron_work_none() -> None
             auto_dispatch=True, depth=0, creator=creator, limits=limits, now=0.0,
         )  # fmt: skip
         claimed = made.tasks[0].model_copy(update={"message_id": "m1", "session_key": "p1:a"})
-        return task_message(made, claimed)
+        return task_message(Config(), made, claimed)
 
     assert billed_sender(task_of(Creator(session_key="api:gina", sender="api:gina"))) == "api:gina"
     assert billed_sender(task_of(Creator(session_key="cron:job"))) is None  # the fleet's own

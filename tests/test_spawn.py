@@ -12,6 +12,10 @@ from typing import Any
 from websockets.asyncio.client import connect
 
 from claw_worker import constants as k
+from claw_worker.config.schema import Config
+from claw_worker.contract import InboundMessage, MessageStatus
+from claw_worker.work.origin import RunOrigin
+from claw_worker.work.spawn import child_finished, reconcile_spawned, spawn
 from tests.fixtures.procs import wait_for
 from tests.llm_server import text, tool_call, tool_calls
 
@@ -127,3 +131,66 @@ def test_a_sub_agent_reports_back_to_its_chat_within_its_limits(
     )  # fmt: skip
     assert t2["state"] == "ready" and not llm_server.requests_for("[[ST2]]")
     wait_for(lambda: r.zcard(k.spawn_active_key("ws:boss")) == 0, what="the slot to be free")
+
+
+def test_a_long_result_is_reported_within_the_message_limit(redis_server: Any) -> None:
+    """work.max_result_chars may be as large as quotas.max_message_chars: a result of that
+    size made a report over the limit, which the parent's runner failed, so the result was
+    lost. The report cuts it to fit, saying so."""
+    config = Config.model_validate({"quotas": {"max_message_chars": 5000},
+                                    "work": {"max_result_chars": 10_000}})  # fmt: skip
+    client = redis_server.client()
+    parent = RunOrigin("api:long", "m1", "api", "long", "api", "long", 0)
+    child = spawn(client, config, parent, task="write a lot")
+    child_finished(client, config, child.session_key, child.message_id, MessageStatus.DONE,
+                   "y" * 9000)  # fmt: skip
+    [raw] = client.lrange(k.mailbox_key("api:long"), 0, -1)
+    report = InboundMessage.model_validate_json(raw)
+    assert config.quotas.message_too_long(report.text) is None, len(report.text)
+    assert "Its result:\nyyy" in report.text and "more characters]" in report.text
+
+
+def test_a_sub_agent_whose_reply_went_out_before_its_worker_died_still_reports(
+    fleet_factory: Any, redis_server: Any
+) -> None:
+    """A worker that died after publishing a sub-agent's reply but before completing its
+    message: the next holder completed it from the record without the finish hooks, so the
+    report never reached the parent (nor was its slot freed) unless the parent spawned
+    again. The recovered message now runs them as a finished run does."""
+    fleet = fleet_factory()
+    fleet.start_ingress()
+    r = redis_server.client()
+    parent = RunOrigin("api:lost", "m0", "api", "api:lost", "api", "api:lost", 0)
+    child = spawn(r, Config(), parent, task="count the files")
+    # The state the dead worker left: the reply staged in the record and published.
+    r.hset(k.message_key(child.session_key, child.message_id),
+           mapping={"reply": "there are 7", "final_status": "done"})  # fmt: skip
+    r.set(k.reply_sent_key(child.message_id), 1)
+    fleet.start_worker()
+    wait_for(lambda: r.hget(k.message_key(child.session_key, child.message_id), "status")
+             == "done", timeout=30, what="the recovered message to be completed")  # fmt: skip
+    report_id = "spawn-result-" + child.message_id
+    report = wait_for(lambda: r.hgetall(k.message_key("api:lost", report_id)), timeout=30,
+                      what="the sub-agent's report in the parent session")  # fmt: skip
+    assert report["channel"] == "api"
+    assert r.zcard(k.spawn_active_key("api:lost")) == 0
+    assert r.hget(k.spawn_key(child.session_key), "result") == "there are 7"
+
+
+def test_a_sub_agent_whose_worker_died_before_reporting_is_reported_by_the_periodic_check(
+    redis_server: Any,
+) -> None:
+    """A worker that died between completing a sub-agent's message and reporting it: only
+    the parent's next spawn looked for such a child, so a parent that never spawned again
+    never heard the result. The periodic work check (beat's claw.work.reconcile) reports it."""
+    config, r = Config(), redis_server.client()
+    parent = RunOrigin("api:quiet", "m0", "api", "api:quiet", "api", "api:quiet", 0)
+    child = spawn(r, config, parent, task="count the files")
+    r.hset(k.message_key(child.session_key, child.message_id),
+           mapping={"status": "done", "reply": "there are 7"})  # fmt: skip
+    assert reconcile_spawned(r, config) == 1
+    [raw] = r.lrange(k.mailbox_key("api:quiet"), 0, -1)
+    assert "there are 7" in InboundMessage.model_validate_json(raw).text
+    assert r.zcard(k.spawn_active_key("api:quiet")) == 0
+    assert reconcile_spawned(r, config) == 0  # nothing left to look at
+    assert r.llen(k.mailbox_key("api:quiet")) == 1

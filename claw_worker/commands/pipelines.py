@@ -43,7 +43,10 @@ def _run(ctx: CommandContext, sub: str, pipeline_id: str) -> str:
                   health_check_interval=0)  # fmt: skip
     try:
         if sub == "list":
-            shown = [p for p in pipelines.list_pipelines(conn) if _visible(ctx, p)][:LISTED]
+            made_for = None if ctx.admin else pipelines.viewers(ctx.session_key, ctx.channel,
+                                                                 ctx.chat_id)  # fmt: skip
+            listed = pipelines.list_pipelines(conn, made_for=made_for)
+            shown = [p for p in listed if _visible(ctx, p)][:LISTED]
             if not shown:
                 return "No pipelines."
             return "Pipelines (newest first):\n" + "\n".join(
@@ -51,7 +54,7 @@ def _run(ctx: CommandContext, sub: str, pipeline_id: str) -> str:
             )
         pipeline = pipelines.load(conn, pipeline_id)
         if not _visible(ctx, pipeline):
-            raise PipelineError(f"no pipeline {pipeline_id!r} (finished ones are kept for a while)")
+            raise pipelines.not_found(pipeline_id)
         if sub == "status":
             return prompts.describe(pipelines.reconcile(conn, ctx.config, pipeline))
         pipeline, started = pipelines.dispatch(conn, ctx.config, pipeline_id)

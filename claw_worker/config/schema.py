@@ -339,6 +339,9 @@ class WorkConfig(Section):
     spawn_timeout_sec: int = Field(3600, ge=60, le=7 * 86400)
     max_pipeline_tasks: int = Field(20, ge=1, le=100)
     max_active_pipelines: int = Field(50, ge=1, le=10_000)  # not yet finished, fleet-wide
+    # Not yet finished, of one person (with their sub-agents' and tasks'), or for the fleet's
+    # own work of one session: nobody can take the whole fleet's share for a week.
+    max_active_pipelines_per_sender: int = Field(10, ge=1, le=10_000)
     max_result_chars: int = Field(4000, ge=100, le=100_000)  # a task's result, kept and passed on
     max_shared_state_chars: int = Field(16000, ge=100, le=1_000_000)  # a pipeline's shared_state
     # Kept this long after its last change.

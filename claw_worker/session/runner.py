@@ -167,9 +167,12 @@ def _process(
     """Run one message; returns seconds until a retry is due (0 when it was finished)."""
     record, reply_sent = ctx.mailbox.record(message)
     if reply_sent:
-        # A previous holder published the reply but died before completing: finish it.
+        # A previous holder published the reply but died before completing: finish it, with
+        # the hooks it never reached (a sub-agent's report, a pipeline task's result).
         status = MessageStatus(record.get("final_status") or MessageStatus.DONE.value)
-        ctx.mailbox.complete(message, lease.token, status, record.get("reply", ""))
+        reply = record.get("reply", "")
+        error = reply if status is MessageStatus.FAILED else ""
+        _complete(ctx, lease, message, status, reply, error)
         return 0.0
     not_before = float(record.get("not_before") or 0)
     if not_before > time.time():
@@ -387,6 +390,11 @@ def _finish(
         metadata={"origin": message.origin.value} if message.origin is not Origin.USER else {},
     )
     ctx.mailbox.publish(reply)
+    _complete(ctx, lease, message, status, text, error)
+
+
+def _complete(ctx: DrainContext, lease: HeldLease, message: InboundMessage,
+              status: MessageStatus, text: str, error: str) -> None:  # fmt: skip
     ctx.mailbox.complete(message, lease.token, status, text, error)
     if ctx.on_finished is not None:
         try:  # a cron job's last status, an autonomy round's count: never fails the run

@@ -17,7 +17,7 @@ from pydantic import Field
 from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
 from claw_worker.work import pipelines, prompts
 from claw_worker.work.model import Creator, PipelineError, make_pipeline
-from claw_worker.work.origin import RunOrigin, run_origin
+from claw_worker.work.origin import RunOrigin, load_for, root_session, run_origin
 from claw_worker.work.transitions import set_state
 
 PIPELINE_ID_FIELD = Field(
@@ -32,10 +32,16 @@ def _origin(ctx: ToolContext) -> RunOrigin:
 
 
 def _pipeline_id(ctx: ToolContext, given: str | None) -> str:
-    if given:
-        return given
+    """The pipeline the tool acts on: the one named, if this run may use it (another chat's
+    is not there for it), else the run's own or this session's latest."""
     origin = _origin(ctx)
     assert ctx.redis is not None
+    if given:
+        try:
+            load_for(ctx.redis, origin, given)
+        except PipelineError as exc:
+            raise ToolError(str(exc)) from None
+        return given
     found = origin.pipeline_id or pipelines.latest(ctx.redis, ctx.session_key)
     if not found:
         raise ToolError("no pipeline_id given, and this session has no pipeline; "
@@ -106,6 +112,7 @@ class PipelineCreateTool(Tool[PipelineCreateParams]):
                                 started_by=ctx.started_by),
                 limits=pipelines.limits(ctx.config), now=time.time(),
             )  # fmt: skip
+            pipeline.owner = ctx.sender or root_session(ctx.redis, ctx.session_key)
             pipelines.create(ctx.redis, ctx.config, pipeline)
         except PipelineError as exc:
             raise ToolError(f"pipeline not created: {exc}") from None

@@ -24,7 +24,7 @@ from __future__ import annotations
 import posixpath
 import re
 
-from claw_worker.contract import InboundMessage, Origin
+from claw_worker.contract import REPORT_KIND, InboundMessage, Origin
 
 MAX_KEYS = 16  # a declaration with more is refused; inference keeps the first ones
 MAX_VALUE_CHARS = 200
@@ -45,8 +45,12 @@ def resource_keys(message: InboundMessage) -> list[str]:
 
     A pipeline task's or sub-agent's text quotes other tasks' results; its own words are
     ``metadata["goal"]``, so keys are read (declared or inferred) from those alone: a file
-    merely mentioned in a dependency's result is not locked.
+    merely mentioned in a dependency's result is not locked. A sub-agent's report (in its
+    parent's session) has no words of its own: it quotes the job and the result, so it takes
+    no keys (else a chat waited, its later messages behind it, for a file the report named).
     """
+    if message.metadata.get("kind") == REPORT_KIND:
+        return []
     own = message.metadata.get("goal")
     text = own if isinstance(own, str) and own else message.text
     declared = declared_keys(text)
@@ -108,7 +112,7 @@ _EXTENSIONS = frozenset({
 _BARE_FILES = frozenset({"makefile", "dockerfile", "justfile", "procfile", "gemfile"})
 _SEGMENT = re.compile(r"[\w@.+-]+")
 _STRIP = "`'\"()[]{}<>,;:!?*"
-_NAME = r"(?P<q>[`'\"]?)(?P<name>\w[\w./-]*?)(?P=q)"
+_NAME = r"(?P<q>[`'\"]?)(?P<name>\w[\w./-]{0,199}?)(?P=q)"
 _END = r"(?=[\s,;)\]]|[.!?]?$|[.!?]\s)"  # the name ends at a space, a comma, a full stop
 _SURE = r"(?P<sure>:\s*|\s+(?:named|called)\s+)"  # "repo: x", "branch named x"
 _WELL_KNOWN_BRANCHES = ("main", "master", "develop", "dev", "trunk")

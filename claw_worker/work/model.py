@@ -20,9 +20,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-PIPELINE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
-TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
-STATE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+PIPELINE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
+TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+STATE_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class PipelineError(ValueError):
@@ -80,6 +80,7 @@ class Pipeline(BaseModel):
     depth: int = 0  # of the run that made it; its tasks run one deeper
     status: str = "pending"
     creator: Creator = Creator()
+    owner: str = ""  # whose share of work.max_active_pipelines_per_sender it counts toward
     shared_state: dict[str, Any] = {}
     tasks: list[Task]
     created_at: float = 0.0
@@ -123,7 +124,7 @@ def make_pipeline(
     now: float,
 ) -> Pipeline:
     """A new pipeline, or PipelineError naming what is wrong with the request."""
-    if not PIPELINE_ID.match(pipeline_id):
+    if not PIPELINE_ID.fullmatch(pipeline_id):
         raise PipelineError(
             f"pipeline id {pipeline_id!r} must be 1 to 40 letters, digits, '-' or '_', "
             "starting with a letter or digit"
@@ -139,7 +140,7 @@ def make_pipeline(
     made: list[Task] = []
     for spec in tasks:
         task_id = str(spec.get("id", ""))
-        if not TASK_ID.match(task_id):
+        if not TASK_ID.fullmatch(task_id):
             raise PipelineError(
                 f"task id {task_id!r} must be 1 to 32 letters, digits, '-' or '_', starting "
                 "with a letter or digit"
@@ -147,8 +148,11 @@ def make_pipeline(
         if any(t.id == task_id for t in made):
             raise PipelineError(f"two tasks have the id {task_id!r}; task ids must be unique")
         deps = list(dict.fromkeys(str(d) for d in spec.get("depends_on") or []))
-        made.append(Task(id=task_id, role=str(spec["role"]).strip(),
-                         goal=str(spec["goal"]).strip(), depends_on=deps))  # fmt: skip
+        role, task_goal = str(spec["role"]).strip(), str(spec["goal"]).strip()
+        for name, value in (("role", role), ("goal", task_goal)):
+            if not value:
+                raise PipelineError(f"task {task_id!r} needs a {name} (it is blank)")
+        made.append(Task(id=task_id, role=role, goal=task_goal, depends_on=deps))
     ids = [t.id for t in made]
     for task in made:
         for dep in task.depends_on:
@@ -212,6 +216,6 @@ def session_key(pipeline_id: str, task_id: str) -> str:
 def parse_session(session: str) -> tuple[str, str] | None:
     """(pipeline id, task id) of a task's own session, else None."""
     parts = session.split(":")
-    if len(parts) == 3 and parts[0] == "pipeline" and PIPELINE_ID.match(parts[1]):
-        return (parts[1], parts[2]) if TASK_ID.match(parts[2]) else None
+    if len(parts) == 3 and parts[0] == "pipeline" and PIPELINE_ID.fullmatch(parts[1]):
+        return (parts[1], parts[2]) if TASK_ID.fullmatch(parts[2]) else None
     return None

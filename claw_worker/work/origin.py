@@ -17,8 +17,8 @@ import redis
 
 from claw_worker import constants as k
 from claw_worker.contract import INTERNAL_CHANNEL, InboundMessage, Origin
-from claw_worker.work.model import PipelineError, parse_session
-from claw_worker.work.pipelines import load
+from claw_worker.work.model import Pipeline, PipelineError, parse_session
+from claw_worker.work.pipelines import load, not_found
 
 MAX_CHAIN = 64  # steps up from a session to its root (work.max_depth is far less)
 ANNOUNCE_PREFIX = "spawn-result-"  # message ids of sub-agents' reports to their parents
@@ -94,6 +94,31 @@ def root_session(client: redis.Redis, session_key: str) -> str:
             break
         session_key = parent
     return session_key
+
+
+def may_use(client: redis.Redis, origin: RunOrigin, pipeline: Pipeline) -> bool:
+    """Whether a run may read or change ``pipeline`` (ids are fleet-wide and guessable): its
+    own (a task's run, a sub-agent working for it), one made for the same chat, or one made
+    by work started from the same session (a chat's sub-agents and tasks see its pipelines).
+    As ``/pipeline`` shows a chat only its own (claw_worker/commands/pipelines.py)."""
+    creator = pipeline.creator
+    if origin.pipeline_id == pipeline.id:
+        return True
+    chat = (origin.chat_channel, origin.chat_chat_id)
+    if creator.channel and creator.chat_id and (creator.channel, creator.chat_id) == chat:
+        return True
+    return bool(creator.session_key) and root_session(client, creator.session_key) == root_session(
+        client, origin.session_key
+    )
+
+
+def load_for(client: redis.Redis, origin: RunOrigin, pipeline_id: str) -> Pipeline:
+    """The pipeline ``pipeline_id`` if ``origin``'s run may use it; else the same
+    PipelineError as for a missing one (another chat's pipeline is not there for it)."""
+    pipeline = load(client, pipeline_id)
+    if not may_use(client, origin, pipeline):
+        raise not_found(pipeline_id)
+    return pipeline
 
 
 def _deliver_target(

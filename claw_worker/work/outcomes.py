@@ -46,7 +46,8 @@ def record_work(
             return
         try:
             task_finished(client, config, pipeline_id, task_id, int(meta.get("attempt") or 0),
-                          ok=status is MessageStatus.DONE, text=result)  # fmt: skip
+                          ok=status is MessageStatus.DONE, text=result,
+                          message_id=message.message_id)  # fmt: skip
         except PipelineError as exc:  # expired, or removed, while the run went on
             log.warning("pipeline task result not recorded", pipeline_id=pipeline_id,
                         task_id=task_id, error=str(exc))  # fmt: skip

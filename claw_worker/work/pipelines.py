@@ -15,8 +15,8 @@ once when a task fails while others still run).
 
 A worker that dies between finishing a run and reporting it would leave its task running;
 ``reconcile`` (run by every dispatch and status read; ``reconcile_active`` for a periodic
-task) finishes such a task from its message record, and submits again a task whose message
-was never stored.
+task) finishes such a task from its message record, submits again a task whose message
+was never stored, and keeps a pipeline with a running task from expiring.
 
 Imported by the ingress (``/pipeline``), so it imports no agent, provider or tool.
 """
@@ -55,9 +55,16 @@ def limits(config: Config) -> Limits:
     return Limits(work.max_pipeline_tasks, work.max_result_chars, work.max_shared_state_chars)
 
 
+def not_found(pipeline_id: str) -> PipelineError:
+    """The error for a pipeline that is not there (or, to the one asking, not its own); a
+    long id (a chat's ``/pipeline status`` takes any word) is cut."""
+    shown = pipeline_id if len(pipeline_id) <= 60 else pipeline_id[:60] + "…"
+    return PipelineError(f"no pipeline {shown!r} (finished ones are kept for a while)")
+
+
 def _parse(raw: str | None, pipeline_id: str) -> Pipeline:
     if raw is None:
-        raise PipelineError(f"no pipeline {pipeline_id!r} (finished ones are kept for a while)")
+        raise not_found(pipeline_id)
     return Pipeline.model_validate_json(raw)
 
 
@@ -71,19 +78,43 @@ def latest(client: redis.Redis, session: str) -> str | None:
     return pipeline_id if pipeline_id and client.exists(k.pipeline_key(pipeline_id)) else None
 
 
-def list_pipelines(client: redis.Redis, *, limit: int = LIST_MAX) -> list[Pipeline]:
-    """The newest pipelines first; ids whose record expired leave the indexes."""
-    ids = client.zrevrange(k.PIPELINES, 0, limit - 1)
+def viewers(session: str, channel: str, chat_id: str) -> list[str]:
+    """The indexes (``constants.pipelines_made_for_key``) of a session's and a chat's."""
+    made_for = [f"session:{session}"] if session else []
+    return made_for + ([f"chat:{channel}:{chat_id}"] if channel and chat_id else [])
+
+
+def _indexes(pipeline: Pipeline) -> list[str]:
+    """The per-owner and per-viewer indexes holding ``pipeline``, kept as long as it is."""
+    creator = pipeline.creator
+    made_for = viewers(creator.session_key, creator.channel, creator.chat_id)
+    owned = [k.pipelines_owned_key(pipeline.owner)] if pipeline.owner else []
+    return owned + [k.pipelines_made_for_key(v) for v in made_for]
+
+
+def list_pipelines(
+    client: redis.Redis, *, limit: int = LIST_MAX, made_for: list[str] | None = None
+) -> list[Pipeline]:
+    """The newest pipelines first (of the fleet, or made for any of ``made_for``, see
+    ``viewers``); ids whose record expired leave the indexes."""
+    indexes = [k.pipelines_made_for_key(v) for v in made_for] if made_for is not None else [
+        k.PIPELINES
+    ]  # fmt: skip
+    scored: dict[str, float] = {}
+    for index in indexes:
+        scored.update(client.zrevrange(index, 0, limit - 1, withscores=True))
+    ids = sorted(scored, key=scored.__getitem__, reverse=True)[:limit]
     raws = client.mget([k.pipeline_key(i) for i in ids]) if ids else []
     gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
     if gone:
-        client.zrem(k.PIPELINES, *gone)
-        client.zrem(k.PIPELINES_ACTIVE, *gone)
+        for index in {*indexes, k.PIPELINES, k.PIPELINES_ACTIVE}:
+            client.zrem(index, *gone)
     return [Pipeline.model_validate_json(raw) for raw in raws if raw is not None]
 
 
-def _active_count(client: redis.Redis) -> int:
-    ids = client.zrange(k.PIPELINES_ACTIVE, 0, -1)
+def _active_count(client: redis.Redis, index: str) -> int:
+    """How many pipelines of the ``index`` ZSET still exist (the expired ones leave it)."""
+    ids = client.zrange(index, 0, -1)
     if not ids:
         return 0
     with client.pipeline(transaction=False) as pipe:
@@ -92,19 +123,30 @@ def _active_count(client: redis.Redis) -> int:
         alive = pipe.execute()
     gone = [i for i, ok in zip(ids, alive, strict=True) if not ok]
     if gone:
-        client.zrem(k.PIPELINES_ACTIVE, *gone)
+        client.zrem(index, *gone)
     return len(ids) - len(gone)
 
 
-def create(client: redis.Redis, config: Config, pipeline: Pipeline) -> None:
-    """Store a new pipeline (made by ``model.make_pipeline``); an existing id is refused.
-    The task sessions start empty: a history left by an older pipeline of the same id goes."""
-    active, most = _active_count(client), config.work.max_active_pipelines
+def _check_room(client: redis.Redis, config: Config, owner: str) -> None:
+    active, most = _active_count(client, k.PIPELINES_ACTIVE), config.work.max_active_pipelines
     if active >= most:
         raise PipelineError(
             f"{active} pipelines are still running, the limit (work.max_active_pipelines); "
             "wait for one to finish"
         )
+    most = config.work.max_active_pipelines_per_sender
+    if owner and (mine := _active_count(client, k.pipelines_owned_key(owner))) >= most:
+        raise PipelineError(
+            f"{mine} pipelines made for you are still running, the limit "
+            "(work.max_active_pipelines_per_sender); wait for one to finish"
+        )
+
+
+def create(client: redis.Redis, config: Config, pipeline: Pipeline) -> None:
+    """Store a new pipeline (made by ``model.make_pipeline``); an existing id is refused, so
+    is one over the fleet's or its owner's number of unfinished pipelines. The task
+    sessions start empty: a history left by an older pipeline of the same id goes."""
+    _check_room(client, config, pipeline.owner)
     key = k.pipeline_key(pipeline.id)
     with client.pipeline() as pipe:
         try:
@@ -115,6 +157,9 @@ def create(client: redis.Redis, config: Config, pipeline: Pipeline) -> None:
             pipe.set(key, pipeline.model_dump_json(), ex=config.work.pipeline_ttl_sec)
             pipe.zadd(k.PIPELINES, {pipeline.id: pipeline.created_at})
             pipe.zadd(k.PIPELINES_ACTIVE, {pipeline.id: pipeline.created_at})
+            for index in _indexes(pipeline):
+                pipe.zadd(index, {pipeline.id: pipeline.created_at})
+                pipe.expire(index, config.work.pipeline_ttl_sec)
             if pipeline.creator.session_key:
                 pipe.set(k.latest_pipeline_key(pipeline.creator.session_key), pipeline.id,
                          ex=config.work.pipeline_ttl_sec)  # fmt: skip
@@ -151,8 +196,12 @@ def update(
                 pipeline.updated_at = now
                 pipe.multi()
                 pipe.set(key, pipeline.model_dump_json(), ex=config.work.pipeline_ttl_sec)
+                for index in _indexes(pipeline):
+                    pipe.expire(index, config.work.pipeline_ttl_sec)
                 if pipeline.finished:
                     pipe.zrem(k.PIPELINES_ACTIVE, pipeline_id)
+                    if pipeline.owner:
+                        pipe.zrem(k.pipelines_owned_key(pipeline.owner), pipeline_id)
                 pipe.execute()
                 return pipeline, changes
             except redis.WatchError:
@@ -160,7 +209,7 @@ def update(
     raise PipelineError(f"pipeline {pipeline_id} is changing too fast; try again")
 
 
-def task_message(pipeline: Pipeline, task: Task) -> InboundMessage:
+def task_message(config: Config, pipeline: Pipeline, task: Task) -> InboundMessage:
     """The run of a task in its own session (channel ``pipeline``: the reply is recorded,
     never delivered to a chat)."""
     creator = pipeline.creator  # whose budget, whose start: carried on from its run
@@ -172,7 +221,7 @@ def task_message(pipeline: Pipeline, task: Task) -> InboundMessage:
         chat_id=f"{pipeline.id}:{task.id}",
         sender_id="pipeline",
         session_key=task.session_key,
-        text=prompts.task_text(pipeline, task),
+        text=prompts.task_text(pipeline, task, limit=config.quotas.max_message_chars),
         metadata={
             "origin": Origin.PIPELINE.value, "pipeline_id": pipeline.id, "task_id": task.id,
             "role": task.role, "attempt": task.attempt, "depth": pipeline.depth + 1,
@@ -186,7 +235,7 @@ def start(client: redis.Redis, config: Config, pipeline: Pipeline, tasks: list[T
     """Submit the runs of claimed tasks (a sub-agent's task is submitted by ``spawn``)."""
     for task in tasks:
         if task.session_key == session_key(pipeline.id, task.id):
-            submit(client, config, task_message(pipeline, task))
+            submit(client, config, task_message(config, pipeline, task))
 
 
 def dispatch(client: redis.Redis, config: Config, pipeline_id: str) -> tuple[Pipeline, list[Task]]:
@@ -220,12 +269,15 @@ def task_finished(
     *,
     ok: bool,
     text: str,
+    message_id: str = "",
 ) -> Changes:
-    """A task's run is over: record it, start what became ready, report what must be."""
+    """A task's run is over: record it, start what became ready, report what must be.
+    ``message_id``: the run's message, when known (a finish for another is stale)."""
     bounds = limits(config)
     pipeline, changes = update(
         client, config, pipeline_id,
-        lambda p, now: finish(p, task_id, attempt, ok=ok, text=text, limits=bounds, now=now),
+        lambda p, now: finish(p, task_id, attempt, ok=ok, text=text, limits=bounds, now=now,
+                              message_id=message_id),
     )  # fmt: skip
     start(client, config, pipeline, changes.started)
     report(client, config, pipeline, changes)
@@ -234,10 +286,14 @@ def task_finished(
 
 def reconcile(client: redis.Redis, config: Config, pipeline: Pipeline) -> Pipeline:
     """Finish running tasks whose run is over but was never reported (a worker died in
-    between), and submit again those whose message was never stored."""
+    between), and submit again those whose message was never stored. A pipeline with a
+    running task is kept another work.pipeline_ttl_sec: a run (or its wait for resource
+    keys) longer than that must not lose the pipeline under it."""
     running = [t for t in pipeline.tasks if t.state is TaskState.RUNNING]
     if not running:
         return pipeline
+    for key in (k.pipeline_key(pipeline.id), *_indexes(pipeline)):
+        client.expire(key, config.work.pipeline_ttl_sec)
     with client.pipeline(transaction=False) as pipe:
         for task in running:
             pipe.hmget(k.message_key(task.session_key, task.message_id), "status", "reply",
@@ -252,7 +308,7 @@ def reconcile(client: redis.Redis, config: Config, pipeline: Pipeline) -> Pipeli
             changed = True
         elif status is None and time.time() - task.started_at > RESUBMIT_AFTER_SEC:
             if task.session_key == session_key(pipeline.id, task.id):
-                submit(client, config, task_message(pipeline, task))
+                submit(client, config, task_message(config, pipeline, task))
             else:
                 task_finished(client, config, pipeline.id, task.id, task.attempt, ok=False,
                               text="its sub-agent's run was never stored")  # fmt: skip

@@ -9,9 +9,10 @@ chat that started the work.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from claw_worker.contract import REPORT_KIND
 from claw_worker.work.model import Pipeline, Task, TaskState
 
 GOAL_PREVIEW = 160
@@ -28,49 +29,84 @@ def shared_state_text(state: Mapping[str, Any]) -> str:
     return json.dumps(state, ensure_ascii=False, sort_keys=True) if state else "(empty)"
 
 
-def task_text(pipeline: Pipeline, task: Task, *, instructions: str = "") -> str:
-    """The message a task's run gets: compact, the goal first."""
-    lines = [
-        f"[pipeline {pipeline.id}, task {task.id}, role: {task.role}]",
-        f"Pipeline goal: {pipeline.goal}",
-        f"Your task: {task.goal}",
-    ]
-    if instructions:
-        lines.append(f"Instructions from the agent that started you: {instructions}")
-    if task.depends_on:
-        lines += ["", "Results of the tasks yours depends on:"]
-        for dep_id in task.depends_on:
-            dep = pipeline.task(dep_id)
-            lines += [f"--- {dep.id} ({dep.role}) ---", dep.result or "(no result)"]
-    lines += ["", f"Shared state of the pipeline: {shared_state_text(pipeline.shared_state)}"]
+def task_text(pipeline: Pipeline, task: Task, *, limit: int, instructions: str = "") -> str:
+    """The message a task's run gets: compact, the goal first, at most ``limit`` characters
+    (quotas.max_message_chars, which the runner enforces): the quoted results and the shared
+    state are cut to fair shares of what is left, saying so."""
+    deps = [pipeline.task(dep_id) for dep_id in task.depends_on]
     after = [t.id for t in pipeline.dependents(task.id)]
     goes = (
         f"passed to the tasks that depend on yours ({', '.join(after)})"
         if after
         else "part of the pipeline's final result, sent to the chat that asked for it"
     )
-    lines += ["", f"Your final reply is your task's result: it is {goes}."]
-    return "\n".join(lines)
 
-
-def spawn_text(task: str, role: str, pipeline: Pipeline | None) -> str:
-    """The message of a sub-agent not bound to a pipeline task."""
-    lines = [f"[sub-agent{', role: ' + role if role else ''}]", f"Your task: {task}"]
-    if pipeline is not None:
-        lines += [
-            f"Pipeline {pipeline.id} (goal: {pipeline.goal}); its shared state: "
-            f"{shared_state_text(pipeline.shared_state)}"
+    def compose(parts: list[str]) -> str:
+        lines = [
+            f"[pipeline {pipeline.id}, task {task.id}, role: {task.role}]",
+            f"Pipeline goal: {pipeline.goal}",
+            f"Your task: {task.goal}",
         ]
-    lines += ["", "Your final reply is your result: it is sent back to the agent that "
-                  "started you."]  # fmt: skip
-    return "\n".join(lines)
+        if instructions:
+            lines.append(f"Instructions from the agent that started you: {instructions}")
+        if deps:
+            lines += ["", "Results of the tasks yours depends on:"]
+            for dep, result in zip(deps, parts, strict=False):
+                lines += [f"--- {dep.id} ({dep.role}) ---", result]
+        lines += ["", f"Shared state of the pipeline: {parts[-1]}"]
+        lines += ["", f"Your final reply is your task's result: it is {goes}."]
+        return "\n".join(lines)
+
+    quoted = [dep.result or "(no result)" for dep in deps]
+    return compose(fit_parts([*quoted, shared_state_text(pipeline.shared_state)], compose, limit))
+
+
+def fit_parts(parts: list[str], compose: Callable[[list[str]], str], limit: int) -> list[str]:
+    """``parts`` cut so that ``compose(parts)`` is at most ``limit`` characters: each gets a
+    fair share of the room the rest leaves (a short one whole, what it leaves to the others)."""
+    room = limit - len(compose(["" for _ in parts]))
+    if sum(map(len, parts)) <= room:
+        return parts
+    caps, left = [0] * len(parts), max(room, 0)
+    order = sorted(range(len(parts)), key=lambda i: len(parts[i]))
+    for n, i in enumerate(order):
+        caps[i] = min(len(parts[i]), left // (len(parts) - n))
+        left -= caps[i]
+    return [_cut_to(part, cap) for part, cap in zip(parts, caps, strict=True)]
+
+
+def _cut_to(text: str, cap: int) -> str:
+    """``text`` in at most ``cap`` characters, saying how much was cut when it was."""
+    if len(text) <= cap:
+        return text
+    keep = max(0, cap - len(f"\n... [cut: {len(text)} more characters]"))
+    if keep == 0:
+        return text[:cap]
+    return text[:keep] + f"\n... [cut: {len(text) - keep} more characters]"
+
+
+def spawn_text(task: str, role: str, pipeline: Pipeline | None, *, limit: int) -> str:
+    """The message of a sub-agent not bound to a pipeline task (at most ``limit``
+    characters: a pipeline's shared state is cut to fit)."""
+
+    def compose(parts: list[str]) -> str:
+        lines = [f"[sub-agent{', role: ' + role if role else ''}]", f"Your task: {task}"]
+        if pipeline is not None:
+            lines += [f"Pipeline {pipeline.id} (goal: {pipeline.goal}); its shared state: "
+                      f"{parts[0]}"]  # fmt: skip
+        lines += ["", "Your final reply is your result: it is sent back to the agent that "
+                      "started you."]  # fmt: skip
+        return "\n".join(lines)
+
+    state = shared_state_text(pipeline.shared_state) if pipeline is not None else ""
+    return compose(fit_parts([state], compose, limit))
 
 
 def role_section(metadata: Mapping[str, Any]) -> str:
     """The system prompt's part for a pipeline task or a sub-agent ("" for other runs)."""
     origin = metadata.get("origin")
     role = str(metadata.get("role") or "")[:200]
-    if metadata.get("kind") == "result":  # a sub-agent's report, in the parent's session
+    if metadata.get("kind") == REPORT_KIND:  # a sub-agent's report, in the parent's session
         return ""
     if origin == "pipeline":
         return (
@@ -187,15 +223,22 @@ def failure_notice(pipeline: Pipeline, failed: list[Task]) -> str:
     return "\n".join(lines)
 
 
-def announce_text(child_session: str, role: str, status: str, task: str, result: str) -> str:
-    """The report a sub-agent's parent session gets as a new message."""
+def announce_text(
+    child_session: str, role: str, status: str, task: str, result: str, *, limit: int
+) -> str:
+    """The report a sub-agent's parent session gets as a new message (at most ``limit``
+    characters: the result is cut to fit)."""
     who = f"sub-agent {child_session}{' (' + role + ')' if role else ''}"
-    return "\n".join([
-        f"[{who} finished: {status}]",
-        f"The job you gave it: {_one_line(task, 300)}",
-        "Its result:" if status == "done" else "What went wrong:",
-        result,
-        "",
-        "This is a sub-agent's report, not a message from the user: tell the user what "
-        "matters in it. While answering a report you cannot start sub-agents or pipelines.",
-    ])  # fmt: skip
+
+    def compose(parts: list[str]) -> str:
+        return "\n".join([
+            f"[{who} finished: {status}]",
+            f"The job you gave it: {_one_line(task, 300)}",
+            "Its result:" if status == "done" else "What went wrong:",
+            parts[0],
+            "",
+            "This is a sub-agent's report, not a message from the user: tell the user what "
+            "matters in it. While answering a report you cannot start sub-agents or pipelines.",
+        ])  # fmt: skip
+
+    return compose(fit_parts([result], compose, limit))

@@ -11,7 +11,9 @@ A report travels up only: one that reaches a sub-agent's own session is answered
 that answer goes up to its parent in turn.
 
 With ``pipeline_id`` and ``task_id`` the sub-agent runs that (ready) pipeline task: its
-result completes the task, and dependents start as after any task's run.
+result completes the task, and dependents start as after any task's run. A run working for
+a task may start only that kind: its final reply is its task's result, so a free
+sub-agent's report would come after the task is over, to nobody.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from claw_worker import constants as k
 from claw_worker.config.schema import Config
 from claw_worker.contract import (
     INTERNAL_CHANNEL,
+    REPORT_KIND,
     STARTED_BY_META,
     InboundMessage,
     MessageStatus,
@@ -36,8 +39,8 @@ from claw_worker.contract import (
 from claw_worker.session.submit import submit
 from claw_worker.work import prompts
 from claw_worker.work.model import Pipeline, PipelineError
-from claw_worker.work.origin import ANNOUNCE_PREFIX, INTERNAL_CHANNELS, RunOrigin
-from claw_worker.work.pipelines import claim_for_spawn, load, task_finished
+from claw_worker.work.origin import ANNOUNCE_PREFIX, INTERNAL_CHANNELS, RunOrigin, load_for
+from claw_worker.work.pipelines import claim_for_spawn, task_finished
 
 log = structlog.get_logger(__name__)
 
@@ -99,12 +102,19 @@ def spawn(
             f"a sub-agent here would be at depth {depth}, over work.max_depth "
             f"({work.max_depth}); do this work yourself"
         )
+    if parent.task_id and not task_id:
+        raise SpawnError(
+            f"this run works for task {parent.task_id} of pipeline {parent.pipeline_id}: its "
+            "final reply is the task's result, and a sub-agent's report would come after it, "
+            "to nobody; do this part yourself, or run another ready task of the pipeline with "
+            "spawn's task_id"
+        )
     if task_id and not pipeline_id:
         pipeline_id = parent.pipeline_id
         if not pipeline_id:
             raise SpawnError("task_id needs the pipeline_id of its pipeline")
     try:
-        pipeline: Pipeline | None = load(client, pipeline_id) if pipeline_id else None
+        pipeline: Pipeline | None = load_for(client, parent, pipeline_id) if pipeline_id else None
     except PipelineError as exc:
         raise SpawnError(str(exc)) from None
     if work.max_spawn_per_session == 0:
@@ -116,19 +126,21 @@ def spawn(
         args=[now, now - work.spawn_timeout_sec, work.max_spawn_per_session,
               f"spawn:{_fit(parent.session_key, 480)}:"],
     )  # fmt: skip
+    client.zadd(k.SPAWN_PARENTS, {parent.session_key: now})  # for reconcile_spawned
     if not int(taken):
         raise SpawnError(
             f"this session has {child} sub-agent(s) running, the limit "
             f"(work.max_spawn_per_session); wait until one reports back"
         )
     mid, attempt, goal = f"spawn-{uuid.uuid4().hex}", 0, task
+    room = config.quotas.max_message_chars
     try:
         if task_id:
             pipeline, claimed = claim_for_spawn(client, config, pipeline_id, task_id, child, mid)
-            text = prompts.task_text(pipeline, claimed, instructions=task)
+            text = prompts.task_text(pipeline, claimed, instructions=task, limit=room)
             role, attempt, goal = role or claimed.role, claimed.attempt, f"{claimed.goal}\n{task}"
         else:
-            text, goal = prompts.spawn_text(task, role, pipeline), task
+            text, goal = prompts.spawn_text(task, role, pipeline, limit=room), task
     except PipelineError as exc:
         client.zrem(k.spawn_active_key(parent.session_key), child)
         raise SpawnError(str(exc)) from None
@@ -180,14 +192,14 @@ def child_finished(
             try:
                 task_finished(client, config, record["pipeline_id"], record["task_id"],
                               int(record.get("attempt") or 0), ok=status is MessageStatus.DONE,
-                              text=result)  # fmt: skip
+                              text=result, message_id=message_id)  # fmt: skip
             except PipelineError as exc:
                 log.warning("pipeline task of a sub-agent not recorded", error=str(exc))
     report_id = ANNOUNCE_PREFIX + message_id
     if len(report_id) > 128:  # a report of a report of ...: ids would grow with the depth
         report_id = ANNOUNCE_PREFIX + hashlib.sha256(message_id.encode()).hexdigest()[:40]
     parent, channel = record["parent_session"], record.get("parent_channel") or INTERNAL_CHANNEL
-    metadata = {"origin": Origin.SPAWN.value, "kind": "result", "child_session": session}
+    metadata = {"origin": Origin.SPAWN.value, "kind": REPORT_KIND, "child_session": session}
     for carried in ("sender", STARTED_BY_META):  # the parent's answer: the same person's,
         if record.get(carried):  # the same start's
             metadata[carried] = record[carried]
@@ -201,9 +213,23 @@ def child_finished(
         chat_id=record.get("parent_chat_id") or _fit(parent, 256), sender_id="spawn",
         session_key=parent,
         text=prompts.announce_text(session, record.get("role", ""), status.value,
-                                   record.get("task", ""), result),
+                                   record.get("task", ""), result,
+                                   limit=config.quotas.max_message_chars),
         metadata=metadata,
     ))  # fmt: skip
+
+
+def reconcile_spawned(client: redis.Redis, config: Config) -> int:
+    """``reconcile_children`` of every parent with sub-agents running (for the periodic work
+    check: a parent that never spawns again still hears of a child whose worker died before
+    reporting); returns how many parents were looked at. A parent with none left leaves
+    the index."""
+    parents = client.zrange(k.SPAWN_PARENTS, 0, -1)
+    for parent in parents:
+        reconcile_children(client, config, parent)
+        if not client.zcard(k.spawn_active_key(parent)):
+            client.zrem(k.SPAWN_PARENTS, parent)
+    return len(parents)
 
 
 def reconcile_children(client: redis.Redis, config: Config, parent: str) -> None:

@@ -24,6 +24,10 @@ from claw_worker.work.model import (
     session_key,
 )
 
+# A shared_state value nested deeper is refused: pydantic reads JSON only to about 200
+# levels, so a deeper one was stored and then made the whole pipeline unreadable.
+MAX_STATE_NESTING = 32
+
 
 @dataclass
 class Changes:
@@ -80,17 +84,21 @@ def finish(
     text: str,
     limits: Limits,
     now: float,
+    message_id: str = "",
 ) -> Changes:
     """A task's run is over (``text`` is its result, or the error when not ``ok``).
 
-    A finish for a task that is not running, or for another attempt, is stale (a duplicate
-    report) and changes nothing. A done task makes the dependents whose dependencies are all
+    A finish for a task that is not running, or for another attempt (or, when given,
+    another message: a late run of an expired namesake pipeline's task), is stale and
+    changes nothing. A done task makes the dependents whose dependencies are all
     done ready (and, with auto_dispatch, starts them); a failed one blocks everything
     downstream of it. The pipeline finishes once nothing is left to run.
     """
     changes = Changes()
     task = pipeline.task(task_id)
     if task.state is not TaskState.RUNNING or task.attempt != attempt:
+        return changes
+    if message_id and message_id != task.message_id:
         return changes
     changes.changed = True
     task.finished_at = now
@@ -135,10 +143,15 @@ def settle(pipeline: Pipeline, now: float) -> bool:
 
 def set_state(pipeline: Pipeline, key: str, value: Any, limits: Limits) -> Changes:
     """Set (or, with None, remove) one key of the shared state, within its size limit."""
-    if not STATE_KEY.match(key):
+    if not STATE_KEY.fullmatch(key):
         raise PipelineError(f"state key {key!r} must be 1 to 64 letters, digits, '.', '-', '_'")
     if pipeline.finished:
         raise PipelineError(f"pipeline {pipeline.id} is finished ({pipeline.status})")
+    if _nesting(value) > MAX_STATE_NESTING:
+        raise PipelineError(
+            f"the value is nested more than {MAX_STATE_NESTING} levels deep; keep it flat "
+            "(a summary, a list of paths)"
+        )
     state = dict(pipeline.shared_state)
     if value is None:
         state.pop(key, None)
@@ -152,6 +165,19 @@ def set_state(pipeline: Pipeline, key: str, value: Any, limits: Limits) -> Chang
         )
     pipeline.shared_state = state
     return Changes(changed=True)
+
+
+def _nesting(value: Any) -> int:
+    """How deep lists and objects nest in ``value`` (a scalar: 0), without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            todo += [
+                (inner, level + 1) for inner in (item.values() if isinstance(item, dict) else item)
+            ]
+    return deepest
 
 
 def _cut(text: str, limit: int) -> str:
