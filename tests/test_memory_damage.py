@@ -1,0 +1,93 @@
+"""Memory under damage and odd input: a damaged index file, text that is not plain text."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from claw_worker.agent.context import memory_recall
+from claw_worker.config.schema import Config
+from claw_worker.memory import store
+from claw_worker.memory.index import MemoryIndex, damaged
+
+
+@pytest.fixture(autouse=True)
+def host_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A $CLAW_HOME of its own (the index lives in its cache), apart from the workspace."""
+    home = tmp_path_factory.mktemp("host")
+    monkeypatch.setenv("CLAW_HOME", str(home))
+    return home
+
+
+def _replace(old: bytes, new: bytes) -> Callable[[Path], None]:
+    """A damage: bytes of the file replaced in place (a flipped byte, the same length)."""
+
+    def damage(db: Path) -> None:
+        data = db.read_bytes()
+        assert old in data and len(old) == len(new)
+        db.write_bytes(data.replace(old, new, 1))
+
+    return damage
+
+
+def _undecodable_path(db: Path) -> None:
+    # A byte of a stored path flipped to one that is not UTF-8.
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE files SET path = CAST(X'6D656DF9' AS TEXT) WHERE path LIKE '%profile%'")
+    conn.commit()
+    conn.close()
+
+
+def _schema_format(db: Path) -> None:
+    data = bytearray(db.read_bytes())
+    data[44:48] = (255).to_bytes(4, "big")  # the header's schema format number (1 to 4)
+    db.write_bytes(bytes(data))
+
+
+DAMAGES = {
+    # Each of these left memory search "unavailable" for good (recall silently empty), or
+    # failed every turn that asked to recall something: the index was never rebuilt.
+    "a stored path not UTF-8": _undecodable_path,
+    "the schema's text not UTF-8": _replace(b"unicode61", b"unic\xf9de61"),
+    "a column name in the schema": _replace(b"sig TEXT", b"s\xf9g TEXT"),
+    "an unknown schema format": _schema_format,
+}
+
+
+def _damage(index: MemoryIndex, damage: Callable[[Path], None]) -> None:
+    conn = sqlite3.connect(index.db_path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file
+    conn.close()
+    damage(index.db_path)
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES.keys())
+def test_a_damaged_index_is_rebuilt(tmp_path: Path, damage: Callable[[Path], None]) -> None:
+    store.append(tmp_path, "profile", "Favourite editor: Helix, with the dark theme.")
+    index = MemoryIndex(tmp_path)
+    assert index.search("Helix")
+    _damage(index, damage)
+    hits = MemoryIndex(tmp_path).search("Helix")
+    assert [h.path for h in hits] == ["memory/profile.md"]
+
+    _damage(index, damage)
+    defaults = Config().agents.defaults
+    block = memory_recall(tmp_path, "do you remember my editor? Helix?", defaults)
+    assert "Helix" in block and "memory/profile.md" in block
+
+
+def test_a_busy_or_locked_index_is_not_taken_for_damage(tmp_path: Path) -> None:
+    db = tmp_path / "index.sqlite3"
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(sqlite3.OperationalError) as locked:
+            sqlite3.connect(db, timeout=0, isolation_level=None).execute("BEGIN IMMEDIATE")
+    finally:
+        holder.close()
+    assert "locked" in str(locked.value)
+    assert not damaged(locked.value)  # reported to the caller; the file is not deleted
