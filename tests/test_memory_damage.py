@@ -12,6 +12,8 @@ from claw_worker.agent.context import memory_recall
 from claw_worker.config.schema import Config
 from claw_worker.memory import store
 from claw_worker.memory.index import MemoryIndex, damaged
+from claw_worker.tools.base import ToolContext
+from claw_worker.tools.registry import default_tools
 
 
 @pytest.fixture(autouse=True)
@@ -91,3 +93,29 @@ def test_a_busy_or_locked_index_is_not_taken_for_damage(tmp_path: Path) -> None:
         holder.close()
     assert "locked" in str(locked.value)
     assert not damaged(locked.value)  # reported to the caller; the file is not deleted
+
+
+def _write(tmp_path: Path, text: str) -> str:
+    tools = default_tools(Config())
+    ctx = ToolContext(tmp_path, "test:1", Config())
+    return tools.run("memory_write", {"layer": "profile", "text": text}, ctx)
+
+
+def test_control_characters_are_not_written_to_memory(tmp_path: Path) -> None:
+    # A model (or a pasted terminal log) writes NUL, escape sequences and a bell. Before, they
+    # went into profile.md as they were: the file became "binary" to grep and less, a NUL cut
+    # the search's snippet there, and the escapes came back into every prompt.
+    text = "editor: helix\x00theme: dark\r\ncolour \x1b[31mred\x1b[0m \x07 done\x85."
+    assert _write(tmp_path, text) == "Saved to memory/profile.md"
+    data = (tmp_path / "memory" / "profile.md").read_bytes()
+    assert data.endswith(b"\n\neditor: helix theme: dark\ncolour  [31mred [0m   done .\n")
+    hits = MemoryIndex(tmp_path).search("helix")
+    assert "theme: dark" in hits[0].snippet
+    assert _write(tmp_path, "\x00\x1b\x07") == "Error: not saved: memory text is empty"
+
+
+def test_a_nul_in_a_hand_written_memory_file_does_not_cut_its_snippet(tmp_path: Path) -> None:
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "project.md").write_bytes(b"# Project\n\nalpha\x00beta gamma\n")
+    hits = MemoryIndex(tmp_path).search("alpha")
+    assert hits[0].snippet == "alpha beta gamma"

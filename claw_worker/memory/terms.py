@@ -39,9 +39,9 @@ def segment(text: str) -> str:
 
     The stored text stays reversible (``restore``), so snippet() still cuts fragments at
     token boundaries and the hits show the original text. U+200B already in the text is
-    dropped.
+    dropped, and a NUL (a hand-edited file) becomes a space: FTS5's snippet ends at one.
     """
-    text = text.replace(_SEP, "")
+    text = text.replace(_SEP, "").replace("\x00", " ")
     return _CJK_RUN.sub(lambda m: _SEP + _SEP.join(bigrams(m.group())) + _SEP, text)
 
 
