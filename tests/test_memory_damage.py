@@ -95,10 +95,10 @@ def test_a_busy_or_locked_index_is_not_taken_for_damage(tmp_path: Path) -> None:
     assert not damaged(locked.value)  # reported to the caller; the file is not deleted
 
 
-def _write(tmp_path: Path, text: str) -> str:
+def _write(tmp_path: Path, text: str, layer: str = "profile") -> str:
     tools = default_tools(Config())
     ctx = ToolContext(tmp_path, "test:1", Config())
-    return tools.run("memory_write", {"layer": "profile", "text": text}, ctx)
+    return tools.run("memory_write", {"layer": layer, "text": text}, ctx)
 
 
 def test_control_characters_are_not_written_to_memory(tmp_path: Path) -> None:
@@ -119,3 +119,14 @@ def test_a_nul_in_a_hand_written_memory_file_does_not_cut_its_snippet(tmp_path: 
     (tmp_path / "memory" / "project.md").write_bytes(b"# Project\n\nalpha\x00beta gamma\n")
     hits = MemoryIndex(tmp_path).search("alpha")
     assert hits[0].snippet == "alpha beta gamma"
+
+
+def test_a_comment_in_a_code_block_is_not_a_heading(tmp_path: Path) -> None:
+    # A procedure with a shell snippet: each "# comment" in it was taken for a heading, so
+    # the snippet's chunks lost their section ("Deploy") and a heading's double weight went
+    # to the comments.
+    text = "## Deploy the site\n\n```bash\n# build the image\ndocker build .\n# push it\n```\n"
+    assert _write(tmp_path, text, layer="procedures") == "Saved to memory/procedures.md"
+    hits = MemoryIndex(tmp_path).search("docker image")
+    assert [h.heading for h in hits] == ["Deploy the site"]
+    assert "# build the image" in hits[0].snippet and "# push it" in hits[0].snippet

@@ -65,9 +65,11 @@ MAX_INDEXED_BYTES = 8 * 1024 * 1024  # of one memory file (store.MAX_LAYER_BYTES
 EMBED_BUDGET_SEC = 2.0
 EMBED_GROUP_CHUNKS = 64
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 
-# user_version 0 (never set) was unicode61 on the raw text; a mismatch re-indexes once.
-SCHEMA_VERSION = 2
+# user_version 0 (never set) was unicode61 on the raw text, 2 took a "# comment" in a code
+# block for a heading; a mismatch re-indexes once.
+SCHEMA_VERSION = 3
 SCHEMA = (
     "CREATE TABLE files (path TEXT PRIMARY KEY, sig TEXT NOT NULL)",
     "CREATE VIRTUAL TABLE chunks USING fts5("
@@ -78,8 +80,12 @@ SCHEMA = (
 def chunk_markdown(text: str) -> list[tuple[str, str]]:
     """(heading, body) chunks: one per heading section, paragraphs merged to ~500-1000 chars."""
     sections: list[tuple[str, list[str]]] = [("", [])]
+    fence = ""  # the fence of the code block the line is in: a "# comment" there is code
     for line in text.splitlines():
-        match = _HEADING.match(line)
+        opened = _FENCE.match(line)
+        if opened and (not fence or opened.group(1).startswith(fence)):
+            fence = "" if fence else opened.group(1)
+        match = None if fence else _HEADING.match(line)
         if match:
             sections.append((match.group(2), []))
         else:
