@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -130,3 +132,16 @@ def test_a_comment_in_a_code_block_is_not_a_heading(tmp_path: Path) -> None:
     hits = MemoryIndex(tmp_path).search("docker image")
     assert [h.heading for h in hits] == ["Deploy the site"]
     assert "# build the image" in hits[0].snippet and "# push it" in hits[0].snippet
+
+
+def test_a_long_message_asking_to_recall_is_searched_at_once(tmp_path: Path) -> None:
+    # A pasted document with a recall keyword ("之前", "before", is common in Chinese): every
+    # distinct word or bigram was checked against all those kept before, so the query took
+    # minutes of CPU with the GIL held (100,000 characters: 187 s), all of the worker frozen.
+    store.append(tmp_path, "note", "之前决定用 Redis 哨兵")
+    rng = random.Random(7)
+    text = "之前" + "".join(chr(0x4E00 + rng.randrange(20_000)) for _ in range(100_000))
+    started = time.monotonic()
+    block = memory_recall(tmp_path, text, Config().agents.defaults)
+    assert time.monotonic() - started < 5
+    assert "Redis" in block
