@@ -69,6 +69,12 @@ def history_saved_key(session_key: str, message_id: str) -> str:
     return f"{PREFIX}:histsaved:{_tag(session_key)}:{message_id}"
 
 
+def dead_letter_key(session_key: str) -> str:
+    """LIST of mailbox entries no worker could read as a message (corrupt, or stored by a
+    newer version), set aside so the session goes on; expires like a message record."""
+    return f"{PREFIX}:dead:{_tag(session_key)}"
+
+
 def cancel_key(session_key: str) -> str:
     return f"{PREFIX}:cancel:{_tag(session_key)}"
 

@@ -285,7 +285,13 @@ def test_history_is_capped_and_starts_at_a_user_message(client: redis.Redis) -> 
     history.append(
         [
             {"role": "user", "content": "c"},
-            {"role": "assistant", "content": None, "tool_calls": []},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "1", "type": "function", "function": {"name": "x", "arguments": "{}"}}
+                ],
+            },
             {"role": "tool", "tool_call_id": "1", "content": "r"},
             {"role": "assistant", "content": "d"},
         ]

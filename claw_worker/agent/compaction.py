@@ -230,13 +230,20 @@ def compact_history(
     mode = effective_mode(config, provider)
     try:
         summary, facts, native = _summarise(config, provider, model, old, mode, spend)
-        if facts:
-            # Written before the old messages go: the facts must outlive the summary.
-            body = "Facts from a compacted conversation:\n" + "\n".join(f"- {f}" for f in facts)
-            store.append(workspace, "note", body)
     except Exception as exc:  # a provider outage or bad answer must not fail the turn
         log.warning("context compaction failed (%s); history kept, retried next turn", exc)
         return None
+    if facts:
+        # Written before the old messages go: the facts must outlive the summary.
+        body = "Facts from a compacted conversation:\n" + "\n".join(f"- {f}" for f in facts)
+        try:
+            store.append(workspace, "note", body)
+        except (ValueError, OSError) as exc:
+            # A note that cannot be written (a FIFO or a link in its place, over the size
+            # cap) failed every compaction of the day, and the history only grew: the
+            # facts stay in the summary instead.
+            log.warning("compaction facts not saved to memory (%s); kept in the summary", exc)
+            summary = f"{summary}\n\n{body}".strip()
     removed = len(old) - (1 if old[0].get("role") == "system" else 0)
     # The first compaction of a session in a freshly started worker says so (ClawGo's
     # startup compaction); later ones are runtime compactions.

@@ -64,15 +64,17 @@ class History:
         pipe.lindex(self._key, 0)
         pipe.lrange(self._key, -limit, -1)
         first, raw = pipe.execute()
-        messages = [m for m in (_decode(item) for item in raw) if m is not None]
-        head = _decode(first) if first is not None else None
-        return _window(head, messages, bool(raw) and raw[0] == first)
+        messages = _readable(raw)
+        head = _readable([first]) if first is not None else []
+        holds_head = bool(raw) and raw[0] == first and bool(head)
+        return _window(head[0] if head else None, messages, holds_head)
 
     def load_all(self) -> tuple[list[Message], int]:
-        """Every stored message (corrupt entries skipped) and the raw list length, for
+        """Every stored message (damaged ones left out, see ``_readable``) and the raw list
+        length, for
         ``replace(expect_len=...)``."""
         raw: list[str] = self._redis.lrange(self._key, 0, -1)  # type: ignore[assignment]
-        messages = [m for m in (_decode(item) for item in raw) if m is not None]
+        messages = _readable(raw)
         self._snapshot = (messages, len(raw))
         return list(messages), len(raw)
 
@@ -142,9 +144,57 @@ def _window(head: Message | None, messages: list[Message], holds_head: bool) -> 
     return []
 
 
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+def _readable(raw: Sequence[str]) -> list[Message]:
+    """The stored entries an API accepts, in order: a damaged entry (not JSON, an unknown
+    role, content that is not text) is left out, and so is a whole tool exchange that lost
+    its call or one of its results, or names a call badly. Sent as it was, such a history
+    was refused with a 400 on this turn and every later one: the session was dead."""
+    messages = [m for m in map(_decode, raw) if m is not None]
+    kept: list[Message] = []
+    index = 0
+    while index < len(messages):
+        message = messages[index]
+        index += 1
+        if message["role"] == "tool":
+            continue  # a result whose call was lost
+        if message["role"] != "assistant" or not message.get("tool_calls"):
+            kept.append(message)
+            continue
+        results = []
+        while index < len(messages) and messages[index]["role"] == "tool":
+            results.append(messages[index])
+            index += 1
+        answered = sorted(str(r.get("tool_call_id")) for r in results)
+        if answered == sorted(_call_ids(message["tool_calls"]) or [None]):
+            kept += [message, *results]
+    return kept
+
+
+def _call_ids(calls: object) -> list[str] | None:
+    """The ids of well-formed tool calls, or None when any call is not one."""
+    if not isinstance(calls, list):
+        return None
+    ids = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not (isinstance(function, dict) and isinstance(function.get("name"), str)
+                and isinstance(call.get("id"), str)):  # fmt: skip
+            return None
+        ids.append(call["id"])
+    return ids
+
+
 def _decode(item: str) -> Message | None:
     try:
         value = json.loads(item)
     except ValueError:
         return None  # a corrupt entry must not break the session forever
-    return value if isinstance(value, dict) and "role" in value else None
+    if not isinstance(value, dict) or value.get("role") not in ROLES:
+        return None
+    content = value.get("content")
+    if isinstance(content, str | list) or (content is None and value.get("tool_calls")):
+        return value
+    return None

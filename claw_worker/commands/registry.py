@@ -105,6 +105,14 @@ def admin_refusal(ctx: CommandContext, found: Command) -> str:
     return "\n".join(lines)
 
 
+ECHOED_CHARS = 64  # of an argument quoted back in a reply
+
+
+def echoed(arg: str) -> str:
+    """An argument as a reply quotes it: cut, so 100,000 characters sent do not come back."""
+    return arg if len(arg) <= ECHOED_CHARS else arg[:ECHOED_CHARS] + "…"
+
+
 def parse_command(text: str) -> tuple[str, list[str]] | None:
     """``("/name", args)`` when the text is a slash command, else None (a normal message).
 
@@ -125,7 +133,7 @@ async def run_command(ctx: CommandContext, text: str) -> str | None:
     name, args = parsed
     found = COMMANDS.get(name)
     if found is None:
-        return f"Unknown command {name}.\n{help_text()}"
+        return f"Unknown command {echoed(name)}.\n{help_text()}"
     if found.admin and not ctx.admin:
         return admin_refusal(ctx, found)
     # /status, /config get, /pipeline ...: what they show may hold a secret (an error text).

@@ -8,7 +8,7 @@ import time
 
 from claw_worker import constants as k
 from claw_worker.commands._lang_tag import normalize_lang_tag
-from claw_worker.commands.registry import COMMANDS, CommandContext, command, help_text
+from claw_worker.commands.registry import COMMANDS, CommandContext, command, echoed, help_text
 from claw_worker.nodes.stats import describe as describe_dispatches
 from claw_worker.nodes.stats import summarize as summarize_dispatches
 from claw_worker.session.runs import FINISHED, describe_run, read_run, resolve_run_id
@@ -44,7 +44,7 @@ async def _status(ctx: CommandContext, args: list[str]) -> str:
         try:
             timeout = float(rest[1]) if len(rest) == 2 else WAIT_DEFAULT_SEC
         except ValueError:
-            return f"'{rest[1]}' is not a number of seconds."
+            return f"'{echoed(rest[1])}' is not a number of seconds."
         if not 0 < timeout <= WAIT_MAX_SEC:
             return f"The wait must be between 0 and {WAIT_MAX_SEC:g} seconds."
         return await _wait_run(ctx, rest[0], timeout)
@@ -96,19 +96,23 @@ async def _visible_run(ctx: CommandContext, run_id: str) -> dict[str, str] | Non
 async def _run_status(ctx: CommandContext, ref: str) -> str:
     run_id = await resolve_run_id(ctx.redis, ctx.session_key, ref)
     run = await _visible_run(ctx, run_id) if run_id else None
-    return describe_run(run) if run else f"No run {ref} (runs are kept for a limited time)."
+    return describe_run(run) if run else _no_run(ref)
+
+
+def _no_run(ref: str) -> str:
+    return f"No run {echoed(ref)} (runs are kept for a limited time)."
 
 
 async def _wait_run(ctx: CommandContext, ref: str, timeout: float) -> str:
     run_id = await resolve_run_id(ctx.redis, ctx.session_key, ref)
     if run_id is None:
-        return f"No run {ref} (runs are kept for a limited time)."
+        return _no_run(ref)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         run = await _visible_run(ctx, run_id)
         if run is None:
-            return f"No run {run_id} (runs are kept for a limited time)."
+            return _no_run(run_id)
         if run.get("status") in FINISHED:
             return describe_run(run)
         if loop.time() >= deadline:
@@ -123,6 +127,6 @@ async def _lang(ctx: CommandContext, args: list[str]) -> str:
         return texts.lang_usage
     tag = normalize_lang_tag(args[0])
     if tag is None:
-        return f'"{args[0][:64]}": {texts.lang_invalid}'
+        return f'"{echoed(args[0])}": {texts.lang_invalid}'
     await ctx.redis.set(k.lang_key(ctx.session_key), tag)
     return texts.lang_updated_template % tag

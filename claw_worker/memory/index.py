@@ -65,9 +65,11 @@ MAX_INDEXED_BYTES = 8 * 1024 * 1024  # of one memory file (store.MAX_LAYER_BYTES
 EMBED_BUDGET_SEC = 2.0
 EMBED_GROUP_CHUNKS = 64
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 
-# user_version 0 (never set) was unicode61 on the raw text; a mismatch re-indexes once.
-SCHEMA_VERSION = 2
+# user_version 0 (never set) was unicode61 on the raw text, 2 took a "# comment" in a code
+# block for a heading; a mismatch re-indexes once.
+SCHEMA_VERSION = 3
 SCHEMA = (
     "CREATE TABLE files (path TEXT PRIMARY KEY, sig TEXT NOT NULL)",
     "CREATE VIRTUAL TABLE chunks USING fts5("
@@ -78,8 +80,12 @@ SCHEMA = (
 def chunk_markdown(text: str) -> list[tuple[str, str]]:
     """(heading, body) chunks: one per heading section, paragraphs merged to ~500-1000 chars."""
     sections: list[tuple[str, list[str]]] = [("", [])]
+    fence = ""  # the fence of the code block the line is in: a "# comment" there is code
     for line in text.splitlines():
-        match = _HEADING.match(line)
+        opened = _FENCE.match(line)
+        if opened and (not fence or opened.group(1).startswith(fence)):
+            fence = "" if fence else opened.group(1)
+        match = None if fence else _HEADING.match(line)
         if match:
             sections.append((match.group(2), []))
         else:
@@ -169,6 +175,25 @@ def _migrate(conn: sqlite3.Connection) -> None:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
+# SQLite's result codes for a database that is fine but cannot be used right now; any
+# other error (SQLITE_CORRUPT, SQLITE_NOTADB, SQLITE_ERROR of a damaged schema: "no such
+# column", "unsupported file format", ...) is the file's own, and rebuilding fixes it.
+_PASSING = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_CANTOPEN",
+            "SQLITE_READONLY", "SQLITE_FULL", "SQLITE_NOMEM", "SQLITE_INTERRUPT", "SQLITE_PERM",
+            "SQLITE_PROTOCOL")  # fmt: skip
+
+
+def damaged(exc: Exception) -> bool:
+    """Whether an error from the index says its file is damaged (rebuild it), rather than
+    busy or out of resources (report it). A flipped byte in a stored text surfaces as an
+    undecodable value: an OperationalError without a result code, or a UnicodeDecodeError
+    (from the schema's text)."""
+    name = getattr(exc, "sqlite_errorname", None)
+    if name is None:
+        return isinstance(exc, UnicodeDecodeError) or str(exc).startswith("Could not decode")
+    return not name.startswith(_PASSING)
+
+
 class MemoryIndex:
     """The index for one workspace; thread-safe (one connection per thread)."""
 
@@ -212,17 +237,22 @@ class MemoryIndex:
             self._local.conn = None
         for suffix in ("", "-wal", "-shm"):
             Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
+        with self._matrix_lock:
+            self._matrix = None  # its row ids were the old database's
 
     def _with_rebuild(self, action: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
             return fn(self._connect())
-        except sqlite3.OperationalError:
-            raise  # locked or busy: not corruption, the caller reports it
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            if not damaged(exc):
+                raise  # locked, busy, disk full: not the file's fault; the caller reports it
             log.warning("memory index %s is corrupt during %s (%s); rebuilding", self.db_path,
                         action, exc)  # fmt: skip
             self._drop()
-            return fn(self._connect())
+            conn = self._connect()
+            if action != "refresh":
+                self._refresh(conn)  # a search or an embedding needs the files indexed again
+            return fn(conn)
 
     def refresh(self, mode: SearchMode = "bm25") -> int:
         """Re-index the files that changed since last time; returns how many were updated.

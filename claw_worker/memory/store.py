@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,9 @@ INDEX_FILE = "MEMORY.md"
 NOTES_DIR = "notes"
 LOCK_FILE = ".lock"
 MAX_LAYER_BYTES = 8 * 1024 * 1024  # one layer file; appends to a larger one are refused
+# C0 controls but tab and newline, DEL and C1 controls: none belongs in a note (a NUL makes
+# the file "binary" to grep, an escape sequence would come back into every prompt).
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def memory_dir(workspace: Path) -> Path:
@@ -81,7 +85,7 @@ def append(workspace: Path, layer: str, text: str, *, now: float | None = None) 
     Each entry gets its own ``##`` heading so the index makes it a chunk of its own: a
     search then ranks single notes rather than whole days.
     """
-    text = text.strip()
+    text = plain(text).strip()
     if not text:
         raise ValueError("memory text is empty")
     path = layer_path(workspace, layer, now=now)
@@ -97,6 +101,11 @@ def append(workspace: Path, layer: str, text: str, *, now: float | None = None) 
         new = old.rstrip(b"\n") + f"\n\n## {stamp}\n\n{text}\n".encode()
         write_atomic(path, new, _within(workspace))
     return path
+
+
+def plain(text: str) -> str:
+    """``text`` as a note keeps it: line breaks as ``\\n``, other control characters spaces."""
+    return _CONTROLS.sub(" ", text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
 def _read_layer(path: Path, workspace: Path) -> bytes | None:

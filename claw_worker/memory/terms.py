@@ -39,9 +39,9 @@ def segment(text: str) -> str:
 
     The stored text stays reversible (``restore``), so snippet() still cuts fragments at
     token boundaries and the hits show the original text. U+200B already in the text is
-    dropped.
+    dropped, and a NUL (a hand-edited file) becomes a space: FTS5's snippet ends at one.
     """
-    text = text.replace(_SEP, "")
+    text = text.replace(_SEP, "").replace("\x00", " ")
     return _CJK_RUN.sub(lambda m: _SEP + _SEP.join(bigrams(m.group())) + _SEP, text)
 
 
@@ -60,15 +60,20 @@ def fts_query(text: str) -> str:
     are plain text, never syntax), OR-ed so bm25 ranks by how much of the query matches.
     A CJK run becomes its bigrams (no spaces tell its words apart), one character a prefix.
     """
-    terms: list[str] = []
-    for word in _TERM.findall(_CJK_RUN.sub(r" \g<0> ", text.lower())):
+    terms: dict[str, None] = {}  # in order, each once
+    for match in _TERM.finditer(_CJK_RUN.sub(r" \g<0> ", text.lower())):
+        word = match.group()
         if not _CJK_RUN.fullmatch(word):
             found = [f'"{word}"']
         elif len(word) == 1:
             found = [f'"{word}"*']
         else:
-            found = [f'"{b}"' for b in bigrams(word)[:-1]]
+            # Only as many bigrams as could still be used: a run may be 100,000 long.
+            found = [f'"{b}"' for b in bigrams(word[: MAX_QUERY_TERMS + 1])[:-1]]
         for term in found:
-            if term not in terms:
-                terms.append(term)
-    return " OR ".join(terms[:MAX_QUERY_TERMS])
+            terms.setdefault(term)
+            if len(terms) == MAX_QUERY_TERMS:
+                # Stop here: a long message (a pasted document asking to "remember") made
+                # this loop quadratic, minutes of CPU with the GIL held.
+                return " OR ".join(terms)
+    return " OR ".join(terms)

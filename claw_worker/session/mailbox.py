@@ -8,15 +8,21 @@ lives in Redis lists. See docs/architecture.md for the protocol; the Lua is in
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
 import redis
+import structlog
+from pydantic import ValidationError
 
 from claw_worker import constants as k
 from claw_worker.contract import InboundMessage, MessageStatus, OutboundMessage
 from claw_worker.session import scripts as lua
 from claw_worker.session.enqueue import DEFAULT_MESSAGE_TTL_SEC
+
+log = structlog.get_logger(__name__)
+DEAD_LETTERS_KEPT = 100  # per session, the newest
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class Mailbox:
         self.lease_ms = lease_ms
         self._take = client.register_script(lua.TAKE)
         self._complete = client.register_script(lua.COMPLETE)
+        self._set_aside = client.register_script(lua.SET_ASIDE)
         self._renew = client.register_script(lua.RENEW)
         self._release = client.register_script(lua.RELEASE)
         self._probe = client.register_script(lua.PROBE)
@@ -59,13 +66,38 @@ class Mailbox:
         return int(self._release(keys=keys, args=[token]))
 
     def take(self, session_key: str, token: str) -> Taken | None:
+        """The next message, the one left in flight first. An entry that is not a message
+        this worker can read is set aside (a dead letter, logged): left in flight, it would
+        come first again on every drain and hold the session up for good."""
         keys = [k.lease_key(session_key), k.inflight_key(session_key), k.mailbox_key(session_key)]
-        result = self._take(keys=keys, args=[token])
-        if not result:
-            return None
-        if int(result[0]) == -1:
+        while True:
+            result = self._take(keys=keys, args=[token])
+            if not result:
+                return None
+            if int(result[0]) == -1:
+                raise LeaseLost(session_key)
+            try:
+                message = InboundMessage.model_validate_json(result[1])
+            except ValidationError as exc:
+                self._put_aside(session_key, token, result[1], exc)
+                continue
+            return Taken(message, recovered=bool(int(result[0])))
+
+    def _put_aside(self, session_key: str, token: str, entry: str, exc: ValidationError) -> None:
+        # Its problems, not its text (the entry may hold a user's words).
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in exc.errors()
+        )[:500]
+        message_id = _named_id(entry)
+        keys = [k.lease_key(session_key), k.inflight_key(session_key),
+                k.dead_letter_key(session_key), k.message_key(session_key, message_id)]  # fmt: skip
+        error = f"this worker cannot read the stored message ({problems})"
+        args = [token, entry, DEFAULT_MESSAGE_TTL_SEC, DEAD_LETTERS_KEPT, time.time(), error]
+        if int(self._set_aside(keys=keys, args=args)) < 0:
             raise LeaseLost(session_key)
-        return Taken(InboundMessage.model_validate_json(result[1]), recovered=bool(int(result[0])))
+        log.error("unreadable mailbox entry set aside", session_key=session_key,
+                  message_id=message_id, dead_letters=k.dead_letter_key(session_key),
+                  entry_bytes=len(entry), problems=problems)  # fmt: skip
 
     def record(self, message: InboundMessage) -> tuple[dict[str, str], bool]:
         """The message's record, and whether its reply was already published (one trip)."""
@@ -143,3 +175,12 @@ class Mailbox:
 
     def forget_if_unchanged(self, session_key: str, score: float) -> bool:
         return bool(self._forget(keys=[k.DIRTY_SESSIONS], args=[session_key, repr(score)]))
+
+
+def _named_id(entry: str) -> str:
+    """The message id an unreadable entry names, or "" (its record is then left alone)."""
+    try:
+        found = json.loads(entry).get("message_id")
+    except (ValueError, AttributeError):
+        return ""
+    return found if isinstance(found, str) and 0 < len(found) <= 128 else ""

@@ -118,8 +118,8 @@ class RunRecorder:
 
 
 async def resolve_run_id(client: aioredis.Redis, session_key: str, ref: str) -> str | None:
-    """``latest`` (this session's last run) or an explicit run id."""
-    if ref in ("", "latest"):
+    """``latest`` (this session's last run, in any casing) or an explicit run id."""
+    if ref.lower() in ("", "latest"):
         return await client.get(k.latest_run_key(session_key))
     return ref
 

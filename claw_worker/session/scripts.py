@@ -47,6 +47,23 @@ if item then return {0, item} end
 return {}
 """
 
+# KEYS: lease, inflight, dead letters, msgrec (of the id the entry names, if any)
+# ARGV: token, the entry, ttl_sec, how many kept, now, error
+# Moves an in-flight entry no worker can read to the session's dead letters, and fails its
+# message's record if it has one (else it would read "queued" for good); -1 when the lease
+# was lost.
+SET_ASIDE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('LREM', KEYS[2], 1, ARGV[2])
+redis.call('RPUSH', KEYS[3], ARGV[2])
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[4]), -1)
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('HSET', KEYS[4], 'status', 'failed', 'finished_at', ARGV[5], 'error', ARGV[6])
+end
+return 1
+"""
+
 # KEYS: lease, inflight, msgrec   ARGV: token, status, reply, now, error
 # Finishes the in-flight message; -1 when the lease was lost (another holder finishes it).
 COMPLETE = """

@@ -31,7 +31,7 @@ class MemorySearchTool(Tool[MemorySearchParams]):
         try:
             mode = ctx.config.agents.defaults.memory.search
             hits = index_for(ctx.workspace).search(params.query, params.limit, mode=mode)
-        except sqlite3.OperationalError as exc:  # e.g. locked longer than the busy timeout
+        except sqlite3.Error as exc:  # e.g. locked longer than the busy timeout, disk full
             raise ToolError(f"memory index unavailable: {exc}") from exc
         if not hits:
             return f"No memory matches {params.query!r}."
