@@ -106,3 +106,18 @@ def test_each_device_gets_its_own_replies_and_strangers_a_pairing_code(fleet_fac
             await device.close()
 
     asyncio.run(scenario())
+
+
+def test_half_a_surrogate_pair_is_replaced_not_a_dropped_connection(fleet_factory) -> None:
+    port = start_fleet(fleet_factory)
+
+    async def scenario() -> None:
+        cam = await MaixCamDevice.connect(port)
+        await cam.raw(b'{"type": "message", "device_id": "cam-1", '
+                      b'"data": {"text": "cut \\ud83e emoji"}}\n')  # fmt: skip
+        assert (await command(cam))["message"] == "echo: cut \ufffd emoji"
+        await cam.event("message", {"text": "and on"})
+        assert (await command(cam))["message"] == "echo: and on"
+        await cam.close()
+
+    asyncio.run(scenario())
