@@ -5,9 +5,11 @@ PicoClaw's MaixCam lines (tests/platforms/maixcam_device.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from typing import Any
 
+from claw_ingress.channels.maixcam import MAX_DEVICES
 from tests.fixtures.procs import free_port, wait_for
 from tests.platforms.maixcam_device import MaixCamDevice
 
@@ -104,6 +106,56 @@ def test_each_device_gets_its_own_replies_and_strangers_a_pairing_code(fleet_fac
         assert "pairing code" in line["message"] and line["chat_id"] == "cam-9"
         for device in (one, two, stranger):
             await device.close()
+
+    asyncio.run(scenario())
+
+
+def test_silent_connections_are_closed_and_free_their_slots(fleet_factory) -> None:
+    """Every device slot taken by connections that never say anything (boards that lost
+    power, or a peer that opens sockets and waits): closed after idle_timeout_sec, so a real
+    device gets in; before, it was refused for good ("too many devices connected")."""
+    port = start_fleet(fleet_factory, channels__maixcam__idle_timeout_sec=2)
+
+    async def scenario() -> None:
+        silent = [await MaixCamDevice.connect(port) for _ in range(MAX_DEVICES)]
+        try:
+            # Each silent one is told why, then closed.
+            for device in silent:
+                line = await device.read(timeout=30)
+                assert "idle_timeout_sec" in line["error"], line
+
+            async def served() -> bool:
+                cam = await MaixCamDevice.connect(port)
+                try:
+                    await cam.event("message", {"text": "let me in"}, device_id="cam-1")
+                    line = await cam.read()
+                    return line.get("message") == "echo: let me in"
+                finally:
+                    await cam.close()
+
+            assert await served()
+        finally:
+            for device in silent:
+                await device.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_device_sending_now_and_then_is_not_idle(fleet_factory) -> None:
+    port = start_fleet(fleet_factory, channels__maixcam__idle_timeout_sec=2)
+
+    async def scenario() -> None:
+        cam = await MaixCamDevice.connect(port)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 5
+        while loop.time() < until:  # heartbeats every second, for longer than the timeout
+            await cam.event("heartbeat", device_id="cam-1")
+            with contextlib.suppress(TimeoutError):
+                line = await cam.read(timeout=1)
+                raise AssertionError(f"unexpected line {line}")
+        await cam.event("message", {"text": "still on"})
+        assert (await command(cam))["message"] == "echo: still on"
+        await cam.close()
 
     asyncio.run(scenario())
 
