@@ -267,3 +267,28 @@ def test_a_section_naming_only_a_bridge_is_bridge_mode() -> None:
     assert cloud.missing() == ["phone_number_id", "app_secret", "verify_token"]
     explicit = WhatsAppConfig.model_validate({"mode": "cloud", "bridge_url": "ws://h:3001"})
     assert explicit.mode == "cloud"
+
+
+def test_a_malformed_message_in_a_notification_does_not_lose_the_others(
+    cloud_fleet, graph: GraphAPI, llm_server
+) -> None:
+    """Meta batches messages (and statuses) in one notification. One of the wrong shape (a
+    number where text belongs, a null where an object belongs) answered the whole
+    notification with a 400 or a 500: the good messages beside it were never stored, and
+    Meta sent the same failing batch again for days."""
+    number_text = text_message(USER, "x")
+    number_text["text"] = {"body": 12345}
+    null_context = text_message(USER, "quoting nothing")
+    null_context["context"] = None
+    good = text_message(USER, "the good one")
+    payload = notification(messages=[number_text, null_context, good])
+    value = payload["entry"][0]["changes"][0]["value"]
+    value["contacts"].append({"wa_id": "16315550000", "profile": None})
+    value["statuses"] = [{"id": new_wamid(), "status": "failed", "errors": None}]
+    assert post(cloud_fleet, payload).status_code == 200
+    sent = wait_for(lambda: len(found := graph.delivered(USER)) >= 2 and found, timeout=60,
+                    what="the replies")  # fmt: skip
+    assert [s["text"]["body"] for s in sent] == ["echo: quoting nothing", "echo: the good one"]
+    skipped = [line for line in cloud_fleet.output("ingress").splitlines()
+               if "whatsapp message skipped" in line]  # fmt: skip
+    assert len(skipped) == 1, skipped  # the number where text belongs
