@@ -58,6 +58,7 @@ from claw_ingress.channels.base import (
     ChannelContext,
     ChannelError,
     SendError,
+    is_ascii_number,
     within_clock_skew,
 )
 from claw_ingress.client_addr import scope_client_address
@@ -363,7 +364,7 @@ class TelegramChannel(Channel):
 
     async def _send(self, bot: Bot, chat_id: str, text: str, reply_to: str | None) -> None:
         reply = None
-        if reply_to and reply_to.isdigit():
+        if reply_to and is_ascii_number(reply_to):
             reply = ReplyParameters(int(reply_to), allow_sending_without_reply=True)
         try:
             try:
