@@ -427,3 +427,24 @@ def test_a_webhook_update_that_cannot_be_read_is_answered_200_not_repeated(
         assert answer.status_code == 200, (update, answer.status_code, answer.text)
     api.push_message(USER, "after the bad ones")
     assert replies(api, USER, 2)[1].text == "echo: after the bad ones"
+
+
+def test_flood_control_in_one_chat_does_not_hold_back_the_others(
+    fleet_factory, api, llm_server
+) -> None:
+    """Telegram's flood control is per chat (a busy group: 20 messages a minute). Replies
+    went out through one queue per channel, so a chat told to wait held every other chat's
+    replies for as long (up to 5 minutes a try)."""
+    other = 4343
+    telegram_fleet(fleet_factory, api, allow_from=[str(USER), str(other)])
+    polling(api)
+    api.fail("sendMessage", 429, "Too Many Requests: retry after 8", retry_after=8, chat_id=USER)
+    api.push_message(USER, "busy chat")
+    [refused] = wait_for(lambda: api.calls_of("sendMessage", ok=False), timeout=60,
+                         what="the 429")  # fmt: skip
+    api.push_message(other, "quiet chat", user_id=other, first_name="Bo")
+    [quiet] = replies(api, other, timeout=60)
+    assert quiet.text == "echo: quiet chat"
+    assert quiet.at - refused.at < 6, "the other chat waited out the busy chat's 429"
+    [busy] = replies(api, USER, timeout=60)
+    assert busy.text == "echo: busy chat" and busy.at - refused.at >= 7.9
