@@ -292,3 +292,27 @@ def test_a_malformed_message_in_a_notification_does_not_lose_the_others(
     skipped = [line for line in cloud_fleet.output("ingress").splitlines()
                if "whatsapp message skipped" in line]  # fmt: skip
     assert len(skipped) == 1, skipped  # the number where text belongs
+
+
+def test_a_bridge_message_arriving_while_redis_is_away_is_stored_once_it_is_back(
+    fleet_factory, bridge: FakeBridge, redis_server
+) -> None:
+    """The bridge sends a message once and never again: one that could not be stored
+    (Redis restarting) was logged as a failed frame and lost for good."""
+    fleet = fleet_factory(channels__whatsapp={"enabled": True, "mode": "bridge",
+                                              "bridge_url": bridge.url,
+                                              "bridge_token": BRIDGE_TOKEN, "dm_policy": "open",
+                                              "rate_per_sec": 50.0})  # fmt: skip
+    fleet.start_ingress()
+    fleet.start_worker()
+    wait_for(lambda: bridge.clients == 1, timeout=30, what="the adapter to connect")
+    chat = "16315551181@s.whatsapp.net"
+    redis_server.stop()
+    bridge.push_message(chat, "while redis was away")
+    bridge.push_message(chat, "and a second one")
+    wait_for(lambda: "whatsapp bridge message not stored" in fleet.output("ingress"),
+             timeout=15, what="the store to fail")  # fmt: skip
+    redis_server.start()
+    sent = wait_for(lambda: len(found := bridge.sends(chat)) >= 2 and found, timeout=90,
+                    what="both replies")  # fmt: skip
+    assert [s["text"] for s in sent] == ["echo: while redis was away", "echo: and a second one"]
