@@ -339,7 +339,8 @@ class Delivery:
                 if exc.permanent:
                     bound.error("the platform refused the message", error=str(exc))
                     return "refused"
-                wait = min(exc.retry_after or 2.0**attempt, MAX_RETRY_AFTER_SEC)
+                asked = exc.retry_after if exc.retry_after and exc.retry_after > 0 else None
+                wait = min(asked or 2.0**attempt, MAX_RETRY_AFTER_SEC)  # (NaN > 0 is False)
                 bound.warning("send failed, retrying", error=str(exc), retry_in=wait)
             except Exception as exc:  # network trouble, a bug in an adapter: try again
                 wait = 2.0**attempt

@@ -4,6 +4,7 @@ notifications in cloud mode, nanobot's WebSocket bridge protocol in bridge mode.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -316,3 +317,18 @@ def test_a_bridge_message_arriving_while_redis_is_away_is_stored_once_it_is_back
     sent = wait_for(lambda: len(found := bridge.sends(chat)) >= 2 and found, timeout=90,
                     what="both replies")  # fmt: skip
     assert [s["text"] for s in sent] == ["echo: while redis was away", "echo: and a second one"]
+
+
+@pytest.mark.parametrize("hint", ["nan", "NaN"])
+def test_a_retry_after_that_is_no_number_of_seconds_is_waited_as_the_default(
+    cloud_fleet, graph: GraphAPI, hint: str
+) -> None:
+    """``Retry-After: nan`` was read as float NaN, which broke the retry (ValueError): the
+    reply was left for the claim a minute later. It is the default wait (2 s) now."""
+    graph.fail_next(429, 130429, retry_after=hint)
+    graph.fail_next(429, 130429, retry_after=hint)
+    assert post(cloud_fleet, notification(messages=[text_message(USER, "slow")])).status_code == 200
+    wait_for(lambda: graph.delivered(USER), timeout=60, what="the retried reply")
+    times = [s["at"] for s in graph.sends]
+    assert len(times) == 3
+    assert all(later - earlier >= 1.9 for earlier, later in itertools.pairwise(times)), times
