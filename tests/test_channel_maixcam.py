@@ -10,6 +10,7 @@ import socket
 from typing import Any
 
 from claw_ingress.channels.maixcam import MAX_DEVICES
+from tests.fixtures.fleet import Fleet
 from tests.fixtures.procs import free_port, wait_for
 from tests.platforms.maixcam_device import MaixCamDevice
 
@@ -18,6 +19,10 @@ DETECTION = {"class_name": "person", "class_id": 0, "score": 0.87, "x": 10, "y":
 
 
 def start_fleet(fleet_factory: Any, **overrides: Any) -> int:
+    return start_fleet_and_port(fleet_factory, **overrides)[1]
+
+
+def start_fleet_and_port(fleet_factory: Any, **overrides: Any) -> tuple[Fleet, int]:
     port = free_port()
     fleet = fleet_factory(**{
         "channels__maixcam__enabled": True,
@@ -30,7 +35,7 @@ def start_fleet(fleet_factory: Any, **overrides: Any) -> int:
     fleet.start_ingress()
     wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True,
              timeout=30, what="the maixcam server listening")  # fmt: skip
-    return port
+    return fleet, port
 
 
 async def command(device: MaixCamDevice) -> dict[str, Any]:
@@ -173,3 +178,25 @@ def test_half_a_surrogate_pair_is_replaced_not_a_dropped_connection(fleet_factor
         await cam.close()
 
     asyncio.run(scenario())
+
+
+def test_a_flood_of_status_lines_is_not_a_flood_of_log_lines(fleet_factory) -> None:
+    """Status events are only noted, so no rate limit reaches them: each was an INFO line,
+    and a device sending them at full speed rotated the ingress's logs away (every other
+    process's trail with them). A status is logged when it changes, at most once a minute."""
+    fleet, port = start_fleet_and_port(fleet_factory)
+
+    async def scenario() -> None:
+        cam = await MaixCamDevice.connect(port)
+        lines = b"".join(
+            b'{"type": "status", "device_id": "cam-1", "data": {"fps": %d}}\n' % (n % 7)
+            for n in range(3000)
+        )
+        await cam.raw(lines)
+        await cam.event("message", {"text": "done"})
+        assert (await command(cam))["message"] == "echo: done"
+        await cam.close()
+
+    asyncio.run(scenario())
+    noted = fleet.output("ingress").count("maixcam status")
+    assert 1 <= noted <= 2, noted

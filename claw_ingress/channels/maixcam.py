@@ -53,6 +53,7 @@ MAX_BAD_LINES = 20  # in a row: then the device is disconnected
 WRITE_TIMEOUT_SEC = 10.0
 DEVICE_ID = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
 NOTED = frozenset({"status", "heartbeat"})
+STATUS_LOG_EVERY_SEC = 60.0
 # Probes after 60 s of silence, every 15 s, 4 unanswered: a dead peer is closed in 2 min.
 KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 15, "TCP_KEEPCNT": 4}
 
@@ -63,6 +64,7 @@ class _Device:
         self.chat_id = peer  # the peer address until the device names itself
         self.named = False
         self.status: Any = None
+        self.status_logged = -STATUS_LOG_EVERY_SEC  # time.monotonic() of the last logged
         self.lock = asyncio.Lock()
 
     async def write(self, frame: dict[str, Any]) -> None:
@@ -241,9 +243,7 @@ class MaixCamChannel(Channel):
         await self._name(device, event)
         if kind in NOTED:
             if kind == "status":
-                device.status = event.get("data")
-                log.info("maixcam status", channel=self.name, chat_id=device.chat_id,
-                         preview=json.dumps(event.get("data"))[:80])  # fmt: skip
+                self._note_status(device, event.get("data"))
             return None
         if kind not in ("person_detected", "message"):
             return f"unknown event type {kind[:40]!r} (person_detected, message, status, heartbeat)"
@@ -262,6 +262,17 @@ class MaixCamChannel(Channel):
             log.warning("redis unavailable", channel=self.name, error=str(exc))
             return "message store unavailable, retry later"
         return None
+
+    def _note_status(self, device: _Device, status: Any) -> None:
+        """Keep the device's last status; log it when it changed, at most once every
+        ``STATUS_LOG_EVERY_SEC`` (status lines reach no rate limit: logged each, a device
+        sending them at full speed rotated the ingress's logs away)."""
+        changed, device.status = status != device.status, status
+        now = time.monotonic()
+        if changed and now - device.status_logged >= STATUS_LOG_EVERY_SEC:
+            device.status_logged = now
+            log.info("maixcam status", channel=self.name, chat_id=device.chat_id,
+                     preview=json.dumps(status)[:80])  # fmt: skip
 
     async def _name(self, device: _Device, event: dict[str, Any]) -> None:
         """Adopt the device's own id (once) in place of its peer address."""
