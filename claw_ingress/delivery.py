@@ -12,9 +12,11 @@ reads on.
 Per entry: the HTTP API's replies are skipped (HTTP callers wait on them through
 ``outbound.py``); a reply for a connection-bound channel (WebSocket, MaixCam) goes to the
 replica that holds the chat's connection, forwarded through that replica's inbox stream;
-everything else is queued to its channel. Each channel sends its queue in order: the text
-split at the platform's limit (``text.py``), each part after a token from the channel's
-bucket (``rate_per_sec``, ``burst``), a 429 waited out for its ``retry_after``. The parts
+everything else is queued to its chat. Each chat's queue is sent in order by a task of its
+own, so a chat told to wait (a per-chat 429, a chat whose sends fail) holds back only its own
+replies: the text split at the platform's limit (``text.py``), each part after a token from
+the channel's bucket (``rate_per_sec``, ``burst``; at most ``PARALLEL_SENDS`` of a channel's
+sends in flight), a 429 waited out for its ``retry_after``. The parts
 sent are counted in ``claw:delivered:{outbound}:<message_id>``, so a redelivered entry
 resumes after its last part and a message is never sent twice.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -53,6 +56,7 @@ READ_BLOCK_MS = 5_000
 MAX_RETRIES = 5
 MAX_RETRY_AFTER_SEC = 300.0
 DELIVERED_TTL_SEC = 7 * 86400
+PARALLEL_SENDS = 4  # a channel's sends in flight at once (different chats; within its bucket)
 
 
 class TokenBucket:
@@ -91,10 +95,15 @@ class Delivery:
         self.channel = channel  # the running adapter of a channel, or None
         self.wanted = wanted  # the channel is enabled here (it may be starting or failing)
         self.replica = replica
-        self._queues: dict[str, asyncio.Queue[tuple[str, OutboundMessage, bool]]] = {}
+        # One queue per chat, sent by a task of its own while it holds entries: a chat's
+        # replies go out in order, and a chat told to wait (a per-chat 429, a failing
+        # chat) holds back only its own.
+        self._queues: dict[tuple[str, str], deque[tuple[str, OutboundMessage, bool]]] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._busy: set[str] = set()  # entry ids queued or being sent here
         self._tasks: list[asyncio.Task[None]] = []
+        self._senders: set[asyncio.Task[None]] = set()  # one per chat with entries queued
+        self._slots: dict[str, asyncio.Semaphore] = {}  # PARALLEL_SENDS per channel
         self._leading = asyncio.Event()
         self.leader_ttl_ms = LEADER_TTL_MS
 
@@ -112,12 +121,15 @@ class Delivery:
             self._tasks.append(asyncio.create_task(_forever(name, loop), name=name))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._senders]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self._queues.clear()  # what they held stays pending in the stream
+        self._busy.clear()
         if self.leading:  # hand over at once instead of after the lease's TTL
             self._leading.clear()
             with contextlib.suppress(RedisError):
@@ -232,14 +244,14 @@ class Delivery:
                 await self._ack(entry_id, from_inbox)
                 return
         self._busy.add(entry_id)
-        queue = self._queues.get(channel.name)
+        chat = (channel.name, message.chat_id)
+        queue = self._queues.get(chat)
         if queue is None:
-            queue = self._queues[channel.name] = asyncio.Queue()
-            self._tasks.append(asyncio.create_task(
-                _forever(f"send-{channel.name}", lambda: self._send_next(channel.name)),
-                name=f"send-{channel.name}",
-            ))  # fmt: skip
-        queue.put_nowait((entry_id, message, from_inbox))
+            queue = self._queues[chat] = deque()
+            task = asyncio.create_task(self._send_chat(chat, queue), name=f"send-{channel.name}")
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
+        queue.append((entry_id, message, from_inbox))
 
     async def _ack(self, entry_id: str, from_inbox: bool) -> None:
         if from_inbox:
@@ -249,17 +261,31 @@ class Delivery:
 
     # -- sending ---------------------------------------------------------------------------
 
-    async def _send_next(self, name: str) -> None:
-        entry_id, message, from_inbox = await self._queues[name].get()
+    async def _send_chat(
+        self, chat: tuple[str, str], queue: deque[tuple[str, OutboundMessage, bool]]
+    ) -> None:
+        """Send one chat's queued entries in order, then end (a later entry starts anew)."""
         try:
-            channel = self.channel(name)
-            if channel is None:
-                return  # stopped meanwhile: the entry stays pending
-            done = await self.deliver(channel, message)
-            if done:
-                await self._ack(entry_id, from_inbox)
+            while queue:
+                entry_id, message, from_inbox = queue.popleft()
+                try:
+                    channel = self.channel(chat[0])
+                    if channel is None:
+                        continue  # stopped meanwhile: the entry stays pending
+                    done = await self.deliver(channel, message)
+                    if done:
+                        await self._ack(entry_id, from_inbox)
+                except RedisError as exc:  # the entry stays pending: claimed again later
+                    log.warning("outbound delivery: redis error", task=f"send-{chat[0]}",
+                                error=str(exc))  # fmt: skip
+                except Exception as exc:  # never let one bad entry stop the chat's replies
+                    log.exception("outbound delivery failed", task=f"send-{chat[0]}",
+                                  error=repr(exc))  # fmt: skip
+                finally:
+                    self._busy.discard(entry_id)
         finally:
-            self._busy.discard(entry_id)
+            if self._queues.get(chat) is queue:
+                del self._queues[chat]  # (no await since the loop saw it empty)
 
     def _bucket(self, channel: Channel) -> TokenBucket:
         cfg = channel.config
@@ -306,13 +332,15 @@ class Delivery:
         for attempt in range(1, MAX_RETRIES + 1):
             await self._bucket(channel).take()
             try:
-                await channel.send(message.chat_id, text, reply_to=reply_to)
+                async with self._slots.setdefault(channel.name, asyncio.Semaphore(PARALLEL_SENDS)):
+                    await channel.send(message.chat_id, text, reply_to=reply_to)
                 return "sent"
             except SendError as exc:
                 if exc.permanent:
                     bound.error("the platform refused the message", error=str(exc))
                     return "refused"
-                wait = min(exc.retry_after or 2.0**attempt, MAX_RETRY_AFTER_SEC)
+                asked = exc.retry_after if exc.retry_after and exc.retry_after > 0 else None
+                wait = min(asked or 2.0**attempt, MAX_RETRY_AFTER_SEC)  # (NaN > 0 is False)
                 bound.warning("send failed, retrying", error=str(exc), retry_in=wait)
             except Exception as exc:  # network trouble, a bug in an adapter: try again
                 wait = 2.0**attempt

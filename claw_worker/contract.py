@@ -81,6 +81,45 @@ REPORT_KIND = "result"
 # Replies to internal messages that nobody should receive go to this channel (never sent).
 INTERNAL_CHANNEL = "internal"
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_TEXT_FIELDS = ("text", "media", "reply_to", "metadata")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string in ``value`` (keys included) holds half of a UTF-16 surrogate pair.
+    JSON may escape one alone (``"\\ud83e"``: an emoji cut by a device, a bridge, a
+    platform); Python decodes it to a str no UTF-8 write takes, so a message holding one
+    failed at its first store (a dropped connection, a 500 to a platform that then sent it
+    again for days). Such halves are replaced by U+FFFD (:func:`replace_lone_surrogates`)."""
+    pending = [value]  # a loop, not recursion: this runs for every message (~3 µs)
+    while pending:
+        item = pending.pop()
+        kind = type(item)
+        if kind is str:
+            if not item.isascii() and _LONE_SURROGATE.search(item) is not None:
+                return True
+        elif kind is dict:
+            pending += item.keys()
+            pending += item.values()
+        elif kind is list:
+            pending += item
+    return False
+
+
+def replace_lone_surrogates(value: Any) -> Any:
+    """``value`` (a str, or lists and dicts of them) with every lone surrogate replaced by
+    U+FFFD; what is not text is kept."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [replace_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {
+            replace_lone_surrogates(key): replace_lone_surrogates(item)
+            for key, item in value.items()
+        }
+    return value
+
 
 class InboundMessage(BaseModel):
     """One message from a user (or from cron/heartbeat) for the agent."""
@@ -99,6 +138,12 @@ class InboundMessage(BaseModel):
     metadata: dict[str, Any] = {}
 
     def model_post_init(self, _context: Any) -> None:
+        # Every channel's message is made storable here, whichever JSON it came from (the
+        # constrained fields refuse a lone surrogate themselves).
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if value and _has_lone_surrogate(value):
+                object.__setattr__(self, name, replace_lone_surrogates(value))
         if not self.session_key:
             object.__setattr__(self, "session_key", f"{self.channel}:{self.chat_id}")
 

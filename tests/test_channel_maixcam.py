@@ -5,9 +5,12 @@ PicoClaw's MaixCam lines (tests/platforms/maixcam_device.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from typing import Any
 
+from claw_ingress.channels.maixcam import MAX_DEVICES
+from tests.fixtures.fleet import Fleet
 from tests.fixtures.procs import free_port, wait_for
 from tests.platforms.maixcam_device import MaixCamDevice
 
@@ -16,6 +19,10 @@ DETECTION = {"class_name": "person", "class_id": 0, "score": 0.87, "x": 10, "y":
 
 
 def start_fleet(fleet_factory: Any, **overrides: Any) -> int:
+    return start_fleet_and_port(fleet_factory, **overrides)[1]
+
+
+def start_fleet_and_port(fleet_factory: Any, **overrides: Any) -> tuple[Fleet, int]:
     port = free_port()
     fleet = fleet_factory(**{
         "channels__maixcam__enabled": True,
@@ -28,7 +35,7 @@ def start_fleet(fleet_factory: Any, **overrides: Any) -> int:
     fleet.start_ingress()
     wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True,
              timeout=30, what="the maixcam server listening")  # fmt: skip
-    return port
+    return fleet, port
 
 
 async def command(device: MaixCamDevice) -> dict[str, Any]:
@@ -106,3 +113,90 @@ def test_each_device_gets_its_own_replies_and_strangers_a_pairing_code(fleet_fac
             await device.close()
 
     asyncio.run(scenario())
+
+
+def test_silent_connections_are_closed_and_free_their_slots(fleet_factory) -> None:
+    """Every device slot taken by connections that never say anything (boards that lost
+    power, or a peer that opens sockets and waits): closed after idle_timeout_sec, so a real
+    device gets in; before, it was refused for good ("too many devices connected")."""
+    port = start_fleet(fleet_factory, channels__maixcam__idle_timeout_sec=2)
+
+    async def scenario() -> None:
+        silent = [await MaixCamDevice.connect(port) for _ in range(MAX_DEVICES)]
+        try:
+            # Each silent one is told why, then closed.
+            for device in silent:
+                line = await device.read(timeout=30)
+                assert "idle_timeout_sec" in line["error"], line
+
+            async def served() -> bool:
+                cam = await MaixCamDevice.connect(port)
+                try:
+                    await cam.event("message", {"text": "let me in"}, device_id="cam-1")
+                    line = await cam.read()
+                    return line.get("message") == "echo: let me in"
+                finally:
+                    await cam.close()
+
+            assert await served()
+        finally:
+            for device in silent:
+                await device.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_device_sending_now_and_then_is_not_idle(fleet_factory) -> None:
+    port = start_fleet(fleet_factory, channels__maixcam__idle_timeout_sec=2)
+
+    async def scenario() -> None:
+        cam = await MaixCamDevice.connect(port)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 5
+        while loop.time() < until:  # heartbeats every second, for longer than the timeout
+            await cam.event("heartbeat", device_id="cam-1")
+            with contextlib.suppress(TimeoutError):
+                line = await cam.read(timeout=1)
+                raise AssertionError(f"unexpected line {line}")
+        await cam.event("message", {"text": "still on"})
+        assert (await command(cam))["message"] == "echo: still on"
+        await cam.close()
+
+    asyncio.run(scenario())
+
+
+def test_half_a_surrogate_pair_is_replaced_not_a_dropped_connection(fleet_factory) -> None:
+    port = start_fleet(fleet_factory)
+
+    async def scenario() -> None:
+        cam = await MaixCamDevice.connect(port)
+        await cam.raw(b'{"type": "message", "device_id": "cam-1", '
+                      b'"data": {"text": "cut \\ud83e emoji"}}\n')  # fmt: skip
+        assert (await command(cam))["message"] == "echo: cut \ufffd emoji"
+        await cam.event("message", {"text": "and on"})
+        assert (await command(cam))["message"] == "echo: and on"
+        await cam.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_flood_of_status_lines_is_not_a_flood_of_log_lines(fleet_factory) -> None:
+    """Status events are only noted, so no rate limit reaches them: each was an INFO line,
+    and a device sending them at full speed rotated the ingress's logs away (every other
+    process's trail with them). A status is logged when it changes, at most once a minute."""
+    fleet, port = start_fleet_and_port(fleet_factory)
+
+    async def scenario() -> None:
+        cam = await MaixCamDevice.connect(port)
+        lines = b"".join(
+            b'{"type": "status", "device_id": "cam-1", "data": {"fps": %d}}\n' % (n % 7)
+            for n in range(3000)
+        )
+        await cam.raw(lines)
+        await cam.event("message", {"text": "done"})
+        assert (await command(cam))["message"] == "echo: done"
+        await cam.close()
+
+    asyncio.run(scenario())
+    noted = fleet.output("ingress").count("maixcam status")
+    assert 1 <= noted <= 2, noted

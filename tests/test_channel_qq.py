@@ -199,3 +199,13 @@ def test_a_refused_secret_keeps_the_channel_down_saying_why(fleet_factory, qq: Q
              what="the reason in the log")  # fmt: skip
     assert post(fleet, c2c_message(USER, "anyone?")).status_code == 503
     assert "not-the-secret-0000" not in fleet.output("ingress")
+
+
+def test_a_timestamp_of_other_digits_is_refused_not_a_server_error(fleet) -> None:
+    """Header values are Latin-1: '²' and '³' are digits to str.isdigit but not to int(),
+    so an unsigned callback stamped '²' got a 500 with a traceback instead of a 401."""
+    body = json.dumps(c2c_message(USER, "superscript")).encode()
+    for stamp in (b"\xb2", b"1\xb3", b"\xb9" * 10):
+        headers = {**signed(body), "X-Signature-Timestamp": stamp}
+        resp = httpx.post(fleet.base_url + WEBHOOK, content=body, headers=headers)
+        assert resp.status_code == 401, (stamp, resp.status_code, resp.text)

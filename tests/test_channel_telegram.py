@@ -368,3 +368,83 @@ def test_an_ingress_whose_port_is_taken_exits_and_stops_polling(fleet_factory, a
     assert "address already in use" in out and "Application shutdown complete" in out
     polls = len(api.calls_of("getUpdates"))
     quiet_for(1.5, lambda: len(api.calls_of("getUpdates")) == polls)
+
+
+def _update_with(**fields: Any) -> dict[str, Any]:
+    """A message update from USER with ``fields`` put over its own (wrong types, say)."""
+    message = {"message_id": 900 + len(fields), "date": int(time.time()),
+               "chat": {"id": USER, "type": "private"},
+               "from": {"id": USER, "is_bot": False, "first_name": "Ada"}, "text": "x"}  # fmt: skip
+    message.update(fields)
+    return {"message": message}
+
+
+# Updates the Bot API should never send but a proxy, a newer API or a bug can: one that
+# python-telegram-bot cannot read (it read the whole getUpdates batch or none), and ones
+# it reads but with a number where text belongs, or no chat.
+POISON = [_update_with(date="yesterday"), _update_with(photo=[{"file_id": 5}]),
+          _update_with(text=12345), _update_with(chat=None)]  # fmt: skip
+
+
+def test_updates_that_cannot_be_read_are_skipped_and_polling_goes_on(
+    fleet_factory, api, llm_server
+) -> None:
+    fleet = telegram_fleet(fleet_factory, api)
+    polling(api)
+    for update in POISON:
+        api.push_update(update)
+    api.push_message(USER, "after the bad ones")
+    # Before: the first kind failed every getUpdates at the same offset (polling wedged for
+    # every chat); the others ended the poll task, silently.
+    [reply] = replies(api, USER, timeout=30)
+    assert reply.text == "echo: after the bad ones"
+    skipped = [e for e in ingress_log(fleet) if e.get("event") == "telegram update skipped"]
+    assert len(skipped) == len(POISON), skipped
+    api.push_message(USER, "and still polling")
+    assert replies(api, USER, 2)[1].text == "echo: and still polling"
+
+
+def test_a_webhook_update_that_cannot_be_read_is_answered_200_not_repeated(
+    fleet_factory, api, llm_server, claw_home, redis_server
+) -> None:
+    fleet = fleet_factory()
+    url = f"{fleet.base_url}/webhooks/telegram/"
+    channel = {"enabled": True, "token": TOKEN, "api_base": api.base_url, "mode": "webhook",
+               "webhook_url": url, "webhook_secret": SECRET, "allow_from": [str(USER)]}  # fmt: skip
+    claw_home.write_config(fleet_config(redis_server.url, llm_server.base_url, fleet.port,
+                                       channels__telegram=channel))  # fmt: skip
+    fleet.start_worker()
+    fleet.start_ingress()
+    wait_for(lambda: api.calls_of("setWebhook"), timeout=30, what="setWebhook")
+    api.push_message(USER, "warm up")
+    replies(api, USER)
+    # Telegram repeats an update answered with anything but a 2xx (and holds the ones after
+    # it): one it sent that cannot be read is logged and taken, never a 4xx or a 500.
+    for update in [*POISON, _update_with(date=None), [1, 2]]:
+        body = {"update_id": 77, **update} if isinstance(update, dict) else update
+        answer = httpx.post(url, json=body,
+                            headers={"X-Telegram-Bot-Api-Secret-Token": SECRET})  # fmt: skip
+        assert answer.status_code == 200, (update, answer.status_code, answer.text)
+    api.push_message(USER, "after the bad ones")
+    assert replies(api, USER, 2)[1].text == "echo: after the bad ones"
+
+
+def test_flood_control_in_one_chat_does_not_hold_back_the_others(
+    fleet_factory, api, llm_server
+) -> None:
+    """Telegram's flood control is per chat (a busy group: 20 messages a minute). Replies
+    went out through one queue per channel, so a chat told to wait held every other chat's
+    replies for as long (up to 5 minutes a try)."""
+    other = 4343
+    telegram_fleet(fleet_factory, api, allow_from=[str(USER), str(other)])
+    polling(api)
+    api.fail("sendMessage", 429, "Too Many Requests: retry after 8", retry_after=8, chat_id=USER)
+    api.push_message(USER, "busy chat")
+    [refused] = wait_for(lambda: api.calls_of("sendMessage", ok=False), timeout=60,
+                         what="the 429")  # fmt: skip
+    api.push_message(other, "quiet chat", user_id=other, first_name="Bo")
+    [quiet] = replies(api, other, timeout=60)
+    assert quiet.text == "echo: quiet chat"
+    assert quiet.at - refused.at < 6, "the other chat waited out the busy chat's 429"
+    [busy] = replies(api, USER, timeout=60)
+    assert busy.text == "echo: busy chat" and busy.at - refused.at >= 7.9

@@ -4,6 +4,7 @@ notifications in cloud mode, nanobot's WebSocket bridge protocol in bridge mode.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -267,3 +268,67 @@ def test_a_section_naming_only_a_bridge_is_bridge_mode() -> None:
     assert cloud.missing() == ["phone_number_id", "app_secret", "verify_token"]
     explicit = WhatsAppConfig.model_validate({"mode": "cloud", "bridge_url": "ws://h:3001"})
     assert explicit.mode == "cloud"
+
+
+def test_a_malformed_message_in_a_notification_does_not_lose_the_others(
+    cloud_fleet, graph: GraphAPI, llm_server
+) -> None:
+    """Meta batches messages (and statuses) in one notification. One of the wrong shape (a
+    number where text belongs, a null where an object belongs) answered the whole
+    notification with a 400 or a 500: the good messages beside it were never stored, and
+    Meta sent the same failing batch again for days."""
+    number_text = text_message(USER, "x")
+    number_text["text"] = {"body": 12345}
+    null_context = text_message(USER, "quoting nothing")
+    null_context["context"] = None
+    good = text_message(USER, "the good one")
+    payload = notification(messages=[number_text, null_context, good])
+    value = payload["entry"][0]["changes"][0]["value"]
+    value["contacts"].append({"wa_id": "16315550000", "profile": None})
+    value["statuses"] = [{"id": new_wamid(), "status": "failed", "errors": None}]
+    assert post(cloud_fleet, payload).status_code == 200
+    sent = wait_for(lambda: len(found := graph.delivered(USER)) >= 2 and found, timeout=60,
+                    what="the replies")  # fmt: skip
+    assert [s["text"]["body"] for s in sent] == ["echo: quoting nothing", "echo: the good one"]
+    skipped = [line for line in cloud_fleet.output("ingress").splitlines()
+               if "whatsapp message skipped" in line]  # fmt: skip
+    assert len(skipped) == 1, skipped  # the number where text belongs
+
+
+def test_a_bridge_message_arriving_while_redis_is_away_is_stored_once_it_is_back(
+    fleet_factory, bridge: FakeBridge, redis_server
+) -> None:
+    """The bridge sends a message once and never again: one that could not be stored
+    (Redis restarting) was logged as a failed frame and lost for good."""
+    fleet = fleet_factory(channels__whatsapp={"enabled": True, "mode": "bridge",
+                                              "bridge_url": bridge.url,
+                                              "bridge_token": BRIDGE_TOKEN, "dm_policy": "open",
+                                              "rate_per_sec": 50.0})  # fmt: skip
+    fleet.start_ingress()
+    fleet.start_worker()
+    wait_for(lambda: bridge.clients == 1, timeout=30, what="the adapter to connect")
+    chat = "16315551181@s.whatsapp.net"
+    redis_server.stop()
+    bridge.push_message(chat, "while redis was away")
+    bridge.push_message(chat, "and a second one")
+    wait_for(lambda: "whatsapp bridge message not stored" in fleet.output("ingress"),
+             timeout=15, what="the store to fail")  # fmt: skip
+    redis_server.start()
+    sent = wait_for(lambda: len(found := bridge.sends(chat)) >= 2 and found, timeout=90,
+                    what="both replies")  # fmt: skip
+    assert [s["text"] for s in sent] == ["echo: while redis was away", "echo: and a second one"]
+
+
+@pytest.mark.parametrize("hint", ["nan", "NaN"])
+def test_a_retry_after_that_is_no_number_of_seconds_is_waited_as_the_default(
+    cloud_fleet, graph: GraphAPI, hint: str
+) -> None:
+    """``Retry-After: nan`` was read as float NaN, which broke the retry (ValueError): the
+    reply was left for the claim a minute later. It is the default wait (2 s) now."""
+    graph.fail_next(429, 130429, retry_after=hint)
+    graph.fail_next(429, 130429, retry_after=hint)
+    assert post(cloud_fleet, notification(messages=[text_message(USER, "slow")])).status_code == 200
+    wait_for(lambda: graph.delivered(USER), timeout=60, what="the retried reply")
+    times = [s["at"] for s in graph.sends]
+    assert len(times) == 3
+    assert all(later - earlier >= 1.9 for earlier, later in itertools.pairwise(times)), times

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import httpx
@@ -18,8 +19,10 @@ def json_object(response: httpx.Response) -> dict[str, Any]:
 
 
 def retry_after(response: httpx.Response, default: float = 1.0) -> float:
-    """Seconds to wait from the ``Retry-After`` header (at least 0.5), else ``default``."""
+    """Seconds to wait from the ``Retry-After`` header (at least 0.5), else ``default`` (also
+    for ``nan``, which float() takes and nothing can wait)."""
     try:
-        return max(float(response.headers.get("retry-after", default)), 0.5)
+        seconds = float(response.headers.get("retry-after", default))
     except ValueError:
         return default
+    return max(seconds, 0.5) if not math.isnan(seconds) else default

@@ -6,7 +6,8 @@ the text when there is no caption). In groups only messages addressed to the bot
 of it (``@username``, a text mention, ``/command@username``; cut from the text) or a reply
 to one of its messages. A quoted message's id, text and sender go in metadata. The
 ``message_id`` is ``telegram-<chat>-<message>``, so the same update handled twice is stored
-once.
+once. Updates are read one by one (:func:`read_updates`): one that cannot be read, or
+converted, is logged and skipped, never the poll.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from telegram import Message, User
+import structlog
+from telegram import Bot, Message, Update, User
 from telegram.constants import ChatType, MessageEntityType
+from telegram.error import InvalidToken, TelegramError
 
 from claw_worker.contract import InboundMessage
+
+log = structlog.get_logger("claw_ingress.channels.telegram")
 
 QUOTE_CHARS = 1000  # of a replied-to message's text, kept in metadata
 MEDIA_KINDS = ("photo", "animation", "document", "voice", "audio", "video", "video_note")
@@ -110,3 +115,56 @@ def _media(message: Message) -> tuple[list[str], dict[str, Any]]:
         )
         return [f"telegram:{kind}:{item.file_id}"], meta
     return [], {}
+
+
+def read_updates(result: Any, bot: Bot) -> list[tuple[int, Update | None]]:
+    """A ``getUpdates`` result as ``(update_id, Update)`` pairs, in order, each read alone:
+    python-telegram-bot reads a batch whole or not at all, so one update it cannot read (a
+    newer API's shape, a proxy's mangling) failed every poll at the same offset and no chat
+    heard anything again. One that cannot be read is logged and paired with None, to be
+    confirmed and skipped; one without a numeric ``update_id`` cannot even be confirmed."""
+    pairs: list[tuple[int, Update | None]] = []
+    for item in result if isinstance(result, list) else []:
+        update_id = item.get("update_id") if isinstance(item, dict) else None
+        if not isinstance(update_id, int) or isinstance(update_id, bool):
+            log.warning("telegram update skipped", channel="telegram", error="no update_id")
+            continue
+        pairs.append((update_id, read_update(item, bot)))
+    return pairs
+
+
+def read_update(data: Any, bot: Bot) -> Update | None:
+    """One update's JSON as an ``Update``; None (logged) when it cannot be read."""
+    try:
+        if isinstance(data, dict):
+            return Update.de_json(data, bot)
+        error = f"a JSON {type(data).__name__}, not an object"
+    except Exception as exc:  # python-telegram-bot raises what its constructors raise
+        error = repr(exc)
+    log.warning("telegram update skipped", channel="telegram", error=error[:300],
+                update_id=data.get("update_id") if isinstance(data, dict) else None)  # fmt: skip
+    return None
+
+
+def message_of(update: Update, me: User, channel: str) -> InboundMessage | None:
+    """:func:`to_inbound` of the update's message (None: none, or not for us); one it cannot
+    convert (a number where text belongs, no chat) is logged and skipped."""
+    if update.message is None:
+        return None
+    try:
+        return to_inbound(update.message, me, channel)
+    except Exception as exc:  # fields of the wrong type: python-telegram-bot checks none
+        log.warning("telegram update skipped", channel=channel, update_id=update.update_id,
+                    error=repr(exc)[:300])  # fmt: skip
+        return None
+
+
+def poll_problem(exc: Exception) -> str:
+    if isinstance(exc, InvalidToken):
+        return "the Bot API refused the bot token (it was revoked?)"
+    if "terminated by other getUpdates" in str(exc) or "webhook is active" in str(exc):
+        return (
+            f"{exc} (another process polls this bot, or a webhook was set: one poller per "
+            "bot; with several ingress replicas use mode webhook)"
+        )
+    return str(exc) if isinstance(exc, TelegramError) else repr(exc)

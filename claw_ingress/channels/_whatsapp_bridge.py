@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
+from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
@@ -42,6 +43,7 @@ MAX_BACKOFF_SEC = 60.0
 STABLE_SEC = 10.0  # a connection that lived this long resets the backoff
 BAD_TOKEN_CLOSE = 4003  # nanobot's bridge closes with this when the token is wrong
 MAX_FRAME_BYTES = 4 * 1024 * 1024
+STORE_RETRY_MAX_SEC = 30.0  # a message not stored is tried again, backing off to this
 
 
 class WhatsAppBridge:
@@ -156,7 +158,7 @@ class WhatsAppBridge:
             if kind == "message":
                 message = bridge_message(data)
                 if message is not None:
-                    await self._receive(message)
+                    await self._store(message)
             elif kind == "status":
                 log.info("whatsapp bridge status", channel=CHANNEL, status=str(data.get("status")))
             elif kind == "qr":
@@ -169,6 +171,21 @@ class WhatsAppBridge:
             log.warning("bad frame from the whatsapp bridge", channel=CHANNEL, error=repr(exc))
         except Exception as exc:  # Redis trouble, a bug: one frame lost, never the loop
             log.exception("whatsapp bridge frame failed", channel=CHANNEL, error=repr(exc))
+
+    async def _store(self, message: InboundMessage) -> None:
+        """Hand ``message`` over, trying again while Redis is away: the bridge sends a
+        message once, so one not stored is lost. Frames behind it wait (the bridge is held
+        back by the socket); its id makes a message stored twice count once."""
+        delay = 1.0
+        while True:
+            try:
+                await self._receive(message)
+                return
+            except (RedisError, OSError) as exc:
+                log.warning("whatsapp bridge message not stored; retrying", channel=CHANNEL,
+                            chat_id=message.chat_id, error=repr(exc), retry_in=delay)  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_RETRY_MAX_SEC)
 
 
 def bridge_message(data: dict[str, Any]) -> InboundMessage | None:

@@ -40,13 +40,19 @@ from claw_worker.contract import InboundMessage
 CONNECTION_TTL_SEC = 60  # a held connection's mark; renewed every third of this
 
 
+def is_ascii_number(text: str) -> bool:
+    """Whether ``text`` is a whole number in ASCII digits: ``str.isdigit`` also takes '²',
+    '¹' (Latin-1, so in any header) and other scripts' digits, which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def within_clock_skew(epoch: float | str, window_sec: float, *, per_sec: int = 1) -> bool:
     """Whether a platform's timestamp is within ``window_sec`` of now; one further off, or
     text that is not a whole number, is refused as a replay (or a clock far wrong). Text
     counts ``per_sec`` units a second (DingTalk's milliseconds: 1000). Each channel's window
     is its ``max_clock_skew_sec``."""
     if isinstance(epoch, str):
-        if not epoch.isdigit():
+        if not is_ascii_number(epoch):
             return False
         epoch = int(epoch) / per_sec
     return abs(time.time() - epoch) <= window_sec

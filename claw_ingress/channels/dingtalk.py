@@ -50,6 +50,7 @@ from claw_ingress.channels.base import (
     ChannelContext,
     ChannelError,
     SendError,
+    is_ascii_number,
     within_clock_skew,
 )
 from claw_ingress.channels.tokens import TokenCache
@@ -297,7 +298,7 @@ def _send_error(response: httpx.Response, code: str, message: str) -> SendError:
     what = f"DingTalk answered HTTP {response.status_code}, {code}: {message[:200]}"
     if response.status_code == 429 or any(m in code for m in RATE_LIMIT_MARKERS):
         hint = response.headers.get("retry-after", "")
-        return SendError(what, retry_after=float(hint) if hint.isdigit() else 1.0)
+        return SendError(what, retry_after=float(hint) if is_ascii_number(hint) else 1.0)
     if response.status_code >= 500 or response.status_code == 401:
         return SendError(what)
     return SendError(what, permanent=True)

@@ -54,6 +54,7 @@ from claw_ingress.channels.base import (
     ChannelContext,
     ChannelError,
     SendError,
+    is_ascii_number,
     within_clock_skew,
 )
 from claw_ingress.channels.tokens import TokenCache
@@ -290,7 +291,7 @@ def _send_error(response: httpx.Response, code: Any, msg: str) -> SendError:
     what = f"Feishu answered HTTP {response.status_code}, code {code}: {msg[:200]}"
     if response.status_code == 429 or code in RATE_LIMIT_CODES:
         reset = response.headers.get("x-ogw-ratelimit-reset", "")
-        return SendError(what, retry_after=float(reset) if reset.isdigit() else 1.0)
+        return SendError(what, retry_after=float(reset) if is_ascii_number(reset) else 1.0)
     if response.status_code >= 500 or code is None or code in TOKEN_INVALID_CODES:
         return SendError(what)
     return SendError(what, permanent=True)

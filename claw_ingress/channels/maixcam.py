@@ -6,7 +6,9 @@ device sends events ``{"type": "person_detected" | "message" | "status" | "heart
 ``class_name``, ``class_id``, ``score`` and the box ``x``, ``y``, ``w``, ``h``; a message's,
 ``text``); the gateway sends ``{"type": "command", "timestamp", "message": <text>,
 "chat_id": <device>}``, and ``{"type": "error", "error"}`` for a line it cannot take (the
-connection stays open unless a device keeps sending them).
+connection stays open unless a device keeps sending them). A connection that sends no event
+(a heartbeat will do) for ``idle_timeout_sec`` is told so and closed, and TCP keepalive closes
+one whose board lost power, so that neither holds one of the ``MAX_DEVICES`` slots for good.
 
 A detection or a message becomes one message for the agent; a status update and a heartbeat
 are only noted (``clawctl status`` shows the last status of each device). A device names
@@ -27,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import re
+import socket
 import time
 from typing import Any
 
@@ -50,6 +53,9 @@ MAX_BAD_LINES = 20  # in a row: then the device is disconnected
 WRITE_TIMEOUT_SEC = 10.0
 DEVICE_ID = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
 NOTED = frozenset({"status", "heartbeat"})
+STATUS_LOG_EVERY_SEC = 60.0
+# Probes after 60 s of silence, every 15 s, 4 unanswered: a dead peer is closed in 2 min.
+KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 15, "TCP_KEEPCNT": 4}
 
 
 class _Device:
@@ -58,6 +64,7 @@ class _Device:
         self.chat_id = peer  # the peer address until the device names itself
         self.named = False
         self.status: Any = None
+        self.status_logged = -STATUS_LOG_EVERY_SEC  # time.monotonic() of the last logged
         self.lock = asyncio.Lock()
 
     async def write(self, frame: dict[str, Any]) -> None:
@@ -89,6 +96,19 @@ def event_text(kind: str, event: dict[str, Any], device: str) -> str | None:
         f"at ({number('x'):.0f}, {number('y'):.0f}), size {number('w'):.0f}x{number('h'):.0f}"
     )
     return f"{text}\n{tips[:500]}" if tips.strip() else text
+
+
+def _keepalive(writer: asyncio.StreamWriter) -> None:
+    """TCP keepalive on a device's socket: a board that lost power or its network leaves a
+    connection no read ever ends; the probes close it (after about two minutes)."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in KEEPALIVE.items():
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 class MaixCamChannel(Channel):
@@ -154,6 +174,7 @@ class MaixCamChannel(Channel):
             writer.close()
             return
         self._open.add(device)
+        _keepalive(writer)
         log.info("maixcam device connected", channel=self.name, chat_id=device.chat_id)
         try:
             await self._hold(device)
@@ -169,11 +190,27 @@ class MaixCamChannel(Channel):
 
     async def _read(self, reader: asyncio.StreamReader, device: _Device) -> None:
         buffer, skipping, bad = bytearray(), False, 0
-        while chunk := await reader.read(MAX_LINE):
+        idle = self.config.idle_timeout_sec
+        loop = asyncio.get_running_loop()
+        due = loop.time() + idle  # a whole line (an event) must arrive by then
+        while True:
+            try:
+                async with asyncio.timeout_at(due if idle else None):
+                    chunk = await reader.read(MAX_LINE)
+            except TimeoutError:
+                log.info("maixcam device silent: disconnected", channel=self.name,
+                         chat_id=device.chat_id, idle_timeout_sec=idle)  # fmt: skip
+                with contextlib.suppress(OSError, TimeoutError):
+                    await device.write({"type": "error", "error": f"no event for {idle} s "
+                                        "(channels.maixcam.idle_timeout_sec): closed"})  # fmt: skip
+                return
+            if not chunk:
+                return
             buffer += chunk
             while (end := buffer.find(b"\n")) >= 0:
                 line = bytes(buffer[:end])
                 del buffer[: end + 1]
+                due = loop.time() + idle
                 if skipping:  # the end of a line that was too long
                     skipping = False
                     continue
@@ -206,9 +243,7 @@ class MaixCamChannel(Channel):
         await self._name(device, event)
         if kind in NOTED:
             if kind == "status":
-                device.status = event.get("data")
-                log.info("maixcam status", channel=self.name, chat_id=device.chat_id,
-                         preview=json.dumps(event.get("data"))[:80])  # fmt: skip
+                self._note_status(device, event.get("data"))
             return None
         if kind not in ("person_detected", "message"):
             return f"unknown event type {kind[:40]!r} (person_detected, message, status, heartbeat)"
@@ -227,6 +262,17 @@ class MaixCamChannel(Channel):
             log.warning("redis unavailable", channel=self.name, error=str(exc))
             return "message store unavailable, retry later"
         return None
+
+    def _note_status(self, device: _Device, status: Any) -> None:
+        """Keep the device's last status; log it when it changed, at most once every
+        ``STATUS_LOG_EVERY_SEC`` (status lines reach no rate limit: logged each, a device
+        sending them at full speed rotated the ingress's logs away)."""
+        changed, device.status = status != device.status, status
+        now = time.monotonic()
+        if changed and now - device.status_logged >= STATUS_LOG_EVERY_SEC:
+            device.status_logged = now
+            log.info("maixcam status", channel=self.name, chat_id=device.chat_id,
+                     preview=json.dumps(status)[:80])  # fmt: skip
 
     async def _name(self, device: _Device, event: dict[str, Any]) -> None:
         """Adopt the device's own id (once) in place of its peer address."""

@@ -44,6 +44,7 @@ from claw_ingress.channels.base import (
     ChannelContext,
     ChannelError,
     SendError,
+    is_ascii_number,
     within_clock_skew,
 )
 from claw_ingress.channels.tokens import TokenCache
@@ -162,7 +163,7 @@ class QQChannel(Channel):
         """Why the callback is not QQ's ("" when it is)."""
         timestamp = headers.get("x-signature-timestamp", "")
         signature = headers.get("x-signature-ed25519", "")
-        if not timestamp.isdigit() or not signature:
+        if not is_ascii_number(timestamp) or not signature:
             return "missing X-Signature-Timestamp or X-Signature-Ed25519"
         if not within_clock_skew(timestamp, self.config.max_clock_skew_sec):
             return f"X-Signature-Timestamp {timestamp} is too far from now"

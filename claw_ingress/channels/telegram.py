@@ -42,17 +42,23 @@ from telegram.error import (
     TelegramError,
 )
 from telegram.request import HTTPXRequest
-from telegram.warnings import PTBDeprecationWarning
+from telegram.warnings import PTBDeprecationWarning, PTBUserWarning
 
 from claw_ingress.bodies import BodyError, read_json
 from claw_ingress.cancel import stop_if_cancelled
 from claw_ingress.channels._telegram_markdown import to_markdown_v2, utf16_length
-from claw_ingress.channels._telegram_messages import to_inbound
+from claw_ingress.channels._telegram_messages import (
+    message_of,
+    poll_problem,
+    read_update,
+    read_updates,
+)
 from claw_ingress.channels.base import (
     Channel,
     ChannelContext,
     ChannelError,
     SendError,
+    is_ascii_number,
     within_clock_skew,
 )
 from claw_ingress.client_addr import scope_client_address
@@ -65,6 +71,7 @@ log = structlog.get_logger(__name__)
 SECRET_HEADER = "x-telegram-bot-api-secret-token"
 ALLOWED_UPDATES = ("message",)
 MAX_POLL_BACKOFF_SEC = 60.0
+POLL_READ_MARGIN_SEC = 10.0  # a long poll's read timeout: its own timeout and this
 TYPING_EVERY_SEC = 4.0  # Telegram shows an action for 5 s at most
 TYPING_MAX_SEC = 600.0  # a message whose reply never comes stops the indicator after this
 FINISHED = frozenset(s.value for s in MessageStatus if s.finished)
@@ -194,14 +201,11 @@ class TelegramChannel(Channel):
         while True:
             stop_if_cancelled()  # a swallowed cancel still ends the loop (cancel.py)
             try:
-                updates = await bot.get_updates(
-                    offset=offset, timeout=self.config.poll_timeout_sec,
-                    allowed_updates=list(ALLOWED_UPDATES),
-                )  # fmt: skip
+                updates = read_updates(await self._get_updates(bot, offset), bot)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # network, 5xx, 409 (another poller), a revoked token
-                reason = _poll_problem(exc)
+                reason = poll_problem(exc)
                 wait = _retry_after(exc) or delay
                 if reason != problem:
                     log.warning("telegram polling failed; retrying", channel=self.name,
@@ -213,18 +217,27 @@ class TelegramChannel(Channel):
             if problem:
                 log.info("telegram polling recovered", channel=self.name)
             delay, problem = 1.0, ""
-            for update in updates:
-                if not await self._dispatch(update):
+            for update_id, update in updates:
+                if update is not None and not await self._dispatch(update):
                     await asyncio.sleep(1.0)
                     break
-                offset = update.update_id + 1
+                offset = update_id + 1
+
+    async def _get_updates(self, bot: Bot, offset: int | None) -> Any:
+        """``getUpdates``' result as JSON (:func:`read_updates` reads it update by update)."""
+        timeout = self.config.poll_timeout_sec
+        params: dict[str, Any] = {"timeout": timeout, "allowed_updates": list(ALLOWED_UPDATES)}
+        if offset is not None:
+            params["offset"] = offset
+        with warnings.catch_warnings():  # "use Bot.get_updates": it reads the batch whole
+            warnings.simplefilter("ignore", PTBUserWarning)
+            return await bot.do_api_request("getUpdates", api_kwargs=params,
+                                            read_timeout=POLL_READ_MARGIN_SEC + timeout)  # fmt: skip
 
     async def _dispatch(self, update: Update) -> bool:
         """Hand an update to the fleet: False when it should be fetched again later."""
-        bot, message = self._bot, update.message
-        inbound = None
-        if bot is not None and message is not None:
-            inbound = to_inbound(message, bot.bot, self.name)
+        bot = self._bot
+        inbound = message_of(update, bot.bot, self.name) if bot is not None else None
         if inbound is None:
             return True
         try:
@@ -256,13 +269,13 @@ class TelegramChannel(Channel):
             return JSONResponse({"error": "telegram is starting"}, status_code=503)
         try:
             data = await read_json(request, self.ctx.live.config.gateway.max_body_bytes)
-            update = Update.de_json(data, bot) if isinstance(data, dict) else None
         except BodyError as exc:
             return JSONResponse(exc.payload, status_code=exc.status)
-        except Exception as exc:  # a body PTB cannot read as an Update
-            return JSONResponse({"error": f"not a Telegram update: {exc}"}, status_code=400)
+        # Telegram (the secret proves it) repeats whatever is not a 2xx, and holds back the
+        # updates after it: one that cannot be read is taken (logged), not refused.
+        update = read_update(data, bot)
         if update is None:
-            return JSONResponse({"error": "not a Telegram update"}, status_code=400)
+            return JSONResponse({"ok": True, "dropped": "not a Telegram update"})
         if self._stale(update):  # answered 200: Telegram must not send it again
             return JSONResponse({"ok": True, "dropped": "the message's date is out of range"})
         if not await self._dispatch(update):  # Telegram retries a failed delivery
@@ -275,11 +288,12 @@ class TelegramChannel(Channel):
         message = update.message
         if message is None:
             return False
-        if within_clock_skew(message.date.timestamp(), self.config.max_clock_skew_sec):
+        date = message.date if isinstance(message.date, dt.datetime) else None
+        if date is not None and within_clock_skew(date.timestamp(), self.config.max_clock_skew_sec):
             return False
-        log.warning("telegram message dropped: its date is too far from now (a replay?)",
-                    channel=self.name, chat_id=str(message.chat_id),
-                    date=message.date.isoformat())  # fmt: skip
+        log.warning("telegram message dropped: its date is too far from now (a replay?) or "
+                    "missing", channel=self.name, update_id=update.update_id,
+                    date=date.isoformat() if date else None)  # fmt: skip
         return True
 
     # -- typing ----------------------------------------------------------------------------
@@ -350,7 +364,7 @@ class TelegramChannel(Channel):
 
     async def _send(self, bot: Bot, chat_id: str, text: str, reply_to: str | None) -> None:
         reply = None
-        if reply_to and reply_to.isdigit():
+        if reply_to and is_ascii_number(reply_to):
             reply = ReplyParameters(int(reply_to), allow_sending_without_reply=True)
         try:
             try:
@@ -387,14 +401,3 @@ def _retry_after(exc: BaseException) -> float | None:
         warnings.simplefilter("ignore", PTBDeprecationWarning)
         value = exc.retry_after
     return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
-
-
-def _poll_problem(exc: Exception) -> str:
-    if isinstance(exc, InvalidToken):
-        return "the Bot API refused the bot token (it was revoked?)"
-    if "terminated by other getUpdates" in str(exc) or "webhook is active" in str(exc):
-        return (
-            f"{exc} (another process polls this bot, or a webhook was set: one poller per "
-            "bot; with several ingress replicas use mode webhook)"
-        )
-    return str(exc) if isinstance(exc, TelegramError) else repr(exc)

@@ -162,28 +162,33 @@ class WhatsAppChannel(Channel):
         return Response(status_code=200)
 
     async def _on_value(self, value: dict[str, Any]) -> None:
-        number = str(value.get("metadata", {}).get("phone_number_id", ""))
+        """One change of a notification. Its messages are taken one by one: one of the wrong
+        shape is logged and skipped, so that it neither loses the others nor makes Meta send
+        the whole batch again (Redis trouble still fails it: a 503, sent again)."""
+        number = str(_dig(value, "metadata", "phone_number_id") or "")
         if number and number != self.config.phone_number_id:
             log.info("whatsapp notification for another number ignored", channel=self.name)
             return
-        for status in value.get("statuses", []):
-            if status.get("status") == "failed":
-                errors = [e.get("code") for e in status.get("errors", [])]
+        for status in _list(value.get("statuses")):
+            if _dig(status, "status") == "failed":
                 log.warning(
                     "whatsapp could not deliver a message",
                     channel=self.name,
-                    chat_id=status.get("recipient_id"),
-                    error=errors,
+                    chat_id=str(_dig(status, "recipient_id")),
+                    error=[_dig(e, "code") for e in _list(_dig(status, "errors"))],
                 )
-        names = {
-            c.get("wa_id"): c.get("profile", {}).get("name", "") for c in value.get("contacts", [])
-        }
-        for message in value.get("messages", []):
-            if self._stale(message):
-                continue
-            inbound = self._cloud_inbound(message, names)
-            if inbound is not None:
-                await self.receive(inbound)
+        contacts = _list(value.get("contacts"))
+        names = {_dig(c, "wa_id"): str(_dig(c, "profile", "name") or "") for c in contacts}
+        for message in _list(value.get("messages")):
+            try:
+                if self._stale(message):
+                    continue
+                inbound = self._cloud_inbound(message, names)
+                if inbound is not None:
+                    await self.receive(inbound)
+            except (ValueError, TypeError, AttributeError, KeyError) as exc:
+                log.warning("whatsapp message skipped: not of the documented shape",
+                            channel=self.name, error=repr(exc)[:300])  # fmt: skip
 
     def _stale(self, msg: dict[str, Any]) -> bool:
         """Whether a message's own ``timestamp`` is missing or outside the replay window
@@ -201,19 +206,19 @@ class WhatsAppChannel(Channel):
         sender, platform_id = str(msg.get("from", "")), str(msg.get("id", ""))
         text, media = "", []
         if kind == "text":
-            text = msg.get("text", {}).get("body", "")
+            text = _dig(msg, "text", "body") or ""
         elif kind in MEDIA_TYPES:
-            item = msg.get(kind, {})
+            item = _dig(msg, kind) or {}
             media = [f"whatsapp:{kind}:{item.get('id', '')}"]
             label = f"{kind}: {item['filename']}" if item.get("filename") else kind
             text = item.get("caption") or f"[{label}]"
         elif kind == "button":
-            text = msg.get("button", {}).get("text", "")
+            text = _dig(msg, "button", "text") or ""
         elif kind == "interactive":
-            reply = next(iter(msg.get("interactive", {}).values()), {})
+            reply = next(iter((_dig(msg, "interactive") or {}).values()), {})
             text = reply.get("title", "") if isinstance(reply, dict) else ""
         elif kind == "location":
-            place = msg.get("location", {})
+            place = _dig(msg, "location") or {}
             text = f"[location: {place.get('latitude')}, {place.get('longitude')}]"
         if not sender or not platform_id or not (text or media):
             log.info("whatsapp message ignored", channel=self.name, kind=kind, sender_id=sender)
@@ -225,7 +230,7 @@ class WhatsAppChannel(Channel):
             text,
             media=media,
             name=names.get(sender, ""),
-            quoted=msg.get("context", {}).get("id"),
+            quoted=_dig(msg, "context", "id"),
         )
 
     # -- cloud: the Graph API out --------------------------------------------------------
@@ -286,6 +291,17 @@ def signature_ok(app_secret: str, body: bytes, header: str) -> bool:
         return False
     expected = "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected.encode(), header.strip().encode("latin-1"))
+
+
+def _dig(value: Any, *path: str) -> Any:
+    """``value[path[0]][path[1]]...``, or None where a step is missing or not an object."""
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _graph_error(resp: httpx.Response) -> tuple[int | None, str]:

@@ -184,6 +184,10 @@ class MaixCamConfig(ChannelConfig):
     # address only on a network you trust.
     host: str = "127.0.0.1"
     port: int = Field(18791, ge=1, le=65535)
+    # A connection that sends nothing (no event, no heartbeat) this long is closed, so that
+    # silent or dead connections cannot hold every device slot; 0: never. Dead peers (a
+    # board that lost power) are also found by TCP keepalive within about two minutes.
+    idle_timeout_sec: int = Field(600, ge=0, le=86400)
 
 
 class ChannelsConfig(BaseModel):

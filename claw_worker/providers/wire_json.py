@@ -13,11 +13,12 @@ import json
 import re
 from typing import Any
 
+from claw_worker.contract import replace_lone_surrogates
+
 # What can make one: an escape, or (json.loads decodes bytes with "surrogatepass") the
 # UTF-8-style bytes of a surrogate, which are not UTF-8.
 _ESCAPED = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
 _ESCAPED_BYTES = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def loads(text: str | bytes) -> Any:
@@ -31,7 +32,7 @@ def loads_checked(text: str | bytes) -> tuple[Any, bool]:
     cleaned, and a copy of ``text`` kept beside it should be written anew from it)."""
     value = json.loads(text)
     if may_hold_surrogates(text):
-        return _clean(value), True
+        return replace_lone_surrogates(value), True
     return value, False
 
 
@@ -40,13 +41,3 @@ def may_hold_surrogates(text: str | bytes) -> bool:
     if isinstance(text, str):
         return _ESCAPED.search(text) is not None
     return _ESCAPED_BYTES.search(text) is not None
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
-    if isinstance(value, list):
-        return [_clean(item) for item in value]
-    if isinstance(value, dict):
-        return {_clean(key): _clean(item) for key, item in value.items()}
-    return value

@@ -55,6 +55,7 @@ class _Error:
     status: int
     description: str
     retry_after: float | None = None
+    chat_id: int | None = None  # only a call to this chat meets it (None: any call)
 
 
 class _Handler(Handler):
@@ -111,10 +112,11 @@ class TelegramAPI(LoopbackHTTP):
 
     # -- scripting -------------------------------------------------------------------------
     def fail(self, method: str, status: int, description: str, *,
-             retry_after: float | None = None) -> None:  # fmt: skip
+             retry_after: float | None = None, chat_id: int | None = None) -> None:  # fmt: skip
+        """The next call of ``method`` (to ``chat_id``, if given) fails so."""
         with self._lock:
             self._errors.setdefault(method, deque()).append(
-                _Error(status, description, retry_after)
+                _Error(status, description, retry_after, chat_id)
             )
 
     def push_message(
@@ -210,8 +212,12 @@ class TelegramAPI(LoopbackHTTP):
         if token != self.token:
             return _error(401, "Unauthorized")
         with self._lock:
-            queued = self._errors.get(method)
-            scripted = queued.popleft() if queued else None
+            queued = self._errors.get(method) or deque()
+            chat = params.get("chat_id")
+            scripted = next((e for e in queued if e.chat_id is None or str(e.chat_id) == chat
+                             or e.chat_id == chat), None)  # fmt: skip
+            if scripted is not None:
+                queued.remove(scripted)
         if scripted is not None:
             return _error(scripted.status, scripted.description, scripted.retry_after)
         if method == "getMe":

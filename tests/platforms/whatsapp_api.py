@@ -114,9 +114,10 @@ class GraphAPI(LoopbackHTTP):
         with self._lock:
             if self._failures:
                 status, code, headers = self._failures.popleft()
-                self.sends.append({"body": body, "status": status, "code": code})
+                self.sends.append({"body": body, "status": status, "code": code,
+                                   "at": time.monotonic()})  # fmt: skip
                 return status, graph_error(code, f"scripted error {code}"), headers
-            self.sends.append({"body": body, "status": 200, "code": None})
+            self.sends.append({"body": body, "status": 200, "code": None, "at": time.monotonic()})
         answer = {
             "messaging_product": "whatsapp",
             "contacts": [{"input": body.get("to"), "wa_id": body.get("to")}],
