@@ -416,3 +416,26 @@ def test_a_trailing_slash_is_served_not_redirected(fleet_factory) -> None:
         assert http.post("/api/message/", json={"text": "slash"}).status_code == 202
         for path in ("/webhooks/", "/webhooks", "/nope/"):  # no redirect, no loop
             assert http.get(path).status_code == 404, path
+
+
+def test_half_a_surrogate_pair_is_replaced_not_a_server_error(fleet_factory) -> None:
+    """JSON may escape half of a UTF-16 pair alone (a client that cut an emoji): the text
+    is answered with U+FFFD in its place; in ``user`` (a session name) it is refused."""
+    fleet = start_fleet(fleet_factory)
+    url = f"{fleet.base_url}/v1/chat/completions"
+    headers = {"Content-Type": "application/json"}
+    cut = '{"model": "m", "messages": [{"role": "user", "content": "cut \\ud83e emoji"}]}'
+    resp = httpx.post(url, content=cut, headers=headers, timeout=60)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["message"]["content"] == "echo: cut \ufffd emoji"
+    parts = (
+        '{"model": "m", "messages": [{"role": "user", "content": '
+        '[{"type": "text", "text": "part \\udc00"}]}]}'
+    )
+    resp = httpx.post(url, content=parts, headers=headers, timeout=60)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["message"]["content"] == "echo: part \ufffd"
+    named = '{"model": "m", "user": "bob\\ud800", "messages": [{"role": "user", "content": "x"}]}'
+    resp = httpx.post(url, content=named, headers=headers, timeout=60)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "user", resp.text
