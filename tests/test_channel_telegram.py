@@ -167,8 +167,12 @@ def test_group_messages_need_a_mention_or_a_reply_to_the_bot(
     # A command addressed to the bot is answered by the ingress, not the model.
     api.push_message(group, "/help@claw_test_bot", chat_type="supergroup")
     assert "/stop" in replies(api, group, 3)[2].text
+    # One addressed to another bot is that bot's, even as a reply to ours.
+    api.push_message(group, "/help@other_bot", chat_type="supergroup", reply_to=bot_message)
+    api.push_message(group, "@claw_test_bot last", chat_type="supergroup")
+    assert [r.text for r in replies(api, group, 4)[3:]] == ["echo: last"]
     seen = [last_user_text(r) for r in llm_server.requests]
-    assert seen == ["what is up?", "[in reply to: echo: what is up?]\nand then?"], seen
+    assert seen == ["what is up?", "[in reply to: echo: what is up?]\nand then?", "last"], seen
 
 
 def test_photo_and_document_arrive_as_media_references(

@@ -35,6 +35,8 @@ def to_inbound(message: Message, me: User, channel: str) -> InboundMessage | Non
     if user is None or user.is_bot:
         return None
     text = message.text or message.caption or ""
+    if _addressed_to_another_bot(message, me):
+        return None
     media, metadata = _media(message)
     if message.chat.type != ChatType.PRIVATE:
         mentioned, text = _cut_mention(message, text, me)
@@ -65,6 +67,16 @@ def to_inbound(message: Message, me: User, channel: str) -> InboundMessage | Non
         channel=channel, chat_id=chat_id, sender_id=str(user.id), text=text.strip(),
         media=media, reply_to=reply_to, metadata=metadata,
     )  # fmt: skip
+
+
+def _addressed_to_another_bot(message: Message, me: User) -> bool:
+    """Whether the message starts with a ``/command@name`` naming another bot: in a group
+    (even as a reply to us) it is that bot's, and ``/stop@other_bot`` must not stop ours."""
+    entities = message.parse_entities() if message.text else message.parse_caption_entities()
+    for entity, value in entities.items():
+        if entity.type == MessageEntityType.BOT_COMMAND and entity.offset == 0 and "@" in value:
+            return value.partition("@")[2].casefold() != (me.username or "").casefold()
+    return False
 
 
 def _cut_mention(message: Message, text: str, me: User) -> tuple[bool, str]:
