@@ -116,6 +116,14 @@ def say(http: Any, text_: str, session: str = "api:plans") -> str:
     return resp.json()["reply"]
 
 
+def one_worker_fleet(fleet_factory: Any, redis_server: Any) -> tuple[Any, Any]:
+    """An ingress and one worker: a Redis client and an HTTP client of the ingress."""
+    fleet = fleet_factory()
+    fleet.start_ingress()
+    fleet.start_worker()
+    return redis_server.client(), fleet.client()
+
+
 def notices(r: Any, pid: str) -> list[str]:
     found = []
     for _, fields in r.xrange(k.OUTBOUND_STREAM):
@@ -128,11 +136,7 @@ def notices(r: Any, pid: str) -> list[str]:
 def test_refusals_a_failed_task_and_the_pipeline_commands(
     fleet_factory: Any, redis_server: Any, llm_server: Any
 ) -> None:
-    fleet = fleet_factory()
-    fleet.start_ingress()
-    fleet.start_worker()
-    r = redis_server.client()
-    http = fleet.client()
+    r, http = one_worker_fleet(fleet_factory, redis_server)
 
     def task(i: str, deps: tuple[str, ...] = ()) -> dict[str, Any]:
         return {"id": i, "role": "worker", "goal": f"step {i} [[{i}]]", "depends_on": list(deps)}
@@ -210,3 +214,36 @@ def test_refusals_a_failed_task_and_the_pipeline_commands(
     assert say(http, "/pipeline frobnicate").startswith("Usage: /pipeline list | status <id>")
     assert say(http, "/pipeline ready").startswith("Usage: /pipeline")
     http.close()
+
+
+def test_a_cancelled_pipeline_stops_its_running_task_and_starts_no_other(
+    fleet_factory: Any, redis_server: Any, llm_server: Any
+) -> None:
+    r, http = one_worker_fleet(fleet_factory, redis_server)
+    tasks = [
+        {"id": "L", "role": "worker", "goal": "a long step [[LONG]]"},
+        {"id": "M", "role": "worker", "goal": "after it [[AFTER]]", "depends_on": ["L"]},
+    ]
+    llm_server.push(
+        tool_call("pipeline_create", {"pipeline_id": "long", "goal": "g", "tasks": tasks}),
+        tool_call("pipeline_dispatch", {}), text("started"), when="[[GO]]",
+    )  # fmt: skip
+    llm_server.reply("too late", when="[[LONG]]", delay=60)
+    assert say(http, "go [[GO]]") == "started"
+    wait_for(lambda: llm_server.requests_for("[[LONG]]"), timeout=30, what="L's LLM call")
+    # Another chat cannot see it, so cannot cancel it.
+    assert say(http, "/pipeline cancel long", session="api:stranger").startswith(
+        "no pipeline 'long'"
+    )
+    reply = say(http, "/pipeline cancel long")
+    assert reply == "Pipeline long cancelled. Stopped: L (worker). Not run: M.", reply
+    stored = pipeline_of(r, "long")
+    assert stored["status"] == "failed"
+    assert {t["id"]: t["state"] for t in stored["tasks"]} == {"L": "failed", "M": "blocked"}
+    # L's run ends now (as by /stop), not after its 60 s answer; its late finish changes nothing.
+    wait_for(lambda: [run.get("status") for run in task_runs(r, "pipeline:long:L")] ==
+             ["cancelled"], timeout=15, what="L's run to be stopped")  # fmt: skip
+    assert pipeline_of(r, "long")["tasks"][0]["error"].startswith("cancelled by")
+    assert not llm_server.requests_for("[[AFTER]]")
+    assert say(http, "/pipeline cancel long") == "pipeline long is already finished (failed)"
+    assert "cancel <id>" in say(http, "/pipeline cancel")

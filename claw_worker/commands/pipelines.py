@@ -1,6 +1,7 @@
-"""/pipeline list | status <id> | ready <id>: the pipelines a chat made (every one for an
-admin), in any channel. ``ready`` starts the tasks whose dependencies are done (for a
-pipeline made with auto_dispatch off, or to nudge one whose worker died).
+"""/pipeline list | status <id> | ready <id> | cancel <id>: the pipelines a chat made (every
+one for an admin), in any channel. ``ready`` starts the tasks whose dependencies are done
+(for a pipeline made with auto_dispatch off, or to nudge one whose worker died); ``cancel``
+stops its running tasks and starts no other.
 
 The store (``claw_worker/work/pipelines.py``) is synchronous, as the workers use it: the
 command runs it in a thread, on a client of its own, off the ingress's event loop.
@@ -18,13 +19,15 @@ from claw_worker.work import pipelines, prompts
 from claw_worker.work.model import Pipeline, PipelineError
 
 LISTED = 20
+SUBCOMMANDS = ("status", "ready", "cancel")  # each with a pipeline id
 
 
-@command("/pipeline", "/pipeline list | status <id> | ready <id>",
-         "pipelines of agent tasks: list them, show one, start its ready tasks")  # fmt: skip
+@command("/pipeline", "/pipeline list | status <id> | ready <id> | cancel <id>",
+         "pipelines of agent tasks: list them, show one, start its ready tasks, "
+         "or stop it")  # fmt: skip
 async def _pipeline(ctx: CommandContext, args: list[str]) -> str:
     sub = args[0].lower() if args else "list"
-    if not ((sub == "list" and len(args) <= 1) or (sub in ("status", "ready") and len(args) == 2)):
+    if not ((sub == "list" and len(args) <= 1) or (sub in SUBCOMMANDS and len(args) == 2)):
         return f"Usage: {COMMANDS['/pipeline'].usage}"
     return await asyncio.to_thread(_run, ctx, sub, args[1] if len(args) == 2 else "")
 
@@ -57,6 +60,11 @@ def _run(ctx: CommandContext, sub: str, pipeline_id: str) -> str:
             raise pipelines.not_found(pipeline_id)
         if sub == "status":
             return prompts.describe(pipelines.reconcile(conn, ctx.config, pipeline))
+        if sub == "cancel":
+            who = ctx.sender_id or ctx.session_key
+            pipeline, stopped = pipelines.cancel(conn, ctx.config, pipeline_id,
+                                                 f"cancelled by {who} (/pipeline cancel)")  # fmt: skip
+            return prompts.cancelled_text(pipeline, stopped)
         pipeline, started = pipelines.dispatch(conn, ctx.config, pipeline_id)
         return prompts.started_text(pipeline, started)
     except PipelineError as exc:

@@ -39,8 +39,9 @@ from claw_worker.contract import (
 )
 from claw_worker.reply_filter import filter_reply
 from claw_worker.session import scripts as lua
+from claw_worker.session.stop import request_stop_sync
 from claw_worker.session.submit import submit
-from claw_worker.work import prompts
+from claw_worker.work import prompts, transitions
 from claw_worker.work.model import Limits, Pipeline, PipelineError, Task, TaskState, session_key
 from claw_worker.work.transitions import Changes, claim_ready, claim_task, finish
 
@@ -244,6 +245,19 @@ def dispatch(client: redis.Redis, config: Config, pipeline_id: str) -> tuple[Pip
     pipeline, changes = update(client, config, pipeline_id, claim_ready)
     start(client, config, pipeline, changes.started)
     return pipeline, changes.started
+
+
+def cancel(
+    client: redis.Redis, config: Config, pipeline_id: str, reason: str
+) -> tuple[Pipeline, list[Task]]:
+    """End the pipeline now: its running tasks' runs are stopped (as by /stop; a run still
+    queued behind resource keys runs once, its finish ignored), the rest never start."""
+    pipeline, changes = update(
+        client, config, pipeline_id, lambda p, now: transitions.cancel(p, now, reason)
+    )
+    for task in changes.failed:
+        request_stop_sync(client, task.session_key)
+    return pipeline, changes.failed
 
 
 def claim_for_spawn(

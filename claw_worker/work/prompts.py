@@ -168,6 +168,16 @@ def summary_line(pipeline: Pipeline) -> str:
     )
 
 
+def cancelled_text(pipeline: Pipeline, stopped: list[Task]) -> str:
+    """What a cancel did."""
+    halted = ", ".join(f"{t.id} ({t.role})" for t in stopped) or "none"
+    never = [t.id for t in pipeline.tasks if t.state is TaskState.BLOCKED]
+    return (
+        f"Pipeline {pipeline.id} cancelled. Stopped: {halted}. "
+        f"Not run: {', '.join(never) or 'none'}."
+    )
+
+
 def started_text(pipeline: Pipeline, started: list[Task]) -> str:
     """What a dispatch did, and what still waits."""
     if started:

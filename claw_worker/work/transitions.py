@@ -121,6 +121,25 @@ def finish(
     return changes
 
 
+def cancel(pipeline: Pipeline, now: float, reason: str) -> Changes:
+    """Every open task ends: a running one fails with ``reason`` (``changes.failed``: the
+    caller stops its run, whose late finish is then stale), the others are blocked."""
+    if pipeline.finished:
+        raise PipelineError(f"pipeline {pipeline.id} is already finished ({pipeline.status})")
+    changes = Changes(changed=True)
+    for task in pipeline.tasks:
+        if task.state is TaskState.RUNNING:
+            task.state, task.error = TaskState.FAILED, reason
+            changes.failed.append(task)
+        elif task.state in (TaskState.PENDING, TaskState.READY):
+            task.state = TaskState.BLOCKED
+        else:
+            continue
+        task.finished_at = now
+    changes.finished = settle(pipeline, now)
+    return changes
+
+
 def _block_downstream(pipeline: Pipeline, task_id: str, now: float) -> None:
     todo = [task_id]
     while todo:
