@@ -76,6 +76,14 @@ def test_front_matter_spellings_of_every_family() -> None:
         ("---\na: &a [1,1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
          "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
          "name: x\ndescription: y\n---\n", "more than 5000 values"),
+        # Values YAML parses but Python cannot build: each a one-line refusal, not a
+        # ValueError or RecursionError out of the parser.
+        (skill_md("x", "d", "created: 2024-02-30\n"), "day is out of range"),
+        (skill_md("x", "d", "updated: 2001-12-14t21:59:43.10-99:99\n"), "cannot be read"),
+        (skill_md("x", "d", "version: " + "9" * 5000 + "\n"), "cannot be read"),
+        (skill_md("x", "d", "requires: &r [*r]\n"), "more than 5000 values"),
+        (skill_md("x", "d", "extra: &e {again: *e}\n"), "more than 5000 values"),
+        (skill_md("x", "d", "metadata: '" + '{"a": ' * 5000 + "'\n"), "nested too deeply"),
     ],
 )  # fmt: skip
 def test_front_matter_refusals(text: str, words: str) -> None:
@@ -170,6 +178,24 @@ def test_requirements_decide_what_is_available(claw_home: ClawHome) -> None:
 def msg(origin: str = "user") -> InboundMessage:
     return InboundMessage(channel="test", chat_id="1", sender_id="u", text="hi",
                           metadata={"origin": origin} if origin != "user" else {})  # fmt: skip
+
+
+def test_one_unreadable_skill_md_does_not_fail_the_turn(claw_home: ClawHome) -> None:
+    """A SKILL.md the model (or a careless edit) wrote with a date that does not exist: the
+    other skills are still offered, and `clawctl skills list` names what is wrong."""
+    ws = claw_home.workspace
+    add_skill(ws, "ready", skill_md("ready", "Reports the READY-MARKER state."))
+    add_skill(ws, "dated", skill_md("dated", "DATED-MARKER", "created: 2024-02-30\n"))
+    add_skill(ws, "looped", skill_md("looped", "LOOPED-MARKER", "requires: &r [*r]\n"))
+    prompt = build_system_prompt(ws, msg())
+    assert "- ready: Reports the READY-MARKER state." in prompt
+    assert "DATED-MARKER" not in prompt and "LOOPED-MARKER" not in prompt
+    listed = claw_home.clawctl("skills", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "Traceback" not in listed.stderr
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines() if line.strip()}
+    assert "invalid" in lines["dated"] and "day is out of range" in lines["dated"]
+    assert "invalid" in lines["looped"] and "available" in lines["ready"]
 
 
 def test_system_prompt_lists_only_available_skills(tmp_path: Path) -> None:

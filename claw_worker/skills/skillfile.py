@@ -117,6 +117,8 @@ def parse_skill_md(text: str) -> SkillMeta:
         raise SkillError(f"the front matter is not valid YAML{at}: {problem}") from None
     except RecursionError:
         raise SkillError("the front matter is nested too deeply") from None
+    except (ValueError, OverflowError) as exc:  # a date that does not exist, a 5,000-digit int
+        raise SkillError(f"the front matter has a value that cannot be read: {exc}") from None
     if not isinstance(data, dict):
         raise SkillError("the front matter must be a mapping with name and description")
     _check_size(data)
@@ -138,21 +140,19 @@ def parse_skill_md(text: str) -> SkillMeta:
 
 
 def _check_size(data: Any) -> None:
-    budget = [MAX_NODES]
-
-    def walk(node: Any) -> None:
-        budget[0] -= 1
-        if budget[0] < 0:
+    """Count every value, aliases as often as they are used; iterative, since an alias can
+    make a list or mapping hold itself (``&r [*r]``)."""
+    stack = [data]
+    budget = MAX_NODES
+    while stack:
+        node = stack.pop()
+        budget -= 1
+        if budget < 0:
             raise SkillError(f"the front matter has more than {MAX_NODES} values")
         if isinstance(node, dict):
-            for key, value in node.items():
-                walk(key)
-                walk(value)
+            stack += [*node.keys(), *node.values()]
         elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(data)
+            stack += node
 
 
 def _requires(data: dict[Any, Any]) -> Requires:
@@ -165,6 +165,8 @@ def _requires(data: dict[Any, Any]) -> Requires:
             metadata = json.loads(metadata)
         except ValueError as exc:
             raise SkillError(f"metadata is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise SkillError("metadata is JSON nested too deeply") from None
     if isinstance(metadata, dict):
         for ns in NAMESPACES:
             sub = metadata.get(ns)
