@@ -126,6 +126,12 @@ HOSTILE = {
                            ("symlink", "skills/hello/a/b/up", "../.."),
                            ("symlink", "skills/hello/esc", "a/b/up/../../../etc/hostname")],
                           ["symlink", "through another symlink"]),
+    # 24 links, each naming the one before three times: 306 bytes that took 2 minutes to
+    # check at 12 levels and would take years at 24 (the kernel gives up after 40 links).
+    "symlink-fan-out": ([*good_entries(), ("symlink", "skills/hello/l0", "."),
+                         *(("symlink", f"skills/hello/l{n}", "/".join([f"l{n - 1}"] * 3))
+                           for n in range(1, 24))],
+                        ["symlink", "more than 40"]),
     "hardlink-out": ([*good_entries(), ("hardlink", "skills/hello/h", "README.md")],
                      ["hard link", "outside"]),
     "device": ([*good_entries(), ("chr", "skills/hello/null")], ["device"]),

@@ -155,39 +155,62 @@ class _Extraction:
         # Each target was checked alone; through one another, links can still lead out
         # (``up -> ../..`` at the skill's root, then ``esc -> up/../../etc/passwd``).
         for inner, target in self.links:
-            if not _stays_inside(self.dest, inner[:-1], target):
+            try:
+                inside = _stays_inside(self.dest, inner[:-1], target)
+            except _TooManyLinks:
+                raise SkillError(
+                    f"the symlink {'/'.join(inner)} -> {target} needs more than "
+                    f"{_MAX_LINK_HOPS} symlinks to resolve"
+                ) from None
+            if not inside:
                 raise SkillError(
                     f"the symlink {'/'.join(inner)} -> {target} leads outside the skill "
                     "through another symlink"
                 )
 
 
-_MAX_LINK_HOPS = 40  # as the kernel's ELOOP
+_MAX_LINK_HOPS = 40  # links followed in one resolution, as the kernel's ELOOP
 
 
-def _stays_inside(root: Path, where: tuple[str, ...], target: str, hops: int = 0) -> bool:
+class _TooManyLinks(Exception):
+    pass
+
+
+def _stays_inside(root: Path, where: tuple[str, ...], target: str) -> bool:
     """Whether following ``target`` from the directory ``where`` (inside ``root``) never
-    leaves ``root`` at any step, links met on the way followed the same way."""
-    if hops > _MAX_LINK_HOPS or target.startswith("/"):
-        return False
-    current = list(where)
-    for name in target.split("/"):
-        if name in ("", "."):
-            continue
-        if name == "..":
-            if not current:
-                return False
-            current.pop()
-            continue
-        path = root.joinpath(*current, name)
-        if path.is_symlink():
-            if not _stays_inside(root, tuple(current), os.readlink(path), hops + 1):
-                return False
-            # Where the link leads is inside: continue from there, as the kernel does.
-            current = list(Path(os.path.realpath(path)).relative_to(os.path.realpath(root)).parts)
-        else:
-            current.append(name)
-    return True
+    leaves ``root`` at any step, links met on the way followed the same way. Every link
+    followed counts against one budget for the whole resolution (not per level: links that
+    each name the one before several times would take exponential time), and past it the
+    skill is refused, as the kernel would refuse to open it."""
+    hops = [0]
+
+    def inside(where: tuple[str, ...], target: str) -> bool:
+        if target.startswith("/"):
+            return False
+        current = list(where)
+        for name in target.split("/"):
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if not current:
+                    return False
+                current.pop()
+                continue
+            path = root.joinpath(*current, name)
+            if path.is_symlink():
+                hops[0] += 1
+                if hops[0] > _MAX_LINK_HOPS:
+                    raise _TooManyLinks
+                if not inside(tuple(current), os.readlink(path)):
+                    return False
+                # Where the link leads is inside: continue from there, as the kernel does.
+                real = Path(os.path.realpath(path)).relative_to(os.path.realpath(root))
+                current = list(real.parts)
+            else:
+                current.append(name)
+        return True
+
+    return inside(where, target)
 
 
 def member_parts(name: str) -> tuple[str, ...]:
