@@ -201,6 +201,9 @@ def test_missing_refs_paths_and_redirects(home: ClawHome, codeload: CodeloadServ
     refused(home, "acme/repo/README.md@main", "not a directory")
     codeload.redirects["/acme/moved/tar.gz/main"] = "http://example.invalid/x.tar.gz"
     refused(home, "acme/moved/skills/hello@main", "only https or skills.archive_base")
+    # A Location httpx cannot parse (bad punycode): one line, not an IDNA traceback.
+    codeload.redirects["/acme/punycode/tar.gz/main"] = "https://xn--a.example/x.tar.gz"
+    refused(home, "acme/punycode/skills/hello@main", "could not download", "unusable")
     # A redirect within the configured base is followed (codeload's own redirects).
     codeload.redirects["/acme/renamed/tar.gz/main"] = "/acme/repo/tar.gz/main"
     result = home.clawctl("skills", "install", "acme/renamed/skills/hello@main")

@@ -103,6 +103,12 @@ def download(spec: SkillSpec, config: SkillsConfig, out: BinaryIO) -> None:
         ) from None
     except httpx.HTTPError as exc:
         raise SkillError(f"could not download {url}: {exc}") from None
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        # Not HTTPErrors: httpx parses a redirect's Location (bad punycode, control
+        # characters) even when it does not follow it.
+        raise SkillError(
+            f"could not download {url}: a URL in its answer is unusable: {exc}"
+        ) from None
     raise SkillError(f"{url} redirected more than {MAX_REDIRECTS} times")
 
 
