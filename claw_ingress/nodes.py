@@ -17,6 +17,7 @@ import json
 from typing import Annotated
 from urllib.parse import urlsplit
 
+import httpx
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from redis.exceptions import RedisError
@@ -101,6 +102,10 @@ class RegisterBody(BaseModel):
             raise ValueError("url has an invalid port") from None
         if not parts.hostname or parts.username is not None or parts.query or parts.fragment:
             raise ValueError("url must be http(s)://host[:port][/path], without user, query or #")
+        try:  # as the workers' client will parse it: control characters, bad punycode
+            httpx.URL(url).host  # noqa: B018 - decoding the host is the check
+        except (httpx.InvalidURL, UnicodeError) as exc:
+            raise ValueError(f"url cannot be called: {exc}") from None
         return url
 
     @field_validator("token")

@@ -64,6 +64,11 @@ class _NodeWire(BaseHTTPRequestHandler):
             self._send(200, {"ok": True, "code": "fine", "payload": None})  # ok and code disagree
         elif self.path == "/location/get":
             self._send(401, {"detail": "who are you"})
+        elif self.path == "/invoke":  # a redirect httpx cannot even parse (bad punycode)
+            self.send_response(302)
+            self.send_header("Location", "http://xn--a.example/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         else:  # /run: answers too late
             time.sleep(3)
             self._send(200, {"ok": True, "code": "ok", "error": None, "payload": None})
@@ -196,6 +201,23 @@ def test_what_a_node_answers_p2p(call: Any, redis_server: RedisServer, workspace
     assert "fallback" not in slow["meta"]  # it may have run: never sent a second time
     assert r.llen(k.node_relay_key("ingress-ghost@host")) == 0
     assert wire.calls == ["/camera/snap", "/screen/record", "/location/get", "/run"]  # type: ignore[attr-defined]
+
+
+def test_a_node_answering_an_unusable_redirect_is_a_transport_error(
+    call: Any, redis_server: RedisServer, workspace: Path, wire: ThreadingHTTPServer
+) -> None:
+    """A compromised node answering ``302 Location: http://xn--a.example/`` (httpx raises
+    an IDNA error, not an HTTPError, building the redirect it will not follow): an envelope
+    the model can read, and the dispatch audited like any other."""
+    r = redis_server.client()
+    url = f"http://127.0.0.1:{wire.server_address[1]}"
+    register(r, "odd", url=url, capabilities=["invoke"])
+    answer = call(action="invoke", node="odd", command="ping")
+    assert isinstance(answer, dict), answer
+    assert answer["code"] == "transport_error" and not answer["ok"], answer
+    assert answer["meta"]["mode"] == "p2p"
+    audit = (workspace / "memory/nodes-dispatch-audit.jsonl").read_text().splitlines()
+    assert json.loads(audit[-1])["node"] == "odd"
 
 
 def test_the_wire() -> None:
