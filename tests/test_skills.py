@@ -198,6 +198,31 @@ def test_one_unreadable_skill_md_does_not_fail_the_turn(claw_home: ClawHome) -> 
     assert "invalid" in lines["looped"] and "available" in lines["ready"]
 
 
+ESCAPES = ("\x1b", "\x07", "\x9b")  # ESC, BEL (ends an OSC), the 8-bit CSI
+
+
+def test_terminal_escapes_in_a_skill_never_reach_the_terminal(claw_home: ClawHome) -> None:
+    """A downloaded skill whose description (YAML's "\\e" escapes), required program or
+    body holds terminal control sequences (OSC 52 writes the clipboard, ESC[2J clears the
+    screen): `clawctl skills list`, `search` and `show` print none of them raw."""
+    ws = claw_home.workspace
+    osc = "\\e]52;c;cm0gLXJmIH4=\\a\\e[2J\\x9b31m"
+    add_skill(ws, "weather", skill_md("weather", f'"Weather today {osc}"'))
+    add_skill(ws, "needs", skill_md("needs", "needs a program", f'requires: {{bins: ["{osc}"]}}\n'))
+    body = skill_md("plain", "A plain skill.") + "Run it.\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\n"
+    add_skill(ws, "plain", body)
+    for args in (("list",), ("search", "weather"), ("search", "needs"), ("show", "plain")):
+        result = claw_home.clawctl("skills", *args)
+        out = result.stdout + result.stderr
+        assert not any(c in out for c in ESCAPES), (args, out)
+    listed = claw_home.clawctl("skills", "list").stdout
+    rows = {line.split()[0]: line for line in listed.splitlines() if line.strip()}
+    assert "invalid" in rows["weather"] and "control character" in rows["weather"]
+    assert "invalid" in rows["needs"] and "not a program name" in rows["needs"]
+    shown = claw_home.clawctl("skills", "show", "plain").stdout
+    assert "Run it.\\x1b]52;c;cm0gLXJmIH4=\\x07\\x1b[2J" in shown  # visible, not acted on
+
+
 def test_system_prompt_lists_only_available_skills(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     assert "## Skills" not in build_system_prompt(ws, msg())

@@ -9,6 +9,7 @@ command's environment: a worker started elsewhere checks its own.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from claw_worker.skills.catalog import BUILTIN_ROOT, Skill, discover, find, sear
 from claw_worker.skills.skillfile import MAX_SKILL_MD_BYTES, SKILL_FILE, SkillError
 
 DESCRIPTION_WIDTH = 70
+SHOWN_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
 
 
 @contextmanager
@@ -121,7 +123,9 @@ def show_cmd(name: str, builtin: bool) -> None:
     except OSError as exc:
         raise CliError(f"cannot read {skill.path / SKILL_FILE}: {exc.strerror or exc}") from None
     click.echo(f"# {where} skill {skill.name} ({skill.status}): {skill.path}", err=True)
-    click.echo(data.decode("utf-8", errors="replace").rstrip("\n"))
+    text = data.decode("utf-8", errors="replace").rstrip("\n")
+    # Shown, never acted on: a downloaded SKILL.md may hold terminal control sequences.
+    click.echo(SHOWN_CONTROL_RE.sub(lambda m: ascii(m.group())[1:-1], text))
 
 
 @skills.command("search")
