@@ -93,6 +93,8 @@ class RegisterBody(BaseModel):
     def _check_url(cls, url: str) -> str:
         if not url:
             return url
+        if not url.isprintable():  # `clawctl nodes list` prints it
+            raise ValueError("url must be printable text")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise ValueError("url must start with http:// or https://")

@@ -94,6 +94,7 @@ def test_register_needs_the_gateway_token_and_a_silent_node_goes_offline_after_i
             ({"capabilities": ["Camera!"]}, "capabilities.0"), ({"extra": 1}, "extra"),
             # URLs urlsplit takes but the workers' HTTP client cannot call.
             ({"url": "http://lamp\x01.lan/"}, "url"), ({"url": "http://xn--a.lan/"}, "url"),
+            ({"url": "http://lamp.lan/\x9b2J"}, "url"),  # C1 CSI: `clawctl nodes list` shows it
         ):  # fmt: skip
             answer = register(http, **bad)
             assert answer.status_code == 422, (bad, answer.text)
