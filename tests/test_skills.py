@@ -198,6 +198,24 @@ def test_one_unreadable_skill_md_does_not_fail_the_turn(claw_home: ClawHome) -> 
     assert "invalid" in lines["looped"] and "available" in lines["ready"]
 
 
+def test_a_listed_invalid_skill_can_be_removed(claw_home: ClawHome) -> None:
+    """A folder copied in by hand as "Weather Skill": `skills list` shows it as invalid, and
+    `skills remove` with the name shown removes it (it said "no skill is installed")."""
+    skills = claw_home.workspace / "skills"
+    add_skill(claw_home.workspace, "Weather Skill", skill_md("weather", "Weather."))
+    listed = claw_home.clawctl("skills", "list").stdout
+    assert "Weather Skill" in listed and "not a valid skill name" in listed
+    removed = claw_home.clawctl("skills", "remove", "Weather Skill", "--yes")
+    assert removed.returncode == 0, removed.stderr
+    assert not (skills / "Weather Skill").exists()
+    assert not [p for p in skills.iterdir()]
+    for name in ("..", ".install-x", "a/b", ""):  # never a way out of skills/ or into its work
+        (skills / ".install-x").mkdir(exist_ok=True)
+        refused = claw_home.clawctl("skills", "remove", name, "--yes")
+        assert refused.returncode == 1 and "no skill" in refused.stderr, (name, refused.stderr)
+    assert (skills / ".install-x").is_dir() and skills.is_dir()
+
+
 ESCAPES = ("\x1b", "\x07", "\x9b")  # ESC, BEL (ends an OSC), the 8-bit CSI
 
 

@@ -18,7 +18,15 @@ import click
 
 from claw_worker.cli._common import CliError, confirm, load
 from claw_worker.config.paths import workspace_dir
-from claw_worker.skills.catalog import BUILTIN_ROOT, Skill, discover, find, search, skills_root
+from claw_worker.skills.catalog import (
+    BUILTIN_ROOT,
+    Skill,
+    discover,
+    find,
+    listed,
+    search,
+    skills_root,
+)
 from claw_worker.skills.skillfile import MAX_SKILL_MD_BYTES, SKILL_FILE, SkillError
 
 DESCRIPTION_WIDTH = 70
@@ -198,7 +206,7 @@ def remove_cmd(name: str, yes: bool) -> None:
     from claw_worker.skills.installer import remove
 
     workspace = _workspace()
-    skill = find(skills_root(workspace), name)
+    skill = listed(skills_root(workspace), name)
     if skill is None:
         raise CliError(f"no skill {name!r} is installed (see `clawctl skills list`)")
     if not yes:

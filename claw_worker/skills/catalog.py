@@ -90,6 +90,15 @@ def find(root: Path, name: str) -> Skill | None:
     return load_dir(path) if path.is_dir() else None
 
 
+def listed(root: Path, name: str) -> Skill | None:
+    """The directory ``discover`` lists as ``name`` under ``root``, valid or not (one a
+    user copied in as "Weather Skill" is shown, so it must be removable), or None."""
+    if not name or name.startswith(".") or "/" in name or "\0" in name:
+        return None  # never skills/ itself, its parent, or an install or removal under way
+    path = root / name
+    return load_dir(path) if path.is_dir() else None
+
+
 def load_dir(path: Path) -> Skill:
     name = path.name
     if not valid_name(name):
