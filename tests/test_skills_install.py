@@ -126,6 +126,13 @@ HOSTILE = {
                            ("symlink", "skills/hello/a/b/up", "../.."),
                            ("symlink", "skills/hello/esc", "a/b/up/../../../etc/hostname")],
                           ["symlink", "through another symlink"]),
+    # Through "up", "esc" is the workspace; a link under esc/escape/ made its folders there.
+    "symlink-dir-chain-out": ([*good_entries(), ("dir", "skills/hello/a"),
+                               ("dir", "skills/hello/a/b"),
+                               ("symlink", "skills/hello/a/b/up", "../.."),
+                               ("symlink", "skills/hello/esc", "a/b/up/../.."),
+                               ("symlink", "skills/hello/esc/escape/l", "x")],
+                              ["symlink", "under another symlink"]),
     # 24 links, each naming the one before three times: 306 bytes that took 2 minutes to
     # check at 12 levels and would take years at 24 (the kernel gives up after 40 links).
     "symlink-fan-out": ([*good_entries(), ("symlink", "skills/hello/l0", "."),

@@ -142,12 +142,15 @@ class _Extraction:
 
     def finish(self) -> None:
         for inner, target in self.links:
-            path = self.dest.joinpath(*inner)
-            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            if os.path.realpath(path.parent) != os.path.join(
-                os.path.realpath(self.dest), *inner[:-1]
-            ):
-                raise SkillError(f"the symlink {'/'.join(inner)} sits under another symlink")
+            # Its folders made one at a time, none through a link: a link made before could
+            # lead out (through another one), and mkdir(parents=True) would follow it.
+            parent = self.dest
+            for name in inner[:-1]:
+                parent = parent / name
+                if parent.is_symlink():
+                    raise SkillError(f"the symlink {'/'.join(inner)} sits under another symlink")
+                parent.mkdir(mode=0o755, exist_ok=True)
+            path = parent / inner[-1]
             try:
                 os.symlink(target, path)
             except FileExistsError:
