@@ -174,6 +174,28 @@ def test_hostile_and_broken_archives_are_refused(
     assert not escaped
 
 
+@pytest.mark.parametrize("kind", ["dir", "file", "symlink"])
+def test_the_archives_own_source_file_is_replaced(
+    home: ClawHome, codeload: CodeloadServer, kind: str
+) -> None:
+    """An archive holding .clawfleet-source.json (the name the install writes where the
+    skill came from): as a folder it failed with "Is a directory: ..clawfleet-source.json.<hex>.tmp".
+    The install's own record replaces whatever is there."""
+    name = "skills/hello/.clawfleet-source.json"
+    extra: list[tuple[Any, ...]] = {
+        "dir": [("dir", name), ("file", f"{name}/x", "x")],
+        "file": [("file", name, '{"source": "builtin:hello"}')],
+        "symlink": [("symlink", name, "SKILL.md")],
+    }[kind]
+    codeload.add("acme", "own", "main", [*good_entries(), *extra])
+    result = home.clawctl("skills", "install", "acme/own/skills/hello@main")
+    assert result.returncode == 0, result.stderr
+    source = home.workspace / "skills/hello/.clawfleet-source.json"
+    assert source.is_file() and not source.is_symlink()
+    assert json.loads(source.read_text())["source"] == "acme/own/skills/hello@main"
+    assert (home.workspace / "skills/hello/SKILL.md").read_text() == GOOD_MD
+
+
 def test_size_caps(home: ClawHome, codeload: CodeloadServer) -> None:
     noise = os.urandom(8192)  # incompressible: the download itself is over 1 KiB
     codeload.add("acme", "big", "main", [*good_entries(), ("file", "skills/hello/blob", noise)])

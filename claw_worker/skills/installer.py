@@ -115,6 +115,7 @@ def _commit(root: Path, staging: Path, source: dict[str, str], force: bool) -> I
     except SkillError as exc:
         raise SkillError(f"not a valid skill: {exc}") from None
     source["installed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _delete(staging / SOURCE_FILE)  # the install's own name: whatever the archive put there
     atomic_write_bytes(staging / SOURCE_FILE, (json.dumps(source) + "\n").encode(), mode=0o644)
     os.chmod(staging, 0o755)  # mkdtemp made it 0700
     target = root / meta.name
