@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,12 @@ HOSTILE = {
                                ("symlink", "skills/hello/esc", "a/b/up/../.."),
                                ("symlink", "skills/hello/esc/escape/l", "x")],
                               ["symlink", "under another symlink"]),
+    # Names that would reach the terminal in the refusal: a control sequence, 3,000 levels.
+    "escape-in-name": ([*good_entries(), ("symlink", "skills/hello/\x1b]52;c;cm0=\x07\x9b2J",
+                                          "/etc/\x1b[2Jpasswd")],
+                       ["symlink", "outside the skill", "\\x1b"]),
+    "deep-name": ([*good_entries(), ("file", "skills/hello/" + "d/" * 3000 + "f", "x")],
+                  ["cannot unpack", "File name too long", "..."]),
     # 24 links, each naming the one before three times: 306 bytes that took 2 minutes to
     # check at 12 levels and would take years at 24 (the kernel gives up after 40 links).
     "symlink-fan-out": ([*good_entries(), ("symlink", "skills/hello/l0", "."),
@@ -167,7 +174,9 @@ def test_hostile_and_broken_archives_are_refused(
     else:
         codeload.add("acme", "bad", "main", entries)
     assert home.clawctl("skills", "install-builtin", "skill-creator").returncode == 0
-    refused(home, "acme/bad/skills/hello@main", *words)
+    line = refused(home, "acme/bad/skills/hello@main", *words)
+    # What the archive names is shown bounded, its control characters escaped.
+    assert len(line) < 700 and not re.search(r"[\x00-\x1f\x7f-\x9f]", line), line
     escaped = [p for p in (Path("/tmp/clawfleet-escape"), home.workspace / "escape",
                            home.path / "escape") if p.exists()]  # fmt: skip
     record("skills: malicious archive", tried=1, rejected=1, escapes=len(escaped))
