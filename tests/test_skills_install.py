@@ -242,6 +242,10 @@ def test_missing_refs_paths_and_redirects(home: ClawHome, codeload: CodeloadServ
     # A Location httpx cannot parse (bad punycode): one line, not an IDNA traceback.
     codeload.redirects["/acme/punycode/tar.gz/main"] = "https://xn--a.example/x.tar.gz"
     refused(home, "acme/punycode/skills/hello@main", "could not download", "unusable")
+    # A Location holding a C1 control (the 8-bit CSI): refused, and not printed raw.
+    codeload.redirects["/acme/csi/tar.gz/main"] = "http://elsewhere.invalid/\x9b2J.tar.gz"
+    line = refused(home, "acme/csi/skills/hello@main", "control character")
+    assert "\x9b" not in line, line
     # A redirect within the configured base is followed (codeload's own redirects).
     codeload.redirects["/acme/renamed/tar.gz/main"] = "/acme/repo/tar.gz/main"
     result = home.clawctl("skills", "install", "acme/renamed/skills/hello@main")
