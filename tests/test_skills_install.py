@@ -237,6 +237,9 @@ def test_missing_refs_paths_and_redirects(home: ClawHome, codeload: CodeloadServ
     refused(home, "acme/repo/skills/hello@nope", "404", "acme/repo/skills/hello@nope")
     refused(home, "acme/repo/skills/absent@main", "has no skills/absent")
     refused(home, "acme/repo/README.md@main", "not a directory")
+    # No top directory at all (a tarball of loose files): the message names what it found.
+    codeload.archives[("acme", "flat", "main")] = archive("x", [("file", "!SKILL.md", GOOD_MD)])
+    refused(home, "acme/flat@main", "'SKILL.md'", "not a directory", "top directory")
     codeload.redirects["/acme/moved/tar.gz/main"] = "http://example.invalid/x.tar.gz"
     refused(home, "acme/moved/skills/hello@main", "only https or skills.archive_base")
     # A Location httpx cannot parse (bad punycode): one line, not an IDNA traceback.

@@ -83,8 +83,13 @@ class _Extraction:
             return
         self.found = True
         if not inner:
-            if not member.isdir():
+            if not member.isdir() and self.subpath:
                 raise SkillError(f"{'/'.join(self.subpath)} in the archive is not a directory")
+            if not member.isdir():
+                raise SkillError(
+                    f"the archive's first entry '{_show(member.name)}' is not a directory: a "
+                    "GitHub archive holds everything in one top directory"
+                )
             return
         shown = _show("/".join(inner))
         if member.isdir():
