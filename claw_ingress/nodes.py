@@ -7,7 +7,8 @@ it on (p2p; optional), its capabilities, its own token (which the fleet presents
 stored, never logged nor shown) and ``ttl_sec``; it renews with heartbeats, and goes
 offline once ``ttl_sec`` passes without one. Registering again replaces the record (a node
 that restarted has a new token). Both scripts stamp the Redis server's time, and nodes
-offline for a week are forgotten at the next registration. The workers read the registry
+offline for a week are forgotten at the next registration (as is, when ``nodes.max_nodes``
+are registered, the one offline longest). The workers read the registry
 (``claw_worker/nodes/registry.py``); nothing else passes between them.
 """
 
@@ -38,8 +39,9 @@ RETRY_AFTER_SEC = "2"
 Capability = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 
 # KEYS: NODES, NODES_SEEN, NODES_STATUS. ARGV: id, the record (a JSON object), the most
-# nodes the registry may hold, seconds after which an offline node is forgotten.
-# 1: registered; 0: the registry is full.
+# nodes the registry may hold, seconds after which an offline node is forgotten. When the
+# registry is full, the node offline longest makes room (it registers again on its return).
+# 1: registered; 0: the registry is full of online nodes.
 _REGISTER = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -50,7 +52,21 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(
 end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
    and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
-  return 0
+  -- Full: forget the node offline longest (of the 100 seen longest ago), else refuse.
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 99, 'WITHSCORES')
+  local room = false
+  for i = 1, #oldest, 2 do
+    local ok, record = pcall(cjson.decode, redis.call('HGET', KEYS[1], oldest[i]) or '')
+    local ttl = ok and type(record) == 'table' and tonumber(record['ttl_sec']) or 0
+    if now - tonumber(oldest[i + 1]) > ttl then
+      redis.call('HDEL', KEYS[1], oldest[i])
+      redis.call('HDEL', KEYS[3], oldest[i])
+      redis.call('ZREM', KEYS[2], oldest[i])
+      room = true
+      break
+    end
+  end
+  if not room then return 0 end
 end
 local stamp = string.format('%.3f', now)
 redis.call('HSET', KEYS[1], ARGV[1], '{"registered_at": ' .. stamp .. ', ' .. string.sub(ARGV[2], 2))
@@ -162,7 +178,7 @@ async def register(request: Request) -> JSONResponse:
     except RedisError as exc:
         return _unavailable(exc)
     if not done:
-        error = f"the registry holds nodes.max_nodes ({config.nodes.max_nodes}) nodes already"
+        error = f"the registry holds nodes.max_nodes ({config.nodes.max_nodes}) nodes, all online"
         return JSONResponse({"error": error}, status_code=409)
     log.info("node registered", node=body.id, url=body.url, ttl_sec=body.ttl_sec,
              capabilities=",".join(body.capabilities))  # fmt: skip

@@ -21,8 +21,10 @@ from claw_ingress.nodes import _REGISTER, RegisterBody
 from claw_worker import constants as k
 from claw_worker.config import Config
 from claw_worker.nodes.envelope import check_envelope, route_for
+from claw_worker.nodes.registry import get_node
 from claw_worker.nodes.stats import describe, summarize
 from claw_worker.tools import ToolContext, default_tools
+from tests.fixtures.procs import wait_for
 from tests.fixtures.redis_server import RedisServer
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n-not-really-an-image").decode()
@@ -239,3 +241,28 @@ def test_the_wire() -> None:
     assert figures == {"total": 4, "ok": 3, "fail": 1, "avg_ms": 2, "top_action": "invoke"}
     assert describe(figures) == "4 dispatches (ok 3, fail 1), avg 2 ms, top action invoke"
     assert describe(summarize({})) == "no dispatches yet"
+
+
+def test_a_full_registry_makes_room_by_forgetting_an_offline_node(
+    redis_server: RedisServer,
+) -> None:
+    """nodes.max_nodes reached with nodes that went offline (a script registering a fresh id
+    at each start, a compromised node flooding ids): new nodes got 409 for a week, with no
+    command to clear the registry. The node offline longest is forgotten to make room (it
+    registers again when it comes back); while every node is online, the registry is full."""
+    r = redis_server.client()
+    r.delete(k.NODES, k.NODES_SEEN, k.NODES_STATUS)
+
+    def add(node_id: str, ttl: int) -> int:
+        body = RegisterBody.model_validate({"id": node_id, "token": TOKEN, "ttl_sec": ttl})
+        return int(r.eval(_REGISTER, 3, k.NODES, k.NODES_SEEN, k.NODES_STATUS, node_id,
+                          json.dumps(body.model_dump()), 2, 86400))  # fmt: skip
+
+    assert add("gone", 2) == 1 and add("live", 600) == 1
+    assert add("new", 600) == 0  # both online
+    assert add("live", 600) == 1  # registering again is always possible
+    wait_for(lambda: not get_node(r, "gone").online, timeout=10, what="gone to go offline")  # type: ignore[union-attr]
+    assert add("new", 600) == 1
+    assert get_node(r, "gone") is None and get_node(r, "live") is not None
+    assert r.zscore(k.NODES_SEEN, "gone") is None
+    assert add("more", 600) == 0  # live and new are online
