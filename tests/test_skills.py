@@ -198,13 +198,15 @@ def test_one_unreadable_skill_md_does_not_fail_the_turn(claw_home: ClawHome) -> 
     assert "invalid" in lines["looped"] and "available" in lines["ready"]
 
 
-def test_a_listed_invalid_skill_can_be_removed(claw_home: ClawHome) -> None:
+def test_a_listed_invalid_skill_can_be_shown_and_removed(claw_home: ClawHome) -> None:
     """A folder copied in by hand as "Weather Skill": `skills list` shows it as invalid, and
-    `skills remove` with the name shown removes it (it said "no skill is installed")."""
+    `skills show` and `remove` take the name shown (they said "no skill is installed")."""
     skills = claw_home.workspace / "skills"
     add_skill(claw_home.workspace, "Weather Skill", skill_md("weather", "Weather."))
     listed = claw_home.clawctl("skills", "list").stdout
     assert "Weather Skill" in listed and "not a valid skill name" in listed
+    shown = claw_home.clawctl("skills", "show", "Weather Skill")
+    assert shown.returncode == 0 and "description: Weather." in shown.stdout, shown.stderr
     removed = claw_home.clawctl("skills", "remove", "Weather Skill", "--yes")
     assert removed.returncode == 0, removed.stderr
     assert not (skills / "Weather Skill").exists()

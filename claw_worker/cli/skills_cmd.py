@@ -117,7 +117,7 @@ def list_builtin_cmd(as_json: bool) -> None:
 @click.option("--builtin", "builtin", is_flag=True, help="Show the builtin skill of that name.")
 def show_cmd(name: str, builtin: bool) -> None:
     """Print a skill's SKILL.md (the installed one, else the builtin one)."""
-    skill = None if builtin else find(skills_root(_workspace()), name)
+    skill = None if builtin else listed(skills_root(_workspace()), name)
     where = "installed"
     if skill is None:
         skill, where = find(BUILTIN_ROOT, name), "builtin"
