@@ -129,8 +129,9 @@ class RegisterBody(BaseModel):
     @field_validator("token")
     @classmethod
     def _check_token(cls, token: str) -> str:
-        if not token.isprintable() or any(c.isspace() for c in token):
-            raise ValueError("token must be printable, without spaces")
+        if not token.isascii() or not token.isprintable() or " " in token:
+            # ASCII: the fleet sends it in an Authorization header (httpx cannot encode more)
+            raise ValueError("token must be printable ASCII, without spaces")
         return token
 
     @field_validator("capabilities")
