@@ -82,6 +82,9 @@ def test_front_matter_spellings_of_every_family() -> None:
         (skill_md("x", "d", "updated: 2001-12-14t21:59:43.10-99:99\n"), "cannot be read"),
         (skill_md("x", "d", "version: " + "9" * 5000 + "\n"), "cannot be read"),
         (skill_md("x", "d", "requires: &r [*r]\n"), "more than 5000 values"),
+        (skill_md("x", "d", "beta: !!bool maybe\n"), "cannot be read"),  # KeyError inside
+        (skill_md("x", "d", "since: !!timestamp soon\n"), "cannot be read"),  # AttributeError
+        (skill_md("x", "d", "count: !!int\n"), "cannot be read"),  # IndexError
         (skill_md("x", "d", "extra: &e {again: *e}\n"), "more than 5000 values"),
         (skill_md("x", "d", "metadata: '" + '{"a": ' * 5000 + "'\n"), "nested too deeply"),
     ],

@@ -118,8 +118,13 @@ def parse_skill_md(text: str) -> SkillMeta:
         raise SkillError(f"the front matter is not valid YAML{at}: {problem}") from None
     except RecursionError:
         raise SkillError("the front matter is nested too deeply") from None
-    except (ValueError, OverflowError) as exc:  # a date that does not exist, a 5,000-digit int
-        raise SkillError(f"the front matter has a value that cannot be read: {exc}") from None
+    except Exception as exc:
+        # PyYAML's constructors, given hostile scalars, raise ValueError (2024-02-30, a
+        # 5,000-digit int), KeyError (!!bool maybe), AttributeError (!!timestamp soon),
+        # IndexError (an empty !!int): all the same bad value to us.
+        raise SkillError(
+            f"the front matter has a value that cannot be read: {type(exc).__name__}: {exc}"
+        ) from None
     if not isinstance(data, dict):
         raise SkillError("the front matter must be a mapping with name and description")
     _check_size(data)
