@@ -221,6 +221,18 @@ def test_a_listed_invalid_skill_can_be_shown_and_removed(claw_home: ClawHome) ->
     assert (skills / ".install-x").is_dir() and skills.is_dir()
 
 
+def test_skills_folder_that_is_a_file_is_named(claw_home: ClawHome) -> None:
+    """<workspace>/skills is a file (a careless `> skills`): `list` said "no skills in ...; add
+    the builtin ones", then `install-builtin` failed with "File exists"."""
+    claw_home.workspace.mkdir(parents=True, exist_ok=True)
+    (claw_home.workspace / "skills").write_text("not a folder\n")
+    for args in (("list",), ("install-builtin", "git-status"), ("search", "git")):
+        result = claw_home.clawctl("skills", *args)
+        assert result.returncode == 1, (args, result.stdout)
+        assert "skills is not a directory" in result.stderr, (args, result.stderr)
+    assert (claw_home.workspace / "skills").read_text() == "not a folder\n"
+
+
 ESCAPES = ("\x1b", "\x07", "\x9b")  # ESC, BEL (ends an OSC), the 8-bit CSI
 
 

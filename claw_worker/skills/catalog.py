@@ -66,6 +66,10 @@ def skills_root(workspace: Path) -> Path:
     return workspace / SKILLS_DIR
 
 
+def not_a_folder(root: Path) -> str:
+    return f"{root} is not a directory; move it aside: skills are folders in it"
+
+
 def discover(root: Path) -> list[Skill]:
     """Every skill directory under ``root`` by name; dot-directories (installs under way,
     removals) are not skills."""
