@@ -7,7 +7,8 @@ it on (p2p; optional), its capabilities, its own token (which the fleet presents
 stored, never logged nor shown) and ``ttl_sec``; it renews with heartbeats, and goes
 offline once ``ttl_sec`` passes without one. Registering again replaces the record (a node
 that restarted has a new token). Both scripts stamp the Redis server's time, and nodes
-offline for a week are forgotten at the next registration. The workers read the registry
+offline for a week are forgotten at the next registration (as is, when ``nodes.max_nodes``
+are registered, the one offline longest). The workers read the registry
 (``claw_worker/nodes/registry.py``); nothing else passes between them.
 """
 
@@ -17,6 +18,7 @@ import json
 from typing import Annotated
 from urllib.parse import urlsplit
 
+import httpx
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from redis.exceptions import RedisError
@@ -37,8 +39,9 @@ RETRY_AFTER_SEC = "2"
 Capability = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 
 # KEYS: NODES, NODES_SEEN, NODES_STATUS. ARGV: id, the record (a JSON object), the most
-# nodes the registry may hold, seconds after which an offline node is forgotten.
-# 1: registered; 0: the registry is full.
+# nodes the registry may hold, seconds after which an offline node is forgotten. When the
+# registry is full, the node offline longest makes room (it registers again on its return).
+# 1: registered; 0: the registry is full of online nodes.
 _REGISTER = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -49,7 +52,21 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(
 end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
    and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
-  return 0
+  -- Full: forget the node offline longest (of the 100 seen longest ago), else refuse.
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 99, 'WITHSCORES')
+  local room = false
+  for i = 1, #oldest, 2 do
+    local ok, record = pcall(cjson.decode, redis.call('HGET', KEYS[1], oldest[i]) or '')
+    local ttl = ok and type(record) == 'table' and tonumber(record['ttl_sec']) or 0
+    if now - tonumber(oldest[i + 1]) > ttl then
+      redis.call('HDEL', KEYS[1], oldest[i])
+      redis.call('HDEL', KEYS[3], oldest[i])
+      redis.call('ZREM', KEYS[2], oldest[i])
+      room = true
+      break
+    end
+  end
+  if not room then return 0 end
 end
 local stamp = string.format('%.3f', now)
 redis.call('HSET', KEYS[1], ARGV[1], '{"registered_at": ' .. stamp .. ', ' .. string.sub(ARGV[2], 2))
@@ -92,6 +109,8 @@ class RegisterBody(BaseModel):
     def _check_url(cls, url: str) -> str:
         if not url:
             return url
+        if not url.isprintable():  # `clawctl nodes list` prints it
+            raise ValueError("url must be printable text")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise ValueError("url must start with http:// or https://")
@@ -101,13 +120,18 @@ class RegisterBody(BaseModel):
             raise ValueError("url has an invalid port") from None
         if not parts.hostname or parts.username is not None or parts.query or parts.fragment:
             raise ValueError("url must be http(s)://host[:port][/path], without user, query or #")
+        try:  # as the workers' client will parse it: control characters, bad punycode
+            httpx.URL(url).host  # noqa: B018 - decoding the host is the check
+        except (httpx.InvalidURL, UnicodeError) as exc:
+            raise ValueError(f"url cannot be called: {exc}") from None
         return url
 
     @field_validator("token")
     @classmethod
     def _check_token(cls, token: str) -> str:
-        if not token.isprintable() or any(c.isspace() for c in token):
-            raise ValueError("token must be printable, without spaces")
+        if not token.isascii() or not token.isprintable() or " " in token:
+            # ASCII: the fleet sends it in an Authorization header (httpx cannot encode more)
+            raise ValueError("token must be printable ASCII, without spaces")
         return token
 
     @field_validator("capabilities")
@@ -155,7 +179,7 @@ async def register(request: Request) -> JSONResponse:
     except RedisError as exc:
         return _unavailable(exc)
     if not done:
-        error = f"the registry holds nodes.max_nodes ({config.nodes.max_nodes}) nodes already"
+        error = f"the registry holds nodes.max_nodes ({config.nodes.max_nodes}) nodes, all online"
         return JSONResponse({"error": error}, status_code=409)
     log.info("node registered", node=body.id, url=body.url, ttl_sec=body.ttl_sec,
              capabilities=",".join(body.capabilities))  # fmt: skip

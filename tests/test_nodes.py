@@ -92,6 +92,10 @@ def test_register_needs_the_gateway_token_and_a_silent_node_goes_offline_after_i
             ({"url": "ftp://10.0.0.1/"}, "url"), ({"url": "http://u:p@h/"}, "url"),
             ({"token": "short"}, "token"), ({"id": "a b"}, "id"), ({"ttl_sec": "30"}, "ttl_sec"),
             ({"capabilities": ["Camera!"]}, "capabilities.0"), ({"extra": 1}, "extra"),
+            # URLs urlsplit takes but the workers' HTTP client cannot call.
+            ({"url": "http://lamp\x01.lan/"}, "url"), ({"url": "http://xn--a.lan/"}, "url"),
+            ({"url": "http://lamp.lan/\x9b2J"}, "url"),  # C1 CSI: `clawctl nodes list` shows it
+            ({"token": "é" * 16}, "token"),  # HTTP headers carry ASCII: never sent p2p
         ):  # fmt: skip
             answer = register(http, **bad)
             assert answer.status_code == 422, (bad, answer.text)

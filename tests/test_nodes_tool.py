@@ -21,8 +21,10 @@ from claw_ingress.nodes import _REGISTER, RegisterBody
 from claw_worker import constants as k
 from claw_worker.config import Config
 from claw_worker.nodes.envelope import check_envelope, route_for
+from claw_worker.nodes.registry import get_node
 from claw_worker.nodes.stats import describe, summarize
 from claw_worker.tools import ToolContext, default_tools
+from tests.fixtures.procs import wait_for
 from tests.fixtures.redis_server import RedisServer
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n-not-really-an-image").decode()
@@ -64,6 +66,11 @@ class _NodeWire(BaseHTTPRequestHandler):
             self._send(200, {"ok": True, "code": "fine", "payload": None})  # ok and code disagree
         elif self.path == "/location/get":
             self._send(401, {"detail": "who are you"})
+        elif self.path == "/invoke":  # a redirect httpx cannot even parse (bad punycode)
+            self.send_response(302)
+            self.send_header("Location", "http://xn--a.example/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         else:  # /run: answers too late
             time.sleep(3)
             self._send(200, {"ok": True, "code": "ok", "error": None, "payload": None})
@@ -198,6 +205,23 @@ def test_what_a_node_answers_p2p(call: Any, redis_server: RedisServer, workspace
     assert wire.calls == ["/camera/snap", "/screen/record", "/location/get", "/run"]  # type: ignore[attr-defined]
 
 
+def test_a_node_answering_an_unusable_redirect_is_a_transport_error(
+    call: Any, redis_server: RedisServer, workspace: Path, wire: ThreadingHTTPServer
+) -> None:
+    """A compromised node answering ``302 Location: http://xn--a.example/`` (httpx raises
+    an IDNA error, not an HTTPError, building the redirect it will not follow): an envelope
+    the model can read, and the dispatch audited like any other."""
+    r = redis_server.client()
+    url = f"http://127.0.0.1:{wire.server_address[1]}"
+    register(r, "odd", url=url, capabilities=["invoke"])
+    answer = call(action="invoke", node="odd", command="ping")
+    assert isinstance(answer, dict), answer
+    assert answer["code"] == "transport_error" and not answer["ok"], answer
+    assert answer["meta"]["mode"] == "p2p"
+    audit = (workspace / "memory/nodes-dispatch-audit.jsonl").read_text().splitlines()
+    assert json.loads(audit[-1])["node"] == "odd"
+
+
 def test_the_wire() -> None:
     assert [route_for(a) for a in ("run", "camera_snap", "screen_record", "location_get",
                                    "invoke", "agent_task", "canvas_present", "canvas_",
@@ -217,3 +241,28 @@ def test_the_wire() -> None:
     assert figures == {"total": 4, "ok": 3, "fail": 1, "avg_ms": 2, "top_action": "invoke"}
     assert describe(figures) == "4 dispatches (ok 3, fail 1), avg 2 ms, top action invoke"
     assert describe(summarize({})) == "no dispatches yet"
+
+
+def test_a_full_registry_makes_room_by_forgetting_an_offline_node(
+    redis_server: RedisServer,
+) -> None:
+    """nodes.max_nodes reached with nodes that went offline (a script registering a fresh id
+    at each start, a compromised node flooding ids): new nodes got 409 for a week, with no
+    command to clear the registry. The node offline longest is forgotten to make room (it
+    registers again when it comes back); while every node is online, the registry is full."""
+    r = redis_server.client()
+    r.delete(k.NODES, k.NODES_SEEN, k.NODES_STATUS)
+
+    def add(node_id: str, ttl: int) -> int:
+        body = RegisterBody.model_validate({"id": node_id, "token": TOKEN, "ttl_sec": ttl})
+        return int(r.eval(_REGISTER, 3, k.NODES, k.NODES_SEEN, k.NODES_STATUS, node_id,
+                          json.dumps(body.model_dump()), 2, 86400))  # fmt: skip
+
+    assert add("gone", 2) == 1 and add("live", 600) == 1
+    assert add("new", 600) == 0  # both online
+    assert add("live", 600) == 1  # registering again is always possible
+    wait_for(lambda: not get_node(r, "gone").online, timeout=10, what="gone to go offline")  # type: ignore[union-attr]
+    assert add("new", 600) == 1
+    assert get_node(r, "gone") is None and get_node(r, "live") is not None
+    assert r.zscore(k.NODES_SEEN, "gone") is None
+    assert add("more", 600) == 0  # live and new are online

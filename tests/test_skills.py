@@ -76,6 +76,17 @@ def test_front_matter_spellings_of_every_family() -> None:
         ("---\na: &a [1,1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
          "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
          "name: x\ndescription: y\n---\n", "more than 5000 values"),
+        # Values YAML parses but Python cannot build: each a one-line refusal, not a
+        # ValueError or RecursionError out of the parser.
+        (skill_md("x", "d", "created: 2024-02-30\n"), "day is out of range"),
+        (skill_md("x", "d", "updated: 2001-12-14t21:59:43.10-99:99\n"), "cannot be read"),
+        (skill_md("x", "d", "version: " + "9" * 5000 + "\n"), "cannot be read"),
+        (skill_md("x", "d", "requires: &r [*r]\n"), "more than 5000 values"),
+        (skill_md("x", "d", "beta: !!bool maybe\n"), "cannot be read"),  # KeyError inside
+        (skill_md("x", "d", "since: !!timestamp soon\n"), "cannot be read"),  # AttributeError
+        (skill_md("x", "d", "count: !!int\n"), "cannot be read"),  # IndexError
+        (skill_md("x", "d", "extra: &e {again: *e}\n"), "more than 5000 values"),
+        (skill_md("x", "d", "metadata: '" + '{"a": ' * 5000 + "'\n"), "nested too deeply"),
     ],
 )  # fmt: skip
 def test_front_matter_refusals(text: str, words: str) -> None:
@@ -170,6 +181,81 @@ def test_requirements_decide_what_is_available(claw_home: ClawHome) -> None:
 def msg(origin: str = "user") -> InboundMessage:
     return InboundMessage(channel="test", chat_id="1", sender_id="u", text="hi",
                           metadata={"origin": origin} if origin != "user" else {})  # fmt: skip
+
+
+def test_one_unreadable_skill_md_does_not_fail_the_turn(claw_home: ClawHome) -> None:
+    """A SKILL.md the model (or a careless edit) wrote with a date that does not exist: the
+    other skills are still offered, and `clawctl skills list` names what is wrong."""
+    ws = claw_home.workspace
+    add_skill(ws, "ready", skill_md("ready", "Reports the READY-MARKER state."))
+    add_skill(ws, "dated", skill_md("dated", "DATED-MARKER", "created: 2024-02-30\n"))
+    add_skill(ws, "looped", skill_md("looped", "LOOPED-MARKER", "requires: &r [*r]\n"))
+    prompt = build_system_prompt(ws, msg())
+    assert "- ready: Reports the READY-MARKER state." in prompt
+    assert "DATED-MARKER" not in prompt and "LOOPED-MARKER" not in prompt
+    listed = claw_home.clawctl("skills", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "Traceback" not in listed.stderr
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines() if line.strip()}
+    assert "invalid" in lines["dated"] and "day is out of range" in lines["dated"]
+    assert "invalid" in lines["looped"] and "available" in lines["ready"]
+
+
+def test_a_listed_invalid_skill_can_be_shown_and_removed(claw_home: ClawHome) -> None:
+    """A folder copied in by hand as "Weather Skill": `skills list` shows it as invalid, and
+    `skills show` and `remove` take the name shown (they said "no skill is installed")."""
+    skills = claw_home.workspace / "skills"
+    add_skill(claw_home.workspace, "Weather Skill", skill_md("weather", "Weather."))
+    listed = claw_home.clawctl("skills", "list").stdout
+    assert "Weather Skill" in listed and "not a valid skill name" in listed
+    shown = claw_home.clawctl("skills", "show", "Weather Skill")
+    assert shown.returncode == 0 and "description: Weather." in shown.stdout, shown.stderr
+    removed = claw_home.clawctl("skills", "remove", "Weather Skill", "--yes")
+    assert removed.returncode == 0, removed.stderr
+    assert not (skills / "Weather Skill").exists()
+    assert not [p for p in skills.iterdir()]
+    for name in ("..", ".install-x", "a/b", ""):  # never a way out of skills/ or into its work
+        (skills / ".install-x").mkdir(exist_ok=True)
+        refused = claw_home.clawctl("skills", "remove", name, "--yes")
+        assert refused.returncode == 1 and "no skill" in refused.stderr, (name, refused.stderr)
+    assert (skills / ".install-x").is_dir() and skills.is_dir()
+
+
+def test_skills_folder_that_is_a_file_is_named(claw_home: ClawHome) -> None:
+    """<workspace>/skills is a file (a careless `> skills`): `list` said "no skills in ...; add
+    the builtin ones", then `install-builtin` failed with "File exists"."""
+    claw_home.workspace.mkdir(parents=True, exist_ok=True)
+    (claw_home.workspace / "skills").write_text("not a folder\n")
+    for args in (("list",), ("install-builtin", "git-status"), ("search", "git")):
+        result = claw_home.clawctl("skills", *args)
+        assert result.returncode == 1, (args, result.stdout)
+        assert "skills is not a directory" in result.stderr, (args, result.stderr)
+    assert (claw_home.workspace / "skills").read_text() == "not a folder\n"
+
+
+ESCAPES = ("\x1b", "\x07", "\x9b")  # ESC, BEL (ends an OSC), the 8-bit CSI
+
+
+def test_terminal_escapes_in_a_skill_never_reach_the_terminal(claw_home: ClawHome) -> None:
+    """A downloaded skill whose description (YAML's "\\e" escapes), required program or
+    body holds terminal control sequences (OSC 52 writes the clipboard, ESC[2J clears the
+    screen): `clawctl skills list`, `search` and `show` print none of them raw."""
+    ws = claw_home.workspace
+    osc = "\\e]52;c;cm0gLXJmIH4=\\a\\e[2J\\x9b31m"
+    add_skill(ws, "weather", skill_md("weather", f'"Weather today {osc}"'))
+    add_skill(ws, "needs", skill_md("needs", "needs a program", f'requires: {{bins: ["{osc}"]}}\n'))
+    body = skill_md("plain", "A plain skill.") + "Run it.\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\n"
+    add_skill(ws, "plain", body)
+    for args in (("list",), ("search", "weather"), ("search", "needs"), ("show", "plain")):
+        result = claw_home.clawctl("skills", *args)
+        out = result.stdout + result.stderr
+        assert not any(c in out for c in ESCAPES), (args, out)
+    listed = claw_home.clawctl("skills", "list").stdout
+    rows = {line.split()[0]: line for line in listed.splitlines() if line.strip()}
+    assert "invalid" in rows["weather"] and "control character" in rows["weather"]
+    assert "invalid" in rows["needs"] and "not a program name" in rows["needs"]
+    shown = claw_home.clawctl("skills", "show", "plain").stdout
+    assert "Run it.\\x1b]52;c;cm0gLXJmIH4=\\x07\\x1b[2J" in shown  # visible, not acted on
 
 
 def test_system_prompt_lists_only_available_skills(tmp_path: Path) -> None:

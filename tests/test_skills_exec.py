@@ -80,6 +80,19 @@ def test_refuses_paths_outside_the_skill(
     assert "no skill 'nope'" in unknown and "available skills: paths" in unknown
 
 
+def test_a_wrong_script_name_lists_a_bounded_number_of_scripts(
+    tools: ToolRegistry, ctx: ToolContext, workspace: Path
+) -> None:
+    """A skill holding 5,000 generated scripts: a wrong name listed every one of them in
+    the error the model reads (about 90,000 characters, and errors are not capped)."""
+    skill = make_skill(workspace, "many", {"ok.sh": ("echo ok\n", 0o755)})
+    for n in range(5000):
+        (skill / "scripts" / f"generated-script-{n:05d}.sh").write_text("echo\n")
+    out = run(tools, ctx, name="many", script="nope.sh")
+    assert "no script 'nope.sh'" in out and "generated-script-00000.sh" in out, out[:200]
+    assert len(out) < 3000 and "and 4951 more" in out, out[-200:]
+
+
 def test_refuses_skills_that_cannot_run_here(
     tools: ToolRegistry, ctx: ToolContext, workspace: Path
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,25 @@ HOSTILE = {
                            ("symlink", "skills/hello/a/b/up", "../.."),
                            ("symlink", "skills/hello/esc", "a/b/up/../../../etc/hostname")],
                           ["symlink", "through another symlink"]),
+    # Through "up", "esc" is the workspace; a link under esc/escape/ made its folders there.
+    "symlink-dir-chain-out": ([*good_entries(), ("dir", "skills/hello/a"),
+                               ("dir", "skills/hello/a/b"),
+                               ("symlink", "skills/hello/a/b/up", "../.."),
+                               ("symlink", "skills/hello/esc", "a/b/up/../.."),
+                               ("symlink", "skills/hello/esc/escape/l", "x")],
+                              ["symlink", "under another symlink"]),
+    # Names that would reach the terminal in the refusal: a control sequence, 3,000 levels.
+    "escape-in-name": ([*good_entries(), ("symlink", "skills/hello/\x1b]52;c;cm0=\x07\x9b2J",
+                                          "/etc/\x1b[2Jpasswd")],
+                       ["symlink", "outside the skill", "\\x1b"]),
+    "deep-name": ([*good_entries(), ("file", "skills/hello/" + "d/" * 3000 + "f", "x")],
+                  ["cannot unpack", "File name too long", "..."]),
+    # 24 links, each naming the one before three times: 306 bytes that took 2 minutes to
+    # check at 12 levels and would take years at 24 (the kernel gives up after 40 links).
+    "symlink-fan-out": ([*good_entries(), ("symlink", "skills/hello/l0", "."),
+                         *(("symlink", f"skills/hello/l{n}", "/".join([f"l{n - 1}"] * 3))
+                           for n in range(1, 24))],
+                        ["symlink", "more than 40"]),
     "hardlink-out": ([*good_entries(), ("hardlink", "skills/hello/h", "README.md")],
                      ["hard link", "outside"]),
     "device": ([*good_entries(), ("chr", "skills/hello/null")], ["device"]),
@@ -154,11 +174,35 @@ def test_hostile_and_broken_archives_are_refused(
     else:
         codeload.add("acme", "bad", "main", entries)
     assert home.clawctl("skills", "install-builtin", "skill-creator").returncode == 0
-    refused(home, "acme/bad/skills/hello@main", *words)
+    line = refused(home, "acme/bad/skills/hello@main", *words)
+    # What the archive names is shown bounded, its control characters escaped.
+    assert len(line) < 700 and not re.search(r"[\x00-\x1f\x7f-\x9f]", line), line
     escaped = [p for p in (Path("/tmp/clawfleet-escape"), home.workspace / "escape",
                            home.path / "escape") if p.exists()]  # fmt: skip
     record("skills: malicious archive", tried=1, rejected=1, escapes=len(escaped))
     assert not escaped
+
+
+@pytest.mark.parametrize("kind", ["dir", "file", "symlink"])
+def test_the_archives_own_source_file_is_replaced(
+    home: ClawHome, codeload: CodeloadServer, kind: str
+) -> None:
+    """An archive holding .clawfleet-source.json (the name the install writes where the
+    skill came from): as a folder it failed with "Is a directory: ..clawfleet-source.json.<hex>.tmp".
+    The install's own record replaces whatever is there."""
+    name = "skills/hello/.clawfleet-source.json"
+    extra: list[tuple[Any, ...]] = {
+        "dir": [("dir", name), ("file", f"{name}/x", "x")],
+        "file": [("file", name, '{"source": "builtin:hello"}')],
+        "symlink": [("symlink", name, "SKILL.md")],
+    }[kind]
+    codeload.add("acme", "own", "main", [*good_entries(), *extra])
+    result = home.clawctl("skills", "install", "acme/own/skills/hello@main")
+    assert result.returncode == 0, result.stderr
+    source = home.workspace / "skills/hello/.clawfleet-source.json"
+    assert source.is_file() and not source.is_symlink()
+    assert json.loads(source.read_text())["source"] == "acme/own/skills/hello@main"
+    assert (home.workspace / "skills/hello/SKILL.md").read_text() == GOOD_MD
 
 
 def test_size_caps(home: ClawHome, codeload: CodeloadServer) -> None:
@@ -193,8 +237,18 @@ def test_missing_refs_paths_and_redirects(home: ClawHome, codeload: CodeloadServ
     refused(home, "acme/repo/skills/hello@nope", "404", "acme/repo/skills/hello@nope")
     refused(home, "acme/repo/skills/absent@main", "has no skills/absent")
     refused(home, "acme/repo/README.md@main", "not a directory")
+    # No top directory at all (a tarball of loose files): the message names what it found.
+    codeload.archives[("acme", "flat", "main")] = archive("x", [("file", "!SKILL.md", GOOD_MD)])
+    refused(home, "acme/flat@main", "'SKILL.md'", "not a directory", "top directory")
     codeload.redirects["/acme/moved/tar.gz/main"] = "http://example.invalid/x.tar.gz"
     refused(home, "acme/moved/skills/hello@main", "only https or skills.archive_base")
+    # A Location httpx cannot parse (bad punycode): one line, not an IDNA traceback.
+    codeload.redirects["/acme/punycode/tar.gz/main"] = "https://xn--a.example/x.tar.gz"
+    refused(home, "acme/punycode/skills/hello@main", "could not download", "unusable")
+    # A Location holding a C1 control (the 8-bit CSI): refused, and not printed raw.
+    codeload.redirects["/acme/csi/tar.gz/main"] = "http://elsewhere.invalid/\x9b2J.tar.gz"
+    line = refused(home, "acme/csi/skills/hello@main", "control character")
+    assert "\x9b" not in line, line
     # A redirect within the configured base is followed (codeload's own redirects).
     codeload.redirects["/acme/renamed/tar.gz/main"] = "/acme/repo/tar.gz/main"
     result = home.clawctl("skills", "install", "acme/renamed/skills/hello@main")

@@ -11,6 +11,7 @@ serve the allowed side from loopback.
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,20 @@ def test_web_fetch_refuses_private_loopback_and_link_local(web: WebServer, tmp_p
     assert "tools.web_fetch.allowed_hosts" in direct, direct  # says how to allow it
     # The redirects did reach the allowed first hop: the refusal is at the second.
     assert sum(r["path"] == "/redirect" for r in web.requests) == len(onward)
+
+
+def test_a_redirect_to_a_host_httpx_cannot_decode_is_refused(
+    web: WebServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``Location: http://xn--a.example/`` (punycode that decodes to a control character):
+    httpx raises IDNA's UnicodeError, no HTTPError or InvalidURL; it was "web_fetch failed"
+    with a traceback logged as a tool bug."""
+    port = int(web.url.rsplit(":", 1)[1])
+    hop = f"http://localhost:{port}/redirect?to="
+    with caplog.at_level(logging.ERROR):
+        result = fetch(hop + "http://xn--a.example/", tmp_path, allowed_hosts=["localhost"])
+    assert result.startswith("Error: refusing "), result
+    assert not [r for r in caplog.records if r.exc_info], "logged as a tool bug"
 
 
 def test_the_allow_list_lets_one_through(web: WebServer, tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ command's environment: a worker started elsewhere checks its own.
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,10 +19,20 @@ import click
 
 from claw_worker.cli._common import CliError, confirm, load
 from claw_worker.config.paths import workspace_dir
-from claw_worker.skills.catalog import BUILTIN_ROOT, Skill, discover, find, search, skills_root
+from claw_worker.skills.catalog import (
+    BUILTIN_ROOT,
+    Skill,
+    discover,
+    find,
+    listed,
+    not_a_folder,
+    search,
+    skills_root,
+)
 from claw_worker.skills.skillfile import MAX_SKILL_MD_BYTES, SKILL_FILE, SkillError
 
 DESCRIPTION_WIDTH = 70
+SHOWN_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
 
 
 @contextmanager
@@ -33,6 +45,14 @@ def _errors() -> Iterator[None]:
 
 def _workspace() -> Path:
     return workspace_dir(load())
+
+
+def _root(workspace: Path | None = None) -> Path:
+    """``<workspace>/skills``; an error when something else than a folder is there."""
+    root = skills_root(workspace or _workspace())
+    if os.path.lexists(root) and not root.is_dir():
+        raise CliError(not_a_folder(root))
+    return root
 
 
 def _source(skill: Skill) -> str:
@@ -71,7 +91,7 @@ def skills() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Every field of every skill, as JSON.")
 def list_cmd(as_json: bool) -> None:
     """Installed skills: available, or unavailable and why (missing programs or variables)."""
-    root = skills_root(_workspace())
+    root = _root()
     found = discover(root)
     if as_json:
         click.echo(json.dumps([_as_json(s, "installed") for s in found], indent=2))
@@ -91,7 +111,7 @@ def list_cmd(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Every field, as JSON.")
 def list_builtin_cmd(as_json: bool) -> None:
     """The skills shipped with clawfleet (install with `clawctl skills install-builtin`)."""
-    root = skills_root(_workspace())
+    root = _root()
     builtin = discover(BUILTIN_ROOT)
     if as_json:
         click.echo(json.dumps([_as_json(s, "builtin") for s in builtin], indent=2))
@@ -107,7 +127,7 @@ def list_builtin_cmd(as_json: bool) -> None:
 @click.option("--builtin", "builtin", is_flag=True, help="Show the builtin skill of that name.")
 def show_cmd(name: str, builtin: bool) -> None:
     """Print a skill's SKILL.md (the installed one, else the builtin one)."""
-    skill = None if builtin else find(skills_root(_workspace()), name)
+    skill = None if builtin else listed(_root(), name)
     where = "installed"
     if skill is None:
         skill, where = find(BUILTIN_ROOT, name), "builtin"
@@ -121,14 +141,16 @@ def show_cmd(name: str, builtin: bool) -> None:
     except OSError as exc:
         raise CliError(f"cannot read {skill.path / SKILL_FILE}: {exc.strerror or exc}") from None
     click.echo(f"# {where} skill {skill.name} ({skill.status}): {skill.path}", err=True)
-    click.echo(data.decode("utf-8", errors="replace").rstrip("\n"))
+    text = data.decode("utf-8", errors="replace").rstrip("\n")
+    # Shown, never acted on: a downloaded SKILL.md may hold terminal control sequences.
+    click.echo(SHOWN_CONTROL_RE.sub(lambda m: ascii(m.group())[1:-1], text))
 
 
 @skills.command("search")
 @click.argument("words", nargs=-1, required=True)
 def search_cmd(words: tuple[str, ...]) -> None:
     """Installed and builtin skills whose name or description holds every word."""
-    installed = discover(skills_root(_workspace()))
+    installed = discover(_root())
     names = {s.name for s in installed}
     builtin = [s for s in discover(BUILTIN_ROOT) if s.name not in names]
     where = {id(s): "installed" for s in installed} | {id(s): "builtin" for s in builtin}
@@ -194,7 +216,7 @@ def remove_cmd(name: str, yes: bool) -> None:
     from claw_worker.skills.installer import remove
 
     workspace = _workspace()
-    skill = find(skills_root(workspace), name)
+    skill = listed(_root(workspace), name)
     if skill is None:
         raise CliError(f"no skill {name!r} is installed (see `clawctl skills list`)")
     if not yes:

@@ -318,7 +318,7 @@ class NodesConfig(Section):
     # p2p: how long connecting to a node's URL may take; mode auto then tries the relay.
     connect_timeout_sec: float = Field(3.0, gt=0, le=60)
     max_ttl_sec: int = Field(3600, ge=2, le=86400)  # the longest lease a node may register
-    max_nodes: int = Field(1000, ge=1, le=100_000)  # registered at once (offline ones count)
+    max_nodes: int = Field(1000, ge=1, le=100_000)  # registered at once (full: one offline goes)
     max_response_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # a node's answer, p2p
 
     @model_validator(mode="after")

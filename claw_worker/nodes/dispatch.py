@@ -153,7 +153,9 @@ def p2p(
         return envelope(TRANSPORT, error=f"cannot connect to {url}: {_reason(exc)}"), True
     except httpx.TimeoutException:
         return envelope(TIMEOUT, error=f"no answer from {url} within {timeout:g}s"), False
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
+        # InvalidURL and IDNA's UnicodeError are no HTTPError: a URL httpx cannot parse, or
+        # a redirect's Location it parses even though redirects are not followed.
         return envelope(TRANSPORT, error=f"{url}: {_reason(exc)}"), False
     return _from_response(status, raw), False
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import tarfile
 import zlib
 from collections.abc import Sequence
@@ -68,24 +69,29 @@ class _Extraction:
             )
         parts = member_parts(member.name)
         if parts in self.seen:
-            raise SkillError(f"the archive holds {member.name!r} twice")
+            raise SkillError(f"the archive holds '{_show(member.name)}' twice")
         self.seen.add(parts)
         if self.top is None:
             self.top = parts[0]
         elif parts[0] != self.top:
             raise SkillError(
-                f"the archive is not a GitHub archive: {member.name!r} is outside its top "
-                f"directory {self.top!r}"
+                f"the archive is not a GitHub archive: '{_show(member.name)}' is outside its top "
+                f"directory '{_show(self.top)}'"
             )
         inner = self._inner(parts)
         if inner is None:
             return
         self.found = True
         if not inner:
-            if not member.isdir():
+            if not member.isdir() and self.subpath:
                 raise SkillError(f"{'/'.join(self.subpath)} in the archive is not a directory")
+            if not member.isdir():
+                raise SkillError(
+                    f"the archive's first entry '{_show(member.name)}' is not a directory: a "
+                    "GitHub archive holds everything in one top directory"
+                )
             return
-        shown = "/".join(inner)
+        shown = _show("/".join(inner))
         if member.isdir():
             (self.dest.joinpath(*inner)).mkdir(mode=0o755, parents=True, exist_ok=True)
         elif member.isfile():
@@ -94,13 +100,13 @@ class _Extraction:
             target = member.linkname
             resolved = posixpath.normpath(posixpath.join(posixpath.dirname(shown), target))
             if not target or target.startswith("/") or resolved.split("/")[0] == "..":
-                raise SkillError(f"the symlink {shown} -> {target} points outside the skill")
+                raise SkillError(f"the symlink {shown} -> {_show(target)} points outside the skill")
             self.links.append((inner, target))
         elif member.islnk():
             source = self._inner(member_parts(member.linkname))
             if not source or source not in self.files:
                 raise SkillError(
-                    f"the hard link {shown} -> {member.linkname} leads outside the skill's files"
+                    f"the hard link {shown} -> {_show(member.linkname)} leads outside the skill's files"
                 )
             with open(self.files[source], "rb") as fh:
                 self._write(fh, inner, self.files[source].stat().st_mode & 0o111 != 0)
@@ -117,7 +123,7 @@ class _Extraction:
     def _file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, inner: tuple[str, ...]) -> None:
         data = tar.extractfile(member)
         if data is None:  # pragma: no cover - isfile() members always have data
-            raise SkillError(f"cannot read {'/'.join(inner)} in the archive")
+            raise SkillError(f"cannot read {_show('/'.join(inner))} in the archive")
         with data:
             self._write(data, inner, member.mode & 0o111 != 0)
 
@@ -142,63 +148,104 @@ class _Extraction:
 
     def finish(self) -> None:
         for inner, target in self.links:
-            path = self.dest.joinpath(*inner)
-            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            if os.path.realpath(path.parent) != os.path.join(
-                os.path.realpath(self.dest), *inner[:-1]
-            ):
-                raise SkillError(f"the symlink {'/'.join(inner)} sits under another symlink")
+            # Its folders made one at a time, none through a link: a link made before could
+            # lead out (through another one), and mkdir(parents=True) would follow it.
+            parent = self.dest
+            for name in inner[:-1]:
+                parent = parent / name
+                if parent.is_symlink():
+                    raise SkillError(
+                        f"the symlink {_show('/'.join(inner))} sits under another symlink"
+                    )
+                parent.mkdir(mode=0o755, exist_ok=True)
+            path = parent / inner[-1]
             try:
                 os.symlink(target, path)
             except FileExistsError:
-                raise SkillError(f"the archive holds {'/'.join(inner)} twice") from None
+                raise SkillError(f"the archive holds {_show('/'.join(inner))} twice") from None
         # Each target was checked alone; through one another, links can still lead out
         # (``up -> ../..`` at the skill's root, then ``esc -> up/../../etc/passwd``).
         for inner, target in self.links:
-            if not _stays_inside(self.dest, inner[:-1], target):
+            try:
+                inside = _stays_inside(self.dest, inner[:-1], target)
+            except _TooManyLinks:
                 raise SkillError(
-                    f"the symlink {'/'.join(inner)} -> {target} leads outside the skill "
+                    f"the symlink {_show('/'.join(inner))} -> {_show(target)} needs more than "
+                    f"{_MAX_LINK_HOPS} symlinks to resolve"
+                ) from None
+            if not inside:
+                raise SkillError(
+                    f"the symlink {_show('/'.join(inner))} -> {_show(target)} leads outside the skill "
                     "through another symlink"
                 )
 
 
-_MAX_LINK_HOPS = 40  # as the kernel's ELOOP
+_MAX_LINK_HOPS = 40  # links followed in one resolution, as the kernel's ELOOP
 
 
-def _stays_inside(root: Path, where: tuple[str, ...], target: str, hops: int = 0) -> bool:
+class _TooManyLinks(Exception):
+    pass
+
+
+def _stays_inside(root: Path, where: tuple[str, ...], target: str) -> bool:
     """Whether following ``target`` from the directory ``where`` (inside ``root``) never
-    leaves ``root`` at any step, links met on the way followed the same way."""
-    if hops > _MAX_LINK_HOPS or target.startswith("/"):
-        return False
-    current = list(where)
-    for name in target.split("/"):
-        if name in ("", "."):
-            continue
-        if name == "..":
-            if not current:
-                return False
-            current.pop()
-            continue
-        path = root.joinpath(*current, name)
-        if path.is_symlink():
-            if not _stays_inside(root, tuple(current), os.readlink(path), hops + 1):
-                return False
-            # Where the link leads is inside: continue from there, as the kernel does.
-            current = list(Path(os.path.realpath(path)).relative_to(os.path.realpath(root)).parts)
-        else:
-            current.append(name)
-    return True
+    leaves ``root`` at any step, links met on the way followed the same way. Every link
+    followed counts against one budget for the whole resolution (not per level: links that
+    each name the one before several times would take exponential time), and past it the
+    skill is refused, as the kernel would refuse to open it."""
+    hops = [0]
+
+    def inside(where: tuple[str, ...], target: str) -> bool:
+        if target.startswith("/"):
+            return False
+        current = list(where)
+        for name in target.split("/"):
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if not current:
+                    return False
+                current.pop()
+                continue
+            path = root.joinpath(*current, name)
+            if path.is_symlink():
+                hops[0] += 1
+                if hops[0] > _MAX_LINK_HOPS:
+                    raise _TooManyLinks
+                if not inside(tuple(current), os.readlink(path)):
+                    return False
+                # Where the link leads is inside: continue from there, as the kernel does.
+                real = Path(os.path.realpath(path)).relative_to(os.path.realpath(root))
+                current = list(real.parts)
+            else:
+                current.append(name)
+        return True
+
+    return inside(where, target)
+
+
+_SHOWN_MAX = 160
+# C0, DEL, C1 (terminal control) and lone surrogates (a name that was not UTF-8)
+_UNSHOWABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _show(text: str) -> str:
+    """A name or link target from the archive, for a message a terminal prints: control
+    characters escaped (an archive could name a file ESC ] 52 ... to write the clipboard),
+    and bounded (a path of 3,000 levels)."""
+    shown = _UNSHOWABLE.sub(lambda m: ascii(m.group())[1:-1], text)
+    return shown if len(shown) <= _SHOWN_MAX else shown[: _SHOWN_MAX - 3] + "..."
 
 
 def member_parts(name: str) -> tuple[str, ...]:
     """The parts of an archive entry's name; refuses absolute names and ``..``."""
     if name.startswith("/") or "\0" in name:
-        raise SkillError(f"the archive holds an absolute path: {name!r}")
+        raise SkillError(f"the archive holds an absolute path: '{_show(name)}'")
     parts = tuple(p for p in name.split("/") if p not in ("", "."))
     if ".." in parts:
-        raise SkillError(f"the archive holds a path that escapes with '..': {name!r}")
+        raise SkillError(f"the archive holds a path that escapes with '..': '{_show(name)}'")
     if not parts:
-        raise SkillError(f"the archive holds an entry with an empty name: {name!r}")
+        raise SkillError(f"the archive holds an entry with an empty name: '{_show(name)}'")
     return parts
 
 
@@ -240,7 +287,7 @@ def extract_skill(fileobj: BinaryIO, subpath: Sequence[str], dest: Path, limits:
                     job.member(tar, member)
                 except OSError as exc:  # a file where a directory must go, and the like
                     raise SkillError(
-                        f"cannot unpack {member.name!r}: {exc.strerror or exc}"
+                        f"cannot unpack '{_show(member.name)}': {exc.strerror or exc}"
                     ) from None
             commit = str(tar.pax_headers.get("comment", ""))
     except (tarfile.TarError, EOFError, zlib.error) as exc:

@@ -66,6 +66,10 @@ def skills_root(workspace: Path) -> Path:
     return workspace / SKILLS_DIR
 
 
+def not_a_folder(root: Path) -> str:
+    return f"{root} is not a directory; move it aside: skills are folders in it"
+
+
 def discover(root: Path) -> list[Skill]:
     """Every skill directory under ``root`` by name; dot-directories (installs under way,
     removals) are not skills."""
@@ -86,6 +90,15 @@ def find(root: Path, name: str) -> Skill | None:
     """The skill called ``name`` under ``root``, or None; ``name`` must be a valid name."""
     if not valid_name(name):
         return None
+    path = root / name
+    return load_dir(path) if path.is_dir() else None
+
+
+def listed(root: Path, name: str) -> Skill | None:
+    """The directory ``discover`` lists as ``name`` under ``root``, valid or not (one a
+    user copied in as "Weather Skill" is shown, so it must be removable), or None."""
+    if not name or name.startswith(".") or "/" in name or "\0" in name:
+        return None  # never skills/ itself, its parent, or an install or removal under way
     path = root / name
     return load_dir(path) if path.is_dir() else None
 

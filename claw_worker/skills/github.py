@@ -21,7 +21,7 @@ from urllib.parse import SplitResult, quote, urljoin, urlsplit
 import httpx
 
 from claw_worker.config.schema import SkillsConfig
-from claw_worker.skills.skillfile import SkillError
+from claw_worker.skills.skillfile import CONTROL_RE, SkillError
 from claw_worker.tools.base import ToolError
 from claw_worker.tools.url_guard import UrlGuard
 
@@ -103,6 +103,12 @@ def download(spec: SkillSpec, config: SkillsConfig, out: BinaryIO) -> None:
         ) from None
     except httpx.HTTPError as exc:
         raise SkillError(f"could not download {url}: {exc}") from None
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        # Not HTTPErrors: httpx parses a redirect's Location (bad punycode, control
+        # characters) even when it does not follow it.
+        raise SkillError(
+            f"could not download {url}: a URL in its answer is unusable: {exc}"
+        ) from None
     raise SkillError(f"{url} redirected more than {MAX_REDIRECTS} times")
 
 
@@ -117,6 +123,8 @@ def _check_host(guard: UrlGuard, url: str, base: SplitResult) -> None:
 
 
 def _redirect(url: str, location: str, base: SplitResult) -> str:
+    if CONTROL_RE.search(location):  # never followed, nor printed: a terminal would act on it
+        raise SkillError(f"{url} redirects to a URL holding control characters; not followed")
     target = urljoin(url, location)
     parts = urlsplit(target)
     same_origin = (parts.scheme, parts.netloc) == (base.scheme, base.netloc)

@@ -29,7 +29,7 @@ from pathlib import Path
 from claw_worker.config.schema import SkillsConfig
 from claw_worker.fsutil import atomic_write_bytes
 from claw_worker.skills.archive import Limits, extract_skill
-from claw_worker.skills.catalog import BUILTIN_ROOT, skills_root
+from claw_worker.skills.catalog import BUILTIN_ROOT, listed, not_a_folder, skills_root
 from claw_worker.skills.github import SkillSpec, download
 from claw_worker.skills.skillfile import SKILL_FILE, SkillError, read_skill_md, valid_name
 
@@ -75,10 +75,10 @@ def install_builtin(workspace: Path, name: str, *, force: bool = False) -> Insta
 def remove(workspace: Path, name: str) -> Path:
     """Delete the installed skill ``name``; its former path."""
     root = skills_root(workspace)
-    target = root / name
-    if not valid_name(name) or not (target.is_dir() or target.is_symlink()):
+    if listed(root, name) is None and not (valid_name(name) and (root / name).is_symlink()):
         raise SkillError(f"no skill {name!r} is installed in {root}")
-    trash = root / f".remove-{name}-{os.urandom(4).hex()}"
+    target = root / name
+    trash = root / f".remove-{os.urandom(4).hex()}"
     os.rename(target, trash)
     _delete(trash)
     return target
@@ -86,6 +86,8 @@ def remove(workspace: Path, name: str) -> Path:
 
 def _prepare(workspace: Path) -> Path:
     root = skills_root(workspace)
+    if os.path.lexists(root) and not root.is_dir():
+        raise SkillError(not_a_folder(root))
     root.mkdir(parents=True, exist_ok=True)
     now = time.time()
     with os.scandir(root) as entries:
@@ -115,6 +117,7 @@ def _commit(root: Path, staging: Path, source: dict[str, str], force: bool) -> I
     except SkillError as exc:
         raise SkillError(f"not a valid skill: {exc}") from None
     source["installed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _delete(staging / SOURCE_FILE)  # the install's own name: whatever the archive put there
     atomic_write_bytes(staging / SOURCE_FILE, (json.dumps(source) + "\n").encode(), mode=0o644)
     os.chmod(staging, 0o755)  # mkdtemp made it 0700
     target = root / meta.name

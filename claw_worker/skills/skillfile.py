@@ -36,6 +36,7 @@ MAX_SKILL_MD_BYTES = 256 * 1024
 MAX_FRONT_MATTER_CHARS = 32 * 1024
 MAX_DESCRIPTION_CHARS = 4096
 MAX_NODES = 5000  # mappings, lists and scalars in the parsed front matter, aliases counted
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: terminal control
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 NAMESPACES = ("clawfleet", "openclaw", "clawdbot", "nanobot")
@@ -117,6 +118,13 @@ def parse_skill_md(text: str) -> SkillMeta:
         raise SkillError(f"the front matter is not valid YAML{at}: {problem}") from None
     except RecursionError:
         raise SkillError("the front matter is nested too deeply") from None
+    except Exception as exc:
+        # PyYAML's constructors, given hostile scalars, raise ValueError (2024-02-30, a
+        # 5,000-digit int), KeyError (!!bool maybe), AttributeError (!!timestamp soon),
+        # IndexError (an empty !!int): all the same bad value to us.
+        raise SkillError(
+            f"the front matter has a value that cannot be read: {type(exc).__name__}: {exc}"
+        ) from None
     if not isinstance(data, dict):
         raise SkillError("the front matter must be a mapping with name and description")
     _check_size(data)
@@ -131,28 +139,34 @@ def parse_skill_md(text: str) -> SkillMeta:
         raise SkillError("description must be a non-empty text (the model chooses by it)")
     if len(description) > MAX_DESCRIPTION_CHARS:
         raise SkillError(f"description is longer than {MAX_DESCRIPTION_CHARS} characters")
+    description = " ".join(description.split())
+    if control := CONTROL_RE.search(description):
+        # YAML's "\e" and "\a" escapes: printed by `clawctl skills list`, an OSC 52
+        # sequence would write the terminal's clipboard, ESC[2J clear the screen.
+        raise SkillError(
+            f"description holds the control character U+{ord(control.group()):04X}; "
+            "write plain text"
+        )
     hidden = data.get("disable-model-invocation", False)
     if not isinstance(hidden, bool):
         raise SkillError("disable-model-invocation must be true or false")
-    return SkillMeta(name, " ".join(description.split()), _requires(data), hidden)
+    return SkillMeta(name, description, _requires(data), hidden)
 
 
 def _check_size(data: Any) -> None:
-    budget = [MAX_NODES]
-
-    def walk(node: Any) -> None:
-        budget[0] -= 1
-        if budget[0] < 0:
+    """Count every value, aliases as often as they are used; iterative, since an alias can
+    make a list or mapping hold itself (``&r [*r]``)."""
+    stack = [data]
+    budget = MAX_NODES
+    while stack:
+        node = stack.pop()
+        budget -= 1
+        if budget < 0:
             raise SkillError(f"the front matter has more than {MAX_NODES} values")
         if isinstance(node, dict):
-            for key, value in node.items():
-                walk(key)
-                walk(value)
+            stack += [*node.keys(), *node.values()]
         elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(data)
+            stack += node
 
 
 def _requires(data: dict[Any, Any]) -> Requires:
@@ -165,6 +179,8 @@ def _requires(data: dict[Any, Any]) -> Requires:
             metadata = json.loads(metadata)
         except ValueError as exc:
             raise SkillError(f"metadata is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise SkillError("metadata is JSON nested too deeply") from None
     if isinstance(metadata, dict):
         for ns in NAMESPACES:
             sub = metadata.get(ns)
@@ -200,7 +216,7 @@ def _names(value: Any, where: str, check: Any) -> list[str]:
 
 
 def _check_bin(name: str, where: str) -> str:
-    if not name or len(name) > 200 or any(c.isspace() or c == "\0" for c in name):
+    if not name or len(name) > 200 or not name.isprintable() or " " in name:
         raise SkillError(f"{where}: {_show(name)} is not a program name")
     return name
 

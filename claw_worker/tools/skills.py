@@ -24,6 +24,7 @@ from claw_worker.tools.base import Tool, ToolContext, ToolError, ToolParams
 from claw_worker.tools.shell import MAX_COMMAND_BYTES, check_denied, child_env, run_guarded
 
 MAX_ARGS = 32
+MAX_LISTED = 50  # script names shown when the one asked for is missing
 MAX_ARG_CHARS = 4096
 # Scripts without the executable bit run with the interpreter their extension names.
 INTERPRETERS = {".sh": ("bash", "sh"), ".bash": ("bash",), ".py": ("python3",),
@@ -103,16 +104,27 @@ def _script(skill_dir: Path, name: str) -> Path:
     try:
         real = (scripts / name).resolve(strict=True)
     except (OSError, RuntimeError):  # missing, or a symlink loop
-        there = sorted(p.name for p in scripts.iterdir()) if scripts.is_dir() else []
         raise ToolError(
-            f"no script {name!r} in skills/{skill_dir.name}/scripts/; there: "
-            f"{', '.join(there) or 'nothing'}"
+            f"no script {name!r} in skills/{skill_dir.name}/scripts/; there: {_listing(scripts)}"
         ) from None
     if not real.is_relative_to(skill_dir.resolve()):
         raise ToolError(f"scripts/{name} leads outside the skill {skill_dir.name!r}; refused")
     if not real.is_file():
         raise ToolError(f"scripts/{name} is not a regular file")
     return real
+
+
+def _listing(scripts: Path) -> str:
+    """The first MAX_LISTED names in ``scripts/``, and how many more (errors are not capped,
+    and a skill may generate thousands)."""
+    try:
+        with os.scandir(scripts) as entries:
+            names = sorted(entry.name for entry in entries)
+    except OSError:
+        return "nothing"
+    more = len(names) - MAX_LISTED
+    shown = ", ".join(names[:MAX_LISTED]) or "nothing"
+    return shown + (f", and {more} more" if more > 0 else "")
 
 
 def _launcher(script: Path, name: str) -> list[str]:

@@ -190,7 +190,8 @@ def _download(url: str, cfg: WebFetchConfig) -> tuple[bytes, str, str]:
         raise ToolError(f"fetching {url} failed: {exc}") from exc
     except httpx.TimeoutException as exc:
         raise ToolError(f"fetching {url} timed out after {timeout:g}s") from exc
-    except httpx.InvalidURL as exc:  # not an HTTPError: "0177.0.0.1", a bad port, ...
+    except (httpx.InvalidURL, UnicodeError) as exc:  # not HTTPErrors: "0177.0.0.1", a bad
+        # port, punycode that decodes to nothing valid (IDNA's UnicodeError), ...
         raise ToolError(f"refusing {url!r}: {exc}") from exc
     except httpx.HTTPError as exc:
         raise ToolError(f"fetching {url} failed: {type(exc).__name__}: {exc}") from exc
