@@ -7,18 +7,22 @@ of it (``@username``, a text mention, ``/command@username``; cut from the text) 
 to one of its messages. A quoted message's id, text and sender go in metadata. The
 ``message_id`` is ``telegram-<chat>-<message>``, so the same update handled twice is stored
 once. Updates are read one by one (:func:`read_updates`): one that cannot be read, or
-converted, is logged and skipped, never the poll.
+converted, is logged and skipped, never the poll. What a Bot API error says to the poller
+(:func:`poll_problem`, :func:`retry_after`) is read here too.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import warnings
 from typing import Any
 
 import structlog
 from telegram import Bot, Message, Update, User
 from telegram.constants import ChatType, MessageEntityType
-from telegram.error import InvalidToken, TelegramError
+from telegram.error import InvalidToken, RetryAfter, TelegramError
+from telegram.warnings import PTBDeprecationWarning
 
 from claw_worker.contract import InboundMessage
 
@@ -180,3 +184,13 @@ def poll_problem(exc: Exception) -> str:
             "bot; with several ingress replicas use mode webhook)"
         )
     return str(exc) if isinstance(exc, TelegramError) else repr(exc)
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The seconds a Bot API flood-control error says to wait (None for other errors)."""
+    if not isinstance(exc, RetryAfter):
+        return None
+    with warnings.catch_warnings():  # PTB 22 warns that the int becomes a timedelta
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value = exc.retry_after
+    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)

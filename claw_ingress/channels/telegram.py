@@ -42,7 +42,7 @@ from telegram.error import (
     TelegramError,
 )
 from telegram.request import HTTPXRequest
-from telegram.warnings import PTBDeprecationWarning, PTBUserWarning
+from telegram.warnings import PTBUserWarning
 
 from claw_ingress.bodies import BodyError, read_json
 from claw_ingress.cancel import stop_if_cancelled
@@ -52,6 +52,7 @@ from claw_ingress.channels._telegram_messages import (
     poll_problem,
     read_update,
     read_updates,
+    retry_after,
 )
 from claw_ingress.channels.base import (
     Channel,
@@ -206,7 +207,7 @@ class TelegramChannel(Channel):
                 raise
             except Exception as exc:  # network, 5xx, 409 (another poller), a revoked token
                 reason = poll_problem(exc)
-                wait = _retry_after(exc) or delay
+                wait = retry_after(exc) or delay
                 if reason != problem:
                     log.warning("telegram polling failed; retrying", channel=self.name,
                                 error=reason, retry_in=wait)  # fmt: skip
@@ -375,7 +376,7 @@ class TelegramChannel(Channel):
                          channel=self.name, chat_id=chat_id, error=str(exc))  # fmt: skip
                 await bot.send_message(_chat(chat_id), text, reply_parameters=reply)
         except RetryAfter as exc:
-            wait = _retry_after(exc)
+            wait = retry_after(exc)
             raise SendError(f"telegram flood control: {exc}", retry_after=wait) from None
         except (Forbidden, BadRequest) as exc:  # bot blocked or removed, chat not found, ...
             raise SendError(f"telegram refused the message: {exc}", permanent=True) from None
@@ -392,12 +393,3 @@ class TelegramChannel(Channel):
 
 def _chat(chat_id: str) -> int | str:
     return int(chat_id) if re.fullmatch(r"-?\d+", chat_id) else chat_id
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    if not isinstance(exc, RetryAfter):
-        return None
-    with warnings.catch_warnings():  # PTB 22 warns that the int becomes a timedelta
-        warnings.simplefilter("ignore", PTBDeprecationWarning)
-        value = exc.retry_after
-    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
