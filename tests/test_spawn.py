@@ -194,3 +194,25 @@ def test_a_sub_agent_whose_worker_died_before_reporting_is_reported_by_the_perio
     assert r.zcard(k.spawn_active_key("api:quiet")) == 0
     assert reconcile_spawned(r, config) == 0  # nothing left to look at
     assert r.llen(k.mailbox_key("api:quiet")) == 1
+
+
+def test_stop_reaches_the_sub_agents_the_session_started(
+    fleet_factory: Any, redis_server: Any, llm_server: Any
+) -> None:
+    """A user's /stop ends the work done for them: the sub-agent still running is stopped
+    with the chat's own run, and reports that back."""
+    fleet = fleet_factory()
+    fleet.start_ingress()
+    fleet.start_worker()
+    r = redis_server.client()
+    llm_server.push(tool_call("spawn", {"task": "a long job [[LONGSUB]]"}),
+                    text("I asked a helper."), when="[[STARTER]]")  # fmt: skip
+    llm_server.reply("too late", when="[[LONGSUB]]", delay=60)
+    llm_server.reply("Understood, the helper stopped.", when="finished: cancelled")
+    replies = chat(fleet.port, "ws:stopper", "start it [[STARTER]]", until="I asked a helper")
+    assert replies == ["I asked a helper."]
+    wait_for(lambda: llm_server.requests_for("[[LONGSUB]]"), timeout=30, what="the child's call")
+    assert len(chat(fleet.port, "ws:stopper", "/stop", until="")) == 1  # "Stopping ..."
+    wait_for(lambda: r.hget(k.spawn_key("spawn:ws:stopper:1"), "status") == "cancelled",
+             timeout=15, what="the sub-agent to be stopped")  # fmt: skip
+    wait_for(lambda: r.zcard(k.spawn_active_key("ws:stopper")) == 0, what="its slot to be free")

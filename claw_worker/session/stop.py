@@ -5,7 +5,8 @@ value on the control channel (one Lua call). A run remembers the counter's value
 starts; a broadcast (or, if the broadcast was missed during a reconnect, the counter
 re-read every two seconds) with a higher value stops it within milliseconds. Runs that start
 after the request read the new value and are not affected, so the queue simply goes on. A
-counter rather than timestamps: hosts' clocks never have to agree.
+counter rather than timestamps: hosts' clocks never have to agree. The sub-agents a
+session started that still run are stopped with it (each reports "stopped" back).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ log = structlog.get_logger(__name__)
 
 COUNTER_TTL_SEC = 7 * 86400  # outlives any run; refreshed by every /stop
 MARK_RECHECK_SEC = 2.0
+MAX_STOPPED = 64  # sessions one /stop reaches (work.max_depth and max_spawn bound the tree)
 
 # INCR, refresh the TTL, broadcast; a value left by the old timestamp marks starts over.
 _STOP_SCRIPT = """
@@ -46,8 +48,18 @@ def _stop_args(session_key: str) -> tuple[str, int, str, int, str, str]:
 
 
 async def request_stop(client: aioredis.Redis, session_key: str) -> int:
-    """Ask the current run of ``session_key`` to stop (ingress side); the new counter."""
-    return int(await client.eval(*_stop_args(session_key)))  # type: ignore[misc]
+    """Ask the current run of ``session_key`` to stop (ingress side), and those of the
+    sub-agents it started that still run, down the tree: a user's /stop ends the work done
+    for them, not only the reply being written. Returns the session's new counter."""
+    epoch = int(await client.eval(*_stop_args(session_key)))  # type: ignore[misc]
+    todo, seen = [session_key], {session_key}
+    while todo and len(seen) < MAX_STOPPED:
+        for child in await client.zrange(k.spawn_active_key(todo.pop()), 0, MAX_STOPPED):
+            if child not in seen:
+                seen.add(child)
+                todo.append(child)
+                await client.eval(*_stop_args(child))  # type: ignore[misc]
+    return epoch
 
 
 def request_stop_sync(client: redis.Redis, session_key: str) -> int:
