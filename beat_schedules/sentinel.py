@@ -7,8 +7,9 @@ reported as failed with its error and never stops the others, except a Redis tha
 be reached: then every fleet check would fail the same way, and the report and its alerts
 could not be written, so the round stops there with one finding, logged in one line, and
 changes no alert mark (no alert per check, no "ok again" flood when Redis is back). With
-``sentinel.auto_heal`` the checks repair what they safely can (recreate workspace files, prune rotated logs,
-clear leases without a TTL, re-wake sessions nobody drains) and say what they did.
+``sentinel.auto_heal`` the checks repair what they safely can (recreate workspace files,
+prune rotated logs, clear leases without a TTL, re-wake sessions nobody drains) and say
+what they did.
 
 The report is kept in Redis (``constants.SENTINEL_REPORT``; ``clawctl status`` and
 ``/status`` show it) and summed up in the log. Each check that is not ok alerts

@@ -71,8 +71,7 @@ class History:
 
     def load_all(self) -> tuple[list[Message], int]:
         """Every stored message (damaged ones left out, see ``_readable``) and the raw list
-        length, for
-        ``replace(expect_len=...)``."""
+        length, for ``replace(expect_len=...)``."""
         raw: list[str] = self._redis.lrange(self._key, 0, -1)  # type: ignore[assignment]
         messages = _readable(raw)
         self._snapshot = (messages, len(raw))
@@ -167,8 +166,9 @@ def _readable(raw: Sequence[str]) -> list[Message]:
         while index < len(messages) and messages[index]["role"] == "tool":
             results.append(messages[index])
             index += 1
+        asked = _call_ids(message["tool_calls"])  # None: a call named badly
         answered = sorted(str(r.get("tool_call_id")) for r in results)
-        if answered == sorted(_call_ids(message["tool_calls"]) or [None]):
+        if asked is not None and sorted(asked) == answered:
             kept += [message, *results]
     return kept
 

@@ -126,12 +126,12 @@ def spawn(
         args=[now, now - work.spawn_timeout_sec, work.max_spawn_per_session,
               f"spawn:{_fit(parent.session_key, 480)}:"],
     )  # fmt: skip
-    client.zadd(k.SPAWN_PARENTS, {parent.session_key: now})  # for reconcile_spawned
     if not int(taken):
         raise SpawnError(
             f"this session has {child} sub-agent(s) running, the limit "
             f"(work.max_spawn_per_session); wait until one reports back"
         )
+    client.zadd(k.SPAWN_PARENTS, {parent.session_key: now})  # for reconcile_spawned
     mid, attempt, goal = f"spawn-{uuid.uuid4().hex}", 0, task
     room = config.quotas.max_message_chars
     try:
