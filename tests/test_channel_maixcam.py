@@ -44,6 +44,12 @@ async def command(device: MaixCamDevice) -> dict[str, Any]:
     return line
 
 
+async def assert_echoed(device: MaixCamDevice, text: str) -> None:
+    """Send ``text`` as a message event; the agent's echo of it is the next command."""
+    await device.event("message", {"text": text})
+    assert (await command(device))["message"] == f"echo: {text}"
+
+
 def test_detection_is_answered_on_the_device_connection(fleet_factory) -> None:
     port = start_fleet(fleet_factory)
 
@@ -60,8 +66,7 @@ def test_detection_is_answered_on_the_device_connection(fleet_factory) -> None:
         # message after them.
         await cam.event("status", {"fps": 30})
         await cam.event("heartbeat")
-        await cam.event("message", {"text": "what do you see"})
-        assert (await command(cam))["message"] == "echo: what do you see"
+        await assert_echoed(cam, "what do you see")
         await cam.close()
 
     asyncio.run(scenario())
@@ -158,8 +163,7 @@ def test_a_device_sending_now_and_then_is_not_idle(fleet_factory) -> None:
             with contextlib.suppress(TimeoutError):
                 line = await cam.read(timeout=1)
                 raise AssertionError(f"unexpected line {line}")
-        await cam.event("message", {"text": "still on"})
-        assert (await command(cam))["message"] == "echo: still on"
+        await assert_echoed(cam, "still on")
         await cam.close()
 
     asyncio.run(scenario())
@@ -173,8 +177,7 @@ def test_half_a_surrogate_pair_is_replaced_not_a_dropped_connection(fleet_factor
         await cam.raw(b'{"type": "message", "device_id": "cam-1", '
                       b'"data": {"text": "cut \\ud83e emoji"}}\n')  # fmt: skip
         assert (await command(cam))["message"] == "echo: cut \ufffd emoji"
-        await cam.event("message", {"text": "and on"})
-        assert (await command(cam))["message"] == "echo: and on"
+        await assert_echoed(cam, "and on")
         await cam.close()
 
     asyncio.run(scenario())
@@ -193,8 +196,7 @@ def test_a_flood_of_status_lines_is_not_a_flood_of_log_lines(fleet_factory) -> N
             for n in range(3000)
         )
         await cam.raw(lines)
-        await cam.event("message", {"text": "done"})
-        assert (await command(cam))["message"] == "echo: done"
+        await assert_echoed(cam, "done")
         await cam.close()
 
     asyncio.run(scenario())
