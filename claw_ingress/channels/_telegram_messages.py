@@ -19,7 +19,7 @@ import warnings
 from typing import Any
 
 import structlog
-from telegram import Bot, Message, Update, User
+from telegram import Bot, Message, MessageEntity, Update, User
 from telegram.constants import ChatType, MessageEntityType
 from telegram.error import InvalidToken, RetryAfter, TelegramError
 from telegram.warnings import PTBDeprecationWarning
@@ -39,11 +39,12 @@ def to_inbound(message: Message, me: User, channel: str) -> InboundMessage | Non
     if user is None or user.is_bot:
         return None
     text = message.text or message.caption or ""
-    if _addressed_to_another_bot(message, me):
+    entities = message.parse_entities() if message.text else message.parse_caption_entities()
+    if _addressed_to_another_bot(entities, me):
         return None
     media, metadata = _media(message)
     if message.chat.type != ChatType.PRIVATE:
-        mentioned, text = _cut_mention(message, text, me)
+        mentioned, text = _cut_mention(entities, text, me)
         reply = message.reply_to_message
         to_bot = reply is not None and reply.from_user is not None and reply.from_user.id == me.id
         if not (mentioned or to_bot):
@@ -73,20 +74,18 @@ def to_inbound(message: Message, me: User, channel: str) -> InboundMessage | Non
     )  # fmt: skip
 
 
-def _addressed_to_another_bot(message: Message, me: User) -> bool:
+def _addressed_to_another_bot(entities: dict[MessageEntity, str], me: User) -> bool:
     """Whether the message starts with a ``/command@name`` naming another bot: in a group
     (even as a reply to us) it is that bot's, and ``/stop@other_bot`` must not stop ours."""
-    entities = message.parse_entities() if message.text else message.parse_caption_entities()
     for entity, value in entities.items():
         if entity.type == MessageEntityType.BOT_COMMAND and entity.offset == 0 and "@" in value:
             return value.partition("@")[2].casefold() != (me.username or "").casefold()
     return False
 
 
-def _cut_mention(message: Message, text: str, me: User) -> tuple[bool, str]:
+def _cut_mention(entities: dict[MessageEntity, str], text: str, me: User) -> tuple[bool, str]:
     """Whether a group message addresses the bot (``@username``, a text mention of it, or a
     ``/command@username``), and its text without that mention."""
-    entities = message.parse_entities() if message.text else message.parse_caption_entities()
     mentioned = False
     username = (me.username or "").casefold()
     for entity, value in entities.items():
