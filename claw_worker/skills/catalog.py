@@ -88,10 +88,7 @@ def discover(root: Path) -> list[Skill]:
 
 def find(root: Path, name: str) -> Skill | None:
     """The skill called ``name`` under ``root``, or None; ``name`` must be a valid name."""
-    if not valid_name(name):
-        return None
-    path = root / name
-    return load_dir(path) if path.is_dir() else None
+    return listed(root, name) if valid_name(name) else None
 
 
 def listed(root: Path, name: str) -> Skill | None:
