@@ -9,7 +9,6 @@ command's environment: a worker started elsewhere checks its own.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,10 +21,10 @@ from claw_worker.config.paths import workspace_dir
 from claw_worker.skills.catalog import (
     BUILTIN_ROOT,
     Skill,
+    checked_root,
     discover,
     find,
     listed,
-    not_a_folder,
     search,
     skills_root,
 )
@@ -49,10 +48,8 @@ def _workspace() -> Path:
 
 def _root(workspace: Path | None = None) -> Path:
     """``<workspace>/skills``; an error when something else than a folder is there."""
-    root = skills_root(workspace or _workspace())
-    if os.path.lexists(root) and not root.is_dir():
-        raise CliError(not_a_folder(root))
-    return root
+    with _errors():
+        return checked_root(workspace or _workspace())
 
 
 def _source(skill: Skill) -> str:

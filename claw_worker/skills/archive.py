@@ -83,14 +83,14 @@ class _Extraction:
             return
         self.found = True
         if not inner:
-            if not member.isdir() and self.subpath:
+            if member.isdir():
+                return
+            if self.subpath:
                 raise SkillError(f"{'/'.join(self.subpath)} in the archive is not a directory")
-            if not member.isdir():
-                raise SkillError(
-                    f"the archive's first entry '{_show(member.name)}' is not a directory: a "
-                    "GitHub archive holds everything in one top directory"
-                )
-            return
+            raise SkillError(
+                f"the archive's first entry '{_show(member.name)}' is not a directory: a "
+                "GitHub archive holds everything in one top directory"
+            )
         shown = _show("/".join(inner))
         if member.isdir():
             (self.dest.joinpath(*inner)).mkdir(mode=0o755, parents=True, exist_ok=True)

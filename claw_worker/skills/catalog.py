@@ -66,8 +66,12 @@ def skills_root(workspace: Path) -> Path:
     return workspace / SKILLS_DIR
 
 
-def not_a_folder(root: Path) -> str:
-    return f"{root} is not a directory; move it aside: skills are folders in it"
+def checked_root(workspace: Path) -> Path:
+    """``<workspace>/skills``; a SkillError when something else than a folder is there."""
+    root = skills_root(workspace)
+    if os.path.lexists(root) and not root.is_dir():
+        raise SkillError(f"{root} is not a directory; move it aside: skills are folders in it")
+    return root
 
 
 def discover(root: Path) -> list[Skill]:
@@ -88,10 +92,7 @@ def discover(root: Path) -> list[Skill]:
 
 def find(root: Path, name: str) -> Skill | None:
     """The skill called ``name`` under ``root``, or None; ``name`` must be a valid name."""
-    if not valid_name(name):
-        return None
-    path = root / name
-    return load_dir(path) if path.is_dir() else None
+    return listed(root, name) if valid_name(name) else None
 
 
 def listed(root: Path, name: str) -> Skill | None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from claw_worker.config.schema import SkillsConfig
 from claw_worker.fsutil import atomic_write_bytes
 from claw_worker.skills.archive import Limits, extract_skill
-from claw_worker.skills.catalog import BUILTIN_ROOT, listed, not_a_folder, skills_root
+from claw_worker.skills.catalog import BUILTIN_ROOT, checked_root, listed, skills_root
 from claw_worker.skills.github import SkillSpec, download
 from claw_worker.skills.skillfile import SKILL_FILE, SkillError, read_skill_md, valid_name
 
@@ -85,9 +85,7 @@ def remove(workspace: Path, name: str) -> Path:
 
 
 def _prepare(workspace: Path) -> Path:
-    root = skills_root(workspace)
-    if os.path.lexists(root) and not root.is_dir():
-        raise SkillError(not_a_folder(root))
+    root = checked_root(workspace)
     root.mkdir(parents=True, exist_ok=True)
     now = time.time()
     with os.scandir(root) as entries:
