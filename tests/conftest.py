@@ -10,3 +10,27 @@ pytest_plugins = [
     "tests.fixtures.campaign",
     "tests.fixtures.containers",
 ]
+
+import os  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+PRODUCTION_IMPORTS = Path(__file__).parent / "production_imports"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def processes_import_as_in_production() -> Iterator[None]:
+    """The processes the tests start (workers, beat, ingress, clawctl) see the packages a
+    production install has: rich and pygments, which only the test extras bring, are hidden
+    from them (tests/production_imports/). They render logs as a user's would, and start
+    without the ~0.1 s of CPU those imports cost each. This process, started before this
+    fixture, keeps them (schemathesis needs rich)."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PRODUCTION_IMPORTS), before]))
+    yield
+    if before is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = before

@@ -1,7 +1,8 @@
 """``clawctl``: the admin CLI. This module is the one place where command groups are wired.
 
-Each command group lives in its own module; register it with one line in ``COMMANDS``.
-Command modules import heavy parts (the agent, the Celery app) inside their functions, so
+Each command group lives in its own module; register it with one line in ``COMMANDS``. A
+command's module is imported only when that command runs (or ``--help`` lists them all), and
+command modules import heavy parts (the agent, the Celery app) inside their functions, so
 ``clawctl config check`` works, and starts fast, whatever state the rest is in.
 """
 
@@ -56,7 +57,24 @@ class ClawGroup(click.Group):
             raise CliError(internal_error(exc)) from None
 
 
-@click.group(cls=ClawGroup, context_settings={"help_option_names": ["-h", "--help"]})
+class Clawctl(ClawGroup):
+    """``clawctl``: its commands are loaded from ``COMMANDS`` when asked for, so a command
+    imports its own module and not the others' (``clawctl config set`` never loads httpx)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = COMMANDS.get(cmd_name)
+        if spec is None:
+            return None
+        module_name, attribute = spec.split(":")
+        module = importlib.import_module(f"claw_worker.cli.{module_name}")
+        command: click.Command = getattr(module, attribute)
+        return command
+
+
+@click.group(cls=Clawctl, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_file",
@@ -86,28 +104,18 @@ def main(ctx: click.Context, config_file: Path | None, debug: bool) -> None:
     setup_console(debug=debug)
 
 
-# "module:attribute" of each command group under claw_worker.cli, in --help order.
-COMMANDS = [
-    "onboard:onboard",
-    "login:login",
-    "config_cmd:config",
-    "status:status",
-    "agent_cmd:agent",
-    "gateway:gateway",
-    "channel_cmd:channel",
-    "cron_cmd:cron",
-    "pairing_cmd:pairing",
-    "nodes_cmd:nodes",
-    "skills_cmd:skills",
-    "uninstall_cmd:uninstall",
-]
-
-
-def _register() -> None:
-    for spec in COMMANDS:
-        module_name, attribute = spec.split(":")
-        module = importlib.import_module(f"claw_worker.cli.{module_name}")
-        main.add_command(getattr(module, attribute))
-
-
-_register()
+# Each command's name and the "module:attribute" (under claw_worker.cli) that defines it.
+COMMANDS = {
+    "onboard": "onboard:onboard",
+    "login": "login:login",
+    "config": "config_cmd:config",
+    "status": "status:status",
+    "agent": "agent_cmd:agent",
+    "gateway": "gateway:gateway",
+    "channel": "channel_cmd:channel",
+    "cron": "cron_cmd:cron",
+    "pairing": "pairing_cmd:pairing",
+    "nodes": "nodes_cmd:nodes",
+    "skills": "skills_cmd:skills",
+    "uninstall": "uninstall_cmd:uninstall",
+}
