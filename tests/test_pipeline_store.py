@@ -375,6 +375,43 @@ def test_one_person_cannot_take_every_pipeline_slot_of_the_fleet(
     assert pipelines.load(r, "m3").owner == "telegram:666"
 
 
+def test_pipelines_made_at_once_stay_within_both_limits(redis_server: Any) -> None:
+    """The limits were counted before the pipeline was stored, outside its transaction:
+    twelve pipeline_create calls of one person at the same moment each counted none running
+    and all twelve were made, past max_active_pipelines_per_sender (2) and the fleet's
+    max_active_pipelines (5) alike."""
+    config = Config.model_validate({"work": {"max_active_pipelines": 5,
+                                             "max_active_pipelines_per_sender": 2}})  # fmt: skip
+    start = threading.Barrier(12)
+
+    def create(n: int, owner: str) -> str:
+        r = redis_server.client()
+        start.wait()
+        try:
+            pipeline = plan([("a", [])], pipeline_id=f"p{n}")
+            pipeline.owner = owner
+            pipelines.create(r, config, pipeline)
+        except PipelineError as exc:
+            return str(exc)
+        return "made"
+
+    def race(owners: list[str]) -> list[str]:
+        results: list[str] = [""] * len(owners)
+        threads = [threading.Thread(target=lambda n=n, o=o: results.__setitem__(n, create(n, o)))
+                   for n, o in enumerate(owners)]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        return results
+
+    assert race(["telegram:666"] * 12).count("made") == 2
+    redis_server.client().flushdb()
+    made = race([f"telegram:{n}" for n in range(12)])
+    assert made.count("made") == 5, made
+    assert all("work.max_active_pipelines)" in m for m in made if m != "made"), made
+
+
 def test_a_pipeline_whose_task_runs_longer_than_its_ttl_is_kept(redis_server: Any) -> None:
     """The TTL counted from the last change only: a task running (or waiting for its
     resource keys) longer than work.pipeline_ttl_sec lost the pipeline under it; its finish

@@ -129,14 +129,19 @@ def _active_count(client: redis.Redis, index: str) -> int:
 
 
 def _check_room(client: redis.Redis, config: Config, owner: str) -> None:
-    active, most = _active_count(client, k.PIPELINES_ACTIVE), config.work.max_active_pipelines
-    if active >= most:
+    """Refuse a new pipeline over the fleet's or its owner's number of unfinished ones (and
+    drop the expired ids from the counts' indexes)."""
+    mine = _active_count(client, k.pipelines_owned_key(owner)) if owner else 0
+    _refuse_over(config, _active_count(client, k.PIPELINES_ACTIVE), mine)
+
+
+def _refuse_over(config: Config, active: int, mine: int) -> None:
+    if active >= config.work.max_active_pipelines:
         raise PipelineError(
             f"{active} pipelines are still running, the limit (work.max_active_pipelines); "
             "wait for one to finish"
         )
-    most = config.work.max_active_pipelines_per_sender
-    if owner and (mine := _active_count(client, k.pipelines_owned_key(owner))) >= most:
+    if mine >= config.work.max_active_pipelines_per_sender:
         raise PipelineError(
             f"{mine} pipelines made for you are still running, the limit "
             "(work.max_active_pipelines_per_sender); wait for one to finish"
@@ -146,31 +151,42 @@ def _check_room(client: redis.Redis, config: Config, owner: str) -> None:
 def create(client: redis.Redis, config: Config, pipeline: Pipeline) -> None:
     """Store a new pipeline (made by ``model.make_pipeline``); an existing id is refused, so
     is one over the fleet's or its owner's number of unfinished pipelines. The task
-    sessions start empty: a history left by an older pipeline of the same id goes."""
-    _check_room(client, config, pipeline.owner)
+    sessions start empty: a history left by an older pipeline of the same id goes.
+
+    The limits are counted again under WATCH of the indexes they count: pipelines made at
+    the same moment each counted the others not there yet, and all were stored."""
     key = k.pipeline_key(pipeline.id)
-    with client.pipeline() as pipe:
-        try:
-            pipe.watch(key)
-            if pipe.exists(key):
-                raise PipelineError(f"a pipeline {pipeline.id!r} exists; choose another id")
-            pipe.multi()
-            pipe.set(key, pipeline.model_dump_json(), ex=config.work.pipeline_ttl_sec)
-            pipe.zadd(k.PIPELINES, {pipeline.id: pipeline.created_at})
-            pipe.zadd(k.PIPELINES_ACTIVE, {pipeline.id: pipeline.created_at})
-            for index in _indexes(pipeline):
-                pipe.zadd(index, {pipeline.id: pipeline.created_at})
-                pipe.expire(index, config.work.pipeline_ttl_sec)
-            if pipeline.creator.session_key:
-                pipe.set(k.latest_pipeline_key(pipeline.creator.session_key), pipeline.id,
-                         ex=config.work.pipeline_ttl_sec)  # fmt: skip
-            for task in pipeline.tasks:
-                pipe.delete(k.history_key(session_key(pipeline.id, task.id)))
-            pipe.execute()
-        except redis.WatchError:
-            raise PipelineError(
-                f"a pipeline {pipeline.id!r} was just made; choose another id"
-            ) from None
+    owned = k.pipelines_owned_key(pipeline.owner) if pipeline.owner else ""
+    for _ in range(MAX_TRIES):
+        _check_room(client, config, pipeline.owner)  # prunes: a write, so before WATCH
+        with client.pipeline() as pipe:
+            try:
+                pipe.watch(key, k.PIPELINES_ACTIVE, *([owned] if owned else []))
+                if pipe.exists(key):
+                    raise PipelineError(f"a pipeline {pipeline.id!r} exists; choose another id")
+                _refuse_over(config, pipe.zcard(k.PIPELINES_ACTIVE),
+                             pipe.zcard(owned) if owned else 0)  # fmt: skip
+                pipe.multi()
+                _store_new(pipe, config, pipeline)
+                pipe.execute()
+                return
+            except redis.WatchError:
+                continue  # another pipeline was made or finished meanwhile: count again
+    raise PipelineError("too many pipelines are being made at once; try again")
+
+
+def _store_new(pipe: redis.client.Pipeline, config: Config, pipeline: Pipeline) -> None:
+    ttl = config.work.pipeline_ttl_sec
+    pipe.set(k.pipeline_key(pipeline.id), pipeline.model_dump_json(), ex=ttl)
+    pipe.zadd(k.PIPELINES, {pipeline.id: pipeline.created_at})
+    pipe.zadd(k.PIPELINES_ACTIVE, {pipeline.id: pipeline.created_at})
+    for index in _indexes(pipeline):
+        pipe.zadd(index, {pipeline.id: pipeline.created_at})
+        pipe.expire(index, ttl)
+    if pipeline.creator.session_key:
+        pipe.set(k.latest_pipeline_key(pipeline.creator.session_key), pipeline.id, ex=ttl)
+    for task in pipeline.tasks:
+        pipe.delete(k.history_key(session_key(pipeline.id, task.id)))
 
 
 def update(
