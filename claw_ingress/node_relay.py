@@ -9,7 +9,9 @@ one is closed at the next renewal). While it holds any node, the replica pops th
 workers put on ``claw:nodes:relay:<replica>`` (``claw_worker/nodes/relay.py``), drops those
 nobody waits for any more, sends each down its node's WebSocket with the node's token
 (``{"type": "request", "id", "path", "token", "body"}``), and pushes the node's answer
-(``{"type": "response", "id", "body": <envelope>}``) on ``claw:nodes:reply:<id>``.
+(``{"type": "response", "id", "body": <envelope>}``) on ``claw:nodes:reply:<id>``. A
+connection whose node has registered again with another token is closed (at the next
+renewal or request, whichever comes first).
 """
 
 from __future__ import annotations
@@ -70,9 +72,10 @@ def _token(record: str | None) -> str | None:
 
 
 class _NodeConnection:
-    def __init__(self, websocket: WebSocket, node_id: str) -> None:
+    def __init__(self, websocket: WebSocket, node_id: str, token: str) -> None:
         self.websocket = websocket
         self.node_id = node_id
+        self.token = token  # the node's token it connected with
         self.pending: dict[str, asyncio.Future[Any]] = {}
         self.lock = asyncio.Lock()
 
@@ -106,9 +109,10 @@ class NodeRelay:
         await websocket.accept()
         redis: aioredis.Redis = websocket.app.state.redis
         node_id = websocket.headers.get("x-node-id", "")
+        token = websocket.headers.get("x-node-token", "")
         try:
             reason = refusal(websocket, self.live.config.gateway) or await self._check(
-                redis, node_id, websocket.headers.get("x-node-token", "")
+                redis, node_id, token
             )
         except RedisError as exc:
             log.warning("redis unavailable", error=str(exc))
@@ -117,7 +121,7 @@ class NodeRelay:
             log.info("node connection refused", node=node_id[:64], error=reason)
             await websocket.close(POLICY_VIOLATION, reason)
             return
-        conn = _NodeConnection(websocket, node_id)
+        conn = _NodeConnection(websocket, node_id, token)
         old = self._conns.get(node_id)
         if old is not None:
             await old.close(GOING_AWAY, "replaced by a newer connection")
@@ -141,6 +145,17 @@ class NodeRelay:
         if not hmac.compare_digest(token.encode(), registered.encode()):
             return "X-Node-Token is not the token this node registered with"
         return None
+
+    async def _still_registered(self, redis: aioredis.Redis, conn: _NodeConnection) -> str | None:
+        """Close ``conn`` if its node is no longer registered with the token it connected
+        with, and say why (None: it is). A node that registered again with a new token (its
+        old one leaked, or another process took its id) must not keep the old connection:
+        it would be sent requests, and the new token in each."""
+        reason = await self._check(redis, conn.node_id, conn.token)
+        if reason is not None:
+            log.info("node connection closed", node=conn.node_id, error=reason)
+            await conn.close(POLICY_VIOLATION, reason)
+        return reason
 
     async def _read(self, conn: _NodeConnection) -> None:
         bad = 0
@@ -201,6 +216,8 @@ class NodeRelay:
             await asyncio.sleep(CONN_TTL_SEC / 3)
             for node_id, conn in list(self._conns.items()):
                 try:
+                    if await self._still_registered(redis, conn) is not None:
+                        continue
                     held = await redis.eval(_RENEW, 1, k.node_connection_key(node_id),
                                             self.replica, CONN_TTL_SEC)  # fmt: skip
                 except RedisError as exc:
@@ -249,13 +266,12 @@ class NodeRelay:
         self, redis: aioredis.Redis, node_id: str, rid: str, path: str, body: Any, timeout: float
     ) -> Any:
         conn = self._conns.get(node_id)
-        token = _token(await redis.hget(k.NODES, node_id))
-        if conn is None or token is None:
+        if conn is None or await self._still_registered(redis, conn) is not None:
             return _envelope("transport_error", f"node {node_id}'s relay connection closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         conn.pending[rid] = future
         try:
-            await conn.send({"type": "request", "id": rid, "path": path, "token": token,
+            await conn.send({"type": "request", "id": rid, "path": path, "token": conn.token,
                              "body": body})  # fmt: skip
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:

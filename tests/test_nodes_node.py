@@ -114,6 +114,36 @@ def test_the_relay_takes_only_registered_nodes_with_their_tokens(desk: Any) -> N
     assert "X-Node-Id" in refusal({**gateway, "X-Node-Id": "../../etc"})
 
 
+def test_a_node_registering_with_a_new_token_ends_the_old_relay_connection(desk: Any) -> None:
+    """A node registering again with a new token (the old one leaked, or its id was taken
+    over) left the connection made with the old token open: requests for the node still
+    went down it, each carrying the new token."""
+    gateway = {"Authorization": f"Bearer {GATEWAY_TOKEN}"}
+    old, new = "old-token-0123456789abcdef", "new-token-0123456789abcdef"
+
+    def register(token: str) -> None:
+        answer = httpx.post(desk.base_url + "/nodes/register", headers=gateway, timeout=10,
+                            json={"id": "phone", "token": token, "ttl_sec": 120})  # fmt: skip
+        assert answer.status_code == 200, answer.text
+
+    register(old)
+    url = desk.base_url.replace("http", "ws") + "/nodes/connect"
+    headers = {**gateway, "X-Node-Id": "phone", "X-Node-Token": old}
+    with connect(url, additional_headers=headers, open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(ws.recv(timeout=10)) == {"type": "pong"}
+        register(new)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:  # the gateway's renewal, every 10 s, finds the token changed
+                frame = json.loads(ws.recv(timeout=30))
+                assert new not in json.dumps(frame), frame
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert "token" in closed.value.rcvd.reason
+    with connect(url, additional_headers={**headers, "X-Node-Token": new}, open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(ws.recv(timeout=10)) == {"type": "pong"}
+
+
 def test_options_and_registrations_it_refuses(desk: Any) -> None:
     def node(*args: str, token: str = GATEWAY_TOKEN) -> subprocess.CompletedProcess[str]:
         env = desk.home.env(CLAW_GATEWAY_TOKEN=token)
