@@ -233,6 +233,25 @@ def test_skills_folder_that_is_a_file_is_named(claw_home: ClawHome) -> None:
     assert (claw_home.workspace / "skills").read_text() == "not a folder\n"
 
 
+def test_a_list_cut_at_the_limit_says_so(claw_home: ClawHome) -> None:
+    """Only the first 500 entries of skills/ are read (a folder of thousands must not stall
+    every turn): `list` showed 500 and said nothing of the others, which the model is not
+    offered either."""
+    root = claw_home.workspace / "skills"
+    for n in range(503):
+        (root / f"s{n:03d}").mkdir(parents=True)
+    result = claw_home.clawctl("skills", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)) == 500
+    assert (
+        "Only the first 500 entries" in result.stderr and "3 more are not listed" in result.stderr
+    )
+    (root / "s000").rmdir()
+    (root / "s001").rmdir()
+    (root / "s002").rmdir()
+    assert claw_home.clawctl("skills", "list", "--json").stderr == ""
+
+
 ESCAPES = ("\x1b", "\x07", "\x9b")  # ESC, BEL (ends an OSC), the 8-bit CSI
 
 

@@ -20,9 +20,11 @@ from claw_worker.cli._common import CliError, confirm, load
 from claw_worker.config.paths import workspace_dir
 from claw_worker.skills.catalog import (
     BUILTIN_ROOT,
+    MAX_SKILLS,
     Skill,
     checked_root,
     discover,
+    discover_counted,
     find,
     listed,
     search,
@@ -89,7 +91,11 @@ def skills() -> None:
 def list_cmd(as_json: bool) -> None:
     """Installed skills: available, or unavailable and why (missing programs or variables)."""
     root = _root()
-    found = discover(root)
+    found, unread = discover_counted(root)
+    if unread:  # on stderr: --json stays one document
+        click.echo(f"Only the first {MAX_SKILLS} entries of {root} (by name) are read; "
+                   f"{unread} more are not listed, nor offered to the model: move the "
+                   "folders you do not use out of it.", err=True)  # fmt: skip
     if as_json:
         click.echo(json.dumps([_as_json(s, "installed") for s in found], indent=2))
         return

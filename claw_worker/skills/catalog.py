@@ -77,17 +77,23 @@ def checked_root(workspace: Path) -> Path:
 def discover(root: Path) -> list[Skill]:
     """Every skill directory under ``root`` by name; dot-directories (installs under way,
     removals) are not skills."""
+    return discover_counted(root)[0]
+
+
+def discover_counted(root: Path) -> tuple[list[Skill], int]:
+    """:func:`discover`, and how many entries past the first ``MAX_SKILLS`` (by name) were
+    not looked at."""
     try:
         with os.scandir(root) as entries:
             names = sorted(e.name for e in entries if not e.name.startswith("."))
     except (FileNotFoundError, NotADirectoryError):
-        return []
+        return [], 0
     skills = []
     for name in names[:MAX_SKILLS]:
         path = root / name
         if path.is_dir():
             skills.append(load_dir(path))
-    return skills
+    return skills, max(0, len(names) - MAX_SKILLS)
 
 
 def find(root: Path, name: str) -> Skill | None:
