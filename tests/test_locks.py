@@ -47,6 +47,11 @@ def test_a_declaration_is_read_and_normalised() -> None:
     ]
     assert declared_keys("[keys: branch:origin/Dev, db:Prod]") == ["branch:dev", "db:prod"]
     assert declared_keys("no declaration here, only src/app.py") is None
+    # A path with spaces is quoted: it was cut at the space ('notes.md"' is not kind:value).
+    assert declared_keys('[keys: file:"docs/release notes.md"; repo:x] tidy') == [
+        "file:docs/release notes.md",
+        "repo:x",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -57,6 +62,8 @@ def test_a_declaration_is_read_and_normalised() -> None:
         ("[keys: repo:] go", "'repo:' is not kind:value"),
         ("[keys: 9x:y] go", "'9x:y' is not kind:value"),
         ("[keys: file:.] go", "needs a printable value"),
+        ('[keys: file:"release notes.md] go', "double quote that encloses no value"),
+        ('[keys: file:""] go', "'file:' is not kind:value"),
         ("[keys: " + ", ".join(f"file:f{i}.py" for i in range(MAX_KEYS + 1)) + "]", "at most"),
     ],
 )

@@ -34,6 +34,9 @@ _DECLARATION = re.compile(r"\[\s*keys\s*:([^\]]*)\]", re.IGNORECASE)
 _KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _ALIASES = {"repository": "repo", "path": "file"}
 _EXAMPLE = "kind:value, e.g. [keys: repo:x, file:src/app.py, branch:main]"
+_SEPARATORS = ", ;\t\n\r\f\v"
+# One item: kind:"a quoted value" (its spaces kept), or a run without separators or quotes.
+_ITEM = re.compile(r'([^\s,;:"]+:)"([^"]*)"|[^\s,;"]+')
 
 
 class KeyDeclarationError(ValueError):
@@ -66,7 +69,7 @@ def declared_keys(text: str) -> list[str] | None:
     found = _DECLARATION.search(text)
     if found is None:
         return None
-    items = [item for item in re.split(r"[,;\s]+", found.group(1)) if item]
+    items = _items(found.group(1))
     if not items:
         raise KeyDeclarationError(f"[keys: ...] names no key; write {_EXAMPLE}")
     keys: set[str] = set()
@@ -79,6 +82,24 @@ def declared_keys(text: str) -> list[str] | None:
     if len(keys) > MAX_KEYS:
         raise KeyDeclarationError(f"[keys: ...] names {len(keys)} keys; at most {MAX_KEYS}")
     return sorted(keys)
+
+
+def _items(body: str) -> list[str]:
+    """The items of a declaration, apart at commas, semicolons and spaces; a value in
+    double quotes keeps its spaces (``file:"docs/release notes.md"``)."""
+    items, at = [], 0
+    for found in _ITEM.finditer(body):
+        if body[at : found.start()].strip(_SEPARATORS):
+            break  # a quote that encloses no value was skipped: refused below
+        kind, quoted = found.group(1), found.group(2)
+        items.append(found.group(0) if kind is None else kind + quoted)
+        at = found.end()
+    if body[at:].strip(_SEPARATORS):
+        raise KeyDeclarationError(
+            f"[keys: ...] has a double quote that encloses no value ({body[at:].strip()[:80]!r});"
+            f' quote a whole value: file:"docs/release notes.md"'
+        )
+    return items
 
 
 def normalise(kind: str, value: str) -> str:
