@@ -79,7 +79,10 @@ def remove(workspace: Path, name: str) -> Path:
         raise SkillError(f"no skill {name!r} is installed in {root}")
     target = root / name
     trash = root / f".remove-{os.urandom(4).hex()}"
-    os.rename(target, trash)
+    try:
+        os.rename(target, trash)
+    except FileNotFoundError:  # removed (or replaced) meanwhile by another command
+        raise SkillError(f"no skill {name!r} is installed in {root}") from None
     _delete(trash)
     return target
 
@@ -127,19 +130,29 @@ def _commit(root: Path, staging: Path, source: dict[str, str], force: bool) -> I
     if exists:
         _replace(staging, target, root)
     else:
-        try:
-            os.rename(staging, target)
-        except OSError as exc:  # created meanwhile by someone else
-            raise SkillError(f"cannot install into {target}: {exc.strerror or exc}") from None
+        _install_new(staging, target)
     return Installed(meta.name, target, exists, source["source"])
 
 
+def _install_new(staging: Path, target: Path) -> None:
+    try:
+        os.rename(staging, target)
+    except OSError as exc:  # created meanwhile by someone else
+        raise SkillError(f"cannot install into {target}: {exc.strerror or exc}") from None
+
+
 def _replace(staging: Path, target: Path, root: Path) -> None:
-    """Put ``staging`` at ``target``; afterwards ``staging`` is gone, with the old skill."""
-    if _exchange(staging, target):
-        return  # staging now holds the old skill: the caller's clean-up deletes it
+    """Put ``staging`` at ``target``; afterwards ``staging`` is gone, with the old skill.
+    An old skill removed meanwhile (``clawctl skills remove`` at the same moment) leaves
+    nothing to replace: the new one is put in its place."""
     old = root / f".old-{target.name}-{os.urandom(4).hex()}"
-    os.rename(target, old)
+    try:
+        if _exchange(staging, target):
+            return  # staging now holds the old skill: the caller's clean-up deletes it
+        os.rename(target, old)
+    except FileNotFoundError:
+        _install_new(staging, target)
+        return
     try:
         os.rename(staging, target)
     except OSError:
