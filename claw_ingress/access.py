@@ -4,7 +4,8 @@ Checked before anything else happens to a channel's message (slash commands incl
 ``open`` lets everyone in; ``allowlist`` only the ids in ``allow_from``; ``pairing`` (the
 default) also lets in senders an operator approved: an unknown sender is sent a one-time
 code (valid ``PAIRING_TTL_SEC``, one per sender at a time, sent once) and the operator runs
-``clawctl pairing approve CODE``. A refused sender is logged, never answered by the agent.
+``clawctl pairing approve CODE``. Codes are given in private chats only: an unknown sender
+in a group (an adapter sets ``metadata["group"]``) is refused without one. A refused sender is logged, never answered by the agent.
 
 Keys (constants.py): ``claw:allowed:<channel>`` (SET of approved sender ids),
 ``claw:pairing:codes`` (HASH code -> request), ``claw:pairing:sender:<channel>:<sender>``
@@ -66,6 +67,7 @@ async def check(
     chat_id: str,
     *,
     sender_name: str = "",
+    in_group: bool = False,
 ) -> Decision:
     if admitted_by_config(config, sender_id):
         return Decision(True)
@@ -73,6 +75,8 @@ async def check(
         return Decision(False, reason="not in allow_from")
     if await client.sismember(k.allowed_senders_key(channel), sender_id):
         return Decision(True)
+    if in_group:  # a code posted there is everyone's to read, and anyone could ask for one
+        return Decision(False, reason="not paired (codes are sent in private chats only)")
     request = json.dumps(
         {"channel": channel, "sender_id": sender_id, "chat_id": chat_id,
          "sender_name": sender_name[:100], "requested_at": time.time()}

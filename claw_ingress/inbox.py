@@ -79,6 +79,7 @@ class Inbox:
             decision = await access.check(
                 self.redis, message.channel, section, message.sender_id, message.chat_id,
                 sender_name=str(message.metadata.get("sender_name", "")),
+                in_group=message.metadata.get("group") is True,
             )  # fmt: skip
             if not decision.allowed:
                 _log("warning", "sender refused", message, reason=decision.reason)

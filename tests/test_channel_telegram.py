@@ -147,6 +147,26 @@ def test_unknown_sender_gets_a_pairing_code_and_never_reaches_the_llm(
     assert replies(api, 777, 2)[-1].text == "echo: thanks"
 
 
+def test_a_stranger_in_a_group_is_given_no_pairing_code_there(
+    fleet_factory, api, llm_server, claw_home
+) -> None:
+    """An unknown sender who mentioned the bot in a group had a pairing code posted in the
+    group, for everyone there to read, and anyone in it could ask for one: codes are now
+    given in private chats only."""
+    group = -1001234567890
+    fleet = telegram_fleet(fleet_factory, api, allow_from=[])
+    polling(api)
+    api.push_message(group, "@claw_test_bot let me in", chat_type="supergroup", user_id=888)
+    wait_for(lambda: any(e.get("event") == "sender refused" and e.get("sender_id") == "888"
+                         for e in ingress_log(fleet)), what="the refusal")  # fmt: skip
+    api.push_message(888, "let me in", user_id=888, first_name="Mallory")
+    [reply] = replies(api, 888)
+    assert re.search(r"pairing code: [A-Z0-9]{8}", reply.text), reply.text
+    assert api.sent(group) == [] and llm_server.requests == []
+    pending = claw_home.clawctl("pairing", "list").stdout
+    assert pending.count("888") == 1, pending
+
+
 def test_group_messages_need_a_mention_or_a_reply_to_the_bot(
     fleet_factory, api, llm_server
 ) -> None:

@@ -57,6 +57,7 @@ def to_inbound(message: Message, me: User, channel: str) -> InboundMessage | Non
     metadata.update(
         platform_message_id=message.message_id, sender_name=user.full_name,
         username=user.username or "", chat_type=message.chat.type,
+        group=message.chat.type != ChatType.PRIVATE,
     )  # fmt: skip
     if message.message_thread_id:
         metadata["message_thread_id"] = message.message_thread_id

@@ -203,6 +203,7 @@ def bridge_message(data: dict[str, Any]) -> InboundMessage | None:
         text,
         media=media,
         name=str(data.get("from_name") or ""),
+        group=data.get("is_group") is True or chat_id.endswith("@g.us"),
     )
 
 
@@ -215,6 +216,7 @@ def whatsapp_message(
     media: list[str],
     name: str = "",
     quoted: str | None = None,
+    group: bool = False,
 ) -> InboundMessage:
     """The InboundMessage of one WhatsApp message, whichever way it came. Its id is made
     from WhatsApp's, so a message delivered twice (a webhook retried, a bridge talking to
@@ -222,6 +224,8 @@ def whatsapp_message(
     metadata: dict[str, Any] = {"platform_message_id": platform_id} if platform_id else {}
     if name:
         metadata["sender_name"] = name
+    if group:
+        metadata["group"] = True
     extra: dict[str, Any] = {}
     if platform_id:
         stable = f"{CHANNEL}:{platform_id}"

@@ -8,6 +8,9 @@ bucket, retries on 429 and never sending a message twice (``claw_ingress/deliver
 the access policy and pairing (``claw_ingress/access.py``), starting, restarting and
 stopping (``claw_ingress/channels/manager.py``).
 
+An adapter sets ``metadata["group"] = True`` on a message from a chat with more people than
+the sender and the bot: the access policy gives pairing codes in private chats only.
+
 An adapter that pushes (webhooks) returns its routes from :meth:`Channel.routes`; they are
 mounted under ``/webhooks/<name>``, and one whose platform wants a push answered within
 seconds hands messages over with :meth:`Channel.receive_in_time`. One that holds

@@ -179,6 +179,7 @@ class DingTalkChannel(Channel):
                 "platform_message_id": str(payload.get("msgId") or ""),
                 "sender_name": str(payload.get("senderNick") or ""),
                 "conversation_type": str(payload.get("conversationType") or ""),
+                "group": payload.get("conversationType") == GROUP,
             },
         )
 

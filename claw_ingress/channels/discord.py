@@ -149,6 +149,7 @@ class DiscordChannel(Channel):
                                     "sender_name": str(author.get("username") or "")}  # fmt: skip
         if guild_id:
             metadata["guild_id"] = str(guild_id)
+            metadata["group"] = True
         return InboundMessage(
             message_id=f"discord-{data['id']}",  # a replayed event is stored once
             channel=self.name,

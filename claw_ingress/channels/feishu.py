@@ -228,7 +228,11 @@ class FeishuChannel(Channel):
             sender_id=str((sender.get("sender_id") or {}).get("open_id") or ""),
             text=text,
             media=media,
-            metadata={"platform_message_id": message_id, "chat_type": message.get("chat_type")},
+            metadata={
+                "platform_message_id": message_id,
+                "chat_type": message.get("chat_type"),
+                "group": message.get("chat_type") != "p2p",
+            },
         )
 
     # -- sending ---------------------------------------------------------------------------

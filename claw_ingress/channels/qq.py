@@ -199,7 +199,7 @@ class QQChannel(Channel):
         stable = f"qq:{msg_id}"  # a callback QQ sends again is stored once
         if len(stable) > 128:
             stable = "qq:" + hashlib.sha256(msg_id.encode()).hexdigest()
-        metadata = {"platform_message_id": msg_id, "event_id": event_id}
+        metadata = {"platform_message_id": msg_id, "event_id": event_id, "group": kind == "group"}
         accepted = await self.receive(
             InboundMessage(
                 message_id=stable,
