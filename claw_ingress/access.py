@@ -5,7 +5,8 @@ Checked before anything else happens to a channel's message (slash commands incl
 default) also lets in senders an operator approved: an unknown sender is sent a one-time
 code (valid ``PAIRING_TTL_SEC``, one per sender at a time, sent once) and the operator runs
 ``clawctl pairing approve CODE``. Codes are given in private chats only: an unknown sender
-in a group (an adapter sets ``metadata["group"]``) is refused without one. A refused sender is logged, never answered by the agent.
+in a group (an adapter sets ``metadata["group"]``) is refused without one. A refused sender
+is logged, never answered by the agent.
 
 Keys (constants.py): ``claw:allowed:<channel>`` (SET of approved sender ids),
 ``claw:pairing:codes`` (HASH code -> request), ``claw:pairing:sender:<channel>:<sender>``

@@ -146,16 +146,16 @@ class NodeRelay:
             return "X-Node-Token is not the token this node registered with"
         return None
 
-    async def _still_registered(self, redis: aioredis.Redis, conn: _NodeConnection) -> str | None:
-        """Close ``conn`` if its node is no longer registered with the token it connected
-        with, and say why (None: it is). A node that registered again with a new token (its
-        old one leaked, or another process took its id) must not keep the old connection:
-        it would be sent requests, and the new token in each."""
+    async def _closed_if_stale(self, redis: aioredis.Redis, conn: _NodeConnection) -> bool:
+        """Close ``conn`` (and say True) if its node is no longer registered with the token
+        it connected with. A node that registered again with a new token (its old one
+        leaked, or another process took its id) must not keep the old connection: it would
+        be sent requests, and the new token in each."""
         reason = await self._check(redis, conn.node_id, conn.token)
         if reason is not None:
             log.info("node connection closed", node=conn.node_id, error=reason)
             await conn.close(POLICY_VIOLATION, reason)
-        return reason
+        return reason is not None
 
     async def _read(self, conn: _NodeConnection) -> None:
         bad = 0
@@ -216,7 +216,7 @@ class NodeRelay:
             await asyncio.sleep(CONN_TTL_SEC / 3)
             for node_id, conn in list(self._conns.items()):
                 try:
-                    if await self._still_registered(redis, conn) is not None:
+                    if await self._closed_if_stale(redis, conn):
                         continue
                     held = await redis.eval(_RENEW, 1, k.node_connection_key(node_id),
                                             self.replica, CONN_TTL_SEC)  # fmt: skip
@@ -266,7 +266,7 @@ class NodeRelay:
         self, redis: aioredis.Redis, node_id: str, rid: str, path: str, body: Any, timeout: float
     ) -> Any:
         conn = self._conns.get(node_id)
-        if conn is None or await self._still_registered(redis, conn) is not None:
+        if conn is None or await self._closed_if_stale(redis, conn):
             return _envelope("transport_error", f"node {node_id}'s relay connection closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         conn.pending[rid] = future

@@ -1,5 +1,11 @@
 """Fixtures live in tests/fixtures/, one module per kind of real process."""
 
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
 pytest_plugins = [
     "tests.fixtures.redis_server",
     "tests.fixtures.claw_home",
@@ -10,12 +16,6 @@ pytest_plugins = [
     "tests.fixtures.campaign",
     "tests.fixtures.containers",
 ]
-
-import os  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
 
 PRODUCTION_IMPORTS = Path(__file__).parent / "production_imports"
 

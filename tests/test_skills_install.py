@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from claw_worker.skills.catalog import SkillError, find, skills_root
+from claw_worker.skills.installer import install_builtin, remove
 from tests.campaign import record
 from tests.codeload_server import COMMIT, CodeloadServer, archive
 from tests.fixtures.claw_home import ClawHome
@@ -320,9 +322,6 @@ def test_install_force_and_remove_at_the_same_moment_fail_only_with_a_reason(
     operators, a script): the loser's rename met a directory already gone, "internal error:
     FileNotFoundError" (about one removal in 500 here). Now a removal finding it gone says
     it is not installed, and a replacement finding it gone installs the new one."""
-    from claw_worker.skills.catalog import SkillError, find, skills_root
-    from claw_worker.skills.installer import install_builtin, remove
-
     install_builtin(tmp_path, "git-status")
     unexpected: list[str] = []
     deadline = time.monotonic() + 3

@@ -75,14 +75,15 @@ def install_builtin(workspace: Path, name: str, *, force: bool = False) -> Insta
 def remove(workspace: Path, name: str) -> Path:
     """Delete the installed skill ``name``; its former path."""
     root = skills_root(workspace)
+    missing = SkillError(f"no skill {name!r} is installed in {root}")
     if listed(root, name) is None and not (valid_name(name) and (root / name).is_symlink()):
-        raise SkillError(f"no skill {name!r} is installed in {root}")
+        raise missing
     target = root / name
     trash = root / f".remove-{os.urandom(4).hex()}"
     try:
         os.rename(target, trash)
     except FileNotFoundError:  # removed (or replaced) meanwhile by another command
-        raise SkillError(f"no skill {name!r} is installed in {root}") from None
+        raise missing from None
     _delete(trash)
     return target
 

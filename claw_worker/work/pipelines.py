@@ -113,11 +113,12 @@ def list_pipelines(
     return [Pipeline.model_validate_json(raw) for raw in raws if raw is not None]
 
 
-def _active_count(client: redis.Redis, index: str) -> int:
-    """How many pipelines of the ``index`` ZSET still exist (the expired ones leave it)."""
+def _prune_expired(client: redis.Redis, index: str) -> None:
+    """Drop from the ``index`` ZSET the pipelines whose record expired, so that its size
+    counts the ones still there."""
     ids = client.zrange(index, 0, -1)
     if not ids:
-        return 0
+        return
     with client.pipeline(transaction=False) as pipe:
         for pipeline_id in ids:
             pipe.exists(k.pipeline_key(pipeline_id))
@@ -125,14 +126,6 @@ def _active_count(client: redis.Redis, index: str) -> int:
     gone = [i for i, ok in zip(ids, alive, strict=True) if not ok]
     if gone:
         client.zrem(index, *gone)
-    return len(ids) - len(gone)
-
-
-def _check_room(client: redis.Redis, config: Config, owner: str) -> None:
-    """Refuse a new pipeline over the fleet's or its owner's number of unfinished ones (and
-    drop the expired ids from the counts' indexes)."""
-    mine = _active_count(client, k.pipelines_owned_key(owner)) if owner else 0
-    _refuse_over(config, _active_count(client, k.PIPELINES_ACTIVE), mine)
 
 
 def _refuse_over(config: Config, active: int, mine: int) -> None:
@@ -153,15 +146,18 @@ def create(client: redis.Redis, config: Config, pipeline: Pipeline) -> None:
     is one over the fleet's or its owner's number of unfinished pipelines. The task
     sessions start empty: a history left by an older pipeline of the same id goes.
 
-    The limits are counted again under WATCH of the indexes they count: pipelines made at
-    the same moment each counted the others not there yet, and all were stored."""
+    The limits are counted under WATCH of the indexes they count, in the transaction that
+    stores the pipeline: pipelines made at the same moment each counted the others not
+    there yet, and all were stored."""
     key = k.pipeline_key(pipeline.id)
     owned = k.pipelines_owned_key(pipeline.owner) if pipeline.owner else ""
+    counted = [k.PIPELINES_ACTIVE, *([owned] if owned else [])]
     for _ in range(MAX_TRIES):
-        _check_room(client, config, pipeline.owner)  # prunes: a write, so before WATCH
+        for index in counted:
+            _prune_expired(client, index)  # a write: before WATCH, or it fails the WATCH
         with client.pipeline() as pipe:
             try:
-                pipe.watch(key, k.PIPELINES_ACTIVE, *([owned] if owned else []))
+                pipe.watch(key, *counted)
                 if pipe.exists(key):
                     raise PipelineError(f"a pipeline {pipeline.id!r} exists; choose another id")
                 _refuse_over(config, pipe.zcard(k.PIPELINES_ACTIVE),
