@@ -321,7 +321,10 @@ def test_install_force_and_remove_at_the_same_moment_fail_only_with_a_reason(
     """`skills install --force` and `skills remove` of one skill at the same moment (two
     operators, a script): the loser's rename met a directory already gone, "internal error:
     FileNotFoundError" (about one removal in 500 here). Now a removal finding it gone says
-    it is not installed, and a replacement finding it gone installs the new one."""
+    it is not installed, and a replacement finding it gone installs the new one. Two more
+    races it found: the clean-up of old temporaries stat'ed a folder a removal had just
+    deleted (FileNotFoundError again), and the SKILL.md cache served the reinstalled skill
+    an error read during a swap (same inode, size and copied mtime: "not a regular file")."""
     install_builtin(tmp_path, "git-status")
     unexpected: list[str] = []
     deadline = time.monotonic() + 3

@@ -31,7 +31,7 @@ SKILLS_DIR = "skills"
 BUILTIN_ROOT = Path(__file__).with_name("builtin")
 MAX_SKILLS = 500  # directories looked at under skills/
 _CACHE_SIZE = 1024
-_cache: dict[str, tuple[tuple[int, int, int], SkillMeta | SkillError]] = {}
+_cache: dict[str, tuple[tuple[int, ...], SkillMeta | SkillError]] = {}
 _cache_lock = threading.Lock()
 
 
@@ -161,15 +161,18 @@ def search(skills: Iterable[Skill], words: Sequence[str]) -> list[Skill]:
 
 
 def _parse(path: Path) -> SkillMeta:
-    """``read_skill_md`` cached by the file's identity and size and mtime: the system prompt
-    lists the skills on every turn."""
+    """``read_skill_md`` cached by the file's identity, size and times: the system prompt
+    lists the skills on every turn. The change time is part of the identity: a skill
+    installed again is a new file that may get a freed inode back and, copied, the old
+    mtime, and would be served what was cached for the old one (an error read while the
+    old one was being swapped out)."""
     try:
         st = path.stat()
     except FileNotFoundError:
         raise SkillError(f"no {SKILL_FILE}") from None
     except OSError as exc:
         raise SkillError(f"cannot read {SKILL_FILE}: {exc.strerror or exc}") from None
-    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     cached = _cache.get(str(path))
     if cached is not None and cached[0] == key:
         result = cached[1]

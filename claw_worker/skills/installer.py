@@ -91,17 +91,25 @@ def remove(workspace: Path, name: str) -> Path:
 def _prepare(workspace: Path) -> Path:
     root = checked_root(workspace)
     root.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    with os.scandir(root) as entries:
-        stale = [
-            Path(e.path)
-            for e in entries
-            if e.name.startswith(_TEMP_PREFIXES)
-            and now - e.stat(follow_symlinks=False).st_mtime > _STALE_SEC
-        ]
-    for path in stale:
+    for path in _stale_temporaries(root):
         _delete(path)
     return root
+
+
+def _stale_temporaries(root: Path) -> list[Path]:
+    """Staging and removal folders an interrupted command left over ``_STALE_SEC`` ago."""
+    now, stale = time.time(), []
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if not entry.name.startswith(_TEMP_PREFIXES):
+                continue
+            try:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue  # the command that made it finished meanwhile
+            if age > _STALE_SEC:
+                stale.append(Path(entry.path))
+    return stale
 
 
 @contextlib.contextmanager
