@@ -426,14 +426,14 @@ def test_a_pipeline_whose_task_runs_longer_than_its_ttl_is_kept(redis_server: An
     assert r.ttl(k.pipeline_key("slow")) > 3000
 
 
-def test_a_pipeline_task_may_not_hand_its_work_to_a_sub_agent_whose_report_would_be_lost(
+def test_a_pipeline_task_may_not_hand_its_work_to_work_whose_result_would_be_lost(
     redis_server: Any, workspace: Path
 ) -> None:
     """A task's final reply is its result. A task run that spawned a helper ended with
     "I asked a helper": that became the task's result, the dependents started with it,
     and the helper's report, answered later in the task's session, reached nobody. So a
     run working for a task may start another ready task of its pipeline (spawn with a
-    task_id), not a free sub-agent; it is told why."""
+    task_id), not a free sub-agent nor a pipeline of its own; it is told why."""
     config = Config.model_validate({"work": {"max_depth": 4}})
     r, tools = redis_server.client(), default_tools(config)
 
@@ -449,6 +449,13 @@ def test_a_pipeline_task_may_not_hand_its_work_to_a_sub_agent_whose_report_would
         "Error: sub-agent not started: this run works for task a of "
         "pipeline helpers: its final reply is the task's result"
     ), refused
+    # Nor a pipeline of its own: the task ended with "I made a pipeline", its dependents
+    # started on that, and the inner pipeline's result went to the chat.
+    nested = run("pipeline_create", {"goal": "g", "tasks": tasks}, "pipeline:helpers:a",
+                 origin="pipeline")  # fmt: skip
+    assert nested.startswith(
+        "Error: this run works for task a of pipeline helpers: its final reply is the task's result"
+    ), nested
     # A sub-agent running a task (claimed from the chat) is bound the same way.
     r.delete(k.pipeline_key("helpers"))
     run("pipeline_create", {"goal": "g", "tasks": tasks, "pipeline_id": "helpers2",
@@ -456,6 +463,8 @@ def test_a_pipeline_task_may_not_hand_its_work_to_a_sub_agent_whose_report_would
     took = run("spawn", {"task": "go", "pipeline_id": "helpers2", "task_id": "a"}, "api:h")
     child = took.split()[2]
     said = run("spawn", {"task": "sub-help"}, child, origin="spawn")
+    assert "this run works for task a of pipeline helpers2" in said, said
+    said = run("pipeline_create", {"goal": "g", "tasks": tasks}, child, origin="spawn")
     assert "this run works for task a of pipeline helpers2" in said, said
     # Another ready task of its pipeline it may start: that result completes that task.
     other = run("spawn", {"task": "go", "task_id": "b"}, child, origin="spawn")

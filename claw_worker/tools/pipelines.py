@@ -102,6 +102,13 @@ class PipelineCreateTool(Tool[PipelineCreateParams]):
                 f"its tasks would run at depth {origin.depth + 1}, over work.max_depth "
                 f"({work.max_depth}); do this work yourself"
             )
+        if origin.task_id:  # as for spawn (work/spawn.py): the result would reach nobody
+            raise ToolError(
+                f"this run works for task {origin.task_id} of pipeline {origin.pipeline_id}: "
+                "its final reply is the task's result, and a new pipeline's result would "
+                "reach the chat after the task is over, not the tasks waiting for it; do this "
+                "part yourself, or run another ready task of the pipeline with spawn's task_id"
+            )
         try:
             pipeline = make_pipeline(
                 pipeline_id=params.pipeline_id or f"p-{secrets.token_hex(4)}",
