@@ -349,6 +349,7 @@ async def _publish_channels(
             states[name] = {
                 "started": bool(facts.get("started")),
                 "error": redactor.scrub(str(error))[:200] if error else None,
+                "restarts": int(facts.get("restarts") or 0),
             }
         control.info["channels"] = states  # one assignment: the heartbeat reads whole dicts
         await asyncio.sleep(CHANNELS_EVERY_SEC)

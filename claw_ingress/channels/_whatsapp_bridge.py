@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -65,9 +65,12 @@ class WhatsAppBridge:
         """Open the connection; :class:`ChannelError` when the bridge cannot be reached."""
         self._ws = await self._open()
 
-    def run(self) -> None:
-        """Read frames (and reconnect) in a task of its own, until :meth:`close`."""
-        self._task = asyncio.create_task(self._loop(), name="whatsapp-bridge")
+    def run(
+        self, background: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]]
+    ) -> None:
+        """Read frames (and reconnect) in a task of its own (made by ``background``, the
+        channel's: the manager restarts the channel if it ends), until :meth:`close`."""
+        self._task = background(self._loop(), "bridge")
 
     async def close(self) -> None:
         if self._task is not None:

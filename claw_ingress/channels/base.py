@@ -22,9 +22,10 @@ by the ingress replica that holds the chat's connection
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -125,6 +126,7 @@ class Channel(ABC):
     def __init__(self, ctx: ChannelContext) -> None:
         self.ctx = ctx
         self._receiving: set[asyncio.Task[Accepted]] = set()  # see receive_in_time
+        self._loops: set[asyncio.Task[None]] = set()  # see background
 
     @property
     def config(self) -> ChannelConfig:
@@ -157,6 +159,36 @@ class Channel(ABC):
     async def send(self, chat_id: str, text: str, *, reply_to: str | None = None) -> None:
         """Send one part (at most ``max_text``, as ``text_length`` counts); raise
         :class:`SendError`."""
+
+    def background(self, loop: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run ``loop``, which lives as long as the channel (a poller, a gateway connection,
+        a renewal), in a task the manager watches: one that ends while the channel runs (an
+        exception no handler foresaw, a cancel a library let out) has the channel stopped
+        and started again, with backoff, instead of leaving it deaf (manager.py)."""
+        task = asyncio.create_task(loop, name=f"{self.name}-{name}")
+        self._loops.add(task)
+        return task
+
+    async def loop_ended(self) -> str:
+        """Wait until a task of :meth:`background` ends, and say which and how (a channel
+        without one waits until cancelled)."""
+        while True:
+            for task in self._loops:
+                if task.done():
+                    return _how_it_ended(task)
+            if not self._loops:
+                await asyncio.get_running_loop().create_future()  # never set
+            await asyncio.wait(self._loops, return_when=asyncio.FIRST_COMPLETED)
+
+    async def end_loops(self) -> None:
+        """Cancel what :meth:`background` started and is still running, and forget it all
+        (the manager calls this after :meth:`stop`, so a restart never runs two pollers)."""
+        loops, self._loops = list(self._loops), set()
+        for task in loops:
+            task.cancel()
+        for task in loops:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     async def receive(self, message: InboundMessage) -> Accepted:
         """Hand a platform event, made an ``InboundMessage``, to the fleet."""
@@ -233,3 +265,10 @@ class Channel(ABC):
     def describe(self) -> dict[str, Any]:
         """State for ``clawctl status`` and logs (never secrets)."""
         return {}
+
+
+def _how_it_ended(task: asyncio.Task[None]) -> str:
+    if task.cancelled():
+        return f"{task.get_name()} was cancelled"
+    error = task.exception()
+    return f"{task.get_name()} failed: {error!r}" if error else f"{task.get_name()} returned"

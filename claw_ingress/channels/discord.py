@@ -62,7 +62,7 @@ class DiscordChannel(Channel):
             intents=self.config.intents, on_dispatch=self._on_dispatch, user_agent=USER_AGENT,
         )  # fmt: skip
         self._gateway.url = url
-        self._task = asyncio.create_task(self._gateway.run(), name="discord-gateway")
+        self._task = self.background(self._gateway.run(), "gateway")
 
     async def stop(self) -> None:
         tasks = [t for t in (self._task, *self._typing.values()) if t is not None]

@@ -128,9 +128,7 @@ class MaixCamChannel(Channel):
             self._server = await asyncio.start_server(self._serve, cfg.host, cfg.port)
         except OSError as exc:
             raise ChannelError(f"cannot listen on {cfg.host}:{cfg.port}: {exc}") from None
-        self._renew = asyncio.create_task(
-            self.keep_holding(lambda: self._devices), name="maixcam-hold"
-        )
+        self._renew = self.background(self.keep_holding(lambda: self._devices), "hold")
         log.info("maixcam listening", channel=self.name, host=cfg.host, port=cfg.port)
 
     async def stop(self) -> None:

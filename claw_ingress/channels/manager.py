@@ -3,14 +3,19 @@
 Each enabled channel runs in a task of its own: its config is checked, then it starts; a
 channel that fails (bad token, platform down, a bug) is logged with the reason, once per
 distinct reason, and tried again with backoff (1 s doubling to ``MAX_BACKOFF_SEC``), and
-never stops another. :meth:`ChannelManager.sync` follows a config reload: channels newly
-enabled start, disabled ones stop, and one whose section changed restarts.
+never stops another. Once started, the task watches the channel's long-running loops
+(``Channel.background``): if one ends (a bug, a cancel a library let out), the channel is
+stopped and started again the same way, so a poller that died does not leave the chat deaf
+until the ingress restarts (the backoff starts over after ``STEADY_SEC`` of running).
+:meth:`ChannelManager.sync` follows a config reload: channels newly enabled start, disabled
+ones stop, and one whose section changed restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import structlog
@@ -22,6 +27,7 @@ from claw_ingress.channels.base import Channel, ChannelContext, ChannelError
 log = structlog.get_logger(__name__)
 
 MAX_BACKOFF_SEC = 300.0
+STEADY_SEC = 300.0  # a channel that ran this long before its loop ended: backoff from 1 s
 
 
 class _Running:
@@ -30,6 +36,7 @@ class _Running:
         self.section = section  # the config section it started with
         self.started = False
         self.error = ""
+        self.restarts = 0  # times a loop of the started channel ended and it was restarted
         self.task: asyncio.Task[None] | None = None
 
 
@@ -68,10 +75,7 @@ class ChannelManager:
             await self._stop(name)
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        return {
-            name: {"started": r.started, "error": r.error or None, **r.channel.describe()}
-            for name, r in self._running.items()
-        }
+        return {name: _facts(r) for name, r in self._running.items()}
 
     def _launch(self, name: str) -> None:
         try:
@@ -79,6 +83,10 @@ class ChannelManager:
         except Exception as exc:  # an adapter that cannot even load: said, never fatal
             log.error("channel cannot load", channel=name, error=repr(exc))
             return
+        self.run(name, channel)
+
+    def run(self, name: str, channel: Channel) -> None:
+        """Start ``channel`` as ``name`` and keep it running until it is stopped."""
         running = self._running[name] = _Running(channel, _section(self.ctx, name))
         running.task = asyncio.create_task(self._run(running), name=f"channel-{name}")
 
@@ -97,14 +105,23 @@ class ChannelManager:
                     log.error("channel failed to start; retrying", channel=channel.name,
                               error=reason, retry_in=delay)  # fmt: skip
                 running.error = reason
-                with contextlib.suppress(Exception):
-                    await channel.stop()
+                await _halt(channel)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SEC)
                 continue
             running.started, running.error = True, ""
             log.info("channel started", channel=channel.name)
-            return
+            began = time.monotonic()
+            reason = await channel.loop_ended()
+            running.started, running.error = False, reason
+            running.restarts += 1
+            if time.monotonic() - began >= STEADY_SEC:
+                delay = 1.0
+            log.error("channel loop ended; restarting the channel", channel=channel.name,
+                      error=reason, retry_in=delay)  # fmt: skip
+            await _halt(channel)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF_SEC)
 
     async def _stop(self, name: str) -> None:
         running = self._running.pop(name)
@@ -112,11 +129,22 @@ class ChannelManager:
             running.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await running.task
-        try:
-            await running.channel.stop()
-        except Exception as exc:
-            log.warning("channel did not stop cleanly", channel=name, error=repr(exc))
+        await _halt(running.channel)
         log.info("channel stopped", channel=name)
+
+
+async def _halt(channel: Channel) -> None:
+    """Stop ``channel`` and end whatever loops of it still run."""
+    try:
+        await channel.stop()
+    except Exception as exc:
+        log.warning("channel did not stop cleanly", channel=channel.name, error=repr(exc))
+    await channel.end_loops()
+
+
+def _facts(running: _Running) -> dict[str, Any]:
+    return {"started": running.started, "error": running.error or None,
+            "restarts": running.restarts, **running.channel.describe()}  # fmt: skip
 
 
 def _section(ctx: ChannelContext, name: str) -> Any:

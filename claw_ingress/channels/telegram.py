@@ -160,7 +160,7 @@ class TelegramChannel(Channel):
             call = "setWebhook" if cfg.mode == "webhook" else "deleteWebhook"
             raise ChannelError(f"{call} failed: {exc}") from None
         if cfg.mode == "polling":
-            self._poller = asyncio.create_task(self._poll(bot), name="telegram-poll")
+            self._poller = self.background(self._poll(bot), "poll")
         log.info("telegram bot connected", channel=self.name, bot=f"@{bot.username}",
                  mode=cfg.mode)  # fmt: skip
 

@@ -141,7 +141,7 @@ class WebSocketChannel(Channel):
         return FIXED_CONFIG
 
     async def start(self) -> None:
-        self._renew = asyncio.create_task(self.keep_holding(lambda: self._held), name="ws-hold")
+        self._renew = self.background(self.keep_holding(lambda: self._held), "hold")
 
     async def stop(self) -> None:
         if self._renew is not None:

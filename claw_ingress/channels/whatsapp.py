@@ -81,7 +81,7 @@ class WhatsAppChannel(Channel):
             return
         await self.bridge.connect()
         log.info("whatsapp bridge connected", channel=self.name)
-        self.bridge.run()
+        self.bridge.run(self.background)
 
     async def start_sending(self) -> None:
         if self.config.mode == "bridge":

@@ -169,17 +169,19 @@ def _sessions(conn: redis.Redis) -> dict[str, int]:
 
 
 def _channels(config: Config, records: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """Each enabled channel (the config's) and, per ingress, whether it started (the
-    ingress copies its channels' states into its registry record)."""
+    """Each enabled channel (the config's) and, per ingress, whether it started and how
+    often it was restarted after a loop of it ended (the ingress copies its channels'
+    states into its registry record)."""
     sections = config.channels
     enabled = [name for name in type(sections).model_fields if getattr(sections, name).enabled]
-    found: dict[str, Any] = {name: {"enabled": True, "started": None, "errors": {}}
-                             for name in enabled}  # fmt: skip
+    found: dict[str, Any] = {name: {"enabled": True, "started": None, "errors": {},
+                                    "restarts": 0} for name in enabled}  # fmt: skip
     for record in records or ():
         for name, state in (record.get("channels") or {}).items():
             entry = found.setdefault(name, {"enabled": name in enabled, "started": None,
-                                            "errors": {}})  # fmt: skip
+                                            "errors": {}, "restarts": 0})  # fmt: skip
             entry["started"] = bool(entry["started"]) or bool(state.get("started"))
+            entry["restarts"] += int(state.get("restarts") or 0)  # loops that died, restarted
             if state.get("error"):
                 entry["errors"][record["name"]] = state["error"]
     return found

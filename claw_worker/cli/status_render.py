@@ -100,6 +100,8 @@ def _channels(channels: dict[str, Any]) -> str:
             shown.append(f"{name} (no ingress)" if facts["enabled"] else name)
         else:
             shown.append(f"{name} {'started' if facts['started'] else 'starting'}")
+        if facts.get("restarts"):
+            shown[-1] += f" (restarted {facts['restarts']}x after a loop ended: see its log)"
     return "channels   " + ", ".join(shown)
 
 
