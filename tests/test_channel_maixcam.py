@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from typing import Any
 
 from claw_ingress.channels.maixcam import MAX_DEVICES
@@ -124,7 +125,8 @@ def test_silent_connections_are_closed_and_free_their_slots(fleet_factory) -> No
     """Every device slot taken by connections that never say anything (boards that lost
     power, or a peer that opens sockets and waits): closed after idle_timeout_sec, so a real
     device gets in; before, it was refused for good ("too many devices connected")."""
-    port = start_fleet(fleet_factory, channels__maixcam__idle_timeout_sec=2)
+    port = start_fleet(fleet_factory, channels__maixcam__idle_timeout_sec=2,
+                       channels__maixcam__max_connections_per_address=MAX_DEVICES)  # fmt: skip
 
     async def scenario() -> None:
         silent = [await MaixCamDevice.connect(port) for _ in range(MAX_DEVICES)]
@@ -147,6 +149,41 @@ def test_silent_connections_are_closed_and_free_their_slots(fleet_factory) -> No
         finally:
             for device in silent:
                 await device.close()
+
+    asyncio.run(scenario())
+
+
+def test_one_address_cannot_take_every_slot_with_live_connections(fleet_factory) -> None:
+    """Connections that keep sending heartbeats are not idle, so before, one host opening 64
+    of them held every slot for as long as it liked: no camera got in. Now one address has
+    at most ``max_connections_per_address``; a device from another address is served."""
+    port = start_fleet(fleet_factory, channels__maixcam__max_connections_per_address=3)
+
+    async def first_line(source: str, text: str) -> dict[str, Any]:
+        cam = await MaixCamDevice.connect(port, source=source)
+        try:
+            with contextlib.suppress(OSError):  # a refused one may be closed already
+                await cam.event("message", {"text": text}, device_id="cam-1")
+            return await cam.read()
+        finally:
+            await cam.close()
+
+    async def scenario() -> None:
+        hogs = [await MaixCamDevice.connect(port, source="127.0.0.2") for _ in range(3)]
+        try:
+            for hog in hogs:
+                await hog.event("heartbeat")
+            refused = await first_line("127.0.0.2", "me too")
+            assert refused == {"type": "error", "error": "too many connections from 127.0.0.2 "
+                               "(3, channels.maixcam.max_connections_per_address)"}, refused  # fmt: skip
+            assert (await first_line("127.0.0.3", "hi"))["message"] == "echo: hi"
+            await hogs.pop().close()  # a slot of that address freed: it can be taken again
+            deadline = time.monotonic() + 30
+            while (await first_line("127.0.0.2", "now?")).get("message") != "echo: now?":
+                assert time.monotonic() < deadline, "the freed slot was never given again"
+        finally:
+            for hog in hogs:
+                await hog.close()
 
     asyncio.run(scenario())
 

@@ -59,8 +59,9 @@ KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 15, "TCP_KEEPCNT": 4}
 
 
 class _Device:
-    def __init__(self, writer: asyncio.StreamWriter, peer: str) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, peer: str, address: str) -> None:
         self.writer = writer
+        self.address = address  # the peer's IP address (max_connections_per_address)
         self.chat_id = peer  # the peer address until the device names itself
         self.named = False
         self.status: Any = None
@@ -163,12 +164,15 @@ class MaixCamChannel(Channel):
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        device = _Device(writer, f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix")
-        if len(self._open) >= MAX_DEVICES:
-            log.warning("maixcam device refused: too many", channel=self.name,
-                        chat_id=device.chat_id)  # fmt: skip
+        tcp = isinstance(peer, tuple)
+        device = _Device(writer, f"{peer[0]}:{peer[1]}" if tcp else "unix",
+                         peer[0] if tcp else "unix")  # fmt: skip
+        refusal = self._refusal(device.address)
+        if refusal:
+            log.warning("maixcam device refused", channel=self.name, chat_id=device.chat_id,
+                        error=refusal)  # fmt: skip
             with contextlib.suppress(Exception):
-                await device.write({"type": "error", "error": "too many devices connected"})
+                await device.write({"type": "error", "error": refusal})
             writer.close()
             return
         self._open.add(device)
@@ -185,6 +189,16 @@ class MaixCamChannel(Channel):
             await self._forget(device)
             writer.close()
             log.info("maixcam device disconnected", channel=self.name, chat_id=device.chat_id)
+
+    def _refusal(self, address: str) -> str:
+        """Why a new connection from ``address`` is not taken ("" it is)."""
+        if len(self._open) >= MAX_DEVICES:
+            return "too many devices connected"
+        most = self.config.max_connections_per_address
+        if sum(device.address == address for device in self._open) >= most:
+            return (f"too many connections from {address} ({most}, "
+                    "channels.maixcam.max_connections_per_address)")  # fmt: skip
+        return ""
 
     async def _read(self, reader: asyncio.StreamReader, device: _Device) -> None:
         buffer, skipping, bad = bytearray(), False, 0

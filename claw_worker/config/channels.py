@@ -188,6 +188,10 @@ class MaixCamConfig(ChannelConfig):
     # silent or dead connections cannot hold every device slot; 0: never. Dead peers (a
     # board that lost power) are also found by TCP keepalive within about two minutes.
     idle_timeout_sec: int = Field(600, ge=0, le=86400)
+    # Connections from one IP address at once (of the 64 in all), so that one host cannot
+    # take every slot with live connections. Devices reached through one tunnel or proxy
+    # share its address: raise this to their number.
+    max_connections_per_address: int = Field(16, ge=1, le=64)
 
 
 class ChannelsConfig(BaseModel):

@@ -17,8 +17,13 @@ class MaixCamDevice:
         self.writer = writer
 
     @classmethod
-    async def connect(cls, port: int, host: str = "127.0.0.1") -> MaixCamDevice:
-        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+    async def connect(
+        cls, port: int, host: str = "127.0.0.1", *, source: str | None = None
+    ) -> MaixCamDevice:
+        """``source``: the address to connect from (any of 127.0.0.0/8 on loopback)."""
+        reader, writer = await asyncio.open_connection(
+            host, port, limit=1 << 20, local_addr=(source, 0) if source else None
+        )
         return cls(reader, writer)
 
     async def event(
