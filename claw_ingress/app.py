@@ -25,6 +25,9 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -220,6 +223,15 @@ def create_app(config: Config, *, url: str | None = None) -> Starlette:
             socket_connect_timeout=2,
             socket_timeout=10,
             retry_on_timeout=False,
+            # A pooled connection Redis closed (a restart, a failover, an idle limit) fails
+            # its next command: replaced and sent again. redis-py's asyncio client built
+            # from a URL retries nothing by itself; timeouts stay unretried (a command that
+            # timed out may have run).
+            retry=Retry(
+                ExponentialWithJitterBackoff(base=0.05, cap=1.0),
+                3,
+                supported_errors=(RedisConnectionError,),
+            ),
         )
         quiet_resource_errors(asyncio.get_running_loop())
         app.state.redis = client

@@ -25,18 +25,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from claw_ingress.cancel import stop_if_cancelled
 from claw_ingress.channels.base import Channel, SendError
 from claw_ingress.text import split_text
+from claw_ingress.token_bucket import TokenBucket
 from claw_worker import constants as k
 from claw_worker import metrics
 from claw_worker.contract import INTERNAL_CHANNEL, Origin, OutboundMessage
@@ -57,25 +59,14 @@ MAX_RETRIES = 5
 MAX_RETRY_AFTER_SEC = 300.0
 DELIVERED_TTL_SEC = 7 * 86400
 PARALLEL_SENDS = 4  # a channel's sends in flight at once (different chats; within its bucket)
+REDIS_RETRY_MAX_SEC = 30.0  # a delivery waiting for Redis to come back tries this often
 
 
-class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` saved up; ``take`` waits for one."""
+class _Progress:
+    """The parts of one entry this replica has sent (Redis counts them too, when it can)."""
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens = float(burst)
-        self.at = time.monotonic()
-
-    async def take(self) -> None:
-        while True:
-            now = time.monotonic()
-            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-            self.at = now
-            if self.tokens >= 1:
-                self.tokens -= 1
-                return
-            await asyncio.sleep((1 - self.tokens) / self.rate)
+    def __init__(self) -> None:
+        self.sent = 0
 
 
 class Delivery:
@@ -269,12 +260,7 @@ class Delivery:
             while queue:
                 entry_id, message, from_inbox = queue.popleft()
                 try:
-                    channel = self.channel(chat[0])
-                    if channel is None:
-                        continue  # stopped meanwhile: the entry stays pending
-                    done = await self.deliver(channel, message)
-                    if done:
-                        await self._ack(entry_id, from_inbox)
+                    await self._send_entry(chat[0], entry_id, message, from_inbox)
                 except RedisError as exc:  # the entry stays pending: claimed again later
                     log.warning("outbound delivery: redis error", task=f"send-{chat[0]}",
                                 error=str(exc))  # fmt: skip
@@ -287,6 +273,31 @@ class Delivery:
             if self._queues.get(chat) is queue:
                 del self._queues[chat]  # (no await since the loop saw it empty)
 
+    async def _send_entry(
+        self, name: str, entry_id: str, message: OutboundMessage, from_inbox: bool
+    ) -> None:
+        """Deliver one entry and acknowledge it. Redis out of reach (a restart, a failover)
+        is waited out here, backing off to ``REDIS_RETRY_MAX_SEC``, rather than left to the
+        reclaim a minute later, for as long as this replica still has the entry to send
+        (it leads, or the entry is in its inbox); the parts it sent meanwhile are not sent
+        again, though Redis could not count them."""
+        progress, wait = _Progress(), 1.0
+        while True:
+            channel = self.channel(name)
+            if channel is None:
+                return  # stopped meanwhile: the entry stays pending
+            try:
+                if await self.deliver(channel, message, progress):
+                    await self._ack(entry_id, from_inbox)
+                return
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if not (from_inbox or self.leading):
+                    raise  # another replica leads: it takes the entry over
+                log.warning("outbound delivery: redis unavailable; retrying",
+                            task=f"send-{name}", error=str(exc), retry_in=wait)  # fmt: skip
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, REDIS_RETRY_MAX_SEC)
+
     def _bucket(self, channel: Channel) -> TokenBucket:
         cfg = channel.config
         bucket = self._buckets.get(channel.name)
@@ -294,19 +305,25 @@ class Delivery:
             bucket = self._buckets[channel.name] = TokenBucket(cfg.rate_per_sec, cfg.burst)
         return bucket
 
-    async def deliver(self, channel: Channel, message: OutboundMessage) -> bool:
+    async def deliver(
+        self, channel: Channel, message: OutboundMessage, progress: _Progress | None = None
+    ) -> bool:
         """Send every part not sent yet; True when the entry is finished (sent, or refused
-        for good), False to leave it pending for a later try."""
+        for good), False to leave it pending for a later try. ``progress`` carries the
+        parts sent from one try to the next, for when Redis could not record them."""
+        progress = progress or _Progress()
         key = k.delivered_key(message.message_id)
         state = await self.redis.hgetall(key)
         if state.get("done"):
             return True
         parts = split_text(message.text or " ", channel.max_text, length=channel.text_length)
-        sent = int(state.get("parts") or 0)
+        sent = max(int(state.get("parts") or 0), progress.sent)
         bound = log.bind(channel=channel.name, chat_id=message.chat_id,
                          session_key=message.session_key, message_id=message.message_id)  # fmt: skip
         for index in range(sent, len(parts)):
             outcome = await self._send_part(channel, message, parts[index], index, bound)
+            if outcome == "sent":
+                progress.sent = index + 1
             if outcome == "retry_later":
                 metrics.delivered(channel.name, "retry_later", parts=index - sent)
                 return False
@@ -315,7 +332,7 @@ class Delivery:
                 await self.redis.expire(key, DELIVERED_TTL_SEC)
                 metrics.delivered(channel.name, "refused", parts=index - sent)
                 return True
-            await self.redis.hincrby(key, "parts", 1)
+            await self.redis.hset(key, "parts", index + 1)  # (a retry may have skipped some)
             await self.redis.expire(key, DELIVERED_TTL_SEC)
         await self.redis.hset(key, "done", 1)
         metrics.delivered(channel.name, "delivered", parts=len(parts) - sent)

@@ -394,6 +394,27 @@ def test_an_ingress_whose_port_is_taken_exits_and_stops_polling(fleet_factory, a
     quiet_for(1.5, lambda: len(api.calls_of("getUpdates")) == polls)
 
 
+def test_a_reply_goes_out_at_once_after_redis_dropped_the_ingress_connections(
+    fleet_factory, api, llm_server, redis_server
+) -> None:
+    """Redis closing its clients' connections (a restart, a failover, a proxy's or
+    ``timeout``'s idle limit) left the ingress's pooled ones dead: the next command on one
+    failed ("Connection closed by server", redis-py's asyncio client built from a URL does
+    not retry), so the reply's delivery failed and waited for the 60 s reclaim (75 s seen).
+    Now a dead pooled connection is replaced and the command sent again, and a delivery
+    that still meets a Redis error is tried again within seconds."""
+    telegram_fleet(fleet_factory, api)
+    polling(api)
+    api.push_message(USER, "before")
+    replies(api, USER, 1)
+    r = redis_server.client()
+    for text in ("after the first drop", "after the second drop"):
+        r.client_kill_filter(_type="normal", skipme=True)  # every connection but this one
+        count = len(api.sent(USER)) + 1
+        api.push_message(USER, text)
+        assert replies(api, USER, count, timeout=20)[-1].text == f"echo: {text}"
+
+
 def _update_with(**fields: Any) -> dict[str, Any]:
     """A message update from USER with ``fields`` put over its own (wrong types, say)."""
     message = {"message_id": 900 + len(fields), "date": int(time.time()),

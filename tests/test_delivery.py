@@ -145,6 +145,46 @@ def test_a_permanent_refusal_is_not_retried(redis_server) -> None:
     run(redis_server, body)
 
 
+class GatedChannel(RecordingChannel):
+    """Its sends wait until ``gate`` is set."""
+
+    def __init__(self, ctx: ChannelContext) -> None:
+        super().__init__(ctx)
+        self.gate, self.waiting = asyncio.Event(), False
+
+    async def send(self, chat_id: str, text: str, *, reply_to: str | None = None) -> None:
+        self.waiting = True
+        await self.gate.wait()
+        await super().send(chat_id, text, reply_to=reply_to)
+
+
+def test_a_delivery_that_meets_a_redis_outage_is_finished_when_redis_is_back(
+    redis_server,
+) -> None:
+    """Redis went away while a reply was being sent: before, the entry was left for the
+    reclaim a minute later (after Redis was back), and its part, which Redis could not
+    count, was sent again. Now the delivery waits Redis out and finishes, once."""
+
+    async def body(client: aioredis.Redis) -> None:
+        channel = GatedChannel(context(client, "r1"))
+        delivery = replica(client, channel, "r1")  # the reclaim as deployed: after 60 s
+        await delivery.start()
+        await until(lambda: delivery.leading)
+        mid = await publish(client, "said as Redis went away")
+        await until(lambda: channel.waiting)
+        await asyncio.to_thread(redis_server.stop)
+        channel.gate.set()  # the platform took it; counting it meets the outage
+        await until(lambda: channel.sent)
+        await asyncio.to_thread(redis_server.start)
+        r = redis_server.client()  # this test's pooled connections died with the server
+        await until(lambda: r.hget(k.delivered_key(mid), "done"), timeout=20)
+        await until(lambda: r.xpending(k.OUTBOUND_STREAM, k.OUTBOUND_GROUP)["pending"] == 0)
+        assert [t for _, t, _ in channel.sent] == ["said as Redis went away"]
+        await delivery.stop()
+
+    run(redis_server, body)
+
+
 async def _done(client: aioredis.Redis, mid: str) -> dict[str, str] | None:
     state = await client.hgetall(k.delivered_key(mid))
     return state if state.get("done") else None
