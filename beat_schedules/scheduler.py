@@ -35,6 +35,7 @@ from claw_worker.redis_conn import client, delete_if_ours, record_url, redis_url
 
 SELFCHECK_QUIET_SEC = 600  # a beat taking over within this of the last start: no new check
 REDIS_RETRY_SEC = 1.0  # while Redis is away, how often the active beat tries it again
+STATICS_CHECK_SEC = 5.0  # how often the active beat checks its static entries are in Redis
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +54,7 @@ class FleetScheduler(RedBeatScheduler):
         # (and only this one) may retry a send that failed after it set the mark.
         self._selfcheck_token = f"{identity().name}/{uuid.uuid4().hex}"
         self._redis_down_since: float | None = None
+        self._statics_checked = 0.0  # time.monotonic() of the last _restore_statics look
         self._url = url
         super().__init__(app, *args, **kwargs)  # writes the static entries into Redis
         self.control: ControlListener = process_listener(
@@ -90,6 +92,8 @@ class FleetScheduler(RedBeatScheduler):
                 self._wait_for_lock("beat: waiting for the active-beat lock")
             if not self._selfcheck_sent and self.lock is not None:  # this beat is active
                 self._selfcheck_sent = self._send_selfcheck()
+            if self.lock is not None:
+                self._restore_statics()
             interval = super().tick(*args, **kwargs)
             # Whether this beat is the active one rides on its registry record (no write
             # of its own each tick): clawctl status reads it.
@@ -108,6 +112,20 @@ class FleetScheduler(RedBeatScheduler):
                      away_sec=round(time.monotonic() - self._redis_down_since, 1))  # fmt: skip
             self._redis_down_since = None
         return float(interval)
+
+    def _restore_statics(self) -> None:
+        """Write the static entries again if Redis lost them (a restart without
+        persistence, a flush, a failover to an empty replica): RedBeat writes them only at
+        start, so the sweeper, the heartbeat and Sentinel would stop until beat restarted.
+        Looked at every ``STATICS_CHECK_SEC``."""
+        now = time.monotonic()
+        if now - self._statics_checked < STATICS_CHECK_SEC:
+            return
+        self._statics_checked = now
+        if not self.control.redis.exists(self.app.redbeat_conf.statics_key):
+            log.warning("beat: the schedule was missing from Redis (did it lose its data?); "
+                        "static entries written again")  # fmt: skip
+            RedBeatScheduler.setup_schedule(self)
 
     def _wait_for_lock(self, why: str) -> None:
         """Wait for the one-active-beat lock as a standby does (never run beside another

@@ -103,13 +103,27 @@ class Delivery:
         return self._leading.is_set()
 
     async def start(self) -> None:
-        with contextlib.suppress(ResponseError):  # BUSYGROUP: another replica made it
-            await self.redis.xgroup_create(k.OUTBOUND_STREAM, k.OUTBOUND_GROUP, id="$",
-                                           mkstream=True)  # fmt: skip
+        await self._make_group("$")
         for name, loop in (("outbound-lead", self._lead), ("outbound-group", self._read_group),
                            ("outbound-inbox", self._read_inbox),
                            ("outbound-claim", self._claim)):  # fmt: skip
-            self._tasks.append(asyncio.create_task(_forever(name, loop), name=name))
+            self._tasks.append(asyncio.create_task(_forever(name, loop, self._recover),
+                                                   name=name))  # fmt: skip
+
+    async def _make_group(self, start: str) -> None:
+        """The consumer group, reading from ``start``, unless another replica made it."""
+        with contextlib.suppress(ResponseError):  # BUSYGROUP: it is there
+            await self.redis.xgroup_create(k.OUTBOUND_STREAM, k.OUTBOUND_GROUP, id=start,
+                                           mkstream=True)  # fmt: skip
+
+    async def _recover(self, error: RedisError) -> None:
+        """Make the consumer group again when Redis lost it (a restart without persistence,
+        a flush, a failover to an empty replica): else no reply would go out until the
+        ingress restarted. From the stream's start: what it holds was added since, and a
+        message already delivered is marked so and not sent again."""
+        if isinstance(error, ResponseError) and str(error).startswith("NOGROUP"):
+            log.warning("outbound consumer group missing (Redis lost its data?): made again")
+            await self._make_group("0")
 
     async def stop(self) -> None:
         tasks = [*self._tasks, *self._senders]
@@ -138,8 +152,11 @@ class Delivery:
             if not renewed:
                 log.warning("delivery lease lost", replica=self.replica)
                 self._leading.clear()
-        elif await self.redis.set(k.DELIVERY_LEADER, self.replica, nx=True,
-                                  px=self.leader_ttl_ms):  # fmt: skip
+        elif await self.redis.set(
+            k.DELIVERY_LEADER, self.replica, nx=True, px=self.leader_ttl_ms
+        ) or await self.redis.eval(  # still ours from a take-over that failed
+            _RENEW, 1, k.DELIVERY_LEADER, self.replica, self.leader_ttl_ms
+        ):
             log.info("delivering the outbound stream", replica=self.replica)
             await self._take_over()
             self._leading.set()
@@ -380,8 +397,13 @@ return 0
 """
 
 
-async def _forever(name: str, step: Callable[[], Awaitable[None]]) -> None:
-    """Run ``step`` again and again; Redis trouble is logged and waited out."""
+async def _forever(
+    name: str,
+    step: Callable[[], Awaitable[None]],
+    recover: Callable[[RedisError], Awaitable[None]],
+) -> None:
+    """Run ``step`` again and again; Redis trouble is logged, handed to ``recover`` and
+    waited out."""
     while True:
         stop_if_cancelled()  # a swallowed cancel still ends the loop (cancel.py)
         try:
@@ -390,6 +412,8 @@ async def _forever(name: str, step: Callable[[], Awaitable[None]]) -> None:
             raise
         except RedisError as exc:
             log.warning("outbound delivery: redis error", task=name, error=str(exc))
+            with contextlib.suppress(RedisError):
+                await recover(exc)
             await asyncio.sleep(1.0)
         except Exception as exc:  # never let one bad entry stop delivery
             log.exception("outbound delivery failed", task=name, error=repr(exc))

@@ -22,6 +22,7 @@ from tests.fixtures.fleet import Fleet, fleet_config
 from tests.fixtures.procs import stop_process, wait_for
 from tests.llm_server import last_user_text
 from tests.platforms.telegram_api import BOT, TOKEN, Call, TelegramAPI, parse_markdown_v2
+from tests.test_faults import RECOVERY_DEADLINE, store_without_wake_up, wait_status
 
 USER = 4242
 SECRET = "hook-secret_0123456789"
@@ -59,8 +60,12 @@ def replies(api: TelegramAPI, chat_id: int, count: int = 1, timeout: float = 60)
 
 
 def ingress_log(fleet: Fleet) -> list[dict[str, Any]]:
+    return fleet_log(fleet, "ingress*.log")
+
+
+def fleet_log(fleet: Fleet, pattern: str = "*.log") -> list[dict[str, Any]]:
     lines = []
-    for path in (fleet.home.path / "logs").glob("ingress*.log"):
+    for path in (fleet.home.path / "logs").glob(pattern):
         for line in path.read_text(errors="replace").splitlines():
             try:
                 lines.append(json.loads(line))
@@ -403,7 +408,7 @@ def test_a_reply_goes_out_at_once_after_redis_dropped_the_ingress_connections(
     not retry), so the reply's delivery failed and waited for the 60 s reclaim (75 s seen).
     Now a dead pooled connection is replaced and the command sent again, and a delivery
     that still meets a Redis error is tried again within seconds."""
-    telegram_fleet(fleet_factory, api)
+    fleet = telegram_fleet(fleet_factory, api)
     polling(api)
     api.push_message(USER, "before")
     replies(api, USER, 1)
@@ -412,7 +417,37 @@ def test_a_reply_goes_out_at_once_after_redis_dropped_the_ingress_connections(
         r.client_kill_filter(_type="normal", skipme=True)  # every connection but this one
         count = len(api.sent(USER)) + 1
         api.push_message(USER, text)
-        assert replies(api, USER, count, timeout=20)[-1].text == f"echo: {text}"
+        # Well inside the reclaim's 60-75 s; on a miss, say what the fleet logged.
+        try:
+            replies(api, USER, count, timeout=45)
+        except AssertionError:
+            logged = [f"{e.get('timestamp')} {e.get('event')} {e.get('error', '')}"
+                      for e in fleet_log(fleet) if e.get("level") in ("warning", "error")]  # fmt: skip
+            raise AssertionError("\n".join(sorted(logged)[-40:])) from None
+        assert api.sent(USER)[-1].text == f"echo: {text}"
+
+
+def test_a_redis_that_lost_its_data_is_taken_up_again(
+    fleet_factory, api, llm_server, redis_server
+) -> None:
+    """Redis back empty (a restart without persistence, as a default install runs it; a
+    failover to an empty replica). Before: the ingress's delivery failed on NOGROUP for
+    good, so no reply went out on any channel until the ingress restarted; and beat's
+    static entries were gone, so no sweeper, heartbeat or Sentinel until beat restarted.
+    Now the consumer group is made again and beat writes its entries again."""
+    fleet = telegram_fleet(fleet_factory, api)
+    fleet.start_beat()
+    polling(api)
+    api.push_message(USER, "before")
+    replies(api, USER, 1)
+    r = redis_server.client()
+    r.flushall()
+    r.client_kill_filter(_type="normal", skipme=True)  # as a restart: empty, and reconnected
+    api.push_message(USER, "after the loss")
+    assert replies(api, USER, 2, timeout=30)[-1].text == "echo: after the loss"
+    # The sweeper runs again: it finds a message whose wake-up was lost.
+    orphan = store_without_wake_up(redis_server.url, "api:after-loss", "found by the sweeper")
+    wait_status(r, "api:after-loss", orphan.message_id, "done", timeout=RECOVERY_DEADLINE)
 
 
 def _update_with(**fields: Any) -> dict[str, Any]:
