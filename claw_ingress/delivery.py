@@ -14,11 +14,9 @@ Per entry: the HTTP API's replies are skipped (HTTP callers wait on them through
 replica that holds the chat's connection, forwarded through that replica's inbox stream;
 everything else is queued to its chat. Each chat's queue is sent in order by a task of its
 own, so a chat told to wait (a per-chat 429, a chat whose sends fail) holds back only its own
-replies: the text split at the platform's limit (``text.py``), each part after a token from
-the channel's bucket (``rate_per_sec``, ``burst``; at most ``PARALLEL_SENDS`` of a channel's
-sends in flight), a 429 waited out for its ``retry_after``. The parts
-sent are counted in ``claw:delivered:{outbound}:<message_id>``, so a redelivered entry
-resumes after its last part and a message is never sent twice.
+replies; ``parts.py`` sends each (split at the platform's limit, within the channel's rate,
+429s waited out, the parts counted so that a redelivered entry resumes after its last part
+and a message is never sent twice).
 """
 
 from __future__ import annotations
@@ -36,11 +34,9 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from claw_ingress.cancel import stop_if_cancelled
-from claw_ingress.channels.base import Channel, SendError
-from claw_ingress.text import split_text
-from claw_ingress.token_bucket import TokenBucket
+from claw_ingress.channels.base import Channel
+from claw_ingress.parts import PartSender, Progress
 from claw_worker import constants as k
-from claw_worker import metrics
 from claw_worker.contract import INTERNAL_CHANNEL, Origin, OutboundMessage
 
 log = structlog.get_logger(__name__)
@@ -55,18 +51,9 @@ LEADER_TTL_MS = 10_000
 LEADER_RENEW_SEC = 3.0
 CLAIM_EVERY_SEC = 15.0
 READ_BLOCK_MS = 5_000
-MAX_RETRIES = 5
-MAX_RETRY_AFTER_SEC = 300.0
-DELIVERED_TTL_SEC = 7 * 86400
-PARALLEL_SENDS = 4  # a channel's sends in flight at once (different chats; within its bucket)
 REDIS_RETRY_MAX_SEC = 30.0  # a delivery waiting for Redis to come back tries this often
-
-
-class _Progress:
-    """The parts of one entry this replica has sent (Redis counts them too, when it can)."""
-
-    def __init__(self) -> None:
-        self.sent = 0
+UNMARKED_RETRY_SEC = 2.0  # a connection-bound reply whose chat has no mark: looked again
+UNMARKED_TRIES = 15  # times, (30 s: past a holder's renewal, every CONNECTION_TTL_SEC / 3)
 
 
 class Delivery:
@@ -90,11 +77,11 @@ class Delivery:
         # replies go out in order, and a chat told to wait (a per-chat 429, a failing
         # chat) holds back only its own.
         self._queues: dict[tuple[str, str], deque[tuple[str, OutboundMessage, bool]]] = {}
-        self._buckets: dict[str, TokenBucket] = {}
+        self.parts = PartSender(client)  # splitting, rate, retries, the delivered count
         self._busy: set[str] = set()  # entry ids queued or being sent here
+        self._unmarked: dict[str, int] = {}  # entry id -> tries while its chat had no mark
         self._tasks: list[asyncio.Task[None]] = []
         self._senders: set[asyncio.Task[None]] = set()  # one per chat with entries queued
-        self._slots: dict[str, asyncio.Semaphore] = {}  # PARALLEL_SENDS per channel
         self._leading = asyncio.Event()
         self.leader_ttl_ms = LEADER_TTL_MS
 
@@ -135,6 +122,7 @@ class Delivery:
         self._tasks.clear()
         self._queues.clear()  # what they held stays pending in the stream
         self._busy.clear()
+        self._unmarked.clear()
         if self.leading:  # hand over at once instead of after the lease's TTL
             self._leading.clear()
             with contextlib.suppress(RedisError):
@@ -242,6 +230,14 @@ class Delivery:
             return
         if channel.connection_bound and not from_inbox:
             holder = await self.redis.get(k.connection_key(message.channel, message.chat_id))
+            if not holder and channel.holds(message.chat_id):
+                # Ours, though Redis lost the mark (back empty, or away past its TTL).
+                await channel.ctx.hold_connection(channel.name, message.chat_id)
+                holder = self.replica
+            if not holder and self._unmarked.get(entry_id, 0) < UNMARKED_TRIES:
+                self._route_later(entry_id, fields)  # another replica's mark may come back
+                return
+            self._unmarked.pop(entry_id, None)
             if holder != self.replica:
                 if holder:
                     await self.redis.xadd(k.replica_inbox_key(holder), {"data": fields["data"]})
@@ -260,6 +256,28 @@ class Delivery:
             self._senders.add(task)
             task.add_done_callback(self._senders.discard)
         queue.append((entry_id, message, from_inbox))
+
+    def _route_later(self, entry_id: str, fields: dict[str, Any]) -> None:
+        """Route a connection-bound reply whose chat has no mark again in
+        ``UNMARKED_RETRY_SEC``: a replica holding the connection renews its mark every
+        ``CONNECTION_TTL_SEC / 3``, so a mark Redis lost comes back within that; only after
+        ``UNMARKED_TRIES`` is the connection taken for closed."""
+        self._unmarked[entry_id] = self._unmarked.get(entry_id, 0) + 1
+        self._busy.add(entry_id)
+
+        async def again() -> None:
+            await asyncio.sleep(UNMARKED_RETRY_SEC)
+            self._busy.discard(entry_id)
+            try:
+                await self._route(entry_id, fields, from_inbox=False)
+            except RedisError as exc:  # left pending: claimed again later
+                self._unmarked.pop(entry_id, None)
+                log.warning("outbound delivery: redis error", task="route-later",
+                            error=str(exc))  # fmt: skip
+
+        task = asyncio.create_task(again(), name="route-later")
+        self._senders.add(task)  # cancelled by stop, as the chats' senders are
+        task.add_done_callback(self._senders.discard)
 
     async def _ack(self, entry_id: str, from_inbox: bool) -> None:
         if from_inbox:
@@ -298,13 +316,13 @@ class Delivery:
         reclaim a minute later, for as long as this replica still has the entry to send
         (it leads, or the entry is in its inbox); the parts it sent meanwhile are not sent
         again, though Redis could not count them."""
-        progress, wait = _Progress(), 1.0
+        progress, wait = Progress(), 1.0
         while True:
             channel = self.channel(name)
             if channel is None:
                 return  # stopped meanwhile: the entry stays pending
             try:
-                if await self.deliver(channel, message, progress):
+                if await self.parts.deliver(channel, message, progress):
                     await self._ack(entry_id, from_inbox)
                 return
             except (RedisConnectionError, RedisTimeoutError) as exc:
@@ -314,75 +332,6 @@ class Delivery:
                             task=f"send-{name}", error=str(exc), retry_in=wait)  # fmt: skip
             await asyncio.sleep(wait)
             wait = min(wait * 2, REDIS_RETRY_MAX_SEC)
-
-    def _bucket(self, channel: Channel) -> TokenBucket:
-        cfg = channel.config
-        bucket = self._buckets.get(channel.name)
-        if bucket is None or (bucket.rate, bucket.burst) != (cfg.rate_per_sec, cfg.burst):
-            bucket = self._buckets[channel.name] = TokenBucket(cfg.rate_per_sec, cfg.burst)
-        return bucket
-
-    async def deliver(
-        self, channel: Channel, message: OutboundMessage, progress: _Progress | None = None
-    ) -> bool:
-        """Send every part not sent yet; True when the entry is finished (sent, or refused
-        for good), False to leave it pending for a later try. ``progress`` carries the
-        parts sent from one try to the next, for when Redis could not record them."""
-        progress = progress or _Progress()
-        key = k.delivered_key(message.message_id)
-        state = await self.redis.hgetall(key)
-        if state.get("done"):
-            return True
-        parts = split_text(message.text or " ", channel.max_text, length=channel.text_length)
-        sent = max(int(state.get("parts") or 0), progress.sent)
-        bound = log.bind(channel=channel.name, chat_id=message.chat_id,
-                         session_key=message.session_key, message_id=message.message_id)  # fmt: skip
-        for index in range(sent, len(parts)):
-            outcome = await self._send_part(channel, message, parts[index], index, bound)
-            if outcome == "sent":
-                progress.sent = index + 1
-            if outcome == "retry_later":
-                metrics.delivered(channel.name, "retry_later", parts=index - sent)
-                return False
-            if outcome == "refused":
-                await self.redis.hset(key, mapping={"done": 1, "error": "refused"})
-                await self.redis.expire(key, DELIVERED_TTL_SEC)
-                metrics.delivered(channel.name, "refused", parts=index - sent)
-                return True
-            await self.redis.hset(key, "parts", index + 1)  # (a retry may have skipped some)
-            await self.redis.expire(key, DELIVERED_TTL_SEC)
-        await self.redis.hset(key, "done", 1)
-        metrics.delivered(channel.name, "delivered", parts=len(parts) - sent)
-        bound.info("message delivered", parts=len(parts), status=message.status.value,
-                   output_content_length=len(message.text))  # fmt: skip
-        with contextlib.suppress(Exception):
-            await channel.on_delivered(message.message_id, message.chat_id)
-        return True
-
-    async def _send_part(
-        self, channel: Channel, message: OutboundMessage, text: str, index: int, bound: Any
-    ) -> str:
-        reply_to = message.reply_to if index == 0 else None  # the first part quotes it
-        for attempt in range(1, MAX_RETRIES + 1):
-            await self._bucket(channel).take()
-            try:
-                async with self._slots.setdefault(channel.name, asyncio.Semaphore(PARALLEL_SENDS)):
-                    await channel.send(message.chat_id, text, reply_to=reply_to)
-                return "sent"
-            except SendError as exc:
-                if exc.permanent:
-                    bound.error("the platform refused the message", error=str(exc))
-                    return "refused"
-                asked = exc.retry_after if exc.retry_after and exc.retry_after > 0 else None
-                wait = min(asked or 2.0**attempt, MAX_RETRY_AFTER_SEC)  # (NaN > 0 is False)
-                bound.warning("send failed, retrying", error=str(exc), retry_in=wait)
-            except Exception as exc:  # network trouble, a bug in an adapter: try again
-                wait = 2.0**attempt
-                bound.warning("send failed, retrying", error=repr(exc), retry_in=wait)
-            metrics.delivery_retry(channel.name)
-            await asyncio.sleep(wait)
-        bound.error("send kept failing: left for a later try")
-        return "retry_later"
 
 
 # KEYS: lease   ARGV: replica, ttl_ms. Renew the lease only if it is still ours.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
@@ -180,6 +181,30 @@ def test_a_delivery_that_meets_a_redis_outage_is_finished_when_redis_is_back(
         await until(lambda: r.hget(k.delivered_key(mid), "done"), timeout=20)
         await until(lambda: r.xpending(k.OUTBOUND_STREAM, k.OUTBOUND_GROUP)["pending"] == 0)
         assert [t for _, t, _ in channel.sent] == ["said as Redis went away"]
+        await delivery.stop()
+
+    run(redis_server, body)
+
+
+def test_a_reply_for_a_connection_without_a_mark_waits_for_the_mark_to_come_back(
+    redis_server,
+) -> None:
+    """Redis lost the mark of a chat whose connection another replica holds (back empty, or
+    away past the mark's TTL): the reply was dropped as for a closed connection. Now it is
+    routed again every 2 s until the holder renews its mark (within 20 s), then forwarded."""
+
+    async def body(client: aioredis.Redis) -> None:
+        channel = RecordingChannel(context(client, "r1"), bound=True)  # holds no chat here
+        delivery = replica(client, channel, "r1")
+        await delivery.start()
+        await until(lambda: delivery.leading)
+        await publish(client, "for a chat held by r2", chat_id="77")
+        await until(lambda: delivery._unmarked)  # seen without a mark: not dropped
+        await client.set(k.connection_key("telegram", "77"), "r2", ex=60)  # r2 renews it
+        forwarded = await until(lambda: client.xrange(k.replica_inbox_key("r2")), timeout=10)
+        assert json.loads(forwarded[0][1]["data"])["text"] == "for a chat held by r2"
+        await until(lambda: _acknowledged(client))
+        assert channel.sent == []
         await delivery.stop()
 
     run(redis_server, body)

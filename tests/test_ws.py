@@ -124,15 +124,13 @@ def test_token_and_origin_are_required(fleet_factory) -> None:
     assert TOKEN not in fleet.output("ingress")  # ?token= is masked in uvicorn's log line
 
 
-def test_replies_reach_a_client_on_the_other_replica(fleet_factory, redis_server) -> None:
-    """Replica A delivers the outbound stream; the client is connected to replica B, so its
-    replies are forwarded through B's inbox stream (claw:{outbound}:replica:<B>)."""
-    fleet = fleet_factory()
+def two_replicas(fleet: Any, client: redis.Redis) -> tuple[int, str]:
+    """A worker, replica A (on the fleet's port, leading delivery) and replica B; returns
+    B's port and its registry key."""
     fleet.start_worker()
     replica_a = fleet.start_ingress()
     host = socket.gethostname()
     key_a = f"ingress-{replica_a.pid}@{host}/{replica_a.pid}"
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     wait_for(lambda: client.get(k.DELIVERY_LEADER) == key_a, timeout=30,
              what="replica A leading delivery")  # fmt: skip
     port_b = free_port()
@@ -142,7 +140,15 @@ def test_replies_reach_a_client_on_the_other_replica(fleet_factory, redis_server
              or httpx.get(f"http://127.0.0.1:{port_b}/health").status_code == 200,
              timeout=30, what="replica B /health")  # fmt: skip
     assert replica_b.poll() is None, fleet.output("ingress-b")
-    key_b = f"ingress-{replica_b.pid}@{host}/{replica_b.pid}"
+    return port_b, f"ingress-{replica_b.pid}@{host}/{replica_b.pid}"
+
+
+def test_replies_reach_a_client_on_the_other_replica(fleet_factory, redis_server) -> None:
+    """Replica A delivers the outbound stream; the client is connected to replica B, so its
+    replies are forwarded through B's inbox stream (claw:{outbound}:replica:<B>)."""
+    fleet = fleet_factory()
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    port_b, key_b = two_replicas(fleet, client)
     texts = [f"to replica b {n}" for n in range(5)]
 
     async def scenario() -> list[str]:
@@ -194,3 +200,32 @@ def test_a_reconnect_racing_the_old_connections_close_keeps_the_chats_mark(
         return marked
 
     assert all(asyncio.run(scenario()))
+
+
+def test_a_reply_reaches_its_client_after_redis_lost_the_connections_mark(
+    fleet_factory, redis_server
+) -> None:
+    """Redis back empty (no persistence, a flush; or down longer than a mark's 60 s): the
+    marks saying which replica holds a connection were gone until the next renewal (20 s
+    away), and every reply meanwhile was dropped as "for a connection that is closed".
+    Now the delivering replica sends to a connection it holds itself (and marks it again),
+    and waits for another replica's mark to come back before dropping a reply."""
+    fleet = fleet_factory()
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    port_b, _ = two_replicas(fleet, client)
+
+    async def exchange(ws: ClientConnection, text: str) -> str:
+        await send(ws, {"type": "message", "text": text})
+        frames = [await recv(ws, timeout=45) for _ in range(2)]
+        return next(f["text"] for f in frames if f["type"] == "reply")
+
+    async def scenario() -> None:
+        async with connect(ws_url(fleet.port)) as on_a, connect(ws_url(port_b)) as on_b:
+            assert await exchange(on_a, "hello a") == "echo: hello a"
+            assert await exchange(on_b, "hello b") == "echo: hello b"
+            client.flushall()  # the marks (and the lease) go; the connections stay open
+            assert await exchange(on_a, "after, on a") == "echo: after, on a"
+            assert await exchange(on_b, "after, on b") == "echo: after, on b"
+
+    asyncio.run(scenario())
+    client.close()

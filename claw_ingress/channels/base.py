@@ -215,6 +215,11 @@ class Channel(ABC):
                 f"{self.name} message not stored", channel=self.name, error=repr(task.exception())
             )
 
+    def holds(self, chat_id: str) -> bool:
+        """Whether this replica holds an open connection of ``chat_id`` (adapters that set
+        ``connection_bound``; the delivery asks when Redis lost the chat's mark)."""
+        return False
+
     async def release_connection(self, chat_id: str, held_again: Callable[[], bool]) -> None:
         """Drop this replica's mark of ``chat_id``'s connection, which closed. The mark is
         the replica's, not the connection's: a new connection for the chat that registered

@@ -149,6 +149,9 @@ class MaixCamChannel(Channel):
         status = {d.chat_id: json.dumps(d.status)[:200] for d in self._open}
         return {"devices": len(self._open), "status": status}
 
+    def holds(self, chat_id: str) -> bool:
+        return chat_id in self._devices
+
     async def send(self, chat_id: str, text: str, *, reply_to: str | None = None) -> None:
         device = self._devices.get(chat_id)
         if device is None:

@@ -155,6 +155,9 @@ class WebSocketChannel(Channel):
     def describe(self) -> dict[str, Any]:
         return {"connections": len(self._open), "sessions": len(self._held)}
 
+    def holds(self, chat_id: str) -> bool:
+        return chat_id in self._held
+
     async def send(self, chat_id: str, text: str, *, reply_to: str | None = None) -> None:
         conns = list(self._held.get(chat_id, ()))
         if not conns:
