@@ -268,6 +268,9 @@ class Delivery:
         async def again() -> None:
             await asyncio.sleep(UNMARKED_RETRY_SEC)
             self._busy.discard(entry_id)
+            if not self.leading:  # the new leader took the entry over with the others
+                self._unmarked.pop(entry_id, None)
+                return
             try:
                 await self._route(entry_id, fields, from_inbox=False)
             except RedisError as exc:  # left pending: claimed again later
