@@ -140,11 +140,8 @@ class Delivery:
             if not renewed:
                 log.warning("delivery lease lost", replica=self.replica)
                 self._leading.clear()
-        elif await self.redis.set(
-            k.DELIVERY_LEADER, self.replica, nx=True, px=self.leader_ttl_ms
-        ) or await self.redis.eval(  # still ours from a take-over that failed
-            _RENEW, 1, k.DELIVERY_LEADER, self.replica, self.leader_ttl_ms
-        ):
+        elif await self.redis.eval(_TAKE, 1, k.DELIVERY_LEADER, self.replica,
+                                   self.leader_ttl_ms):  # fmt: skip
             log.info("delivering the outbound stream", replica=self.replica)
             await self._take_over()
             self._leading.set()
@@ -341,6 +338,14 @@ class Delivery:
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
+"""
+# KEYS: lease   ARGV: replica, ttl_ms. Take the lease if it is free, or still ours (from a
+# take-over that failed before this replica began leading).
+_TAKE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 """
 # KEYS: lease   ARGV: replica. Give the lease up if it is ours.
 _RESIGN = """

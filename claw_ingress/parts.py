@@ -53,13 +53,10 @@ class PartSender:
             bucket = self._buckets[channel.name] = TokenBucket(cfg.rate_per_sec, cfg.burst)
         return bucket
 
-    async def deliver(
-        self, channel: Channel, message: OutboundMessage, progress: Progress | None = None
-    ) -> bool:
+    async def deliver(self, channel: Channel, message: OutboundMessage, progress: Progress) -> bool:
         """Send every part not sent yet; True when the entry is finished (sent, or refused
         for good), False to leave it pending for a later try. ``progress`` carries the
         parts sent from one try to the next, for when Redis could not record them."""
-        progress = progress or Progress()
         key = k.delivered_key(message.message_id)
         state = await self.redis.hgetall(key)
         if state.get("done"):
